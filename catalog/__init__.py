@@ -1,0 +1,225 @@
+"""The DuckDB catalog: runs, artifacts, stage statistics, rejects, scores and lineage.
+
+One embedded file, written only by the driver process. Connections are short-lived so that a
+user can query the catalog while nothing is running, and scores live in a side table keyed by
+stable sample ids, so re-thresholding a selection is a query rather than a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+DEFAULT_PATH = "longforge.duckdb"
+SCHEMA_VERSION = 1
+
+DDL = """
+CREATE TABLE IF NOT EXISTS catalog_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    pipeline VARCHAR,
+    pipeline_file VARCHAR,
+    status VARCHAR,            -- running | succeeded | failed
+    runner VARCHAR,
+    workers INTEGER,
+    spec_fingerprint VARCHAR,
+    seed BIGINT,
+    params JSON,               -- the resolved pipeline spec
+    code_version VARCHAR,
+    output_path VARCHAR,
+    error VARCHAR,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    artifact_id VARCHAR PRIMARY KEY,
+    run_id VARCHAR,
+    name VARCHAR,
+    kind VARCHAR,              -- input | output
+    path VARCHAR,
+    n_records BIGINT,
+    n_bytes BIGINT,
+    fingerprint VARCHAR,       -- hash of the records' content, independent of paths and times
+    schema_name VARCHAR,
+    schema_version INTEGER,
+    created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS stage_stats (
+    run_id VARCHAR,
+    step INTEGER,
+    stage VARCHAR,
+    shape VARCHAR,
+    records_in BIGINT,
+    records_out BIGINT,
+    records_rejected BIGINT,
+    records_dropped BIGINT,
+    inputs_with_output BIGINT, -- for stages that may emit several records per input
+    seconds DOUBLE
+);
+CREATE TABLE IF NOT EXISTS rejects (
+    run_id VARCHAR,
+    stage VARCHAR,
+    record_id VARCHAR,
+    reason VARCHAR,
+    detail VARCHAR,
+    kind VARCHAR               -- rejected (bad input) | dropped (by design)
+);
+CREATE TABLE IF NOT EXISTS lineage (
+    parent_artifact_id VARCHAR,
+    child_artifact_id VARCHAR,
+    run_id VARCHAR
+);
+CREATE TABLE IF NOT EXISTS scores (
+    sample_id VARCHAR,
+    artifact_id VARCHAR,
+    job VARCHAR,
+    model VARCHAR,
+    revision VARCHAR,
+    metric VARCHAR,
+    value DOUBLE,
+    run_id VARCHAR,
+    settings JSON
+);
+
+CREATE OR REPLACE VIEW run_summary AS
+SELECT r.run_id, r.pipeline, r.status, r.runner, r.started_at,
+       round(epoch(r.finished_at) - epoch(r.started_at), 2) AS seconds,
+       (SELECT records_in FROM stage_stats s WHERE s.run_id = r.run_id ORDER BY step, rowid LIMIT 1)
+           AS records_read,
+       (SELECT sum(records_rejected) FROM stage_stats s WHERE s.run_id = r.run_id) AS rejected,
+       (SELECT sum(records_dropped) FROM stage_stats s WHERE s.run_id = r.run_id) AS dropped,
+       (SELECT sum(n_records) FROM artifacts a WHERE a.run_id = r.run_id AND a.kind = 'output')
+           AS records_out
+FROM runs r;
+
+CREATE OR REPLACE VIEW drops_by_reason AS
+SELECT run_id, stage, kind, reason, count(*) AS n
+FROM rejects GROUP BY ALL;
+
+CREATE OR REPLACE VIEW artifact_producers AS
+SELECT a.artifact_id, a.name, a.path, a.fingerprint, a.kind, r.run_id, r.pipeline, r.runner, r.status,
+       r.started_at
+FROM artifacts a JOIN runs r USING (run_id);
+
+CREATE OR REPLACE VIEW stage_accounting AS
+SELECT run_id, step, stage, records_in, records_out, records_rejected, records_dropped,
+       CASE WHEN shape = 'per-record-expanding'
+            THEN records_in = inputs_with_output + records_rejected + records_dropped
+            ELSE records_in = records_out + records_rejected + records_dropped END AS reconciles
+FROM stage_stats;
+"""
+
+
+def catalog_path(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("LONGFORGE_CATALOG") or DEFAULT_PATH
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Catalog:
+    """A handle on the catalog file; every method opens and closes its own connection."""
+
+    def __init__(self, path: str | None = None):
+        self.path = catalog_path(path)
+
+    @contextmanager
+    def connect(self, read_only: bool = False):
+        if read_only and not Path(self.path).exists():
+            raise FileNotFoundError(f"no catalog at {self.path} (run a pipeline first, or pass --catalog)")
+        if not read_only:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(self.path, read_only=read_only)
+        try:
+            if not read_only:
+                con.execute(DDL)
+                con.execute(
+                    "INSERT OR REPLACE INTO catalog_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+                )
+            yield con
+        finally:
+            con.close()
+
+    # -- writes (driver only) ----------------------------------------------------------------------
+
+    def start_run(self, run_id: str, *, pipeline: str, pipeline_file: str, runner: str, workers: int,
+                  spec_fingerprint: str, seed: int, params: dict, code_version: str, output_path: str) -> None:
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL)",
+                [run_id, pipeline, pipeline_file, runner, workers, spec_fingerprint, seed,
+                 json.dumps(params, sort_keys=True), code_version, output_path, now()],
+            )
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        with self.connect() as con:
+            con.execute(
+                "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
+                [status, error, now(), run_id],
+            )
+
+    def record_results(self, run_id: str, *, stage_stats: list[dict], rejects: pa.Table | None,
+                       artifacts: list[dict], lineage: list[tuple[str, str]]) -> None:
+        """Everything a finished run produced, in one transaction."""
+        with self.connect() as con:
+            con.execute("BEGIN")
+            for s in stage_stats:
+                con.execute(
+                    "INSERT INTO stage_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, s["step"], s["stage"], s["shape"], s["in"], s["out"], s["rejected"],
+                     s["dropped"], s["inputs_with_output"], s["seconds"]],
+                )
+            if rejects is not None and rejects.num_rows:
+                con.register("_rejects", rejects)
+                con.execute(
+                    "INSERT INTO rejects SELECT ?, stage, record_id, reason, detail, kind FROM _rejects",
+                    [run_id],
+                )
+                con.unregister("_rejects")
+            for a in artifacts:
+                con.execute(
+                    "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [a["artifact_id"], run_id, a["name"], a["kind"], a["path"], a["n_records"],
+                     a.get("n_bytes"), a["fingerprint"], a.get("schema_name"), a.get("schema_version"),
+                     now()],
+                )
+            for parent, child in lineage:
+                con.execute("INSERT INTO lineage VALUES (?, ?, ?)", [parent, child, run_id])
+            con.execute("COMMIT")
+
+    def add_scores(self, table: pa.Table) -> int:
+        """Append scores (columns as in the ``scores`` table); returns the number of rows."""
+        with self.connect() as con:
+            con.register("_scores", table)
+            cols = ", ".join(table.column_names)
+            con.execute(f"INSERT INTO scores ({cols}) SELECT {cols} FROM _scores")
+            con.unregister("_scores")
+        return table.num_rows
+
+    def latest_output_artifact(self, path: str) -> str | None:
+        """The newest output artifact written at ``path``, for lineage between pipelines."""
+        if not Path(self.path).exists():
+            return None
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT artifact_id FROM artifacts WHERE kind = 'output' AND path = ? "
+                "ORDER BY created_at DESC LIMIT 1",
+                [path],
+            ).fetchone()
+        return row[0] if row else None
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence | None = None) -> tuple[list[str], list[tuple]]:
+        with self.connect(read_only=True) as con:
+            cur = con.execute(sql, params or [])
+            columns = [d[0] for d in cur.description] if cur.description else []
+            return columns, cur.fetchall()

@@ -1,0 +1,1 @@
+"""Model-based jobs (scoring, embeddings) and the offline model resolution they share."""

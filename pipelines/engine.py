@@ -1,0 +1,367 @@
+"""Runner-independent execution of plan steps: segments shard by shard, decisions, publishing.
+
+The local and datatrove runners call these functions; the Beam runner uses the same record-level
+helpers (:func:`apply_record_stage`, :func:`bucket_of`, :func:`write_bucket`) inside its transforms,
+so every runner produces the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.io import read_shard, write_parquet_atomic, write_text_atomic
+from pipelines.plan import Plan, PlannedStage, Step
+from schemas import REJECT, RecordSchema, cast_table
+from stages.base import Dropped, Rejected, merge_decisions
+
+REMOVED_SCHEMA = pa.schema(list(REJECT.arrow) + [pa.field("payload", pa.string())])
+KEYS_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.string())])
+DECISIONS_SCHEMA = pa.schema(
+    [pa.field("record_id", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string())]
+)
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageCounter:
+    step: int
+    stage: str
+    shape: str
+    n_in: int = 0
+    n_out: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    inputs_with_output: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"step": self.step, "stage": self.stage, "shape": self.shape, "in": self.n_in,
+                "out": self.n_out, "rejected": self.rejected, "dropped": self.dropped,
+                "inputs_with_output": self.inputs_with_output, "seconds": round(self.seconds, 6)}
+
+    def reconciles(self) -> bool:
+        produced = self.inputs_with_output if self.shape == "per-record-expanding" else self.n_out
+        return self.n_in == produced + self.rejected + self.dropped
+
+
+def merge_stats(items: Iterable[dict], plan: Plan) -> list[dict]:
+    """Sum per-shard statistics into one row per (step, stage), in plan order."""
+    total: dict[tuple, dict] = {}
+    for s in items:
+        k = (s["step"], s["stage"])
+        if k not in total:
+            total[k] = dict(s)
+        else:
+            for f in ("in", "out", "rejected", "dropped", "inputs_with_output", "seconds"):
+                total[k][f] += s[f]
+    position = {ps.label: ps.index for ps in plan.stages}
+    return sorted(total.values(), key=lambda s: (s["step"], position.get(s["stage"], -1)))
+
+
+def removed_row(stage: str, item: Rejected | Dropped) -> dict:
+    kind = "rejected" if isinstance(item, Rejected) else "dropped"
+    return {"stage": stage, "record_id": item.record_id, "reason": item.reason, "detail": item.detail,
+            "kind": kind, "payload": getattr(item, "payload", None)}
+
+
+def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: StageCounter,
+                       removed: list[dict]) -> Iterator[dict]:
+    """Run one per-record stage over a stream, counting and collecting what it removes."""
+    stage = ps.stage
+    for rec in records:
+        counter.n_in += 1
+        t0 = time.perf_counter()
+        outcomes = list(stage.process(rec))
+        counter.seconds += time.perf_counter() - t0
+        produced = False
+        for o in outcomes:
+            if isinstance(o, dict):
+                counter.n_out += 1
+                produced = True
+                yield o
+            else:
+                if isinstance(o, Rejected):
+                    counter.rejected += 1
+                    if o.payload is None:
+                        o = Rejected(o.record_id, o.reason, o.detail, _record_json(rec))
+                else:
+                    counter.dropped += 1
+                removed.append(removed_row(ps.label, o))
+        if produced:
+            counter.inputs_with_output += 1
+
+
+def _record_json(rec: dict) -> str:
+    return json.dumps(rec, ensure_ascii=False, sort_keys=True, default=str)
+
+
+# -- work layout -----------------------------------------------------------------------------------
+
+
+def work_root(plan: Plan) -> Path:
+    return Path(plan.output_dir) / ".longforge" / "work"
+
+
+def step_dir(plan: Plan, step: Step) -> Path:
+    return work_root(plan) / f"{step.name}-{step.fingerprint[:12]}"
+
+
+def shard_files(plan: Plan, step: Step, i: int) -> dict[str, Path]:
+    d = step_dir(plan, step)
+    return {
+        "records": d / f"records-{i:05d}.parquet",
+        "removed": d / f"removed-{i:05d}.parquet",
+        "keys": d / f"keys-{i:05d}.parquet",
+        "done": d / f"shard-{i:05d}.done.json",
+    }
+
+
+def read_marker(path: Path, fingerprint: str) -> dict | None:
+    try:
+        marker = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return marker if marker.get("fingerprint") == fingerprint else None
+
+
+def shard_done(plan: Plan, step: Step, i: int) -> bool:
+    return read_marker(shard_files(plan, step, i)["done"], step.fingerprint) is not None
+
+
+def previous_segment(plan: Plan, step: Step) -> Step | None:
+    segs = [s for s in plan.steps if s.kind == "segment" and s.index < step.index]
+    return segs[-1] if segs else None
+
+
+def decide_step_before(plan: Plan, step: Step) -> Step | None:
+    return next((s for s in plan.steps if s.kind == "decide" and s.index == step.index - 1), None)
+
+
+# -- segments --------------------------------------------------------------------------------------
+
+
+def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCounter],
+                       removed: list[dict]) -> Iterator[dict]:
+    """The records entering a segment's stages for shard ``i``: read input, or the previous segment
+    filtered by the decisions of the collection stage between them."""
+    prev = previous_segment(plan, step)
+    if prev is None:
+        counter = StageCounter(step.index, "read", "per-record")
+        counters.append(counter)
+        for item in read_shard(plan.shards[i], plan.spec.inputs, plan.spec.read):
+            counter.n_in += 1
+            if isinstance(item, Rejected):
+                counter.rejected += 1
+                removed.append(removed_row("read", item))
+            else:
+                counter.n_out += 1
+                yield item
+        return
+    records = pq.read_table(shard_files(plan, prev, i)["records"]).to_pylist()
+    if step.gate is None:
+        yield from records
+        return
+    decide = decide_step_before(plan, step)
+    decisions = load_decisions(plan, decide)
+    counter = StageCounter(step.index, step.gate.label, "whole-collection")
+    counters.append(counter)
+    for rec in records:
+        counter.n_in += 1
+        d = decisions.get(rec["id"])
+        if d is None:
+            counter.n_out += 1
+            yield rec
+        else:
+            counter.dropped += 1
+            removed.append({"stage": step.gate.label, "record_id": rec["id"], "reason": d[0],
+                            "detail": d[1], "kind": "dropped", "payload": None})
+    counter.inputs_with_output = counter.n_out
+
+
+_decision_cache: dict[str, dict[str, tuple[str, str]]] = {}
+
+
+def load_decisions(plan: Plan, decide: Step) -> dict[str, tuple[str, str]]:
+    path = step_dir(plan, decide) / "decisions.parquet"
+    key = f"{path}:{decide.fingerprint}"
+    if key not in _decision_cache:
+        t = pq.read_table(path).to_pydict()
+        _decision_cache.clear()
+        _decision_cache[key] = {
+            rid: (reason, detail) for rid, reason, detail in zip(t["record_id"], t["reason"], t["detail"], strict=True)
+        }
+    return _decision_cache[key]
+
+
+def run_segment_shard(plan: Plan, step: Step, i: int) -> dict:
+    """Process shard ``i`` of a segment step and leave its files and completion marker."""
+    t0 = time.time()
+    counters: list[StageCounter] = []
+    removed: list[dict] = []
+    stream = iter_segment_input(plan, step, i, counters, removed)
+    for ps in step.stages:
+        counter = StageCounter(step.index, ps.label, ps.shape)
+        counters.append(counter)
+        ps.stage.setup() if not getattr(ps.stage, "_longforge_ready", False) else None
+        ps.stage._longforge_ready = True
+        stream = apply_record_stage(ps, stream, counter, removed)
+    rows = list(stream)
+    files = shard_files(plan, step, i)
+    write_parquet_atomic(cast_table(rows, step.out_schema.arrow), files["records"])
+    write_parquet_atomic(pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA), files["removed"])
+    if step.emits_keys_for is not None:
+        stage = step.emits_keys_for.stage
+        if not getattr(stage, "_longforge_ready", False):
+            stage.setup()
+            stage._longforge_ready = True
+        t_keys = time.perf_counter()
+        keys = [{"key": k, "value": json.dumps(v)} for r in rows for k, v in stage.keys(r)]
+        write_parquet_atomic(pa.Table.from_pylist(keys, schema=KEYS_SCHEMA), files["keys"])
+        # The keys' cost belongs to the collection stage, whose counts are taken where it is applied.
+        keys_counter = StageCounter(step.index + 2, step.emits_keys_for.label, "whole-collection")
+        keys_counter.seconds = time.perf_counter() - t_keys
+        counters.append(keys_counter)
+    marker = {"fingerprint": step.fingerprint, "shard": i, "records": len(rows),
+              "stats": [c.to_json() for c in counters], "seconds": round(time.time() - t0, 3)}
+    write_text_atomic(json.dumps(marker), files["done"])
+    return marker
+
+
+# -- decisions -------------------------------------------------------------------------------------
+
+
+def run_decide(plan: Plan, step: Step) -> int:
+    """Group the keys every shard emitted and let the collection stage decide what to drop."""
+    out = step_dir(plan, step) / "decisions.parquet"
+    marker = step_dir(plan, step) / "done.json"
+    if read_marker(marker, step.fingerprint):
+        return json.loads(marker.read_text())["dropped"]
+    prev = previous_segment(plan, step)
+    groups: dict[str, list] = defaultdict(list)
+    for i in range(len(plan.shards)):
+        t = pq.read_table(shard_files(plan, prev, i)["keys"]).to_pydict()
+        for k, v in zip(t["key"], t["value"], strict=True):
+            groups[k].append(_tuplify(json.loads(v)))
+    stage = step.collection.stage
+    stage.setup()
+    decided = merge_decisions(d for k in sorted(groups) for d in stage.decide(k, groups[k]))
+    rows = [{"record_id": rid, "reason": d.reason, "detail": d.detail} for rid, d in sorted(decided.items())]
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=DECISIONS_SCHEMA), out)
+    write_text_atomic(json.dumps({"fingerprint": step.fingerprint, "dropped": len(rows)}), marker)
+    return len(rows)
+
+
+def _tuplify(v):
+    return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
+
+
+# -- publishing ------------------------------------------------------------------------------------
+
+
+def record_digest(rec: dict) -> bytes:
+    return hashlib.sha256(
+        json.dumps(rec, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).digest()
+
+
+def bucket_of(record_id: str, n_files: int) -> int:
+    return int.from_bytes(hashlib.sha1(record_id.encode()).digest()[:8], "big") % n_files
+
+
+def n_output_files(n_records: int, records_per_file: int) -> int:
+    return max(1, math.ceil(n_records / records_per_file))
+
+
+def output_file(output_dir: str, j: int, n: int) -> Path:
+    return Path(output_dir) / "data" / f"train-{j:05d}-of-{n:05d}.parquet"
+
+
+def write_bucket(rows: list[dict], path: Path, schema: RecordSchema) -> None:
+    """Rows sorted by (id, content digest), so the file's bytes do not depend on arrival order."""
+    rows = sorted(rows, key=lambda r: (r["id"], record_digest(r)))
+    write_parquet_atomic(cast_table(rows, schema.arrow), path)
+
+
+def publish_local(plan: Plan, final: Step, n_records: int) -> list[Path]:
+    n = n_output_files(n_records, plan.spec.output.records_per_file)
+    paths = []
+    sources = [shard_files(plan, final, i)["records"] for i in range(len(plan.shards))]
+    if n == 1:
+        rows = [r for p in sources for r in pq.read_table(p).to_pylist()]
+        path = output_file(plan.output_dir, 0, 1)
+        write_bucket(rows, path, final.out_schema)
+        paths.append(path)
+    else:
+        buckets: dict[int, list[dict]] = defaultdict(list)
+        for p in sources:
+            for r in pq.read_table(p).to_pylist():
+                buckets[bucket_of(r["id"], n)].append(r)
+        for j in range(n):
+            path = output_file(plan.output_dir, j, n)
+            write_bucket(buckets.get(j, []), path, final.out_schema)
+            paths.append(path)
+    remove_stale_outputs(plan.output_dir, paths)
+    return paths
+
+
+def remove_stale_outputs(output_dir: str, keep: list[Path]) -> None:
+    keep_names = {p.name for p in keep}
+    data = Path(output_dir) / "data"
+    for f in data.glob("train-*.parquet"):
+        if f.name not in keep_names:
+            f.unlink()
+
+
+def dataset_fingerprint(output_dir: str) -> tuple[int, int, str]:
+    """(records, bytes, fingerprint): a hash of the multiset of records, not of files or order."""
+    total, acc, n_bytes = 0, 0, 0
+    for f in sorted((Path(output_dir) / "data").glob("train-*.parquet")):
+        n_bytes += f.stat().st_size
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=10_000):
+            for rec in batch.to_pylist():
+                acc = (acc + int.from_bytes(record_digest(rec)[:16], "big")) % (1 << 128)
+                total += 1
+    return total, n_bytes, hashlib.sha256(f"{total}:{acc:032x}".encode()).hexdigest()
+
+
+def collect_removed(plan: Plan) -> pa.Table:
+    tables = []
+    for step in plan.segments:
+        for i in range(len(plan.shards)):
+            p = shard_files(plan, step, i)["removed"]
+            if p.exists():
+                tables.append(pq.read_table(p, schema=REMOVED_SCHEMA))
+    if not tables:
+        return REMOVED_SCHEMA.empty_table()
+    return pa.concat_tables(tables)
+
+
+def collect_stats(plan: Plan) -> list[dict]:
+    items = []
+    for step in plan.segments:
+        for i in range(len(plan.shards)):
+            m = read_marker(shard_files(plan, step, i)["done"], step.fingerprint)
+            if m is None:
+                raise RuntimeError(f"shard {i} of {step.name} has no completion marker")
+            items.extend(m["stats"])
+    return merge_stats(items, plan)
+
+
+def segment_records(plan: Plan, step: Step) -> int:
+    return sum(
+        read_marker(shard_files(plan, step, i)["done"], step.fingerprint)["records"]
+        for i in range(len(plan.shards))
+    )

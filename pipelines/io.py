@@ -1,0 +1,331 @@
+"""Readers (JSONL plain/.gz/.zst, Parquet, text folders, local HF datasets) and atomic Parquet writers.
+
+Input is planned as shards so that work can be parallelised and resumed: byte ranges of plain
+JSONL, row-group runs of Parquet, groups of text files, Arrow files of a saved HF dataset. A
+malformed record never raises here: it becomes a :class:`Rejected` with a reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.spec import InputSpec, ReadSpec
+from schemas import DOCUMENT
+from stages.base import Rejected
+
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of input work; ``start``/``end`` are bytes (JSONL), row groups (Parquet) or file indexes."""
+
+    index: int
+    input_index: int
+    format: str
+    paths: tuple[str, ...]
+    start: int = 0
+    end: int = -1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def label(self) -> str:
+        name = os.path.basename(self.paths[0]) + (f"+{len(self.paths) - 1}" if len(self.paths) > 1 else "")
+        return f"{name}[{self.start}:{self.end}]"
+
+
+def detect_format(path: str) -> str:
+    p = path.lower()
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "dataset_info.json")) or os.path.exists(
+            os.path.join(path, "state.json")
+        ):
+            return "hf"
+        if glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True):
+            return "parquet"
+        if glob.glob(os.path.join(path, "**", "*.jsonl*"), recursive=True):
+            return "jsonl"
+        return "text"
+    if p.endswith((".jsonl", ".json", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson.gz")):
+        return "jsonl"
+    if p.endswith(".parquet"):
+        return "parquet"
+    if p.endswith((".gz", ".zst")):
+        return "jsonl"
+    return "text"
+
+
+def expand_paths(inp: InputSpec, fmt: str) -> list[str]:
+    path = os.path.expanduser(inp.path)
+    if any(ch in path for ch in "*?["):
+        found = sorted(glob.glob(path, recursive=True))
+    elif os.path.isdir(path) and fmt != "hf":
+        pattern = {"parquet": "*.parquet", "jsonl": "*.jsonl*", "text": "*"}[fmt]
+        found = sorted(
+            f for f in glob.glob(os.path.join(path, "**", pattern), recursive=True)
+            if os.path.isfile(f) and "/." not in f[len(path):]
+        )
+    else:
+        found = [path] if os.path.exists(path) else []
+    if not found:
+        raise FileNotFoundError(f"input '{inp.path}' matches no files")
+    return found
+
+
+def plan_shards(inputs: list[InputSpec], read: ReadSpec) -> list[Shard]:
+    shards: list[Shard] = []
+    target = max(1, int(read.shard_mb * MB))
+    for ii, inp in enumerate(inputs):
+        fmt = inp.format if inp.format != "auto" else detect_format(os.path.expanduser(inp.path))
+        paths = expand_paths(inp, fmt)
+        if fmt == "jsonl":
+            for path in paths:
+                size = os.path.getsize(path)
+                if path.endswith((".gz", ".zst")) or size <= target:
+                    shards.append(Shard(len(shards), ii, fmt, (path,), 0, size))
+                    continue
+                for start in range(0, size, target):
+                    shards.append(Shard(len(shards), ii, fmt, (path,), start, min(size, start + target)))
+        elif fmt == "parquet":
+            for path in paths:
+                meta = pq.ParquetFile(path).metadata
+                groups, acc, first = [], 0, 0
+                for rg in range(meta.num_row_groups):
+                    acc += meta.row_group(rg).total_byte_size
+                    if acc >= target:
+                        groups.append((first, rg + 1))
+                        first, acc = rg + 1, 0
+                if first < meta.num_row_groups or not groups:
+                    groups.append((first, meta.num_row_groups))
+                for a, b in groups:
+                    shards.append(Shard(len(shards), ii, fmt, (path,), a, b))
+        elif fmt == "text":
+            batch, acc = [], 0
+            for path in paths:
+                batch.append(path)
+                acc += os.path.getsize(path)
+                if acc >= target:
+                    shards.append(Shard(len(shards), ii, fmt, tuple(batch), 0, len(batch)))
+                    batch, acc = [], 0
+            if batch:
+                shards.append(Shard(len(shards), ii, fmt, tuple(batch), 0, len(batch)))
+        elif fmt == "hf":
+            arrow_files = sorted(glob.glob(os.path.join(paths[0], "**", "*.arrow"), recursive=True))
+            if not arrow_files:
+                raise FileNotFoundError(f"'{paths[0]}' holds no .arrow files of a saved HF dataset")
+            for path in arrow_files:
+                shards.append(Shard(len(shards), ii, fmt, (path,), 0, -1))
+        else:  # pragma: no cover - guarded by the spec model
+            raise ValueError(f"unknown format {fmt}")
+    return shards
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+
+def derive_id(source: str, text: str) -> str:
+    """A stable id from origin and content, for inputs that carry none."""
+    return hashlib.sha1(f"{source}\n{text}".encode()).hexdigest()[:20]
+
+
+def to_document(raw: object, inp: InputSpec, default_source: str, locator: str) -> dict | Rejected:
+    """One raw input record to a ``document@1`` row, or a rejection saying what is wrong."""
+    if not isinstance(raw, dict):
+        return Rejected(locator, "not a JSON object", type(raw).__name__)
+    text = raw.get(inp.text_field)
+    rid = raw.get(inp.id_field)
+    if isinstance(rid, bool) or (rid is not None and not isinstance(rid, str | int)):
+        return Rejected(locator, "wrong type", f"'{inp.id_field}' is {type(rid).__name__}, needs a string")
+    rid = str(rid) if rid is not None else None
+    ref = rid or locator
+    if text is None:
+        return Rejected(ref, "missing text", f"no '{inp.text_field}' field")
+    if not isinstance(text, str):
+        return Rejected(ref, "wrong type", f"'{inp.text_field}' is {type(text).__name__}, needs a string")
+    if not text.strip():
+        return Rejected(ref, "empty text", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return Rejected(ref, "invalid UTF-8", f"character {e.start}: {e.reason}")
+    raw_source = raw.get("source")
+    source = inp.source or (raw_source if isinstance(raw_source, str) and raw_source else default_source)
+    meta = {k: v for k, v in raw.items() if k not in {inp.id_field, inp.text_field, "source", "language",
+                                                       "license", "metadata"}}
+    if isinstance(raw.get("metadata"), dict):
+        meta = {**raw["metadata"], **meta}
+    elif isinstance(raw.get("metadata"), str) and raw["metadata"]:
+        try:
+            loaded = json.loads(raw["metadata"])
+            meta = {**loaded, **meta} if isinstance(loaded, dict) else {"metadata": raw["metadata"], **meta}
+        except ValueError:
+            meta = {"metadata": raw["metadata"], **meta}
+    lang = raw.get("language")
+    lic = raw.get("license")
+    return {
+        "id": rid or derive_id(source, text),
+        "text": text,
+        "source": source,
+        "language": lang if isinstance(lang, str) and lang else None,
+        "license": lic if isinstance(lic, str) and lic else None,
+        "metadata": json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str) if meta else None,
+    }
+
+
+def _open_binary(path: str):
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
+    return open(path, "rb")
+
+
+def _iter_jsonl(shard: Shard, inp: InputSpec, read: ReadSpec) -> Iterator[dict | Rejected]:
+    path = shard.paths[0]
+    name = os.path.basename(path)
+    source = inp.source or name
+    compressed = path.endswith((".gz", ".zst"))
+    with _open_binary(path) as raw_f:
+        f = io.BufferedReader(raw_f) if compressed else raw_f
+        offset = shard.start
+        if not compressed and shard.start > 0:
+            # A line belongs to the shard in which it starts: skip the tail of the previous one.
+            f.seek(shard.start - 1)
+            offset = shard.start - 1 + len(f.readline())
+        while compressed or shard.end < 0 or offset < shard.end:
+            line = _read_bounded_line(f, read.max_record_bytes)
+            if line is None:
+                break
+            locator = f"{name}@{offset}"
+            offset += line[1]
+            data = line[0]
+            if data is _TOO_LARGE:
+                yield Rejected(locator, "record too large", f"{line[1]} bytes > max_record_bytes "
+                               f"({read.max_record_bytes}); payload keeps the first 4 KiB", line[2])
+                continue
+            if not data.strip():
+                continue
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield Rejected(locator, "invalid UTF-8", f"byte {e.start}: {e.reason}",
+                               data.decode("utf-8", "backslashreplace"))
+                continue
+            try:
+                obj = json.loads(text)
+            except ValueError as e:
+                yield Rejected(locator, "invalid JSON", str(e)[:200], text)
+                continue
+            doc = to_document(obj, inp, source, locator)
+            yield replace(doc, payload=text) if isinstance(doc, Rejected) else doc
+
+
+_TOO_LARGE = object()
+
+
+def _read_bounded_line(f, limit: int):
+    """Next line as (bytes, consumed); an over-long line is skipped without holding it in memory."""
+    chunk = f.readline(limit + 1)
+    if not chunk:
+        return None
+    if len(chunk) <= limit or (len(chunk) == limit + 1 and chunk.endswith(b"\n")):
+        return chunk, len(chunk)
+    head = chunk[:4096].decode("utf-8", "backslashreplace")
+    consumed = len(chunk)
+    while not chunk.endswith(b"\n"):
+        chunk = f.readline(MB)
+        if not chunk:
+            break
+        consumed += len(chunk)
+    return _TOO_LARGE, consumed, head
+
+
+def _iter_table_rows(table: pa.Table, inp: InputSpec, source: str, locator_prefix: str, first_row: int):
+    for i, row in enumerate(table.to_pylist()):
+        yield to_document(row, inp, source, f"{locator_prefix}#{first_row + i}")
+
+
+def _iter_parquet(shard: Shard, inp: InputSpec, read: ReadSpec) -> Iterator[dict | Rejected]:
+    path = shard.paths[0]
+    pf = pq.ParquetFile(path)
+    name = os.path.basename(path)
+    first = sum(pf.metadata.row_group(i).num_rows for i in range(shard.start))
+    for rg in range(shard.start, shard.end):
+        table = pf.read_row_group(rg)
+        yield from _iter_table_rows(table, inp, inp.source or name, name, first)
+        first += table.num_rows
+
+
+def _iter_text(shard: Shard, inp: InputSpec, read: ReadSpec) -> Iterator[dict | Rejected]:
+    root = os.path.commonpath([os.path.expanduser(inp.path)] + list(shard.paths)) if shard.paths else ""
+    for path in shard.paths:
+        rel = os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path)
+        size = os.path.getsize(path)
+        if size > read.max_record_bytes:
+            yield Rejected(rel, "record too large", f"{size} bytes > max_record_bytes")
+            continue
+        data = Path(path).read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield Rejected(rel, "invalid UTF-8", f"byte {e.start}: {e.reason}")
+            continue
+        yield to_document({"id": rel, "text": text, "path": rel}, inp, inp.source or "text", rel)
+
+
+def _iter_hf(shard: Shard, inp: InputSpec, read: ReadSpec) -> Iterator[dict | Rejected]:
+    path = shard.paths[0]
+    with pa.memory_map(path) as source:
+        try:
+            table = pa.ipc.open_stream(source).read_all()
+        except pa.ArrowInvalid:
+            table = pa.ipc.open_file(source).read_all()
+    name = os.path.basename(path)
+    yield from _iter_table_rows(table, inp, inp.source or os.path.basename(os.path.dirname(path)), name, 0)
+
+
+READERS = {"jsonl": _iter_jsonl, "parquet": _iter_parquet, "text": _iter_text, "hf": _iter_hf}
+
+
+def read_shard(shard: Shard, inputs: list[InputSpec], read: ReadSpec) -> Iterator[dict | Rejected]:
+    inp = inputs[shard.input_index]
+    yield from READERS[shard.format](shard, inp, read)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+    """Write under a temporary name and rename, so a reader never sees a half-written file."""
+    path = str(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp, compression="zstd", row_group_size=10_000, write_statistics=True)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    path = str(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def document_schema() -> pa.Schema:
+    return DOCUMENT.arrow

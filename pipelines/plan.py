@@ -1,0 +1,224 @@
+"""From a validated pipeline file to an executable plan: stages, schemas, steps, shards, fingerprints.
+
+Consecutive per-record stages are fused into one *segment* that runs shard by shard. A
+whole-collection stage splits the plan: the segment before it also emits the stage's grouping keys,
+a *decide* step turns the keys into drop decisions, and the next segment starts by applying them.
+Each step has a fingerprint of everything that determines its output, which keys its completion
+markers: a rerun redoes only the steps, and the shards, whose fingerprint has no marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+from pipelines.io import Shard, plan_shards
+from pipelines.spec import InputSpec, LoadedSpec, PipelineSpec, did_you_mean
+from schemas import DOCUMENT, RecordSchema
+from stages import all_stages
+from stages.base import CollectionStage, RecordStage, Stage
+
+CODE_VERSION = "0.1.0"
+
+
+@dataclass
+class PlannedStage:
+    index: int
+    name: str
+    label: str
+    stage: Stage
+    input_schema: RecordSchema
+    output_schema: RecordSchema
+
+    @property
+    def shape(self) -> str:
+        if isinstance(self.stage, RecordStage):
+            return "per-record-expanding" if self.stage.expands else "per-record"
+        return "whole-collection"
+
+
+@dataclass
+class Step:
+    """``segment``: per-record work shard by shard; ``decide``: a whole-collection decision."""
+
+    index: int
+    kind: str
+    stages: list[PlannedStage] = field(default_factory=list)
+    gate: PlannedStage | None = None  # segment: apply this collection stage's decisions first
+    emits_keys_for: PlannedStage | None = None  # segment: also write the next collection stage's keys
+    collection: PlannedStage | None = None  # decide step: the stage deciding
+    fingerprint: str = ""
+    out_schema: RecordSchema = DOCUMENT
+
+    @property
+    def name(self) -> str:
+        if self.kind == "decide":
+            return f"step-{self.index:02d}-decide-{self.collection.label}"
+        names = ([f"apply-{self.gate.label}"] if self.gate else []) + [s.label for s in self.stages]
+        return f"step-{self.index:02d}-" + ("-".join(names) or "read")
+
+
+@dataclass
+class Plan:
+    loaded: LoadedSpec
+    spec: PipelineSpec
+    stages: list[PlannedStage]
+    steps: list[Step]
+    shards: list[Shard]
+    fingerprint: str
+    output_dir: str
+
+    @property
+    def final_schema(self) -> RecordSchema:
+        return self.stages[-1].output_schema if self.stages else DOCUMENT
+
+    @property
+    def segments(self) -> list[Step]:
+        return [s for s in self.steps if s.kind == "segment"]
+
+    def describe(self) -> dict:
+        return {
+            "pipeline": self.spec.name,
+            "file": self.loaded.file,
+            "spec_fingerprint": self.fingerprint,
+            "inputs": [i.model_dump() for i in self.spec.inputs],
+            "shards": [s.label() for s in self.shards],
+            "output": self.output_dir,
+            "stages": [
+                {"stage": s.name, "label": s.label, "shape": s.shape, "params": s.stage.params.model_dump(),
+                 "reads": s.input_schema.ref, "writes": s.output_schema.ref,
+                 "fields": [f.name for f in s.output_schema.fields]}
+                for s in self.stages
+            ],
+            "steps": [s.name for s in self.steps],
+        }
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _producer_hint(missing_fields: list[str]) -> str:
+    """Name a stage that would produce the missing fields, for the error's fix."""
+    for name, cls in all_stages().items():
+        try:
+            out = cls().output_schema(DOCUMENT)
+        except Exception:  # noqa: BLE001 - a hint is best effort
+            continue
+        have = out.field_map()
+        if all(f in have for f in missing_fields) and not all(f in DOCUMENT.field_map() for f in missing_fields):
+            return f"add a '{name}' stage before it"
+    return "reorder the stages so that one producing these fields comes first"
+
+
+def resolve_stages(loaded: LoadedSpec) -> list[PlannedStage]:
+    """Instantiate every stage and check that each one's input schema is met by what reaches it."""
+    registry = all_stages()
+    spec = loaded.spec
+    current = DOCUMENT
+    planned: list[PlannedStage] = []
+    labels: set[str] = set()
+    for i, st in enumerate(spec.stages):
+        cls = registry[st.stage]
+        params = cls.Params.model_validate(st.params)
+        stage = cls(params, seed=spec.seed)
+        problems = cls.input_schema.missing_from(current)
+        if problems:
+            previous = f"stage '{planned[-1].name}'" if planned else "the reader"
+            missing = [p.split("'")[1] for p in problems]
+            raise loaded.error(
+                ("stages", i, "stage"),
+                f"stage '{st.stage}' cannot read what {previous} writes ({current.ref}): "
+                + "; ".join(problems),
+                _producer_hint(missing),
+            )
+        label = st.label or st.stage
+        if label in labels:
+            raise loaded.error(("stages", i, "label"), f"label '{label}' is used twice",
+                               "give the repeated stage a distinct 'label:'")
+        labels.add(label)
+        out = stage.output_schema(current)
+        planned.append(PlannedStage(i, st.stage, label, stage, current, out))
+        current = out
+    return planned
+
+
+def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
+    steps: list[Step] = []
+    segment = Step(0, "segment")
+    for ps in stages:
+        if isinstance(ps.stage, CollectionStage):
+            segment.emits_keys_for = ps
+            steps.append(segment)
+            steps.append(Step(len(steps), "decide", collection=ps))
+            segment = Step(len(steps), "segment", gate=ps)
+        else:
+            segment.stages.append(ps)
+    steps.append(segment)
+    # Chain fingerprints: a step's output depends on the inputs and every stage up to it.
+    upstream = _hash(base_identity)
+    for step in steps:
+        own = {
+            "kind": step.kind,
+            "gate": step.gate.label if step.gate else None,
+            "keys": step.emits_keys_for.label if step.emits_keys_for else None,
+            "stages": [(s.name, s.label, s.stage.params.model_dump()) for s in step.stages]
+            + ([(step.collection.name, step.collection.label, step.collection.stage.params.model_dump())]
+               if step.collection else []),
+        }
+        step.fingerprint = _hash({"upstream": upstream, "own": own})
+        upstream = step.fingerprint
+        if step.kind == "segment":
+            if step.stages:
+                step.out_schema = step.stages[-1].output_schema
+            elif step.gate:
+                step.out_schema = step.gate.output_schema
+    return steps
+
+
+def input_identity(inputs: list[InputSpec], shards: list[Shard]) -> list:
+    files = sorted({p for s in shards for p in s.paths})
+    ident = []
+    for p in files:
+        st = os.stat(p)
+        ident.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
+    return [[i.model_dump() for i in inputs], ident, [s.to_json() for s in shards]]
+
+
+def build_plan(loaded: LoadedSpec, *, inputs: list[str] | None = None, output: str | None = None,
+               seed: int | None = None) -> Plan:
+    """Apply command-line overrides, resolve stages and schemas, plan shards and fingerprints."""
+    spec = loaded.spec
+    updates: dict = {}
+    if inputs:
+        first = spec.inputs[0] if spec.inputs else InputSpec(path=inputs[0])
+        new_inputs = [first.model_copy(update={"path": inputs[0]})]
+        new_inputs += [InputSpec(path=p) for p in inputs[1:]]
+        updates["inputs"] = new_inputs + list(spec.inputs[1:])
+    if seed is not None:
+        updates["seed"] = seed
+    if updates:
+        spec = spec.model_copy(update=updates)
+        loaded = LoadedSpec(spec, loaded.file, loaded.lines)
+    if not spec.inputs:
+        raise loaded.error(("inputs",), "the pipeline has no inputs", "pass --input PATH or add 'inputs:'")
+    stages = resolve_stages(loaded)
+    try:
+        shards = plan_shards(spec.inputs, spec.read)
+    except FileNotFoundError as e:
+        raise loaded.error(("inputs",), str(e), "check the path, or pass --input PATH") from None
+    base = {
+        "code": CODE_VERSION,
+        "seed": spec.seed,
+        "read": spec.read.model_dump(),
+        "inputs": input_identity(spec.inputs, shards),
+    }
+    steps = build_steps(stages, base)
+    fingerprint = _hash({"steps": [s.fingerprint for s in steps], "output": spec.output.records_per_file})
+    out = output or spec.output.path or os.path.join("out", spec.name)
+    return Plan(loaded, spec, stages, steps, shards, fingerprint, out)
+
+
+__all__ = ["Plan", "PlannedStage", "Step", "build_plan", "did_you_mean", "resolve_stages"]

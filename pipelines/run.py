@@ -1,0 +1,198 @@
+"""The driver: runs a plan on a runner, checks the accounting, writes the card and the catalog.
+
+Only this process writes to the catalog; runners hand their statistics and removed records back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from catalog import Catalog
+from pipelines import engine
+from pipelines.io import write_parquet_atomic, write_text_atomic
+from pipelines.plan import CODE_VERSION, Plan
+from pipelines.progress import Progress, format_table
+from pipelines.runners import make_runner
+
+
+class AccountingError(RuntimeError):
+    """Records in != out + rejected + dropped for some stage: something was lost or invented."""
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    output_dir: str
+    n_records: int
+    fingerprint: str
+    stats: list[dict]
+    n_removed: int
+    seconds: float
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("run-%Y%m%dT%H%M%S-") + secrets.token_hex(3)
+
+
+def check_accounting(stats: list[dict]) -> None:
+    bad = []
+    for s in stats:
+        produced = s["inputs_with_output"] if s["shape"] == "per-record-expanding" else s["out"]
+        if s["in"] != produced + s["rejected"] + s["dropped"]:
+            bad.append(f"{s['stage']}: in={s['in']} out={produced} rejected={s['rejected']} dropped={s['dropped']}")
+    # What one stage emits, the next one receives.
+    for a, b in zip(stats, stats[1:], strict=False):
+        if a["out"] != b["in"]:
+            bad.append(f"{a['stage']} emitted {a['out']} records but {b['stage']} received {b['in']}")
+    if bad:
+        raise AccountingError("record counts do not reconcile: " + "; ".join(bad))
+
+
+def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_args: list[str] | None = None,
+                 catalog: Catalog | None = None, progress: Progress | None = None) -> RunResult:
+    catalog = catalog or Catalog()
+    progress = progress or Progress()
+    run_id = new_run_id()
+    t0 = time.time()
+    catalog.start_run(
+        run_id, pipeline=plan.spec.name, pipeline_file=os.path.abspath(plan.loaded.file), runner=runner,
+        workers=workers, spec_fingerprint=plan.fingerprint, seed=plan.spec.seed,
+        params=plan.spec.model_dump(), code_version=CODE_VERSION, output_path=os.path.abspath(plan.output_dir),
+    )
+    try:
+        execution = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress).execute(plan)
+        check_accounting(execution.stats)
+        n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.output_dir)
+        expected = execution.stats[-1]["out"] if execution.stats else 0
+        if n != expected:
+            raise AccountingError(f"the last stage emitted {expected} records but the output holds {n}")
+        meta_dir = Path(plan.output_dir) / ".longforge"
+        removed = execution.removed.sort_by([("stage", "ascending"), ("record_id", "ascending")])
+        write_parquet_atomic(removed, meta_dir / "rejects.parquet")
+        output_id = _artifact_id(run_id, "output")
+        artifacts = [{
+            "artifact_id": output_id, "name": plan.spec.name, "kind": "output",
+            "path": os.path.abspath(plan.output_dir), "n_records": n, "n_bytes": n_bytes,
+            "fingerprint": fingerprint, "schema_name": plan.final_schema.name,
+            "schema_version": plan.final_schema.version,
+        }]
+        lineage = []
+        for k, inp in enumerate(plan.spec.inputs):
+            path = os.path.abspath(os.path.expanduser(inp.path))
+            parent = catalog.latest_output_artifact(path)
+            if parent is None:
+                parent = _artifact_id(run_id, f"input{k}")
+                n_in = sum(s["in"] for s in execution.stats if s["stage"] == "read") if k == 0 else None
+                artifacts.append({
+                    "artifact_id": parent, "name": os.path.basename(path.rstrip("/")), "kind": "input",
+                    "path": path, "n_records": n_in, "n_bytes": _size(path),
+                    "fingerprint": _input_fingerprint(plan, k), "schema_name": None, "schema_version": None,
+                })
+            lineage.append((parent, output_id))
+        seconds = round(time.time() - t0, 3)
+        _write_card(plan, run_id, runner, n, fingerprint, execution.stats, seconds)
+        catalog.record_results(run_id, stage_stats=execution.stats, rejects=removed.drop(["payload"]),
+                               artifacts=artifacts, lineage=lineage)
+        catalog.finish_run(run_id, "succeeded")
+    except BaseException as e:
+        catalog.finish_run(run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+        raise
+    return RunResult(run_id, plan.output_dir, n, fingerprint, execution.stats, removed.num_rows, seconds)
+
+
+def _artifact_id(run_id: str, what: str) -> str:
+    return hashlib.sha1(f"{run_id}/{what}".encode()).hexdigest()[:16]
+
+
+def _size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if os.path.isdir(path) else 0
+
+
+def _input_fingerprint(plan: Plan, k: int) -> str:
+    """Inputs are identified by their files' names, sizes and modification times (cheap, stable)."""
+    ident = [(s.paths, s.start, s.end) for s in plan.shards if s.input_index == k]
+    files = sorted({p for s in plan.shards if s.input_index == k for p in s.paths})
+    stats = [(os.path.basename(p), os.path.getsize(p)) for p in files]
+    return hashlib.sha256(json.dumps([stats, len(ident)]).encode()).hexdigest()
+
+
+def summary_table(stats: list[dict]) -> str:
+    rows = [(s["step"], s["stage"], s["in"], s["out"], s["rejected"], s["dropped"], s["seconds"]) for s in stats]
+    return format_table(["step", "stage", "in", "out", "rejected", "dropped", "seconds"], rows)
+
+
+def _write_card(plan: Plan, run_id: str, runner: str, n: int, fingerprint: str, stats: list[dict],
+                seconds: float) -> None:
+    """A dataset card in the Hub's layout, so the folder can be pushed as it stands."""
+    schema = plan.final_schema
+    fields = "\n".join(f"| `{f.name}` | `{f.type}` |" for f in schema.fields)
+    stages = "\n".join(f"{i + 1}. `{s.name}` {json.dumps(s.stage.params.model_dump(), sort_keys=True)}"
+                       for i, s in enumerate(plan.stages))
+    card = f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*.parquet
+tags:
+- longforge
+- {plan.spec.name}
+---
+
+# {plan.spec.name}
+
+{plan.spec.description.strip() or 'Built with longforge.'}
+
+- records: {n:,}
+- schema: `{schema.ref}`
+- content fingerprint: `{fingerprint}`
+- pipeline spec fingerprint: `{plan.fingerprint}`
+- seed: {plan.spec.seed}
+- built by run `{run_id}` on the `{runner}` runner in {seconds:.1f} s
+
+## Fields
+
+| field | type |
+|---|---|
+{fields}
+
+## Stages
+
+{stages}
+
+## Record accounting
+
+```
+{summary_table(stats)}
+```
+
+Rejected and dropped records, with reasons, are in `.longforge/rejects.parquet` and in the catalog.
+
+```python
+import datasets
+ds = datasets.load_dataset("{os.path.abspath(plan.output_dir)}", split="train")
+```
+"""
+    write_text_atomic(card, Path(plan.output_dir) / "README.md")
+    write_text_atomic(
+        json.dumps({"run_id": run_id, "pipeline": plan.spec.name, "records": n, "fingerprint": fingerprint,
+                    "spec_fingerprint": plan.fingerprint, "schema": schema.ref, "stats": stats}, indent=2),
+        Path(plan.output_dir) / ".longforge" / "run.json",
+    )
+
+
+def read_output(output_dir: str):
+    """All output records as a pyarrow table (for tests and small checks)."""
+    files = sorted((Path(output_dir) / "data").glob("train-*.parquet"))
+    return pq.read_table(files) if files else None

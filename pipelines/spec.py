@@ -1,0 +1,197 @@
+"""Pipeline files: safe YAML loading with line numbers, and strict validation.
+
+A pipeline file is data, never code: it is read with PyYAML's safe loader and checked against
+pydantic models that forbid unknown keys. Every error names the file, the line, the key and the
+fix, and is raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class PipelineError(Exception):
+    """A pipeline file that cannot run, with where and how to fix it."""
+
+    def __init__(self, file: str, line: int | None, key: str, message: str, fix: str = ""):
+        self.file, self.line, self.key, self.message, self.fix = file, line, key, message, fix
+        where = f"{file}:{line}" if line else file
+        text = f"{where}: {key}: {message}"
+        if fix:
+            text += f" -> {fix}"
+        super().__init__(text)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    path: str = Field(description="file, folder or glob; JSONL (.jsonl, .gz, .zst), Parquet, text, HF")
+    format: Literal["auto", "jsonl", "parquet", "text", "hf"] = "auto"
+    id_field: str = "id"
+    text_field: str = "text"
+    source: str | None = Field(None, description="value of the 'source' column (default: the file name)")
+
+
+class ReadSpec(_Strict):
+    shard_mb: float = Field(64.0, gt=0, description="target input bytes per shard")
+    max_record_bytes: int = Field(8_000_000, gt=0, description="larger records are rejected")
+
+
+class OutputSpec(_Strict):
+    path: str | None = Field(None, description="output folder (default: out/<pipeline name>)")
+    records_per_file: int = Field(100_000, gt=0, description="records per output Parquet file")
+
+
+class RunnerSpec(_Strict):
+    name: Literal["local", "beam", "datatrove"] = "local"
+    workers: int = Field(1, ge=1)
+    beam_args: list[str] = Field(default_factory=list)
+
+
+class StageSpec(_Strict):
+    stage: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+
+
+class PipelineSpec(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    inputs: list[InputSpec] = Field(default_factory=list)
+    read: ReadSpec = Field(default_factory=ReadSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    runner: RunnerSpec = Field(default_factory=RunnerSpec)
+    stages: list[StageSpec] = Field(min_length=1)
+
+
+class LoadedSpec:
+    """A validated pipeline plus where each key was written, for later error messages."""
+
+    def __init__(self, spec: PipelineSpec, file: str, lines: dict[tuple, int]):
+        self.spec, self.file, self.lines = spec, file, lines
+
+    def line_of(self, path: tuple) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get((), None)
+
+    def error(self, path: tuple, message: str, fix: str = "") -> PipelineError:
+        return PipelineError(self.file, self.line_of(path), _dotted(path), message, fix)
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(file)"
+
+
+def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), lines)
+
+
+def did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else f"expected one of: {', '.join(sorted(options))}"
+
+
+def _describe_type_error(err: dict) -> str:
+    got = err.get("input")
+    got_text = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+    return f"{err['msg'].lower()} (got {got_text})"
+
+
+def _raise_validation(e: ValidationError, model: type[BaseModel], file: str, lines, prefix: tuple):
+    err = e.errors()[0]
+    loc = prefix + tuple(err["loc"])
+    key = _dotted(loc)
+    line = LoadedSpec(None, file, lines).line_of(loc)  # type: ignore[arg-type]
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, err["loc"][:-1])
+        raise PipelineError(file, line, key, "unknown key", did_you_mean(err["loc"][-1], allowed))
+    if err["type"] == "missing":
+        raise PipelineError(file, line, key, "required key is missing", f"add '{err['loc'][-1]}:'")
+    raise PipelineError(file, line, key, _describe_type_error(err), "fix the value's type or range")
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (sub)model that ``loc`` points into."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if hasattr(current, "model_fields") else None
+        if field is None:
+            break
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or ()
+        candidates = [ann, *args]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), current)
+    return list(current.model_fields)
+
+
+def load_pipeline(path: str | Path) -> LoadedSpec:
+    """Read and validate a pipeline file (structure and stage parameters, not yet schemas)."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError(file, None, "(file)", "no such pipeline file", "check the path") from None
+    except UnicodeDecodeError as e:
+        raise PipelineError(file, None, "(file)", f"not UTF-8 ({e.reason})", "save the file as UTF-8") from None
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise PipelineError(
+            file, mark.line + 1 if mark else None, "(syntax)", f"invalid YAML: {getattr(e, 'problem', e)}",
+            "fix the indentation or quoting on that line",
+        ) from None
+    if not isinstance(data, dict):
+        raise PipelineError(file, 1, "(file)", "a pipeline file must be a mapping", "start with 'name: ...'")
+    lines: dict[tuple, int] = {}
+    _line_map(node, (), lines)
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as e:
+        _raise_validation(e, PipelineSpec, file, lines, ())
+    loaded = LoadedSpec(spec, file, lines)
+    _validate_stage_params(loaded)
+    return loaded
+
+
+def _validate_stage_params(loaded: LoadedSpec) -> None:
+    from stages import all_stages
+
+    registry = all_stages()
+    for i, st in enumerate(loaded.spec.stages):
+        if st.stage not in registry:
+            raise loaded.error(("stages", i, "stage"), f"unknown stage '{st.stage}'", did_you_mean(st.stage, registry))
+        params_model = registry[st.stage].Params
+        try:
+            params_model.model_validate(st.params)
+        except ValidationError as e:
+            _raise_validation(e, params_model, loaded.file, loaded.lines, ("stages", i, "params"))

@@ -1,0 +1,125 @@
+"""Named, versioned record schemas.
+
+Every record a stage reads or writes has one of these. The planner connects stages by comparing
+fields, and writers cast to the resolved schema so that every shard of an artifact agrees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class RecordSchema:
+    """A pyarrow schema with a name and a version, e.g. ``document@1``."""
+
+    name: str
+    version: int
+    fields: tuple[pa.Field, ...]
+    doc: str = ""
+    key: str = "id"
+
+    @property
+    def arrow(self) -> pa.Schema:
+        return pa.schema(list(self.fields), metadata={"longforge.schema": f"{self.name}@{self.version}"})
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def field_map(self) -> dict[str, pa.DataType]:
+        return {f.name: f.type for f in self.fields}
+
+    def extended(self, name: str, version: int, extra: tuple[pa.Field, ...], doc: str = "") -> RecordSchema:
+        """A schema with this one's fields plus ``extra`` (an extra field replaces one of the same name)."""
+        names = {f.name for f in extra}
+        kept = tuple(f for f in self.fields if f.name not in names)
+        return RecordSchema(name, version, kept + tuple(extra), doc or self.doc, self.key)
+
+    def missing_from(self, produced: RecordSchema) -> list[str]:
+        """Fields this schema needs that ``produced`` lacks or types differently (human-readable)."""
+        have = produced.field_map()
+        problems = []
+        for f in self.fields:
+            if f.name not in have:
+                problems.append(f"field '{f.name}' ({f.type}) is missing")
+            elif have[f.name] != f.type:
+                problems.append(f"field '{f.name}' is {have[f.name]}, needs {f.type}")
+        return problems
+
+
+@dataclass
+class SchemaRegistry:
+    schemas: dict[str, RecordSchema] = field(default_factory=dict)
+
+    def register(self, schema: RecordSchema) -> RecordSchema:
+        self.schemas[schema.ref] = schema
+        return schema
+
+    def get(self, ref: str) -> RecordSchema:
+        return self.schemas[ref]
+
+
+REGISTRY = SchemaRegistry()
+
+DOCUMENT = REGISTRY.register(
+    RecordSchema(
+        "document",
+        1,
+        (
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("text", pa.string(), nullable=False),
+            pa.field("source", pa.string()),
+            pa.field("language", pa.string()),
+            pa.field("license", pa.string()),
+            pa.field("metadata", pa.string()),  # JSON object, free-form provenance
+        ),
+        doc="A document: stable id, text, where it came from, its language and licence.",
+    )
+)
+
+#: The minimum a reader needs from an input record; everything else is optional.
+TEXT_RECORD = REGISTRY.register(
+    RecordSchema(
+        "text_record",
+        1,
+        (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string(), nullable=False)),
+        doc="Any record with an id and a text.",
+    )
+)
+
+LANGUAGE_FIELDS = (pa.field("language", pa.string()), pa.field("language_score", pa.float64()))
+TOKEN_FIELDS = (pa.field("n_tokens", pa.int64()),)
+SENTENCE_FIELDS = (pa.field("sentences", pa.list_(pa.string())),)
+
+TOKENIZED_DOCUMENT = REGISTRY.register(
+    DOCUMENT.extended(
+        "tokenized_document",
+        1,
+        LANGUAGE_FIELDS + TOKEN_FIELDS,
+        doc="A document with its detected language and its length in tokens of a named tokenizer.",
+    )
+)
+
+REJECT = REGISTRY.register(
+    RecordSchema(
+        "reject",
+        1,
+        (
+            pa.field("stage", pa.string()),
+            pa.field("record_id", pa.string()),
+            pa.field("reason", pa.string()),
+            pa.field("kind", pa.string()),  # "rejected" (bad input) or "dropped" (by design)
+        ),
+        doc="A record that left the pipeline, and why.",
+        key="record_id",
+    )
+)
+
+
+def cast_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows to a table of exactly ``schema``: a missing nullable field becomes null, a wrong type fails."""
+    columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)

@@ -1,0 +1,114 @@
+"""The stage contract: a name, strict typed parameters, declared schemas, and plain-Python work.
+
+Two shapes cover every product:
+
+* :class:`RecordStage` (map / flat-map / filter) looks at one record at a time;
+* :class:`CollectionStage` needs every record (or every record of a key). It is split the
+  Data-Juicer way into statistics and a decision: ``keys()`` maps each record to grouping keys,
+  ``decide()`` looks at one group and names the records to drop. Each runner executes that split
+  with its own primitives (a dict on one machine, ``GroupByKey`` on Beam), so a stage never
+  depends on the engine that runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas import RecordSchema
+
+
+class StageParams(BaseModel):
+    """Base of every parameter model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that is malformed for this stage (bad input). ``reason`` is a category to count by;
+    ``payload`` keeps the record (or the raw input line) so that nothing is lost."""
+
+    record_id: str
+    reason: str
+    detail: str = ""
+    payload: str | None = None
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A record removed on purpose (a filter or dedup decision)."""
+
+    record_id: str
+    reason: str
+    detail: str = ""
+
+
+Outcome = dict | Rejected | Dropped
+
+
+class Stage:
+    """Common part of both shapes. Subclasses set ``name``, ``Params`` and ``input_schema``."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[StageParams]] = StageParams
+    input_schema: ClassVar[RecordSchema]
+    shape: ClassVar[str]
+    #: True when one input record may yield several output records.
+    expands: ClassVar[bool] = False
+
+    def __init__(self, params: StageParams | None = None, seed: int = 0):
+        self.params = params if params is not None else self.Params()
+        self.seed = seed
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        """The schema this stage writes, given what the stage before it produced."""
+        return upstream
+
+    @staticmethod
+    def adding(upstream: RecordSchema, tag: str, fields: tuple) -> RecordSchema:
+        """``upstream`` plus ``fields``, named e.g. ``document+tokens@1`` so plans show what was added."""
+        name = upstream.name if upstream.name.endswith(f"+{tag}") else f"{upstream.name}+{tag}"
+        return upstream.extended(name, upstream.version, fields)
+
+    def setup(self) -> None:
+        """Load heavy resources (models, tokenizers) once per worker, not per record."""
+
+    def __getstate__(self) -> dict:
+        # Loaded resources are rebuilt by setup() on the worker; only configuration travels.
+        return {"params": self.params, "seed": self.seed}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["params"], state["seed"])
+
+
+class RecordStage(Stage):
+    shape = "per-record"
+
+    def process(self, record: dict) -> Iterator[Outcome]:
+        raise NotImplementedError
+
+
+class CollectionStage(Stage):
+    shape = "whole-collection"
+
+    def keys(self, record: dict) -> Iterable[tuple[str, Any]]:
+        """Grouping keys of a record, each with a small JSON-serialisable value that ``decide`` sees."""
+        raise NotImplementedError
+
+    def decide(self, key: str, values: list[Any]) -> Iterable[Dropped]:
+        """A :class:`Dropped` for each record of this group that must go."""
+        raise NotImplementedError
+
+
+def merge_decisions(decisions: Iterable[Dropped]) -> dict[str, Dropped]:
+    """One decision per record id; the smallest (reason, detail) wins, so every runner agrees."""
+    merged: dict[str, Dropped] = {}
+    for d in decisions:
+        old = merged.get(d.record_id)
+        if old is None or (d.reason, d.detail) < (old.reason, old.detail):
+            merged[d.record_id] = d
+    return merged
