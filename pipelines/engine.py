@@ -215,18 +215,27 @@ def run_segment_shard(plan: Plan, step: Step, i: int) -> dict:
     for ps in step.stages:
         counter = StageCounter(step.index, ps.label, ps.shape)
         counters.append(counter)
-        ps.stage.setup() if not getattr(ps.stage, "_longforge_ready", False) else None
-        ps.stage._longforge_ready = True
+        ensure_setup(ps.stage)
         stream = apply_record_stage(ps, stream, counter, removed)
-    rows = list(stream)
+    return finish_segment_shard(plan, step, i, list(stream), counters, removed, t0)
+
+
+def ensure_setup(stage) -> None:
+    if not getattr(stage, "_longforge_ready", False):
+        stage.setup()
+        stage._longforge_ready = True
+
+
+def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], counters: list[StageCounter],
+                         removed: list[dict], t0: float) -> dict:
+    """Write a shard's records, removed records and keys, then its completion marker (last)."""
     files = shard_files(plan, step, i)
     write_parquet_atomic(cast_table(rows, step.out_schema.arrow), files["records"])
     write_parquet_atomic(pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA), files["removed"])
+    counters = list(counters)
     if step.emits_keys_for is not None:
         stage = step.emits_keys_for.stage
-        if not getattr(stage, "_longforge_ready", False):
-            stage.setup()
-            stage._longforge_ready = True
+        ensure_setup(stage)
         t_keys = time.perf_counter()
         keys = [{"key": k, "value": json.dumps(v)} for r in rows for k, v in stage.keys(r)]
         write_parquet_atomic(pa.Table.from_pylist(keys, schema=KEYS_SCHEMA), files["keys"])

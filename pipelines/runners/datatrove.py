@@ -1,0 +1,150 @@
+"""The datatrove runner: each segment is a datatrove pipeline run by its LocalPipelineExecutor.
+
+Every longforge per-record stage becomes a datatrove ``PipelineStep`` over ``Document`` objects
+(generator composition, so memory stays flat), between a reader step for the shard and a writer
+step that leaves the same shard files and completion markers as the local runner. One datatrove
+task is one shard; datatrove's own completion files make a rerun skip finished tasks.
+
+Whole-collection stages run as the local runner runs them (the decision over all shards' keys).
+datatrove ships MinHash and exact-substring dedup blocks, but their keep rules differ from ours
+(``drop any record sharing a bucket with a smaller id``); applying our rule on every runner is what
+keeps the outputs byte-identical across runners.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from datatrove.data import Document
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
+
+from pipelines import engine
+from pipelines.plan import Plan, PlannedStage, Step
+from pipelines.runners import Execution
+
+
+def to_document(record: dict) -> Document:
+    meta = {k: v for k, v in record.items() if k not in ("id", "text")}
+    return Document(text=record["text"], id=record["id"], metadata=meta)
+
+
+def from_document(doc: Document) -> dict:
+    return {"id": doc.id, "text": doc.text, **doc.metadata}
+
+
+class ShardState:
+    """What the steps of one task share: per-stage counters and removed records of the shard."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.counters: list[engine.StageCounter] = []
+        self.removed: list[dict] = []
+        self.t0 = time.time()
+
+
+class ShardReader(PipelineStep):
+    name = "longforge shard reader"
+    type = "📖 - READER"
+
+    def __init__(self, plan: Plan, step: Step, state: ShardState):
+        super().__init__()
+        self.plan, self.step_index, self.state = plan, step.index, state
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        step = self.plan.steps[self.step_index]
+        for record in engine.iter_segment_input(self.plan, step, rank, self.state.counters, self.state.removed):
+            self.stat_update("documents")
+            yield to_document(record)
+
+
+class StageStep(PipelineStep):
+    """A longforge per-record stage as a datatrove step."""
+
+    type = "🔻 - FILTER"
+
+    def __init__(self, ps: PlannedStage, step: Step, state: ShardState):
+        self.name = f"longforge {ps.label}"
+        super().__init__()
+        self.ps, self.step_index, self.state = ps, step.index, state
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        engine.ensure_setup(self.ps.stage)
+        counter = engine.StageCounter(self.step_index, self.ps.label, self.ps.shape)
+        self.state.counters.append(counter)
+        records = (from_document(d) for d in data)
+        for record in engine.apply_record_stage(self.ps, records, counter, self.state.removed):
+            self.stat_update("kept")
+            yield to_document(record)
+        self.stat_update("removed", value=counter.rejected + counter.dropped)
+
+
+class ShardWriter(PipelineStep):
+    name = "longforge shard writer"
+    type = "💽 - WRITER"
+
+    def __init__(self, plan: Plan, step: Step, state: ShardState):
+        super().__init__()
+        self.plan, self.step_index, self.state = plan, step.index, state
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        # The writer's body runs first (it pulls from the steps before it), so it starts the shard.
+        self.state.reset()
+        rows = [from_document(d) for d in data]
+        step = self.plan.steps[self.step_index]
+        engine.finish_segment_shard(self.plan, step, rank, rows, self.state.counters, self.state.removed,
+                                    self.state.t0)
+        self.stat_update("written", value=len(rows))
+        return
+        yield  # a generator, as datatrove expects
+
+
+class DatatroveRunner:
+    name = "datatrove"
+
+    def __init__(self, workers: int = 1, progress=None):
+        self.workers = workers
+        self.progress = progress
+
+    def run_segment(self, plan: Plan, step: Step) -> None:
+        if all(engine.shard_done(plan, step, i) for i in range(len(plan.shards))):
+            return
+        state = ShardState()
+        pipeline = [ShardReader(plan, step, state)]
+        pipeline += [StageStep(ps, step, state) for ps in step.stages]
+        pipeline.append(ShardWriter(plan, step, state))
+        logs = engine.step_dir(plan, step) / "datatrove-logs"
+        executor = LocalPipelineExecutor(pipeline=pipeline, tasks=len(plan.shards), workers=self.workers,
+                                         logging_dir=str(logs), skip_completed=True)
+        if self.progress is not None:
+            self.progress.log(f"datatrove: {step.name}: {len(plan.shards)} tasks, {self.workers} workers")
+        executor.run()
+        missing = [i for i in range(len(plan.shards)) if not engine.shard_done(plan, step, i)]
+        if missing:
+            raise RuntimeError(f"datatrove finished {step.name} without shards {missing}; see {logs}")
+
+    def execute(self, plan: Plan) -> Execution:
+        logging.getLogger("datatrove").setLevel(logging.WARNING)
+        _quiet_loguru()
+        for step in plan.steps:
+            if step.kind == "segment":
+                self.run_segment(plan, step)
+            else:
+                engine.run_decide(plan, step)
+        final = plan.segments[-1]
+        paths = engine.publish_local(plan, final, engine.segment_records(plan, final))
+        return Execution(stats=engine.collect_stats(plan), removed=engine.collect_removed(plan),
+                         files=[str(p) for p in paths])
+
+
+def _quiet_loguru() -> None:
+    """datatrove logs every task through loguru at INFO; keep warnings only on the console."""
+    import sys
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
