@@ -120,7 +120,9 @@ def _describe_type_error(err: dict) -> str:
 
 
 def _raise_validation(e: ValidationError, model: type[BaseModel], file: str, lines, prefix: tuple):
-    err = e.errors()[0]
+    # A misspelled key also shows up as a missing one: report the misspelling, it names the fix.
+    errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
+    err = errors[0]
     loc = prefix + tuple(err["loc"])
     key = _dotted(loc)
     line = LoadedSpec(None, file, lines).line_of(loc)  # type: ignore[arg-type]
@@ -129,7 +131,15 @@ def _raise_validation(e: ValidationError, model: type[BaseModel], file: str, lin
         raise PipelineError(file, line, key, "unknown key", did_you_mean(err["loc"][-1], allowed))
     if err["type"] == "missing":
         raise PipelineError(file, line, key, "required key is missing", f"add '{err['loc'][-1]}:'")
-    raise PipelineError(file, line, key, _describe_type_error(err), "fix the value's type or range")
+    field = model.model_fields.get(err["loc"][0]) if len(err["loc"]) == 1 else None
+    expected = f" ({_type_name(field.annotation)})" if field is not None else ""
+    fix = f"give '{err['loc'][-1]}' a valid value{expected}; the parameters are listed by " + (
+        "`longforge stages`" if prefix[:1] == ("stages",) else "the README's pipeline reference")
+    raise PipelineError(file, line, key, _describe_type_error(err), fix)
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:

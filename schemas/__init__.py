@@ -110,7 +110,8 @@ REJECT = REGISTRY.register(
         (
             pa.field("stage", pa.string()),
             pa.field("record_id", pa.string()),
-            pa.field("reason", pa.string()),
+            pa.field("reason", pa.string()),  # a category to count by
+            pa.field("detail", pa.string()),  # the particulars (which byte, which kept id)
             pa.field("kind", pa.string()),  # "rejected" (bad input) or "dropped" (by design)
         ),
         doc="A record that left the pipeline, and why.",

@@ -1,0 +1,58 @@
+"""Shared fixtures: real corpora (built from the packages `make test` fetches) and helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LONGFORGE = [sys.executable, "-m", "pipelines.cli"]
+
+
+@pytest.fixture(scope="session")
+def corpora_dir(tmp_path_factory) -> Path:
+    """Paul Graham essays, KJV chapters and Python docs as Parquet document datasets."""
+    from pipelines import corpora
+
+    root = tmp_path_factory.mktemp("corpora")
+    for name in ("paul_graham", "kjv_chapters", "python_docs"):
+        try:
+            corpora.build(name, str(root / name))
+        except corpora.CorpusNotAvailable as e:  # pragma: no cover - set-up problem, say how to fix
+            pytest.fail(f"{e} (make test runs the set-up that fetches the corpora)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_docs(corpora_dir) -> list[dict]:
+    rows = []
+    for name in ("paul_graham", "kjv_chapters", "python_docs"):
+        rows += pq.read_table(str(corpora_dir / name / "data")).to_pylist()
+    return rows
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_pipeline(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """The `longforge` command as a user runs it, in a fresh process."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run([*LONGFORGE, *args], cwd=cwd or REPO, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)

@@ -1,0 +1,103 @@
+"""Pipeline files fail before any work, naming file, line, key and fix (issue: four broken files)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.spec import PipelineError, load_pipeline
+from tests.conftest import REPO, run_cli, write_pipeline
+
+HEADER = """
+name: broken
+inputs:
+  - path: nowhere.jsonl
+stages:
+"""
+
+BROKEN = {
+    # name: (stages block, line of the mistake, text the message must contain)
+    "misspelled_stage": ("  - stage: normalise\n", 5, "did you mean 'normalize'"),
+    "misspelled_param": ("  - stage: normalize\n    params:\n      frm: NFC\n", 7, "did you mean 'form'"),
+    "wrong_type": ("  - stage: length_filter\n    params:\n      min_chars: lots\n", 7, "valid integer"),
+    "schemas_do_not_connect": (
+        "  - stage: normalize\n  - stage: token_filter\n    params: {max_tokens: 100}\n",
+        6,
+        "add a 'tokenize' stage before it",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_validate_rejects_broken_pipeline_with_file_line_and_fix(tmp_path, case):
+    stages, line, expected = BROKEN[case]
+    path = write_pipeline(tmp_path / f"{case}.yaml", HEADER + stages)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli("validate", str(path), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"{path}:{line}:" in result.stderr
+    assert expected in result.stderr
+    # Nothing written: no catalog, no output folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_four_broken_pipelines_give_four_distinct_messages(tmp_path):
+    messages = set()
+    for case, (stages, _line, _expected) in BROKEN.items():
+        path = write_pipeline(tmp_path / f"{case}.yaml", HEADER + stages)
+        with pytest.raises(PipelineError) as e:
+            from pipelines.plan import resolve_stages
+
+            resolve_stages(load_pipeline(path))
+        messages.add(str(e.value).split(":", 2)[2])  # drop file and line
+    assert len(messages) == 4
+
+
+def test_run_of_broken_pipeline_fails_before_work(tmp_path):
+    path = write_pipeline(tmp_path / "p.yaml", HEADER + BROKEN["schemas_do_not_connect"][0])
+    result = run_cli("run", str(path), "--output", str(tmp_path / "out"), "--catalog",
+                     str(tmp_path / "c.duckdb"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert not (tmp_path / "out").exists() and not (tmp_path / "c.duckdb").exists()
+
+
+def test_unknown_top_level_key_and_missing_name(tmp_path):
+    path = write_pipeline(tmp_path / "p.yaml", "name: x\nstagse: []\n")
+    with pytest.raises(PipelineError, match=r"p.yaml:2: stagse: unknown key -> did you mean 'stages'"):
+        load_pipeline(path)
+    path = write_pipeline(tmp_path / "q.yaml", "stages:\n  - stage: normalize\n")
+    with pytest.raises(PipelineError, match="name: required key is missing"):
+        load_pipeline(path)
+
+
+def test_pipeline_file_cannot_execute_code(tmp_path):
+    path = write_pipeline(tmp_path / "p.yaml", "name: !!python/object/apply:os.system ['touch pwned']\n"
+                                               "stages:\n  - stage: normalize\n")
+    with pytest.raises(PipelineError, match="invalid YAML"):
+        load_pipeline(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = write_pipeline(tmp_path / "p.yaml", "name: x\nstages:\n  - stage: normalize\n   params: {\n")
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(path)
+    assert e.value.line is not None and e.value.line >= 3
+
+
+@pytest.mark.parametrize("name", ["documents.yaml"])
+def test_bundled_pipelines_validate(name):
+    result = run_cli("validate", str(REPO / "pipelines" / name))
+    assert result.returncode == 0, result.stderr
+    assert "tokenize" in result.stdout
+
+
+def test_dry_run_prints_plan_without_writing(tmp_path, corpora_dir):
+    result = run_cli("run", str(REPO / "pipelines" / "documents.yaml"), "--input", str(corpora_dir / "paul_graham"),
+                     "--output", str(tmp_path / "out"), "--catalog", str(tmp_path / "c.duckdb"), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    plan = json.loads(result.stdout)
+    assert [s["stage"] for s in plan["stages"]][:2] == ["normalize", "length_filter"]
+    assert plan["shards"] and plan["stages"][-1]["writes"].startswith("document+")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "c.duckdb").exists()
