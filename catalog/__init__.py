@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
     pipeline VARCHAR,
     pipeline_file VARCHAR,
-    status VARCHAR,            -- running | succeeded | failed
+    status VARCHAR,            -- running | succeeded | failed | interrupted
     runner VARCHAR,
     workers INTEGER,
     spec_fingerprint VARCHAR,
@@ -164,6 +164,15 @@ class Catalog:
             con.execute(
                 "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
                 [status, error, now(), run_id],
+            )
+
+    def mark_interrupted(self, output_path: str) -> None:
+        """Runs that were killed before they could say so (their lock outlived them)."""
+        with self.connect() as con:
+            con.execute(
+                "UPDATE runs SET status = 'interrupted', finished_at = ? "
+                "WHERE status = 'running' AND output_path = ?",
+                [now(), output_path],
             )
 
     def record_results(self, run_id: str, *, stage_stats: list[dict], rejects: pa.Table | None,

@@ -63,6 +63,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
     progress = progress or Progress()
     run_id = new_run_id()
     t0 = time.time()
+    lock = _take_output_lock(plan, catalog)
     catalog.start_run(
         run_id, pipeline=plan.spec.name, pipeline_file=os.path.abspath(plan.loaded.file), runner=runner,
         workers=workers, spec_fingerprint=plan.fingerprint, seed=plan.spec.seed,
@@ -106,7 +107,36 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
     except BaseException as e:
         catalog.finish_run(run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
         raise
+    finally:
+        lock.unlink(missing_ok=True)
     return RunResult(run_id, plan.output_dir, n, fingerprint, execution.stats, removed.num_rows, seconds)
+
+
+def _take_output_lock(plan: Plan, catalog: Catalog) -> Path:
+    """One run per output folder. A lock left by a killed run is taken over, and the runs it
+    left 'running' in the catalog are marked 'interrupted'; the new run resumes their shards."""
+    lock = Path(plan.output_dir) / ".longforge" / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pid = int(lock.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        pid = None
+    if pid is not None and pid != os.getpid() and _alive(pid):
+        raise RuntimeError(f"another run (pid {pid}) is writing to {plan.output_dir}; wait for it or stop it")
+    if pid is not None:
+        catalog.mark_interrupted(os.path.abspath(plan.output_dir))
+    lock.write_text(str(os.getpid()))
+    return lock
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _artifact_id(run_id: str, what: str) -> str:

@@ -1,0 +1,100 @@
+"""A run killed with SIGKILL resumes: the rerun does only the missing shards and matches an
+uninterrupted run (issue 2, point 9)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import duckdb
+
+from tests.conftest import LONGFORGE, REPO, run_cli, write_jsonl, write_pipeline
+
+PIPELINE = """
+name: resume
+inputs:
+  - path: {input}
+read:
+  shard_mb: 0.1
+stages:
+  - stage: normalize
+  - stage: language_id
+  - stage: tokenize
+  - stage: exact_dedup
+  - stage: sentence_split
+"""
+
+
+def _markers(out):
+    return sorted((out / ".longforge" / "work").glob("step-00-*/shard-*.done.json"))
+
+
+def test_sigkill_then_rerun_matches_uninterrupted_run(real_docs, tmp_path):
+    docs = [{"id": r["id"], "text": r["text"]} for r in real_docs]
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    pipeline = write_pipeline(tmp_path / "p.yaml", PIPELINE.format(input=src))
+    catalog = tmp_path / "c.duckdb"
+    killed_out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([*LONGFORGE, "run", str(pipeline), "--output", str(killed_out), "--catalog",
+                             str(catalog), "--quiet"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(_markers(killed_out)) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done_before = {p: p.stat().st_mtime_ns for p in _markers(killed_out)}
+    n_shards = len(list((killed_out / ".longforge" / "work").glob("step-00-*/")))
+    assert n_shards == 1
+    total = _count_shards(pipeline, src)
+    assert 3 <= len(done_before) < total, "the kill must land mid-run"
+
+    resumed = run_cli("run", str(pipeline), "--output", str(killed_out), "--catalog", str(catalog), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # Finished shards were not redone.
+    for p, mtime in done_before.items():
+        assert p.stat().st_mtime_ns == mtime
+    assert len(_markers(killed_out)) == total
+
+    clean = run_cli("run", str(pipeline), "--output", str(tmp_path / "clean"), "--catalog", str(catalog), "--quiet")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    con = duckdb.connect(str(catalog), read_only=True)
+    rows = con.execute(
+        "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status").fetchall()
+    # The killed run could not say so itself; the rerun found its lock and marked it.
+    assert dict(rows) == {"interrupted": 1, "succeeded": 2}
+    fps = con.execute("SELECT fingerprint, n_records FROM artifacts WHERE kind = 'output'").fetchall()
+    assert len(fps) == 2 and fps[0] == fps[1]
+    killed_files = sorted((killed_out / "data").glob("*.parquet"))
+    clean_files = sorted((tmp_path / "clean" / "data").glob("*.parquet"))
+    assert [f.read_bytes() for f in killed_files] == [f.read_bytes() for f in clean_files]
+
+
+def _count_shards(pipeline, src) -> int:
+    from pipelines.plan import build_plan
+    from pipelines.spec import load_pipeline
+
+    return len(build_plan(load_pipeline(pipeline)).shards)
+
+
+def test_changed_parameters_do_not_reuse_stale_shards(real_docs, tmp_path):
+    docs = [{"id": r["id"], "text": r["text"]} for r in real_docs[:200]]
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    out = tmp_path / "out"
+    first = write_pipeline(tmp_path / "a.yaml", PIPELINE.format(input=src))
+    assert run_cli("run", str(first), "--output", str(out), "--catalog", str(tmp_path / "c.duckdb"),
+                   "--quiet").returncode == 0
+    second = write_pipeline(tmp_path / "b.yaml", PIPELINE.format(input=src).replace(
+        "  - stage: normalize\n", "  - stage: normalize\n  - stage: length_filter\n    params: {min_chars: 2000}\n"))
+    result = run_cli("run", str(second), "--output", str(out), "--catalog", str(tmp_path / "c.duckdb"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(str(out / "data")).to_pylist()
+    assert t and all(len(r["text"]) >= 2000 for r in t)
+    assert len(t) < 200
+
