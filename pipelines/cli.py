@@ -171,7 +171,7 @@ def _stages(args) -> int:
         added = [f.name for f in out.fields if f.name not in DOCUMENT.field_map()]
         print(f"{name}  [{cls.shape}]  {doc}")
         print(f"    reads:  {cls.input_schema.ref} (needs {', '.join(f.name for f in cls.input_schema.fields)})")
-        print(f"    writes: what it reads" + (f" + {', '.join(added)}" if added else ""))
+        print("    writes: what it reads" + (f" + {', '.join(added)}" if added else ""))
         for fname, field in cls.Params.model_fields.items():
             ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
             default = field.default if field.default is not None else "none"

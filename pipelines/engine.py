@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa

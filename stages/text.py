@@ -46,7 +46,7 @@ class Normalize(RecordStage):
         if p.collapse_spaces:
             text = _SPACES.sub(" ", text)
             text = "\n".join(line.strip() for line in text.split("\n"))
-        text = re.sub(r"\n{%d,}" % (p.max_blank_lines + 2), "\n" * (p.max_blank_lines + 1), text)
+        text = re.sub(r"\n{" + str(p.max_blank_lines + 2) + ",}", "\n" * (p.max_blank_lines + 1), text)
         text = text.strip()
         if not text:
             yield Rejected(record["id"], "empty text after normalisation")
@@ -55,6 +55,9 @@ class Normalize(RecordStage):
 
 
 class LanguageIdParams(StageParams):
+    languages: list[str] | None = Field(
+        None, description="restrict the candidate languages (ISO 639 codes); default: all 97+ of py3langid"
+    )
     keep: list[str] | None = Field(None, description="ISO 639-1 codes to keep; others are dropped")
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="drop documents identified below this")
     overwrite: bool = Field(
@@ -75,6 +78,8 @@ class LanguageId(RecordStage):
         from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
         self._identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        if self.params.languages:
+            self._identifier.set_languages(self.params.languages)
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return self.adding(upstream, "language", LANGUAGE_FIELDS)

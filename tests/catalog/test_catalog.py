@@ -1,0 +1,116 @@
+"""The catalog answers the common questions through `longforge catalog` (issue 2, point 7)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from catalog import Catalog
+from tests.conftest import run_cli, write_jsonl, write_pipeline
+
+PIPELINE = """
+name: catalog-demo
+inputs:
+  - path: {input}
+stages:
+  - stage: normalize
+  - stage: length_filter
+    params: {{min_chars: 3000}}
+  - stage: exact_dedup
+"""
+
+
+@pytest.fixture(scope="module")
+def two_runs(real_docs, tmp_path_factory):
+    d = tmp_path_factory.mktemp("cat")
+    docs = [{"id": r["id"], "text": r["text"]} for r in real_docs if r["source"] in ("paul_graham", "python_docs")]
+    docs += [{"id": "zz-copy", "text": docs[0]["text"]}, {"id": "zz-empty", "text": ""}]
+    src = write_jsonl(d / "docs.jsonl", docs)
+    pipeline = write_pipeline(d / "p.yaml", PIPELINE.format(input=src))
+    catalog = d / "c.duckdb"
+    for out in ("a", "b"):
+        r = run_cli("run", str(pipeline), "--output", str(d / out), "--catalog", str(catalog), "--quiet")
+        assert r.returncode == 0, r.stderr
+    return d, catalog, docs
+
+
+def _csv(result):
+    assert result.returncode == 0, result.stderr
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+def test_which_runs_produced_this_artifact(two_runs):
+    d, catalog, _ = two_runs
+    fp = Catalog(str(catalog)).query("SELECT fingerprint FROM artifacts WHERE kind = 'output' LIMIT 1")[1][0][0]
+    rows = _csv(run_cli("catalog", "--catalog", str(catalog), "query",
+                        f"SELECT run_id, pipeline, path FROM artifact_producers WHERE fingerprint = '{fp}'",
+                        "--format", "csv"))
+    # Same input, spec and seed in two folders: both runs produced the same content.
+    assert len(rows) == 2 and {r["pipeline"] for r in rows} == {"catalog-demo"}
+    assert {r["path"].rsplit("/", 1)[1] for r in rows} == {"a", "b"}
+
+
+def test_how_many_records_each_stage_dropped_and_why(two_runs):
+    d, catalog, docs = two_runs
+    run_id = Catalog(str(catalog)).query("SELECT run_id FROM runs ORDER BY started_at LIMIT 1")[1][0][0]
+    result = run_cli("catalog", "--catalog", str(catalog), "query",
+                     f"SELECT stage, kind, reason, n FROM drops_by_reason WHERE run_id = '{run_id}' ORDER BY stage",
+                     "--format", "json")
+    rows = json.loads(result.stdout)
+    by = {(r["stage"], r["reason"]): r["n"] for r in rows}
+    short = sum(1 for x in docs if 0 < len(x["text"].strip()) < 3000)
+    assert by[("read", "empty text")] == 1
+    assert by[("length_filter", "shorter than 3000 characters")] == short
+    assert by[("exact_dedup", "exact duplicate")] == 1
+    # And the stage table says the same.
+    stats = Catalog(str(catalog)).query(
+        "SELECT stage, records_dropped + records_rejected FROM stage_stats WHERE run_id = ?", [run_id])[1]
+    removed = dict(stats)
+    assert removed["length_filter"] == short and removed["exact_dedup"] == 1 and removed["read"] == 1
+
+
+def test_runs_artifacts_show_and_bad_sql(two_runs):
+    d, catalog, _ = two_runs
+    runs = run_cli("catalog", "--catalog", str(catalog), "runs")
+    assert runs.returncode == 0 and runs.stdout.count("catalog-demo") == 2 and "succeeded" in runs.stdout
+    arts = run_cli("catalog", "--catalog", str(catalog), "artifacts", "--format", "json")
+    kinds = sorted(a["kind"] for a in json.loads(arts.stdout))
+    assert kinds == ["input", "input", "output", "output"]
+    run_id = json.loads(arts.stdout)[0]["run_id"]
+    show = run_cli("catalog", "--catalog", str(catalog), "show", run_id)
+    assert show.returncode == 0 and "exact_dedup" in show.stdout and "shorter than" in show.stdout
+    bad = run_cli("catalog", "--catalog", str(catalog), "query", "SELECT nope FROM runs")
+    assert bad.returncode == 2 and "query failed" in bad.stderr
+    missing = run_cli("catalog", "--catalog", str(d / "none.duckdb"), "runs")
+    assert missing.returncode == 2 and "no catalog" in missing.stderr
+
+
+def test_lineage_links_a_pipeline_to_the_output_it_reads(two_runs, tmp_path):
+    d, catalog, _ = two_runs
+    second = write_pipeline(tmp_path / "q.yaml", f"""
+        name: downstream
+        inputs:
+          - path: {d / 'a'}
+        stages:
+          - stage: normalize
+        """)
+    r = run_cli("run", str(second), "--output", str(tmp_path / "out"), "--catalog", str(catalog), "--quiet")
+    assert r.returncode == 0, r.stderr
+    rows = Catalog(str(catalog)).query(
+        "SELECT p.name, c.name FROM lineage l JOIN artifacts p ON p.artifact_id = l.parent_artifact_id "
+        "JOIN artifacts c ON c.artifact_id = l.child_artifact_id WHERE c.name = 'downstream'")[1]
+    assert rows == [("catalog-demo", "downstream")]
+
+
+def test_scores_side_table_accepts_scores(tmp_path):
+    import pyarrow as pa
+
+    cat = Catalog(str(tmp_path / "s.duckdb"))
+    t = pa.table({"sample_id": ["a", "b"], "artifact_id": ["x", "x"], "job": ["ppl", "ppl"],
+                  "model": ["smollm2", "smollm2"], "metric": ["perplexity"] * 2, "value": [3.5, 7.0],
+                  "run_id": ["r", "r"]})
+    assert cat.add_scores(t) == 2
+    assert cat.query("SELECT sample_id FROM scores WHERE value > 5")[1] == [("b",)]

@@ -1,0 +1,55 @@
+"""The CLI contract: help generated from the parameter models, exit codes 0 / 2 / 1."""
+
+from __future__ import annotations
+
+from tests.conftest import run_cli, write_pipeline
+
+
+def test_stages_lists_every_stage_with_parameters_and_schemas():
+    r = run_cli("stages")
+    assert r.returncode == 0
+    for name in ("normalize", "language_id", "tokenize", "exact_dedup", "minhash_dedup", "sentence_split"):
+        assert f"\n{name}  [" in "\n" + r.stdout
+    assert "threshold: float = 0.0" in r.stdout  # from MinhashDedupParams
+    assert "+ n_tokens" in r.stdout  # tokenize adds a field
+
+
+def test_stages_one_and_unknown():
+    r = run_cli("stages", "tokenize")
+    assert r.returncode == 0 and "tokenizer: str = 'smollm2'" in r.stdout
+    r = run_cli("stages", "tokenise")
+    assert r.returncode == 2 and "did you mean 'tokenize'" in r.stderr
+
+
+def test_corpus_list_and_unknown():
+    r = run_cli("corpus", "list")
+    assert r.returncode == 0 and "kjv_chapters" in r.stdout and "peoples_daily_1998" in r.stdout
+    r = run_cli("corpus", "build", "kjv_chapter")
+    assert r.returncode == 2 and "did you mean 'kjv_chapters'" in r.stderr
+
+
+def test_usage_error_exit_2_and_run_failure_exit_1(tmp_path):
+    assert run_cli("run").returncode == 2
+    assert run_cli("frobnicate").returncode == 2
+    # A run that fails while working (the tokenizer does not exist) exits 1 and says why.
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "text": "hello"}\n')
+    p = write_pipeline(tmp_path / "p.yaml", f"""
+        name: fails
+        inputs: [{{path: {tmp_path / 'd.jsonl'}}}]
+        stages:
+          - stage: tokenize
+            params: {{tokenizer: {tmp_path / 'no-such-tokenizer'}}}
+        """)
+    r = run_cli("run", str(p), "--output", str(tmp_path / "out"), "--catalog", str(tmp_path / "c.duckdb"),
+                "--quiet")
+    assert r.returncode == 1 and "never downloads models" in r.stderr
+    status = run_cli("catalog", "--catalog", str(tmp_path / "c.duckdb"), "query",
+                     "SELECT status, error FROM runs", "--format", "csv")
+    assert "failed" in status.stdout and "ModelNotAvailable" in status.stdout
+
+
+def test_missing_input_is_exit_2(tmp_path):
+    p = write_pipeline(tmp_path / "p.yaml", "name: x\ninputs: [{path: /no/such/file.jsonl}]\n"
+                                            "stages:\n  - stage: normalize\n")
+    r = run_cli("run", str(p), "--output", str(tmp_path / "o"), "--catalog", str(tmp_path / "c.duckdb"))
+    assert r.returncode == 2 and "matches no files" in r.stderr and "p.yaml:2" in r.stderr
