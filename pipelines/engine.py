@@ -76,31 +76,46 @@ def removed_row(stage: str, item: Rejected | Dropped) -> dict:
             "kind": kind, "payload": getattr(item, "payload", None)}
 
 
+BATCH_SIZE = 256
+
+
+def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for rec in records:
+        batch.append(rec)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: StageCounter,
                        removed: list[dict]) -> Iterator[dict]:
-    """Run one per-record stage over a stream, counting and collecting what it removes."""
+    """Run one per-record stage over a stream (in small batches), counting what it removes."""
     stage = ps.stage
-    for rec in records:
-        counter.n_in += 1
+    for batch in _batches(records, BATCH_SIZE):
         t0 = time.perf_counter()
-        outcomes = list(stage.process(rec))
+        results = stage.process_batch(batch)
         counter.seconds += time.perf_counter() - t0
-        produced = False
-        for o in outcomes:
-            if isinstance(o, dict):
-                counter.n_out += 1
-                produced = True
-                yield o
-            else:
-                if isinstance(o, Rejected):
-                    counter.rejected += 1
-                    if o.payload is None:
-                        o = Rejected(o.record_id, o.reason, o.detail, _record_json(rec))
+        for rec, outcomes in zip(batch, results, strict=True):
+            counter.n_in += 1
+            produced = False
+            for o in outcomes:
+                if isinstance(o, dict):
+                    counter.n_out += 1
+                    produced = True
+                    yield o
                 else:
-                    counter.dropped += 1
-                removed.append(removed_row(ps.label, o))
-        if produced:
-            counter.inputs_with_output += 1
+                    if isinstance(o, Rejected):
+                        counter.rejected += 1
+                        if o.payload is None:
+                            o = Rejected(o.record_id, o.reason, o.detail, _record_json(rec))
+                    else:
+                        counter.dropped += 1
+                    removed.append(removed_row(ps.label, o))
+            if produced:
+                counter.inputs_with_output += 1
 
 
 def _record_json(rec: dict) -> str:

@@ -131,6 +131,14 @@ class Tokenize(RecordStage):
         enc = self._tokenizer.encode(record["text"], add_special_tokens=self.params.add_special_tokens)
         yield {**record, "n_tokens": len(enc.ids)}
 
+    def process_batch(self, records: list[dict]) -> list[list[Outcome]]:
+        if not hasattr(self, "_tokenizer"):
+            self.setup()
+        encs = self._tokenizer.encode_batch_fast(
+            [r["text"] for r in records], add_special_tokens=self.params.add_special_tokens
+        )
+        return [[{**r, "n_tokens": len(e.ids)}] for r, e in zip(records, encs, strict=True)]
+
 
 class LengthFilterParams(StageParams):
     min_chars: int = Field(1, ge=0, description="drop documents shorter than this")

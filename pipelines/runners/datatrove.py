@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
+import datatrove.executor.base as _executor_base
 from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
@@ -23,6 +24,19 @@ from datatrove.pipeline.base import PipelineStep
 from pipelines import engine
 from pipelines.plan import Plan, PlannedStage, Step
 from pipelines.runners import Execution
+
+_add_task_logger = _executor_base.add_task_logger
+
+
+def _quiet_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
+    """datatrove's per-task logger, with the console at ERROR (its own log files keep everything).
+
+    Applied at import, so that datatrove's worker processes, which import this module to unpickle
+    the steps, are quiet too; the progress bar and summary table are longforge's."""
+    return _add_task_logger(logging_dir, rank, local_rank=max(local_rank, 1), node_rank=node_rank)
+
+
+_executor_base.add_task_logger = _quiet_task_logger
 
 
 def to_document(record: dict) -> Document:

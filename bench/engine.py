@@ -1,0 +1,119 @@
+"""Engine throughput: records per second per core, each runner against a plain pyarrow floor.
+
+    .venv/bin/python bench/engine.py [--docs 100000] [--repeat 1]
+
+Documents are windows of real text (Paul Graham essays, KJV chapters, Python's reference topics),
+scaled to ``--docs`` records. The floor is a plain pyarrow read + write of the same Parquet file;
+every other row runs ``normalize + tokenize (SmolLM2)`` through longforge on one runner, end to
+end (planning, shards, markers, publishing, fingerprint, catalog). Figures are printed as a ratio
+to the floor measured in the same run, since these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from catalog import Catalog  # noqa: E402
+from pipelines import corpora  # noqa: E402
+from pipelines.plan import build_plan  # noqa: E402
+from pipelines.progress import Progress, format_table  # noqa: E402
+from pipelines.run import run_pipeline  # noqa: E402
+from pipelines.spec import load_pipeline  # noqa: E402
+
+PIPELINE = """
+name: bench-normalize-tokenize
+inputs:
+  - path: {input}
+read:
+  shard_mb: {shard_mb}
+output:
+  records_per_file: 1000000
+stages:
+  - stage: normalize
+  - stage: tokenize
+    params: {{tokenizer: smollm2}}
+"""
+
+
+def make_documents(n: int, path: Path) -> tuple[int, int]:
+    """``n`` windows of about 500 characters, sliding over the real texts (distinct ids and offsets)."""
+    names = ("paul_graham", "kjv_chapters", "python_docs")
+    texts = [d["text"] for name in names for d in corpora.CORPORA[name].build()]
+    ids, out, k, step = [], [], 0, 97
+    while len(out) < n:
+        for t_i, text in enumerate(texts):
+            start = (k * step) % max(1, len(text) - 500)
+            out.append(text[start:start + 500])
+            ids.append(f"w{k:04d}-{t_i:04d}-{start}")
+            if len(out) >= n:
+                break
+        k += 1
+    table = pa.table({"id": ids, "text": out})
+    pq.write_table(table, path, row_group_size=max(1, n // 20))
+    return table.num_rows, path.stat().st_size
+
+
+def floor(path: Path, work: Path) -> float:
+    t0 = time.perf_counter()
+    t = pq.read_table(path)
+    pq.write_table(t, work / "copy.parquet")
+    return t.num_rows / (time.perf_counter() - t0)
+
+
+def run_one(pipeline: Path, work: Path, runner: str, workers: int) -> float:
+    out = work / f"out-{runner}-{workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    plan = build_plan(load_pipeline(pipeline), output=str(out))
+    t0 = time.perf_counter()
+    result = run_pipeline(plan, runner=runner, workers=workers, catalog=Catalog(str(work / "bench.duckdb")),
+                          progress=Progress(enabled=False))
+    return result.n_records / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=1, help="take the best of N runs of each row")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="longforge-bench-"))
+    try:
+        src = work / "docs.parquet"
+        n, size = make_documents(args.docs, src)
+        # Ten shards, so that two workers always have work.
+        pipeline = work / "bench.yaml"
+        pipeline.write_text(PIPELINE.format(input=src, shard_mb=round(size / 10 / (1 << 20), 3)))
+        print(f"{n:,} documents, {size / 1e6:.1f} MB Parquet, {os.cpu_count()} cores", flush=True)
+        rows = []
+        base = max(floor(src, work) for _ in range(max(1, args.repeat)))
+        rows.append(("floor: pyarrow read + write", 1, base, base, 1.0))
+        for label, runner, workers in [
+            ("local, 1 process", "local", 1),
+            ("local, 2 processes", "local", 2),
+            ("beam FnApiRunner in-process", "beam", 1),
+            ("beam multi_processing, 2 workers", "beam", 2),
+            ("datatrove LocalPipelineExecutor, 2 workers", "datatrove", 2),
+        ]:
+            rate = max(run_one(pipeline, work, runner, workers) for _ in range(max(1, args.repeat)))
+            per_core = rate / workers
+            rows.append((f"normalize + tokenize: {label}", workers, rate, per_core, per_core / base))
+            print(f"  {label}: {rate:,.0f} docs/s", flush=True)
+        print()
+        print(format_table(["what", "cores", "docs/s", "docs/s/core", "x floor"],
+                           [(w, c, round(r), round(pc), round(x, 4)) for w, c, r, pc, x in rows]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
