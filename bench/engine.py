@@ -22,6 +22,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# One thread per process, so that "per core" means what it says (the tokenizer would otherwise
+# encode batches on every core even in a one-process run).
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from catalog import Catalog  # noqa: E402
