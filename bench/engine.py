@@ -74,6 +74,22 @@ def floor(path: Path, work: Path) -> float:
     return t.num_rows / (time.perf_counter() - t0)
 
 
+def stages_alone(path: Path) -> float:
+    """The same two stages in a plain loop over batches: what the work costs without any engine."""
+    from stages import get_stage
+
+    normalize, tokenize = get_stage("normalize")(), get_stage("tokenize")()
+    normalize.setup()
+    tokenize.setup()
+    t0 = time.perf_counter()
+    rows = pq.read_table(path).to_pylist()
+    n = 0
+    for i in range(0, len(rows), 256):
+        batch = [o[0] for o in normalize.process_batch(rows[i:i + 256])]
+        n += len(tokenize.process_batch(batch))
+    return n / (time.perf_counter() - t0)
+
+
 def run_one(pipeline: Path, work: Path, runner: str, workers: int) -> float:
     out = work / f"out-{runner}-{workers}"
     shutil.rmtree(out, ignore_errors=True)
@@ -100,6 +116,8 @@ def main() -> None:
         rows = []
         base = max(floor(src, work) for _ in range(max(1, args.repeat)))
         rows.append(("floor: pyarrow read + write", 1, base, base, 1.0))
+        alone = max(stages_alone(src) for _ in range(max(1, args.repeat)))
+        rows.append(("normalize + tokenize in a plain loop, no engine", 1, alone, alone, alone / base))
         for label, runner, workers in [
             ("local, 1 process", "local", 1),
             ("local, 2 processes", "local", 2),

@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `longforge stages | head`
+        return 0
 
 
 def _dispatch(args) -> int:
@@ -162,22 +164,29 @@ def _stages(args) -> int:
         from pipelines.spec import did_you_mean
 
         raise UsageError(f"unknown stage '{args.name}': {did_you_mean(args.name, registry)}")
-    from schemas import DOCUMENT
+    from schemas import TEXT_RECORD
 
     for name in names:
         cls = registry[name]
         doc = (cls.__doc__ or "").strip().split("\n")[0]
-        out = cls().output_schema(DOCUMENT)
-        added = [f.name for f in out.fields if f.name not in DOCUMENT.field_map()]
+        out = cls().output_schema(TEXT_RECORD)
+        added = [f.name for f in out.fields if f.name not in TEXT_RECORD.field_map()]
         print(f"{name}  [{cls.shape}]  {doc}")
         print(f"    reads:  {cls.input_schema.ref} (needs {', '.join(f.name for f in cls.input_schema.fields)})")
         print("    writes: what it reads" + (f" + {', '.join(added)}" if added else ""))
         for fname, field in cls.Params.model_fields.items():
-            ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-            default = field.default if field.default is not None else "none"
-            print(f"    {fname}: {ann} = {default!r}  {field.description or ''}")
+            print(f"    {fname}: {_type_text(field.annotation)} = {field.default!r}  {field.description or ''}")
         print()
     return 0
+
+
+def _type_text(annotation) -> str:
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) if not typing.get_args(annotation) else \
+        str(annotation).replace("typing.", "")
 
 
 def _corpus(args) -> int:

@@ -132,6 +132,28 @@ def plan_shards(inputs: list[InputSpec], read: ReadSpec) -> list[Shard]:
     return shards
 
 
+def estimate_records(shard: Shard) -> int:
+    """Records in a shard: exact for Parquet and text folders, from the first MiB's lines for JSONL."""
+    if shard.format == "parquet":
+        meta = pq.ParquetFile(shard.paths[0]).metadata
+        return sum(meta.row_group(i).num_rows for i in range(shard.start, shard.end))
+    if shard.format == "text":
+        return len(shard.paths)
+    if shard.format == "hf":
+        with pa.memory_map(shard.paths[0]) as source:
+            try:
+                return pa.ipc.open_stream(source).read_all().num_rows
+            except pa.ArrowInvalid:
+                return pa.ipc.open_file(source).read_all().num_rows
+    with _open_binary(shard.paths[0]) as f:
+        head = f.read(MB)
+    lines = max(1, head.count(b"\n"))
+    if shard.paths[0].endswith((".gz", ".zst")):
+        ratio = 4  # a typical compression ratio for text; an estimate, said to be one
+        return int(os.path.getsize(shard.paths[0]) * ratio / max(1, len(head)) * lines)
+    return int((shard.end - shard.start) / max(1, len(head)) * lines)
+
+
 # -- records ---------------------------------------------------------------------------------------
 
 

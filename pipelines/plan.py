@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from pipelines.io import Shard, plan_shards
+from pipelines.io import Shard, estimate_records, plan_shards
 from pipelines.spec import InputSpec, LoadedSpec, PipelineSpec, did_you_mean
 from schemas import DOCUMENT, RecordSchema
 from stages import all_stages
@@ -85,6 +85,7 @@ class Plan:
             "spec_fingerprint": self.fingerprint,
             "inputs": [i.model_dump() for i in self.spec.inputs],
             "shards": [s.label() for s in self.shards],
+            "estimated_records": sum(estimate_records(s) for s in self.shards),
             "output": self.output_dir,
             "stages": [
                 {"stage": s.name, "label": s.label, "shape": s.shape, "params": s.stage.params.model_dump(),
@@ -208,6 +209,10 @@ def build_plan(loaded: LoadedSpec, *, inputs: list[str] | None = None, output: s
     try:
         shards = plan_shards(spec.inputs, spec.read)
     except FileNotFoundError as e:
+        if inputs:
+            from pipelines.spec import PipelineError
+
+            raise PipelineError(loaded.file, None, "--input", str(e), "check the path") from None
         raise loaded.error(("inputs",), str(e), "check the path, or pass --input PATH") from None
     base = {
         "code": CODE_VERSION,

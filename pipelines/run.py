@@ -104,6 +104,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
         catalog.record_results(run_id, stage_stats=execution.stats, rejects=removed.drop(["payload"]),
                                artifacts=artifacts, lineage=lineage)
         catalog.finish_run(run_id, "succeeded")
+        _remove_stale_work(plan)
     except BaseException as e:
         catalog.finish_run(run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
         raise
@@ -127,6 +128,18 @@ def _take_output_lock(plan: Plan, catalog: Catalog) -> Path:
         catalog.mark_interrupted(os.path.abspath(plan.output_dir))
     lock.write_text(str(os.getpid()))
     return lock
+
+
+def _remove_stale_work(plan: Plan) -> None:
+    """Work folders of other specs (changed parameters, other inputs) are of no further use."""
+    import shutil
+
+    current = {engine.step_dir(plan, s).name for s in plan.steps} | {f"beam-{plan.fingerprint[:12]}"}
+    root = engine.work_root(plan)
+    if root.exists():
+        for d in root.iterdir():
+            if d.is_dir() and d.name not in current:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
