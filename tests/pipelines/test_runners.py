@@ -11,6 +11,7 @@ from tests.conftest import REPO, run_cli, write_jsonl
 
 RUNNERS = [
     ("local", []),
+    ("local", ["--workers", "2"]),
     ("beam", ["--workers", "1"]),
     ("beam", ["--workers", "2"]),
     ("datatrove", ["--workers", "2"]),
