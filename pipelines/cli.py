@@ -282,7 +282,7 @@ def render(columns: list[str], rows: list[tuple], fmt: str) -> str:
         return json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, indent=2)
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = csv.writer(buf, lineterminator="\n")
         w.writerow(columns)
         w.writerows(rows)
         return buf.getvalue().rstrip("\n")
