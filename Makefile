@@ -39,7 +39,7 @@ $(CORPORA_STAMP): $(SETUP_STAMP)
 
 models: $(MODELS_STAMP)
 corpora: $(CORPORA_STAMP)
-	for c in $(DEMO_CORPORA); do $(LONGFORGE) corpus build $$c || exit 1; done
+	for c in $(DEMO_CORPORA); do test -d out/corpora/$$c/data || $(LONGFORGE) corpus build $$c || exit 1; done
 
 demo: setup corpora
 	$(LONGFORGE) run pipelines/documents.yaml --output out/demo/documents \

@@ -383,6 +383,16 @@ def collect_stats(plan: Plan) -> list[dict]:
     return merge_stats(items, plan)
 
 
+def input_counts(plan: Plan) -> dict[int, int]:
+    """Records read from each input (index into the pipeline's inputs), from the first step's markers."""
+    counts: dict[int, int] = defaultdict(int)
+    first = plan.segments[0]
+    for i, shard in enumerate(plan.shards):
+        m = read_marker(shard_files(plan, first, i)["done"], first.fingerprint)
+        counts[shard.input_index] += sum(s["in"] for s in m["stats"] if s["stage"] == "read")
+    return dict(counts)
+
+
 def segment_records(plan: Plan, step: Step) -> int:
     return sum(
         read_marker(shard_files(plan, step, i)["done"], step.fingerprint)["records"]

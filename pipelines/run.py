@@ -92,7 +92,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
             parent = catalog.latest_output_artifact(path)
             if parent is None:
                 parent = _artifact_id(run_id, f"input{k}")
-                n_in = sum(s["in"] for s in execution.stats if s["stage"] == "read") if k == 0 else None
+                n_in = (execution.input_counts or {}).get(k)
                 artifacts.append({
                     "artifact_id": parent, "name": os.path.basename(path.rstrip("/")), "kind": "input",
                     "path": path, "n_records": n_in, "n_bytes": _size(path),

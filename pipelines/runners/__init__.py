@@ -14,6 +14,7 @@ class Execution:
     stats: list[dict]  # one row per (step, stage): in, out, rejected, dropped, inputs_with_output, seconds
     removed: pa.Table  # every rejected or dropped record, with stage, reason and detail
     files: list[str]  # the output Parquet files
+    input_counts: dict[int, int] | None = None  # records read per input
 
 
 def make_runner(name: str, *, workers: int = 1, beam_args: list[str] | None = None, progress=None):

@@ -47,10 +47,13 @@ class ReadShard(beam.DoFn):
 
     def setup(self):
         self.c = {w: _counter(0, "read", w) for w in ("in", "out", "rejected")}
+        self.per_input = {k: Metrics.counter(NAMESPACE, f"input|{k}") for k in range(len(self.inputs))}
 
     def process(self, index: int):
-        for item in read_shard(self.shards[index], self.inputs, self.read):
+        shard = self.shards[index]
+        for item in read_shard(shard, self.inputs, self.read):
             self.c["in"].inc()
+            self.per_input[shard.input_index].inc()
             if isinstance(item, Rejected):
                 self.c["rejected"].inc()
                 yield beam.pvalue.TaggedOutput(REMOVED, engine.removed_row("read", item))
@@ -267,6 +270,9 @@ class BeamRunner:
         result = p.run()
         result.wait_until_finish()
         stats = self._stats(plan, result)
+        counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+        per_input = {int(c.key.metric.name.split("|")[1]): int(c.committed or c.attempted or 0)
+                     for c in counters if c.key.metric.name.startswith("input|")}
         removed_rows = []
         for f in sorted(glob.glob(str(removed_dir / "removed*.jsonl"))):
             with open(f, encoding="utf-8") as fh:
@@ -278,11 +284,13 @@ class BeamRunner:
                     n_expected, plan.spec.output.records_per_file))]
         engine.remove_stale_outputs(plan.output_dir, keep)
         return Execution(stats=stats, removed=pa.Table.from_pylist(removed_rows, schema=engine.REMOVED_SCHEMA),
-                         files=[str(f) for f in files if os.path.exists(f)])
+                         files=[str(f) for f in files if os.path.exists(f)], input_counts=per_input)
 
     def _stats(self, plan: Plan, result) -> list[dict]:
         values: dict[tuple[int, str], dict] = {}
         for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+            if c.key.metric.name.startswith("input|"):
+                continue
             step, stage, what = c.key.metric.name.split("|")
             v = c.committed if c.committed is not None else c.attempted
             row = values.setdefault((int(step), stage), {})

@@ -151,7 +151,7 @@ class DatatroveRunner:
         final = plan.segments[-1]
         paths = engine.publish_local(plan, final, engine.segment_records(plan, final))
         return Execution(stats=engine.collect_stats(plan), removed=engine.collect_removed(plan),
-                         files=[str(p) for p in paths])
+                         files=[str(p) for p in paths], input_counts=engine.input_counts(plan))
 
 
 def _quiet_loguru() -> None:

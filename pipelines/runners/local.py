@@ -48,4 +48,4 @@ class LocalRunner:
         n = engine.segment_records(plan, final)
         paths = engine.publish_local(plan, final, n)
         return Execution(stats=engine.collect_stats(plan), removed=engine.collect_removed(plan),
-                         files=[str(p) for p in paths])
+                         files=[str(p) for p in paths], input_counts=engine.input_counts(plan))
