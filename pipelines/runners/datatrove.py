@@ -24,6 +24,7 @@ from datatrove.pipeline.base import PipelineStep
 from pipelines import engine
 from pipelines.plan import Plan, PlannedStage, Step
 from pipelines.runners import Execution
+from pipelines.runners.local import ShardedRunner
 
 _add_task_logger = _executor_base.add_task_logger
 
@@ -116,7 +117,7 @@ class ShardWriter(PipelineStep):
         yield  # a generator, as datatrove expects
 
 
-class DatatroveRunner:
+class DatatroveRunner(ShardedRunner):
     name = "datatrove"
 
     def __init__(self, workers: int = 1, progress=None):
@@ -143,15 +144,7 @@ class DatatroveRunner:
     def execute(self, plan: Plan) -> Execution:
         logging.getLogger("datatrove").setLevel(logging.WARNING)
         _quiet_loguru()
-        for step in plan.steps:
-            if step.kind == "segment":
-                self.run_segment(plan, step)
-            else:
-                engine.run_decide(plan, step)
-        final = plan.segments[-1]
-        paths = engine.publish_local(plan, final, engine.segment_records(plan, final))
-        return Execution(stats=engine.collect_stats(plan), removed=engine.collect_removed(plan),
-                         files=[str(p) for p in paths], input_counts=engine.input_counts(plan))
+        return super().execute(plan)
 
 
 def _quiet_loguru() -> None:

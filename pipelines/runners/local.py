@@ -28,15 +28,12 @@ def run_segment(plan: Plan, step: Step, workers: int, progress: Progress) -> Non
     bar.close()
 
 
-class LocalRunner:
-    name = "local"
-
-    def __init__(self, workers: int = 1, progress: Progress | None = None):
-        self.workers = workers
-        self.progress = progress or Progress(enabled=False)
+class ShardedRunner:
+    """Runs segments shard by shard (how is up to ``run_segment``), decisions on the driver, then
+    publishes: the part the local and datatrove runners share."""
 
     def run_segment(self, plan: Plan, step: Step) -> None:
-        run_segment(plan, step, self.workers, self.progress)
+        raise NotImplementedError
 
     def execute(self, plan: Plan) -> Execution:
         for step in plan.steps:
@@ -45,7 +42,17 @@ class LocalRunner:
             else:
                 engine.run_decide(plan, step)
         final = plan.segments[-1]
-        n = engine.segment_records(plan, final)
-        paths = engine.publish_local(plan, final, n)
+        paths = engine.publish_local(plan, final, engine.segment_records(plan, final))
         return Execution(stats=engine.collect_stats(plan), removed=engine.collect_removed(plan),
                          files=[str(p) for p in paths], input_counts=engine.input_counts(plan))
+
+
+class LocalRunner(ShardedRunner):
+    name = "local"
+
+    def __init__(self, workers: int = 1, progress: Progress | None = None):
+        self.workers = workers
+        self.progress = progress or Progress(enabled=False)
+
+    def run_segment(self, plan: Plan, step: Step) -> None:
+        run_segment(plan, step, self.workers, self.progress)
