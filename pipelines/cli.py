@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     q = catsub.add_parser("query")
     q.add_argument("sql")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    for c in catsub.choices.values():  # `--catalog` after the subcommand works too
+        c.add_argument("--catalog", default=argparse.SUPPRESS, help="catalog file")
     return p
 
 
@@ -133,8 +135,10 @@ def _run(args) -> int:
     beam_args = list(plan.spec.runner.beam_args) + list(args.beam_args)
     if args.dry_run:
         desc = plan.describe()
+        from pipelines.run import redact
+
         desc.update({"runner": runner, "workers": workers, "beam_args": beam_args})
-        print(json.dumps(desc, indent=2, ensure_ascii=False))
+        print(json.dumps(redact(desc), indent=2, ensure_ascii=False))
         return 0
     catalog = Catalog(args.catalog)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
     catalog.start_run(
         run_id, pipeline=plan.spec.name, pipeline_file=os.path.abspath(plan.loaded.file), runner=runner,
         workers=workers, spec_fingerprint=plan.fingerprint, seed=plan.spec.seed,
-        params=plan.spec.model_dump(), code_version=CODE_VERSION, output_path=os.path.abspath(plan.output_dir),
+        params=redact(plan.spec.model_dump()), code_version=CODE_VERSION, output_path=os.path.abspath(plan.output_dir),
     )
     try:
         execution = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress).execute(plan)
@@ -111,6 +112,20 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
     finally:
         lock.unlink(missing_ok=True)
     return RunResult(run_id, plan.output_dir, n, fingerprint, execution.stats, removed.num_rows, seconds)
+
+
+_SECRET = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential)", re.IGNORECASE)
+
+
+def redact(value):
+    """The spec as stored in the catalog: values of secret-looking keys and options are hidden."""
+    if isinstance(value, dict):
+        return {k: "***" if _SECRET.search(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and value.startswith("--") and "=" in value and _SECRET.search(value.split("=")[0]):
+        return value.split("=")[0] + "=***"
+    return value
 
 
 def _take_output_lock(plan: Plan, catalog: Catalog) -> Path:

@@ -242,8 +242,10 @@ class BeamRunner:
             os.remove(old)
         os.makedirs(removed_dir, exist_ok=True)
         if self.progress is not None:
-            self.progress.log(f"beam: {len(plan.shards)} shards, {len(plan.stages)} stages, "
-                              f"{'FnApiRunner x' + str(self.workers) if not self.beam_args else self.beam_args}")
+            from pipelines.run import redact
+
+            how = redact(self.beam_args) if self.beam_args else f"FnApiRunner x{self.workers}"
+            self.progress.log(f"beam: {len(plan.shards)} shards, {len(plan.stages)} stages, {how}")
         p = self._pipeline()
         records, removed = (
             p | "Shards" >> beam.Create(list(range(len(plan.shards))))

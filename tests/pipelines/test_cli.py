@@ -53,3 +53,24 @@ def test_missing_input_is_exit_2(tmp_path):
                                             "stages:\n  - stage: normalize\n")
     r = run_cli("run", str(p), "--output", str(tmp_path / "o"), "--catalog", str(tmp_path / "c.duckdb"))
     assert r.returncode == 2 and "matches no files" in r.stderr and "p.yaml:2" in r.stderr
+
+
+def test_secrets_in_beam_args_never_reach_the_catalog(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "text": "hello there"}\n')
+    p = write_pipeline(tmp_path / "p.yaml", f"""
+        name: secret
+        inputs: [{{path: {tmp_path / 'd.jsonl'}}}]
+        runner:
+          beam_args: ["--hf_token=hf_SECRETVALUE", "--project=mine"]
+        stages:
+          - stage: normalize
+        """)
+    r = run_cli("run", str(p), "--output", str(tmp_path / "out"), "--catalog", str(tmp_path / "c.duckdb"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "hf_SECRETVALUE" not in r.stdout + r.stderr
+    dump = run_cli("catalog", "query", "SELECT * FROM runs", "--format", "json",
+                   "--catalog", str(tmp_path / "c.duckdb"))
+    assert dump.returncode == 0 and "--project=mine" in dump.stdout
+    assert "hf_SECRETVALUE" not in dump.stdout and "--hf_token=***" in dump.stdout
+    dry = run_cli("run", str(p), "--dry-run")
+    assert dry.returncode == 0 and "hf_SECRETVALUE" not in dry.stdout
