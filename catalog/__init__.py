@@ -88,6 +88,13 @@ CREATE TABLE IF NOT EXISTS scores (
     settings JSON
 );
 
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR,
+    stage VARCHAR,
+    name VARCHAR,
+    value DOUBLE
+);
+
 CREATE OR REPLACE VIEW run_summary AS
 SELECT r.run_id, r.pipeline, r.status, r.runner, r.started_at,
        round(epoch(r.finished_at) - epoch(r.started_at), 2) AS seconds,
@@ -110,7 +117,7 @@ FROM artifacts a JOIN runs r USING (run_id);
 
 CREATE OR REPLACE VIEW stage_accounting AS
 SELECT run_id, step, stage, records_in, records_out, records_rejected, records_dropped,
-       CASE WHEN shape = 'per-record-expanding'
+       CASE WHEN shape IN ('per-record-expanding', 'whole-dataset')
             THEN records_in = inputs_with_output + records_rejected + records_dropped
             ELSE records_in = records_out + records_rejected + records_dropped END AS reconciles
 FROM stage_stats;
@@ -176,7 +183,8 @@ class Catalog:
             )
 
     def record_results(self, run_id: str, *, stage_stats: list[dict], rejects: pa.Table | None,
-                       artifacts: list[dict], lineage: list[tuple[str, str]]) -> None:
+                       artifacts: list[dict], lineage: list[tuple[str, str]],
+                       metrics: dict[str, dict] | None = None) -> None:
         """Everything a finished run produced, in one transaction."""
         with self.connect() as con:
             con.execute("BEGIN")
@@ -202,6 +210,9 @@ class Catalog:
                 )
             for parent, child in lineage:
                 con.execute("INSERT INTO lineage VALUES (?, ?, ?)", [parent, child, run_id])
+            for stage, values in (metrics or {}).items():
+                for name, value in sorted(values.items()):
+                    con.execute("INSERT INTO metrics VALUES (?, ?, ?, ?)", [run_id, stage, name, float(value)])
             con.execute("COMMIT")
 
     def add_scores(self, table: pa.Table) -> int:

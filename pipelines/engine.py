@@ -24,6 +24,8 @@ from pipelines.plan import Plan, PlannedStage, Step
 from schemas import REJECT, RecordSchema, cast_table
 from stages.base import Dropped, Rejected, merge_decisions
 
+#: Shapes whose output records are not the input records (reconciled by inputs that produced output).
+EXPANDING = ("per-record-expanding", "whole-dataset")
 REMOVED_SCHEMA = pa.schema(list(REJECT.arrow) + [pa.field("payload", pa.string())])
 KEYS_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.string())])
 DECISIONS_SCHEMA = pa.schema(
@@ -52,7 +54,7 @@ class StageCounter:
                 "inputs_with_output": self.inputs_with_output, "seconds": round(self.seconds, 6)}
 
     def reconciles(self) -> bool:
-        produced = self.inputs_with_output if self.shape == "per-record-expanding" else self.n_out
+        produced = self.inputs_with_output if self.shape in EXPANDING else self.n_out
         return self.n_in == produced + self.rejected + self.dropped
 
 
@@ -324,7 +326,7 @@ def publish_local(plan: Plan, final: Step, n_records: int) -> list[Path]:
     sources = [shard_files(plan, final, i)["records"] for i in range(len(plan.shards))]
     if n == 1:
         rows = [r for p in sources for r in pq.read_table(p).to_pylist()]
-        path = output_file(plan.output_dir, 0, 1)
+        path = output_file(plan.records_dir, 0, 1)
         write_bucket(rows, path, final.out_schema)
         paths.append(path)
     else:
@@ -333,10 +335,10 @@ def publish_local(plan: Plan, final: Step, n_records: int) -> list[Path]:
             for r in pq.read_table(p).to_pylist():
                 buckets[bucket_of(r["id"], n)].append(r)
         for j in range(n):
-            path = output_file(plan.output_dir, j, n)
+            path = output_file(plan.records_dir, j, n)
             write_bucket(buckets.get(j, []), path, final.out_schema)
             paths.append(path)
-    remove_stale_outputs(plan.output_dir, paths)
+    remove_stale_outputs(plan.records_dir, paths)
     return paths
 
 
@@ -398,3 +400,54 @@ def segment_records(plan: Plan, step: Step) -> int:
         read_marker(shard_files(plan, step, i)["done"], step.fingerprint)["records"]
         for i in range(len(plan.shards))
     )
+
+
+# -- whole-dataset stages --------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetOutcome:
+    table: pa.Table  # the final records (the pipeline's output)
+    artifacts: dict[str, pa.Table]  # side products, in production order
+    stats: list[dict]
+    removed: pa.Table
+    metrics: dict[str, dict]
+
+
+def run_dataset_step(plan: Plan, files_dir: Path) -> DatasetOutcome:
+    """Load what the record-level stages published and run the whole-dataset stages over it."""
+    from stages.base import DatasetContext
+
+    step = next(s for s in plan.steps if s.kind == "dataset")
+    files = sorted((Path(plan.records_dir) / "data").glob("train-*.parquet"))
+    table = pq.read_table([str(f) for f in files]) if files else plan.records_schema.arrow.empty_table()
+    table = table.sort_by([("id", "ascending")])
+    ctx = DatasetContext(table=table, seed=plan.spec.seed, files_dir=files_dir)
+    stats, removed = [], []
+    for ps in step.stages:
+        ensure_setup(ps.stage)
+        n_in = ctx.table.num_rows
+        t0 = time.perf_counter()
+        result = ps.stage.run(ctx)
+        ctx.table = result.table
+        seconds = time.perf_counter() - t0
+        consumed = result.consumed if result.consumed is not None else ctx.table.num_rows
+        stats.append({"step": step.index, "stage": ps.label, "shape": "whole-dataset", "in": n_in,
+                      "out": ctx.table.num_rows, "rejected": 0, "dropped": len(result.dropped),
+                      "inputs_with_output": consumed, "seconds": round(seconds, 6)})
+        removed.extend(removed_row(ps.label, d) for d in result.dropped)
+    final = ctx.table.cast(step.out_schema.arrow) if ctx.table.schema != step.out_schema.arrow else ctx.table
+    return DatasetOutcome(final, ctx.artifacts, stats, pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA),
+                          ctx.metrics)
+
+
+def write_ordered(table: pa.Table, output_dir: str | Path, records_per_file: int) -> list[Path]:
+    """Records in the order the stage gave them (a traversal, shuffled contexts), cut into files."""
+    n = n_output_files(table.num_rows, records_per_file)
+    paths = []
+    for j in range(n):
+        path = output_file(str(output_dir), j, n)
+        write_parquet_atomic(table.slice(j * records_per_file, records_per_file), path)
+        paths.append(path)
+    remove_stale_outputs(str(output_dir), paths)
+    return paths

@@ -18,7 +18,7 @@ from pipelines.io import Shard, estimate_records, plan_shards
 from pipelines.spec import InputSpec, LoadedSpec, PipelineSpec, did_you_mean
 from schemas import DOCUMENT, RecordSchema
 from stages import all_stages
-from stages.base import CollectionStage, RecordStage, Stage
+from stages.base import CollectionStage, DatasetStage, RecordStage, Stage
 
 CODE_VERSION = "0.1.0"
 
@@ -36,12 +36,15 @@ class PlannedStage:
     def shape(self) -> str:
         if isinstance(self.stage, RecordStage):
             return "per-record-expanding" if self.stage.expands else "per-record"
+        if isinstance(self.stage, DatasetStage):
+            return "whole-dataset"
         return "whole-collection"
 
 
 @dataclass
 class Step:
-    """``segment``: per-record work shard by shard; ``decide``: a whole-collection decision."""
+    """``segment``: per-record work shard by shard; ``decide``: a whole-collection decision;
+    ``dataset``: the whole-dataset stages, run on the driver after everything else."""
 
     index: int
     kind: str
@@ -54,6 +57,8 @@ class Step:
 
     @property
     def name(self) -> str:
+        if self.kind == "dataset":
+            return f"step-{self.index:02d}-dataset-" + "-".join(s.label for s in self.stages)
         if self.kind == "decide":
             return f"step-{self.index:02d}-decide-{self.collection.label}"
         names = ([f"apply-{self.gate.label}"] if self.gate else []) + [s.label for s in self.stages]
@@ -77,6 +82,21 @@ class Plan:
     @property
     def segments(self) -> list[Step]:
         return [s for s in self.steps if s.kind == "segment"]
+
+    @property
+    def dataset_stages(self) -> list[PlannedStage]:
+        return [ps for ps in self.stages if isinstance(ps.stage, DatasetStage)]
+
+    @property
+    def records_dir(self) -> str:
+        """Where the record-level stages publish: the output itself, or its ``documents/`` folder
+        when whole-dataset stages turn those records into something else."""
+        return os.path.join(self.output_dir, "documents") if self.dataset_stages else self.output_dir
+
+    @property
+    def records_schema(self) -> RecordSchema:
+        record_level = [ps for ps in self.stages if not isinstance(ps.stage, DatasetStage)]
+        return record_level[-1].output_schema if record_level else DOCUMENT
 
     def describe(self) -> dict:
         return {
@@ -135,6 +155,10 @@ def resolve_stages(loaded: LoadedSpec) -> list[PlannedStage]:
                 + "; ".join(problems),
                 _producer_hint(missing),
             )
+        if planned and isinstance(planned[-1].stage, DatasetStage) and not issubclass(cls, DatasetStage):
+            raise loaded.error(("stages", i, "stage"),
+                               f"stage '{st.stage}' cannot follow the whole-dataset stage '{planned[-1].name}'",
+                               "put per-record and whole-collection stages before the whole-dataset ones")
         label = st.label or st.stage
         if label in labels:
             raise loaded.error(("stages", i, "label"), f"label '{label}' is used twice",
@@ -149,8 +173,11 @@ def resolve_stages(loaded: LoadedSpec) -> list[PlannedStage]:
 def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
     steps: list[Step] = []
     segment = Step(0, "segment")
+    dataset = Step(0, "dataset")
     for ps in stages:
-        if isinstance(ps.stage, CollectionStage):
+        if isinstance(ps.stage, DatasetStage):
+            dataset.stages.append(ps)
+        elif isinstance(ps.stage, CollectionStage):
             segment.emits_keys_for = ps
             steps.append(segment)
             steps.append(Step(len(steps), "decide", collection=ps))
@@ -158,6 +185,9 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
         else:
             segment.stages.append(ps)
     steps.append(segment)
+    if dataset.stages:
+        dataset.index = len(steps)
+        steps.append(dataset)
     # Chain fingerprints: a step's output depends on the inputs and every stage up to it.
     upstream = _hash(base_identity)
     for step in steps:
@@ -171,7 +201,7 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
         }
         step.fingerprint = _hash({"upstream": upstream, "own": own})
         upstream = step.fingerprint
-        if step.kind == "segment":
+        if step.kind in ("segment", "dataset"):
             if step.stages:
                 step.out_schema = step.stages[-1].output_schema
             elif step.gate:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from catalog import Catalog
@@ -38,6 +39,7 @@ class RunResult:
     stats: list[dict]
     n_removed: int
     seconds: float
+    metrics: dict
 
 
 def new_run_id() -> str:
@@ -47,12 +49,12 @@ def new_run_id() -> str:
 def check_accounting(stats: list[dict]) -> None:
     bad = []
     for s in stats:
-        produced = s["inputs_with_output"] if s["shape"] == "per-record-expanding" else s["out"]
+        produced = s["inputs_with_output"] if s["shape"] in engine.EXPANDING else s["out"]
         if s["in"] != produced + s["rejected"] + s["dropped"]:
             bad.append(f"{s['stage']}: in={s['in']} out={produced} rejected={s['rejected']} dropped={s['dropped']}")
     # What one stage emits, the next one receives.
     for a, b in zip(stats, stats[1:], strict=False):
-        if a["out"] != b["in"]:
+        if a["out"] != b["in"] and a["shape"] != "whole-dataset":
             bad.append(f"{a['stage']} emitted {a['out']} records but {b['stage']} received {b['in']}")
     if bad:
         raise AccountingError("record counts do not reconcile: " + "; ".join(bad))
@@ -73,21 +75,44 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
     try:
         execution = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress).execute(plan)
         check_accounting(execution.stats)
-        n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.output_dir)
+        n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.records_dir)
         expected = execution.stats[-1]["out"] if execution.stats else 0
         if n != expected:
             raise AccountingError(f"the last stage emitted {expected} records but the output holds {n}")
+        stats, removed, metrics = list(execution.stats), execution.removed, {}
+        # Artifacts in production order; each one's parent is the one before it.
+        produced: list[dict] = []
+        if plan.dataset_stages:
+            produced.append(_artifact(run_id, f"{plan.spec.name}:documents", plan.records_dir, n, n_bytes,
+                                      fingerprint, plan.records_schema))
+            progress.log(f"whole-dataset stages: {', '.join(ps.label for ps in plan.dataset_stages)}")
+            outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots")
+            for name, table in outcome.artifacts.items():
+                folder = Path(plan.output_dir) / name
+                engine.write_ordered(table, folder, plan.spec.output.records_per_file)
+                a_n, a_bytes, a_fp = engine.dataset_fingerprint(str(folder))
+                from schemas import REGISTRY
+
+                schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
+                produced.append(_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp,
+                                          schema))
+            engine.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file)
+            stats += outcome.stats
+            removed = pa.concat_tables([removed, outcome.removed])
+            metrics = outcome.metrics
+            check_accounting(stats)
+            n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.output_dir)
+            if n != outcome.table.num_rows:
+                raise AccountingError(f"the last stage emitted {outcome.table.num_rows} records, the output has {n}")
         meta_dir = Path(plan.output_dir) / ".longforge"
-        removed = execution.removed.sort_by([("stage", "ascending"), ("record_id", "ascending")])
+        removed = removed.sort_by([("stage", "ascending"), ("record_id", "ascending")])
         write_parquet_atomic(removed, meta_dir / "rejects.parquet")
-        output_id = _artifact_id(run_id, "output")
-        artifacts = [{
-            "artifact_id": output_id, "name": plan.spec.name, "kind": "output",
-            "path": os.path.abspath(plan.output_dir), "n_records": n, "n_bytes": n_bytes,
-            "fingerprint": fingerprint, "schema_name": plan.final_schema.name,
-            "schema_version": plan.final_schema.version,
-        }]
-        lineage = []
+        output = _artifact(run_id, plan.spec.name, plan.output_dir, n, n_bytes, fingerprint, plan.final_schema)
+        output_id = output["artifact_id"]
+        lineage = [(a["artifact_id"], b["artifact_id"]) for a, b in zip(produced, produced[1:] + [output],
+                                                                        strict=True)]
+        first_child = produced[0]["artifact_id"] if produced else output_id
+        artifacts = produced + [output]
         for k, inp in enumerate(plan.spec.inputs):
             path = os.path.abspath(os.path.expanduser(inp.path))
             parent = catalog.latest_output_artifact(path)
@@ -99,11 +124,11 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
                     "path": path, "n_records": n_in, "n_bytes": _size(path),
                     "fingerprint": _input_fingerprint(plan, k), "schema_name": None, "schema_version": None,
                 })
-            lineage.append((parent, output_id))
+            lineage.append((parent, first_child))
         seconds = round(time.time() - t0, 3)
-        _write_card(plan, run_id, runner, n, fingerprint, execution.stats, seconds)
-        catalog.record_results(run_id, stage_stats=execution.stats, rejects=removed.drop(["payload"]),
-                               artifacts=artifacts, lineage=lineage)
+        _write_card(plan, run_id, runner, n, fingerprint, stats, seconds, metrics)
+        catalog.record_results(run_id, stage_stats=stats, rejects=removed.drop(["payload"]),
+                               artifacts=artifacts, lineage=lineage, metrics=metrics)
         catalog.finish_run(run_id, "succeeded")
         _remove_stale_work(plan)
     except BaseException as e:
@@ -111,7 +136,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
         raise
     finally:
         lock.unlink(missing_ok=True)
-    return RunResult(run_id, plan.output_dir, n, fingerprint, execution.stats, removed.num_rows, seconds)
+    return RunResult(run_id, plan.output_dir, n, fingerprint, stats, removed.num_rows, seconds, metrics)
 
 
 _SECRET = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential)", re.IGNORECASE)
@@ -167,6 +192,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _artifact(run_id: str, name: str, path: str, n: int, n_bytes: int, fingerprint: str, schema) -> dict:
+    return {"artifact_id": _artifact_id(run_id, name), "name": name, "kind": "output",
+            "path": os.path.abspath(path), "n_records": n, "n_bytes": n_bytes, "fingerprint": fingerprint,
+            "schema_name": schema.name if schema else None, "schema_version": schema.version if schema else None}
+
+
 def _artifact_id(run_id: str, what: str) -> str:
     return hashlib.sha1(f"{run_id}/{what}".encode()).hexdigest()[:16]
 
@@ -191,7 +222,7 @@ def summary_table(stats: list[dict]) -> str:
 
 
 def _write_card(plan: Plan, run_id: str, runner: str, n: int, fingerprint: str, stats: list[dict],
-                seconds: float) -> None:
+                seconds: float, metrics: dict | None = None) -> None:
     """A dataset card in the Hub's layout, so the folder can be pushed as it stands."""
     schema = plan.final_schema
     fields = "\n".join(f"| `{f.name}` | `{f.type}` |" for f in schema.fields)
@@ -236,7 +267,7 @@ tags:
 ```
 
 Rejected and dropped records, with reasons, are in `.longforge/rejects.parquet` and in the catalog.
-
+{_metrics_section(metrics)}
 ```python
 import datasets
 ds = datasets.load_dataset("{os.path.abspath(plan.output_dir)}", split="train")
@@ -248,6 +279,16 @@ ds = datasets.load_dataset("{os.path.abspath(plan.output_dir)}", split="train")
                     "spec_fingerprint": plan.fingerprint, "schema": schema.ref, "stats": stats}, indent=2),
         Path(plan.output_dir) / ".longforge" / "run.json",
     )
+
+
+def _metrics_section(metrics: dict | None) -> str:
+    if not metrics:
+        return ""
+    lines = ["", "## Quality metrics", "", "| stage | metric | value |", "|---|---|---|"]
+    for stage, values in metrics.items():
+        lines += [f"| {stage} | {k} | {v:.4f} |" if isinstance(v, float) else f"| {stage} | {k} | {v} |"
+                  for k, v in sorted(values.items())]
+    return "\n".join(lines) + "\n"
 
 
 def read_output(output_dir: str):

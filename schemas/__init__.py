@@ -124,3 +124,50 @@ def cast_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows to a table of exactly ``schema``: a missing nullable field becomes null, a wrong type fails."""
     columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+# -- In-Context Pretraining (spec: icp.md, section 2) -----------------------------------------------
+
+EMBEDDING = REGISTRY.register(RecordSchema("icp_embedding", 1, (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("emb", pa.list_(pa.float32())),
+    pa.field("emb_tokens", pa.int32()),
+), doc="An L2-normalised document vector and how many encoder tokens it saw."))
+
+KNN = REGISTRY.register(RecordSchema("icp_knn", 1, (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("nbr_ids", pa.list_(pa.string())),
+    pa.field("nbr_sims", pa.list_(pa.float32())),
+), doc="Nearest neighbours, most similar first, self and missing slots removed."))
+
+DEDUP = REGISTRY.register(RecordSchema("icp_dedup", 1, (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("keep", pa.bool_()),
+    pa.field("dup_of", pa.string()),
+    pa.field("dup_sim", pa.float32()),
+    pa.field("dup_method", pa.string()),  # embed | ngram
+), doc="The near-duplicate decision for every embedded document."))
+
+ORDER_FIELDS = (
+    pa.field("pos", pa.int64()),
+    pa.field("run", pa.int64()),
+    pa.field("via_jump", pa.bool_()),
+    pa.field("sim_prev", pa.float32()),
+)
+
+ORDER = REGISTRY.register(RecordSchema("icp_order", 1, (pa.field("id", pa.string(), nullable=False),)
+                                       + ORDER_FIELDS, doc="The traversal: position, greedy run, jumps."))
+
+SPAN = pa.struct([
+    pa.field("doc_id", pa.string()),
+    pa.field("start", pa.int32()),
+    pa.field("end", pa.int32()),
+    pa.field("doc_tok_offset", pa.int64()),
+])
+
+CONTEXT = REGISTRY.register(RecordSchema("icp_context", 1, (
+    pa.field("id", pa.string(), nullable=False),  # ctx-<position after shuffling>
+    pa.field("ctx_index", pa.int64()),  # position along the traversal, before shuffling
+    pa.field("input_ids", pa.list_(pa.int32())),
+    pa.field("spans", pa.list_(SPAN)),
+), doc="A training context of L tokens and the document pieces it holds."))

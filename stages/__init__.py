@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages.base import CollectionStage, Dropped, RecordStage, Rejected, Stage, StageParams
+from stages.base import CollectionStage, DatasetStage, Dropped, RecordStage, Rejected, Stage, StageParams
 
 STAGES: dict[str, type[Stage]] = {}
 
@@ -25,11 +25,12 @@ def get_stage(name: str) -> type[Stage]:
 
 
 def _load_builtin() -> None:
-    from stages import dedup, text  # noqa: F401  (registers on import)
+    from stages import dedup, icp, text  # noqa: F401  (registers on import)
 
 
 __all__ = [
     "CollectionStage",
+    "DatasetStage",
     "Dropped",
     "RecordStage",
     "Rejected",

@@ -13,7 +13,7 @@ Two shapes cover every product:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -106,6 +106,36 @@ class CollectionStage(Stage):
 
     def decide(self, key: str, values: list[Any]) -> Iterable[Dropped]:
         """A :class:`Dropped` for each record of this group that must go."""
+        raise NotImplementedError
+
+
+@dataclass
+class DatasetContext:
+    """What a whole-dataset stage sees: the current records as one Arrow table, the artifacts and
+    arrays earlier stages left (embeddings, neighbours, ...), and where it may write files."""
+
+    table: Any  # pyarrow.Table of the records flowing through the pipeline
+    seed: int = 0
+    artifacts: dict = field(default_factory=dict)  # name -> pyarrow.Table, published next to the output
+    arrays: dict = field(default_factory=dict)  # name -> numpy array, aligned with ``table`` rows
+    files_dir: Any = None  # pathlib.Path for plots and reports
+    metrics: dict = field(default_factory=dict)  # stage label -> {name: value}
+
+
+@dataclass
+class DatasetResult:
+    table: Any  # the records after this stage (may be a new record type, e.g. contexts)
+    dropped: list = field(default_factory=list)  # Dropped, for documents removed by design
+    consumed: int | None = None  # inputs that made it into the output (when records are reshaped)
+
+
+class DatasetStage(Stage):
+    """Needs every record at once, as arrays: kNN search, graph walks, packing. Runs on the driver
+    after the per-record and whole-collection stages, whichever runner ran those."""
+
+    shape = "whole-dataset"
+
+    def run(self, ctx: DatasetContext) -> DatasetResult:
         raise NotImplementedError
 
 

@@ -254,6 +254,8 @@ class BeamRunner:
         )
         all_removed = [removed]
         for ps in plan.stages:
+            if ps.shape == "whole-dataset":
+                continue  # run by the driver afterwards, on what this pipeline publishes
             step = step_of(plan, ps)
             if isinstance(ps.stage, CollectionStage):
                 records, removed = records | ApplyCollectionStage(ps, step)
@@ -261,8 +263,8 @@ class BeamRunner:
                 records, removed = records | ps.label >> beam.ParDo(ApplyRecordStage(ps, step)).with_outputs(
                     REMOVED, main="records")
             all_removed.append(removed)
-        written = records | "Publish" >> WriteBuckets(plan.output_dir, plan.spec.output.records_per_file,
-                                                      plan.final_schema)
+        written = records | "Publish" >> WriteBuckets(plan.records_dir, plan.spec.output.records_per_file,
+                                                      plan.records_schema)
         (
             all_removed | "AllRemoved" >> beam.Flatten()
             | "RemovedJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False, sort_keys=True))
@@ -279,12 +281,12 @@ class BeamRunner:
         for f in sorted(glob.glob(str(removed_dir / "removed*.jsonl"))):
             with open(f, encoding="utf-8") as fh:
                 removed_rows.extend(json.loads(line) for line in fh if line.strip())
-        files = sorted(glob.glob(os.path.join(plan.output_dir, "data", "train-*.parquet")))
+        files = sorted(glob.glob(os.path.join(plan.records_dir, "data", "train-*.parquet")))
         n_expected = stats[-1]["out"] if stats else 0
-        keep = [engine.output_file(plan.output_dir, j, engine.n_output_files(n_expected,
+        keep = [engine.output_file(plan.records_dir, j, engine.n_output_files(n_expected,
                 plan.spec.output.records_per_file)) for j in range(engine.n_output_files(
                     n_expected, plan.spec.output.records_per_file))]
-        engine.remove_stale_outputs(plan.output_dir, keep)
+        engine.remove_stale_outputs(plan.records_dir, keep)
         return Execution(stats=stats, removed=pa.Table.from_pylist(removed_rows, schema=engine.REMOVED_SCHEMA),
                          files=[str(f) for f in files if os.path.exists(f)], input_counts=per_input)
 
@@ -298,7 +300,8 @@ class BeamRunner:
             row = values.setdefault((int(step), stage), {})
             row[what] = row.get(what, 0) + int(v or 0)
         shapes = {ps.label: ps.shape for ps in plan.stages}
-        order = [(0, "read")] + [(step_of(plan, ps), ps.label) for ps in plan.stages]
+        order = [(0, "read")] + [(step_of(plan, ps), ps.label) for ps in plan.stages
+                                 if ps.shape != "whole-dataset"]
         out = []
         for step, stage in order:
             v = values.get((step, stage), {})

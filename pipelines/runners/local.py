@@ -39,8 +39,9 @@ class ShardedRunner:
         for step in plan.steps:
             if step.kind == "segment":
                 self.run_segment(plan, step)
-            else:
+            elif step.kind == "decide":
                 engine.run_decide(plan, step)
+            # "dataset" steps are the driver's, after publishing
         final = plan.segments[-1]
         paths = engine.publish_local(plan, final, engine.segment_records(plan, final))
         return Execution(stats=engine.collect_stats(plan), removed=engine.collect_removed(plan),

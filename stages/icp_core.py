@@ -1,0 +1,516 @@
+"""In-Context Pretraining on arrays: kNN, semantic dedup, the union graph, the greedy traversal,
+packing into contexts, and the quality metrics (spec: ../shared/specs/icp.md).
+
+Everything here is plain numpy (plus faiss for the search and numba for the walk), O(N*k) in time
+and memory, with documents addressed by their row index 0..N-1; the stages map indexes to ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+try:  # numba makes the sequential walk fast; the pure-Python fallback gives the same answer
+    from numba import njit
+except ImportError:  # pragma: no cover - numba is a declared dependency
+    def njit(*args, **kwargs):
+        return args[0] if args and callable(args[0]) else (lambda f: f)
+
+
+# -- kNN ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnnSettings:
+    k: int = 50
+    index: str = "flat"  # flat | ivf | ivfpq | hnsw
+    nlist: int = 1024
+    nprobe: int = 64
+    pq_bytes: int = 32
+    hnsw_m: int = 32
+    ef_search: int = 128
+    train_size: int = 100_000
+    seed: int = 0
+    threads: int = 0  # 0: faiss's default
+
+
+def build_index(emb: np.ndarray, s: KnnSettings):
+    """A faiss inner-product index over L2-normalised vectors (inner product == cosine)."""
+    import faiss
+
+    if s.threads:
+        faiss.omp_set_num_threads(s.threads)
+    n, d = emb.shape
+    if s.index == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif s.index == "hnsw":
+        index = faiss.IndexHNSWFlat(d, s.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = s.ef_search
+    else:
+        nlist = max(1, min(s.nlist, n // 39 or 1))  # faiss wants >= 39 training points per list
+        quantizer = faiss.IndexFlatIP(d)
+        if s.index == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        elif s.index == "ivfpq":
+            m = s.pq_bytes
+            while d % m:
+                m -= 1
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        else:
+            raise ValueError(f"unknown index '{s.index}' (flat, ivf, ivfpq, hnsw)")
+        rng = np.random.default_rng(s.seed)
+        train = emb if n <= s.train_size else emb[np.sort(rng.choice(n, s.train_size, replace=False))]
+        index.train(np.ascontiguousarray(train))
+        index.nprobe = min(s.nprobe, nlist)
+    index.add(np.ascontiguousarray(emb))
+    return index
+
+
+def clean_neighbours(query_rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, k: int):
+    """Drop self (by id, not position: under PQ self may not rank first) and faiss's -1 slots; keep
+    the top k, sorted by similarity (ties by id). Missing slots are id -1, similarity NaN."""
+    n = len(query_rows)
+    out_ids = np.full((n, k), -1, dtype=np.int64)
+    out_sims = np.full((n, k), np.nan, dtype=np.float32)
+    for r in range(n):
+        mask = (ids[r] >= 0) & (ids[r] != query_rows[r])
+        row_ids, row_sims = ids[r][mask], sims[r][mask]
+        order = np.lexsort((row_ids, -row_sims))[:k]
+        out_ids[r, : len(order)] = row_ids[order]
+        out_sims[r, : len(order)] = row_sims[order]
+    return out_ids, out_sims
+
+
+def knn(emb: np.ndarray, s: KnnSettings, batch: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    index = build_index(emb, s)
+    n = len(emb)
+    k_search = min(s.k + 1, n)
+    all_ids = np.full((n, s.k), -1, dtype=np.int64)
+    all_sims = np.full((n, s.k), np.nan, dtype=np.float32)
+    for start in range(0, n, batch):
+        q = np.ascontiguousarray(emb[start : start + batch])
+        sims, ids = index.search(q, k_search)
+        rows = np.arange(start, start + len(q))
+        all_ids[rows], all_sims[rows] = clean_neighbours(rows, ids, sims, s.k)
+    return all_ids, all_sims
+
+
+def recall_at(truth: np.ndarray, approx: np.ndarray, k: int = 10) -> float:
+    """Share of the true top-k neighbours that the approximate search found."""
+    hits = 0
+    total = 0
+    for t, a in zip(truth[:, :k], approx[:, :k], strict=True):
+        t = t[t >= 0]
+        hits += len(np.intersect1d(t, a[a >= 0]))
+        total += len(t)
+    return hits / max(1, total)
+
+
+# -- the union graph -----------------------------------------------------------------------------
+
+
+@dataclass
+class Graph:
+    """Undirected weighted graph in CSR form; each row's neighbours sorted by weight desc, then id."""
+
+    indptr: np.ndarray  # int64[n + 1]
+    indices: np.ndarray  # int64[nnz]
+    weights: np.ndarray  # float32[nnz]
+
+    @property
+    def n(self) -> int:
+        return len(self.indptr) - 1
+
+    def degree(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def neighbours(self, u: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.indptr[u], self.indptr[u + 1]
+        return self.indices[a:b], self.weights[a:b]
+
+
+def union_graph(nbr_ids: np.ndarray, nbr_sims: np.ndarray, keep: np.ndarray | None = None,
+                directed: bool = False, use_top: int | None = None) -> Graph:
+    """Edge (u, v) if v in N(u) or u in N(v), weight = similarity (the larger if both) [paper].
+    ``directed=True`` with ``use_top`` gives the reference code's view: only u's own top lists.
+    Built row by row in compiled code, so 10M nodes x k=20 fit in a few GB."""
+    n = len(nbr_ids)
+    ids = nbr_ids if use_top is None else nbr_ids[:, :use_top]
+    sims = nbr_sims if use_top is None else nbr_sims[:, :use_top]
+    keep_arr = np.ones(n, dtype=np.bool_) if keep is None else keep.astype(np.bool_)
+    indptr, indices, weights = _union_csr(np.ascontiguousarray(ids, dtype=np.int64),
+                                          np.ascontiguousarray(sims, dtype=np.float32), keep_arr, directed)
+    return Graph(indptr, indices, weights)
+
+
+@njit(cache=True)
+def _union_csr(ids, sims, keep, directed):
+    n, k = ids.shape
+    counts = np.zeros(n + 1, dtype=np.int64)
+    for u in range(n):
+        if not keep[u]:
+            continue
+        for j in range(k):
+            v = ids[u, j]
+            if v < 0 or v == u or not keep[v] or sims[u, j] != sims[u, j]:
+                continue
+            counts[u + 1] += 1
+            if not directed:
+                counts[v + 1] += 1
+    raw_ptr = np.cumsum(counts)
+    raw_idx = np.empty(raw_ptr[-1], dtype=np.int64)
+    raw_w = np.empty(raw_ptr[-1], dtype=np.float32)
+    fill = raw_ptr[:-1].copy()
+    for u in range(n):
+        if not keep[u]:
+            continue
+        for j in range(k):
+            v = ids[u, j]
+            if v < 0 or v == u or not keep[v] or sims[u, j] != sims[u, j]:
+                continue
+            raw_idx[fill[u]] = v
+            raw_w[fill[u]] = sims[u, j]
+            fill[u] += 1
+            if not directed:
+                raw_idx[fill[v]] = u
+                raw_w[fill[v]] = sims[u, j]
+                fill[v] += 1
+    # Per row: merge duplicate neighbours (keep the heavier edge), then order by weight desc, id asc.
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    indices = np.empty(raw_ptr[-1], dtype=np.int64)
+    weights = np.empty(raw_ptr[-1], dtype=np.float32)
+    at = 0
+    for u in range(n):
+        a, b = raw_ptr[u], raw_ptr[u + 1]
+        if b > a:
+            row_v = raw_idx[a:b]
+            row_w = raw_w[a:b]
+            by_v = np.argsort(row_v, kind="mergesort")
+            uniq_v = np.empty(b - a, dtype=np.int64)
+            uniq_w = np.empty(b - a, dtype=np.float32)
+            m = 0
+            for t in by_v:
+                if m > 0 and uniq_v[m - 1] == row_v[t]:
+                    if row_w[t] > uniq_w[m - 1]:
+                        uniq_w[m - 1] = row_w[t]
+                else:
+                    uniq_v[m] = row_v[t]
+                    uniq_w[m] = row_w[t]
+                    m += 1
+            by_w = np.argsort(-uniq_w[:m], kind="mergesort")  # stable: ties stay in id order
+            for t in by_w:
+                indices[at] = uniq_v[t]
+                weights[at] = uniq_w[t]
+                at += 1
+        indptr[u + 1] = at
+    return indptr, indices[:at].copy(), weights[:at].copy()
+
+
+# -- semantic dedup ------------------------------------------------------------------------------
+
+
+def semantic_dedup(graph: Graph, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Visit documents in index order; drop one whose similarity to an earlier kept neighbour is at
+    least ``threshold``. Afterwards no kept pair of neighbours reaches the threshold.
+    Returns keep[bool], dup_of[int64, -1], dup_sim[float32, NaN]."""
+    return _semantic_dedup(graph.indptr, graph.indices, graph.weights, np.float32(threshold))
+
+
+@njit(cache=True)
+def _semantic_dedup(indptr, indices, weights, threshold):
+    n = len(indptr) - 1
+    keep = np.ones(n, dtype=np.bool_)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    dup_sim = np.full(n, np.nan, dtype=np.float32)
+    for u in range(n):
+        best = -1
+        best_w = np.float32(-2.0)
+        for j in range(indptr[u], indptr[u + 1]):
+            v = indices[j]
+            w = weights[j]
+            if v < u and keep[v] and w >= threshold and (w > best_w or (w == best_w and v < best)):
+                best = v
+                best_w = w
+        if best >= 0:
+            keep[u] = False
+            dup_of[u] = best
+            dup_sim[u] = best_w
+    return keep, dup_of, dup_sim
+
+
+# -- the greedy traversal ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WalkSettings:
+    seed: int = 0
+    start: str = "min_degree"  # min_degree [paper] | first_unvisited [code: set.pop()]
+    max_run_len: int = 0  # 0: unbounded [paper]; 21 [code]
+    merge_short_runs: bool = False  # [code]
+    merge_top: int = 9  # [code] neighbours looked at when merging a short run
+
+
+@dataclass
+class Walk:
+    order: np.ndarray  # int64[n]: node visited at each position
+    run: np.ndarray  # int64[n]: greedy run of each position
+    via_jump: np.ndarray  # bool[n]: position reached by a jump (run start after the first)
+    sim_prev: np.ndarray  # float32[n]: edge weight from the previous position (NaN after a jump)
+
+
+def start_order(degree: np.ndarray, seed: int, start: str) -> np.ndarray:
+    """The order in which run starts are tried: by static degree, ties in a seeded random order."""
+    n = len(degree)
+    if start == "first_unvisited":
+        return np.arange(n, dtype=np.int64)
+    tiebreak = np.random.default_rng(seed).permutation(n)
+    return np.lexsort((tiebreak, degree)).astype(np.int64)
+
+
+def greedy_walk(graph: Graph, s: WalkSettings = WalkSettings()) -> Walk:
+    """The paper's Algorithm 1 (max weight, the text's intent; the pseudo-code's argmin is a typo)."""
+    starts = start_order(graph.degree(), s.seed, s.start)
+    order, run, jump, sim = _walk(graph.indptr, graph.indices, graph.weights, starts, s.max_run_len)
+    walk = Walk(order, run, jump, sim)
+    if s.merge_short_runs:
+        walk = merge_short_runs(walk, graph, s)
+    return walk
+
+
+@njit(cache=True)
+def _walk(indptr, indices, weights, starts, max_run_len):
+    n = len(indptr) - 1
+    visited = np.zeros(n, dtype=np.bool_)
+    order = np.empty(n, dtype=np.int64)
+    run = np.empty(n, dtype=np.int64)
+    jump = np.zeros(n, dtype=np.bool_)
+    sim = np.full(n, np.nan, dtype=np.float32)
+    # Per node, the first neighbour slot not yet known to be visited: each slot is passed once.
+    cursor = indptr[:-1].copy()
+    next_start = 0
+    pos = 0
+    r = -1
+    while pos < n:
+        while visited[starts[next_start]]:
+            next_start += 1
+        u = starts[next_start]
+        r += 1
+        visited[u] = True
+        order[pos] = u
+        run[pos] = r
+        jump[pos] = pos > 0
+        pos += 1
+        length = 1
+        while True:
+            if max_run_len > 0 and length >= max_run_len:
+                break
+            j = cursor[u]
+            end = indptr[u + 1]
+            while j < end and visited[indices[j]]:
+                j += 1
+            cursor[u] = j
+            if j == end:
+                break
+            v = indices[j]  # rows are sorted by weight desc: the first unvisited is the most similar
+            visited[v] = True
+            order[pos] = v
+            run[pos] = r
+            sim[pos] = weights[j]
+            pos += 1
+            length += 1
+            u = v
+    return order, run, jump, sim
+
+
+def merge_short_runs(walk: Walk, graph: Graph, s: WalkSettings) -> Walk:
+    """[code] Every run shorter than ``max_run_len`` (21 if unset) moves to just before the first of
+    its first document's top ``merge_top`` neighbours that lies in another run."""
+    cap = s.max_run_len or 21
+    runs: list[list[int]] = []
+    for node, r in zip(walk.order.tolist(), walk.run.tolist(), strict=True):
+        if r == len(runs):
+            runs.append([])
+        runs[-1].append(node)
+    run_of = np.empty(graph.n, dtype=np.int64)
+    for r, nodes in enumerate(runs):
+        run_of[nodes] = r
+    # Linked list of nodes: insert_before[target] = runs to splice right before target.
+    insert_before: dict[int, list[int]] = {}
+    moved = set()
+    for r, nodes in enumerate(runs):
+        if len(nodes) >= cap:
+            continue
+        nbrs, _ = graph.neighbours(nodes[0])
+        target = next((int(v) for v in nbrs[: s.merge_top] if run_of[v] != r and run_of[v] not in moved), None)
+        if target is not None:
+            insert_before.setdefault(target, []).append(r)
+            moved.add(r)
+
+    out: list[int] = []
+
+    def emit(node: int, seen: set) -> None:
+        for r in insert_before.get(node, []):
+            if r not in seen:
+                seen.add(r)
+                for x in runs[r]:
+                    emit(x, seen)
+        out.append(node)
+
+    seen: set = set()
+    for r, nodes in enumerate(runs):
+        if r in moved:
+            continue
+        for node in nodes:
+            emit(node, seen)
+    for r in sorted(moved - seen):  # a cycle of moves: keep those runs where they were, at the end
+        for node in runs[r]:
+            emit(node, seen)
+    order = np.array(out, dtype=np.int64)
+    return relabel_runs(order, graph)
+
+
+def relabel_runs(order: np.ndarray, graph: Graph) -> Walk:
+    """Runs, jumps and edge weights of an order, as read off the graph."""
+    n = len(order)
+    run = np.empty(n, dtype=np.int64)
+    jump = np.zeros(n, dtype=bool)
+    sim = np.full(n, np.nan, dtype=np.float32)
+    r = 0
+    for i in range(n):
+        if i > 0:
+            nbrs, ws = graph.neighbours(order[i - 1])
+            hit = np.nonzero(nbrs == order[i])[0]
+            if len(hit):
+                sim[i] = ws[hit[0]]
+            else:
+                r += 1
+                jump[i] = True
+        run[i] = r
+    return Walk(order, run, jump, sim)
+
+
+def greedy_walk_python(adj: dict[int, dict[int, float]], seed: int = 0) -> list[int]:
+    """Algorithm 1 as a researcher would write it over Python sets: the benchmark's anchor and
+    the test's reference. ``adj[u][v]`` is the weight of edge u-v."""
+    degree = np.array([len(adj[u]) for u in range(len(adj))])
+    starts = start_order(degree, seed, "min_degree").tolist()
+    unvisited = set(adj)
+    path: list[int] = []
+    si = 0
+    while unvisited:
+        while starts[si] not in unvisited:
+            si += 1
+        u = starts[si]
+        unvisited.remove(u)
+        path.append(u)
+        while True:
+            cands = [(w, -v) for v, w in adj[u].items() if v in unvisited]
+            if not cands:
+                break
+            _, neg_v = max(cands)
+            u = -neg_v
+            unvisited.remove(u)
+            path.append(u)
+    return path
+
+
+# -- packing -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Packed:
+    input_ids: np.ndarray  # int32[n_contexts, L]
+    spans: list[list[dict]]  # per context: {doc, start, end, doc_tok_offset}
+    docs_in_tail: np.ndarray  # doc indexes found only in a dropped last context
+
+
+def pack(order: np.ndarray, tokens: list[np.ndarray], length: int, eos_id: int | None,
+         drop_last: bool = True, pad_id: int = 0) -> Packed:
+    """Concatenate documents in ``order`` (``eos_id`` after each) and cut windows of ``length``."""
+    pieces = []
+    bounds = []  # (doc, global_start, global_end)
+    at = 0
+    for d in order.tolist():
+        t = tokens[d]
+        if eos_id is not None:
+            t = np.concatenate([t, np.array([eos_id], dtype=t.dtype)])
+        pieces.append(t.astype(np.int32, copy=False))
+        bounds.append((d, at, at + len(t)))
+        at += len(t)
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+    n_full = len(stream) // length
+    n_ctx = n_full if drop_last else -(-len(stream) // length)
+    ids = np.full((n_ctx, length), pad_id, dtype=np.int32)
+    if n_ctx:
+        flat = stream[: n_ctx * length]
+        ids.reshape(-1)[: len(flat)] = flat
+    spans: list[list[dict]] = [[] for _ in range(n_ctx)]
+    tail = []
+    limit = n_ctx * length
+    for d, a, b in bounds:
+        if a >= limit:
+            tail.append(d)
+            continue
+        c = a // length
+        while c < n_ctx and c * length < b:
+            lo, hi = max(a, c * length), min(b, (c + 1) * length)
+            spans[c].append({"doc": d, "start": lo - c * length, "end": hi - c * length, "doc_tok_offset": lo - a})
+            c += 1
+    return Packed(ids, spans, np.array(tail, dtype=np.int64))
+
+
+# -- quality -------------------------------------------------------------------------------------
+
+
+def adjacent_similarity(emb: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each consecutive pair of documents in ``order``."""
+    a, b = emb[order[:-1]], emb[order[1:]]
+    return np.einsum("ij,ij->i", a, b)
+
+
+def centre(emb: np.ndarray) -> np.ndarray:
+    """Vectors minus their mean, L2-normalised again (removes the direction every document shares)."""
+    c = emb - emb.mean(axis=0, keepdims=True)
+    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+
+
+def context_similarity(emb: np.ndarray, spans: list[list[dict]]) -> float:
+    """Mean pairwise cosine similarity of the distinct documents inside each context (contexts
+    with one document are left out), averaged over contexts."""
+    values = []
+    for ctx in spans:
+        docs = sorted({s["doc"] for s in ctx})
+        if len(docs) < 2:
+            continue
+        e = emb[docs]
+        g = e @ e.T
+        m = len(docs)
+        values.append((g.sum() - np.trace(g)) / (m * (m - 1)))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def char_ngram_jaccard(a: str, b: str, n: int = 3) -> float:
+    sa = {a[i : i + n] for i in range(max(0, len(a) - n + 1))}
+    sb = {b[i : i + n] for i in range(max(0, len(b) - n + 1))}
+    if not sa and not sb:
+        return 1.0
+    return len(sa & sb) / len(sa | sb)
+
+
+def ngram_filter(order: np.ndarray, texts: list[str], threshold: float = 0.85, prefix: int = 100,
+                 n: int = 3) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+    """[code] After ordering, drop a document whose first ``prefix`` characters have a character
+    ``n``-gram Jaccard above ``threshold`` with the previously kept document's."""
+    kept = []
+    dropped = []
+    last = None
+    for d in order.tolist():
+        if last is not None:
+            j = char_ngram_jaccard(texts[d][:prefix], texts[last][:prefix], n)
+            if j > threshold:
+                dropped.append((d, last, j))
+                continue
+        kept.append(d)
+        last = d
+    return np.array(kept, dtype=np.int64), dropped
