@@ -119,6 +119,7 @@ class DatasetContext:
     artifacts: dict = field(default_factory=dict)  # name -> pyarrow.Table, published next to the output
     arrays: dict = field(default_factory=dict)  # name -> numpy array, aligned with ``table`` rows
     files_dir: Any = None  # pathlib.Path for plots and reports
+    work_dir: Any = None  # pathlib.Path for scratch files (e.g. a Beam job's inputs and outputs)
     metrics: dict = field(default_factory=dict)  # stage label -> {name: value}
 
 

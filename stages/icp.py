@@ -86,6 +86,10 @@ class KnnParams(StageParams):
     hnsw_m: int = Field(32, gt=0)
     ef_search: int = Field(128, gt=0)
     train_size: int = Field(100_000, gt=0, description="vectors sampled (seeded) to train IVF")
+    engine: Literal["faiss", "beam"] = Field(
+        "faiss", description="faiss on this machine, or an IVF search as a Beam pipeline (index: ivf)")
+    beam_workers: int = Field(2, gt=0, description="Beam multi-processing workers (engine: beam)")
+    beam_args: list[str] = Field(default_factory=list, description="Beam options, e.g. --runner=DataflowRunner")
 
 
 @register
@@ -103,7 +107,15 @@ class IcpKnn(DatasetStage):
 
     def run(self, ctx: DatasetContext) -> DatasetResult:
         emb = _need(ctx, "emb", "icp_embed")
-        idx, sims = core.knn(emb, self.settings())
+        p: KnnParams = self.params
+        if p.engine == "beam":
+            from stages.icp_beam_knn import beam_knn
+
+            idx, sims = beam_knn(emb, ctx.work_dir / "beam-knn", k=p.k, nlist=p.nlist, nprobe=p.nprobe,
+                                 train_size=p.train_size, seed=self.seed, workers=p.beam_workers,
+                                 beam_args=p.beam_args)
+        else:
+            idx, sims = core.knn(emb, self.settings())
         ctx.arrays["knn_idx"], ctx.arrays["knn_sims"] = idx, sims
         ids = np.array(_ids(ctx), dtype=object)
         ctx.artifacts["knn"] = pa.table({

@@ -231,7 +231,8 @@ class BeamRunner:
             return beam.Pipeline(options=PipelineOptions(self.beam_args))
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-        extra = ["--direct_running_mode=multi_processing", f"--direct_num_workers={self.workers}"] \
+        extra = ["--direct_running_mode=multi_processing", f"--direct_num_workers={self.workers}",
+                 "--default_sdk_harness_log_level=WARNING"] \
             if self.workers > 1 else ["--direct_running_mode=in_memory"]
         return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(self.beam_args + extra))
 
