@@ -137,7 +137,7 @@ def _load_cache(folder: Path) -> dict[tuple[str, str], tuple[np.ndarray, int]]:
 
 
 def embed_documents(ids: list[str], texts: list[str], settings: EmbedSettings,
-                    cache_root: Path | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                    cache_root: Path | None = None, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, int]:
     """Vectors for every document (in the given order), embedding only those not cached.
     Returns (embeddings float32[n, d], tokens embedded int32[n], number newly embedded)."""
     folder = cache_dir(settings, cache_root)
@@ -149,20 +149,23 @@ def embed_documents(ids: list[str], texts: list[str], settings: EmbedSettings,
         encoder = Encoder(settings)
         # Length-sorted batches keep padding low; the order is fixed, so results are reproducible.
         todo_sorted = sorted(todo, key=lambda i: (len(texts[i]), ids[i]))
-        vecs, ntok = encoder.encode([texts[i] for i in todo_sorted])
-        table = pa.table({
-            "id": [ids[i] for i in todo_sorted],
-            "text_hash": [hashes[i] for i in todo_sorted],
-            "emb": pa.array(list(vecs), type=pa.list_(pa.float32())),
-            "emb_tokens": pa.array(ntok, type=pa.int32()),
-        })
-        part = folder / f"part-{len(list(folder.glob('part-*.parquet'))):05d}.parquet"
-        tmp = part.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        tmp.rename(part)
+        # Written chunk by chunk: memory stays bounded and a killed job resumes where it stopped.
+        for start in range(0, len(todo_sorted), chunk):
+            part_rows = todo_sorted[start:start + chunk]
+            vecs, ntok = encoder.encode([texts[i] for i in part_rows])
+            table = pa.table({
+                "id": [ids[i] for i in part_rows],
+                "text_hash": [hashes[i] for i in part_rows],
+                "emb": pa.array(list(vecs), type=pa.list_(pa.float32())),
+                "emb_tokens": pa.array(ntok, type=pa.int32()),
+            })
+            part = folder / f"part-{len(list(folder.glob('part-*.parquet'))):05d}.parquet"
+            tmp = part.with_suffix(".tmp")
+            pq.write_table(table, tmp)
+            tmp.rename(part)
+            for j, i in enumerate(part_rows):
+                cached[(ids[i], hashes[i])] = (vecs[j], int(ntok[j]))
         (folder / "settings.json").write_text(json.dumps(asdict(settings), sort_keys=True))
-        for j, i in enumerate(todo_sorted):
-            cached[(ids[i], hashes[i])] = (vecs[j], int(ntok[j]))
     emb = np.stack([cached[(r, h)][0] for r, h in zip(ids, hashes, strict=True)]).astype(np.float32)
     ntok = np.array([cached[(r, h)][1] for r, h in zip(ids, hashes, strict=True)], dtype=np.int32)
     return emb, ntok, len(todo)
