@@ -109,8 +109,8 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
         write_parquet_atomic(removed, meta_dir / "rejects.parquet")
         output = _artifact(run_id, plan.spec.name, plan.output_dir, n, n_bytes, fingerprint, plan.final_schema)
         output_id = output["artifact_id"]
-        lineage = [(a["artifact_id"], b["artifact_id"]) for a, b in zip(produced, produced[1:] + [output],
-                                                                        strict=True)]
+        chain = produced + [output]
+        lineage = [(a["artifact_id"], b["artifact_id"]) for a, b in zip(chain, chain[1:], strict=False)]
         first_child = produced[0]["artifact_id"] if produced else output_id
         artifacts = produced + [output]
         for k, inp in enumerate(plan.spec.inputs):
