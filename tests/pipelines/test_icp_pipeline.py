@@ -104,9 +104,9 @@ def test_quality_metrics_in_the_catalog(icp_run):
     m = {(s, n): v for s, n, v in rows}
     assert m[("icp_dedup", "removed_as_duplicates")] >= 1
     assert 0 <= m[("icp_order", "jump_share")] < 0.2
-    # Raw cosine: KJV chapters are all alike to MiniLM (0.43 on average), which lifts the random
-    # baseline; with the shared direction removed the ICP order is far above twice random.
-    assert m[("icp_order", "adjacent_similarity")] >= 1.5 * m[("icp_order", "adjacent_similarity_random")]
+    # The bar: at least twice the random order's mean adjacent similarity.
+    assert m[("icp_order", "adjacent_similarity")] >= 2 * m[("icp_order", "adjacent_similarity_random")]
+    assert m[("icp_order", "adjacent_similarity_ratio")] >= 2
     assert m[("icp_order", "adjacent_similarity_centred")] >= 2 * m[
         ("icp_order", "adjacent_similarity_centred_random")]
     assert m[("icp_pack", "context_similarity")] > m[("icp_pack", "context_similarity_random")]
