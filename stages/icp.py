@@ -210,6 +210,7 @@ class IcpOrder(DatasetStage):
             order, removed = core.ngram_filter(order, texts, p.ngram_threshold)
             dropped = [Dropped(ids[d], "3-gram duplicate of previous", f"jaccard {j:.3f} with {ids[prev]}")
                        for d, prev, j in removed]
+            _record_ngram_drops(ctx, [(ids[d], ids[prev], j) for d, prev, j in removed])
             walk = core.relabel_runs(order, graph)
         _take(ctx, order)
         emb = ctx.arrays.get("emb")
@@ -238,6 +239,25 @@ class IcpOrder(DatasetStage):
             if ctx.files_dir is not None:
                 plot_adjacent(icp, rand, ctx.files_dir / "icp_adjacent_similarity.png")
         return DatasetResult(ctx.table, dropped)
+
+
+def _record_ngram_drops(ctx: DatasetContext, removed: list[tuple[str, str, float]]) -> None:
+    """The dedup artifact tells every removal, the reference's 3-gram check included."""
+    if not removed:
+        return
+    by_id = {d: (prev, j) for d, prev, j in removed}
+    table = ctx.artifacts.get("dedup")
+    if table is None:
+        ids = _ids(ctx)
+        table = pa.table({"id": ids, "keep": [True] * len(ids), "dup_of": [None] * len(ids),
+                          "dup_sim": pa.array([None] * len(ids), pa.float32()), "dup_method": [None] * len(ids)},
+                         schema=DEDUP.arrow)
+    rows = table.to_pylist()
+    for r in rows:
+        if r["id"] in by_id:
+            prev, j = by_id[r["id"]]
+            r.update(keep=False, dup_of=prev, dup_sim=float(j), dup_method="ngram")
+    ctx.artifacts["dedup"] = pa.Table.from_pylist(rows, schema=DEDUP.arrow)
 
 
 def plot_adjacent(icp: np.ndarray, rand: np.ndarray, path) -> None:

@@ -1,0 +1,60 @@
+"""ICP stages on a DatasetContext: the reference code's 3-gram check and its record in the dedup
+artifact, and the pack stage's spans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from stages import get_stage
+from stages.base import DatasetContext
+
+
+def _ctx(texts: list[str], emb: np.ndarray) -> DatasetContext:
+    ids = [f"d{i:02d}" for i in range(len(texts))]
+    ctx = DatasetContext(table=pa.table({"id": ids, "text": texts}))
+    ctx.arrays["emb"] = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    return ctx
+
+
+def _stage(name, **params):
+    cls = get_stage(name)
+    return cls(cls.Params(**params), seed=0)
+
+
+def test_ngram_check_after_ordering_is_recorded_as_ngram_dedup(real_docs):
+    essays = [d["text"] for d in real_docs if d["source"] == "paul_graham"][:6]
+    texts = essays + [essays[2][:100] + " and then a different ending entirely."]
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(texts), 8)).astype(np.float32)
+    emb[6] = emb[2] + 0.2 * rng.normal(size=8)  # the copy is the original's nearest neighbour (not a
+    # semantic duplicate at the threshold below): the walk puts them side by side
+    ctx = _ctx(texts, emb)
+    for stage in (_stage("icp_knn", k=3), _stage("icp_dedup", threshold=0.999)):
+        ctx.table = stage.run(ctx).table
+    result = _stage("icp_order", ngram_check=True).run(ctx)
+    # Whichever of the pair the walk reaches second is dropped, naming the other.
+    assert len(result.dropped) == 1 and result.dropped[0].record_id in ("d02", "d06")
+    gone = result.dropped[0].record_id
+    other = {"d02", "d06"} - {gone}
+    assert result.dropped[0].reason == "3-gram duplicate of previous"
+    dedup = {r["id"]: r for r in ctx.artifacts["dedup"].to_pylist()}
+    assert dedup[gone]["dup_method"] == "ngram" and {dedup[gone]["dup_of"]} == other
+    assert not dedup[gone]["keep"] and all(r["keep"] for i, r in dedup.items() if i != gone)
+    assert result.table.num_rows == 6 and result.table.column("pos").to_pylist() == list(range(6))
+
+
+def test_pack_spans_point_at_the_document_tokens(real_docs):
+    from gpu_jobs.models import load_tokenizer
+
+    docs = [d["text"] for d in real_docs if d["source"] == "kjv"][:20]
+    ctx = _ctx(docs, np.eye(20, dtype=np.float32))
+    result = _stage("icp_pack", context_length=512, shuffle=False).run(ctx)
+    tok = load_tokenizer("smollm2")
+    for row in result.table.to_pylist():
+        for span in row["spans"]:
+            doc = docs[int(span["doc_id"][1:])]
+            ids = tok.encode(doc, add_special_tokens=False).ids + [tok.token_to_id("<|endoftext|>")]
+            piece = row["input_ids"][span["start"]:span["end"]]
+            assert piece == ids[span["doc_tok_offset"]:span["doc_tok_offset"] + len(piece)]
+    assert result.table.column("ctx_index").to_pylist() == list(range(result.table.num_rows))
