@@ -423,7 +423,8 @@ def run_dataset_step(plan: Plan, files_dir: Path) -> DatasetOutcome:
     table = pq.read_table([str(f) for f in files]) if files else plan.records_schema.arrow.empty_table()
     table = table.sort_by([("id", "ascending")])
     ctx = DatasetContext(table=table, seed=plan.spec.seed, files_dir=files_dir,
-                         work_dir=work_root(plan) / f"{step.name}-{step.fingerprint[:12]}")
+                         work_dir=work_root(plan) / f"{step.name}-{step.fingerprint[:12]}",
+                         output_dir=Path(plan.output_dir))
     stats, removed = [], []
     for ps in step.stages:
         ensure_setup(ps.stage)

@@ -171,3 +171,33 @@ CONTEXT = REGISTRY.register(RecordSchema("icp_context", 1, (
     pa.field("input_ids", pa.list_(pa.int32())),
     pa.field("spans", pa.list_(SPAN)),
 ), doc="A training context of L tokens and the document pieces it holds."))
+
+
+# -- Dataset Decomposition (spec: dataset-decomposition.md, section 2) ------------------------------
+
+TOKEN_IDS_FIELDS = (pa.field("input_ids", pa.list_(pa.int32())), pa.field("n_tokens", pa.int64()))
+
+SEQUENCE = REGISTRY.register(RecordSchema("dd_sequence", 1, (
+    pa.field("id", pa.string(), nullable=False),  # <doc id>#<piece index>
+    pa.field("doc_id", pa.string()),
+    pa.field("bucket", pa.int8()),
+    pa.field("length", pa.int32()),
+    pa.field("doc_offset", pa.int64()),
+    pa.field("piece_idx", pa.int16()),
+    pa.field("input_ids", pa.list_(pa.int32())),
+), doc="A power-of-two piece of one document, in bucket D_i."))
+
+DROP_LOG = REGISTRY.register(RecordSchema("dd_drop_log", 1, (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("doc_tokens", pa.int64()),
+    pa.field("dropped_tokens", pa.int64()),
+), doc="Tokens of each document left in no bucket (a tail shorter than 2^min)."))
+
+SCHEDULE = REGISTRY.register(RecordSchema("dd_schedule", 1, (
+    pa.field("id", pa.string(), nullable=False),  # step-<n>
+    pa.field("step", pa.int64()),
+    pa.field("cycle", pa.int32()),
+    pa.field("bucket", pa.int8()),
+    pa.field("seq_ids", pa.list_(pa.string())),
+    pa.field("seq_rows", pa.list_(pa.int64())),  # rows of buckets/D<i>/index.parquet
+), key="step", doc="One optimisation step: its bucket and the b / 2^i sequences it takes."))

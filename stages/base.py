@@ -120,6 +120,7 @@ class DatasetContext:
     arrays: dict = field(default_factory=dict)  # name -> numpy array, aligned with ``table`` rows
     files_dir: Any = None  # pathlib.Path for plots and reports
     work_dir: Any = None  # pathlib.Path for scratch files (e.g. a Beam job's inputs and outputs)
+    output_dir: Any = None  # pathlib.Path of the pipeline's output, for files trainers read directly
     metrics: dict = field(default_factory=dict)  # stage label -> {name: value}
 
 

@@ -1,0 +1,241 @@
+"""Dataset Decomposition stages: token ids per document, power-of-two buckets, the VSL schedule.
+
+``tokenize_ids`` (per record) -> ``decompose`` (whole dataset: sequences, per-bucket flat token
+files for trainers, the drop log) -> ``vsl_schedule`` (the curriculum a trainer replays with
+:mod:`stages.vsl_replay`). Choices the spec leaves open are parameters; the run's parameters are in
+the catalog and the card.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from schemas import DROP_LOG, SCHEDULE, SEQUENCE, TEXT_RECORD, TOKEN_IDS_FIELDS, RecordSchema
+from stages import decomposition_core as core
+from stages import register
+from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, Outcome, RecordStage, StageParams
+
+INDEX_SCHEMA = pa.schema([pa.field("seq_id", pa.string()), pa.field("start", pa.int64()),
+                          pa.field("end", pa.int64()), pa.field("doc_id", pa.string()),
+                          pa.field("doc_offset", pa.int64())])
+
+
+class TokenizeIdsParams(StageParams):
+    tokenizer: str = Field("smollm2", description="short name (smollm2, minilm), a tokenizer.json or a folder")
+    append_eos: bool = Field(True, description="append the end-of-text token to every document [code]")
+
+
+@register
+class TokenizeIds(RecordStage):
+    """Token ids of a named offline tokenizer as ``input_ids`` (EOS appended), with ``n_tokens``."""
+
+    name = "tokenize_ids"
+    Params = TokenizeIdsParams
+    input_schema = TEXT_RECORD
+
+    def setup(self) -> None:
+        from gpu_jobs.models import load_tokenizer
+
+        self._tok = load_tokenizer(self.params.tokenizer)
+        self._eos = _eos_id(self._tok) if self.params.append_eos else None
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return self.adding(upstream, "ids", TOKEN_IDS_FIELDS)
+
+    def process(self, record: dict):
+        return iter(self.process_batch([record])[0])
+
+    def process_batch(self, records: list[dict]) -> list[list[Outcome]]:
+        if not hasattr(self, "_tok"):
+            self.setup()
+        encs = self._tok.encode_batch_fast([r["text"] for r in records], add_special_tokens=False)
+        out = []
+        for r, e in zip(records, encs, strict=True):
+            ids = list(e.ids) + ([self._eos] if self._eos is not None else [])
+            out.append([{**r, "input_ids": ids, "n_tokens": len(ids)}])
+        return out
+
+
+def _eos_id(tok) -> int:
+    for name in ("<|endoftext|>", "</s>", "<eos>", "[SEP]"):
+        i = tok.token_to_id(name)
+        if i is not None:
+            return int(i)
+    raise ValueError("the tokenizer has no end-of-text token; set append_eos: false")
+
+
+class DecomposeParams(StageParams):
+    min_exp: int = Field(8, ge=0, le=30, description="smallest bucket 2^min_exp tokens [code: 8 = 256]")
+    max_exp: int = Field(13, ge=0, le=30, description="largest bucket 2^max_exp tokens [code: 13 = 8192]")
+    plus_one: bool = Field(False, description="store 2^i + 1 tokens per piece (2^i inputs and targets) [code]")
+    overflow: Literal["deterministic", "random"] = Field(
+        "deterministic", description="parts above 2^max_exp: cut into 2^max pieces [olmo], or sizes drawn "
+        "with P(i) ~ 2^(max-i) [code's randomize]")
+
+
+@register
+class Decompose(DatasetStage):
+    """Cut every document into power-of-two pieces (its length's binary expansion, largest first)."""
+
+    name = "decompose"
+    Params = DecomposeParams
+    input_schema = TEXT_RECORD.extended("token_ids", 1, TOKEN_IDS_FIELDS)
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return SEQUENCE
+
+    def run(self, ctx: DatasetContext) -> DatasetResult:
+        p: DecomposeParams = self.params
+        if p.min_exp > p.max_exp:
+            raise ValueError("min_exp must not exceed max_exp")
+        rng = np.random.default_rng(self.seed) if p.overflow == "random" else None
+        ids = ctx.table.column("id").to_pylist()
+        tokens = ctx.table.column("input_ids").to_pylist()
+        rows: dict[str, list] = {f.name: [] for f in SEQUENCE.fields}
+        drops = {"id": [], "doc_tokens": [], "dropped_tokens": []}
+        dropped_docs = []
+        per_bucket_tokens: dict[int, int] = {}
+        for doc_id, toks in sorted(zip(ids, tokens, strict=True)):  # id order: the random mode's draws too
+            pieces, tail = core.decompose(len(toks), p.min_exp, p.max_exp, p.plus_one, rng)
+            drops["id"].append(doc_id)
+            drops["doc_tokens"].append(len(toks))
+            drops["dropped_tokens"].append(tail)
+            if not pieces:
+                dropped_docs.append(Dropped(doc_id, f"shorter than 2^{p.min_exp} tokens", f"{len(toks)} tokens"))
+            for k, piece in enumerate(pieces):
+                rows["id"].append(f"{doc_id}#{k}")
+                rows["doc_id"].append(doc_id)
+                rows["bucket"].append(piece.bucket)
+                rows["length"].append(piece.size)
+                rows["doc_offset"].append(piece.offset)
+                rows["piece_idx"].append(k)
+                rows["input_ids"].append(toks[piece.offset:piece.offset + piece.size])
+                per_bucket_tokens[piece.bucket] = per_bucket_tokens.get(piece.bucket, 0) + piece.size
+        table = pa.table(rows, schema=SEQUENCE.arrow)
+        table = table.sort_by([("bucket", "ascending"), ("id", "ascending")])
+        ctx.artifacts["drop_log"] = pa.table(drops, schema=DROP_LOG.arrow)
+        if ctx.output_dir is not None:
+            write_bucket_files(table, Path(ctx.output_dir) / "buckets")
+        total = int(sum(drops["doc_tokens"]))
+        kept = int(sum(per_bucket_tokens.values()))
+        m = ctx.metrics.setdefault(self.name, {})
+        m.update({"tokens_in": total, "tokens_kept": kept, "dropped_token_share": 1 - kept / total if total else 0.0,
+                  "sequences": table.num_rows, "mean_sequence_length": kept / table.num_rows if table.num_rows else 0.0,
+                  "cross_document_attention_share": 0.0})
+        for i, n in sorted(per_bucket_tokens.items()):
+            m[f"tokens_bucket_{i:02d}"] = n
+        # Causal attention pairs (~ attention FLOPs): sum of l^2 / 2 over sequences, against
+        # concat-and-chunk of the same kept tokens into contexts of the largest bucket's length.
+        lengths = np.asarray(table.column("length"), dtype=np.float64)
+        dd_pairs = float((lengths * (lengths + 1) / 2).sum())
+        big = 2.0 ** p.max_exp
+        cc_pairs = kept / big * big * (big + 1) / 2
+        m.update({"attention_pairs": dd_pairs, "attention_pairs_concat_chunk": cc_pairs,
+                  "attention_cost_vs_concat_chunk": dd_pairs / cc_pairs if cc_pairs else 0.0})
+        ctx.arrays["bucket_tokens"] = per_bucket_tokens
+        return DatasetResult(table, dropped_docs, consumed=len(ids) - len(dropped_docs))
+
+
+def write_bucket_files(table: pa.Table, root: Path) -> None:
+    """Per bucket, ``D<i>/tokens.bin`` (int32, all sequences back to back, for numpy.memmap) and
+    ``D<i>/index.parquet`` (seq_id, start, end, doc_id, doc_offset), rows in the table's order."""
+    root.mkdir(parents=True, exist_ok=True)
+    buckets = table.column("bucket").to_numpy()
+    for i in sorted(set(buckets.tolist())):
+        part = table.filter(pa.compute.equal(table.column("bucket"), i))
+        folder = root / f"D{i:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        flat = np.asarray(part.column("input_ids").combine_chunks().flatten(), dtype=np.int32)
+        lengths = np.asarray(part.column("length"), dtype=np.int64)
+        ends = np.cumsum(lengths)
+        tmp = folder / f"tokens.bin.tmp-{os.getpid()}"
+        flat.astype("<i4").tofile(tmp)
+        tmp.rename(folder / "tokens.bin")
+        index = pa.table({"seq_id": part.column("id"), "start": ends - lengths, "end": ends,
+                          "doc_id": part.column("doc_id"), "doc_offset": part.column("doc_offset")},
+                         schema=INDEX_SCHEMA)
+        tmp = folder / f"index.parquet.tmp-{os.getpid()}"
+        pq.write_table(index, tmp)
+        tmp.rename(folder / "index.parquet")
+
+
+class ScheduleParams(StageParams):
+    curriculum: Literal["uniform", "grow_linear", "grow_p2", "grow_p100", "custom"] = Field(
+        "grow_p2", description="bucket odds, shortest first [paper: Grow-P2 with 8 cycles was best]")
+    odds: list[float] | None = Field(None, description="custom odds, one per bucket min_exp..max_exp")
+    cycles: int = Field(8, ge=1, description="times the short-to-long pattern repeats [paper: 8]")
+    budget_tokens: int = Field(2**19, gt=0, description="tokens per step; a batch of D_i holds budget / 2^i "
+                               "sequences [code: 64 x 8192 = 524,288]")
+    min_exp: int = Field(8, ge=0)
+    max_exp: int = Field(13, ge=0)
+
+
+@register
+class VslSchedule(DatasetStage):
+    """The variable-sequence-length curriculum (paper Alg. 1), the same on every data-parallel rank."""
+
+    name = "vsl_schedule"
+    Params = ScheduleParams
+    input_schema = SEQUENCE
+
+    def run(self, ctx: DatasetContext) -> DatasetResult:
+        p: ScheduleParams = self.params
+        odds = core.odds_for(p.curriculum, p.min_exp, p.max_exp, p.odds)
+        buckets = ctx.table.column("bucket").to_pylist()
+        seq_ids = ctx.table.column("id").to_pylist()
+        by_bucket: dict[int, list[str]] = {}
+        for b, s in zip(buckets, seq_ids, strict=True):  # the table is in (bucket, id) order
+            by_bucket.setdefault(b, []).append(s)
+        sizes = {i: len(v) for i, v in by_bucket.items()}
+        steps, left_out = core.schedule(sizes, odds, p.cycles, p.budget_tokens, self.seed)
+        table = pa.table({
+            "id": [f"step-{s.step:08d}" for s in steps],
+            "step": [s.step for s in steps],
+            "cycle": [s.cycle for s in steps],
+            "bucket": [s.bucket for s in steps],
+            "seq_ids": [[by_bucket[s.bucket][q] for q in s.sequences] for s in steps],
+            "seq_rows": [s.sequences for s in steps],
+        }, schema=SCHEDULE.arrow)
+        ctx.artifacts["schedule"] = table
+        if ctx.output_dir is not None:
+            path = Path(ctx.output_dir) / "buckets" / "schedule.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").rename(path)
+        m = ctx.metrics.setdefault(self.name, {})
+        m.update({"steps": len(steps), "budget_tokens": p.budget_tokens, "cycles": p.cycles,
+                  "sequences_left_out": int(sum(left_out.values()))})
+        if ctx.files_dir is not None and steps:
+            plot_schedule(table, ctx.arrays.get("bucket_tokens", {}), p, Path(ctx.files_dir) / "dd_schedule.png")
+        return DatasetResult(ctx.table)
+
+
+def plot_schedule(table: pa.Table, bucket_tokens: dict, p: ScheduleParams, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    if bucket_tokens:
+        ks = sorted(bucket_tokens)
+        a.bar([f"D{i}\n{2**i}" for i in ks], [bucket_tokens[i] for i in ks])
+    a.set_title("tokens per bucket")
+    a.set_ylabel("tokens")
+    b.plot(table.column("step").to_numpy(), table.column("bucket").to_numpy(), ".", markersize=2)
+    b.set_title(f"bucket drawn at each step ({p.curriculum}, {p.cycles} cycles)")
+    b.set_xlabel("step")
+    b.set_ylabel("bucket i (length 2^i)")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, metadata={"Software": None})
+    plt.close(fig)
+    tmp.rename(path)
