@@ -201,3 +201,11 @@ SCHEDULE = REGISTRY.register(RecordSchema("dd_schedule", 1, (
     pa.field("seq_ids", pa.list_(pa.string())),
     pa.field("seq_rows", pa.list_(pa.int64())),  # rows of buckets/D<i>/index.parquet
 ), key="step", doc="One optimisation step: its bucket and the b / 2^i sequences it takes."))
+
+CHUNK = REGISTRY.register(RecordSchema("cc_context", 1, (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("ctx_index", pa.int64()),
+    pa.field("input_ids", pa.list_(pa.int32())),
+    pa.field("spans", pa.list_(SPAN)),
+    pa.field("segment_ids", pa.list_(pa.int32())),  # document masks: 1.. per document, 0 = padding
+), doc="A concat-and-chunk (or packed) context of L tokens and the document pieces it holds."))

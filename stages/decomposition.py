@@ -239,3 +239,113 @@ def plot_schedule(table: pa.Table, bucket_tokens: dict, p: ScheduleParams, path:
     fig.savefig(tmp, metadata={"Software": None})
     plt.close(fig)
     tmp.rename(path)
+
+
+class ConcatChunkParams(StageParams):
+    context_length: int = Field(8192, gt=0, description="L [paper: 2048 or 8192]")
+    packing: Literal["concat", "best_fit_decreasing"] = Field(
+        "concat", description="concat: shuffle, concatenate, cut at L [Baseline]; best_fit_decreasing: "
+        "documents (split at L) packed into contexts by best fit, largest first, padded [Pack]")
+    shuffle: bool = Field(True, description="shuffle documents before concatenating (seeded)")
+    document_mask: bool = Field(False, description="add segment_ids so attention can be masked at document "
+                                "boundaries [+DM]")
+    drop_last: bool = Field(True, description="concat: drop the last, shorter context")
+    pad_id: int = Field(0, ge=0, description="token that fills packed contexts")
+
+
+@register
+class ConcatChunk(DatasetStage):
+    """The concat-and-chunk baseline from the same tokens (and its best-fit-decreasing packed variant)."""
+
+    name = "concat_chunk"
+    Params = ConcatChunkParams
+    input_schema = TEXT_RECORD.extended("token_ids", 1, TOKEN_IDS_FIELDS)
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        from schemas import CHUNK
+
+        return CHUNK
+
+    def run(self, ctx: DatasetContext) -> DatasetResult:
+        from schemas import CHUNK
+        from stages.icp_core import pack
+
+        p: ConcatChunkParams = self.params
+        ids = ctx.table.column("id").to_pylist()
+        tokens = [np.asarray(t, dtype=np.int32) for t in ctx.table.column("input_ids").to_pylist()]
+        L = p.context_length
+        if p.packing == "concat":
+            order = (np.random.default_rng(self.seed).permutation(len(ids)) if p.shuffle
+                     else np.arange(len(ids)))
+            packed = pack(order, tokens, L, None, p.drop_last, pad_id=p.pad_id)
+            contexts = [(packed.input_ids[c], [(s["doc"], s["start"], s["end"], s["doc_tok_offset"])
+                                               for s in packed.spans[c]]) for c in range(len(packed.input_ids))]
+            tail_docs = packed.docs_in_tail.tolist()
+        else:
+            contexts = best_fit_decreasing(tokens, L, p.pad_id)
+            tail_docs = []
+        rows = {"id": [], "ctx_index": [], "input_ids": [], "spans": [], "segment_ids": []}
+        same_pairs = total_pairs = 0.0
+        seg_lengths = []
+        for c, (ids_c, spans) in enumerate(contexts):
+            rows["id"].append(f"ctx-{c:08d}")
+            rows["ctx_index"].append(c)
+            rows["input_ids"].append(ids_c)
+            rows["spans"].append([{"doc_id": ids[d], "start": a, "end": b, "doc_tok_offset": off}
+                                  for d, a, b, off in spans])
+            seg = np.zeros(L, dtype=np.int32)  # 0 = padding
+            for k, (_, a, b, _) in enumerate(spans):
+                seg[a:b] = k + 1
+                n = b - a
+                same_pairs += n * (n + 1) / 2
+                seg_lengths.append(n)
+            used = max((b for _, _, b, _ in spans), default=0)
+            total_pairs += used * (used + 1) / 2
+            rows["segment_ids"].append(seg if p.document_mask else None)
+        table = pa.table(rows, schema=CHUNK.arrow)
+        m = ctx.metrics.setdefault(self.name, {})
+        kept = int(sum(b - a for _, sp in contexts for _, a, b, _ in sp))
+        total = int(sum(len(t) for t in tokens))
+        cross = 0.0 if p.document_mask or not total_pairs else 1 - same_pairs / total_pairs
+        m.update({"contexts": len(contexts), "tokens_in": total, "tokens_kept": kept,
+                  "dropped_token_share": 1 - kept / total if total else 0.0,
+                  "padding_share": 1 - kept / (len(contexts) * L) if contexts else 0.0,
+                  "mean_context_length": float(np.mean(seg_lengths)) if seg_lengths else 0.0,
+                  "cross_document_attention_share": cross,
+                  "attention_pairs": same_pairs if p.document_mask else total_pairs})
+        dropped = [Dropped(ids[d], "in the incomplete last context", f"drop_last with L={L}") for d in tail_docs]
+        return DatasetResult(table, dropped, consumed=len(ids) - len(dropped))
+
+
+def best_fit_decreasing(tokens: list[np.ndarray], length: int, pad_id: int):
+    """Documents cut at ``length``, pieces sorted longest first, each put in the context with the least
+    room that still fits it (a new context when none does); contexts padded to ``length``."""
+    import bisect
+
+    pieces = []  # (size, doc, offset)
+    for d, t in enumerate(tokens):
+        for off in range(0, len(t), length):
+            pieces.append((min(length, len(t) - off), d, off))
+    pieces.sort(key=lambda x: (-x[0], x[1], x[2]))
+    bins: list[list] = []  # per context: [(doc, offset, size)]
+    room: list[tuple[int, int]] = []  # sorted (free space, bin index)
+    for size, d, off in pieces:
+        k = bisect.bisect_left(room, (size, -1))
+        if k == len(room):
+            bins.append([(d, off, size)])
+            free, b = length - size, len(bins) - 1
+        else:
+            free, b = room.pop(k)
+            bins[b].append((d, off, size))
+            free -= size
+        bisect.insort(room, (free, b))
+    out = []
+    for items in bins:
+        ids = np.full(length, pad_id, dtype=np.int32)
+        spans, at = [], 0
+        for d, off, size in items:
+            ids[at:at + size] = tokens[d][off:off + size]
+            spans.append((d, at, at + size, off))
+            at += size
+        out.append((ids, spans))
+    return out
