@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -297,9 +298,8 @@ def _tuplify(v):
 
 
 def record_digest(rec: dict) -> bytes:
-    return hashlib.sha256(
-        json.dumps(rec, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str).encode()
-    ).digest()
+    """SHA-256 of the record's canonical JSON (sorted keys); orjson, as token lists make this hot."""
+    return hashlib.sha256(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS, default=str)).digest()
 
 
 def bucket_of(record_id: str, n_files: int) -> int:

@@ -1,0 +1,118 @@
+"""Dataset Decomposition throughput: tokens per second of the whole pipeline against the floor.
+
+    .venv/bin/python bench/decomposition.py [--docs 20000] [--chars 4000]
+
+Documents are windows of real text (Paul Graham essays, KJV chapters, Python docs). In one run:
+the floor, a raw ``encode_batch`` of the same texts with the same ``tokenizers`` tokenizer;
+datatrove's DocumentTokenizer writing its token files; and longforge's decomposition pipeline end to
+end (read, normalise, tokenise with EOS, decompose into buckets, write Parquet, memmap token files,
+schedule, catalog). One thread per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from catalog import Catalog  # noqa: E402
+from gpu_jobs.models import load_tokenizer, tokenizer_path  # noqa: E402
+from pipelines import corpora  # noqa: E402
+from pipelines.plan import build_plan  # noqa: E402
+from pipelines.progress import Progress, format_table  # noqa: E402
+from pipelines.run import run_pipeline  # noqa: E402
+from pipelines.spec import load_pipeline  # noqa: E402
+
+PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "decomposition.yaml"
+
+
+def make_documents(n: int, chars: int, path: Path) -> list[str]:
+    texts = [d["text"] for name in ("paul_graham", "kjv_books", "python_docs") for d in corpora.CORPORA[name].build()]
+    out, ids, k = [], [], 0
+    while len(out) < n:
+        for t_i, text in enumerate(texts):
+            if len(text) <= chars:
+                continue
+            start = (k * 211) % (len(text) - chars)
+            out.append(text[start:start + chars])
+            ids.append(f"w{k:04d}-{t_i:04d}-{start}")
+            if len(out) >= n:
+                break
+        k += 1
+    pq.write_table(pa.table({"id": ids, "text": out}), path, row_group_size=max(1, n // 10))
+    return out
+
+
+def floor(texts: list[str]) -> tuple[int, float]:
+    tok = load_tokenizer("smollm2")
+    t0 = time.perf_counter()
+    n = 0
+    for i in range(0, len(texts), 1024):
+        n += sum(len(e.ids) + 1 for e in tok.encode_batch_fast(texts[i:i + 1024], add_special_tokens=False))
+    return n, time.perf_counter() - t0
+
+
+def datatrove_tokenizer(src: Path, work: Path) -> float:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.readers import ParquetReader
+    from datatrove.pipeline.tokens import DocumentTokenizer
+
+    t0 = time.perf_counter()
+    LocalPipelineExecutor(
+        pipeline=[ParquetReader(str(src.parent), glob_pattern=src.name),
+                  DocumentTokenizer(str(work / "dt-tokens"), tokenizer_name_or_path=str(tokenizer_path("smollm2")),
+                                    eos_token="<|endoftext|>", shuffle_documents=False)],
+        tasks=1, workers=1, logging_dir=str(work / "dt-logs"), skip_completed=False,
+    ).run()
+    return time.perf_counter() - t0
+
+
+def pipeline(src: Path, work: Path) -> tuple[int, float]:
+    plan = build_plan(load_pipeline(PIPELINE), inputs=[str(src)], output=str(work / "dd"))
+    t0 = time.perf_counter()
+    result = run_pipeline(plan, catalog=Catalog(str(work / "bench.duckdb")), progress=Progress(enabled=False))
+    seconds = time.perf_counter() - t0
+    return int(result.metrics["decompose"]["tokens_in"]), seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--docs", type=int, default=20_000)
+    ap.add_argument("--chars", type=int, default=4000)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="longforge-dd-bench-"))
+    try:
+        src = work / "docs.parquet"
+        texts = make_documents(args.docs, args.chars, src)
+        n_tokens, t_floor = floor(texts)
+        rows = [("floor: tokenizers encode_batch (+EOS)", n_tokens, round(t_floor, 2), round(n_tokens / t_floor),
+                 1.0)]
+        try:
+            t_dt = datatrove_tokenizer(src, work)
+            rows.append(("datatrove DocumentTokenizer", n_tokens, round(t_dt, 2), round(n_tokens / t_dt),
+                         round(t_floor / t_dt, 3)))
+        except Exception as e:  # noqa: BLE001 - report, do not hide, a failing comparison
+            rows.append((f"datatrove DocumentTokenizer: failed ({type(e).__name__})", 0, 0, 0, 0))
+        n_pipe, t_pipe = pipeline(src, work)
+        rows.append(("longforge decomposition.yaml, end to end", n_pipe, round(t_pipe, 2), round(n_pipe / t_pipe),
+                     round((n_pipe / t_pipe) / (n_tokens / t_floor), 3)))
+        print(f"{len(texts):,} documents of {args.chars} characters, SmolLM2 tokenizer, one thread")
+        print(format_table(["what", "tokens", "seconds", "tokens/s", "x floor"], rows))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
