@@ -97,29 +97,46 @@ class Decompose(DatasetStage):
             raise ValueError("min_exp must not exceed max_exp")
         rng = np.random.default_rng(self.seed) if p.overflow == "random" else None
         ids = ctx.table.column("id").to_pylist()
-        tokens = ctx.table.column("input_ids").to_pylist()
-        rows: dict[str, list] = {f.name: [] for f in SEQUENCE.fields}
+        # Token ids stay in Arrow/numpy: offsets into one flat array, never Python lists.
+        lists = ctx.table.column("input_ids").combine_chunks()
+        values = lists.flatten().to_numpy(zero_copy_only=False)
+        offsets = lists.offsets.to_numpy()
+        meta: dict[str, list] = {"id": [], "doc_id": [], "bucket": [], "length": [], "doc_offset": [],
+                                 "piece_idx": []}
+        starts = []
         drops = {"id": [], "doc_tokens": [], "dropped_tokens": []}
         dropped_docs = []
         per_bucket_tokens: dict[int, int] = {}
-        for doc_id, toks in sorted(zip(ids, tokens, strict=True)):  # id order: the random mode's draws too
-            pieces, tail = core.decompose(len(toks), p.min_exp, p.max_exp, p.plus_one, rng)
+        for row in sorted(range(len(ids)), key=ids.__getitem__):  # id order: the random draws too
+            doc_id = ids[row]
+            n = int(offsets[row + 1] - offsets[row])
+            pieces, tail = core.decompose(n, p.min_exp, p.max_exp, p.plus_one, rng)
             drops["id"].append(doc_id)
-            drops["doc_tokens"].append(len(toks))
+            drops["doc_tokens"].append(n)
             drops["dropped_tokens"].append(tail)
             if not pieces:
-                dropped_docs.append(Dropped(doc_id, f"shorter than 2^{p.min_exp} tokens", f"{len(toks)} tokens"))
+                dropped_docs.append(Dropped(doc_id, f"shorter than 2^{p.min_exp} tokens", f"{n} tokens"))
             for k, piece in enumerate(pieces):
-                rows["id"].append(f"{doc_id}#{k}")
-                rows["doc_id"].append(doc_id)
-                rows["bucket"].append(piece.bucket)
-                rows["length"].append(piece.size)
-                rows["doc_offset"].append(piece.offset)
-                rows["piece_idx"].append(k)
-                rows["input_ids"].append(toks[piece.offset:piece.offset + piece.size])
+                meta["id"].append(f"{doc_id}#{k}")
+                meta["doc_id"].append(doc_id)
+                meta["bucket"].append(piece.bucket)
+                meta["length"].append(piece.size)
+                meta["doc_offset"].append(piece.offset)
+                meta["piece_idx"].append(k)
+                starts.append(int(offsets[row]) + piece.offset)
                 per_bucket_tokens[piece.bucket] = per_bucket_tokens.get(piece.bucket, 0) + piece.size
-        table = pa.table(rows, schema=SEQUENCE.arrow)
-        table = table.sort_by([("bucket", "ascending"), ("id", "ascending")])
+        order = np.lexsort((np.array(meta["id"], dtype=object), np.array(meta["bucket"]))) if meta["id"] else \
+            np.zeros(0, dtype=np.int64)
+        sizes = np.asarray(meta["length"], dtype=np.int64)[order]
+        begin = np.asarray(starts, dtype=np.int64)[order]
+        total = int(sizes.sum())
+        within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        gathered = values[np.repeat(begin, sizes) + within] if total else np.zeros(0, dtype=np.int32)
+        list_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+        columns = {k: pa.array([v[i] for i in order], SEQUENCE.arrow.field(k).type) for k, v in meta.items()}
+        columns["input_ids"] = pa.ListArray.from_arrays(pa.array(list_offsets, pa.int32()),
+                                                        pa.array(gathered, pa.int32()))
+        table = pa.Table.from_arrays([columns[f.name] for f in SEQUENCE.fields], schema=SEQUENCE.arrow)
         ctx.artifacts["drop_log"] = pa.table(drops, schema=DROP_LOG.arrow)
         if ctx.output_dir is not None:
             write_bucket_files(table, Path(ctx.output_dir) / "buckets")
