@@ -363,10 +363,36 @@ def dataset_fingerprint(output_dir: str) -> tuple[int, int, str]:
     for f in sorted((Path(output_dir) / "data").glob("train-*.parquet")):
         n_bytes += f.stat().st_size
         for batch in pq.ParquetFile(f).iter_batches(batch_size=10_000):
-            for rec in batch.to_pylist():
-                acc = (acc + int.from_bytes(record_digest(rec)[:16], "big")) % (1 << 128)
+            for digest in batch_digests(batch):
+                acc = (acc + int.from_bytes(digest[:16], "big")) % (1 << 128)
                 total += 1
     return total, n_bytes, hashlib.sha256(f"{total}:{acc:032x}".encode()).hexdigest()
+
+
+def _is_numeric_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type))
+
+
+def batch_digests(batch: pa.RecordBatch) -> list[bytes]:
+    """One content digest per row: canonical JSON of the scalar fields, plus the raw little-endian
+    values of numeric list fields (token ids, vectors), which are never turned into Python numbers."""
+    lists = [n for n, t in zip(batch.schema.names, batch.schema.types, strict=True) if _is_numeric_list(t)]
+    scalars = batch.drop_columns(lists).to_pylist() if lists else batch.to_pylist()
+    if not lists:
+        return [hashlib.sha256(orjson.dumps(r, option=orjson.OPT_SORT_KEYS, default=str)).digest() for r in scalars]
+    parts = []
+    for name in lists:
+        arr = batch.column(name)
+        values = arr.values.to_numpy(zero_copy_only=False).astype(arr.type.value_type.to_pandas_dtype(), copy=False)
+        parts.append((name.encode(), arr.offsets.to_numpy(), values.astype(values.dtype.newbyteorder("<")),
+                      arr.is_null().to_numpy(zero_copy_only=False)))
+    out = []
+    for i, rec in enumerate(scalars):
+        h = hashlib.sha256(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS, default=str))
+        for name, offs, values, nulls in parts:
+            h.update(b"\x00" + name + (b"\x00null" if nulls[i] else b"\x00" + values[offs[i]:offs[i + 1]].tobytes()))
+        out.append(h.digest())
+    return out
 
 
 def collect_removed(plan: Plan) -> pa.Table:
