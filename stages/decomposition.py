@@ -161,8 +161,9 @@ class Decompose(DatasetStage):
 
 
 def write_bucket_files(table: pa.Table, root: Path) -> None:
-    """Per bucket, ``D<i>/tokens.bin`` (int32, all sequences back to back, for numpy.memmap) and
-    ``D<i>/index.parquet`` (seq_id, start, end, doc_id, doc_offset), rows in the table's order."""
+    """Per bucket, ``D<i>/tokens.bin`` (int32, all sequences back to back, for numpy.memmap),
+    ``D<i>/index.parquet`` (seq_id, start, end, doc_id, doc_offset) and ``D<i>/sequences.parquet``
+    (the sequences themselves), rows in the table's order."""
     root.mkdir(parents=True, exist_ok=True)
     buckets = table.column("bucket").to_numpy()
     for i in sorted(set(buckets.tolist())):
@@ -181,6 +182,9 @@ def write_bucket_files(table: pa.Table, root: Path) -> None:
         tmp = folder / f"index.parquet.tmp-{os.getpid()}"
         pq.write_table(index, tmp)
         tmp.rename(folder / "index.parquet")
+        tmp = folder / f"sequences.parquet.tmp-{os.getpid()}"  # the bucket's sequences, for Parquet readers
+        pq.write_table(part, tmp, compression="zstd")
+        tmp.rename(folder / "sequences.parquet")
 
 
 class ScheduleParams(StageParams):
