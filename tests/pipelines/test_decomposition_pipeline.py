@@ -108,3 +108,16 @@ def test_statistics_in_the_catalog_and_same_bytes(dd_run):
         assert [p.read_bytes() for p in fa] == [p.read_bytes() for p in fb], sub
     tokens = np.memmap(a / "buckets" / "D13" / "tokens.bin", dtype="<i4", mode="r")
     assert len(tokens) == m[("decompose", "tokens_bucket_13")]
+
+
+def test_each_bucket_is_written_as_parquet_and_as_a_token_file(dd_run):
+    (out, _), _ = dd_run
+    seqs = _rows(out)
+    for folder in sorted((out / "buckets").glob("D*")):
+        i = int(folder.name[1:])
+        part = pq.read_table(folder / "sequences.parquet").to_pylist()
+        index = pq.read_table(folder / "index.parquet").to_pylist()
+        tokens = np.memmap(folder / "tokens.bin", dtype="<i4", mode="r")
+        assert {r["bucket"] for r in part} == {i} and len(part) == len(index) == sum(s["bucket"] == i for s in seqs)
+        for r, ix in zip(part, index, strict=True):
+            assert r["id"] == ix["seq_id"] and tokens[ix["start"]:ix["end"]].tolist() == r["input_ids"]
