@@ -67,6 +67,7 @@ bench: setup corpora
 	$(PY) bench/engine.py
 	$(PY) bench/icp.py traversal
 	$(PY) bench/icp.py knn
+	$(PY) bench/decomposition.py
 
 clean:
 	rm -rf out longforge.duckdb .pytest_cache
