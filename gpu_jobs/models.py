@@ -96,3 +96,12 @@ def load_tokenizer(name: str):
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(tokenizer_path(name)))
+
+
+def eos_token_id(tokenizer) -> int:
+    """The end-of-text token of a ``tokenizers.Tokenizer`` (EOS between or after documents)."""
+    for name in ("<|endoftext|>", "</s>", "<eos>", "<|im_end|>", "[SEP]"):
+        i = tokenizer.token_to_id(name)
+        if i is not None:
+            return int(i)
+    raise ValueError("the tokenizer has no end-of-text token; choose no separator / append_eos: false")

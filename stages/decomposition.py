@@ -21,6 +21,7 @@ from schemas import DROP_LOG, SCHEDULE, SEQUENCE, TEXT_RECORD, TOKEN_IDS_FIELDS,
 from stages import decomposition_core as core
 from stages import register
 from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, Outcome, RecordStage, StageParams
+from stages.plots import new_figure, save_figure
 
 INDEX_SCHEMA = pa.schema([pa.field("seq_id", pa.string()), pa.field("start", pa.int64()),
                           pa.field("end", pa.int64()), pa.field("doc_id", pa.string()),
@@ -41,10 +42,10 @@ class TokenizeIds(RecordStage):
     input_schema = TEXT_RECORD
 
     def setup(self) -> None:
-        from gpu_jobs.models import load_tokenizer
+        from gpu_jobs.models import eos_token_id, load_tokenizer
 
         self._tok = load_tokenizer(self.params.tokenizer)
-        self._eos = _eos_id(self._tok) if self.params.append_eos else None
+        self._eos = eos_token_id(self._tok) if self.params.append_eos else None
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return self.adding(upstream, "ids", TOKEN_IDS_FIELDS)
@@ -61,14 +62,6 @@ class TokenizeIds(RecordStage):
             ids = list(e.ids) + ([self._eos] if self._eos is not None else [])
             out.append([{**r, "input_ids": ids, "n_tokens": len(ids)}])
         return out
-
-
-def _eos_id(tok) -> int:
-    for name in ("<|endoftext|>", "</s>", "<eos>", "[SEP]"):
-        i = tok.token_to_id(name)
-        if i is not None:
-            return int(i)
-    raise ValueError("the tokenizer has no end-of-text token; set append_eos: false")
 
 
 class DecomposeParams(StageParams):
@@ -239,13 +232,7 @@ class VslSchedule(DatasetStage):
 
 
 def plot_schedule(table: pa.Table, bucket_tokens: dict, p: ScheduleParams, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    fig, (a, b) = new_figure(1, 2, figsize=(11, 4), dpi=110)
     if bucket_tokens:
         ks = sorted(bucket_tokens)
         a.bar([f"D{i}\n{2**i}" for i in ks], [bucket_tokens[i] for i in ks])
@@ -256,10 +243,7 @@ def plot_schedule(table: pa.Table, bucket_tokens: dict, p: ScheduleParams, path:
     b.set_xlabel("step")
     b.set_ylabel("bucket i (length 2^i)")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, metadata={"Software": None})
-    plt.close(fig)
-    tmp.rename(path)
+    save_figure(fig, path)
 
 
 class ConcatChunkParams(StageParams):

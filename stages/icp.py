@@ -18,6 +18,7 @@ from schemas import CONTEXT, DEDUP, EMBEDDING, KNN, ORDER, ORDER_FIELDS, TEXT_RE
 from stages import icp_core as core
 from stages import register
 from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, StageParams
+from stages.plots import new_figure, save_figure
 
 
 def _ids(ctx: DatasetContext) -> list[str]:
@@ -261,13 +262,7 @@ def _record_ngram_drops(ctx: DatasetContext, removed: list[tuple[str, str, float
 
 
 def plot_adjacent(icp: np.ndarray, rand: np.ndarray, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig, ax = new_figure(figsize=(7, 4), dpi=110)
     bins = np.linspace(min(icp.min(), rand.min()), 1.0, 60)
     ax.hist(rand, bins=bins, alpha=0.6, label=f"random order (mean {rand.mean():.3f})")
     ax.hist(icp, bins=bins, alpha=0.6, label=f"ICP order (mean {icp.mean():.3f})")
@@ -276,10 +271,7 @@ def plot_adjacent(icp: np.ndarray, rand: np.ndarray, path) -> None:
     ax.set_title("In-Context Pretraining: adjacent-document similarity")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, metadata={"Software": None})  # no version or date: same data, same bytes
-    plt.close(fig)
-    tmp.rename(path)
+    save_figure(fig, path)
 
 
 class PackParams(StageParams):
@@ -303,13 +295,13 @@ class IcpPack(DatasetStage):
         return CONTEXT
 
     def run(self, ctx: DatasetContext) -> DatasetResult:
-        from gpu_jobs.models import load_tokenizer
+        from gpu_jobs.models import eos_token_id, load_tokenizer
 
         p: PackParams = self.params
         tok = load_tokenizer(p.tokenizer)
         eos_id = None
         if p.separator == "eos":
-            eos_id = _eos_id(tok)
+            eos_id = eos_token_id(tok)
         texts = ctx.table.column("text").to_pylist()
         ids = _ids(ctx)
         tokens = [np.asarray(e.ids, dtype=np.int32)
@@ -344,11 +336,3 @@ class IcpPack(DatasetStage):
         ctx.arrays["tokens"] = tokens
         ctx.arrays["eos_id"] = eos_id
         return DatasetResult(table, dropped, consumed=len(ids) - len(dropped))
-
-
-def _eos_id(tok) -> int:
-    for name in ("<|endoftext|>", "</s>", "<eos>", "[SEP]", "<|im_end|>"):
-        i = tok.token_to_id(name)
-        if i is not None:
-            return int(i)
-    raise ValueError("the tokenizer has no end-of-text token; use separator: none")
