@@ -210,6 +210,7 @@ def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCount
     counter.inputs_with_output = counter.n_out
 
 
+# The decisions of the last decide step, loaded once per process rather than once per shard.
 _decision_cache: dict[str, dict[str, tuple[str, str]]] = {}
 
 

@@ -264,14 +264,13 @@ class BeamRunner:
                 records, removed = records | ps.label >> beam.ParDo(ApplyRecordStage(ps, step)).with_outputs(
                     REMOVED, main="records")
             all_removed.append(removed)
-        written = records | "Publish" >> WriteBuckets(plan.records_dir, plan.spec.output.records_per_file,
-                                                      plan.records_schema)
+        _ = records | "Publish" >> WriteBuckets(plan.records_dir, plan.spec.output.records_per_file,
+                                                plan.records_schema)
         (
             all_removed | "AllRemoved" >> beam.Flatten()
             | "RemovedJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False, sort_keys=True))
             | "WriteRemoved" >> beam.io.WriteToText(str(removed_dir / "removed"), file_name_suffix=".jsonl")
         )
-        del written
         result = p.run()
         result.wait_until_finish()
         stats = self._stats(plan, result)
