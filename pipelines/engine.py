@@ -250,15 +250,15 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
                          removed: list[dict], t0: float) -> dict:
     """Write a shard's records, removed records and keys, then its completion marker (last)."""
     files = shard_files(plan, step, i)
-    write_parquet_atomic(cast_table(rows, step.out_schema.arrow), files["records"])
-    write_parquet_atomic(pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA), files["removed"])
+    write_parquet_atomic(cast_table(rows, step.out_schema.arrow), files["records"], compression="lz4")
+    write_parquet_atomic(pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA), files["removed"], compression="lz4")
     counters = list(counters)
     if step.emits_keys_for is not None:
         stage = step.emits_keys_for.stage
         ensure_setup(stage)
         t_keys = time.perf_counter()
         keys = [{"key": k, "value": json.dumps(v)} for r in rows for k, v in stage.keys(r)]
-        write_parquet_atomic(pa.Table.from_pylist(keys, schema=KEYS_SCHEMA), files["keys"])
+        write_parquet_atomic(pa.Table.from_pylist(keys, schema=KEYS_SCHEMA), files["keys"], compression="lz4")
         # The keys' cost belongs to the collection stage, whose counts are taken where it is applied.
         keys_counter = StageCounter(step.index + 2, step.emits_keys_for.label, "whole-collection")
         keys_counter.seconds = time.perf_counter() - t_keys
