@@ -370,6 +370,19 @@ def dataset_fingerprint(output_dir: str) -> tuple[int, int, str]:
     return total, n_bytes, hashlib.sha256(f"{total}:{acc:032x}".encode()).hexdigest()
 
 
+def duplicate_ids(output_dir: str) -> tuple[int, list[str]]:
+    """Records whose id another record also has, and a few such ids: ids key every decision
+    (dedup, scores, joins), so a duplicated one is worth a warning."""
+    files = sorted((Path(output_dir) / "data").glob("train-*.parquet"))
+    if not files:
+        return 0, []
+    ids = pq.read_table([str(f) for f in files], columns=["id"]).column("id")
+    counts = pc.value_counts(ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    extra = int(pc.sum(repeated.field("counts")).as_py() or 0) - len(repeated)
+    return extra, repeated.field("values").to_pylist()[:5]
+
+
 def _is_numeric_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type))
 

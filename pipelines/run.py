@@ -80,6 +80,12 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
         if n != expected:
             raise AccountingError(f"the last stage emitted {expected} records but the output holds {n}")
         stats, removed, metrics = list(execution.stats), execution.removed, {}
+        n_dup, examples = engine.duplicate_ids(plan.records_dir)
+        metrics["publish"] = {"duplicate_ids": n_dup}
+        if n_dup:
+            progress.log(f"warning: {n_dup} records share their id with another record (e.g. {examples}); "
+                         "id-keyed stages (dedup, scores) cannot tell them apart: give records unique ids, "
+                         "or leave 'id' out to have one derived from source and text")
         # Artifacts in production order; each one's parent is the one before it.
         produced: list[dict] = []
         if plan.dataset_stages:
@@ -99,7 +105,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
             engine.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file)
             stats += outcome.stats
             removed = pa.concat_tables([removed, outcome.removed])
-            metrics = outcome.metrics
+            metrics.update(outcome.metrics)
             check_accounting(stats)
             n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.output_dir)
             if n != outcome.table.num_rows:

@@ -110,3 +110,19 @@ def test_rejected_payloads_are_kept(bad_input_run):
     t = pq.read_table(out).to_pylist()
     assert len(t) == 100 and all(r["payload"] for r in t)
     assert any(r["payload"].startswith('{"id": "broken-0"') for r in t)
+
+
+def test_duplicate_ids_are_reported(tmp_path):
+    (tmp_path / "d.jsonl").write_text(
+        '{"id": "a", "text": "first text"}\n{"id": "a", "text": "another text"}\n{"id": "b", "text": "third"}\n')
+    pipeline = write_pipeline(tmp_path / "p.yaml", f"""
+        name: dup-ids
+        inputs: [{{path: {tmp_path / 'd.jsonl'}}}]
+        stages:
+          - stage: normalize
+        """)
+    r = run_cli("run", str(pipeline), "--output", str(tmp_path / "out"), "--catalog", str(tmp_path / "c.duckdb"))
+    assert r.returncode == 0 and "1 records share their id" in r.stderr and "['a']" in r.stderr
+    con = duckdb.connect(str(tmp_path / "c.duckdb"), read_only=True)
+    row = con.execute("SELECT value FROM metrics WHERE stage = 'publish' AND name = 'duplicate_ids'").fetchone()
+    assert row == (1,)
