@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from pipelines.io import read_shard, write_parquet_atomic, write_text_atomic
 from pipelines.plan import Plan, PlannedStage, Step
 from schemas import REJECT, RecordSchema, cast_table
+from schemas.tables import is_numeric_list, sort_by_id
 from stages.base import Dropped, Rejected, merge_decisions
 
 #: Shapes whose output records are not the input records (reconciled by inputs that produced output).
@@ -115,7 +116,7 @@ def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: Stage
                     if isinstance(o, Rejected):
                         counter.rejected += 1
                         if o.payload is None:
-                            o = Rejected(o.record_id, o.reason, o.detail, _record_json(rec))
+                            o = Rejected(o.record_id, o.reason, o.detail, record_json(rec))
                     else:
                         counter.dropped += 1
                     removed.append(removed_row(ps.label, o))
@@ -123,8 +124,14 @@ def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: Stage
                 counter.inputs_with_output += 1
 
 
-def _record_json(rec: dict) -> str:
-    return json.dumps(rec, ensure_ascii=False, sort_keys=True, default=str)
+def _jsonable(value):
+    """JSON for what records may hold besides plain values: numpy arrays (token ids) as lists."""
+    return value.tolist() if isinstance(value, np.ndarray) else str(value)
+
+
+def record_json(rec: dict) -> str:
+    """A record as it is kept in the rejects output."""
+    return json.dumps(rec, ensure_ascii=False, sort_keys=True, default=_jsonable)
 
 
 # -- work layout -----------------------------------------------------------------------------------
@@ -302,7 +309,8 @@ def _tuplify(v):
 
 def record_digest(rec: dict) -> bytes:
     """SHA-256 of the record's canonical JSON (sorted keys); orjson, as token lists make this hot."""
-    return hashlib.sha256(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS, default=str)).digest()
+    option = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+    return hashlib.sha256(orjson.dumps(rec, option=option, default=_jsonable)).digest()
 
 
 def bucket_of(record_id: str, n_files: int) -> int:
@@ -313,8 +321,8 @@ def n_output_files(n_records: int, records_per_file: int) -> int:
     return max(1, math.ceil(n_records / records_per_file))
 
 
-def output_file(output_dir: str, j: int, n: int) -> Path:
-    return Path(output_dir) / "data" / f"train-{j:05d}-of-{n:05d}.parquet"
+def output_file(output_dir: str, j: int, n: int, label: str = "") -> Path:
+    return Path(output_dir) / "data" / f"train-{label + '-' if label else ''}{j:05d}-of-{n:05d}.parquet"
 
 
 def write_bucket(rows: list[dict], path: Path, schema: RecordSchema) -> None:
@@ -323,31 +331,39 @@ def write_bucket(rows: list[dict], path: Path, schema: RecordSchema) -> None:
     write_parquet_atomic(cast_table(rows, schema.arrow), path)
 
 
-def write_bucket_table(table: pa.Table, path: Path, schema: RecordSchema) -> None:
+def write_bucket_table(table: pa.Table, path: Path, schema: RecordSchema) -> pa.Table:
     """:func:`write_bucket` for an Arrow table: with unique ids, sorting by id alone gives the same
-    order (and bytes) without turning every record into Python objects and hashing it."""
+    order (and bytes) without turning every record into Python objects and hashing it. Returns
+    what it wrote."""
     if table.num_rows and pc.count_distinct(table.column("id")).as_py() == table.num_rows:
-        ordered = table.select(schema.arrow.names).sort_by([("id", "ascending")])
-        write_parquet_atomic(pa.Table.from_arrays(ordered.columns, schema=schema.arrow), path)
-    else:
-        write_bucket(table.to_pylist(), path, schema)
+        ordered = sort_by_id(table.select(schema.arrow.names))
+        ordered = pa.Table.from_arrays(ordered.columns, schema=schema.arrow)
+        write_parquet_atomic(ordered, path)
+        return ordered
+    rows = sorted(table.to_pylist(), key=lambda r: (r["id"], record_digest(r)))
+    ordered = cast_table(rows, schema.arrow)
+    write_parquet_atomic(ordered, path)
+    return ordered
 
 
-def publish_local(plan: Plan, final: Step, n_records: int) -> list[Path]:
+def publish_local(plan: Plan, final: Step, n_records: int) -> tuple[list[Path], pa.Table]:
+    """Write the final segment's records as the pipeline's (or the documents') output files.
+    Returns the files and their records, sorted by id, for a whole-dataset step to start from."""
     n = n_output_files(n_records, plan.spec.output.records_per_file)
     sources = [shard_files(plan, final, i)["records"] for i in range(len(plan.shards))]
     table = pa.concat_tables([pq.read_table(p) for p in sources]) if sources else final.out_schema.arrow.empty_table()
     if n > 1:
         which = np.fromiter((bucket_of(i, n) for i in table.column("id").to_pylist()), dtype=np.int64,
                             count=table.num_rows)
-    paths = []
+    paths, parts = [], []
     for j in range(n):
         part = table if n == 1 else table.filter(pa.array(which == j))
         path = output_file(plan.records_dir, j, n)
-        write_bucket_table(part, path, final.out_schema)
+        parts.append(write_bucket_table(part, path, final.out_schema))
         paths.append(path)
     remove_stale_outputs(plan.records_dir, paths)
-    return paths
+    published = parts[0] if n == 1 else sort_by_id(pa.concat_tables(parts))
+    return paths, published
 
 
 def remove_stale_outputs(output_dir: str, keep: list[Path]) -> None:
@@ -358,15 +374,23 @@ def remove_stale_outputs(output_dir: str, keep: list[Path]) -> None:
             f.unlink()
 
 
-def dataset_fingerprint(output_dir: str) -> tuple[int, int, str]:
-    """(records, bytes, fingerprint): a hash of the multiset of records, not of files or order."""
-    total, acc, n_bytes = 0, 0, 0
-    for f in sorted((Path(output_dir) / "data").glob("train-*.parquet")):
-        n_bytes += f.stat().st_size
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=10_000):
-            for digest in batch_digests(batch):
-                acc = (acc + int.from_bytes(digest[:16], "big")) % (1 << 128)
-                total += 1
+def dataset_fingerprint(output_dir: str, table: pa.Table | None = None) -> tuple[int, int, str]:
+    """(records, bytes, fingerprint): a hash of the multiset of records, not of files or order.
+    ``table``: the records just written there, when the caller holds them (saves reading them back)."""
+    files = sorted((Path(output_dir) / "data").glob("train-*.parquet"))
+    n_bytes = sum(f.stat().st_size for f in files)
+    if table is not None:
+        on_disk = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        if on_disk != table.num_rows:
+            raise RuntimeError(f"{output_dir} holds {on_disk} records, {table.num_rows} were written")
+        batches: Iterable[pa.RecordBatch] = table.to_batches(max_chunksize=10_000)
+    else:
+        batches = (b for f in files for b in pq.ParquetFile(f).iter_batches(batch_size=10_000))
+    total, acc = 0, 0
+    for batch in batches:
+        for digest in batch_digests(batch):
+            acc = (acc + int.from_bytes(digest[:16], "big")) % (1 << 128)
+            total += 1
     return total, n_bytes, hashlib.sha256(f"{total}:{acc:032x}".encode()).hexdigest()
 
 
@@ -383,14 +407,10 @@ def duplicate_ids(output_dir: str) -> tuple[int, list[str]]:
     return extra, repeated.field("values").to_pylist()[:5]
 
 
-def _is_numeric_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type))
-
-
 def batch_digests(batch: pa.RecordBatch) -> list[bytes]:
     """One content digest per row: canonical JSON of the scalar fields, plus the raw little-endian
     values of numeric list fields (token ids, vectors), which are never turned into Python numbers."""
-    lists = [n for n, t in zip(batch.schema.names, batch.schema.types, strict=True) if _is_numeric_list(t)]
+    lists = [n for n, t in zip(batch.schema.names, batch.schema.types, strict=True) if is_numeric_list(t)]
     scalars = batch.drop_columns(lists).to_pylist() if lists else batch.to_pylist()
     if not lists:
         return [hashlib.sha256(orjson.dumps(r, option=orjson.OPT_SORT_KEYS, default=str)).digest() for r in scalars]
@@ -398,7 +418,7 @@ def batch_digests(batch: pa.RecordBatch) -> list[bytes]:
     for name in lists:
         arr = batch.column(name)
         values = arr.values.to_numpy(zero_copy_only=False).astype(arr.type.value_type.to_pandas_dtype(), copy=False)
-        parts.append((name.encode(), arr.offsets.to_numpy(), values.astype(values.dtype.newbyteorder("<")),
+        parts.append((name.encode(), arr.offsets.to_numpy(), values.astype(values.dtype.newbyteorder("<"), copy=False),
                       arr.is_null().to_numpy(zero_copy_only=False)))
     out = []
     for i, rec in enumerate(scalars):
@@ -459,25 +479,36 @@ class DatasetOutcome:
     stats: list[dict]
     removed: pa.Table
     metrics: dict[str, dict]
+    file_groups: list[tuple[str, int]] | None = None  # see stages.base.DatasetResult
 
 
-def run_dataset_step(plan: Plan, files_dir: Path) -> DatasetOutcome:
-    """Load what the record-level stages published and run the whole-dataset stages over it."""
+def run_dataset_step(plan: Plan, files_dir: Path, records: pa.Table | None = None) -> DatasetOutcome:
+    """Run the whole-dataset stages over what the record-level stages published: ``records``, sorted
+    by id, when the runner still holds them, else read back from the files."""
     from stages.base import DatasetContext
 
     step = next(s for s in plan.steps if s.kind == "dataset")
-    files = sorted((Path(plan.records_dir) / "data").glob("train-*.parquet"))
-    table = pq.read_table([str(f) for f in files]) if files else plan.records_schema.arrow.empty_table()
-    table = table.sort_by([("id", "ascending")])
+    if records is None:
+        files = sorted((Path(plan.records_dir) / "data").glob("train-*.parquet"))
+        table = pq.read_table([str(f) for f in files]) if files else plan.records_schema.arrow.empty_table()
+        table = sort_by_id(table)
+    else:
+        table = records
     ctx = DatasetContext(table=table, seed=plan.spec.seed, files_dir=files_dir,
                          work_dir=work_root(plan) / f"{step.name}-{step.fingerprint[:12]}",
                          output_dir=Path(plan.output_dir))
     stats, removed = [], []
+    file_groups = None
     for ps in step.stages:
         ensure_setup(ps.stage)
         n_in = ctx.table.num_rows
         t0 = time.perf_counter()
+        before = ctx.table
         result = ps.stage.run(ctx)
+        if result.file_groups is not None:
+            file_groups = result.file_groups
+        elif result.table is not before:
+            file_groups = None
         ctx.table = result.table
         seconds = time.perf_counter() - t0
         consumed = result.consumed if result.consumed is not None else ctx.table.num_rows
@@ -486,17 +517,26 @@ def run_dataset_step(plan: Plan, files_dir: Path) -> DatasetOutcome:
                       "inputs_with_output": consumed, "seconds": round(seconds, 6)})
         removed.extend(removed_row(ps.label, d) for d in result.dropped)
     final = ctx.table.cast(step.out_schema.arrow) if ctx.table.schema != step.out_schema.arrow else ctx.table
+    if file_groups is not None and sum(n for _, n in file_groups) != final.num_rows:
+        raise RuntimeError(f"file groups cover {sum(n for _, n in file_groups)} rows of {final.num_rows}")
     return DatasetOutcome(final, ctx.artifacts, stats, pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA),
-                          ctx.metrics)
+                          ctx.metrics, file_groups)
 
 
-def write_ordered(table: pa.Table, output_dir: str | Path, records_per_file: int) -> list[Path]:
-    """Records in the order the stage gave them (a traversal, shuffled contexts), cut into files."""
-    n = n_output_files(table.num_rows, records_per_file)
+def write_ordered(table: pa.Table, output_dir: str | Path, records_per_file: int,
+                  file_groups: list[tuple[str, int]] | None = None) -> list[Path]:
+    """Records in the order the stage gave them (a traversal, shuffled contexts), cut into files;
+    with ``file_groups``, each group's rows into files of their own, ``train-<label>-j-of-n``."""
     paths = []
-    for j in range(n):
-        path = output_file(str(output_dir), j, n)
-        write_parquet_atomic(table.slice(j * records_per_file, records_per_file), path)
-        paths.append(path)
+    groups = file_groups if file_groups is not None else [("", table.num_rows)]
+    start = 0
+    for label, rows in groups:
+        n = n_output_files(rows, records_per_file)
+        for j in range(n):
+            path = output_file(str(output_dir), j, n, label)
+            write_parquet_atomic(table.slice(start + j * records_per_file, min(records_per_file,
+                                                                                rows - j * records_per_file)), path)
+            paths.append(path)
+        start += rows
     remove_stale_outputs(str(output_dir), paths)
     return paths

@@ -75,7 +75,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
     try:
         execution = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress).execute(plan)
         check_accounting(execution.stats)
-        n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.records_dir)
+        n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.records_dir, execution.records)
         expected = execution.stats[-1]["out"] if execution.stats else 0
         if n != expected:
             raise AccountingError(f"the last stage emitted {expected} records but the output holds {n}")
@@ -92,22 +92,23 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
             produced.append(_artifact(run_id, f"{plan.spec.name}:documents", plan.records_dir, n, n_bytes,
                                       fingerprint, plan.records_schema))
             progress.log(f"whole-dataset stages: {', '.join(ps.label for ps in plan.dataset_stages)}")
-            outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots")
+            outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots", execution.records)
             for name, table in outcome.artifacts.items():
                 folder = Path(plan.output_dir) / name
                 engine.write_ordered(table, folder, plan.spec.output.records_per_file)
-                a_n, a_bytes, a_fp = engine.dataset_fingerprint(str(folder))
+                a_n, a_bytes, a_fp = engine.dataset_fingerprint(str(folder), table)
                 from schemas import REGISTRY
 
                 schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
                 produced.append(_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp,
                                           schema))
-            engine.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file)
+            engine.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file,
+                                 outcome.file_groups)
             stats += outcome.stats
             removed = pa.concat_tables([removed, outcome.removed])
             metrics.update(outcome.metrics)
             check_accounting(stats)
-            n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.output_dir)
+            n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.output_dir, outcome.table)
             if n != outcome.table.num_rows:
                 raise AccountingError(f"the last stage emitted {outcome.table.num_rows} records, the output has {n}")
         meta_dir = Path(plan.output_dir) / ".longforge"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 
@@ -122,8 +123,23 @@ REJECT = REGISTRY.register(
 
 def cast_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows to a table of exactly ``schema``: a missing nullable field becomes null, a wrong type fails."""
-    columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    columns = {f.name: _column([r.get(f.name) for r in rows], f.type) for f in schema}
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _column(values: list, type_: pa.DataType) -> list | pa.Array:
+    """Numeric list fields held as numpy arrays (token ids) become one flat buffer plus offsets;
+    anything else goes through Arrow's own conversion."""
+    from schemas.tables import is_numeric_list
+
+    if is_numeric_list(type_) and values and all(isinstance(v, np.ndarray) and v.ndim == 1 for v in values):
+        dtype = type_.value_type.to_pandas_dtype()
+        offsets = np.zeros(len(values) + 1, dtype=np.int64)
+        np.cumsum([len(v) for v in values], out=offsets[1:])
+        if offsets[-1] <= np.iinfo(np.int32).max:
+            flat = np.concatenate(values).astype(dtype, copy=False) if offsets[-1] else np.zeros(0, dtype)
+            return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat, type_.value_type))
+    return values
 
 
 # -- In-Context Pretraining (spec: icp.md, section 2) -----------------------------------------------
@@ -177,6 +193,11 @@ CONTEXT = REGISTRY.register(RecordSchema("icp_context", 1, (
 
 TOKEN_IDS_FIELDS = (pa.field("input_ids", pa.list_(pa.int32())), pa.field("n_tokens", pa.int64()))
 
+#: What token-level stages (decomposition, packing, knotting) need: an id and its token ids.
+TOKEN_IDS_RECORD = REGISTRY.register(RecordSchema(
+    "token_ids_record", 1, (pa.field("id", pa.string(), nullable=False),) + TOKEN_IDS_FIELDS,
+    doc="Any record with an id and the token ids of its text."))
+
 SEQUENCE = REGISTRY.register(RecordSchema("dd_sequence", 1, (
     pa.field("id", pa.string(), nullable=False),  # <doc id>#<piece index>
     pa.field("doc_id", pa.string()),
@@ -209,3 +230,42 @@ CHUNK = REGISTRY.register(RecordSchema("cc_context", 1, (
     pa.field("spans", pa.list_(SPAN)),
     pa.field("segment_ids", pa.list_(pa.int32())),  # document masks: 1.. per document, 0 = padding
 ), doc="A concat-and-chunk (or packed) context of L tokens and the document pieces it holds."))
+
+
+# -- Untie the Knots (spec: untie-the-knots.md, section 2) ----------------------------------------
+
+UTK_CHUNK = pa.struct([
+    pa.field("doc_id", pa.string()),
+    pa.field("doc_idx", pa.int32()),  # the document piece's position in the sample, before shuffling
+    pa.field("chunk_idx", pa.int16()),
+    pa.field("n_chunks", pa.int16()),
+    pa.field("src_start", pa.int64()),  # token offsets in the document
+    pa.field("src_end", pa.int64()),
+    pa.field("out_start", pa.int32()),  # where the chunk's content starts in the sample
+    pa.field("chunk_label", pa.string()),  # null for a piece that was not split
+])
+
+UTK_SAMPLE = REGISTRY.register(RecordSchema("utk_sample", 1, (
+    pa.field("id", pa.string(), nullable=False),  # utk-<sample index>
+    pa.field("sample_idx", pa.int64()),
+    pa.field("tokens", pa.list_(pa.int32())),  # L inputs
+    pa.field("labels", pa.list_(pa.int32())),  # L targets (the inputs shifted by one)
+    pa.field("loss_mask", pa.list_(pa.uint8())),
+    pa.field("position_ids", pa.list_(pa.int32())),  # 0..L-1: no reset per document
+    pa.field("utk_applied", pa.bool_()),
+    pa.field("chunks", pa.list_(UTK_CHUNK)),  # in output order
+    pa.field("seed", pa.int64()),  # this sample's RNG seed: seed * 100000 + sample_idx
+), doc="A packed training sample of L tokens, knotted (UtK) or plain."))
+
+UTK_TEXT_VIEW = REGISTRY.register(RecordSchema("utk_text_view", 1, (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("utk_applied", pa.bool_()),
+    pa.field("text", pa.string()),  # the sample decoded, markers shown as their strings
+), doc="A readable view of a sample, for inspection."))
+
+UTK_MARKER = REGISTRY.register(RecordSchema("utk_marker", 1, (
+    pa.field("id", pa.string(), nullable=False),  # head_2, tail_1, label_open, ...
+    pa.field("text", pa.string()),
+    pa.field("token_ids", pa.list_(pa.int32())),
+    pa.field("special", pa.bool_()),  # added to the tokenizer as a special token
+), doc="A UtK marker and the token ids it is written with."))

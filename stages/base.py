@@ -129,6 +129,10 @@ class DatasetResult:
     table: Any  # the records after this stage (may be a new record type, e.g. contexts)
     dropped: list = field(default_factory=list)  # Dropped, for documents removed by design
     consumed: int | None = None  # inputs that made it into the output (when records are reshaped)
+    # Consecutive runs of the table's rows that go to output files of their own, as (label, rows):
+    # decomposition's buckets become data/train-D08-*.parquet, ... A later stage that returns the
+    # same table keeps them; one that returns another table drops them.
+    file_groups: list[tuple[str, int]] | None = None
 
 
 class DatasetStage(Stage):

@@ -88,8 +88,7 @@ class ApplyRecordStage(beam.DoFn):
                 if isinstance(o, Rejected):
                     self.c["rejected"].inc()
                     if o.payload is None:
-                        o = Rejected(o.record_id, o.reason, o.detail, json.dumps(record, ensure_ascii=False,
-                                                                                   sort_keys=True, default=str))
+                        o = Rejected(o.record_id, o.reason, o.detail, engine.record_json(record))
                 else:
                     self.c["dropped"].inc()
                 yield beam.pvalue.TaggedOutput(REMOVED, engine.removed_row(self.label, o))

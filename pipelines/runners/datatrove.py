@@ -40,13 +40,21 @@ def _quiet_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
 _executor_base.add_task_logger = _quiet_task_logger
 
 
+_NO_TEXT = "longforge.no_text"  # a record a stage left without text (token ids only): none comes back
+
+
 def to_document(record: dict) -> Document:
     meta = {k: v for k, v in record.items() if k not in ("id", "text")}
-    return Document(text=record["text"], id=record["id"], metadata=meta)
+    if "text" not in record:
+        meta[_NO_TEXT] = True
+    return Document(text=record.get("text", ""), id=record["id"], metadata=meta)
 
 
 def from_document(doc: Document) -> dict:
-    return {"id": doc.id, "text": doc.text, **doc.metadata}
+    meta = dict(doc.metadata)
+    if meta.pop(_NO_TEXT, False):
+        return {"id": doc.id, **meta}
+    return {"id": doc.id, "text": doc.text, **meta}
 
 
 class ShardState:

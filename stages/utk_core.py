@@ -1,0 +1,418 @@
+"""Untie the Knots (Tian et al., ACL 2025; spec ../shared/specs/untie-the-knots.md): the algorithm
+on token arrays, with no engine or Arrow in sight, and the parser that undoes it.
+
+A stream of documents (each ending with EOS) is packed into samples of exactly ``L + 1`` tokens
+(``tokens = s[:-1]``, ``labels = s[1:]``). With probability ``p`` a sample is *knotted*: each
+document piece in it is cut into ``h`` chunks (h drawn from the odds), every chunk gets a label
+header ``<D> label </D>``, chunk j > 1 a head knot ``<h_j>`` before it and chunk j < h a tail knot
+``<t_j>`` after it; all chunks are shuffled with each document's order preserved, and the
+backtrace ``<S> label_1 <s> label_2 ... </S>`` follows each split document's last chunk. Unlike
+the reference code, which inserts the markers and then truncates (cutting a backtrace), the
+packer counts the markers in: a knotted sample takes fewer content tokens, never more than fit.
+
+A chunk on the wire::
+
+    [<h_j>] <D> label_j </D> content_j [<t_j>]      ... then, after the last one, <S> l1 <s> l2 </S>
+
+Pieces that continue a document from the previous sample are pinned first, a piece cut at the
+sample's end is pinned last (its backtrace after it), so that documents read back across samples.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Roles of the positions of a sample: what the loss mask and the parser are built from.
+CONTENT, KNOT, HEADER, BT_OPEN, BT_SEP, BT_LABEL, BT_CLOSE = range(7)
+
+LABEL_ALPHABET = np.array(list(string.ascii_letters + string.digits))
+
+
+@dataclass(frozen=True)
+class Markers:
+    """Token ids of every marker: one id each as special tokens, a few each rendered as text."""
+
+    head: dict[int, tuple[int, ...]]  # j = 2..max_h -> <h_j>
+    tail: dict[int, tuple[int, ...]]  # j = 1..max_h-1 -> <t_j>
+    label_open: tuple[int, ...]  # <D>
+    label_close: tuple[int, ...]  # </D>
+    bt_open: tuple[int, ...]  # <S>
+    bt_sep: tuple[int, ...]  # <s>
+    bt_close: tuple[int, ...]  # </S>
+
+    def patterns(self) -> list[tuple[tuple[int, ...], str, int]]:
+        """(ids, kind, j) of every marker, longest first, so a longer marker wins a shared prefix."""
+        items = [(v, "head", j) for j, v in self.head.items()] + [(v, "tail", j) for j, v in self.tail.items()]
+        items += [(self.label_open, "label_open", 0), (self.label_close, "label_close", 0),
+                  (self.bt_open, "bt_open", 0), (self.bt_sep, "bt_sep", 0), (self.bt_close, "bt_close", 0)]
+        return sorted(items, key=lambda x: -len(x[0]))
+
+    def all_ids(self) -> set[int]:
+        return {i for ids, _, _ in self.patterns() for i in ids}
+
+
+@dataclass(frozen=True)
+class KnotConfig:
+    length: int  # L: tokens (and labels) per sample; a sample holds L + 1 tokens
+    p: float = 0.8  # share of samples knotted [paper: 0.8 for the released models, 0.3 "low"]
+    chunk_odds: dict[int, float] = field(default_factory=lambda: {2: 0.5, 3: 0.5})  # h -> odds
+    min_split: int = 64  # pieces shorter than this stay whole [paper; value UNVERIFIED]
+    label_chars: int = 6  # [code: 6 characters of A-Za-z0-9]
+    preserve_order: bool = True  # [paper: needed; code default False]
+    seed: int = 47  # sample i draws from MT19937(seed * 100000 + i) [code]
+
+
+@dataclass
+class Piece:
+    """The part of one document inside one sample."""
+
+    doc: int  # index into the document list
+    start: int  # token offset in the document
+    end: int
+    labels: list[str] = field(default_factory=list)  # one per chunk; empty when not split
+    label_ids: list[tuple[int, ...]] = field(default_factory=list)
+    cuts: list[int] = field(default_factory=list)  # chunk boundaries, relative to start
+
+    @property
+    def n_chunks(self) -> int:
+        return max(1, len(self.labels))
+
+
+@dataclass
+class Sample:
+    index: int
+    knotted: bool
+    tokens: np.ndarray  # int32[L + 1]
+    roles: np.ndarray  # int8[L + 1]
+    pieces: list[Piece]
+    chunks: list[dict]  # per chunk in output order: doc, chunk_idx, n_chunks, src_start, src_end, out_start, label
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.Generator(np.random.MT19937(seed * 100_000 + index))
+
+
+def marker_overhead(markers: Markers, label_ids: Sequence[tuple[int, ...]]) -> int:
+    """Tokens the markers of one document split into ``len(label_ids)`` chunks add."""
+    h = len(label_ids)
+    if h <= 1:
+        return 0
+    labels = sum(len(x) for x in label_ids)
+    headers = h * (len(markers.label_open) + len(markers.label_close)) + labels
+    knots = sum(len(markers.head[j]) for j in range(2, h + 1)) + sum(len(markers.tail[j]) for j in range(1, h))
+    backtrace = len(markers.bt_open) + labels + (h - 1) * len(markers.bt_sep) + len(markers.bt_close)
+    return headers + knots + backtrace
+
+
+class LabelTokenizer:
+    """Labels tokenised in isolation (never merged with neighbouring text), cached."""
+
+    def __init__(self, encode):
+        self._encode = encode
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def __call__(self, label: str) -> tuple[int, ...]:
+        ids = self._cache.get(label)
+        if ids is None:
+            ids = tuple(self._encode(label))
+            if len(self._cache) < 1_000_000:
+                self._cache[label] = ids
+        return ids
+
+
+def draw_labels(rng: np.random.Generator, h: int, n_chars: int, used: set[str]) -> list[str]:
+    """``h`` fresh labels, unique within the sample (62^6 makes a redraw rare; it is counted)."""
+    out = []
+    while len(out) < h:
+        label = "".join(LABEL_ALPHABET[rng.integers(0, len(LABEL_ALPHABET), n_chars)])
+        if label not in used:
+            used.add(label)
+            out.append(label)
+    return out
+
+
+def pack_samples(docs: Sequence[np.ndarray], cfg: KnotConfig, markers: Markers,
+                 label_tokens: LabelTokenizer) -> Iterator[Sample]:
+    """Samples of exactly L + 1 tokens from the documents in order; an incomplete last one is not
+    yielded (its tokens are the caller's to count)."""
+    hs = np.array(sorted(cfg.chunk_odds), dtype=np.int64)
+    odds = np.array([cfg.chunk_odds[h] for h in hs], dtype=np.float64)
+    odds = odds / odds.sum()
+    k, off, index = 0, 0, 0
+    while k < len(docs):
+        rng = sample_rng(cfg.seed, index)
+        knotted = bool(rng.random() < cfg.p)
+        cap = cfg.length + 1
+        pieces: list[Piece] = []
+        used: set[str] = set()
+        start_off = off
+        while cap > 0 and k < len(docs):
+            avail = len(docs[k]) - off
+            piece = Piece(k, off, off)
+            take = min(avail, cap)
+            if knotted:
+                h = int(rng.choice(hs, p=odds))
+                if h > 1:
+                    labels = draw_labels(rng, h, cfg.label_chars, used)
+                    ids = [label_tokens(x) for x in labels]
+                    over = marker_overhead(markers, ids)
+                    split_take = min(avail, cap - over)
+                    if split_take >= max(cfg.min_split, h):
+                        cuts = np.sort(rng.choice(split_take - 1, h - 1, replace=False) + 1).tolist()
+                        piece.labels, piece.label_ids, piece.cuts = labels, ids, cuts
+                        take = split_take
+                        cap -= over
+            piece.end = off + take
+            cap -= take
+            pieces.append(piece)
+            off += take
+            if off == len(docs[k]):
+                k, off = k + 1, 0
+        if cap > 0:
+            return  # the stream ran out: an incomplete sample
+        continues = start_off > 0
+        cut = pieces[-1].end < len(docs[pieces[-1].doc])
+        if knotted:
+            yield assemble(index, docs, pieces, markers, rng, cfg.preserve_order, continues, cut)
+        else:
+            tokens = np.concatenate([docs[p.doc][p.start:p.end] for p in pieces]).astype(np.int32, copy=False)
+            chunks = []
+            at = 0
+            for i, p in enumerate(pieces):
+                chunks.append({"doc": p.doc, "piece": i, "chunk_idx": 0, "n_chunks": 1, "src_start": p.start,
+                               "src_end": p.end, "out_start": at, "label": None})
+                at += p.end - p.start
+            yield Sample(index, False, tokens, np.zeros(len(tokens), dtype=np.int8), pieces, chunks)
+        index += 1
+
+
+def assemble(index: int, docs: Sequence[np.ndarray], pieces: list[Piece], markers: Markers,
+             rng: np.random.Generator, preserve_order: bool, continues: bool, cut: bool) -> Sample:
+    """Shuffle the chunks of a knotted sample and lay them out with their markers."""
+    chunk_list = [(i, j) for i, p in enumerate(pieces) for j in range(p.n_chunks)]
+    n = len(chunk_list)
+    pinned: dict[tuple[int, int], int] = {}
+    if continues:
+        pinned[(0, 0)] = 0
+    if cut:
+        last = len(pieces) - 1
+        pinned[(last, pieces[last].n_chunks - 1)] = n - 1
+    free_chunks = [c for c in chunk_list if c not in pinned]
+    free_slots = [s for s in range(n) if s not in pinned.values()]
+    slots = dict(pinned)
+    for c, s in zip(free_chunks, rng.permutation(free_slots).tolist(), strict=True):
+        slots[c] = s
+    if preserve_order:  # each document's chunks take its slots in order (paper: PreserveOrder)
+        for i, p in enumerate(pieces):
+            own = sorted(slots[(i, j)] for j in range(p.n_chunks))
+            for j, s in enumerate(own):
+                slots[(i, j)] = s
+    order = sorted(chunk_list, key=slots.__getitem__)
+    last_shown = {}
+    for c in order:
+        last_shown[c[0]] = c  # the chunk of each piece that appears last: its backtrace follows
+    parts: list[np.ndarray] = []
+    roles: list[np.ndarray] = []
+    chunks = []
+    at = 0
+
+    def put(ids, role):
+        nonlocal at
+        arr = np.asarray(ids, dtype=np.int32)
+        parts.append(arr)
+        roles.append(np.full(len(arr), role, dtype=np.int8))
+        at += len(arr)
+
+    for i, j in order:
+        p = pieces[i]
+        bounds = [0, *p.cuts, p.end - p.start]
+        src_start, src_end = p.start + bounds[j], p.start + bounds[j + 1]
+        h = p.n_chunks
+        if h > 1:
+            if j > 0:
+                put(markers.head[j + 1], KNOT)
+            put(markers.label_open, HEADER)
+            put(p.label_ids[j], HEADER)
+            put(markers.label_close, HEADER)
+        chunks.append({"doc": p.doc, "piece": i, "chunk_idx": j, "n_chunks": h, "src_start": src_start,
+                       "src_end": src_end, "out_start": at, "label": p.labels[j] if h > 1 else None})
+        put(docs[p.doc][src_start:src_end], CONTENT)
+        if h > 1 and j < h - 1:
+            put(markers.tail[j + 1], KNOT)
+        if h > 1 and last_shown[i] == (i, j):
+            put(markers.bt_open, BT_OPEN)
+            for q, ids in enumerate(p.label_ids):
+                if q:
+                    put(markers.bt_sep, BT_SEP)
+                put(ids, BT_LABEL)
+            put(markers.bt_close, BT_CLOSE)
+    return Sample(index, True, np.concatenate(parts), np.concatenate(roles), pieces, chunks)
+
+
+def loss_mask(roles: np.ndarray) -> np.ndarray:
+    """uint8[L]: spec step 8, unconditionally. Zero where the input or the label is a knot, on the
+    whole label header and where the label starts one, where the label is <S> (when to start a
+    backtrace is not asked) and where the input is </S>. Labels, separators and </S> inside the
+    backtrace are trained; plain samples are all ones."""
+    r_in, r_lab = roles[:-1], roles[1:]
+    masked = (np.isin(r_in, (KNOT, HEADER, BT_CLOSE)) | np.isin(r_lab, (KNOT, HEADER, BT_OPEN)))
+    return (~masked).astype(np.uint8)
+
+
+# -- reading samples back ----------------------------------------------------------------------------
+
+
+class ParseError(ValueError):
+    pass
+
+
+@dataclass
+class ParsedDoc:
+    """One document piece found in a sample: its tokens in original order and where it was."""
+
+    tokens: np.ndarray
+    labels: list[tuple[int, ...]]  # chunk labels in original order (empty: not split)
+    chunk_starts: list[int]  # output position of each chunk's content, in original order
+    first_seen: int
+    backtrace_at: int | None = None  # output position of its <S>
+    last_chunk_end: int | None = None  # output position right after its last-appearing chunk (and knot)
+
+
+def _match(s: np.ndarray, i: int, patterns) -> tuple[str, int, int] | None:
+    for ids, kind, j in patterns:
+        n = len(ids)
+        if i + n <= len(s) and tuple(s[i:i + n].tolist()) == ids:
+            return kind, j, n
+    return None
+
+
+def parse_sample(tokens: np.ndarray, labels: np.ndarray, markers: Markers, eos_id: int) -> list[ParsedDoc]:
+    """The document pieces of one output sample, from its tokens and labels alone: the piece that
+    continues a document first, the one cut at the end last, the rest as they first appear."""
+    s = np.concatenate([np.asarray(tokens), np.asarray(labels)[-1:]]).astype(np.int32)
+    patterns = markers.patterns()
+    first_ids = {ids[0] for ids, _, _ in patterns}
+    plain: list[ParsedDoc] = []
+    split: dict[tuple[int, ...], dict] = {}  # label -> {"content": ..., "start": ...}
+    backtraces: list[tuple[int, list[tuple[int, ...]]]] = []
+    run_start: int | None = None
+    order: list[tuple[str, object, int]] = []  # (kind, key, first position) of pieces as they appear
+
+    def flush_plain(end: int):
+        nonlocal run_start
+        if run_start is None:
+            return
+        a = run_start
+        for b in range(run_start, end):
+            if s[b] == eos_id:
+                plain.append(ParsedDoc(s[a:b + 1].copy(), [], [a], a))
+                order.append(("plain", len(plain) - 1, a))
+                a = b + 1
+        if a < end:
+            plain.append(ParsedDoc(s[a:end].copy(), [], [a], a))
+            order.append(("plain", len(plain) - 1, a))
+        run_start = None
+
+    i, n = 0, len(s)
+    while i < n:
+        m = _match(s, i, patterns) if int(s[i]) in first_ids else None
+        if m is None:
+            if run_start is None:
+                run_start = i
+            i += 1
+            continue
+        flush_plain(i)
+        kind, j, width = m
+        chunk_pos = i
+        if kind == "head":
+            i += width
+            m = _match(s, i, patterns)
+            if m is None or m[0] != "label_open":
+                raise ParseError(f"head knot at {chunk_pos} not followed by a label header")
+            kind, width = "label_open", m[2]
+        if kind == "label_open":
+            i += width
+            a = i
+            while i < n and _match(s, i, patterns) is None:
+                i += 1
+            if i >= n or _match(s, i, patterns)[0] != "label_close":
+                raise ParseError(f"label header at {chunk_pos} is not closed")
+            label = tuple(s[a:i].tolist())
+            i += _match(s, i, patterns)[2]
+            c0 = i
+            while i < n:  # content: up to a knot or marker, or through an EOS
+                if int(s[i]) in first_ids and _match(s, i, patterns) is not None:
+                    break
+                i += 1
+                if s[i - 1] == eos_id:
+                    break
+            if label in split:
+                raise ParseError(f"label {label} heads two chunks")
+            split[label] = {"content": s[c0:i].copy(), "start": c0, "first": chunk_pos}
+            m = _match(s, i, patterns) if i < n else None
+            if m is not None and m[0] == "tail":
+                i += m[2]
+            split[label]["end"] = i
+            continue
+        if kind == "bt_open":
+            bt_pos = i
+            i += width
+            seq: list[tuple[int, ...]] = []
+            a = i
+            while True:
+                if i >= n:
+                    raise ParseError(f"backtrace at {bt_pos} is not closed")
+                m = _match(s, i, patterns)
+                if m is None:
+                    i += 1
+                    continue
+                if m[0] not in ("bt_sep", "bt_close"):
+                    raise ParseError(f"unexpected {m[0]} inside the backtrace at {bt_pos}")
+                seq.append(tuple(s[a:i].tolist()))
+                i += m[2]
+                a = i
+                if m[0] == "bt_close":
+                    break
+            backtraces.append((bt_pos, seq))
+            continue
+        raise ParseError(f"stray {kind} marker at {i}")
+    flush_plain(n)
+    docs: list[ParsedDoc] = list(plain)
+    keyed: list[tuple[str, object, int]] = list(order)
+    claimed: set[tuple[int, ...]] = set()
+    for bt_pos, seq in backtraces:
+        if any(x not in split for x in seq) or claimed & set(seq) or len(set(seq)) != len(seq):
+            raise ParseError(f"backtrace at {bt_pos} names labels without exactly one header each")
+        claimed |= set(seq)
+        parts = [split[x] for x in seq]
+        last = max(parts, key=lambda c: c["first"])
+        docs.append(ParsedDoc(np.concatenate([c["content"] for c in parts]), list(seq), [c["start"] for c in parts],
+                              min(c["first"] for c in parts), bt_pos, last["end"]))
+        keyed.append(("split", len(docs) - 1, docs[-1].first_seen))
+    if claimed != set(split):
+        raise ParseError(f"chunks without a backtrace: {sorted(set(split) - claimed)}")
+    ordered = [docs[k] if kind == "split" else plain[k] for kind, k, _ in sorted(keyed, key=lambda x: x[2])]
+    finished = [d for d in ordered if len(d.tokens) and d.tokens[-1] == eos_id]
+    unfinished = [d for d in ordered if not (len(d.tokens) and d.tokens[-1] == eos_id)]
+    if len(unfinished) > 1:
+        raise ParseError("more than one piece lacks its end-of-text token")
+    return finished + unfinished
+
+
+def documents_from_samples(samples: Iterator[tuple[np.ndarray, np.ndarray]], markers: Markers,
+                           eos_id: int) -> list[np.ndarray]:
+    """Every document the samples hold whole, read back from tokens and labels: in sample order, and
+    within a sample as first shown (knotting shuffles whole documents; their original order is gone)."""
+    out: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    for tokens, labels in samples:
+        for d in parse_sample(tokens, labels, markers, eos_id):
+            pending.append(d.tokens)
+            if len(d.tokens) and d.tokens[-1] == eos_id:
+                out.append(np.concatenate(pending))
+                pending = []
+    return out
