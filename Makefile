@@ -12,7 +12,7 @@ MODELS_STAMP := $(VENV)/.models-done
 CORPORA_STAMP := $(LONGFORGE_HOME)/.corpora-fetched
 DEMO_CORPORA := paul_graham kjv_chapters python_docs peoples_daily_1998 debian_reference_id debian_reference_zh
 
-.PHONY: setup models corpora demo demo-icp test lint bench clean
+.PHONY: setup models corpora demo demo-icp demo-dd demo-utk test lint bench clean
 
 setup: $(SETUP_STAMP) $(MODELS_STAMP) $(CORPORA_STAMP)
 
@@ -58,6 +58,19 @@ demo-icp: setup corpora
 	$(LONGFORGE) catalog query "SELECT stage, name, round(value, 4) AS value FROM metrics \
 	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'icp')"
 
+demo-dd: setup corpora
+	$(LONGFORGE) run pipelines/decomposition.yaml --output out/demo/decomposition \
+	  --input out/corpora/paul_graham --input out/corpora/kjv_chapters --input out/corpora/python_docs
+	$(LONGFORGE) catalog query "SELECT stage, name, round(value, 4) AS value FROM metrics \
+	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'decomposition')"
+
+demo-utk: setup corpora
+	$(LONGFORGE) run pipelines/utk.yaml --output out/demo/utk \
+	  --input out/corpora/paul_graham --input out/corpora/kjv_chapters --input out/corpora/python_docs
+	$(LONGFORGE) catalog query "SELECT stage, name, round(value, 4) AS value FROM metrics \
+	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'utk')"
+	$(PY) -c "import pyarrow.parquet as pq; print(pq.read_table('out/demo/utk/text_view').column('text')[0].as_py()[:1500])"
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -69,6 +82,7 @@ bench: setup corpora
 	$(PY) bench/icp.py traversal
 	$(PY) bench/icp.py knn
 	$(PY) bench/decomposition.py
+	$(PY) bench/utk.py
 
 clean:
 	rm -rf out longforge.duckdb .pytest_cache

@@ -108,11 +108,11 @@ class Utk(DatasetStage):
     def run(self, ctx: DatasetContext) -> DatasetResult:
         from tokenizers import Tokenizer
 
-        from gpu_jobs.models import eos_token_id, tokenizer_path
+        from gpu_jobs.models import eos_token_id, load_tokenizer, tokenizer_path
 
         p: UtkParams = self.params
         tok = Tokenizer.from_file(str(tokenizer_path(p.tokenizer)))  # a copy: special tokens get added to it
-        label_tok = Tokenizer.from_file(str(tokenizer_path(p.tokenizer)))
+        label_tok = load_tokenizer(p.tokenizer)  # the shared one, unchanged: labels are ordinary text
         eos = eos_token_id(tok)
         markers, marker_rows = build_markers(tok, p)
         ids = ctx.table.column("id").to_pylist()

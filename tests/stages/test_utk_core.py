@@ -213,3 +213,19 @@ def test_worked_example_by_hand():
     second = [902, 903, lb, 904, *doc_a[cut:].tolist(), 905, la, 906, lb, 907]
     b = doc_b.tolist()
     assert toks in (first + second + b, first + b + second, b + first + second)  # a's order kept, b anywhere
+
+
+def test_content_in_doc_and_chunk_order_is_the_packed_stream(setup):
+    """Spec 5.2: markers removed and chunks put back in (document, chunk) order, the samples one after
+    another are the document stream itself, every token exactly once."""
+    docs, _, _, _, _ = setup
+    samples, _ = _samples(setup)
+    stream = np.concatenate(docs)
+    rebuilt = []
+    for s in samples:
+        for c in sorted(s.chunks, key=lambda c: (c["piece"], c["chunk_idx"])):
+            rebuilt.append(s.tokens[c["out_start"]:c["out_start"] + c["src_end"] - c["src_start"]])
+        content = sum(c["src_end"] - c["src_start"] for c in s.chunks)
+        assert content + int((s.roles != core.CONTENT).sum()) == len(s.tokens)  # markers are the rest
+    rebuilt = np.concatenate(rebuilt)
+    np.testing.assert_array_equal(rebuilt, stream[:len(rebuilt)])
