@@ -224,6 +224,29 @@ class Catalog:
             con.unregister("_scores")
         return table.num_rows
 
+    def scored_ids(self, job: str, model: str, revision: str, settings_hash: str) -> set[str]:
+        """Samples that already have scores of this job, model, revision and settings (resume)."""
+        if not Path(self.path).exists():
+            return set()
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT DISTINCT sample_id FROM scores WHERE job = ? AND model = ? AND revision = ? "
+                "AND json_extract_string(settings, '$.hash') = ?", [job, model, revision, settings_hash],
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def find_artifact(self, name_or_id: str) -> tuple[str, str]:
+        """(artifact_id, path) of an artifact given by id, or by name (the newest of that name)."""
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT artifact_id, path FROM artifacts WHERE artifact_id = ? OR name = ? "
+                "ORDER BY (artifact_id = ?) DESC, created_at DESC LIMIT 1", [name_or_id, name_or_id, name_or_id],
+            ).fetchone()
+        if row is None:
+            raise KeyError(f"no artifact named or with id '{name_or_id}' in {self.path} "
+                           "(`longforge catalog query \"SELECT artifact_id, name, path FROM artifacts\"` lists them)")
+        return row[0], row[1]
+
     def latest_output_artifact(self, path: str) -> str | None:
         """The newest output artifact written at ``path``, for lineage between pipelines."""
         if not Path(self.path).exists():

