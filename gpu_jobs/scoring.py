@@ -374,7 +374,7 @@ def run_scoring(lm, settings: ScoreSettings, records: list[dict], *, catalog, ou
     output.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps({"job": settings.job, "model": lm.name, "revision": lm.revision,
                                   "settings": json.loads(settings_json)}, indent=2, sort_keys=True) + "\n",
-                      output / "job.json")
+                      output / "_job.json")  # "_": Parquet readers of the folder skip it
     tokens = rows_written = scored = 0
     bar = progress.bar(f"score {settings.job}", total=len(records), initial=sum(r["id"] in done for r in records),
                        unit="sample") if progress else None

@@ -1,0 +1,232 @@
+"""Scoring jobs (issue 6, must show) on real paragraphs with the bundled SmolLM2, and on tiny random
+Llama models built from a config (with grouped-query attention) where a brute-force reference over
+full attention matrices is affordable."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from catalog import Catalog
+from gpu_jobs.lm import load_causal_lm, model_from_config
+from gpu_jobs.scoring import ScoreSettings, budget_batches, perplexity_rows, response_row, score_part, segment_attention
+from tests.conftest import LONGFORGE, REPO, run_cli, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    return load_causal_lm("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def paragraphs(real_docs):
+    """50 real paragraphs (Paul Graham essays and Python docs), 200-600 characters each."""
+    out = []
+    for d in sorted(real_docs, key=lambda d: d["id"]):
+        if d["source"] not in ("paul_graham", "python_docs"):
+            continue
+        for k, para in enumerate(p.strip() for p in d["text"].split("\n\n")):
+            if 200 <= len(para) <= 600 and len(para.split()) > 30:
+                out.append({"id": f"{d['id']}#{k}", "text": para})
+    step = max(1, len(out) // 50)
+    return out[::step][:50]
+
+
+def _ppl(out: list[dict]) -> dict[str, float]:
+    return {o["sample_id"]: o["value"] for o in out if o["metric"] == "ppl"}
+
+
+def _direct_ppl(lm, text: str) -> float:
+    ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
+    with torch.inference_mode():
+        return math.exp(lm.model(ids, labels=ids).loss.item())
+
+
+@pytest.fixture(scope="module")
+def batched(smollm2, paragraphs):
+    return _ppl(score_part(smollm2, ScoreSettings("perplexity", token_budget=4096), paragraphs))
+
+
+def test_perplexity_equals_transformers_directly(smollm2, paragraphs, batched):
+    assert len(paragraphs) == 50
+    for p in paragraphs:
+        assert batched[p["id"]] == pytest.approx(_direct_ppl(smollm2, p["text"]), rel=1e-4)
+
+
+def test_batch_size_one_equals_batched(smollm2, paragraphs, batched):
+    single = _ppl(score_part(smollm2, ScoreSettings("perplexity", token_budget=1), paragraphs))
+    assert single.keys() == batched.keys()
+    for k, v in single.items():
+        assert v == pytest.approx(batched[k], rel=1e-5)
+
+
+def test_natural_text_scores_lower_than_its_words_shuffled(smollm2, paragraphs, batched):
+    rng = np.random.default_rng(0)
+    shuffled = []
+    for p in paragraphs:
+        words = p["text"].split()
+        rng.shuffle(words)
+        shuffled.append({"id": p["id"], "text": " ".join(words)})
+    worse = _ppl(score_part(smollm2, ScoreSettings("perplexity", token_budget=4096), shuffled))
+    assert all(batched[k] < worse[k] for k in batched)
+
+
+def test_sliding_window_agrees_with_full_window_and_with_the_strided_recipe(smollm2, paragraphs, batched):
+    texts = paragraphs[:8]
+    covering = _ppl(score_part(smollm2, ScoreSettings("perplexity", max_tokens=4096, stride=64), texts))
+    for p in texts:
+        assert covering[p["id"]] == pytest.approx(batched[p["id"]], rel=1e-5)
+    window, stride = 48, 16
+    slid = _ppl(score_part(smollm2, ScoreSettings("perplexity", max_tokens=window, stride=stride), texts))
+    for p in texts:  # the strided recipe of the transformers docs, written out independently
+        ids = torch.tensor([smollm2.tokenizer(p["text"])["input_ids"]])
+        n, prev_end, nll, count = ids.shape[1], 0, 0.0, 0
+        for begin in range(0, n, stride):
+            end = min(begin + window, n)
+            trg = end - prev_end
+            x = ids[:, begin:end]
+            y = x.clone()
+            y[:, :-trg] = -100
+            with torch.inference_mode():
+                loss = smollm2.model(x, labels=y).loss.item()
+            k = int((y[:, 1:] != -100).sum())
+            nll, count, prev_end = nll + loss * k, count + k, end
+            if end == n:
+                break
+        assert slid[p["id"]] == pytest.approx(math.exp(nll / count), rel=1e-4)
+        assert count == n - 1  # every token after the first predicted exactly once
+
+
+def test_rows_and_batches():
+    rows = perplexity_rows(0, list(range(100)), window=40, stride=20)
+    assert sum(int(r.targets.sum()) for r in rows) == 99 and all(len(r.ids) <= 40 for r in rows)
+    row, cut = response_row(0, list(range(50)), [100, 101, 102], window=20)
+    assert cut == 33 and row.ids[-3:] == [100, 101, 102] and row.targets.sum() == 3 and row.targets[-3:].all()
+    row, cut = response_row(0, [1, 2], list(range(100, 130)), window=20)  # response itself cut from the left
+    assert cut == 12 and row.targets.sum() == 19  # the first kept token has nothing before it
+    batches = list(budget_batches(perplexity_rows(0, list(range(300)), 64, 32) * 3, budget=200))
+    assert all(len(b) * max(len(r.ids) for r in b) <= 200 or len(b) == 1 for b in batches)
+
+
+def _brute_segment_attention(model, ids, q0, starts, seg) -> np.ndarray:
+    model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            out = model.base_model(input_ids=torch.tensor([ids]), output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")
+    per_layer = []
+    for a in out.attentions:  # [1, heads, T, T], the full matrices
+        p = a[0].double().mean(0)[q0:]
+        per_layer.append([p[:, s:s + seg].mean(1).mean(0).item() for s in starts])
+    return np.array(per_layer)
+
+
+def _tiny(heads: int, kv_heads: int):
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512)
+    return model_from_config(cfg, None, device="cpu")
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (8, 1)])
+def test_segment_attention_equals_brute_force_on_tiny_models(heads, kv_heads):
+    lm = _tiny(heads, kv_heads)
+    ids = np.random.default_rng(heads + kv_heads).integers(0, 300, 260).tolist()
+    starts, seg, q0 = [0, 16, 48, 112, 176], 16, 220
+    got = segment_attention(lm, ids, q0, starts, seg)
+    np.testing.assert_allclose(got, _brute_segment_attention(lm.model, ids, q0, starts, seg), rtol=1e-5, atol=1e-9)
+    assert (got >= 0).all() and (seg * got.sum(axis=1) <= 1 + 1e-9).all()
+
+
+def test_segment_attention_equals_brute_force_on_smollm2(smollm2, paragraphs):
+    ids = smollm2.tokenizer(" ".join(p["text"] for p in paragraphs[:4]))["input_ids"][:300]
+    starts, seg, q0 = [0, 32, 64, 160], 32, 260
+    got = segment_attention(smollm2, ids, q0, starts, seg)
+    np.testing.assert_allclose(got, _brute_segment_attention(smollm2.model, ids, q0, starts, seg), rtol=1e-4,
+                               atol=1e-8)
+    assert (got >= 0).all() and (seg * got.sum(axis=1) <= 1 + 1e-9).all()
+
+
+def test_segment_jobs_score_every_whole_segment(smollm2, paragraphs):
+    rec = {"id": "s", "context": " ".join(p["text"] for p in paragraphs[:6]), "instruction": "Summarise.",
+           "response": paragraphs[6]["text"][:200]}
+    s = ScoreSettings("segment-ppl", segment_tokens=64, max_segments=4, token_budget=2048)
+    out = score_part(smollm2, s, [rec])
+    seg_ppl = {o["metric"]: o["value"] for o in out if o["metric"].startswith("segment_ppl:")}
+    assert len(seg_ppl) == 4 and all(v > 1 for v in seg_ppl.values())
+    one = score_part(smollm2, ScoreSettings("segment-ppl", segment_tokens=64, max_segments=4, token_budget=1), [rec])
+    assert {o["metric"]: o["value"] for o in one if o["metric"].startswith("segment_ppl:")} == pytest.approx(seg_ppl, rel=1e-5)
+    att = score_part(smollm2, ScoreSettings("segment-attention", segment_tokens=64, max_segments=4), [rec])
+    vals = {o["metric"].split(":")[1]: o["value"] for o in att if o["metric"].startswith("segment_attention:")}
+    assert vals.keys() == {k.split(":")[1] for k in seg_ppl} and 64 * sum(vals.values()) <= 1
+
+
+def _score_args(inp, catalog, out, *extra):
+    return [*LONGFORGE, "score", "perplexity", "--input", str(inp), "--model", "smollm2-135m", "--catalog",
+            str(catalog), "--output", str(out), "--part-size", "2", "--max-tokens", "256", "--quiet", *extra]
+
+
+def test_killed_job_resumes_without_duplicates_and_with_the_same_values(paragraphs, tmp_path):
+    inp = write_jsonl(tmp_path / "paras.jsonl", paragraphs[:16])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    clean = subprocess.run(_score_args(inp, tmp_path / "clean.duckdb", tmp_path / "clean"), env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    killed_out = tmp_path / "killed"
+    proc = subprocess.Popen(_score_args(inp, tmp_path / "k.duckdb", killed_out), env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(killed_out.glob("part-*.parquet"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    q = "SELECT count(DISTINCT sample_id) FROM scores"
+    partial = Catalog(str(tmp_path / "k.duckdb")).query(q)[1][0][0]
+    assert 0 < partial < 16  # it really died mid-run
+    again = subprocess.run(_score_args(inp, tmp_path / "k.duckdb", killed_out), env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{partial} already in the catalog" in again.stdout
+    rows = "SELECT sample_id, metric, value FROM scores ORDER BY 1, 2"
+    resumed = Catalog(str(tmp_path / "k.duckdb")).query(rows)[1]
+    assert resumed == Catalog(str(tmp_path / "clean.duckdb")).query(rows)[1]  # same values, each once
+    assert len(resumed) == len({(s, m) for s, m, _ in resumed}) == 16 * 4
+    side = pq.read_table(str(killed_out)).to_pylist()
+    assert sorted((r["sample_id"], r["metric"]) for r in side) == [(s, m) for s, m, _ in resumed]
+
+
+def test_scores_join_an_artifacts_records_by_id(paragraphs, tmp_path):
+    inp = write_jsonl(tmp_path / "paras.jsonl", paragraphs[:6])
+    catalog = tmp_path / "c.duckdb"
+    r = run_cli("run", str(REPO / "pipelines" / "documents.yaml"), "--input", str(inp), "--output",
+                str(tmp_path / "docs"), "--catalog", str(catalog), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli("score", "perplexity", "--artifact", "documents", "--model", "smollm2-135m", "--catalog",
+                str(catalog), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    artifact_id, path = Catalog(str(catalog)).find_artifact("documents")
+    sql = (f"SELECT d.id, d.text, s.value FROM read_parquet('{path}/data/*.parquet') d "
+           f"JOIN scores s ON s.sample_id = d.id WHERE s.artifact_id = '{artifact_id}' AND s.metric = 'ppl' "
+           "ORDER BY d.id")
+    r = run_cli("catalog", "query", sql, "--catalog", str(catalog), "--format", "json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stdout)
+    assert len(rows) == 6 and all(row["value"] > 1 for row in rows)
+    # a model that is not there fails clearly
+    r = run_cli("score", "perplexity", "--artifact", "documents", "--model", "/nonexistent/model", "--catalog",
+                str(catalog))
+    assert r.returncode == 2 and "does not exist" in r.stderr
