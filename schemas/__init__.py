@@ -269,3 +269,20 @@ UTK_MARKER = REGISTRY.register(RecordSchema("utk_marker", 1, (
     pa.field("token_ids", pa.list_(pa.int32())),
     pa.field("special", pa.bool_()),  # added to the tokenizer as a special token
 ), doc="A UtK marker and the token ids it is written with."))
+
+
+# -- Scoring jobs (DESIGN.md "Scoring jobs"; spec gateau.md 3.2-3.3) -------------------------------
+
+SCORE_FIELDS = (pa.field("scores", pa.list_(pa.struct([pa.field("metric", pa.string()),
+                                                       pa.field("value", pa.float64())]))),)
+
+SCORE = REGISTRY.register(RecordSchema("score", 1, (
+    pa.field("id", pa.string(), nullable=False),  # <sample id>/<metric>
+    pa.field("sample_id", pa.string()),
+    pa.field("job", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("revision", pa.string()),
+    pa.field("metric", pa.string()),
+    pa.field("value", pa.float64()),
+    pa.field("settings", pa.string()),  # JSON, with its hash
+), doc="One score of one sample by one model and settings (the catalog's scores table, as Parquet)."))

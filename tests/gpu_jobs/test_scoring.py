@@ -169,7 +169,8 @@ def test_segment_jobs_score_every_whole_segment(smollm2, paragraphs):
     seg_ppl = {o["metric"]: o["value"] for o in out if o["metric"].startswith("segment_ppl:")}
     assert len(seg_ppl) == 4 and all(v > 1 for v in seg_ppl.values())
     one = score_part(smollm2, ScoreSettings("segment-ppl", segment_tokens=64, max_segments=4, token_budget=1), [rec])
-    assert {o["metric"]: o["value"] for o in one if o["metric"].startswith("segment_ppl:")} == pytest.approx(seg_ppl, rel=1e-5)
+    single = {o["metric"]: o["value"] for o in one if o["metric"].startswith("segment_ppl:")}
+    assert single == pytest.approx(seg_ppl, rel=1e-5)
     att = score_part(smollm2, ScoreSettings("segment-attention", segment_tokens=64, max_segments=4), [rec])
     vals = {o["metric"].split(":")[1]: o["value"] for o in att if o["metric"].startswith("segment_attention:")}
     assert vals.keys() == {k.split(":")[1] for k in seg_ppl} and 64 * sum(vals.values()) <= 1
@@ -230,3 +231,22 @@ def test_scores_join_an_artifacts_records_by_id(paragraphs, tmp_path):
     r = run_cli("score", "perplexity", "--artifact", "documents", "--model", "/nonexistent/model", "--catalog",
                 str(catalog))
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_score_as_a_pipeline_stage(paragraphs, tmp_path, smollm2):
+    inp = write_jsonl(tmp_path / "paras.jsonl", paragraphs[:5])
+    spec = (REPO / "pipelines" / "perplexity.yaml").read_text().replace("max_tokens: 2048", "max_tokens: 4096")
+    pipe = tmp_path / "ppl.yaml"
+    pipe.write_text(spec)
+    catalog = tmp_path / "c.duckdb"
+    r = run_cli("run", str(pipe), "--input", str(inp), "--output", str(tmp_path / "out"), "--catalog", str(catalog),
+                "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = pq.read_table(str(tmp_path / "out" / "data")).to_pylist()
+    assert len(rows) == 5
+    direct = _ppl(score_part(smollm2, ScoreSettings("perplexity"), [{"id": r["id"], "text": r["text"]} for r in rows]))
+    for row in rows:  # the value the job gives on the records as they reach the stage (normalised)
+        ppl = {s["metric"]: s["value"] for s in row["scores"]}["ppl"]
+        assert ppl == pytest.approx(direct[row["id"]], rel=1e-5)
+    n = Catalog(str(catalog)).query("SELECT count(*) FROM scores WHERE metric = 'ppl' AND job = 'perplexity'")[1]
+    assert n[0][0] == 5

@@ -1,0 +1,86 @@
+"""Scoring jobs as a pipeline stage: every record scored by a causal LM (gpu_jobs.scoring), the
+scores added to the record as a ``scores`` list and published as the ``scores`` artifact, which the
+driver also appends to the catalog's ``scores`` table (keyed by record id, model and revision)."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from schemas import SCORE, SCORE_FIELDS, RecordSchema
+from stages import register
+from stages.base import DatasetContext, DatasetResult, DatasetStage, StageParams
+
+
+class ScoreParams(StageParams):
+    job: Literal["perplexity", "response-loglik", "segment-ppl", "segment-attention"] = "perplexity"
+    model: str = Field("smollm2-135m", description="alias (smollm2-135m, gemma3-270m), local folder or cached Hub id")
+    max_tokens: int | None = Field(None, gt=1, description="window (default: the model's positions)")
+    stride: int | None = Field(None, gt=0, description="perplexity: sliding-window stride (default: half the window)")
+    token_budget: int = Field(8192, gt=0, description="padded tokens per batch")
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    context_field: str = "context"
+    instruction_field: str = "instruction"
+    segment_tokens: int = Field(128, gt=0)
+    max_segments: int = Field(500, gt=0)
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda[:N]")
+
+
+@register
+class Score(DatasetStage):
+    """Model scores for every record (perplexity, response log-likelihood, segment PPL / attention)."""
+
+    name = "score"
+    Params = ScoreParams
+    input_schema = RecordSchema("scored_record", 1, (pa.field("id", pa.string(), nullable=False),))
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return self.adding(upstream, "scores", SCORE_FIELDS)
+
+    def settings(self):
+        from gpu_jobs.scoring import ScoreSettings
+
+        p: ScoreParams = self.params
+        return ScoreSettings(p.job, max_tokens=p.max_tokens, stride=p.stride, token_budget=p.token_budget,
+                             text_field=p.text_field, prompt_field=p.prompt_field, response_field=p.response_field,
+                             context_field=p.context_field, instruction_field=p.instruction_field,
+                             segment_tokens=p.segment_tokens, max_segments=p.max_segments)
+
+    def run(self, ctx: DatasetContext) -> DatasetResult:
+        from gpu_jobs.lm import load_causal_lm
+        from gpu_jobs.scoring import score_part
+
+        p: ScoreParams = self.params
+        s = self.settings()
+        needed = {"perplexity": [s.text_field], "response-loglik": [s.prompt_field, s.response_field]}.get(
+            p.job, [s.context_field, s.instruction_field, s.response_field])
+        missing = [c for c in needed if c not in ctx.table.column_names and c != s.instruction_field]
+        if missing:
+            raise ValueError(f"score ({p.job}) needs fields {missing}; the records have {ctx.table.column_names}")
+        cols = ["id", *[c for c in needed if c in ctx.table.column_names]]
+        records = ctx.table.select(cols).to_pylist()
+        lm = load_causal_lm(p.model, device=p.device)
+        values = score_part(lm, s, records) if records else []
+        by_id: dict[str, list[dict]] = {}
+        for v in values:
+            by_id.setdefault(v["sample_id"], []).append({"metric": v["metric"], "value": v["value"]})
+        column = pa.array([by_id.get(i, []) for i in ctx.table.column("id").to_pylist()], SCORE_FIELDS[0].type)
+        table = ctx.table.append_column(SCORE_FIELDS[0], column)
+        settings = json.dumps({**s.identity(), "hash": s.hash()}, sort_keys=True)
+        ctx.artifacts["scores"] = pa.table({
+            "id": [f"{v['sample_id']}/{v['metric']}" for v in values],
+            "sample_id": [v["sample_id"] for v in values], "job": [p.job] * len(values),
+            "model": [p.model] * len(values), "revision": [lm.revision] * len(values),
+            "metric": [v["metric"] for v in values], "value": [v["value"] for v in values],
+            "settings": [settings] * len(values)}, schema=SCORE.arrow)
+        m = ctx.metrics.setdefault(self.name, {})
+        m["samples_scored"] = len(by_id)
+        ppl = [v["value"] for v in values if v["metric"].endswith("ppl") and ":" not in v["metric"]]
+        if ppl:
+            m["median_ppl"] = float(sorted(ppl)[len(ppl) // 2])
+        return DatasetResult(table)
