@@ -83,6 +83,7 @@ bench: setup corpora
 	$(PY) bench/icp.py knn
 	$(PY) bench/decomposition.py
 	$(PY) bench/utk.py
+	$(PY) bench/scoring.py
 
 clean:
 	rm -rf out longforge.duckdb .pytest_cache
