@@ -88,6 +88,16 @@ CREATE TABLE IF NOT EXISTS scores (
     settings JSON
 );
 
+CREATE TABLE IF NOT EXISTS generations (
+    model VARCHAR,
+    prompt_hash VARCHAR,     -- sha256 of the messages (JSON, sorted keys)
+    params_hash VARCHAR,
+    backend VARCHAR,
+    params JSON,
+    text VARCHAR,
+    created_at TIMESTAMP
+);
+
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR,
     stage VARCHAR,
@@ -223,6 +233,20 @@ class Catalog:
             con.execute(f"INSERT INTO scores ({cols}) SELECT {cols} FROM _scores")
             con.unregister("_scores")
         return table.num_rows
+
+    def cached_generation(self, model: str, prompt_hash: str, params_hash: str) -> str | None:
+        if not Path(self.path).exists():
+            return None
+        with self.connect() as con:
+            row = con.execute("SELECT text FROM generations WHERE model = ? AND prompt_hash = ? AND params_hash = ? "
+                              "LIMIT 1", [model, prompt_hash, params_hash]).fetchone()
+        return row[0] if row else None
+
+    def add_generation(self, model: str, prompt_hash: str, params_hash: str, *, backend: str, params: str,
+                       text: str) -> None:
+        with self.connect() as con:
+            con.execute("INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [model, prompt_hash, params_hash, backend, params, text, now()])
 
     def scored_ids(self, job: str, model: str, revision: str, settings_hash: str) -> set[str]:
         """Samples that already have scores of this job, model, revision and settings (resume)."""

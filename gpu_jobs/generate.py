@@ -1,0 +1,158 @@
+"""Text generation for every product that needs an LLM (self-instruct, answers, rewriting).
+
+One call, ``generate(messages, params) -> text``, two backends:
+
+- ``local``: a causal LM through transformers (an alias such as ``smollm2-135m``, a folder, or a
+  cached Hub id; see :mod:`gpu_jobs.lm`), the model's chat template, greedy or seeded sampling.
+- ``openai``: any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, SGLang, llama.cpp's
+  server, hosted APIs), with a timeout and retries with backoff on connection errors, 429 and 5xx.
+
+:class:`CachedGenerator` keeps every generation in the catalog's ``generations`` table keyed by
+(model, prompt hash, params hash): a rerun generates nothing twice. An API key is read from the
+environment variable the caller names and is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class GenerationError(RuntimeError):
+    pass
+
+
+def prompt_hash(messages: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class LocalGenerator:
+    """transformers ``generate`` with the model's chat template."""
+
+    backend = "local"
+
+    def __init__(self, model: str, device: str = "auto"):
+        from gpu_jobs.lm import load_causal_lm
+
+        self.lm = load_causal_lm(model, device=device)
+        self.model = model
+
+    def generate(self, messages: list[dict], params: GenParams | None = None) -> str:
+        import torch
+
+        p = params or GenParams()
+        tok = self.lm.tokenizer
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = {k: v.to(self.lm.device) for k, v in ids.items()}
+        limit = self.lm.max_positions - p.max_new_tokens
+        if ids["input_ids"].shape[1] > limit:
+            raise GenerationError(f"the prompt has {ids['input_ids'].shape[1]} tokens; {self.model} takes "
+                                  f"{limit} before {p.max_new_tokens} new ones (no silent truncation)")
+        torch.manual_seed(p.seed)
+        kwargs = {"max_new_tokens": p.max_new_tokens, "pad_token_id": tok.pad_token_id or tok.eos_token_id}
+        if p.temperature > 0:
+            kwargs.update(do_sample=True, temperature=p.temperature, top_p=p.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = self.lm.model.generate(**ids, **kwargs)
+        text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        for s in p.stop:
+            if s in text:
+                text = text[:text.index(s)]
+        return text
+
+
+class OpenAIGenerator:
+    """An OpenAI-compatible chat endpoint (``base_url`` ends before ``/chat/completions``)."""
+
+    backend = "openai"
+
+    def __init__(self, model: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY",
+                 timeout: float = 120.0, retries: int = 4, backoff: float = 1.0):
+        self.model, self.base_url = model, base_url.rstrip("/")
+        self._key = os.environ.get(api_key_env) if api_key_env else None  # never logged, never stored
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+
+    def generate(self, messages: list[dict], params: GenParams | None = None) -> str:
+        p = params or GenParams()
+        body = {"model": self.model, "messages": messages, "max_tokens": p.max_new_tokens,
+                "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed}
+        if p.stop:
+            body["stop"] = list(p.stop)
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+        last = None
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    data = json.loads(resp.read())
+                return data["choices"][0]["message"]["content"]
+            except urllib.error.HTTPError as e:
+                if e.code != 429 and e.code < 500:
+                    detail = e.read().decode(errors="replace")[:500]
+                    raise GenerationError(f"{self.base_url} answered {e.code}: {detail}") from e
+                last = f"HTTP {e.code}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            if attempt < self.retries:
+                time.sleep(self.backoff * 2**attempt)
+        raise GenerationError(f"{self.base_url}: no answer after {self.retries + 1} tries ({last})")
+
+
+class CachedGenerator:
+    """Any generator, with its results kept in the catalog: the same (model, prompt, params) is
+    generated once, whichever run asks."""
+
+    def __init__(self, inner, catalog):
+        self.inner, self.catalog = inner, catalog
+        self.calls = 0  # generations actually made (cache misses)
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    def generate(self, messages: list[dict], params: GenParams | None = None) -> str:
+        p = params or GenParams()
+        key = (self.inner.model, prompt_hash(messages), p.key())
+        hit = self.catalog.cached_generation(*key)
+        if hit is not None:
+            return hit
+        text = self.inner.generate(messages, p)
+        self.calls += 1
+        self.catalog.add_generation(*key, backend=self.inner.backend, params=json.dumps(asdict(p), sort_keys=True),
+                                    text=text)
+        return text
+
+
+def make_generator(model: str, backend: str = "local", base_url: str | None = None,
+                   api_key_env: str | None = "OPENAI_API_KEY", catalog=None, **kwargs):
+    if backend == "local":
+        gen = LocalGenerator(model, **kwargs)
+    elif backend == "openai":
+        if not base_url:
+            raise ValueError("the openai backend needs base_url (e.g. http://localhost:8000/v1)")
+        gen = OpenAIGenerator(model, base_url, api_key_env=api_key_env, **kwargs)
+    else:
+        raise ValueError(f"unknown generation backend '{backend}' (local, openai)")
+    return CachedGenerator(gen, catalog) if catalog is not None else gen
