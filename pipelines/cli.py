@@ -76,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--part-size", type=int, default=64, help="samples per side-table part (the resume unit)")
     sc.add_argument("--quiet", action="store_true")
 
+    sel = sub.add_parser("select", help="GATEAU: re-rank from a gateau run's stored scores (no model)")
+    sel.add_argument("gateau_output", help="the output folder of pipelines/gateau.yaml (or its gateau_scores/)")
+    sel.add_argument("--output", required=True, help="folder for the new selection")
+    sel.add_argument("--alpha", type=float, default=0.8)
+    sel.add_argument("--ratio", type=float, default=0.1)
+    sel.add_argument("--ppl-transform", choices=["raw", "log", "rank"], default="raw")
+    sel.add_argument("--pool-norm", choices=["softmax", "minmax", "rank"], default="softmax")
+    sel.add_argument("--importance", choices=["inv_ppl", "neg_ppl"], default="inv_ppl")
+    sel.add_argument("--cam-transform", choices=["one_minus_cos", "cos"], default="one_minus_cos")
+    sel.add_argument("--no-segments", choices=["median", "zero"], default="median")
+
     cat = sub.add_parser("catalog", help="inspect the catalog")
     cat.add_argument("--catalog", help="catalog file")
     catsub = cat.add_subparsers(dest="catalog_command", required=True)
@@ -126,6 +137,8 @@ def _dispatch(args) -> int:
         return _catalog(args)
     if args.command == "models":
         return _models(args)
+    if args.command == "select":
+        return _select(args)
     if args.command == "score":
         from gpu_jobs.score_command import score
 
@@ -240,6 +253,33 @@ def _corpus(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.name}: {n:,} documents -> {path}")
+    return 0
+
+
+def _select(args) -> int:
+    from pathlib import Path
+
+    from pipelines.io import write_parquet_atomic, write_text_atomic
+    from stages.gateau import reselect
+    from stages.gateau_core import SelectOptions
+
+    if not 0 <= args.alpha <= 1 or not 0 < args.ratio <= 1:
+        raise UsageError("--alpha must be in [0, 1] and --ratio in (0, 1]")
+    options = SelectOptions(args.alpha, args.ratio, args.ppl_transform, args.pool_norm, args.importance,
+                            args.cam_transform, args.no_segments)
+    try:
+        scores, selected = reselect(args.gateau_output, options)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+    out = Path(args.output)
+    write_parquet_atomic(scores, out / "gateau_scores" / "data" / "train-00000-of-00001.parquet")
+    write_parquet_atomic(selected, out / "data" / "train-00000-of-00001.parquet")
+    lines = [json.dumps({"id": r["id"], "messages": r["messages"], "score": r["score"], "rank": r["rank"]},
+                        ensure_ascii=False) for r in selected.to_pylist()]
+    write_text_atomic("\n".join(lines) + ("\n" if lines else ""), out / "selected.jsonl")
+    write_text_atomic(json.dumps(options.as_dict(), indent=2, sort_keys=True) + "\n", out / "selection.json")
+    print(f"{selected.num_rows} of {scores.num_rows} samples selected (alpha {args.alpha}, ratio {args.ratio}, "
+          f"{args.pool_norm}) -> {out}")
     return 0
 
 

@@ -167,6 +167,9 @@ def to_document(raw: object, inp: InputSpec, default_source: str, locator: str) 
     if not isinstance(raw, dict):
         return Rejected(locator, "not a JSON object", type(raw).__name__)
     text = raw.get(inp.text_field)
+    if text is None and inp.text_field == "text" and _is_messages(raw.get("messages")):
+        # Chat records (`messages` format): the turns' contents are the text; the turns stay in metadata.
+        text = "\n\n".join(str(m.get("content") or "") for m in raw["messages"])
     rid = raw.get(inp.id_field)
     if isinstance(rid, bool) or (rid is not None and not isinstance(rid, str | int)):
         return Rejected(locator, "wrong type", f"'{inp.id_field}' is {type(rid).__name__}, needs a string")
@@ -204,6 +207,10 @@ def to_document(raw: object, inp: InputSpec, default_source: str, locator: str) 
         "license": lic if isinstance(lic, str) and lic else None,
         "metadata": json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str) if meta else None,
     }
+
+
+def _is_messages(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
 
 
 def _open_binary(path: str):

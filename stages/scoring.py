@@ -29,6 +29,8 @@ class ScoreParams(StageParams):
     segment_tokens: int = Field(128, gt=0)
     max_segments: int = Field(500, gt=0)
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda[:N]")
+    prefix: str = Field("", description="put before each metric name (short/, long/): several score stages "
+                        "share the records' one `scores` list")
 
 
 @register
@@ -66,19 +68,28 @@ class Score(DatasetStage):
         records = ctx.table.select(cols).to_pylist()
         lm = load_causal_lm(p.model, device=p.device)
         values = score_part(lm, s, records) if records else []
+        values = [{**v, "metric": p.prefix + v["metric"]} for v in values]
         by_id: dict[str, list[dict]] = {}
         for v in values:
             by_id.setdefault(v["sample_id"], []).append({"metric": v["metric"], "value": v["value"]})
-        column = pa.array([by_id.get(i, []) for i in ctx.table.column("id").to_pylist()], SCORE_FIELDS[0].type)
-        table = ctx.table.append_column(SCORE_FIELDS[0], column)
+        ids = ctx.table.column("id").to_pylist()
+        if "scores" in ctx.table.column_names:  # an earlier score stage's list: add to it
+            earlier = ctx.table.column("scores").to_pylist()
+            column = pa.array([(e or []) + by_id.get(i, []) for i, e in zip(ids, earlier, strict=True)],
+                              SCORE_FIELDS[0].type)
+            table = ctx.table.set_column(ctx.table.column_names.index("scores"), SCORE_FIELDS[0], column)
+        else:
+            column = pa.array([by_id.get(i, []) for i in ids], SCORE_FIELDS[0].type)
+            table = ctx.table.append_column(SCORE_FIELDS[0], column)
         settings = json.dumps({**s.identity(), "hash": s.hash()}, sort_keys=True)
-        ctx.artifacts["scores"] = pa.table({
+        name = "scores" + (f"-{p.prefix.strip('/').replace('/', '-')}" if p.prefix.strip("/") else "")
+        ctx.artifacts[name] = pa.table({
             "id": [f"{v['sample_id']}/{v['metric']}" for v in values],
             "sample_id": [v["sample_id"] for v in values], "job": [p.job] * len(values),
             "model": [p.model] * len(values), "revision": [lm.revision] * len(values),
             "metric": [v["metric"] for v in values], "value": [v["value"] for v in values],
             "settings": [settings] * len(values)}, schema=SCORE.arrow)
-        m = ctx.metrics.setdefault(self.name, {})
+        m = ctx.metrics.setdefault(f"{self.name}:{p.prefix}{p.job}", {})
         m["samples_scored"] = len(by_id)
         ppl = [v["value"] for v in values if v["metric"].endswith("ppl") and ":" not in v["metric"]]
         if ppl:

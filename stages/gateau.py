@@ -1,0 +1,192 @@
+"""GATEAU as stages: ``gateau_fields`` (messages -> context, instruction, response and the scoring
+layout), four ``score`` stages (HMG's two response PPLs, segment PPL, segment attention; see
+pipelines/gateau.yaml), then ``gateau_select`` (stages.gateau_core over the stored scores).
+
+``gateau_select`` publishes every sample's inputs to the ranking (``gateau_scores/``) so that
+``longforge select`` re-ranks with another alpha, ratio or normalisation without a model.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from schemas import DOCUMENT, SCORE_FIELDS, RecordSchema
+from stages import gateau_core as core
+from stages import register
+from stages.base import DatasetContext, DatasetResult, DatasetStage, RecordStage, Rejected, StageParams
+
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+GATEAU_FIELDS = (pa.field("context", pa.string()), pa.field("instruction", pa.string()),
+                 pa.field("response", pa.string()), pa.field("prompt", pa.string()),
+                 pa.field("messages", pa.list_(MESSAGE)))
+
+GATEAU_SCORES = RecordSchema("gateau_scores", 1, (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("messages", pa.list_(MESSAGE)),
+    pa.field("ppl_short", pa.float64()),
+    pa.field("ppl_long", pa.float64()),
+    pa.field("seg_ppl", pa.list_(pa.float64())),
+    pa.field("seg_attn", pa.list_(pa.float64())),  # layer-averaged, before renormalisation
+    pa.field("segments", pa.list_(pa.int32())),  # which context segments (index j) the two lists hold
+    pa.field("hmg_raw", pa.float64()),
+    pa.field("hmg", pa.float64()),
+    pa.field("cas", pa.float64()),
+    pa.field("cam", pa.float64()),
+    pa.field("score", pa.float64()),
+    pa.field("rank", pa.int64()),
+    pa.field("selected", pa.bool_()),
+), doc="Every GATEAU sample: the scores the ranking reads, and the ranking.")
+
+SELECTED = RecordSchema("gateau_selected", 1, (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("messages", pa.list_(MESSAGE)),
+    pa.field("score", pa.float64()),
+    pa.field("rank", pa.int64()),
+), doc="A selected long SFT sample in messages format, best first.")
+
+
+class FieldsParams(StageParams):
+    layout: str = Field(core.LAYOUT, description="the scoring prompt; {context} and {instruction} are filled in")
+
+
+@register
+class GateauFields(RecordStage):
+    """A chat sample's context, instruction and response (spec 2), and its scoring layout (spec 3.1)."""
+
+    name = "gateau_fields"
+    Params = FieldsParams
+    input_schema = DOCUMENT
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return self.adding(upstream, "gateau", GATEAU_FIELDS)
+
+    def process(self, record: dict):
+        meta = json.loads(record.get("metadata") or "{}")
+        messages = meta.get("messages")
+        if not isinstance(messages, list):
+            yield Rejected(record["id"], "no messages", "GATEAU reads chat samples in messages format")
+            return
+        parts = core.split_messages(messages)
+        if parts is None:
+            yield Rejected(record["id"], "no user and assistant turn", f"{len(messages)} turns")
+            return
+        context, instruction, response = parts
+        if not response.strip():
+            yield Rejected(record["id"], "empty response", "")
+            return
+        yield {**record, "context": context, "instruction": instruction, "response": response,
+               "prompt": self.params.layout.format(context=context, instruction=instruction),
+               "messages": [{"role": str(m.get("role")), "content": str(m.get("content") or "")} for m in messages]}
+
+
+class SelectParams(StageParams):
+    alpha: float = Field(0.8, ge=0, le=1, description="weight of HMG against CAM [paper: 0.8 / 0.7]")
+    ratio: float = Field(0.1, gt=0, le=1, description="share kept, ceil(ratio * N) [paper: 0.1, 0.3, 0.5]")
+    ppl_transform: Literal["raw", "log", "rank"] = "raw"
+    pool_norm: Literal["softmax", "minmax", "rank"] = "softmax"
+    importance: Literal["inv_ppl", "neg_ppl"] = "inv_ppl"
+    cam_transform: Literal["one_minus_cos", "cos"] = "one_minus_cos"
+    no_segments: Literal["median", "zero"] = "median"
+    short_prefix: str = Field("short/", description="metric prefix of the short-window response PPL")
+    long_prefix: str = Field("long/", description="metric prefix of the long-window response PPL")
+    segment_prefix: str = Field("", description="metric prefix of segment_ppl:* and segment_attention:*")
+
+    def options(self) -> core.SelectOptions:
+        return core.SelectOptions(self.alpha, self.ratio, self.ppl_transform, self.pool_norm, self.importance,
+                                  self.cam_transform, self.no_segments)
+
+
+def collect(table: pa.Table, p: SelectParams) -> dict[str, list]:
+    """The ranking's inputs from the records' ``scores`` lists."""
+    out: dict[str, list] = {"id": [], "messages": [], "ppl_short": [], "ppl_long": [], "seg_ppl": [], "seg_attn": [],
+                            "segments": []}
+    for rid, messages, scores in zip(table.column("id").to_pylist(), table.column("messages").to_pylist(),
+                                     table.column("scores").to_pylist(), strict=True):
+        s = {x["metric"]: x["value"] for x in scores}
+        try:
+            short, long_ = s[f"{p.short_prefix}response_ppl"], s[f"{p.long_prefix}response_ppl"]
+        except KeyError as e:
+            raise ValueError(f"sample {rid} has no {e.args[0]} score: gateau_select needs the response-loglik "
+                             f"scores of both models (prefixes {p.short_prefix!r}, {p.long_prefix!r})") from None
+        ppl_j = {int(k.rsplit(":", 1)[1]): v for k, v in s.items() if k.startswith(f"{p.segment_prefix}segment_ppl:")}
+        att_j = {int(k.rsplit(":", 1)[1]): v for k, v in s.items()
+                 if k.startswith(f"{p.segment_prefix}segment_attention:")}
+        js = sorted(set(ppl_j) & set(att_j))
+        out["id"].append(rid)
+        out["messages"].append(messages)
+        out["ppl_short"].append(short)
+        out["ppl_long"].append(long_)
+        out["seg_ppl"].append([ppl_j[j] for j in js])
+        out["seg_attn"].append([att_j[j] for j in js])
+        out["segments"].append(js)
+    return out
+
+
+def ranked_tables(inputs: dict[str, list], o: core.SelectOptions) -> tuple[pa.Table, pa.Table]:
+    """(every sample with its scores and rank, the selected samples best first)."""
+    r = core.rank(inputs["id"], np.array(inputs["ppl_short"]), np.array(inputs["ppl_long"]), inputs["seg_ppl"],
+                  inputs["seg_attn"], o)
+    scores = pa.table({**inputs, "hmg_raw": r.hmg_raw, "hmg": r.hmg, "cas": r.cas, "cam": r.cam, "score": r.score,
+                       "rank": r.rank, "selected": r.selected}, schema=GATEAU_SCORES.arrow)
+    meta = {b"longforge.gateau": json.dumps(o.as_dict(), sort_keys=True).encode()}
+    scores = scores.replace_schema_metadata({**scores.schema.metadata, **meta})
+    order = np.argsort(r.rank, kind="stable")
+    chosen = [int(i) for i in order if r.selected[i]]
+    selected = pa.table({"id": [inputs["id"][i] for i in chosen], "messages": [inputs["messages"][i] for i in chosen],
+                         "score": [float(r.score[i]) for i in chosen], "rank": [int(r.rank[i]) for i in chosen]},
+                        schema=SELECTED.arrow)
+    return scores, selected.replace_schema_metadata({**selected.schema.metadata, **meta})
+
+
+@register
+class GateauSelect(DatasetStage):
+    """Rank by alpha * HMG + (1 - alpha) * CAM, both pool-normalised, and keep the top ceil(ratio * N)."""
+
+    name = "gateau_select"
+    Params = SelectParams
+    input_schema = RecordSchema("gateau_scored", 1, (pa.field("id", pa.string(), nullable=False),
+                                                      GATEAU_FIELDS[4], SCORE_FIELDS[0]))
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return SELECTED
+
+    def run(self, ctx: DatasetContext) -> DatasetResult:
+        from stages.base import Dropped
+
+        p: SelectParams = self.params
+        inputs = collect(ctx.table, p)
+        scores, selected = ranked_tables(inputs, p.options())
+        ctx.artifacts["gateau_scores"] = scores
+        keep = set(selected.column("id").to_pylist())
+        dropped = [Dropped(i, "below the selection cut", f"rank {r}") for i, r in
+                   zip(inputs["id"], scores.column("rank").to_pylist(), strict=True) if i not in keep]
+        m = ctx.metrics.setdefault(self.name, {})
+        m.update({"pool": len(inputs["id"]), "selected": selected.num_rows, "alpha": p.alpha, "ratio": p.ratio,
+                  "samples_without_segments": int(sum(1 for x in inputs["seg_ppl"] if not x))})
+        hmg = scores.column("hmg_raw").to_numpy()
+        lengths = np.array([sum(len(m_["content"]) for m_ in msgs) for msgs in inputs["messages"]], dtype=np.float64)
+        if len(hmg) > 2 and np.std(hmg) > 0 and np.std(lengths) > 0:
+            m["hmg_length_correlation"] = float(np.corrcoef(hmg, lengths)[0, 1])  # spec 5: report it
+        return DatasetResult(selected, dropped, consumed=selected.num_rows)
+
+
+def reselect(gateau_output: str, options: core.SelectOptions) -> tuple[pa.Table, pa.Table]:
+    """Rank again from a gateau run's stored scores (``gateau_scores/``): no model is loaded."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    folder = Path(gateau_output).expanduser()
+    folder = folder / "gateau_scores" if (folder / "gateau_scores").is_dir() else folder
+    files = sorted((folder / "data").glob("*.parquet")) or sorted(folder.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no gateau_scores Parquet under {gateau_output} (the output of pipelines/gateau.yaml)")
+    t = pq.read_table([str(f) for f in files]).sort_by([("id", "ascending")])
+    inputs = {k: t.column(k).to_pylist() for k in ("id", "messages", "ppl_short", "ppl_long", "seg_ppl", "seg_attn",
+                                                    "segments")}
+    return ranked_tables(inputs, options)
