@@ -49,10 +49,18 @@ class LocalGenerator:
     backend = "local"
 
     def __init__(self, model: str, device: str = "auto"):
-        from gpu_jobs.lm import load_causal_lm
+        from gpu_jobs.lm import resolve_causal_lm
 
-        self.lm = load_causal_lm(model, device=device)
-        self.model = model
+        resolve_causal_lm(model)  # a missing model fails here, at once; the weights load on first use
+        self.model, self._device, self._lm = model, device, None
+
+    @property
+    def lm(self):
+        if self._lm is None:
+            from gpu_jobs.lm import load_causal_lm
+
+            self._lm = load_causal_lm(self.model, device=self._device)
+        return self._lm
 
     def generate(self, messages: list[dict], params: GenParams | None = None) -> str:
         import torch

@@ -482,7 +482,7 @@ class DatasetOutcome:
     file_groups: list[tuple[str, int]] | None = None  # see stages.base.DatasetResult
 
 
-def run_dataset_step(plan: Plan, files_dir: Path, records: pa.Table | None = None) -> DatasetOutcome:
+def run_dataset_step(plan: Plan, files_dir: Path, records: pa.Table | None = None, catalog=None) -> DatasetOutcome:
     """Run the whole-dataset stages over what the record-level stages published: ``records``, sorted
     by id, when the runner still holds them, else read back from the files."""
     from stages.base import DatasetContext
@@ -496,7 +496,7 @@ def run_dataset_step(plan: Plan, files_dir: Path, records: pa.Table | None = Non
         table = records
     ctx = DatasetContext(table=table, seed=plan.spec.seed, files_dir=files_dir,
                          work_dir=work_root(plan) / f"{step.name}-{step.fingerprint[:12]}",
-                         output_dir=Path(plan.output_dir))
+                         output_dir=Path(plan.output_dir), catalog=catalog)
     stats, removed = [], []
     file_groups = None
     for ps in step.stages:

@@ -93,7 +93,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
             produced.append(_artifact(run_id, f"{plan.spec.name}:documents", plan.records_dir, n, n_bytes,
                                       fingerprint, plan.records_schema))
             progress.log(f"whole-dataset stages: {', '.join(ps.label for ps in plan.dataset_stages)}")
-            outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots", execution.records)
+            outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots", execution.records, catalog)
             for name, table in outcome.artifacts.items():
                 folder = Path(plan.output_dir) / name
                 engine.write_ordered(table, folder, plan.spec.output.records_per_file)

@@ -1,0 +1,273 @@
+"""LongAlign as stages: ``self_instruct`` (long documents -> instruction rows in messages format,
+through the generation interface), ``chat_tokenize`` (labels on assistant turns), and
+``longalign_batches`` (packs with loss weights, or sorted batches). See stages.longalign_core."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from schemas import TEXT_RECORD, RecordSchema
+from stages import longalign_core as core
+from stages import register
+from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, StageParams
+
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+
+INSTRUCTION_ROW = RecordSchema("longalign_row", 1, (
+    pa.field("id", pa.string(), nullable=False),  # <document id>#q
+    pa.field("messages", pa.list_(MESSAGE)),
+    pa.field("source", pa.string()),
+    pa.field("task_type", pa.string()),
+    pa.field("language", pa.string()),
+    pa.field("question", pa.string()),
+    pa.field("generator", pa.string()),
+), doc="A long instruction row: the document and one question, answered by the generator.")
+
+TOKEN_FIELDS = (pa.field("input_ids", pa.list_(pa.int32())), pa.field("labels", pa.list_(pa.int32())),
+                pa.field("n_target", pa.int32()), pa.field("len", pa.int32()))
+
+PACK = RecordSchema("longalign_pack", 1, (
+    pa.field("id", pa.string(), nullable=False),  # pack-<n>, in training order
+    pa.field("input_ids", pa.list_(pa.int32())),  # L, padded after the last sequence
+    pa.field("labels", pa.list_(pa.int32())),
+    pa.field("weights", pa.list_(pa.float32())),  # 1/N_i on sequence i's targets
+    pa.field("cu_seqlens", pa.list_(pa.int32())),
+    pa.field("position_ids", pa.list_(pa.int32())),
+    pa.field("n_seqs", pa.int32()),
+    pa.field("seq_ids", pa.list_(pa.string())),
+    pa.field("group", pa.int32()),  # which group of K packs (one optimizer step)
+    pa.field("group_seq_count", pa.int32()),  # M of that group: multiply weights by K / M at train time
+), doc="A LongAlign pack of sequences with per-token loss weights and boundaries.")
+
+SORTED_ROW = RecordSchema("longalign_sorted_row", 1, (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("input_ids", pa.list_(pa.int32())),
+    pa.field("labels", pa.list_(pa.int32())),
+    pa.field("len", pa.int32()),
+    pa.field("batch", pa.int32()),  # consecutive rows with one batch number form one global batch
+    pa.field("position", pa.int64()),  # the row's place in the training order
+), doc="A row of the sorted-batching stream, in training order.")
+
+
+def _seeded(seed: int, key: str) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big"))
+
+
+class SelfInstructParams(StageParams):
+    model: str = Field("smollm2-135m", description="generator: alias, folder, cached Hub id, or the served name")
+    backend: Literal["local", "openai"] = "local"
+    base_url: str | None = Field(None, description="openai backend: e.g. http://localhost:8000/v1")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    max_document_chars: int = Field(24000, gt=0, description="documents are cut to this many characters")
+    question_tokens: int = Field(200, gt=0)
+    answer_tokens: int = Field(300, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    asks: int = Field(2, ge=1, description="tries (another seed each) before a document without a parseable "
+                      "question list is dropped")
+
+
+@register
+class SelfInstruct(DatasetStage):
+    """Spec 3.1: per document a task type at random, five numbered questions, one of them at random,
+    and its answer from the same generator; generations are cached in the catalog."""
+
+    name = "self_instruct"
+    Params = SelfInstructParams
+    input_schema = TEXT_RECORD
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return INSTRUCTION_ROW
+
+    def generator(self, ctx: DatasetContext):
+        from gpu_jobs.generate import make_generator
+
+        p: SelfInstructParams = self.params
+        extra = {"base_url": p.base_url, "api_key_env": p.api_key_env} if p.backend == "openai" else {}
+        return make_generator(p.model, p.backend, catalog=ctx.catalog, **extra)
+
+    def run(self, ctx: DatasetContext) -> DatasetResult:
+        from gpu_jobs.generate import GenParams
+
+        p: SelfInstructParams = self.params
+        gen = self.generator(ctx)
+        cols = {f.name: [] for f in INSTRUCTION_ROW.fields}
+        dropped = []
+        t = ctx.table
+        langs = t.column("language").to_pylist() if "language" in t.column_names else [None] * t.num_rows
+        sources = t.column("source").to_pylist() if "source" in t.column_names else [None] * t.num_rows
+        for rid, text, lang, source in zip(t.column("id").to_pylist(), t.column("text").to_pylist(), langs, sources,
+                                           strict=True):
+            rng = _seeded(self.seed, rid)
+            task = core.TASK_TYPES[int(rng.integers(len(core.TASK_TYPES)))]
+            doc = text[:p.max_document_chars]
+            questions: list[str] = []
+            for attempt in range(p.asks):
+                reply = gen.generate(core.question_prompt(doc, task),
+                                     GenParams(max_new_tokens=p.question_tokens, temperature=p.temperature,
+                                               seed=self.seed + attempt))
+                questions = core.parse_questions(reply)
+                if questions:
+                    break
+            if not questions:
+                dropped.append(Dropped(rid, "question list unparseable", f"{p.asks} tries"))
+                continue
+            question = questions[int(rng.integers(len(questions)))]
+            answer = gen.generate(core.answer_prompt(doc, question),
+                                  GenParams(max_new_tokens=p.answer_tokens, temperature=p.temperature, seed=self.seed))
+            if not answer.strip():
+                dropped.append(Dropped(rid, "empty answer", ""))
+                continue
+            row = {"id": f"{rid}#q", "messages": [{"role": "user", "content": f"{doc}\n\n{question}"},
+                                                  {"role": "assistant", "content": answer.strip()}],
+                   "source": source, "task_type": task, "language": lang, "question": question, "generator": p.model}
+            for k, v in row.items():
+                cols[k].append(v)
+        m = ctx.metrics.setdefault(self.name, {})
+        m.update({"rows": len(cols["id"]), "documents_dropped": len(dropped),
+                  "generations_made": getattr(gen, "calls", -1)})
+        table = pa.table(cols, schema=INSTRUCTION_ROW.arrow)
+        ctx.artifacts["messages"] = table
+        return DatasetResult(table, dropped, consumed=table.num_rows)
+
+
+class ChatTokenizeParams(StageParams):
+    tokenizer: str = Field("smollm2-135m", description="a model whose tokenizer and chat template render the rows")
+    max_len: int = Field(8192, gt=0, description="L [LongAlign: 65,536; LongWriter: 32,768]")
+    overflow: Literal["skip", "truncate_right", "truncate_left_keep_head"] = Field(
+        "skip", description="rows longer than L [LongAlign: truncate_right; LongWriter: skip]")
+
+
+@register
+class ChatTokenize(DatasetStage):
+    """Spec 3.2: the chat template turn by turn; labels on assistant turns only. (A whole-dataset
+    stage so that it can follow self_instruct; the work is per row.)"""
+
+    name = "chat_tokenize"
+    Params = ChatTokenizeParams
+    input_schema = RecordSchema("chat_row", 1, (pa.field("id", pa.string(), nullable=False),))
+
+    def setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        from gpu_jobs.lm import resolve_causal_lm
+
+        self._tok = AutoTokenizer.from_pretrained(str(resolve_causal_lm(self.params.tokenizer)), local_files_only=True)
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return self.adding(upstream, "tokens", TOKEN_FIELDS)
+
+    def tokenize(self, record: dict) -> dict | Dropped:
+        messages = record.get("messages")
+        if messages is None and record.get("metadata"):
+            messages = json.loads(record["metadata"]).get("messages")
+        if not isinstance(messages, list) or not messages:
+            return Dropped(record["id"], "no messages", "")
+        t = core.tokenize_chat(self._tok, messages)
+        if t is None:
+            return Dropped(record["id"], "nothing to learn", "no assistant tokens")
+        p: ChatTokenizeParams = self.params
+        t2 = core.apply_overflow(t, p.max_len, p.overflow)
+        if t2 is None:
+            return Dropped(record["id"], f"longer than {p.max_len} tokens ({p.overflow})", f"{len(t.input_ids)} tokens")
+        return {"input_ids": t2.input_ids, "labels": t2.labels, "n_target": t2.n_target, "len": len(t2.input_ids)}
+
+    def run(self, ctx: DatasetContext) -> DatasetResult:
+        if not hasattr(self, "_tok"):
+            self.setup()
+        rows = ctx.table.to_pylist()
+        kept, extra, dropped = [], {f.name: [] for f in TOKEN_FIELDS}, []
+        for k, r in enumerate(rows):
+            out = self.tokenize(r)
+            if isinstance(out, Dropped):
+                dropped.append(out)
+                continue
+            kept.append(k)
+            for name, v in out.items():
+                extra[name].append(v)
+        table = ctx.table.take(pa.array(kept, pa.int64()))
+        for f in TOKEN_FIELDS:
+            table = table.append_column(f, pa.array(extra[f.name], f.type))
+        return DatasetResult(table, dropped, consumed=table.num_rows)
+
+
+class BatchesParams(StageParams):
+    mode: Literal["pack", "sorted"] = "pack"
+    max_len: int = Field(8192, gt=0, description="pack capacity L")
+    packs_per_step: int = Field(8, gt=0, description="K: packs per global batch (GPUs x packs per GPU)")
+    batch_size: int = Field(8, gt=0, description="sorted: rows per global batch B [reference: 8]")
+    shuffle: bool = Field(True, description="pack: rows in seeded random order before next-fit")
+    pad_id: int = 0
+    reset_positions: bool = Field(False, description="position ids restart per sequence (reference: 0..L-1)")
+
+
+@register
+class LongAlignBatches(DatasetStage):
+    """Spec 3.3-3.5: packs with loss weights and boundaries (the last partial pack kept), or sorted
+    batches (length-sorted groups of B, group order shuffled)."""
+
+    name = "longalign_batches"
+    Params = BatchesParams
+    input_schema = RecordSchema("tokenized_chat", 1, (pa.field("id", pa.string(), nullable=False),) + TOKEN_FIELDS)
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return PACK if self.params.mode == "pack" else SORTED_ROW
+
+    def run(self, ctx: DatasetContext) -> DatasetResult:
+        p: BatchesParams = self.params
+        ids = ctx.table.column("id").to_pylist()
+        toks = ctx.table.column("input_ids").to_pylist()
+        labels = ctx.table.column("labels").to_pylist()
+        lengths = [len(t) for t in toks]
+        m = ctx.metrics.setdefault(self.name, {})
+        if p.mode == "sorted":
+            groups, rest = core.sorted_batches(lengths, p.batch_size, self.seed)
+            order = [(g, i) for g, grp in enumerate(groups) for i in grp]
+            table = pa.table({"id": [ids[i] for _, i in order], "input_ids": [toks[i] for _, i in order],
+                              "labels": [labels[i] for _, i in order], "len": [lengths[i] for _, i in order],
+                              "batch": [g for g, _ in order], "position": list(range(len(order)))},
+                             schema=SORTED_ROW.arrow)
+            dropped = [Dropped(ids[i], "sorted-batching remainder", f"{len(rest)} rows past the last full batch")
+                       for i in rest]
+            m.update({"batches": len(groups), "rows": len(order), "remainder": len(rest)})
+            return DatasetResult(table, dropped, consumed=len(order))
+        order = (np.random.default_rng(self.seed).permutation(len(ids)).tolist() if p.shuffle
+                 else list(range(len(ids))))
+        packs, skipped = core.pack_next_fit([lengths[i] for i in order], p.max_len)
+        L = p.max_len
+        rows = {f.name: [] for f in PACK.fields}
+        n_with_targets = []
+        for k, pk in enumerate(packs):
+            members = [order[j] for j in pk.rows]
+            flat = [t for i in members for t in toks[i]]
+            lab = [x for i in members for x in labels[i]]
+            pad = L - len(flat)
+            w = core.pack_weights([labels[i] for i in members], core.Pack(list(range(len(members))), pk.cu_seqlens), L)
+            if p.reset_positions:
+                pos = [q for i in members for q in range(len(toks[i]))] + list(range(pad))
+            else:
+                pos = list(range(L))
+            rows["id"].append(f"pack-{k:06d}")
+            rows["input_ids"].append(flat + [p.pad_id] * pad)
+            rows["labels"].append(lab + [-100] * pad)
+            rows["weights"].append(w)
+            rows["cu_seqlens"].append(pk.cu_seqlens)
+            rows["position_ids"].append(pos)
+            rows["n_seqs"].append(len(members))
+            rows["seq_ids"].append([ids[i] for i in members])
+            n_with_targets.append(sum(1 for i in members if any(x != -100 for x in labels[i])))
+        counts = core.group_sequence_counts(n_with_targets, p.packs_per_step)
+        rows["group"] = [k // p.packs_per_step for k in range(len(packs))]
+        rows["group_seq_count"] = [counts[k // p.packs_per_step] for k in range(len(packs))]
+        table = pa.table(rows, schema=PACK.arrow)
+        dropped = [Dropped(ids[order[j]], f"longer than the pack capacity {L}", f"{lengths[order[j]]} tokens")
+                   for j in skipped]
+        used = sum(lengths[i] for i in range(len(ids))) - sum(lengths[order[j]] for j in skipped)
+        m.update({"packs": len(packs), "sequences_per_pack": (len(ids) - len(skipped)) / max(1, len(packs)),
+                  "fill": used / max(1, len(packs) * L), "packs_per_step": p.packs_per_step})
+        return DatasetResult(table, dropped, consumed=len(ids) - len(skipped))

@@ -1,0 +1,175 @@
+"""LongAlign (Bai et al., EMNLP 2024 Findings; spec ../shared/specs/longalign.md): the pure parts.
+
+Self-instruct prompts and question parsing (3.1), chat tokenisation with assistant-only labels
+(3.2), next-fit packing that keeps the last partial pack, with per-token loss weights 1/N_i and
+sequence boundaries (3.3-3.4), and sorted batching (3.5).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+TASK_TYPES = ("general", "summary", "reasoning", "extraction")
+_TASK_HINT = {
+    "general": "",
+    "summary": " The questions should require summarising or integrating information from several parts of "
+               "the text.",
+    "reasoning": " The questions should require multi-hop reasoning over the text.",
+    "extraction": " The questions should ask for specific information stated in the text.",
+}
+ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\ufeff"))
+
+
+def question_prompt(document: str, task_type: str) -> list[dict]:
+    """Spec 3.1 step 2: the document, then a request for five numbered, diverse questions."""
+    ask = ("Given the text above, write 5 questions in the language of the text, numbered '1:' to '5:', one per "
+           f"line, diverse and covering all parts of the text.{_TASK_HINT[task_type]} Write only the questions.")
+    return [{"role": "user", "content": f"{document}\n\n{ask}"}]
+
+
+def answer_prompt(document: str, question: str) -> list[dict]:
+    return [{"role": "user", "content": f"{document}\n\n{question}"}]
+
+
+_NUMBERED = re.compile(r"^\s*(?:Q(?:uestion)?\s*)?(\d{1,2})\s*[:.)]\s*(.+?)\s*$", re.IGNORECASE)
+
+
+def parse_questions(text: str) -> list[str]:
+    """The numbered questions of a reply ('1:', '1.', '1)', 'Q1:'), in order, without duplicates."""
+    out = []
+    for line in text.splitlines():
+        m = _NUMBERED.match(line)
+        if m and len(m.group(2)) > 3 and m.group(2) not in out:
+            out.append(m.group(2))
+    return out
+
+
+# -- tokenisation -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]  # -100 except assistant tokens (and the end of each assistant turn)
+
+    @property
+    def n_target(self) -> int:
+        return sum(1 for x in self.labels if x != -100)
+
+
+def tokenize_chat(tokenizer, messages: list[dict]) -> Tokenized | None:
+    """Render with the model's chat template turn by turn; label the assistant turns only (with
+    the tokens that close them). Zero-width characters leave assistant turns; a trailing unpaired
+    user turn is dropped. None when nothing is left to learn from."""
+    msgs = [dict(m) for m in messages]
+    while msgs and msgs[-1].get("role") != "assistant":
+        msgs.pop()
+    if not msgs:
+        return None
+    for m in msgs:
+        if m.get("role") == "assistant":
+            m["content"] = str(m.get("content") or "").translate(ZERO_WIDTH)
+    ids: list[int] = []
+    labels: list[int] = []
+    for k in range(len(msgs)):
+        upto = tokenizer.apply_chat_template(msgs[:k + 1], tokenize=True, add_generation_prompt=False)
+        upto = list(upto["input_ids"] if isinstance(upto, dict) or hasattr(upto, "keys") else upto)
+        if upto[:len(ids)] != ids:
+            raise ValueError("the chat template does not render a conversation as a prefix of its extension")
+        new = upto[len(ids):]
+        if msgs[k].get("role") == "assistant":
+            head = tokenizer.apply_chat_template(msgs[:k], tokenize=True, add_generation_prompt=True)
+            head = list(head["input_ids"] if isinstance(head, dict) or hasattr(head, "keys") else head)
+            prompt_part = len(head) - len(ids) if head[:len(ids)] == ids else 0
+            labels += [-100] * prompt_part + new[prompt_part:]
+        else:
+            labels += [-100] * len(new)
+        ids = upto
+    t = Tokenized(ids, labels)
+    return t if t.n_target else None
+
+
+def apply_overflow(t: Tokenized, max_len: int, policy: str) -> Tokenized | None:
+    """skip [default] | truncate_right [LongAlign] | truncate_left_keep_head (the first 2 tokens kept)."""
+    if len(t.input_ids) <= max_len:
+        return t
+    if policy == "skip":
+        return None
+    if policy == "truncate_right":
+        out = Tokenized(t.input_ids[:max_len], t.labels[:max_len])
+    elif policy == "truncate_left_keep_head":
+        cut = len(t.input_ids) - max_len
+        out = Tokenized(t.input_ids[:2] + t.input_ids[2 + cut:], t.labels[:2] + t.labels[2 + cut:])
+    else:
+        raise ValueError(f"overflow policy '{policy}'")
+    return out if out.n_target else None
+
+
+# -- packing and batching ----------------------------------------------------------------------------
+
+
+@dataclass
+class Pack:
+    rows: list[int]  # indices of the sequences, in order
+    cu_seqlens: list[int]  # 0, end of seq 1, ..., and finally the capacity L
+
+
+def pack_next_fit(lengths: list[int], capacity: int) -> tuple[list[Pack], list[int]]:
+    """Next-fit in the given order (spec 3.3); the last partial pack is kept (the reference drops
+    it). A pack holds up to ``capacity`` tokens. Returns (packs, rows too long to fit anywhere)."""
+    packs: list[Pack] = []
+    skipped: list[int] = []
+    rows: list[int] = []
+    used = 0
+    for i, n in enumerate(lengths):
+        if n > capacity:
+            skipped.append(i)
+            continue
+        if rows and used + n > capacity:
+            packs.append(_close(rows, lengths, capacity))
+            rows, used = [], 0
+        rows.append(i)
+        used += n
+    if rows:
+        packs.append(_close(rows, lengths, capacity))
+    return packs, skipped
+
+
+def _close(rows: list[int], lengths: list[int], capacity: int) -> Pack:
+    cu = [0]
+    for i in rows:
+        cu.append(cu[-1] + lengths[i])
+    if cu[-1] < capacity:
+        cu.append(capacity)  # the padding after the last sequence
+    return Pack(list(rows), cu)
+
+
+def pack_weights(labels: list[list[int]], pack: Pack, capacity: int, dtype=np.float32) -> np.ndarray:
+    """[L]: 1 / N_i on the target positions of sequence i, 0 elsewhere (spec 3.4); float32 as stored."""
+    w = np.zeros(capacity, dtype=dtype)
+    at = 0
+    for i in pack.rows:
+        lab = np.asarray(labels[i])
+        n = int((lab != -100).sum())
+        if n:
+            w[at:at + len(lab)][lab != -100] = 1.0 / n
+        at += len(lab)
+    return w
+
+
+def group_sequence_counts(n_seqs_with_targets: list[int], k: int) -> list[int]:
+    """M of each group of ``k`` consecutive packs (the last group may be shorter)."""
+    return [int(sum(n_seqs_with_targets[g:g + k])) for g in range(0, len(n_seqs_with_targets), k)]
+
+
+def sorted_batches(lengths: list[int], batch: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """Spec 3.5: stable sort by length, groups of ``batch`` rows, the remainder dropped, group order
+    shuffled with the seed. Returns (groups in training order, dropped rows)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    n_full = len(order) // batch * batch
+    groups = [order[g:g + batch] for g in range(0, n_full, batch)]
+    perm = np.random.default_rng(seed).permutation(len(groups)).tolist()
+    return [groups[p] for p in perm], order[n_full:]

@@ -1,0 +1,156 @@
+"""LongAlign, spec longalign.md section 6: loss-weight equivalence, packing, sorted batching, chat
+labels (SmolLM2's real chat template), and self-instruct with a scripted generator standing in for
+an LLM (the real model runs in tests/pipelines/test_longalign_pipeline.py)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from stages import longalign_core as core
+from stages.base import DatasetContext
+
+
+def _rows(n: int, seed: int = 0, lo: int = 20, hi: int = 900):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(lo, hi, n).tolist()
+    labels = []
+    for n_tok in lengths:
+        lab = [-100] * n_tok
+        start = int(rng.integers(1, n_tok))
+        for t in range(start, n_tok):
+            lab[t] = int(rng.integers(0, 1000))
+        labels.append(lab)
+    return lengths, labels
+
+
+def test_loss_weights_give_every_sequence_equal_weight():
+    """Spec 3.4: sum over packs of sum_t w_t (K / M) l_t, over K, equals (1/M) sum_i mean-loss_i."""
+    lengths, labels = _rows(60, seed=1)
+    L, K = 2048, 4
+    packs, skipped = core.pack_next_fit(lengths, L)
+    assert not skipped
+    rng = np.random.default_rng(2)
+    losses = [rng.random(n) * 5 for n in lengths]  # per-token losses of each sequence
+    for g in range(0, len(packs), K):
+        group = packs[g:g + K]
+        M = sum(len(p.rows) for p in group)
+        weighted = naive = 0.0
+        for p in group:
+            w = core.pack_weights(labels, p, L, dtype=np.float64)
+            assert np.allclose(core.pack_weights(labels, p, L), w, rtol=1e-7, atol=0)  # the stored float32
+            flat_loss = np.zeros(L)
+            flat_mask = np.zeros(L, dtype=bool)
+            at = 0
+            for i in p.rows:
+                flat_loss[at:at + lengths[i]] = losses[i]
+                flat_mask[at:at + lengths[i]] = np.asarray(labels[i]) != -100
+                at += lengths[i]
+            weighted += float((w * (len(group) / M) * flat_loss).sum())
+            naive += float(flat_loss[flat_mask].mean())
+        target = sum(float(losses[i][np.asarray(labels[i]) != -100].mean()) for p in group for i in p.rows) / M
+        assert weighted / len(group) == pytest.approx(target, rel=1e-9, abs=1e-12)
+        assert abs(naive / len(group) - target) > 1e-4  # plain per-pack averaging is biased
+
+
+def test_packs_hold_every_row_once_within_capacity_and_keep_the_last_partial_pack():
+    lengths, labels = _rows(200, seed=3)
+    lengths.append(5000)  # longer than any pack
+    labels.append([1] * 5000)
+    L = 4096
+    packs, skipped = core.pack_next_fit(lengths, L)
+    assert skipped == [200]
+    members = [i for p in packs for i in p.rows]
+    assert sorted(members) == list(range(200)) and len(members) == len(set(members))
+    for p in packs:
+        cu = p.cu_seqlens
+        assert cu[0] == 0 and cu[-1] == L and all(a < b for a, b in zip(cu, cu[1:], strict=False))
+        assert sum(lengths[i] for i in p.rows) <= L
+        w = core.pack_weights(labels, p, L)
+        assert w.sum() == pytest.approx(len(p.rows), rel=1e-5)
+        at = 0
+        for i in p.rows:
+            seg = w[at:at + lengths[i]]
+            assert seg.sum() == pytest.approx(1.0, rel=1e-5)
+            assert (seg[np.asarray(labels[i]) == -100] == 0).all()
+            at += lengths[i]
+        assert (w[at:] == 0).all()
+    assert sum(lengths[i] for i in packs[-1].rows) < L  # the last, partial pack is there
+
+
+def test_sorted_batches_group_lengths_and_shuffle_only_the_group_order():
+    lengths = np.random.default_rng(4).integers(10, 5000, 103).tolist()
+    a, rest_a = core.sorted_batches(lengths, 8, seed=0)
+    b, rest_b = core.sorted_batches(lengths, 8, seed=1)
+    assert len(a) == 12 and len(rest_a) == 7 and rest_a == rest_b
+    assert Counter(i for g in a for i in g) + Counter(rest_a) == Counter(range(103))
+    for g in a:
+        assert [lengths[i] for i in g] == sorted(lengths[i] for i in g)
+    spans = sorted((min(lengths[i] for i in g), max(lengths[i] for i in g)) for g in a)
+    assert all(hi <= lo2 for (_, hi), (lo2, _) in zip(spans, spans[1:], strict=False))  # groups do not overlap
+    assert [sorted(g) for g in a] != [sorted(g) for g in b] and sorted(map(sorted, a)) == sorted(map(sorted, b))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from gpu_jobs.lm import resolve_causal_lm
+
+    return AutoTokenizer.from_pretrained(str(resolve_causal_lm("smollm2-135m")), local_files_only=True)
+
+
+def test_chat_labels_cover_assistant_turns_only(tokenizer):
+    msgs = [{"role": "user", "content": "A long document.\n\nWhat is it?"},
+            {"role": "assistant", "content": "A doc\u200bument."},
+            {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Nothing more."},
+            {"role": "user", "content": "unpaired, dropped"}]
+    t = core.tokenize_chat(tokenizer, msgs)
+    learned = tokenizer.decode([x for x in t.labels if x != -100])
+    assert "A document." in learned and "Nothing more." in learned and "\u200b" not in learned
+    assert "What is it" not in learned and "unpaired" not in tokenizer.decode(t.input_ids)
+    assert learned.count("<|im_end|>") == 2  # each assistant turn's closing token is learned
+    assert core.apply_overflow(t, 10, "skip") is None
+    right = core.apply_overflow(t, len(t.input_ids) - 3, "truncate_right")
+    assert right.input_ids == t.input_ids[:-3] and right.labels == t.labels[:-3]
+
+
+class ScriptedGenerator:
+    """Stands in for an LLM: a numbered question list for question prompts, a fixed answer otherwise."""
+
+    model = "scripted"
+    calls = 0
+
+    def generate(self, messages, params=None):
+        self.calls += 1
+        content = messages[-1]["content"]
+        if "write 5 questions" in content:
+            return "garbled" if "UNPARSEABLE" in content else "\n".join(f"{k}: Question {k} about it?" for k in
+                                                                         range(1, 6))
+        return "An answer."
+
+
+def test_self_instruct_builds_rows_and_drops_what_it_cannot_parse(monkeypatch):
+    from stages.longalign import SelfInstruct
+
+    stage = SelfInstruct(SelfInstruct.Params(), seed=0)
+    gen = ScriptedGenerator()
+    monkeypatch.setattr(stage, "generator", lambda ctx: gen)
+    table = pa.table({"id": ["a", "b", "c"], "text": ["Doc A " * 50, "Doc B UNPARSEABLE " * 50, "Doc C " * 50]})
+    result = stage.run(DatasetContext(table=table))
+    rows = result.table.to_pylist()
+    assert [r["id"] for r in rows] == ["a#q", "c#q"] and [d.record_id for d in result.dropped] == ["b"]
+    for r in rows:
+        assert r["task_type"] in core.TASK_TYPES and r["question"].startswith("Question ")
+        assert r["messages"][0]["content"].endswith(r["question"]) and r["messages"][1]["content"] == "An answer."
+    again = SelfInstruct(SelfInstruct.Params(), seed=0)
+    monkeypatch.setattr(again, "generator", lambda ctx: ScriptedGenerator())
+    assert again.run(DatasetContext(table=table)).table.equals(result.table)  # deterministic
+
+
+def test_parse_questions_accepts_common_numberings():
+    text = "Here you go:\n1: First one?\n2. Second one?\nQ3) Third one?\nnot a question\n4: First one?"
+    assert core.parse_questions(text) == ["First one?", "Second one?", "Third one?"]
