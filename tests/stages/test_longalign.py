@@ -154,3 +154,27 @@ def test_self_instruct_builds_rows_and_drops_what_it_cannot_parse(monkeypatch):
 def test_parse_questions_accepts_common_numberings():
     text = "Here you go:\n1: First one?\n2. Second one?\nQ3) Third one?\nnot a question\n4: First one?"
     assert core.parse_questions(text) == ["First one?", "Second one?", "Third one?"]
+
+
+def test_batches_stage_in_both_modes():
+    from stages.longalign import LongAlignBatches
+
+    lengths, labels = _rows(37, seed=5, hi=300)
+    table = pa.table({"id": [f"r{k:02d}" for k in range(37)], "input_ids": [list(range(n)) for n in lengths],
+                      "labels": labels, "n_target": [sum(x != -100 for x in lab) for lab in labels],
+                      "len": lengths})
+    sorted_stage = LongAlignBatches(LongAlignBatches.Params(mode="sorted", batch_size=4), seed=0)
+    res = sorted_stage.run(DatasetContext(table=table))
+    out = res.table.to_pylist()
+    assert len(out) == 36 and len(res.dropped) == 1
+    for b in range(9):
+        lens = [r["len"] for r in out if r["batch"] == b]
+        assert len(lens) == 4 and lens == sorted(lens)
+    pack_stage = LongAlignBatches(LongAlignBatches.Params(mode="pack", max_len=1024, packs_per_step=3), seed=0)
+    packs = pack_stage.run(DatasetContext(table=table)).table.to_pylist()
+    assert sorted(i for p in packs for i in p["seq_ids"]) == [f"r{k:02d}" for k in range(37)]
+    for p in packs:
+        group = [q for q in packs if q["group"] == p["group"]]
+        assert p["group_seq_count"] == sum(q["n_seqs"] for q in group)
+        flat = [t for i in p["seq_ids"] for t in range(lengths[int(i[1:])])]
+        assert p["input_ids"][:len(flat)] == flat  # the rows, back to back, then padding
