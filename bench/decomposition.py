@@ -33,6 +33,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.fresh_process import add_child_options, measure_in_fresh_process  # noqa: E402
 from catalog import Catalog  # noqa: E402
 from gpu_jobs.models import load_tokenizer, tokenizer_path  # noqa: E402
 from pipelines import corpora  # noqa: E402
@@ -106,22 +107,12 @@ def measure(which: str, src: Path, work: Path) -> tuple[int, float]:
     return pipeline(src, work)
 
 
-def in_fresh_process(which: str, src: Path, work: Path) -> tuple[int, float]:
-    out = subprocess.run([sys.executable, __file__, "--measure", which, "--src", str(src), "--work", str(work)],
-                         check=True, capture_output=True, text=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    shutil.rmtree(work, ignore_errors=True)
-    return result["tokens"], result["seconds"]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=20_000)
     ap.add_argument("--chars", type=int, default=4000)
     ap.add_argument("--repeat", type=int, default=2, help="runs per contender, in turn; the best counts")
-    ap.add_argument("--measure", choices=CONTENDERS, help=argparse.SUPPRESS)  # one contender (child process)
-    ap.add_argument("--src", help=argparse.SUPPRESS)
-    ap.add_argument("--work", help=argparse.SUPPRESS)
+    add_child_options(ap, choices=CONTENDERS)  # a child process measures one contender
     args = ap.parse_args()
     if args.measure:
         tokens, seconds = measure(args.measure, Path(args.src), Path(args.work))
@@ -137,7 +128,8 @@ def main() -> None:
         for r in range(args.repeat):
             for which in CONTENDERS:
                 try:
-                    n, seconds = in_fresh_process(which, src, work / f"{which}-{r}")
+                    res = measure_in_fresh_process(__file__, which, src, work / f"{which}-{r}")
+                    n, seconds = res["tokens"], res["seconds"]
                 except subprocess.CalledProcessError as e:  # report, do not hide, a failing contender
                     failed[which] = (e.stderr or "").strip().splitlines()[-1:][0] if e.stderr else "failed"
                     continue

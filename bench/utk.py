@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.decomposition import make_documents  # noqa: E402
+from bench.fresh_process import add_child_options, measure_in_fresh_process  # noqa: E402
 from catalog import Catalog  # noqa: E402
 from pipelines.plan import build_plan  # noqa: E402
 from pipelines.progress import Progress, format_table  # noqa: E402
@@ -60,22 +60,13 @@ def measure(p: float, length: int, src: Path, work: Path) -> dict:
             "samples": int(m["samples"]), "knotted": int(m["knotted_samples"])}
 
 
-def in_fresh_process(p: float, length: int, src: Path, work: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", str(p), "--length", str(length), "--src", str(src),
-                          "--work", str(work)], check=True, capture_output=True, text=True).stdout
-    shutil.rmtree(work, ignore_errors=True)
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=20_000)
     ap.add_argument("--chars", type=int, default=4000)
     ap.add_argument("--length", type=int, default=32768)
     ap.add_argument("--repeat", type=int, default=2, help="runs per variant, in turn; the best counts")
-    ap.add_argument("--measure", type=float, help=argparse.SUPPRESS)  # one variant (child process)
-    ap.add_argument("--src", help=argparse.SUPPRESS)
-    ap.add_argument("--work", help=argparse.SUPPRESS)
+    add_child_options(ap, type=float)  # a child process measures one variant (its p)
     args = ap.parse_args()
     if args.measure is not None:
         print(json.dumps(measure(args.measure, args.length, Path(args.src), Path(args.work))))
@@ -87,7 +78,7 @@ def main() -> None:
         best: dict[float, dict] = {}
         for r in range(args.repeat):
             for p in (0.0, 0.8):
-                res = in_fresh_process(p, args.length, src, work / f"p{p}-{r}")
+                res = measure_in_fresh_process(__file__, p, src, work / f"p{p}-{r}", "--length", str(args.length))
                 if p not in best or res["seconds"] < best[p]["seconds"]:
                     best[p] = {**res, "stage_best": min(res["stage_seconds"], best.get(p, res)["stage_seconds"])}
                 else:

