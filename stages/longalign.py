@@ -201,7 +201,10 @@ class BatchesParams(StageParams):
     max_len: int = Field(8192, gt=0, description="pack capacity L")
     packs_per_step: int = Field(8, gt=0, description="K: packs per global batch (GPUs x packs per GPU)")
     batch_size: int = Field(8, gt=0, description="sorted: rows per global batch B [reference: 8]")
-    shuffle: bool = Field(True, description="pack: rows in seeded random order before next-fit")
+    shuffle: bool = Field(True, description="pack: rows in seeded random order before packing")
+    packing: Literal["next_fit", "first_fit_decreasing"] = Field(
+        "next_fit", description="next_fit [reference, parity]; first_fit_decreasing over buffers of rows: "
+        "fuller packs [spec 3.3, optional]")
     pad_id: int = 0
     reset_positions: bool = Field(False, description="position ids restart per sequence (reference: 0..L-1)")
 
@@ -238,7 +241,8 @@ class LongAlignBatches(DatasetStage):
             return DatasetResult(table, dropped, consumed=len(order))
         order = (np.random.default_rng(self.seed).permutation(len(ids)).tolist() if p.shuffle
                  else list(range(len(ids))))
-        packs, skipped = core.pack_next_fit([lengths[i] for i in order], p.max_len)
+        packer = core.pack_next_fit if p.packing == "next_fit" else core.pack_first_fit_decreasing
+        packs, skipped = packer([lengths[i] for i in order], p.max_len)
         L = p.max_len
         rows = {f.name: [] for f in PACK.fields}
         n_with_targets = []

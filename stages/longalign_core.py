@@ -138,6 +138,27 @@ def pack_next_fit(lengths: list[int], capacity: int) -> tuple[list[Pack], list[i
     return packs, skipped
 
 
+def pack_first_fit_decreasing(lengths: list[int], capacity: int, buffer: int = 1000) -> tuple[list[Pack], list[int]]:
+    """The optional better packer of spec 3.3: within buffers of ``buffer`` rows (in the given
+    order), longest first into the first pack with room. Fewer, fuller packs than next-fit."""
+    packs: list[Pack] = []
+    skipped = [i for i, n in enumerate(lengths) if n > capacity]
+    fits = [i for i, n in enumerate(lengths) if n <= capacity]
+    for b in range(0, len(fits), buffer):
+        bins: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(fits[b:b + buffer], key=lambda i: (-lengths[i], i)):
+            k = next((k for k, r in enumerate(room) if r >= lengths[i]), None)
+            if k is None:
+                bins.append([i])
+                room.append(capacity - lengths[i])
+            else:
+                bins[k].append(i)
+                room[k] -= lengths[i]
+        packs += [_close(rows, lengths, capacity) for rows in bins]
+    return packs, skipped
+
+
 def _close(rows: list[int], lengths: list[int], capacity: int) -> Pack:
     cu = [0]
     for i in rows:

@@ -178,3 +178,48 @@ def test_batches_stage_in_both_modes():
         assert p["group_seq_count"] == sum(q["n_seqs"] for q in group)
         flat = [t for i in p["seq_ids"] for t in range(lengths[int(i[1:])])]
         assert p["input_ids"][:len(flat)] == flat  # the rows, back to back, then padding
+
+
+def test_first_fit_decreasing_packs_fuller_with_the_same_invariants():
+    lengths, labels = _rows(300, seed=6, hi=1500)
+    nf, _ = core.pack_next_fit(lengths, 4096)
+    ffd, skipped = core.pack_first_fit_decreasing(lengths, 4096, buffer=128)
+    assert not skipped and len(ffd) < len(nf)
+    members = [i for p in ffd for i in p.rows]
+    assert sorted(members) == list(range(300))
+    assert all(sum(lengths[i] for i in p.rows) <= 4096 and p.cu_seqlens[-1] == 4096 for p in ffd)
+
+
+@pytest.mark.parametrize("reset_positions", [False, True])
+def test_a_pack_attends_within_its_sequences_like_each_sequence_alone(reset_positions):
+    """Spec 3.6 / 6: with the pack's boundaries (cu_seqlens) as a block-diagonal causal mask, a
+    tiny random Llama gives every sequence the logits it gets alone, with the pack's position ids
+    (0..L-1 as the reference, or reset per sequence): RoPE sees relative positions only."""
+    import torch
+    from transformers import LlamaConfig
+
+    from gpu_jobs.lm import model_from_config
+    from stages.longalign import LongAlignBatches
+
+    lengths = [37, 80, 11, 55]
+    rng = np.random.default_rng(7)
+    toks = [rng.integers(1, 200, n).tolist() for n in lengths]
+    table = pa.table({"id": [f"s{k}" for k in range(4)], "input_ids": toks, "labels": toks,
+                      "n_target": lengths, "len": lengths})
+    stage = LongAlignBatches(LongAlignBatches.Params(mode="pack", max_len=256, shuffle=False,
+                                                     reset_positions=reset_positions), seed=0)
+    (pack,) = stage.run(DatasetContext(table=table)).table.to_pylist()
+    cfg = LlamaConfig(vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    lm = model_from_config(cfg, None, device="cpu", attn_implementation="eager")
+    L, cu = 256, pack["cu_seqlens"]
+    allowed = torch.zeros(L, L, dtype=torch.bool)
+    for a, b in zip(cu, cu[1:], strict=False):
+        allowed[a:b, a:b] = torch.tril(torch.ones(b - a, b - a, dtype=torch.bool))
+    mask = torch.where(allowed, 0.0, float("-inf"))[None, None]
+    with torch.inference_mode():
+        packed = lm.model(input_ids=torch.tensor([pack["input_ids"]]), attention_mask=mask,
+                          position_ids=torch.tensor([pack["position_ids"]])).logits[0]
+        for k, seq in enumerate(toks):
+            alone = lm.model(input_ids=torch.tensor([seq])).logits[0]
+            torch.testing.assert_close(packed[cu[k]:cu[k + 1]], alone, rtol=1e-4, atol=1e-5)
