@@ -292,15 +292,21 @@ def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[i
             ctx = _tok(lm, r.get(s.context_field) or "", False)
             instr = _tok(lm, r.get(s.instruction_field) or "", False)[:s.max_instruction_tokens]
             resp = _tok(lm, r[s.response_field], False)[:s.max_response_tokens]
+            seg = s.segment_tokens
+            # The same segments as segment-ppl (numbered over the whole context); a context longer
+            # than the window loses whole segments from its start, and those are not scored.
+            chosen = context_segments(len(ctx), seg, s.max_segments, s.seed, r["id"])
             room = max(0, window - len(instr) - len(resp))
-            ctx = ctx[len(ctx) - min(len(ctx), room):]  # keep the context's end when it must be cut
-            chosen = context_segments(len(ctx), s.segment_tokens, s.max_segments, s.seed, r["id"])
+            cut = 0 if len(ctx) <= room else math.ceil((len(ctx) - room) / seg) * seg
+            ctx = ctx[cut:]
+            chosen = [j for j in chosen if j * seg >= cut]
             add(i, "segments", len(chosen))
+            if cut:
+                add(i, "segments_cut_by_window", cut // seg)
             if not chosen or not resp:
                 continue
             ids = ctx + instr + resp
-            att = segment_attention(lm, ids, len(ctx) + len(instr), [j * s.segment_tokens for j in chosen],
-                                    s.segment_tokens)
+            att = segment_attention(lm, ids, len(ctx) + len(instr), [j * seg - cut for j in chosen], seg)
             for j, v in zip(chosen, att.mean(axis=0), strict=True):
                 add(i, f"segment_attention:{j:04d}", v)
             if on_tokens:

@@ -250,3 +250,26 @@ def test_score_as_a_pipeline_stage(paragraphs, tmp_path, smollm2):
         assert ppl == pytest.approx(direct[row["id"]], rel=1e-5)
     n = Catalog(str(catalog)).query("SELECT count(*) FROM scores WHERE metric = 'ppl' AND job = 'perplexity'")[1]
     assert n[0][0] == 5
+
+
+def test_segment_numbers_agree_between_the_two_segment_jobs_when_the_window_cuts_the_context(smollm2, paragraphs):
+    """A context longer than the window loses whole segments from its start in segment-attention;
+    the segments that remain keep the numbers segment-ppl gives them (GATEAU pairs them by number)."""
+    rec = {"id": "w", "context": " ".join(p["text"] for p in paragraphs[:8]), "instruction": "Summarise.",
+           "response": "It is about many things."}
+    ppl = score_part(smollm2, ScoreSettings("segment-ppl", segment_tokens=64, max_tokens=400), [rec])
+    att = score_part(smollm2, ScoreSettings("segment-attention", segment_tokens=64, max_tokens=400), [rec])
+    ppl_j = {o["metric"].split(":")[1] for o in ppl if o["metric"].startswith("segment_ppl:")}
+    att_j = {o["metric"].split(":")[1] for o in att if o["metric"].startswith("segment_attention:")}
+    cut = {o["metric"]: o["value"] for o in att}["segments_cut_by_window"]
+    assert cut > 0 and att_j and att_j < ppl_j and min(int(j) for j in att_j) == cut
+    # the kept segments' attention equals a forward over the cut context computed directly
+    ctx = smollm2.tokenizer(rec["context"], add_special_tokens=False)["input_ids"]
+    instr = smollm2.tokenizer(rec["instruction"], add_special_tokens=False)["input_ids"]
+    resp = smollm2.tokenizer(rec["response"], add_special_tokens=False)["input_ids"]
+    kept = ctx[int(cut) * 64:]
+    js = sorted(int(j) for j in att_j)
+    direct = segment_attention(smollm2, kept + instr + resp, len(kept) + len(instr),
+                               [(j - int(cut)) * 64 for j in js], 64).mean(axis=0)
+    got = {int(o["metric"].split(":")[1]): o["value"] for o in att if o["metric"].startswith("segment_attention:")}
+    assert [got[j] for j in js] == pytest.approx(direct.tolist(), rel=1e-6)
