@@ -155,8 +155,21 @@ def pick_device(requested: str = "auto") -> tuple[str, str]:
     return requested, ("bfloat16" if requested.startswith("cuda") else "float32")
 
 
+_LOADED: dict[tuple, LoadedModel] = {}
+
+
 def load_causal_lm(name: str, device: str = "auto", attn_implementation: str = "sdpa",
                    dtype: str | None = None) -> LoadedModel:
+    """The model, loaded once per process for the same name, device, attention and dtype (a
+    pipeline's several score stages share it; scoring never changes weights)."""
+    key = (name, device, attn_implementation, dtype)
+    if key not in _LOADED:
+        _LOADED.clear()  # one model at a time: a second would double the memory
+        _LOADED[key] = _load_causal_lm(name, device, attn_implementation, dtype)
+    return _LOADED[key]
+
+
+def _load_causal_lm(name: str, device: str, attn_implementation: str, dtype: str | None) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
