@@ -145,7 +145,7 @@ def resolve_stages(loaded: LoadedSpec) -> list[PlannedStage]:
         cls = registry[st.stage]
         params = cls.Params.model_validate(st.params)
         stage = cls(params, seed=spec.seed)
-        problems = cls.input_schema.missing_from(current)
+        problems = stage.input_schema.missing_from(current)  # an instance may need fields its params name
         if problems:
             previous = f"stage '{planned[-1].name}'" if planned else "the reader"
             missing = [p.split("'")[1] for p in problems]

@@ -41,6 +41,15 @@ class Score(DatasetStage):
     Params = ScoreParams
     input_schema = RecordSchema("scored_record", 1, (pa.field("id", pa.string(), nullable=False),))
 
+    def __init__(self, params: ScoreParams | None = None, seed: int = 0):
+        super().__init__(params, seed)
+        p: ScoreParams = self.params
+        needed = {"perplexity": [p.text_field], "response-loglik": [p.prompt_field, p.response_field]}.get(
+            p.job, [p.context_field, p.response_field])  # the instruction is optional
+        # Fields named by the parameters: a pipeline that lacks them fails before any work.
+        self.input_schema = RecordSchema("score_input", 1, (pa.field("id", pa.string(), nullable=False),)
+                                         + tuple(pa.field(n, pa.string()) for n in needed))
+
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return self.adding(upstream, "scores", SCORE_FIELDS)
 
