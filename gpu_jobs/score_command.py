@@ -44,12 +44,6 @@ def read_records(path: str, columns: list[str], optional: tuple[str, ...] = ()) 
     return table.sort_by([("id", "ascending")]).to_pylist()
 
 
-def needed_fields(job: str) -> list[str]:
-    return {"perplexity": ["text"], "response-loglik": ["prompt", "response"],
-            "segment-ppl": ["context", "instruction", "response"],
-            "segment-attention": ["context", "instruction", "response"]}[job]
-
-
 def score(args) -> int:
     from catalog import Catalog
     from gpu_jobs.lm import load_causal_lm
@@ -69,14 +63,14 @@ def score(args) -> int:
         args.job, max_tokens=args.max_tokens, stride=args.stride, token_budget=args.token_budget,
         segment_tokens=args.segment_tokens, max_segments=args.max_segments,
         **{f"{k}_field": v for k, v in mapping.items()})
-    cols = [getattr(settings, f"{f}_field") for f in needed_fields(args.job)]
+    required, optional = settings.fields()
     catalog = Catalog(args.catalog)
     try:
         if args.artifact:
             artifact_id, path = catalog.find_artifact(args.artifact)
         else:
             artifact_id, path = None, args.input
-        records = read_records(path, cols, optional=(settings.instruction_field,))
+        records = read_records(path, required + optional, optional=tuple(optional))
     except (KeyError, ScoreInputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

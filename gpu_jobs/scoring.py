@@ -59,6 +59,14 @@ class ScoreSettings:
     seed: int = 11  # [gateau]
     token_budget: int = field(default=8192, compare=False)
 
+    def fields(self) -> tuple[list[str], list[str]]:
+        """(columns the job needs, columns it reads when present): the instruction is optional."""
+        if self.job == "perplexity":
+            return [self.text_field], []
+        if self.job == "response-loglik":
+            return [self.prompt_field, self.response_field], []
+        return [self.context_field, self.response_field], [self.instruction_field]
+
     def identity(self) -> dict:
         d = asdict(self)
         d.pop("token_budget")

@@ -271,6 +271,10 @@ UTK_MARKER = REGISTRY.register(RecordSchema("utk_marker", 1, (
 ), doc="A UtK marker and the token ids it is written with."))
 
 
+# -- Chat samples (LongAlign, GATEAU, ...) ---------------------------------------------------------
+
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])  # one turn
+
 # -- Scoring jobs (DESIGN.md "Scoring jobs"; spec gateau.md 3.2-3.3) -------------------------------
 
 SCORE_FIELDS = (pa.field("scores", pa.list_(pa.struct([pa.field("metric", pa.string()),

@@ -15,12 +15,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from schemas import DOCUMENT, SCORE_FIELDS, RecordSchema
+from schemas import DOCUMENT, MESSAGE, SCORE_FIELDS, RecordSchema
 from stages import gateau_core as core
 from stages import register
 from stages.base import DatasetContext, DatasetResult, DatasetStage, RecordStage, Rejected, StageParams
 
-MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 GATEAU_FIELDS = (pa.field("context", pa.string()), pa.field("instruction", pa.string()),
                  pa.field("response", pa.string()), pa.field("prompt", pa.string()),
                  pa.field("messages", pa.list_(MESSAGE)))

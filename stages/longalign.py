@@ -12,12 +12,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from schemas import TEXT_RECORD, RecordSchema
+from schemas import MESSAGE, TEXT_RECORD, RecordSchema
 from stages import longalign_core as core
 from stages import register
 from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, StageParams
-
-MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 
 INSTRUCTION_ROW = RecordSchema("longalign_row", 1, (
     pa.field("id", pa.string(), nullable=False),  # <document id>#q

@@ -43,12 +43,10 @@ class Score(DatasetStage):
 
     def __init__(self, params: ScoreParams | None = None, seed: int = 0):
         super().__init__(params, seed)
-        p: ScoreParams = self.params
-        needed = {"perplexity": [p.text_field], "response-loglik": [p.prompt_field, p.response_field]}.get(
-            p.job, [p.context_field, p.response_field])  # the instruction is optional
+        required, _ = self.settings().fields()
         # Fields named by the parameters: a pipeline that lacks them fails before any work.
         self.input_schema = RecordSchema("score_input", 1, (pa.field("id", pa.string(), nullable=False),)
-                                         + tuple(pa.field(n, pa.string()) for n in needed))
+                                         + tuple(pa.field(n, pa.string()) for n in required))
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return self.adding(upstream, "scores", SCORE_FIELDS)
@@ -68,12 +66,8 @@ class Score(DatasetStage):
 
         p: ScoreParams = self.params
         s = self.settings()
-        needed = {"perplexity": [s.text_field], "response-loglik": [s.prompt_field, s.response_field]}.get(
-            p.job, [s.context_field, s.instruction_field, s.response_field])
-        missing = [c for c in needed if c not in ctx.table.column_names and c != s.instruction_field]
-        if missing:
-            raise ValueError(f"score ({p.job}) needs fields {missing}; the records have {ctx.table.column_names}")
-        cols = ["id", *[c for c in needed if c in ctx.table.column_names]]
+        required, optional = s.fields()  # the plan has checked that the required ones arrive
+        cols = ["id", *required, *[c for c in optional if c in ctx.table.column_names]]
         records = ctx.table.select(cols).to_pylist()
         lm = load_causal_lm(p.model, device=p.device)
         values = score_part(lm, s, records) if records else []
