@@ -103,7 +103,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
                 schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
                 produced.append(_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp,
                                           schema))
-                if name == "scores" or name.startswith("scores-"):  # scores also go to the catalog, by record id
+                if schema is not None and schema.name == "score":  # also to the catalog's scores, by record id
                     scored_artifact = produced[0]["artifact_id"]
                     scores.append(table)
             engine.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file,
