@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -105,6 +107,10 @@ CREATE TABLE IF NOT EXISTS metrics (
     value DOUBLE
 );
 
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;      -- the driver process, to tell a dead run
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS content_hash VARCHAR;  -- hash of the fields scored
+
 CREATE OR REPLACE VIEW run_summary AS
 SELECT r.run_id, r.pipeline, r.status, r.runner, r.started_at,
        round(epoch(r.finished_at) - epoch(r.started_at), 2) AS seconds,
@@ -134,8 +140,31 @@ FROM stage_stats;
 """
 
 
+#: Settings of the connection behind `longforge catalog query`: it reads this catalog and nothing
+#: else. No file is read or written (COPY, read_text, ATTACH), no extension installed or loaded,
+#: and the settings cannot be changed back by the query.
+QUERY_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False, "lock_configuration": True}
+
+
+class CatalogUnavailable(RuntimeError):
+    """The catalog could not be written (held by another process past the wait, disk full)."""
+
+
 def catalog_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get("LONGFORGE_CATALOG") or DEFAULT_PATH
+
+
+def _wait_seconds() -> float:
+    """How long a writer waits for another process to let go of the catalog file."""
+    try:
+        return max(0.0, float(os.environ.get("LONGFORGE_CATALOG_WAIT", "60")))
+    except ValueError:
+        return 60.0
+
+
+def _is_lock_conflict(e: Exception) -> bool:
+    return "lock" in str(e).lower() and ("conflict" in str(e).lower() or "could not set" in str(e).lower())
 
 
 def now() -> datetime:
@@ -148,40 +177,100 @@ class Catalog:
     def __init__(self, path: str | None = None):
         self.path = catalog_path(path)
 
+    @property
+    def pending_path(self) -> Path:
+        """Final run states that could not be written when the run ended; applied on the next write."""
+        return Path(f"{self.path}.pending.jsonl")
+
+    def _open(self, read_only: bool, config: dict | None = None):
+        """A connection; another process holding the file (a reader mid-run, another run) is waited
+        for, up to LONGFORGE_CATALOG_WAIT seconds, rather than failing the run."""
+        deadline = time.monotonic() + _wait_seconds()
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(self.path, read_only=read_only, config=config or {})
+            except duckdb.Error as e:
+                if not _is_lock_conflict(e) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
+
     @contextmanager
-    def connect(self, read_only: bool = False):
+    def connect(self, read_only: bool = False, config: dict | None = None):
         if read_only and not Path(self.path).exists():
             raise FileNotFoundError(f"no catalog at {self.path} (run a pipeline first, or pass --catalog)")
         if not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(self.path, read_only=read_only)
+        con = self._open(read_only, config)
         try:
             if not read_only:
                 con.execute(DDL)
                 con.execute(
                     "INSERT OR REPLACE INTO catalog_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
                 )
+                self._apply_pending(con)
             yield con
         finally:
             con.close()
+
+    def _apply_pending(self, con) -> None:
+        pending = self.pending_path
+        if not pending.exists():
+            return
+        for line in pending.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                e = json.loads(line)
+                con.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ? AND status = "
+                            "'running'", [e["status"], e["error"], datetime.fromisoformat(e["at"]), e["run_id"]])
+        pending.unlink()
 
     # -- writes (driver only) ----------------------------------------------------------------------
 
     def start_run(self, run_id: str, *, pipeline: str, pipeline_file: str, runner: str, workers: int,
                   spec_fingerprint: str, seed: int, params: dict, code_version: str, output_path: str) -> None:
         with self.connect() as con:
+            self._sweep_dead_runs(con)
             con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL)",
+                "INSERT INTO runs (run_id, pipeline, pipeline_file, status, runner, workers, spec_fingerprint, seed, "
+                "params, code_version, output_path, error, started_at, finished_at, pid, host) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, ?, ?)",
                 [run_id, pipeline, pipeline_file, runner, workers, spec_fingerprint, seed,
-                 json.dumps(params, sort_keys=True), code_version, output_path, now()],
+                 json.dumps(params, sort_keys=True), code_version, output_path, now(), os.getpid(),
+                 socket.gethostname()],
             )
 
+    @staticmethod
+    def _sweep_dead_runs(con) -> None:
+        """Runs of this host still 'running' whose driver process is gone (SIGKILL, power loss)."""
+        host = socket.gethostname()
+        rows = con.execute("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ? AND pid IS NOT NULL",
+                           [host]).fetchall()
+        for run_id, pid in rows:
+            if not _pid_alive(pid):
+                con.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, error = coalesce(error, "
+                            "'the driver process ended without recording a result') WHERE run_id = ?", [now(), run_id])
+
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
-        with self.connect() as con:
-            con.execute(
-                "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
-                [status, error, now(), run_id],
-            )
+        """Leave the run's row final. If the catalog cannot be written now, the state goes to a
+        journal beside it (applied by the next process that writes the catalog) and this raises."""
+        try:
+            with self.connect() as con:
+                con.execute(
+                    "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
+                    [status, error, now(), run_id],
+                )
+        except (duckdb.Error, OSError) as e:
+            entry = {"run_id": run_id, "status": status, "error": error, "at": now().isoformat()}
+            try:
+                with open(self.pending_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(entry) + "\n")
+            except OSError as e2:
+                raise CatalogUnavailable(f"run {run_id} ended '{status}' but neither the catalog {self.path} "
+                                         f"({e}) nor its journal ({e2}) could be written") from e
+            raise CatalogUnavailable(f"run {run_id} ended '{status}'; the catalog {self.path} could not be written "
+                                     f"({type(e).__name__}: {str(e)[:300]}), so the state waits in "
+                                     f"{self.pending_path} and is applied when the catalog is next written") from e
 
     def mark_interrupted(self, output_path: str) -> None:
         """Runs that were killed before they could say so (their lock outlived them)."""
@@ -286,7 +375,24 @@ class Catalog:
     # -- reads ---------------------------------------------------------------------------------------
 
     def query(self, sql: str, params: Sequence | None = None) -> tuple[list[str], list[tuple]]:
-        with self.connect(read_only=True) as con:
+        """A read-only query, sandboxed: see QUERY_CONFIG."""
+        if self.pending_path.exists():
+            try:
+                with self.connect():
+                    pass  # applies the journal
+            except duckdb.Error:
+                pass  # still held: the rows show 'running' until the next write
+        with self.connect(read_only=True, config=QUERY_CONFIG) as con:
             cur = con.execute(sql, params or [])
             columns = [d[0] for d in cur.description] if cur.description else []
             return columns, cur.fetchall()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

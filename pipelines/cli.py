@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
 
 from pipelines.spec import PipelineError
@@ -17,6 +18,29 @@ from pipelines.spec import PipelineError
 
 class UsageError(Exception):
     pass
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (workers, windows, budgets: 0 or less is a mistake)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    from pipelines.spec import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,8 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--runner", choices=["local", "beam", "datatrove"])
     run.add_argument("--beam-arg", action="append", default=[], dest="beam_args",
                      help="a Beam pipeline option, e.g. --beam-arg=--runner=DataflowRunner")
-    run.add_argument("--workers", type=int, help="parallel workers (processes)")
-    run.add_argument("--seed", type=int)
+    run.add_argument("--workers", type=positive_int, help="parallel workers (processes)")
+    run.add_argument("--seed", type=seed_int)
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace a finished longforge output of another pipeline spec in --output")
     run.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -64,16 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", required=True, help="smollm2-135m, gemma3-270m, a local folder or a cached Hub id")
     sc.add_argument("--catalog", help="catalog file (default ./longforge.duckdb or $LONGFORGE_CATALOG)")
     sc.add_argument("--output", help="side-table folder (default scores/JOB-MODEL-SETTINGS beside the catalog)")
-    sc.add_argument("--max-tokens", type=int, help="window (default: the model's positions)")
-    sc.add_argument("--stride", type=int, help="perplexity: sliding-window stride (default: half the window)")
-    sc.add_argument("--token-budget", type=int, default=8192, help="padded tokens per batch")
+    sc.add_argument("--max-tokens", type=positive_int, help="window (default: the model's positions)")
+    sc.add_argument("--stride", type=positive_int, help="perplexity: sliding-window stride (default: half the window)")
+    sc.add_argument("--token-budget", type=positive_int, default=8192, help="padded tokens per batch")
     sc.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN",
                     help="where a job's fields are: text, prompt, response, context, instruction")
-    sc.add_argument("--segment-tokens", type=int, default=128)
-    sc.add_argument("--max-segments", type=int, default=500)
+    sc.add_argument("--segment-tokens", type=positive_int, default=128)
+    sc.add_argument("--max-segments", type=positive_int, default=500)
     sc.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    sc.add_argument("--limit", type=int, help="score only the first N records (by id)")
-    sc.add_argument("--part-size", type=int, default=64, help="samples per side-table part (the resume unit)")
+    sc.add_argument("--limit", type=positive_int, help="score only the first N records (by id)")
+    sc.add_argument("--part-size", type=positive_int, default=64, help="samples per side-table part (the resume unit)")
     sc.add_argument("--quiet", action="store_true")
 
     sel = sub.add_parser("select", help="GATEAU: re-rank from a gateau run's stored scores (no model)")
@@ -104,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.redaction import install_log_redaction
+
+    install_log_redaction()
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -172,20 +201,33 @@ def _run(args) -> int:
     beam_args = list(plan.spec.runner.beam_args) + list(args.beam_args)
     if args.dry_run:
         desc = plan.describe()
-        from pipelines.run import redact
+        from pipelines.redaction import redact
 
         desc.update({"runner": runner, "workers": workers, "beam_args": beam_args})
         print(json.dumps(redact(desc), indent=2, ensure_ascii=False))
         return 0
+    from pipelines.run import OutputFolderError, check_output_folder
+
+    try:
+        check_output_folder(plan.output_dir, plan.fingerprint, args.overwrite)
+    except OutputFolderError as e:
+        raise UsageError(str(e)) from None
     catalog = Catalog(args.catalog)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = run_pipeline(plan, runner=runner, workers=workers, beam_args=beam_args, catalog=catalog,
-                              progress=Progress(enabled=not args.quiet))
+                              progress=Progress(enabled=not args.quiet), overwrite=args.overwrite)
+    except KeyboardInterrupt as e:
+        print(f"{'terminated' if type(e).__name__ == 'Terminated' else 'interrupted'}: the catalog records the run "
+              "as 'interrupted'; rerun the same command to resume", file=sys.stderr)
+        return 143 if type(e).__name__ == "Terminated" else 130
     except Exception as e:  # noqa: BLE001 - the run failed; say why and exit 1
         print(f"run failed: {type(e).__name__}: {e}", file=sys.stderr)
         if os.environ.get("LONGFORGE_DEBUG"):
             raise
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(summary_table(result.stats))
     print()
     print(f"run       {result.run_id} ({runner}, {result.seconds:.1f} s)")
@@ -194,6 +236,12 @@ def _run(args) -> int:
     print(f"content   {result.fingerprint}")
     print(f"catalog   {catalog.path}")
     return 0
+
+
+def _terminate(signum, frame):
+    from pipelines.run import Terminated
+
+    raise Terminated()
 
 
 def _stages(args) -> int:

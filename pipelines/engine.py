@@ -31,10 +31,16 @@ from stages.base import Dropped, Rejected, merge_decisions
 #: Shapes whose output records are not the input records (reconciled by inputs that produced output).
 EXPANDING = ("per-record-expanding", "whole-dataset")
 REMOVED_SCHEMA = pa.schema(list(REJECT.arrow) + [pa.field("payload", pa.string())])
-KEYS_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.string())])
+# A key row also says where its record is (row of the shard's records file) and what it holds
+# (its content digest), so that copies of one record can be told apart: see copy_drops().
+KEYS_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.string()),
+                         pa.field("row", pa.int64()), pa.field("digest", pa.string())])
+# A decision drops every record of an id, or (shard and row set) one copy of it.
 DECISIONS_SCHEMA = pa.schema(
-    [pa.field("record_id", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string())]
+    [pa.field("record_id", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string()),
+     pa.field("shard", pa.int64()), pa.field("row", pa.int64())]
 )
+COPY_REASON = "duplicate record"
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -201,12 +207,12 @@ def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCount
         yield from records
         return
     decide = decide_step_before(plan, step)
-    decisions = load_decisions(plan, decide)
+    decisions, copies = load_decisions(plan, decide)
     counter = StageCounter(step.index, step.gate.label, "whole-collection")
     counters.append(counter)
-    for rec in records:
+    for row, rec in enumerate(records):
         counter.n_in += 1
-        d = decisions.get(rec["id"])
+        d = decisions.get(rec["id"]) or copies.get((i, row))
         if d is None:
             counter.n_out += 1
             yield rec
@@ -218,19 +224,46 @@ def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCount
 
 
 # The decisions of the last decide step, loaded once per process rather than once per shard.
-_decision_cache: dict[str, dict[str, tuple[str, str]]] = {}
+_decision_cache: dict[str, tuple[dict, dict]] = {}
 
 
-def load_decisions(plan: Plan, decide: Step) -> dict[str, tuple[str, str]]:
+def load_decisions(plan: Plan, decide: Step) -> tuple[dict[str, tuple[str, str]], dict[tuple[int, int], tuple]]:
+    """(decisions by record id, decisions by (shard, row) for single copies of a record)."""
     path = step_dir(plan, decide) / "decisions.parquet"
     key = f"{path}:{decide.fingerprint}"
     if key not in _decision_cache:
         t = pq.read_table(path).to_pydict()
         _decision_cache.clear()
-        _decision_cache[key] = {
-            rid: (reason, detail) for rid, reason, detail in zip(t["record_id"], t["reason"], t["detail"], strict=True)
-        }
+        by_id, by_place = {}, {}
+        for rid, reason, detail, shard, row in zip(t["record_id"], t["reason"], t["detail"], t["shard"], t["row"],
+                                                   strict=True):
+            if shard is None:
+                by_id[rid] = (reason, detail)
+            else:
+                by_place[(shard, row)] = (reason, detail)
+        _decision_cache[key] = (by_id, by_place)
     return _decision_cache[key]
+
+
+def value_id(value) -> str:
+    """The record id in a collection stage's key value: the value itself, or its first item."""
+    return value if isinstance(value, str) else value[0]
+
+
+def copy_drops(entries: list[tuple]) -> tuple[list, list[tuple]]:
+    """Records that share an id and fall in one key group are copies of one record (the same file
+    read twice, a line repeated). ``entries``: (value, digest, *place). Returns one value per id for
+    the stage to decide on, and the entries of the copies to drop: per id, the one with the
+    smallest (digest, place) stays, so exactly one copy survives, the same one on every runner."""
+    by_id: dict[str, list[tuple]] = defaultdict(list)
+    for e in entries:
+        by_id[value_id(e[0])].append(e)
+    values, drops = [], []
+    for rid in sorted(by_id):
+        group = sorted(by_id[rid], key=lambda e: e[1:])
+        values.append(group[0][0])
+        drops.extend(group[1:])
+    return values, drops
 
 
 def run_segment_shard(plan: Plan, step: Step, i: int) -> dict:
@@ -264,7 +297,12 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
         stage = step.emits_keys_for.stage
         ensure_setup(stage)
         t_keys = time.perf_counter()
-        keys = [{"key": k, "value": json.dumps(v)} for r in rows for k, v in stage.keys(r)]
+        keys = []
+        for j, r in enumerate(rows):
+            digest = None
+            for k, v in stage.keys(r):
+                digest = digest or record_digest(r).hex()
+                keys.append({"key": k, "value": json.dumps(v), "row": j, "digest": digest})
         write_parquet_atomic(pa.Table.from_pylist(keys, schema=KEYS_SCHEMA), files["keys"], compression="lz4")
         # The keys' cost belongs to the collection stage, whose counts are taken where it is applied.
         keys_counter = StageCounter(step.index + 2, step.emits_keys_for.label, "whole-collection")
@@ -289,12 +327,22 @@ def run_decide(plan: Plan, step: Step) -> int:
     groups: dict[str, list] = defaultdict(list)
     for i in range(len(plan.shards)):
         t = pq.read_table(shard_files(plan, prev, i)["keys"]).to_pydict()
-        for k, v in zip(t["key"], t["value"], strict=True):
-            groups[k].append(_tuplify(json.loads(v)))
+        for k, v, row, digest in zip(t["key"], t["value"], t["row"], t["digest"], strict=True):
+            groups[k].append((_tuplify(json.loads(v)), digest, i, row))
     stage = step.collection.stage
     stage.setup()
-    decided = merge_decisions(d for k in sorted(groups) for d in stage.decide(k, groups[k]))
-    rows = [{"record_id": rid, "reason": d.reason, "detail": d.detail} for rid, d in sorted(decided.items())]
+    decisions, copies = [], {}
+    for k in sorted(groups):
+        values, drops = copy_drops(groups[k])
+        decisions.extend(stage.decide(k, values))
+        for value, _, shard, row in drops:
+            copies[(shard, row)] = value_id(value)
+    decided = merge_decisions(decisions)
+    rows = [{"record_id": rid, "reason": d.reason, "detail": d.detail, "shard": None, "row": None}
+            for rid, d in sorted(decided.items())]
+    rows += [{"record_id": rid, "reason": COPY_REASON, "detail": f"another copy with the same id and "
+              f"{step.collection.label} key is kept", "shard": shard, "row": row}
+             for (shard, row), rid in sorted(copies.items()) if rid not in decided]
     write_parquet_atomic(pa.Table.from_pylist(rows, schema=DECISIONS_SCHEMA), out)
     write_text_atomic(json.dumps({"fingerprint": step.fingerprint, "dropped": len(rows)}), marker)
     return len(rows)

@@ -46,6 +46,62 @@ class Shard:
         return f"{name}[{self.start}:{self.end}]"
 
 
+class InputError(ValueError):
+    """An input that cannot be read as given (mixed formats, a file given twice, a damaged file),
+    found while planning, before any work. ``index`` is the input's position in the pipeline."""
+
+    def __init__(self, index: int, message: str, fix: str):
+        self.index, self.fix = index, fix
+        super().__init__(message)
+
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson.gz",
+                  ".json.zst", ".ndjson.zst")
+#: Most shards one run may plan: more is a mistake in ``shard_mb`` (each shard leaves files).
+MAX_SHARDS = 100_000
+
+
+def _kind_of(name: str) -> str:
+    low = name.lower()
+    if low.endswith(".parquet"):
+        return "parquet"
+    if low.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    return "other"
+
+
+def _walk(root: str) -> tuple[list[str], int, list[str]]:
+    """Visible files under ``root`` (symlinks followed, each real file once, loops cut), the number
+    of hidden entries left out, and the paths that reached a file already listed."""
+    files: list[str] = []
+    seen_files: set[str] = set()
+    seen_dirs: set[str] = set()
+    repeats: list[str] = []
+    hidden = 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # a link back into a folder already walked
+            dirnames[:] = []
+            repeats.append(dirpath)
+            continue
+        seen_dirs.add(real)
+        hidden += sum(1 for d in dirnames if d.startswith(".")) + sum(1 for f in filenames if f.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if f.startswith("."):
+                continue
+            path = os.path.join(dirpath, f)
+            if not os.path.isfile(path):
+                continue
+            rp = os.path.realpath(path)
+            if rp in seen_files:
+                repeats.append(path)
+                continue
+            seen_files.add(rp)
+            files.append(path)
+    return sorted(files), hidden, repeats
+
+
 def detect_format(path: str) -> str:
     p = path.lower()
     if os.path.isdir(path):
@@ -53,12 +109,15 @@ def detect_format(path: str) -> str:
             os.path.join(path, "state.json")
         ):
             return "hf"
-        if glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True):
+        kinds = {_kind_of(f) for f in _walk(path)[0]}
+        if "parquet" in kinds and "jsonl" in kinds:
+            return "mixed"
+        if "parquet" in kinds:
             return "parquet"
-        if glob.glob(os.path.join(path, "**", "*.jsonl*"), recursive=True):
+        if "jsonl" in kinds:
             return "jsonl"
         return "text"
-    if p.endswith((".jsonl", ".json", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson.gz")):
+    if p.endswith(JSONL_SUFFIXES):
         return "jsonl"
     if p.endswith(".parquet"):
         return "parquet"
@@ -67,16 +126,37 @@ def detect_format(path: str) -> str:
     return "text"
 
 
-def expand_paths(inp: InputSpec, fmt: str) -> list[str]:
+def expand_paths(inp: InputSpec, fmt: str, notes: list[str] | None = None) -> list[str]:
+    """The files of one input. A folder is walked once (links followed, never twice to one file);
+    files of other formats in it are left out and said so in ``notes``."""
+    notes = notes if notes is not None else []
     path = os.path.expanduser(inp.path)
     if any(ch in path for ch in "*?["):
-        found = sorted(glob.glob(path, recursive=True))
+        found, seen = [], set()
+        for f in sorted(glob.glob(path, recursive=True)):
+            if not os.path.isfile(f):
+                continue
+            rp = os.path.realpath(f)
+            if rp in seen:
+                notes.append(f"input '{inp.path}': {f} is the same file as another match; read once")
+                continue
+            seen.add(rp)
+            found.append(f)
     elif os.path.isdir(path) and fmt != "hf":
-        pattern = {"parquet": "*.parquet", "jsonl": "*.jsonl*", "text": "*"}[fmt]
-        found = sorted(
-            f for f in glob.glob(os.path.join(path, "**", pattern), recursive=True)
-            if os.path.isfile(f) and "/." not in f[len(path):]
-        )
+        files, hidden, repeats = _walk(path)
+        if fmt == "text":
+            found = files
+        else:
+            found = [f for f in files if _kind_of(f) == fmt]
+            others = [os.path.relpath(f, path) for f in files if _kind_of(f) != fmt]
+            if others:
+                notes.append(f"input '{inp.path}': read as {fmt}; {len(others)} other file(s) not read: "
+                             + ", ".join(others[:5]) + (" ..." if len(others) > 5 else ""))
+        if hidden:
+            notes.append(f"input '{inp.path}': {hidden} hidden entries (names starting with '.') not read")
+        if repeats:
+            notes.append(f"input '{inp.path}': {len(repeats)} link(s) lead to files or folders already read "
+                         f"(e.g. {repeats[0]}); each file is read once")
     else:
         found = [path] if os.path.exists(path) else []
     if not found:
@@ -84,12 +164,36 @@ def expand_paths(inp: InputSpec, fmt: str) -> list[str]:
     return found
 
 
-def plan_shards(inputs: list[InputSpec], read: ReadSpec) -> list[Shard]:
+def _parquet_meta(path: str, index: int):
+    try:
+        return pq.ParquetFile(path).metadata
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(index, f"'{path}' is not a readable Parquet file ({e})",
+                         "re-export it, or remove it from the input") from None
+
+
+def plan_shards(inputs: list[InputSpec], read: ReadSpec, notes: list[str] | None = None) -> list[Shard]:
     shards: list[Shard] = []
     target = max(1, int(read.shard_mb * MB))
+    owner: dict[str, tuple[int, str]] = {}  # real path -> (input index, path as given)
     for ii, inp in enumerate(inputs):
         fmt = inp.format if inp.format != "auto" else detect_format(os.path.expanduser(inp.path))
-        paths = expand_paths(inp, fmt)
+        if fmt == "mixed":
+            files = _walk(os.path.expanduser(inp.path))[0]
+            n_pq = sum(_kind_of(f) == "parquet" for f in files)
+            n_js = sum(_kind_of(f) == "jsonl" for f in files)
+            raise InputError(ii, f"folder '{inp.path}' holds both Parquet ({n_pq} files) and JSONL ({n_js} files)",
+                             f"give one format per input: '{inp.path.rstrip('/')}/**/*.parquet' and "
+                             f"'{inp.path.rstrip('/')}/**/*.jsonl' as two inputs, or set 'format:'")
+        paths = expand_paths(inp, fmt, notes)
+        for path in paths:
+            rp = os.path.realpath(path)
+            if rp in owner:
+                k, given = owner[rp]
+                raise InputError(ii, f"'{path}' is already read by inputs[{k}] ('{given}'); "
+                                 "reading it twice would duplicate (and then dedup away) its records",
+                                 "give each file once")
+            owner[rp] = (ii, inp.path)
         if fmt == "jsonl":
             for path in paths:
                 size = os.path.getsize(path)
@@ -98,9 +202,11 @@ def plan_shards(inputs: list[InputSpec], read: ReadSpec) -> list[Shard]:
                     continue
                 for start in range(0, size, target):
                     shards.append(Shard(len(shards), ii, fmt, (path,), start, min(size, start + target)))
+                    if len(shards) > MAX_SHARDS:
+                        break
         elif fmt == "parquet":
             for path in paths:
-                meta = pq.ParquetFile(path).metadata
+                meta = _parquet_meta(path, ii)
                 groups, acc, first = [], 0, 0
                 for rg in range(meta.num_row_groups):
                     acc += meta.row_group(rg).total_byte_size
@@ -129,6 +235,10 @@ def plan_shards(inputs: list[InputSpec], read: ReadSpec) -> list[Shard]:
                 shards.append(Shard(len(shards), ii, fmt, (path,), 0, -1))
         else:  # pragma: no cover - guarded by the spec model
             raise ValueError(f"unknown format {fmt}")
+        if len(shards) > MAX_SHARDS:
+            raise InputError(ii, f"read.shard_mb = {read.shard_mb} cuts the inputs into more than "
+                             f"{MAX_SHARDS:,} shards (each leaves work files)",
+                             "raise read.shard_mb (the default is 64)")
     return shards
 
 
@@ -145,8 +255,11 @@ def estimate_records(shard: Shard) -> int:
                 return pa.ipc.open_stream(source).read_all().num_rows
             except pa.ArrowInvalid:
                 return pa.ipc.open_file(source).read_all().num_rows
-    with _open_binary(shard.paths[0]) as f:
-        head = f.read(MB)
+    try:
+        with _open_binary(shard.paths[0]) as f:
+            head = f.read(MB)
+    except (EOFError, OSError, ValueError):
+        return 0  # damaged: the read rejects it with its reason
     lines = max(1, head.count(b"\n"))
     if shard.paths[0].endswith((".gz", ".zst")):
         ratio = 4  # a typical compression ratio for text; an estimate, said to be one
@@ -236,7 +349,14 @@ def _iter_jsonl(shard: Shard, inp: InputSpec, read: ReadSpec) -> Iterator[dict |
             f.seek(shard.start - 1)
             offset = shard.start - 1 + len(f.readline())
         while compressed or shard.end < 0 or offset < shard.end:
-            line = _read_bounded_line(f, read.max_record_bytes)
+            try:
+                line = _read_bounded_line(f, read.max_record_bytes)
+            except (EOFError, OSError, ValueError) as e:  # gzip/zstd: truncated or damaged stream
+                # What was read before the damage is kept; the unreadable rest is one reject, so the
+                # run's counts show it and the file can be fixed and read again.
+                yield Rejected(f"{name}@{offset}", "truncated or corrupt file",
+                               f"{type(e).__name__}: {e}; records after uncompressed byte {offset} could not be read")
+                break
             if line is None:
                 break
             locator = f"{name}@{offset}"
@@ -294,7 +414,14 @@ def _iter_parquet(shard: Shard, inp: InputSpec, read: ReadSpec) -> Iterator[dict
     name = os.path.basename(path)
     first = sum(pf.metadata.row_group(i).num_rows for i in range(shard.start))
     for rg in range(shard.start, shard.end):
-        table = pf.read_row_group(rg)
+        try:
+            table = pf.read_row_group(rg)
+        except (pa.ArrowException, OSError) as e:
+            rows = pf.metadata.row_group(rg).num_rows
+            yield Rejected(f"{name}#rowgroup{rg}", "truncated or corrupt file",
+                           f"{type(e).__name__}: {e}; the row group's {rows} records could not be read")
+            first += rows
+            continue
         yield from _iter_table_rows(table, inp, inp.source or name, name, first)
         first += table.num_rows
 

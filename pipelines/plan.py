@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from pipelines.io import Shard, estimate_records, plan_shards
+from pipelines.io import InputError, Shard, estimate_records, plan_shards
 from pipelines.spec import InputSpec, LoadedSpec, PipelineSpec, did_you_mean
 from schemas import DOCUMENT, RecordSchema
 from stages import all_stages
@@ -74,6 +74,7 @@ class Plan:
     shards: list[Shard]
     fingerprint: str
     output_dir: str
+    notes: list[str] = field(default_factory=list)  # what planning left out or merged, said to the user
 
     @property
     def final_schema(self) -> RecordSchema:
@@ -114,6 +115,7 @@ class Plan:
                 for s in self.stages
             ],
             "steps": [s.name for s in self.steps],
+            "notes": self.notes,
         }
 
 
@@ -236,14 +238,19 @@ def build_plan(loaded: LoadedSpec, *, inputs: list[str] | None = None, output: s
     if not spec.inputs:
         raise loaded.error(("inputs",), "the pipeline has no inputs", "pass --input PATH or add 'inputs:'")
     stages = resolve_stages(loaded)
+    from pipelines.spec import PipelineError
+
+    notes: list[str] = []
     try:
-        shards = plan_shards(spec.inputs, spec.read)
+        shards = plan_shards(spec.inputs, spec.read, notes)
     except FileNotFoundError as e:
         if inputs:
-            from pipelines.spec import PipelineError
-
             raise PipelineError(loaded.file, None, "--input", str(e), "check the path") from None
         raise loaded.error(("inputs",), str(e), "check the path, or pass --input PATH") from None
+    except InputError as e:
+        if inputs and e.index < len(inputs):
+            raise PipelineError(loaded.file, None, f"--input {inputs[e.index]}", str(e), e.fix) from None
+        raise loaded.error(("inputs", e.index, "path"), str(e), e.fix) from None
     base = {
         "code": CODE_VERSION,
         "seed": spec.seed,
@@ -253,7 +260,47 @@ def build_plan(loaded: LoadedSpec, *, inputs: list[str] | None = None, output: s
     steps = build_steps(stages, base)
     fingerprint = _hash({"steps": [s.fingerprint for s in steps], "output": spec.output.records_per_file})
     out = output or spec.output.path or os.path.join("out", spec.name)
-    return Plan(loaded, spec, stages, steps, shards, fingerprint, out)
+    problem = output_overlaps_input(out, spec.inputs, shards)
+    if problem:
+        key = "--output" if output else "output.path"
+        if output:
+            raise PipelineError(loaded.file, None, key, problem, "write the output to a folder of its own")
+        raise loaded.error(("output", "path"), problem, "write the output to a folder of its own")
+    return Plan(loaded, spec, stages, steps, shards, fingerprint, out, notes)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _input_root(inp: InputSpec) -> str:
+    """The folder an input names: itself, or a glob's fixed leading part."""
+    path = os.path.expanduser(inp.path)
+    if any(ch in path for ch in "*?["):
+        fixed = []
+        for part in path.split(os.sep):
+            if any(ch in part for ch in "*?["):
+                break
+            fixed.append(part)
+        path = os.sep.join(fixed) or "."
+    return os.path.realpath(path)
+
+
+def output_overlaps_input(output: str, inputs: list[InputSpec], shards: list[Shard]) -> str | None:
+    """Why writing to ``output`` would overwrite an input or be read back as one, or None."""
+    out = os.path.realpath(output)
+    for k, inp in enumerate(inputs):
+        root = _input_root(inp)
+        if os.path.isdir(root) and _inside(out, root):
+            return (f"output '{output}' is inside input {k} ('{inp.path}'): the run would write into its input, "
+                    "and the next run would read its own output back")
+        if _inside(root, out):
+            return f"input {k} ('{inp.path}') is inside output '{output}': the run would overwrite what it reads"
+    for s in shards:
+        for p in s.paths:
+            if _inside(os.path.realpath(p), out):
+                return f"input file '{p}' is inside output '{output}': the run would overwrite what it reads"
+    return None
 
 
 __all__ = ["Plan", "PlannedStage", "Step", "build_plan", "did_you_mean", "resolve_stages"]

@@ -49,6 +49,10 @@ class Progress:
         if self.enabled:
             print(message, file=sys.stderr, flush=True)
 
+    def warn(self, message: str) -> None:
+        """Said even with --quiet: what was left out, merged or could not be recorded."""
+        print(message, file=sys.stderr, flush=True)
+
 
 def format_table(columns: list[str], rows: list[tuple | list]) -> str:
     cells = [[_fmt(v) for v in r] for r in rows]

@@ -5,10 +5,10 @@ Only this process writes to the catalog; runners hand their statistics and remov
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from pipelines import engine
 from pipelines.io import write_parquet_atomic, write_text_atomic
 from pipelines.plan import CODE_VERSION, Plan
 from pipelines.progress import Progress, format_table
+from pipelines.redaction import redact
 from pipelines.runners import make_runner
 
 
@@ -60,132 +61,198 @@ def check_accounting(stats: list[dict]) -> None:
         raise AccountingError("record counts do not reconcile: " + "; ".join(bad))
 
 
+class OutputFolderError(ValueError):
+    """The output folder holds what this run did not create (a user's files, another dataset)."""
+
+    def __init__(self, message: str, fix: str):
+        self.fix = fix
+        super().__init__(f"{message} -> {fix}")
+
+
+def check_output_folder(output_dir: str, spec_fingerprint: str, overwrite: bool = False) -> None:
+    """A run writes only into a new or empty folder, or one that longforge wrote: its own earlier
+    or interrupted run (resume), or, with ``overwrite``, a finished run of another spec."""
+    out = Path(output_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputFolderError(f"output '{output_dir}' is a file", "give a folder for the output")
+    entries = sorted(e.name for e in out.iterdir())
+    if not entries:
+        return
+    meta = out / ".longforge"
+    if not meta.is_dir():
+        shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+        raise OutputFolderError(f"output '{output_dir}' already holds files that longforge did not write ({shown}); "
+                                "a run would replace or delete some of them",
+                                "give --output a new or empty folder")
+    try:
+        previous = json.loads((meta / "run.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return  # an interrupted run of ours: resume
+    if previous.get("spec_fingerprint") != spec_fingerprint and not overwrite:
+        raise OutputFolderError(
+            f"output '{output_dir}' holds the finished dataset of run {previous.get('run_id')} (pipeline "
+            f"'{previous.get('pipeline')}', {previous.get('records')} records) built from another spec or input; "
+            "this run would replace it",
+            "give --output another folder, or pass --overwrite to replace that dataset")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run is recorded as interrupted and can be resumed."""
+
+
 def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_args: list[str] | None = None,
-                 catalog: Catalog | None = None, progress: Progress | None = None) -> RunResult:
+                 catalog: Catalog | None = None, progress: Progress | None = None,
+                 overwrite: bool = False) -> RunResult:
     catalog = catalog or Catalog()
     progress = progress or Progress()
     run_id = new_run_id()
     t0 = time.time()
+    check_output_folder(plan.output_dir, plan.fingerprint, overwrite)
+    for note in plan.notes:
+        progress.warn(f"note: {note}")
     lock = _take_output_lock(plan, catalog)
+    try:
+        _start_run(plan, run_id, runner, workers, catalog)
+    except BaseException:
+        _release_lock(lock)
+        raise
+    try:
+        result = _run(plan, run_id, t0, runner, workers, beam_args, catalog, progress)
+    except BaseException as e:
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        try:
+            catalog.finish_run(run_id, status, f"{type(e).__name__}: {e}"[:2000] if str(e) or status == "failed"
+                               else type(e).__name__)
+        except Exception as e2:  # noqa: BLE001 - say both: what ended the run and why the catalog lags
+            progress.warn(f"warning: {e2}")
+        raise
+    finally:
+        _release_lock(lock)
+    try:
+        catalog.finish_run(run_id, "succeeded")
+    except Exception as e:  # noqa: BLE001 - the data is complete; the catalog catches up later
+        progress.warn(f"warning: {e}")
+    return result
+
+
+def _start_run(plan: Plan, run_id: str, runner: str, workers: int, catalog: Catalog) -> None:
     catalog.start_run(
         run_id, pipeline=plan.spec.name, pipeline_file=os.path.abspath(plan.loaded.file), runner=runner,
         workers=workers, spec_fingerprint=plan.fingerprint, seed=plan.spec.seed,
         params=redact(plan.spec.model_dump()), code_version=CODE_VERSION, output_path=os.path.abspath(plan.output_dir),
     )
-    try:
-        execution = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress).execute(plan)
-        check_accounting(execution.stats)
-        n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.records_dir, execution.records)
-        expected = execution.stats[-1]["out"] if execution.stats else 0
-        if n != expected:
-            raise AccountingError(f"the last stage emitted {expected} records but the output holds {n}")
-        stats, removed, metrics = list(execution.stats), execution.removed, {}
-        n_dup, examples = engine.duplicate_ids(plan.records_dir)
-        metrics["publish"] = {"duplicate_ids": n_dup}
-        if n_dup:
-            progress.log(f"warning: {n_dup} records share their id with another record (e.g. {examples}); "
-                         "id-keyed stages (dedup, scores) cannot tell them apart: give records unique ids, "
-                         "or leave 'id' out to have one derived from source and text")
-        # Artifacts in production order; each one's parent is the one before it.
-        produced: list[dict] = []
-        scores: list[pa.Table] = []
-        if plan.dataset_stages:
-            produced.append(_artifact(run_id, f"{plan.spec.name}:documents", plan.records_dir, n, n_bytes,
-                                      fingerprint, plan.records_schema))
-            progress.log(f"whole-dataset stages: {', '.join(ps.label for ps in plan.dataset_stages)}")
-            outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots", execution.records, catalog)
-            for name, table in outcome.artifacts.items():
-                folder = Path(plan.output_dir) / name
-                engine.write_ordered(table, folder, plan.spec.output.records_per_file)
-                a_n, a_bytes, a_fp = engine.dataset_fingerprint(str(folder), table)
-                from schemas import REGISTRY
 
-                schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
-                produced.append(_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp,
-                                          schema))
-                if schema is not None and schema.name == "score":  # also to the catalog's scores, by record id
-                    scored_artifact = produced[0]["artifact_id"]
-                    scores.append(table)
-            engine.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file,
-                                 outcome.file_groups)
-            stats += outcome.stats
-            removed = pa.concat_tables([removed, outcome.removed])
-            metrics.update(outcome.metrics)
-            check_accounting(stats)
-            n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.output_dir, outcome.table)
-            if n != outcome.table.num_rows:
-                raise AccountingError(f"the last stage emitted {outcome.table.num_rows} records, the output has {n}")
-        meta_dir = Path(plan.output_dir) / ".longforge"
-        removed = removed.sort_by([("stage", "ascending"), ("record_id", "ascending")])
-        write_parquet_atomic(removed, meta_dir / "rejects.parquet")
-        output = _artifact(run_id, plan.spec.name, plan.output_dir, n, n_bytes, fingerprint, plan.final_schema)
-        output_id = output["artifact_id"]
-        chain = produced + [output]
-        lineage = [(a["artifact_id"], b["artifact_id"]) for a, b in zip(chain, chain[1:], strict=False)]
-        first_child = produced[0]["artifact_id"] if produced else output_id
-        artifacts = produced + [output]
-        for k, inp in enumerate(plan.spec.inputs):
-            path = os.path.abspath(os.path.expanduser(inp.path))
-            parent = catalog.latest_output_artifact(path)
-            if parent is None:
-                parent = _artifact_id(run_id, f"input{k}")
-                n_in = (execution.input_counts or {}).get(k)
-                artifacts.append({
-                    "artifact_id": parent, "name": os.path.basename(path.rstrip("/")), "kind": "input",
-                    "path": path, "n_records": n_in, "n_bytes": _size(path),
-                    "fingerprint": _input_fingerprint(plan, k), "schema_name": None, "schema_version": None,
-                })
-            lineage.append((parent, first_child))
-        seconds = round(time.time() - t0, 3)
-        _write_card(plan, run_id, runner, n, fingerprint, stats, seconds, metrics)
-        catalog.record_results(run_id, stage_stats=stats, rejects=removed.drop(["payload"]),
-                               artifacts=artifacts, lineage=lineage, metrics=metrics)
-        for t in scores:
-            n_s = t.num_rows
-            catalog.add_scores(pa.table({
-                "sample_id": t.column("sample_id"), "artifact_id": pa.array([scored_artifact] * n_s, pa.string()),
-                "job": t.column("job"), "model": t.column("model"), "revision": t.column("revision"),
-                "metric": t.column("metric"), "value": t.column("value"),
-                "run_id": pa.array([run_id] * n_s, pa.string()), "settings": t.column("settings")}))
-        catalog.finish_run(run_id, "succeeded")
-        _remove_stale_work(plan)
-    except BaseException as e:
-        catalog.finish_run(run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
-        raise
-    finally:
-        lock.unlink(missing_ok=True)
+
+def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_args: list[str] | None,
+         catalog: Catalog, progress: Progress) -> RunResult:
+    execution = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress).execute(plan)
+    check_accounting(execution.stats)
+    n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.records_dir, execution.records)
+    expected = execution.stats[-1]["out"] if execution.stats else 0
+    if n != expected:
+        raise AccountingError(f"the last stage emitted {expected} records but the output holds {n}")
+    stats, removed, metrics = list(execution.stats), execution.removed, {}
+    n_dup, examples = engine.duplicate_ids(plan.records_dir)
+    metrics["publish"] = {"duplicate_ids": n_dup}
+    if n_dup:
+        progress.warn(f"warning: {n_dup} records share their id with another record (e.g. {examples}); "
+                     "id-keyed stages (dedup, scores) cannot tell them apart: give records unique ids, "
+                     "or leave 'id' out to have one derived from source and text")
+    # Artifacts in production order; each one's parent is the one before it.
+    produced: list[dict] = []
+    scores: list[pa.Table] = []
+    if plan.dataset_stages:
+        produced.append(_artifact(run_id, f"{plan.spec.name}:documents", plan.records_dir, n, n_bytes,
+                                  fingerprint, plan.records_schema))
+        progress.log(f"whole-dataset stages: {', '.join(ps.label for ps in plan.dataset_stages)}")
+        outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots", execution.records, catalog)
+        for name, table in outcome.artifacts.items():
+            folder = Path(plan.output_dir) / name
+            engine.write_ordered(table, folder, plan.spec.output.records_per_file)
+            a_n, a_bytes, a_fp = engine.dataset_fingerprint(str(folder), table)
+            from schemas import REGISTRY
+
+            schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
+            produced.append(_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp,
+                                      schema))
+            if schema is not None and schema.name == "score":  # also to the catalog's scores, by record id
+                scored_artifact = produced[0]["artifact_id"]
+                scores.append(table)
+        engine.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file,
+                             outcome.file_groups)
+        stats += outcome.stats
+        removed = pa.concat_tables([removed, outcome.removed])
+        metrics.update(outcome.metrics)
+        check_accounting(stats)
+        n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.output_dir, outcome.table)
+        if n != outcome.table.num_rows:
+            raise AccountingError(f"the last stage emitted {outcome.table.num_rows} records, the output has {n}")
+    meta_dir = Path(plan.output_dir) / ".longforge"
+    removed = removed.sort_by([("stage", "ascending"), ("record_id", "ascending")])
+    write_parquet_atomic(removed, meta_dir / "rejects.parquet")
+    output = _artifact(run_id, plan.spec.name, plan.output_dir, n, n_bytes, fingerprint, plan.final_schema)
+    output_id = output["artifact_id"]
+    chain = produced + [output]
+    lineage = [(a["artifact_id"], b["artifact_id"]) for a, b in zip(chain, chain[1:], strict=False)]
+    first_child = produced[0]["artifact_id"] if produced else output_id
+    artifacts = produced + [output]
+    for k, inp in enumerate(plan.spec.inputs):
+        path = os.path.abspath(os.path.expanduser(inp.path))
+        parent = catalog.latest_output_artifact(path)
+        if parent is None:
+            parent = _artifact_id(run_id, f"input{k}")
+            n_in = (execution.input_counts or {}).get(k)
+            artifacts.append({
+                "artifact_id": parent, "name": os.path.basename(path.rstrip("/")), "kind": "input",
+                "path": path, "n_records": n_in, "n_bytes": _size(path),
+                "fingerprint": _input_fingerprint(plan, k), "schema_name": None, "schema_version": None,
+            })
+        lineage.append((parent, first_child))
+    seconds = round(time.time() - t0, 3)
+    _write_card(plan, run_id, runner, n, fingerprint, stats, seconds, metrics)
+    catalog.record_results(run_id, stage_stats=stats, rejects=removed.drop(["payload"]),
+                           artifacts=artifacts, lineage=lineage, metrics=metrics)
+    for t in scores:
+        n_s = t.num_rows
+        catalog.add_scores(pa.table({
+            "sample_id": t.column("sample_id"), "artifact_id": pa.array([scored_artifact] * n_s, pa.string()),
+            "job": t.column("job"), "model": t.column("model"), "revision": t.column("revision"),
+            "metric": t.column("metric"), "value": t.column("value"),
+            "run_id": pa.array([run_id] * n_s, pa.string()), "settings": t.column("settings")}))
+    _remove_stale_work(plan)
     return RunResult(run_id, plan.output_dir, n, fingerprint, stats, removed.num_rows, seconds, metrics)
 
 
-_SECRET = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential)", re.IGNORECASE)
-
-
-def redact(value):
-    """The spec as stored in the catalog: values of secret-looking keys and options are hidden."""
-    if isinstance(value, dict):
-        return {k: "***" if _SECRET.search(str(k)) else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, str) and value.startswith("--") and "=" in value and _SECRET.search(value.split("=")[0]):
-        return value.split("=")[0] + "=***"
-    return value
-
-
-def _take_output_lock(plan: Plan, catalog: Catalog) -> Path:
-    """One run per output folder. A lock left by a killed run is taken over, and the runs it
-    left 'running' in the catalog are marked 'interrupted'; the new run resumes their shards."""
+def _take_output_lock(plan: Plan, catalog: Catalog) -> int:
+    """One run per output folder, by a kernel lock (flock) that dies with its process, so two runs
+    can never both take it. A lock file that still names a pid was left by a run that died: the
+    runs it left 'running' are marked 'interrupted', and this run resumes their shards."""
     lock = Path(plan.output_dir) / ".longforge" / "lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        pid = int(lock.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        pid = None
-    if pid is not None and pid != os.getpid() and _alive(pid):
-        raise RuntimeError(f"another run (pid {pid}) is writing to {plan.output_dir}; wait for it or stop it")
-    if pid is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError(f"another run (pid {holder}) is writing to {plan.output_dir}; "
+                           "wait for it or stop it") from None
+    left = os.read(fd, 64).strip()
+    if left:
         catalog.mark_interrupted(os.path.abspath(plan.output_dir))
-    lock.write_text(str(os.getpid()))
-    return lock
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _release_lock(fd: int) -> None:
+    """An emptied lock file means the last run ended on its own; the kernel lock goes with close."""
+    try:
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
 
 
 def _remove_stale_work(plan: Plan) -> None:

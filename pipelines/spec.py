@@ -40,7 +40,7 @@ class InputSpec(_Strict):
 
 
 class ReadSpec(_Strict):
-    shard_mb: float = Field(64.0, gt=0, description="target input bytes per shard")
+    shard_mb: float = Field(64.0, ge=0.01, description="target input bytes per shard (at least 0.01 MB)")
     max_record_bytes: int = Field(8_000_000, gt=0, description="larger records are rejected")
 
 
@@ -61,10 +61,18 @@ class StageSpec(_Strict):
     label: str | None = None
 
 
+#: Seeds are stored as DuckDB BIGINT and fed to numpy; negative or larger ones fail later, not here.
+MAX_SEED = 2**63 - 1
+#: A pipeline file is a page of YAML: bigger ones, or ones whose aliases expand past this many
+#: nodes ("billion laughs"), are refused before anything is built from them.
+MAX_PIPELINE_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+
+
 class PipelineSpec(_Strict):
     name: str
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="every random choice derives from it and the record id")
     inputs: list[InputSpec] = Field(default_factory=list)
     read: ReadSpec = Field(default_factory=ReadSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
@@ -158,6 +166,59 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(current.model_fields)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """The safe loader, but a key written twice in one mapping is an error (YAML's last-wins hides typos)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = key_node.value
+                if key in seen and key != "<<":
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' appears twice in one mapping (first on line {seen[key]})",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(root: yaml.Node, file: str) -> None:
+    """Refuse a document whose aliases expand to more than MAX_YAML_NODES nodes. The count is taken
+    on the composed graph with memoisation, so it costs the file's size, never the expansion's."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            visiting.discard(id(node))
+            total = 1 + sum(sizes.get(id(k), 0) for k in kids)
+            sizes[id(node)] = min(total, MAX_YAML_NODES + 1)
+            continue
+        if id(node) in visiting:
+            raise PipelineError(file, node.start_mark.line + 1, "(file)", "an alias refers to itself",
+                                "a pipeline file cannot hold a recursive structure; write the values out")
+        visiting.add(id(node))
+        stack.append((node, True))
+        for k in kids:
+            if id(k) in visiting:
+                raise PipelineError(file, k.start_mark.line + 1, "(file)",
+                                    "an alias refers to a value that contains it",
+                                    "a pipeline file cannot hold a recursive structure; write the values out")
+            if id(k) not in sizes:
+                stack.append((k, False))
+    if sizes[id(root)] > MAX_YAML_NODES:
+        raise PipelineError(file, root.start_mark.line + 1, "(file)",
+                            f"its aliases expand to more than {MAX_YAML_NODES:,} values",
+                            "write the values out, or use fewer nested '*alias' references")
+
+
 def load_pipeline(path: str | Path) -> LoadedSpec:
     """Read and validate a pipeline file (structure and stage parameters, not yet schemas)."""
     file = str(path)
@@ -167,17 +228,26 @@ def load_pipeline(path: str | Path) -> LoadedSpec:
         raise PipelineError(file, None, "(file)", "no such pipeline file", "check the path") from None
     except UnicodeDecodeError as e:
         raise PipelineError(file, None, "(file)", f"not UTF-8 ({e.reason})", "save the file as UTF-8") from None
+    if len(text.encode("utf-8")) > MAX_PIPELINE_BYTES:
+        raise PipelineError(file, None, "(file)", f"larger than {MAX_PIPELINE_BYTES >> 10} KiB",
+                            "a pipeline file describes stages; put data in an input file")
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _StrictLoader(text)
         try:
             node = loader.get_single_node()
+            if node is not None:
+                _check_expansion(node, file)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
+        problem = str(getattr(e, "problem", e))
+        if "appears twice" in problem:
+            raise PipelineError(file, mark.line + 1 if mark else None, problem.split("'")[1], problem,
+                                "keep one of the two (YAML would silently use the last)") from None
         raise PipelineError(
-            file, mark.line + 1 if mark else None, "(syntax)", f"invalid YAML: {getattr(e, 'problem', e)}",
+            file, mark.line + 1 if mark else None, "(syntax)", f"invalid YAML: {problem}",
             "fix the indentation or quoting on that line",
         ) from None
     if not isinstance(data, dict):

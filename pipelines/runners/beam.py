@@ -27,12 +27,14 @@ from apache_beam.metrics.metric import MetricsFilter
 from pipelines import engine
 from pipelines.io import read_shard
 from pipelines.plan import Plan, PlannedStage
+from pipelines.redaction import install_log_redaction
 from pipelines.runners import Execution
 from stages.base import CollectionStage, Dropped, Rejected, merge_decisions
 from stages.beam_pipeline import new_pipeline
 
 NAMESPACE = "longforge"
 REMOVED = "removed"
+COPIES = "copies"
 
 
 def _counter(step: int, stage: str, what: str):
@@ -104,9 +106,11 @@ class _Keys(beam.DoFn):
         self.stage.setup()
 
     def process(self, record: dict):
+        digest = None
         for key, value in self.stage.keys(record):
+            digest = digest or engine.record_digest(record).hex()
             # The same JSON round trip as the local runner, so decide() sees identical values.
-            yield key, engine._tuplify(json.loads(json.dumps(value)))
+            yield key, (engine._tuplify(json.loads(json.dumps(value))), digest)
 
 
 class _Decide(beam.DoFn):
@@ -117,9 +121,19 @@ class _Decide(beam.DoFn):
         self.stage.setup()
 
     def process(self, group):
-        key, values = group
-        for d in self.stage.decide(key, list(values)):
+        key, entries = group
+        entries = list(entries)
+        values, drops = engine.copy_drops(entries)
+        for d in self.stage.decide(key, values):
             yield d.record_id, (d.reason, d.detail)
+        if drops:  # copies of one record in this group: the digests of that id's copies here
+            by_id: dict[str, list[str]] = {}
+            for value, digest in entries:
+                by_id.setdefault(engine.value_id(value), []).append(digest)
+            for value, _ in drops:
+                rid = engine.value_id(value)
+                if rid in by_id:
+                    yield beam.pvalue.TaggedOutput(COPIES, (rid, tuple(sorted(by_id.pop(rid)))))
 
 
 def _one_decision(decisions):
@@ -138,9 +152,27 @@ class _ApplyDecisions(beam.DoFn):
     def process(self, joined):
         record_id, grouped = joined
         decision = grouped["decision"][0] if grouped["decision"] else None
+        copy_sets = list(grouped["copies"])
+        # As the local runner's copy_drops(): in each group of copies the smallest digest stays, and
+        # of copies with equal digests (the same bytes) exactly one.
+        beaten = {d for st in copy_sets for d in st if d != min(st)}
+        in_sets = {d for st in copy_sets for d in st}
+        kept: set[str] = set()
         for record in grouped["records"]:
             self.c["in"].inc()
-            if decision is None:
+            copy = None
+            if decision is None and in_sets:
+                digest = engine.record_digest(record).hex()
+                if digest in beaten or digest in kept:
+                    copy = (engine.COPY_REASON, f"another copy with the same id and {self.label} key is kept")
+                elif digest in in_sets:
+                    kept.add(digest)
+            if copy is not None:
+                self.c["dropped"].inc()
+                yield beam.pvalue.TaggedOutput(REMOVED, {
+                    "stage": self.label, "record_id": record_id, "reason": copy[0], "detail": copy[1],
+                    "kind": "dropped", "payload": None})
+            elif decision is None:
                 self.c["out"].inc()
                 self.c["inputs_with_output"].inc()
                 yield record
@@ -160,16 +192,16 @@ class ApplyCollectionStage(beam.PTransform):
 
     def expand(self, records):
         stage = self.ps.stage
-        decisions = (
+        decided, copies = (
             records
             | "Keys" >> beam.ParDo(_Keys(stage))
             | "GroupByKey" >> beam.GroupByKey()
-            | "Decide" >> beam.ParDo(_Decide(stage))
-            | "OneDecisionPerRecord" >> beam.CombinePerKey(_one_decision)
+            | "Decide" >> beam.ParDo(_Decide(stage)).with_outputs(COPIES, main="decisions")
         )
+        decisions = decided | "OneDecisionPerRecord" >> beam.CombinePerKey(_one_decision)
         by_id = records | "ById" >> beam.Map(lambda r: (r["id"], r))
         return (
-            {"records": by_id, "decision": decisions}
+            {"records": by_id, "decision": decisions, "copies": copies}
             | "Join" >> beam.CoGroupByKey()
             | "Apply" >> beam.ParDo(_ApplyDecisions(self.ps.label, self.step)).with_outputs(REMOVED, main="records")
         )
@@ -227,12 +259,13 @@ class BeamRunner:
 
     def execute(self, plan: Plan) -> Execution:
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        install_log_redaction()  # Beam warns about options it does not know, values and all
         removed_dir = engine.work_root(plan) / f"beam-{plan.fingerprint[:12]}"
         for old in glob.glob(str(removed_dir / "removed*")):
             os.remove(old)
         os.makedirs(removed_dir, exist_ok=True)
         if self.progress is not None:
-            from pipelines.run import redact
+            from pipelines.redaction import redact
 
             how = redact(self.beam_args) if self.beam_args else f"FnApiRunner x{self.workers}"
             self.progress.log(f"beam: {len(plan.shards)} shards, {len(plan.stages)} stages, {how}")

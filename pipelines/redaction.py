@@ -1,0 +1,93 @@
+"""Credentials never reach the screen, a log or the catalog.
+
+Users pass tokens to Beam (``--beam-arg=--hf_token=...``), in URLs (``https://user:pass@host``)
+or in a pipeline's ``beam_args``. What longforge shows or stores goes through :func:`redact`, and
+log records of every library (Beam echoes options it does not know, values included) through
+:func:`install_log_redaction`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+# A whole word of a key or option (hf_token, api-key, password), not a part of one (max_tokens, tokenizer).
+_SECRET_WORD = r"(?<![a-z])(?:token|secret|password|passwd|api[_-]?key|credentials?|auth|access[_-]?key)(?![a-z])"
+_SECRET = re.compile(_SECRET_WORD, re.IGNORECASE)
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^/@\s]+)@")
+_TOKEN_LIKE = re.compile(r"\b(hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{16,})")
+
+
+def redact_text(text: str) -> str:
+    """A string with credentials hidden: URL user-info, well-known token shapes, --secret=VALUE."""
+    text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
+    text = _TOKEN_LIKE.sub("***", text)
+    if text.startswith("-") and "=" in text and _SECRET.search(text.split("=")[0]):
+        text = text.split("=")[0] + "=***"
+    return text
+
+
+def redact(value):
+    """What may be shown, logged or stored (the catalog, --dry-run, progress lines): values of
+    secret-looking keys and options are hidden, including the split form ``--hf_token VALUE``."""
+    if isinstance(value, dict):
+        return {k: "***" if _SECRET.search(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        out, hide_next = [], False
+        for v in value:
+            if hide_next and isinstance(v, str) and not v.startswith("--"):
+                out.append("***")
+                hide_next = False
+                continue
+            hide_next = (isinstance(v, str) and v.startswith("-") and "=" not in v
+                         and bool(_SECRET.search(v)))
+            out.append(redact(v))
+        return out
+    if isinstance(value, str):
+        return redact_text(value)
+    return value
+
+
+class RedactingFilter:
+    """A logging filter: libraries that echo their arguments (Beam warns about options it does
+    not know, values included) never print a credential."""
+
+    def filter(self, record) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logging's problem, not a leak
+            return True
+        cleaned = redact_text(message)
+        for word in _secret_words(message):
+            cleaned = cleaned.replace(word, "***")
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def _secret_words(message: str) -> list[str]:
+    """Values that follow a secret-looking option in a printed list: "'--hf_token', 'VALUE'"."""
+    found = []
+    for m in re.finditer(r"['\"](-{1,2}[\w.-]+)['\"],\s*['\"]([^'\"]+)['\"]", message):
+        if _SECRET.search(m.group(1)):
+            found.append(m.group(2))
+    for m in re.finditer(r"(-{1,2}[\w.-]+)=([^'\"\s,\]]+)", message):
+        if _SECRET.search(m.group(1)):
+            found.append(m.group(2))
+    return [f for f in found if f != "***"]
+
+
+def install_log_redaction() -> None:
+    """Redact every log record of this process as it is made, whichever logger or handler it takes."""
+    old = logging.getLogRecordFactory()
+    if getattr(old, "longforge_redacting", False):
+        return
+    check = RedactingFilter()
+
+    def factory(*args, **kwargs):
+        record = old(*args, **kwargs)
+        check.filter(record)
+        return record
+
+    factory.longforge_redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
