@@ -337,16 +337,19 @@ class Catalog:
             con.execute("INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [model, prompt_hash, params_hash, backend, params, text, now()])
 
-    def scored_ids(self, job: str, model: str, revision: str, settings_hash: str) -> set[str]:
-        """Samples that already have scores of this job, model, revision and settings (resume)."""
+    def scored_keys(self, job: str, model: str, revision: str, settings_hash: str) -> set[tuple[str, str]]:
+        """(sample id, content hash) of the samples already scored by this job, model, revision and
+        settings (resume). A record whose scored fields changed has another hash and is scored again;
+        rows written before content hashes were kept have none and are never reused."""
         if not Path(self.path).exists():
             return set()
         with self.connect() as con:
             rows = con.execute(
-                "SELECT DISTINCT sample_id FROM scores WHERE job = ? AND model = ? AND revision = ? "
-                "AND json_extract_string(settings, '$.hash') = ?", [job, model, revision, settings_hash],
+                "SELECT DISTINCT sample_id, content_hash FROM scores WHERE job = ? AND model = ? AND revision = ? "
+                "AND json_extract_string(settings, '$.hash') = ? AND content_hash IS NOT NULL",
+                [job, model, revision, settings_hash],
             ).fetchall()
-        return {r[0] for r in rows}
+        return {(r[0], r[1]) for r in rows}
 
     def find_artifact(self, name_or_id: str) -> tuple[str, str]:
         """(artifact_id, path) of an artifact given by id, or by name (the newest of that name)."""

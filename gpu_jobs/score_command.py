@@ -23,15 +23,27 @@ def read_records(path: str, columns: list[str], optional: tuple[str, ...] = ()) 
     p = Path(path).expanduser()
     if p.is_dir():
         data = p / "data" if (p / "data").is_dir() else p
-        files = sorted(data.glob("*.parquet")) or sorted(data.glob("*.jsonl")) + sorted(data.glob("*.jsonl.gz"))
+        parquet, jsonl = sorted(data.glob("*.parquet")), sorted(data.glob("*.jsonl")) + sorted(data.glob("*.jsonl.gz"))
+        if parquet and jsonl:
+            raise ScoreInputError(f"'{data}' holds both Parquet ({len(parquet)}) and JSONL ({len(jsonl)}) files; "
+                                  "give one file, or a folder of one format")
+        files = parquet or jsonl
     elif p.exists():
         files = [p]
     else:
         raise ScoreInputError(f"input '{path}' does not exist")
     if not files:
         raise ScoreInputError(f"no .parquet or .jsonl files in '{path}'")
-    tables = [pq.read_table(f) if f.suffix == ".parquet" else pajson.read_json(f) for f in files]
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f) if f.suffix == ".parquet" else pajson.read_json(f))
+        except (pa.ArrowException, OSError) as e:
+            raise ScoreInputError(f"'{f}' cannot be read ({type(e).__name__}: {str(e)[:200]}); "
+                                  "re-export it or leave it out") from None
     table = pa.concat_tables(tables, promote_options="default")
+    if table.num_rows == 0:
+        raise ScoreInputError(f"'{path}' holds no records: nothing to score")
     columns = [c for c in columns if c in table.column_names or c not in optional]
     missing = [c for c in ["id", *columns] if c not in table.column_names]
     if missing:
@@ -59,10 +71,14 @@ def score(args) -> int:
             print(f"error: --field {item!r}: expected NAME=COLUMN, NAME one of {', '.join(FIELDS)}", file=sys.stderr)
             return 2
         mapping[name] = column
-    settings = ScoreSettings(
-        args.job, max_tokens=args.max_tokens, stride=args.stride, token_budget=args.token_budget,
-        segment_tokens=args.segment_tokens, max_segments=args.max_segments,
-        **{f"{k}_field": v for k, v in mapping.items()})
+    try:
+        settings = ScoreSettings(
+            args.job, max_tokens=args.max_tokens, stride=args.stride, token_budget=args.token_budget,
+            segment_tokens=args.segment_tokens, max_segments=args.max_segments,
+            **{f"{k}_field": v for k, v in mapping.items()})
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     required, optional = settings.fields()
     catalog = Catalog(args.catalog)
     try:
@@ -76,14 +92,19 @@ def score(args) -> int:
         return 2
     if args.limit:
         records = records[:args.limit]
-    try:
-        lm = load_causal_lm(args.model, device=args.device)
-    except ModelNotAvailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     name = f"{args.job}-{Path(args.model).name}-{settings.hash()[:8]}"
     beside_catalog = Path(os.path.dirname(os.path.abspath(catalog.path)))
     output = Path(args.output) if args.output else beside_catalog / "scores" / name
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / "_job.json").exists())):
+        print(f"error: --output '{output}' already holds files that are not a scoring job's side table -> "
+              "give a new or empty folder", file=sys.stderr)
+        return 2
+    try:
+        lm = load_causal_lm(args.model, device=args.device)
+        settings.check_window(settings.max_tokens or lm.max_positions)
+    except (ModelNotAvailable, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     run_id = new_run_id()
     catalog.start_run(run_id, pipeline=f"score:{args.job}", pipeline_file="", runner="score", workers=1,
                       spec_fingerprint=settings.hash(), seed=settings.seed,
@@ -94,11 +115,13 @@ def score(args) -> int:
         result = run_scoring(lm, settings, records, catalog=catalog, output=output, artifact_id=artifact_id,
                              run_id=run_id, part_size=args.part_size, progress=Progress(enabled=not args.quiet))
     except BaseException as e:
-        catalog.finish_run(run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        catalog.finish_run(run_id, status, f"{type(e).__name__}: {e}"[:2000])
         raise
     catalog.finish_run(run_id, "succeeded")
     print(f"{args.job} with {args.model} (revision {lm.revision}, {lm.device} {lm.dtype}): {result.scored} samples "
-          f"scored, {result.skipped} already in the catalog, {result.rows} score rows, "
+          f"scored, {result.skipped} already in the catalog, {result.rejected} rejected (catalog table 'rejects'), "
+          f"{result.rows} score rows, "
           f"{result.tokens / max(result.seconds, 1e-9):,.0f} tokens/s")
     print(f"side table: {result.output}")
     print(f"catalog:    {catalog.path} (table scores, job = '{args.job}', model = '{args.model}')")

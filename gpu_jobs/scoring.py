@@ -59,6 +59,49 @@ class ScoreSettings:
     seed: int = 11  # [gateau]
     token_budget: int = field(default=8192, compare=False)
 
+    def __post_init__(self):
+        if self.job not in JOBS:
+            raise ValueError(f"unknown job '{self.job}' (one of {', '.join(JOBS)})")
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise ValueError(f"the window (max_tokens) must be at least 2 tokens, got {self.max_tokens}")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"the stride must be at least 1 token, got {self.stride}")
+        if self.stride is not None and self.max_tokens is not None and self.stride > self.max_tokens:
+            raise ValueError(f"the stride ({self.stride}) is larger than the window ({self.max_tokens}): the tokens "
+                             "between windows would never be scored; use a stride of at most the window")
+        for name in ("token_budget", "segment_tokens", "max_segments"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def check_window(self, window: int) -> None:
+        """The stride against the window actually used (the model's, when max_tokens is not given)."""
+        if self.stride is not None and self.stride > window:
+            raise ValueError(f"the stride ({self.stride}) is larger than the window ({window} tokens): the tokens "
+                             "between windows would never be scored; use a stride of at most the window")
+
+    def content_hash(self, record: dict) -> str:
+        """A hash of what this job reads of a record: a score is reused only for the same content."""
+        required, optional = self.fields()
+        payload = {f: record.get(f) for f in [*required, *optional]}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
+
+    def invalid(self, record: dict) -> tuple[str, str] | None:
+        """(reason, detail) when a record cannot be scored: a required field missing, not text, or empty."""
+        required, optional = self.fields()
+        for f in required:
+            v = record.get(f)
+            if v is None:
+                return "missing field", f"'{f}' is null or absent"
+            if not isinstance(v, str):
+                return "wrong type", f"'{f}' is {type(v).__name__}, needs a string"
+            if not v.strip():
+                return "empty text", f"'{f}' is empty"
+        for f in optional:
+            v = record.get(f)
+            if v is not None and not isinstance(v, str):
+                return "wrong type", f"'{f}' is {type(v).__name__}, needs a string"
+        return None
+
     def fields(self) -> tuple[list[str], list[str]]:
         """(columns the job needs, columns it reads when present): the instruction is optional."""
         if self.job == "perplexity":
@@ -355,12 +398,14 @@ def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[i
             on_tokens(sum(len(r.ids) for r in batch))
     for (i, tag), (nll, n) in sorted(sums.items()):
         if s.job == "segment-ppl":
-            add(i, f"segment_ppl:{tag:04d}", math.exp(nll / n) if n else float("nan"))
+            if n:
+                add(i, f"segment_ppl:{tag:04d}", math.exp(nll / n))
             continue
         prefix = "" if s.job == "perplexity" else "response_"
-        add(i, f"{prefix}nll_sum", nll)
         add(i, f"{prefix}scored_tokens", n)
-        add(i, f"{prefix}ppl", math.exp(nll / n) if n else float("nan"))
+        if n:  # a one-token text has nothing to predict: no perplexity (never NaN)
+            add(i, f"{prefix}nll_sum", nll)
+            add(i, f"{prefix}ppl", math.exp(nll / n))
     position = {r["id"]: i for i, r in enumerate(records)}
     return sorted(out, key=lambda x: (position[x["sample_id"]], x["metric"]))
 
@@ -382,16 +427,25 @@ class JobResult:
     tokens: int
     seconds: float
     output: Path
+    rejected: int = 0  # samples that cannot be scored (in the catalog's rejects, with the reason)
 
 
 def run_scoring(lm, settings: ScoreSettings, records: list[dict], *, catalog, output: Path, artifact_id: str | None,
                 run_id: str, part_size: int = 64, progress=None, stop_after_parts: int | None = None) -> JobResult:
-    """Score ``records`` (each with an ``id``), part by part, skipping samples already scored."""
+    """Score ``records`` (each with an ``id``), part by part, skipping samples already scored with
+    the same content. Records that cannot be scored go to the catalog's rejects with the reason."""
     from pipelines.io import write_parquet_atomic, write_text_atomic
 
     t0 = time.time()
+    settings.check_window(settings.max_tokens or lm.max_positions)
+    label = f"score:{settings.job}"
+    bad = [(r["id"], *why) for r in records if (why := settings.invalid(r)) is not None]
+    bad_ids = {b[0] for b in bad}
+    records = [r for r in records if r["id"] not in bad_ids]
     settings_json = json.dumps({**settings.identity(), "hash": settings.hash()}, sort_keys=True)
-    done = catalog.scored_ids(settings.job, lm.name, lm.revision, settings.hash())
+    hashes = {r["id"]: settings.content_hash(r) for r in records}
+    done = {r["id"] for r in records if (r["id"], hashes[r["id"]]) in
+            catalog.scored_keys(settings.job, lm.name, lm.revision, settings.hash())}
     ordered = sorted(records, key=lambda r: (sample_length(r, settings), r["id"]))
     parts = [ordered[i:i + part_size] for i in range(0, len(ordered), part_size)]
     output.mkdir(parents=True, exist_ok=True)
@@ -399,7 +453,7 @@ def run_scoring(lm, settings: ScoreSettings, records: list[dict], *, catalog, ou
                                   "settings": json.loads(settings_json)}, indent=2, sort_keys=True) + "\n",
                       output / "_job.json")  # "_": Parquet readers of the folder skip it
     tokens = rows_written = scored = 0
-    bar = progress.bar(f"score {settings.job}", total=len(records), initial=sum(r["id"] in done for r in records),
+    bar = progress.bar(f"score {settings.job}", total=len(records), initial=len(done),
                        unit="sample") if progress else None
 
     def on_tokens(n):
@@ -412,15 +466,17 @@ def run_scoring(lm, settings: ScoreSettings, records: list[dict], *, catalog, ou
             continue
         values = score_part(lm, settings, part, on_tokens)  # the whole part: the same batches every time
         new = pa.Table.from_pylist([v for v in values if v["sample_id"] not in done], schema=SIDE_SCHEMA)
-        # Named by its samples: a part recomputed after a kill (before its catalog insert) replaces itself.
-        name = hashlib.sha256("\n".join(r["id"] for r in todo).encode()).hexdigest()[:16]
+        # Named by its samples and their content: a part recomputed after a kill (before its catalog
+        # insert) replaces itself; new content never overwrites the scores of the old.
+        name = hashlib.sha256("\n".join(f"{r['id']}:{hashes[r['id']]}" for r in todo).encode()).hexdigest()[:16]
         write_parquet_atomic(new, output / f"part-{name}.parquet")
         n = new.num_rows
         catalog.add_scores(pa.table({
             "sample_id": new.column("sample_id"), "artifact_id": pa.array([artifact_id] * n, pa.string()),
             "job": pa.array([settings.job] * n), "model": pa.array([lm.name] * n),
             "revision": pa.array([lm.revision] * n), "metric": new.column("metric"), "value": new.column("value"),
-            "run_id": pa.array([run_id] * n), "settings": pa.array([settings_json] * n)}))
+            "run_id": pa.array([run_id] * n), "settings": pa.array([settings_json] * n),
+            "content_hash": pa.array([hashes[i] for i in new.column("sample_id").to_pylist()], pa.string())}))
         rows_written += n
         scored += len(todo)
         if bar:
@@ -429,5 +485,12 @@ def run_scoring(lm, settings: ScoreSettings, records: list[dict], *, catalog, ou
             break
     if bar:
         bar.close()
-    skipped = sum(1 for r in records if r["id"] in done)
-    return JobResult(scored, skipped, rows_written, tokens, time.time() - t0, output)
+    n_in = len(records) + len(bad_ids)
+    rejects = pa.table({"stage": [label] * len(bad), "record_id": [b[0] for b in bad],
+                        "reason": [b[1] for b in bad], "detail": [b[2] for b in bad],
+                        "kind": ["rejected"] * len(bad)})
+    catalog.record_results(run_id, stage_stats=[{
+        "step": 0, "stage": label, "shape": "per-record", "in": n_in, "out": n_in - len(bad_ids),
+        "rejected": len(bad_ids), "dropped": 0, "inputs_with_output": n_in - len(bad_ids),
+        "seconds": round(time.time() - t0, 3)}], rejects=rejects, artifacts=[], lineage=[])
+    return JobResult(scored, len(done), rows_written, tokens, time.time() - t0, output, len(bad))

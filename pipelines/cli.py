@@ -232,7 +232,7 @@ def _run(args) -> int:
     print()
     print(f"run       {result.run_id} ({runner}, {result.seconds:.1f} s)")
     print(f"output    {result.output_dir} ({result.n_records:,} records)")
-    print(f"rejects   {result.n_removed:,} rejected or dropped (catalog table 'rejects')")
+    print(f"rejects   {result.n_removed:,} rejected, dropped or truncated (catalog table 'rejects')")
     print(f"content   {result.fingerprint}")
     print(f"catalog   {catalog.path}")
     return 0

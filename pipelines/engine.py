@@ -26,7 +26,7 @@ from pipelines.io import read_shard, write_parquet_atomic, write_text_atomic
 from pipelines.plan import Plan, PlannedStage, Step
 from schemas import REJECT, RecordSchema, cast_table
 from schemas.tables import is_numeric_list, sort_by_id
-from stages.base import Dropped, Rejected, merge_decisions
+from stages.base import Dropped, Rejected, Truncated, merge_decisions
 
 #: Shapes whose output records are not the input records (reconciled by inputs that produced output).
 EXPANDING = ("per-record-expanding", "whole-dataset")
@@ -82,8 +82,8 @@ def merge_stats(items: Iterable[dict], plan: Plan) -> list[dict]:
     return sorted(total.values(), key=lambda s: (s["step"], position.get(s["stage"], -1)))
 
 
-def removed_row(stage: str, item: Rejected | Dropped) -> dict:
-    kind = "rejected" if isinstance(item, Rejected) else "dropped"
+def removed_row(stage: str, item: Rejected | Dropped | Truncated) -> dict:
+    kind = "rejected" if isinstance(item, Rejected) else "truncated" if isinstance(item, Truncated) else "dropped"
     return {"stage": stage, "record_id": item.record_id, "reason": item.reason, "detail": item.detail,
             "kind": kind, "payload": getattr(item, "payload", None)}
 
@@ -564,6 +564,7 @@ def run_dataset_step(plan: Plan, files_dir: Path, records: pa.Table | None = Non
                       "out": ctx.table.num_rows, "rejected": 0, "dropped": len(result.dropped),
                       "inputs_with_output": consumed, "seconds": round(seconds, 6)})
         removed.extend(removed_row(ps.label, d) for d in result.dropped)
+        removed.extend(removed_row(ps.label, t) for t in result.truncated)  # used in part: not a drop
     final = ctx.table.cast(step.out_schema.arrow) if ctx.table.schema != step.out_schema.arrow else ctx.table
     if file_groups is not None and sum(n for _, n in file_groups) != final.num_rows:
         raise RuntimeError(f"file groups cover {sum(n for _, n in file_groups)} rows of {final.num_rows}")

@@ -141,7 +141,8 @@ def _raise_validation(e: ValidationError, model: type[BaseModel], file: str, lin
         raise PipelineError(file, line, key, "required key is missing", f"add '{err['loc'][-1]}:'")
     field = model.model_fields.get(err["loc"][0]) if len(err["loc"]) == 1 else None
     expected = f" ({_type_name(field.annotation)})" if field is not None else ""
-    fix = f"give '{err['loc'][-1]}' a valid value{expected}; the parameters are listed by " + (
+    name = err["loc"][-1] if err["loc"] else (prefix[-1] if prefix else "the file")
+    fix = f"give '{name}' a valid value{expected}; the parameters are listed by " + (
         "`longforge stages`" if prefix[:1] == ("stages",) else "the README's pipeline reference")
     raise PipelineError(file, line, key, _describe_type_error(err), fix)
 

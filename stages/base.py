@@ -47,6 +47,16 @@ class Dropped:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Truncated:
+    """A record that is in the output only in part (packing cut its tail): it is counted as used,
+    and this note in the rejects output says what of it is missing."""
+
+    record_id: str
+    reason: str
+    detail: str = ""
+
+
 Outcome = dict | Rejected | Dropped
 
 
@@ -129,6 +139,7 @@ class DatasetContext:
 class DatasetResult:
     table: Any  # the records after this stage (may be a new record type, e.g. contexts)
     dropped: list = field(default_factory=list)  # Dropped, for documents removed by design
+    truncated: list = field(default_factory=list)  # Truncated, for documents the output holds only in part
     consumed: int | None = None  # inputs that made it into the output (when records are reshaped)
     # Consecutive runs of the table's rows that go to output files of their own, as (label, rows):
     # decomposition's buckets become data/train-D08-*.parquet, ... A later stage that returns the

@@ -8,7 +8,7 @@ import json
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas import SCORE, SCORE_FIELDS, RecordSchema
 from stages import register
@@ -31,6 +31,13 @@ class ScoreParams(StageParams):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda[:N]")
     prefix: str = Field("", description="put before each metric name (short/, long/): several score stages "
                         "share the records' one `scores` list")
+
+    @model_validator(mode="after")
+    def _stride_within_window(self):
+        if self.stride is not None and self.max_tokens is not None and self.stride > self.max_tokens:
+            raise ValueError(f"stride ({self.stride}) is larger than max_tokens ({self.max_tokens}): tokens between "
+                             "windows would never be scored")
+        return self
 
 
 @register

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from schemas import TOKEN_IDS_RECORD, UTK_MARKER, UTK_SAMPLE, UTK_TEXT_VIEW, RecordSchema
 from stages import register
 from stages import utk_core as core
-from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, StageParams
+from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, StageParams, Truncated
 
 
 class MarkerText(StageParams):
@@ -147,8 +147,18 @@ class Utk(DatasetStage):
         table, stats = self._samples(core.pack_samples(stream, cfg, markers, label_tokens), stream_ids, markers)
         # Documents past the last full sample are dropped by design; one cut there counts as used.
         consumed_docs = stats.pop("docs_reached")
+        last_end = stats.pop("last_piece_end")
         for k in range(consumed_docs, len(stream)):
             dropped.append(Dropped(stream_ids[k], "after the last full sample", f"{len(stream[k])} tokens"))
+        truncated = []
+        if consumed_docs and last_end < len(stream[consumed_docs - 1]):
+            # The document that straddles the end of the last full sample: its head is in that sample,
+            # its tail would start the incomplete one, which is not made. Said, with its size.
+            k, n_doc = consumed_docs - 1, len(stream[consumed_docs - 1])
+            truncated.append(Truncated(stream_ids[k], "tail after the last full sample",
+                                       f"{n_doc - last_end} of {n_doc} tokens not used (tokens {last_end}..{n_doc})"))
+        stats["documents_truncated"] = len(truncated)
+        stats["tokens_cut_from_truncated"] = (len(stream[consumed_docs - 1]) - last_end) if truncated else 0
         tokens_in = int(sum(len(d) for d in stream))
         m = ctx.metrics.setdefault(self.name, {})
         m.update(stats)
@@ -171,7 +181,7 @@ class Utk(DatasetStage):
             (folder / "markers.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             if p.markers == "special":
                 tok.save(str(folder / "tokenizer.json"))
-        return DatasetResult(table, dropped, consumed=len(ids) - len(dropped))
+        return DatasetResult(table, dropped, consumed=len(ids) - len(dropped), truncated=truncated)
 
     def _samples(self, samples, stream_ids: list[str], markers: core.Markers) -> tuple[pa.Table, dict]:
         L = self.params.context_length
@@ -179,7 +189,7 @@ class Utk(DatasetStage):
         seqs, masks = [], []
         knotted = split_pieces = pieces = content = marker_tokens = 0
         hist: dict[int, int] = {}
-        reached = 0
+        reached = last_end = 0
         for s in samples:
             seqs.append(s.tokens)
             masks.append(core.loss_mask(s.roles) if s.knotted else np.ones(L, dtype=np.uint8))
@@ -199,7 +209,7 @@ class Utk(DatasetStage):
                     split_pieces += pc_.n_chunks > 1
             marker_tokens += int((s.roles != core.CONTENT).sum())
             last = s.pieces[-1]
-            reached = last.doc + 1
+            reached, last_end = last.doc + 1, last.end
         n = len(seqs)
         flat = np.concatenate(seqs) if n else np.zeros(0, dtype=np.int32)
         step = L + 1
@@ -226,7 +236,8 @@ class Utk(DatasetStage):
                  "chunks_per_split_piece": (sum(h * c for h, c in hist.items() if h > 1) / split_pieces
                                             if split_pieces else 0.0),
                  "pieces_per_knotted_sample": knotted_pieces / knotted if knotted else 0.0,
-                 "content_tokens": content, "marker_tokens": marker_tokens, "docs_reached": reached}
+                 "content_tokens": content, "marker_tokens": marker_tokens, "docs_reached": reached,
+                 "last_piece_end": last_end}
         stats |= {f"knotted_pieces_in_{h}_chunks": c for h, c in sorted(hist.items())}
         return table, stats
 
