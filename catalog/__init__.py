@@ -140,11 +140,16 @@ FROM stage_stats;
 """
 
 
-#: Settings of the connection behind `longforge catalog query`: it reads this catalog and nothing
-#: else. No file is read or written (COPY, read_text, ATTACH), no extension installed or loaded,
-#: and the settings cannot be changed back by the query.
-QUERY_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
-                "autoload_known_extensions": False, "lock_configuration": True}
+#: Settings of the connection behind `longforge catalog query`: one SELECT over this catalog and the
+#: files of its artifacts; nothing else is read (read_text('/etc/...')), nothing is written (COPY,
+#: ATTACH), no extension is installed or loaded, and the query cannot change these settings back.
+QUERY_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+#: Applied after the readable folders are set (DuckDB takes those only while access is open).
+SANDBOX = {"enable_external_access": "false", "lock_configuration": "true"}
+
+
+class QueryRefused(ValueError):
+    """A catalog query that would do more than read."""
 
 
 class CatalogUnavailable(RuntimeError):
@@ -378,7 +383,18 @@ class Catalog:
     # -- reads ---------------------------------------------------------------------------------------
 
     def query(self, sql: str, params: Sequence | None = None) -> tuple[list[str], list[tuple]]:
-        """A read-only query, sandboxed: see QUERY_CONFIG."""
+        """One read-only SELECT, sandboxed: it reads the catalog and the files of its artifacts and
+        runs (to join scores with records), writes nothing, and cannot change its own settings."""
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as e:
+            raise QueryRefused(f"query failed: {e}") from None
+        kinds = [st.type.name for st in statements]
+        if len(statements) != 1 or kinds[0] not in ("SELECT", "EXPLAIN"):
+            raise QueryRefused(
+                f"only one SELECT statement is run here (got {', '.join(kinds) or 'nothing'}): "
+                "the catalog query reads; COPY, ATTACH, INSTALL, SET and writes are refused -> "
+                "to export, run the SELECT with --format csv or json and redirect it")
         if self.pending_path.exists():
             try:
                 with self.connect():
@@ -386,9 +402,24 @@ class Catalog:
             except duckdb.Error:
                 pass  # still held: the rows show 'running' until the next write
         with self.connect(read_only=True, config=QUERY_CONFIG) as con:
+            readable = self._readable_paths(con)
+            con.execute("SET allowed_directories = ?", [sorted(p for p in readable if os.path.isdir(p))])
+            con.execute("SET allowed_paths = ?", [sorted(p for p in readable if not os.path.isdir(p))])
+            for key, value in SANDBOX.items():
+                con.execute(f"SET {key} = {value}")
             cur = con.execute(sql, params or [])
             columns = [d[0] for d in cur.description] if cur.description else []
             return columns, cur.fetchall()
+
+    @staticmethod
+    def _readable_paths(con) -> set[str]:
+        """Folders and files the catalog knows: artifacts (outputs and inputs) and run outputs."""
+        rows = con.execute("SELECT path FROM artifacts UNION SELECT output_path FROM runs").fetchall()
+        out = set()
+        for (p,) in rows:
+            if p and os.path.exists(p):
+                out.add(os.path.realpath(p) + (os.sep if os.path.isdir(p) else ""))
+        return out
 
 
 def _pid_alive(pid: int) -> bool:

@@ -356,7 +356,7 @@ QUERIES = {
 
 
 def _catalog(args) -> int:
-    from catalog import Catalog
+    from catalog import Catalog, QueryRefused
 
     cat = Catalog(args.catalog)
     try:
@@ -364,7 +364,7 @@ def _catalog(args) -> int:
             return _show_run(cat, args.run_id)
         sql = args.sql if args.catalog_command == "query" else QUERIES[args.catalog_command]
         columns, rows = cat.query(sql)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, QueryRefused) as e:
         raise UsageError(str(e)) from None
     except Exception as e:  # duckdb errors: bad SQL is a usage error
         if type(e).__module__.startswith("duckdb") or type(e).__module__.startswith("_duckdb"):

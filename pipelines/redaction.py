@@ -48,6 +48,30 @@ def redact(value):
     return value
 
 
+#: Values known to be secret in this process (those given to secret-looking options), hidden
+#: wherever they appear in a log line, even alone ("Unparseable argument: VALUE").
+_KNOWN_SECRETS: set[str] = set()
+
+
+def secret_values(args: list[str]) -> list[str]:
+    """The values of secret-looking options in an argument list, in both forms."""
+    found, take_next = [], False
+    for a in args:
+        if take_next and not a.startswith("--"):
+            found.append(a)
+        take_next = False
+        if a.startswith("-") and _SECRET.search(a.split("=")[0]):
+            if "=" in a:
+                found.append(a.split("=", 1)[1])
+            else:
+                take_next = True
+    return [f for f in found if f]
+
+
+def remember_secrets(args: list[str]) -> None:
+    _KNOWN_SECRETS.update(secret_values(args))
+
+
 class RedactingFilter:
     """A logging filter: libraries that echo their arguments (Beam warns about options it does
     not know, values included) never print a credential."""
@@ -58,7 +82,7 @@ class RedactingFilter:
         except Exception:  # noqa: BLE001 - a malformed record is logging's problem, not a leak
             return True
         cleaned = redact_text(message)
-        for word in _secret_words(message):
+        for word in [*_secret_words(message), *_KNOWN_SECRETS]:
             cleaned = cleaned.replace(word, "***")
         if cleaned != message:
             record.msg, record.args = cleaned, None

@@ -27,7 +27,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from pipelines import engine
 from pipelines.io import read_shard
 from pipelines.plan import Plan, PlannedStage
-from pipelines.redaction import install_log_redaction
+from pipelines.redaction import install_log_redaction, remember_secrets
 from pipelines.runners import Execution
 from stages.base import CollectionStage, Dropped, Rejected, merge_decisions
 from stages.beam_pipeline import new_pipeline
@@ -260,6 +260,7 @@ class BeamRunner:
     def execute(self, plan: Plan) -> Execution:
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
         install_log_redaction()  # Beam warns about options it does not know, values and all
+        remember_secrets(self.beam_args)
         removed_dir = engine.work_root(plan) / f"beam-{plan.fingerprint[:12]}"
         for old in glob.glob(str(removed_dir / "removed*")):
             os.remove(old)
