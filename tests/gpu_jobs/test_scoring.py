@@ -273,3 +273,82 @@ def test_segment_numbers_agree_between_the_two_segment_jobs_when_the_window_cuts
                                [(j - int(cut)) * 64 for j in js], 64).mean(axis=0)
     got = {int(o["metric"].split(":")[1]): o["value"] for o in att if o["metric"].startswith("segment_attention:")}
     assert [got[j] for j in js] == pytest.approx(direct.tolist(), rel=1e-6)
+
+
+def _score(inp, catalog, out, *extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(_score_args(inp, catalog, out, *extra), env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_changed_text_is_scored_again_not_given_its_old_score(paragraphs, tmp_path):
+    """Issue 11, point 4: scores are reused by (id, content), never by id alone."""
+    records = paragraphs[:4]
+    inp = write_jsonl(tmp_path / "a.jsonl", records)
+    catalog, out = tmp_path / "c.duckdb", tmp_path / "scores"
+    assert _score(inp, catalog, out).returncode == 0
+    changed = [dict(r) for r in records]
+    changed[1]["text"] = paragraphs[10]["text"]  # same id, another paragraph
+    write_jsonl(inp, changed)
+    again = _score(inp, catalog, out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 samples scored, 3 already in the catalog" in again.stdout
+    rows = Catalog(str(catalog)).query(
+        "SELECT sample_id, content_hash, value FROM scores WHERE metric = 'ppl' ORDER BY run_id")[1]
+    for_changed = [(h, v) for s, h, v in rows if s == changed[1]["id"]]
+    assert len(for_changed) == 2 and for_changed[0][0] != for_changed[1][0]
+    smollm2 = load_causal_lm("smollm2-135m", device="cpu")
+    assert for_changed[1][1] == pytest.approx(_direct_ppl(smollm2, changed[1]["text"]), rel=1e-3)
+    # The side table keeps both: new content never overwrote the old part.
+    side = pq.read_table(str(out)).to_pylist()
+    assert sum(1 for r in side if r["sample_id"] == changed[1]["id"] and r["metric"] == "ppl") == 2
+
+
+def test_unscorable_records_are_rejected_with_a_reason_and_never_scored_nan(paragraphs, tmp_path):
+    """Issue 11, point 11: null, empty and non-text fields go to the catalog's rejects; no NaN anywhere."""
+    records = [dict(r) for r in paragraphs[:3]] + [
+        {"id": "null-text", "text": None}, {"id": "empty-text", "text": "  \n "}, {"id": "one-word", "text": "Hi"}]
+    inp = write_jsonl(tmp_path / "a.jsonl", records)
+    catalog = tmp_path / "c.duckdb"
+    r = _score(inp, catalog, tmp_path / "scores")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 rejected" in r.stdout
+    cat = Catalog(str(catalog))
+    rejects = cat.query("SELECT record_id, reason, stage FROM rejects ORDER BY 1")[1]
+    assert rejects == [("empty-text", "empty text", "score:perplexity"), ("null-text", "missing field",
+                                                                          "score:perplexity")]
+    values = cat.query("SELECT sample_id, metric, value FROM scores")[1]
+    assert not any(math.isnan(v) for _, _, v in values)
+    assert {s for s, _, _ in values} == {p["id"] for p in paragraphs[:3]} | {"one-word"}
+    stats = cat.query("SELECT records_in, records_out, records_rejected FROM stage_stats")[1]
+    assert stats == [(6, 4, 2)]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--stride", "-4"], "--stride: must be at least 1"),
+    (["--max-tokens", "0"], "--max-tokens: must be at least 1"),
+    (["--max-tokens", "-5"], "--max-tokens: must be at least 1"),
+    (["--stride", "300"], "the stride (300) is larger than the window (256)"),
+])
+def test_bad_windows_and_strides_are_refused_before_any_work(paragraphs, tmp_path, extra, message):
+    inp = write_jsonl(tmp_path / "a.jsonl", paragraphs[:2])
+    r = _score(inp, tmp_path / "c.duckdb", tmp_path / "scores", *extra)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "scores").exists()
+
+
+def test_a_stride_over_the_models_window_is_refused(paragraphs, tmp_path):
+    inp = write_jsonl(tmp_path / "a.jsonl", paragraphs[:2])
+    args = [a for a in _score_args(inp, tmp_path / "c.duckdb", tmp_path / "s") if a not in ("--max-tokens", "256")]
+    r = subprocess.run([*args, "--stride", "100000"], env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "larger than the window (8192 tokens)" in r.stderr
+
+
+def test_empty_and_damaged_inputs_say_so(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    r = _score(tmp_path / "empty.jsonl", tmp_path / "c.duckdb", tmp_path / "s")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "empty.jsonl" in r.stderr
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1\x00\x01")
+    r = _score(tmp_path / "cut.parquet", tmp_path / "c.duckdb", tmp_path / "s")
+    assert r.returncode == 2 and "cut.parquet' cannot be read" in r.stderr and "Traceback" not in r.stderr

@@ -91,6 +91,9 @@ def test_changed_parameters_do_not_reuse_stale_shards(real_docs, tmp_path):
     second = write_pipeline(tmp_path / "b.yaml", PIPELINE.format(input=src).replace(
         "  - stage: normalize\n", "  - stage: normalize\n  - stage: length_filter\n    params: {min_chars: 2000}\n"))
     result = run_cli("run", str(second), "--output", str(out), "--catalog", str(tmp_path / "c.duckdb"), "--quiet")
+    assert result.returncode == 2 and "--overwrite" in result.stderr  # a finished dataset is not replaced unasked
+    result = run_cli("run", str(second), "--output", str(out), "--catalog", str(tmp_path / "c.duckdb"), "--quiet",
+                     "--overwrite")
     assert result.returncode == 0, result.stderr
     import pyarrow.parquet as pq
 

@@ -448,7 +448,7 @@ def test_catalog_query_reads_its_artifacts_and_nothing_else(docs, pipeline, tmp_
     refused = {
         f"COPY (SELECT 1 AS x) TO '{data}' (FORMAT parquet)": "COPY",
         f"ATTACH '{other}' AS o (READ_WRITE)": "ATTACH",
-        f"SELECT 1; DELETE FROM runs": "SELECT, DELETE",
+        "SELECT 1; DELETE FROM runs": "SELECT, DELETE",
         "INSTALL httpfs": "LOAD",
         "SET enable_external_access = true": "SET",
     }

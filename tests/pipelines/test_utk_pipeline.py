@@ -63,8 +63,11 @@ def test_every_document_read_back_token_for_token_and_byte_for_byte(utk_run, rea
     found = Counter(g.tobytes() for g in got)
     assert len(got) > 1000 and not found - have  # each one a document, no more often than the input has it
     # the documents the output holds whole are all of them but those after the last full sample
-    dropped = pq.read_table(str(out / ".longforge" / "rejects.parquet")).to_pylist()
-    assert len(got) + len(dropped) + 1 == len(documents)  # + the one cut by the end of the last sample
+    removed = pq.read_table(str(out / ".longforge" / "rejects.parquet")).to_pylist()
+    dropped = [r for r in removed if r["kind"] == "dropped"]
+    truncated = [r for r in removed if r["kind"] == "truncated"]
+    assert len(got) + len(dropped) + len(truncated) == len(documents)  # + the one cut by the last sample's end
+    assert len(truncated) == 1
     # and their text, decoded, is the input text byte for byte
     tok = Tokenizer.from_file(str(out / "utk" / "tokenizer.json"))
     text_of = {d["id"]: d["text"] for d in real_docs}
@@ -110,3 +113,23 @@ def test_knotted_share_close_to_p(utk_run):
     applied = pq.read_table(str(out / "data"), columns=["utk_applied"]).column("utk_applied").to_pylist()
     assert binomtest(sum(applied), len(applied), 0.8).pvalue > 1e-3
     assert Counter(applied)[False] > 0  # some samples stay plain
+
+
+def test_the_document_cut_by_the_last_sample_is_recorded_with_what_it_lost(utk_run):
+    """Issue 11, point 5: the straddling document's tail is not lost silently; the note in rejects says
+    how many of its tokens the samples hold, and the samples' chunks agree token for token."""
+    out, _, catalog = utk_run
+    cat = Catalog(str(catalog))
+    run = cat.query(f"SELECT run_id FROM runs WHERE output_path = '{out}'")[1][0][0]
+    rows = cat.query(f"SELECT record_id, reason, detail FROM rejects WHERE run_id = '{run}' AND kind = 'truncated'")[1]
+    assert len(rows) == 1 and rows[0][1] == "tail after the last full sample"
+    doc_id, _, detail = rows[0]
+    lost, total = (int(x) for x in detail.split(" tokens")[0].split(" of "))
+    documents = pq.read_table(str(out / "documents" / "data")).to_pylist()
+    assert total == len(next(d for d in documents if d["id"] == doc_id)["input_ids"])
+    chunks = [c for cs in pq.read_table(str(out / "data"), columns=["chunks"]).column("chunks").to_pylist()
+              for c in cs if c["doc_id"] == doc_id]
+    assert chunks and max(c["src_end"] for c in chunks) == total - lost  # the head is there, the tail is not
+    assert sum(c["src_end"] - c["src_start"] for c in chunks) == total - lost
+    m = dict(((s, n), v) for s, n, v in cat.query(f"SELECT stage, name, value FROM metrics WHERE run_id = '{run}'")[1])
+    assert m[("utk", "documents_truncated")] == 1 and m[("utk", "tokens_cut_from_truncated")] == lost > 0
