@@ -414,10 +414,11 @@ class Catalog:
     @staticmethod
     def _readable_paths(con) -> set[str]:
         """Folders and files the catalog knows: artifacts (outputs and inputs) and run outputs."""
-        rows = con.execute("SELECT path FROM artifacts UNION SELECT output_path FROM runs").fetchall()
+        rows = con.execute("SELECT path FROM artifacts UNION SELECT output_path FROM runs "
+                           "UNION SELECT json_extract_string(params, '$.input') FROM runs").fetchall()
         out = set()
         for (p,) in rows:
-            if p and os.path.exists(p):
+            if p and os.path.exists(p):  # a relative input of `score` is relative to where it ran: best effort
                 out.add(os.path.realpath(p) + (os.sep if os.path.isdir(p) else ""))
         return out
 

@@ -313,13 +313,16 @@ def _select(args) -> int:
 
     if not 0 <= args.alpha <= 1 or not 0 < args.ratio <= 1:
         raise UsageError("--alpha must be in [0, 1] and --ratio in (0, 1]")
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not (out / "selection.json").exists():
+        raise UsageError(f"--output '{out}' already holds files that are not a selection; "
+                         "give a new or empty folder")
     options = SelectOptions(args.alpha, args.ratio, args.ppl_transform, args.pool_norm, args.importance,
                             args.cam_transform, args.no_segments)
     try:
         scores, selected = reselect(args.gateau_output, options)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from e
-    out = Path(args.output)
     write_parquet_atomic(scores, out / "gateau_scores" / "data" / "train-00000-of-00001.parquet")
     write_parquet_atomic(selected, out / "data" / "train-00000-of-00001.parquet")
     lines = [json.dumps({"id": r["id"], "messages": r["messages"], "score": r["score"], "rank": r["rank"]},

@@ -310,8 +310,13 @@ def build(name: str, output: str | None = None) -> tuple[str, int]:
     from schemas import DOCUMENT
 
     corpus = CORPORA[name]
-    docs = list(corpus.build())
     out = output or os.path.join("out", "corpora", name)
+    card_path = Path(out, "README.md")
+    if Path(out).exists() and any(Path(out).iterdir()) and not (
+            card_path.exists() and f"built by `longforge corpus build {name}`" in card_path.read_text("utf-8")):
+        raise CorpusNotAvailable(f"'{out}' already holds files that are not corpus {name}; "
+                                 "give --output a new or empty folder")
+    docs = list(corpus.build())
     path = output_file(out, 0, 1)
     write_bucket(docs, path, DOCUMENT)
     card = (f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*.parquet\n"

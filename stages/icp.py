@@ -17,7 +17,7 @@ from pydantic import Field
 from schemas import CONTEXT, DEDUP, EMBEDDING, KNN, ORDER, ORDER_FIELDS, TEXT_RECORD, RecordSchema
 from stages import icp_core as core
 from stages import register
-from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, StageParams
+from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, StageParams, Truncated
 from stages.plots import new_figure, save_figure
 
 
@@ -335,4 +335,11 @@ class IcpPack(DatasetStage):
             m["context_similarity_random"] = core.context_similarity(emb, rand.spans)
         ctx.arrays["tokens"] = tokens
         ctx.arrays["eos_id"] = eos_id
-        return DatasetResult(table, dropped, consumed=len(ids) - len(dropped))
+        truncated = []
+        if packed.cut is not None:  # the document whose tail falls in the dropped last context
+            d, kept, total = packed.cut
+            truncated.append(Truncated(ids[d], "tail in the incomplete last context",
+                                       f"{total - kept} of {total} tokens (with EOS) not used; drop_last with "
+                                       f"L={p.context_length}"))
+        m["documents_truncated"] = len(truncated)
+        return DatasetResult(table, dropped, consumed=len(ids) - len(dropped), truncated=truncated)

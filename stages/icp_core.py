@@ -447,6 +447,7 @@ class Packed:
     input_ids: np.ndarray  # int32[n_contexts, L]
     spans: list[list[dict]]  # per context: {doc, start, end, doc_tok_offset}
     docs_in_tail: np.ndarray  # doc indexes found only in a dropped last context
+    cut: tuple[int, int, int] | None = None  # (doc, tokens kept, tokens with EOS) of the doc the drop cuts
 
 
 def pack(order: np.ndarray, tokens: list[np.ndarray], length: int, eos_id: int | None,
@@ -471,17 +472,20 @@ def pack(order: np.ndarray, tokens: list[np.ndarray], length: int, eos_id: int |
         ids.reshape(-1)[: len(flat)] = flat
     spans: list[list[dict]] = [[] for _ in range(n_ctx)]
     tail = []
+    cut = None
     limit = n_ctx * length
     for d, a, b in bounds:
         if a >= limit:
             tail.append(d)
             continue
+        if b > limit:
+            cut = (d, limit - a, b - a)
         c = a // length
         while c < n_ctx and c * length < b:
             lo, hi = max(a, c * length), min(b, (c + 1) * length)
             spans[c].append({"doc": d, "start": lo - c * length, "end": hi - c * length, "doc_tok_offset": lo - a})
             c += 1
-    return Packed(ids, spans, np.array(tail, dtype=np.int64))
+    return Packed(ids, spans, np.array(tail, dtype=np.int64), cut)
 
 
 # -- quality -------------------------------------------------------------------------------------

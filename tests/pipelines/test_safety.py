@@ -466,3 +466,19 @@ def test_catalog_query_reads_its_artifacts_and_nothing_else(docs, pipeline, tmp_
     assert r.returncode == 0, r.stderr
     r = run_cli(*cat, "SELECT status FROM runs", "--format", "csv")
     assert r.stdout.split() == ["status", "succeeded"]
+
+
+def test_corpus_build_and_select_never_write_over_someone_elses_folder(tmp_path):
+    theirs = tmp_path / "theirs"
+    (theirs / "data").mkdir(parents=True)
+    (theirs / "data" / "train-00000-of-00001.parquet").write_bytes(b"their bytes")
+    before = _digest_tree(theirs)
+    r = run_cli("corpus", "build", "paul_graham", "--output", str(theirs))
+    assert r.returncode != 0 and "new or empty folder" in r.stderr
+    r = run_cli("select", str(tmp_path / "no-gateau-run"), "--output", str(theirs))
+    assert r.returncode == 2 and "new or empty folder" in r.stderr
+    assert _digest_tree(theirs) == before
+    # The corpus's own folder is rebuilt in place, as `make corpora` does.
+    mine = tmp_path / "pg"
+    assert run_cli("corpus", "build", "paul_graham", "--output", str(mine)).returncode == 0
+    assert run_cli("corpus", "build", "paul_graham", "--output", str(mine)).returncode == 0

@@ -185,6 +185,15 @@ def test_pack_conserves_tokens_and_records_spans():
             assert (piece == full[s["doc_tok_offset"]:s["doc_tok_offset"] + len(piece)]).all()
     padded = core.pack(order, tokens, 32, eos, drop_last=False)
     assert len(padded.input_ids) == -(-len(stream) // 32) and len(padded.docs_in_tail) == 0
+    # Token conservation with drop_last: every token is in a context, in the cut document's lost tail,
+    # or in a document wholly in the dropped tail (issue 11: nothing leaves without a count).
+    in_tail = sum(len(tokens[d]) + 1 for d in p.docs_in_tail.tolist())
+    d, kept, total = p.cut if p.cut is not None else (None, 0, 0)
+    assert p.input_ids.size + (total - kept) + in_tail == len(stream)
+    if p.cut is not None:
+        assert total == len(tokens[d]) + 1 and 0 < kept < total
+        assert sum(s["end"] - s["start"] for spans in p.spans for s in spans if s["doc"] == d) == kept
+    assert padded.cut is None
 
 
 def test_ngram_check_drops_near_copy_after_its_original():
