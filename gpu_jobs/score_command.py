@@ -109,7 +109,8 @@ def score(args) -> int:
     catalog.start_run(run_id, pipeline=f"score:{args.job}", pipeline_file="", runner="score", workers=1,
                       spec_fingerprint=settings.hash(), seed=settings.seed,
                       params={"job": args.job, "model": args.model, "revision": lm.revision,
-                              "settings": settings.identity(), "input": path, "artifact_id": artifact_id},
+                              "settings": settings.identity(), "input": os.path.abspath(path),
+                              "artifact_id": artifact_id},
                       code_version="", output_path=str(output))
     try:
         result = run_scoring(lm, settings, records, catalog=catalog, output=output, artifact_id=artifact_id,
