@@ -280,8 +280,8 @@ def test_a_reader_holding_the_catalog_makes_the_run_wait_not_lie(docs, pipeline,
     assert [s for (s,) in _catalog_rows(tmp_path, "SELECT status FROM runs")] == ["succeeded", "succeeded"]
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_sigterm_and_ctrl_c_leave_the_run_interrupted_and_resumable(real_docs, tmp_path, sig, code):
+def _slow_run(real_docs, tmp_path: Path) -> tuple[Path, Path]:
+    """1,500 real documents in 0.05 MB shards, tokenised: long enough to stop in the middle."""
     rows = [{"id": r["id"], "text": r["text"]} for r in real_docs[:1500]]
     src = write_jsonl(tmp_path / "a.jsonl", rows)
     p = write_pipeline(tmp_path / "p.yaml", """
@@ -292,6 +292,12 @@ def test_sigterm_and_ctrl_c_leave_the_run_interrupted_and_resumable(real_docs, t
           - stage: tokenize
             params: {tokenizer: smollm2}
         """)
+    return src, p
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_leave_the_run_interrupted_and_resumable(real_docs, tmp_path, sig, code):
+    src, p = _slow_run(real_docs, tmp_path)
     out = tmp_path / "out"
     proc = _popen_run(p, tmp_path, "--input", str(src), "--output", str(out))
     deadline = time.time() + 120
@@ -311,16 +317,7 @@ def test_sigterm_and_ctrl_c_leave_the_run_interrupted_and_resumable(real_docs, t
 
 
 def test_two_runs_on_one_output_cannot_both_take_the_lock(real_docs, tmp_path):
-    rows = [{"id": r["id"], "text": r["text"]} for r in real_docs[:1500]]
-    src = write_jsonl(tmp_path / "a.jsonl", rows)
-    p = write_pipeline(tmp_path / "p.yaml", """
-        name: slow
-        read: {shard_mb: 0.05}
-        stages:
-          - stage: normalize
-          - stage: tokenize
-            params: {tokenizer: smollm2}
-        """)
+    src, p = _slow_run(real_docs, tmp_path)
     out = tmp_path / "out"
     procs = [_popen_run(p, tmp_path, "--input", str(src), "--output", str(out)) for _ in range(3)]
     results = [(proc.wait(timeout=300), proc.stderr.read()) for proc in procs]
