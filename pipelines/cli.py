@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 
 from pipelines.spec import PipelineError
 
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.redaction import install_log_redaction
 
     install_log_redaction()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: runs and scoring jobs end 'interrupted'
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -146,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 1
+        return 143 if type(e).__name__ == "Terminated" else 130
     except BrokenPipeError:  # `longforge stages | head`
         return 0
 
@@ -213,7 +216,6 @@ def _run(args) -> int:
     except OutputFolderError as e:
         raise UsageError(str(e)) from None
     catalog = Catalog(args.catalog)
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = run_pipeline(plan, runner=runner, workers=workers, beam_args=beam_args, catalog=catalog,
                               progress=Progress(enabled=not args.quiet), overwrite=args.overwrite)
@@ -226,8 +228,6 @@ def _run(args) -> int:
         if os.environ.get("LONGFORGE_DEBUG"):
             raise
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print(summary_table(result.stats))
     print()
     print(f"run       {result.run_id} ({runner}, {result.seconds:.1f} s)")

@@ -352,3 +352,17 @@ def test_empty_and_damaged_inputs_say_so(tmp_path):
     (tmp_path / "cut.parquet").write_bytes(b"PAR1\x00\x01")
     r = _score(tmp_path / "cut.parquet", tmp_path / "c.duckdb", tmp_path / "s")
     assert r.returncode == 2 and "cut.parquet' cannot be read" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_terminated_scoring_job_is_recorded_interrupted(paragraphs, tmp_path):
+    inp = write_jsonl(tmp_path / "paras.jsonl", paragraphs[:16])
+    out = tmp_path / "scores"
+    proc = subprocess.Popen(_score_args(inp, tmp_path / "c.duckdb", out), env={**os.environ, "PYTHONPATH": str(REPO)},
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("part-*.parquet")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert Catalog(str(tmp_path / "c.duckdb")).query("SELECT status FROM runs")[1] == [("interrupted",)]
