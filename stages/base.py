@@ -111,7 +111,9 @@ class CollectionStage(Stage):
     shape = "whole-collection"
 
     def keys(self, record: dict) -> Iterable[tuple[str, Any]]:
-        """Grouping keys of a record, each with a small JSON-serialisable value that ``decide`` sees."""
+        """Grouping keys of a record, each with a small JSON-serialisable value that ``decide`` sees:
+        the record's id, or a tuple whose first item is the id (the engine keeps one copy of records
+        that share an id and a key before ``decide`` runs)."""
         raise NotImplementedError
 
     def decide(self, key: str, values: list[Any]) -> Iterable[Dropped]:
