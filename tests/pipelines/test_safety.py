@@ -479,3 +479,22 @@ def test_corpus_build_and_select_never_write_over_someone_elses_folder(tmp_path)
     mine = tmp_path / "pg"
     assert run_cli("corpus", "build", "paul_graham", "--output", str(mine)).returncode == 0
     assert run_cli("corpus", "build", "paul_graham", "--output", str(mine)).returncode == 0
+
+
+def test_the_output_lock_is_held_by_the_kernel_not_by_a_check_then_write(docs, pipeline, tmp_path):
+    from pipelines.plan import build_plan
+    from pipelines.run import _release_lock, _take_output_lock
+    from pipelines.spec import load_pipeline
+
+    src = write_jsonl(tmp_path / "a.jsonl", docs)
+    out = tmp_path / "out"
+    plan = build_plan(load_pipeline(pipeline), inputs=[str(src)], output=str(out))
+    fd = _take_output_lock(plan, Catalog(str(tmp_path / "c.duckdb")))
+    try:
+        (out / ".longforge" / "lock").write_text("")  # even an emptied lock file is still held
+        r = _run(pipeline, tmp_path, "--input", str(src), "--output", str(out))
+        assert r.returncode == 1 and "is writing to" in r.stderr
+        assert not (tmp_path / "c.duckdb").exists()  # refused before a run row was written
+    finally:
+        _release_lock(fd)
+    assert _run(pipeline, tmp_path, "--input", str(src), "--output", str(out)).returncode == 0
