@@ -372,7 +372,7 @@ class Catalog:
         """The newest output artifact written at ``path``, for lineage between pipelines."""
         if not Path(self.path).exists():
             return None
-        with self.connect() as con:
+        with self.connect(read_only=True) as con:
             row = con.execute(
                 "SELECT artifact_id FROM artifacts WHERE kind = 'output' AND path = ? "
                 "ORDER BY created_at DESC LIMIT 1",

@@ -267,17 +267,26 @@ def _popen_run(pipeline: Path, tmp_path: Path, *args: str, **kw):
                              *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_reader_holding_the_catalog_makes_the_run_wait_not_lie(docs, pipeline, tmp_path):
-    src = write_jsonl(tmp_path / "a.jsonl", docs)
-    assert _run(pipeline, tmp_path, "--input", str(src), "--output", str(tmp_path / "first")).returncode == 0
-    reader = duckdb.connect(str(tmp_path / "c.duckdb"), read_only=True)  # a notebook left open
-    proc = _popen_run(pipeline, tmp_path, "--input", str(src), "--output", str(tmp_path / "second"))
-    time.sleep(4)
-    assert proc.poll() is None  # waiting for the catalog, not failed
+def test_a_reader_opening_the_catalog_mid_run_makes_the_run_wait_not_lie(real_docs, tmp_path):
+    src, p = _slow_run(real_docs, tmp_path)
+    out = tmp_path / "out"
+    proc = _popen_run(p, tmp_path, "--input", str(src), "--output", str(out))
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".longforge/work/*/shard-00001.done.json")):
+        time.sleep(0.05)
+    reader = None
+    while reader is None and time.time() < deadline:  # a notebook opens it while the run works
+        try:
+            reader = duckdb.connect(str(tmp_path / "c.duckdb"), read_only=True)
+        except duckdb.Error:
+            time.sleep(0.05)
+    time.sleep(6)  # the run finishes its work meanwhile, and then needs the catalog
+    assert proc.poll() is None  # working or waiting for the catalog, not failed
     reader.close()
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
-    assert [s for (s,) in _catalog_rows(tmp_path, "SELECT status FROM runs")] == ["succeeded", "succeeded"]
+    assert _catalog_rows(tmp_path, "SELECT status FROM runs") == [("succeeded",)]
+    assert _catalog_rows(tmp_path, "SELECT count(*) > 0 FROM stage_stats") == [(True,)]
 
 
 def _slow_run(real_docs, tmp_path: Path) -> tuple[Path, Path]:
