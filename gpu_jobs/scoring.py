@@ -434,7 +434,7 @@ def run_scoring(lm, settings: ScoreSettings, records: list[dict], *, catalog, ou
                 run_id: str, part_size: int = 64, progress=None, stop_after_parts: int | None = None) -> JobResult:
     """Score ``records`` (each with an ``id``), part by part, skipping samples already scored with
     the same content. Records that cannot be scored go to the catalog's rejects with the reason."""
-    from pipelines.io import write_parquet_atomic, write_text_atomic
+    from schemas.files import write_parquet_atomic, write_text_atomic
 
     t0 = time.time()
     settings.check_window(settings.max_tokens or lm.max_positions)

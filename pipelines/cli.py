@@ -172,7 +172,7 @@ def _dispatch(args) -> int:
     if args.command == "select":
         return _select(args)
     if args.command == "score":
-        from gpu_jobs.score_command import score
+        from pipelines.score_command import score
 
         return score(args)
     raise UsageError(f"unknown command {args.command}")
@@ -307,7 +307,7 @@ def _corpus(args) -> int:
 def _select(args) -> int:
     from pathlib import Path
 
-    from pipelines.io import write_parquet_atomic, write_text_atomic
+    from schemas.files import write_parquet_atomic, write_text_atomic
     from stages.gateau import reselect
     from stages.gateau_core import SelectOptions
 

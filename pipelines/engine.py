@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.io import read_shard, write_parquet_atomic, write_text_atomic
+from pipelines.io import read_shard
 from pipelines.plan import Plan, PlannedStage, Step
 from schemas import REJECT, RecordSchema, cast_table
+from schemas.files import write_parquet_atomic, write_text_atomic
 from schemas.tables import is_numeric_list, sort_by_id
 from stages.base import Dropped, Rejected, Truncated, merge_decisions
 

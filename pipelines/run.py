@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 
 from catalog import Catalog
 from pipelines import engine
-from pipelines.io import write_parquet_atomic, write_text_atomic
 from pipelines.plan import CODE_VERSION, Plan
 from pipelines.progress import Progress, format_table
 from pipelines.redaction import redact
 from pipelines.runners import make_runner
+from schemas.files import write_parquet_atomic, write_text_atomic
 
 
 class AccountingError(RuntimeError):

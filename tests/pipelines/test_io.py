@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.io import plan_shards, read_shard, write_parquet_atomic
+from pipelines.io import plan_shards, read_shard
 from pipelines.spec import InputSpec, ReadSpec
+from schemas.files import write_parquet_atomic
 from stages.base import Rejected
 from tests.conftest import write_jsonl
 

@@ -1,0 +1,32 @@
+"""Atomic file writes: a reader never sees a half-written file.
+
+A leaf module (pyarrow only), so that the engine, the stages and the scoring jobs share one writer
+without importing each other.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path, compression: str = "zstd") -> None:
+    """Write under a temporary name and rename, so a reader never sees a half-written file.
+    Published files use zstd; work files between steps, read once, use the faster lz4."""
+    path = str(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp, compression=compression, row_group_size=10_000, write_statistics=True)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    path = str(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
