@@ -395,24 +395,57 @@ def write_bucket_table(table: pa.Table, path: Path, schema: RecordSchema) -> pa.
     return ordered
 
 
-def publish_local(plan: Plan, final: Step, n_records: int) -> tuple[list[Path], pa.Table]:
-    """Write the final segment's records as the pipeline's (or the documents') output files.
-    Returns the files and their records, sorted by id, for a whole-dataset step to start from."""
+def publish_local(plan: Plan, final: Step, n_records: int, keep: bool = True) -> tuple[list[Path], pa.Table | None]:
+    """Write the final segment's records as the pipeline's (or the documents') output files, in
+    memory bounded by one shard plus one output file: records are first spilled per shard, grouped
+    by output file (one row group each), then each output file is assembled from its row groups.
+    Returns the files and, with ``keep`` (a whole-dataset step starts from them), their records
+    sorted by id."""
     n = n_output_files(n_records, plan.spec.output.records_per_file)
     sources = [shard_files(plan, final, i)["records"] for i in range(len(plan.shards))]
-    table = pa.concat_tables([pq.read_table(p) for p in sources]) if sources else final.out_schema.arrow.empty_table()
-    if n > 1:
-        which = np.fromiter((bucket_of(i, n) for i in table.column("id").to_pylist()), dtype=np.int64,
-                            count=table.num_rows)
-    paths, parts = [], []
-    for j in range(n):
-        part = table if n == 1 else table.filter(pa.array(which == j))
-        path = output_file(plan.records_dir, j, n)
-        parts.append(write_bucket_table(part, path, final.out_schema))
-        paths.append(path)
+    schema = final.out_schema
+    paths = [output_file(plan.records_dir, j, n) for j in range(n)]
+    if n == 1:
+        table = pa.concat_tables([pq.read_table(p) for p in sources]) if sources else schema.arrow.empty_table()
+        parts = [write_bucket_table(table, paths[0], schema)]
+    else:
+        spill = step_dir(plan, final) / "publish"
+        index = [_spill_by_file(src, spill / f"spill-{i:05d}.parquet", n) for i, src in enumerate(sources)]
+        parts = []
+        for j, path in enumerate(paths):
+            pieces = [pq.ParquetFile(spill / f"spill-{i:05d}.parquet").read_row_group(groups[j])
+                      for i, groups in enumerate(index) if j in groups]
+            table = pa.concat_tables(pieces) if pieces else schema.arrow.empty_table()
+            written = write_bucket_table(table, path, schema)
+            if keep:
+                parts.append(written)
+        import shutil
+
+        shutil.rmtree(spill, ignore_errors=True)
     remove_stale_outputs(plan.records_dir, paths)
+    if not keep:
+        return paths, None
     published = parts[0] if n == 1 else sort_by_id(pa.concat_tables(parts))
     return paths, published
+
+
+def _spill_by_file(source: Path, spill: Path, n: int) -> dict[int, int]:
+    """One shard's records, rewritten with one row group per output file; returns file -> row group."""
+    table = pq.read_table(source)
+    which = np.fromiter((bucket_of(i, n) for i in table.column("id").to_pylist()), dtype=np.int64,
+                        count=table.num_rows)
+    order = np.argsort(which, kind="stable")
+    table, which = table.take(pa.array(order)), which[order]
+    bounds = np.searchsorted(which, np.arange(n + 1))
+    groups: dict[int, int] = {}
+    spill.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(str(spill), table.schema, compression="lz4") as writer:
+        for j in range(n):
+            lo, hi = int(bounds[j]), int(bounds[j + 1])
+            if hi > lo:
+                writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
+                groups[j] = len(groups)
+    return groups
 
 
 def remove_stale_outputs(output_dir: str, keep: list[Path]) -> None:

@@ -43,7 +43,8 @@ class ShardedRunner:
                 engine.run_decide(plan, step)
             # "dataset" steps are the driver's, after publishing
         final = plan.segments[-1]
-        paths, records = engine.publish_local(plan, final, engine.segment_records(plan, final))
+        paths, records = engine.publish_local(plan, final, engine.segment_records(plan, final),
+                                              keep=bool(plan.dataset_stages))
         return Execution(stats=engine.collect_stats(plan), removed=engine.collect_removed(plan),
                          files=[str(p) for p in paths], input_counts=engine.input_counts(plan), records=records)
 

@@ -111,3 +111,31 @@ def test_output_loads_with_datasets(runs):
     assert all(n > 0 for n in ds["n_tokens"])
     run = json.loads((results["local"] / ".longforge" / "run.json").read_text())
     assert run["records"] == len(ds)
+
+
+def test_many_output_files_are_the_same_bytes_on_every_runner(real_docs, tmp_path):
+    """Publishing spills each shard by output file and assembles each file from its row groups, so
+    that memory holds one shard and one file; the files are those the Beam runner writes."""
+    from tests.conftest import write_pipeline
+
+    docs = [{"id": r["id"], "text": r["text"]} for r in real_docs[::7]]
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    p = write_pipeline(tmp_path / "p.yaml", """
+        name: many-files
+        read: {shard_mb: 0.05}
+        output: {records_per_file: 25}
+        stages:
+          - stage: normalize
+          - stage: exact_dedup
+        """)
+    trees = {}
+    for runner, extra in RUNNERS:
+        out = tmp_path / f"{runner}{''.join(extra)}"
+        r = run_cli("run", str(p), "--input", str(src), "--output", str(out), "--catalog", str(tmp_path / "c.duckdb"),
+                    "--runner", runner, "--quiet", *extra)
+        assert r.returncode == 0, r.stderr[-3000:]
+        trees[out.name] = {f.name: f.read_bytes() for f in sorted((out / "data").glob("*.parquet"))}
+    first = next(iter(trees.values()))
+    assert len(first) >= 7
+    assert all(t == first for t in trees.values())
+    assert not list(tmp_path.glob("*/.longforge/work/*/publish"))  # the spill is cleaned up
