@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -27,20 +28,23 @@ from pipelines.plan import Plan, PlannedStage, Step
 from schemas import REJECT, RecordSchema, cast_table
 from schemas.files import write_parquet_atomic, write_text_atomic
 from schemas.tables import is_numeric_list, sort_by_id
-from stages.base import Dropped, Rejected, Truncated, merge_decisions
+from stages.base import Dropped, Rejected, Truncated
 
 #: Shapes whose output records are not the input records (reconciled by inputs that produced output).
 EXPANDING = ("per-record-expanding", "whole-dataset")
 REMOVED_SCHEMA = pa.schema(list(REJECT.arrow) + [pa.field("payload", pa.string())])
-# A key row also says where its record is (row of the shard's records file) and what it holds
-# (its content digest), so that copies of one record can be told apart: see copy_drops().
-KEYS_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.string()),
+# A key row also says whose it is (the record id), where that record is (row of the shard's records
+# file) and what it holds (its content digest), so that the decision can be taken out of core and
+# copies of one record told apart: see run_decide() and copy_drops().
+KEYS_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.string()), pa.field("id", pa.string()),
                          pa.field("row", pa.int64()), pa.field("digest", pa.string())])
-# A decision drops every record of an id, or (shard and row set) one copy of it.
-DECISIONS_SCHEMA = pa.schema(
-    [pa.field("record_id", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string()),
-     pa.field("shard", pa.int64()), pa.field("row", pa.int64())]
-)
+# Decisions are by place: the gate of shard i reads only the rows of shard i.
+DECISIONS_SCHEMA = pa.schema([pa.field("shard", pa.int64()), pa.field("row", pa.int64()),
+                              pa.field("reason", pa.string()), pa.field("detail", pa.string())])
+_DECIDED_SCHEMA = pa.schema([pa.field("record_id", pa.string()), pa.field("reason", pa.string()),
+                             pa.field("detail", pa.string())])
+_COPIES_SCHEMA = pa.schema([pa.field("record_id", pa.string()), pa.field("shard", pa.int64()),
+                            pa.field("row", pa.int64())])
 COPY_REASON = "duplicate record"
 
 
@@ -207,13 +211,12 @@ def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCount
     if step.gate is None:
         yield from records
         return
-    decide = decide_step_before(plan, step)
-    decisions, copies = load_decisions(plan, decide)
+    decisions = load_decisions(plan, decide_step_before(plan, step), i)
     counter = StageCounter(step.index, step.gate.label, "whole-collection")
     counters.append(counter)
     for row, rec in enumerate(records):
         counter.n_in += 1
-        d = decisions.get(rec["id"]) or copies.get((i, row))
+        d = decisions.get(row)
         if d is None:
             counter.n_out += 1
             yield rec
@@ -224,26 +227,11 @@ def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCount
     counter.inputs_with_output = counter.n_out
 
 
-# The decisions of the last decide step, loaded once per process rather than once per shard.
-_decision_cache: dict[str, tuple[dict, dict]] = {}
-
-
-def load_decisions(plan: Plan, decide: Step) -> tuple[dict[str, tuple[str, str]], dict[tuple[int, int], tuple]]:
-    """(decisions by record id, decisions by (shard, row) for single copies of a record)."""
-    path = step_dir(plan, decide) / "decisions.parquet"
-    key = f"{path}:{decide.fingerprint}"
-    if key not in _decision_cache:
-        t = pq.read_table(path).to_pydict()
-        _decision_cache.clear()
-        by_id, by_place = {}, {}
-        for rid, reason, detail, shard, row in zip(t["record_id"], t["reason"], t["detail"], t["shard"], t["row"],
-                                                   strict=True):
-            if shard is None:
-                by_id[rid] = (reason, detail)
-            else:
-                by_place[(shard, row)] = (reason, detail)
-        _decision_cache[key] = (by_id, by_place)
-    return _decision_cache[key]
+def load_decisions(plan: Plan, decide: Step, shard: int) -> dict[int, tuple[str, str]]:
+    """The decisions about shard ``shard``'s rows: row -> (reason, detail). The file is sorted by
+    (shard, row), so only the row groups of this shard are read."""
+    t = pq.read_table(step_dir(plan, decide) / "decisions.parquet", filters=[("shard", "=", shard)]).to_pydict()
+    return {row: (reason, detail) for row, reason, detail in zip(t["row"], t["reason"], t["detail"], strict=True)}
 
 
 def value_id(value) -> str:
@@ -303,7 +291,7 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
             digest = None
             for k, v in stage.keys(r):
                 digest = digest or record_digest(r).hex()
-                keys.append({"key": k, "value": json.dumps(v), "row": j, "digest": digest})
+                keys.append({"key": k, "value": json.dumps(v), "id": r["id"], "row": j, "digest": digest})
         write_parquet_atomic(pa.Table.from_pylist(keys, schema=KEYS_SCHEMA), files["keys"], compression="lz4")
         # The keys' cost belongs to the collection stage, whose counts are taken where it is applied.
         keys_counter = StageCounter(step.index + 2, step.emits_keys_for.label, "whole-collection")
@@ -319,34 +307,83 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
 
 
 def run_decide(plan: Plan, step: Step) -> int:
-    """Group the keys every shard emitted and let the collection stage decide what to drop."""
-    out = step_dir(plan, step) / "decisions.parquet"
-    marker = step_dir(plan, step) / "done.json"
+    """Group the keys every shard emitted and let the collection stage decide what to drop.
+
+    Out of core: DuckDB groups the shards' key files (spilling to disk when they outgrow memory),
+    the groups stream through ``decide``, and the decisions by id are joined back to every place
+    (shard, row) that holds the id. The driver holds one batch of groups, never every key."""
+    import duckdb
+
+    work = step_dir(plan, step)
+    out = work / "decisions.parquet"
+    marker = work / "done.json"
     if read_marker(marker, step.fingerprint):
         return json.loads(marker.read_text())["dropped"]
     prev = previous_segment(plan, step)
-    groups: dict[str, list] = defaultdict(list)
-    for i in range(len(plan.shards)):
-        t = pq.read_table(shard_files(plan, prev, i)["keys"]).to_pydict()
-        for k, v, row, digest in zip(t["key"], t["value"], t["row"], t["digest"], strict=True):
-            groups[k].append((_tuplify(json.loads(v)), digest, i, row))
     stage = step.collection.stage
     stage.setup()
-    decisions, copies = [], {}
-    for k in sorted(groups):
-        values, drops = copy_drops(groups[k])
-        decisions.extend(stage.decide(k, values))
-        for value, _, shard, row in drops:
-            copies[(shard, row)] = value_id(value)
-    decided = merge_decisions(decisions)
-    rows = [{"record_id": rid, "reason": d.reason, "detail": d.detail, "shard": None, "row": None}
-            for rid, d in sorted(decided.items())]
-    rows += [{"record_id": rid, "reason": COPY_REASON, "detail": f"another copy with the same id and "
-              f"{step.collection.label} key is kept", "shard": shard, "row": row}
-             for (shard, row), rid in sorted(copies.items()) if rid not in decided]
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=DECISIONS_SCHEMA), out)
-    write_text_atomic(json.dumps({"fingerprint": step.fingerprint, "dropped": len(rows)}), marker)
-    return len(rows)
+    parts = work / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(config={"temp_directory": str(work / "duckdb-tmp"), "preserve_insertion_order": False})
+    try:
+        files = ", ".join("'" + str(shard_files(plan, prev, i)["keys"]).replace("'", "''") + "'"
+                          for i in range(len(plan.shards)))
+        con.execute(f"""CREATE VIEW keys AS SELECT key, value, id, digest, row,
+                        CAST(regexp_extract(filename, 'keys-([0-9]+)\\.parquet$', 1) AS BIGINT) AS shard
+                        FROM read_parquet([{files}], filename = true)""")
+        reader = con.sql("""SELECT key, list(value ORDER BY shard, row), list(digest ORDER BY shard, row),
+                                list(shard ORDER BY shard, row), list(row ORDER BY shard, row)
+                                FROM keys GROUP BY key""").to_arrow_reader(10_000)
+        decided, copies, n_part = [], [], 0
+
+        def flush(force: bool = False) -> None:
+            nonlocal decided, copies, n_part
+            if force or len(decided) + len(copies) >= 100_000:
+                write_parquet_atomic(pa.Table.from_pylist(decided, schema=_DECIDED_SCHEMA),
+                                     parts / f"decided-{n_part:05d}.parquet", compression="lz4")
+                write_parquet_atomic(pa.Table.from_pylist(copies, schema=_COPIES_SCHEMA),
+                                     parts / f"copies-{n_part:05d}.parquet", compression="lz4")
+                decided, copies, n_part = [], [], n_part + 1
+
+        for batch in reader:
+            cols = batch.to_pydict()
+            names = list(cols)
+            for key, values, digests, shards, rows in zip(*(cols[n] for n in names), strict=True):
+                entries = [(_tuplify(json.loads(v)), d, sh, r) for v, d, sh, r in zip(values, digests, shards, rows,
+                                                                                        strict=True)]
+                kept, drops = copy_drops(entries)
+                decided += [{"record_id": d.record_id, "reason": d.reason, "detail": d.detail}
+                            for d in stage.decide(key, kept)]
+                copies += [{"record_id": value_id(v), "shard": sh, "row": r} for v, _, sh, r in drops]
+                flush()
+        flush(force=True)
+        detail = f"another copy with the same id and {step.collection.label} key is kept".replace("'", "''")
+        tmp = f"{out}.tmp-{os.getpid()}".replace("'", "''")
+        parts_sql = str(parts).replace("'", "''")
+        # One decision per id (the smallest (reason, detail), as merge_decisions), at every place of
+        # the id; then the copies of ids not decided otherwise; by place, for the gates to read.
+        con.execute(f"""COPY (
+            WITH decided AS (
+                SELECT record_id, reason, detail FROM (
+                    SELECT *, row_number() OVER (PARTITION BY record_id ORDER BY reason, detail) AS k
+                    FROM read_parquet('{parts_sql}/decided-*.parquet')) WHERE k = 1),
+            places AS (SELECT DISTINCT id, shard, row FROM keys)
+            SELECT p.shard, p.row, d.reason, d.detail FROM places p JOIN decided d ON p.id = d.record_id
+            UNION ALL
+            SELECT DISTINCT c.shard, c.row, '{COPY_REASON}' AS reason, '{detail}' AS detail
+            FROM read_parquet('{parts_sql}/copies-*.parquet') c ANTI JOIN decided d ON c.record_id = d.record_id
+            ORDER BY shard, row
+        ) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)""")
+        os.replace(tmp, out)
+        n_dropped = pq.ParquetFile(out).metadata.num_rows
+    finally:
+        con.close()
+    import shutil
+
+    shutil.rmtree(parts, ignore_errors=True)
+    shutil.rmtree(work / "duckdb-tmp", ignore_errors=True)
+    write_text_atomic(json.dumps({"fingerprint": step.fingerprint, "dropped": n_dropped}), marker)
+    return n_dropped
 
 
 def _tuplify(v):

@@ -354,19 +354,19 @@ def test_a_catalog_that_cannot_be_written_at_the_end_gets_the_final_state_later(
     catalog = Catalog(str(tmp_path / "c.duckdb"))
     plan = build_plan(load_pipeline(write_pipeline(tmp_path / "p.yaml", PIPELINE)), inputs=[str(src)],
                       output=str(tmp_path / "out"))
-    real_connect = duckdb.connect
+    real_open = Catalog._open
     calls = {"n": 0}
 
-    def full_disk(path, read_only=False, config=None):
+    def full_disk(self, read_only, config=None):
         calls["n"] += 1
         if calls["n"] > 2 and not read_only:  # start_run and the output check went through
             raise duckdb.IOException("IO Error: No space left on device")
-        return real_connect(path, read_only=read_only, config=config or {})
+        return real_open(self, read_only, config)
 
-    monkeypatch.setattr("catalog.duckdb.connect", full_disk)
+    monkeypatch.setattr(Catalog, "_open", full_disk)
     with pytest.raises(duckdb.IOException):
         run_pipeline(plan, catalog=catalog, progress=Progress(enabled=False))
-    monkeypatch.setattr("catalog.duckdb.connect", real_connect)
+    monkeypatch.setattr(Catalog, "_open", real_open)
     assert catalog.pending_path.exists()
     assert catalog.query("SELECT status, error FROM runs")[1][0][0] == "failed"
     assert "No space left" in catalog.query("SELECT error FROM runs")[1][0][0]
