@@ -297,7 +297,8 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
         keys_counter = StageCounter(step.index + 2, step.emits_keys_for.label, "whole-collection")
         keys_counter.seconds = time.perf_counter() - t_keys
         counters.append(keys_counter)
-    marker = {"fingerprint": step.fingerprint, "shard": i, "records": len(rows),
+    # pid: which process ran the shard (a Beam or pool worker, or the driver), for the record.
+    marker = {"fingerprint": step.fingerprint, "shard": i, "records": len(rows), "pid": os.getpid(),
               "stats": [c.to_json() for c in counters], "seconds": round(time.time() - t0, 3)}
     write_text_atomic(json.dumps(marker), files["done"])
     return marker
@@ -432,38 +433,51 @@ def write_bucket_table(table: pa.Table, path: Path, schema: RecordSchema) -> pa.
     return ordered
 
 
-def publish_local(plan: Plan, final: Step, n_records: int, keep: bool = True) -> tuple[list[Path], pa.Table | None]:
-    """Write the final segment's records as the pipeline's (or the documents') output files, in
-    memory bounded by one shard plus one output file: records are first spilled per shard, grouped
-    by output file (one row group each), then each output file is assembled from its row groups.
-    Returns the files and, with ``keep`` (a whole-dataset step starts from them), their records
-    sorted by id."""
-    n = n_output_files(n_records, plan.spec.output.records_per_file)
-    sources = [shard_files(plan, final, i)["records"] for i in range(len(plan.shards))]
-    schema = final.out_schema
-    paths = [output_file(plan.records_dir, j, n) for j in range(n)]
-    if n == 1:
-        table = pa.concat_tables([pq.read_table(p) for p in sources]) if sources else schema.arrow.empty_table()
-        parts = [write_bucket_table(table, paths[0], schema)]
-    else:
-        spill = step_dir(plan, final) / "publish"
-        index = [_spill_by_file(src, spill / f"spill-{i:05d}.parquet", n) for i, src in enumerate(sources)]
-        parts = []
-        for j, path in enumerate(paths):
-            pieces = [pq.ParquetFile(spill / f"spill-{i:05d}.parquet").read_row_group(groups[j])
-                      for i, groups in enumerate(index) if j in groups]
-            table = pa.concat_tables(pieces) if pieces else schema.arrow.empty_table()
-            written = write_bucket_table(table, path, schema)
-            if keep:
-                parts.append(written)
-        import shutil
+def publish_dir(plan: Plan) -> Path:
+    return step_dir(plan, plan.segments[-1]) / "publish"
 
-        shutil.rmtree(spill, ignore_errors=True)
+
+def spill_shard(plan: Plan, i: int, n_files: int) -> dict[int, int]:
+    """Shard ``i``'s final records, rewritten with one row group per output file (output file ->
+    row group), so that each output file can be assembled alone. One file: nothing to spill."""
+    if n_files == 1:
+        return {0: -1}
+    source = shard_files(plan, plan.segments[-1], i)["records"]
+    return _spill_by_file(source, publish_dir(plan) / f"spill-{i:05d}.parquet", n_files)
+
+
+def write_output_file(plan: Plan, j: int, n_files: int, index: dict[int, dict[int, int]]) -> Path:
+    """Output file ``j`` from every shard's part of it (``index``: shard -> spill_shard's answer),
+    in memory bounded by that one file."""
+    final = plan.segments[-1]
+    pieces = []
+    for i in sorted(index):
+        group = index[i].get(j)
+        if group == -1:
+            pieces.append(pq.read_table(shard_files(plan, final, i)["records"]))
+        elif group is not None:
+            pieces.append(pq.ParquetFile(publish_dir(plan) / f"spill-{i:05d}.parquet").read_row_group(group))
+    table = pa.concat_tables(pieces) if pieces else final.out_schema.arrow.empty_table()
+    path = output_file(plan.records_dir, j, n_files)
+    write_bucket_table(table, path, final.out_schema)
+    return path
+
+
+def publish_local(plan: Plan, n_files: int) -> None:
+    """Publish in this process: spill each shard, then write each output file."""
+    index = {i: spill_shard(plan, i, n_files) for i in range(len(plan.shards))}
+    for j in range(n_files):
+        write_output_file(plan, j, n_files, index)
+
+
+def finish_publish(plan: Plan, n_files: int) -> list[Path]:
+    """After every output file is written: remove the spill and the files of an earlier, larger run."""
+    import shutil
+
+    shutil.rmtree(publish_dir(plan), ignore_errors=True)
+    paths = [output_file(plan.records_dir, j, n_files) for j in range(n_files)]
     remove_stale_outputs(plan.records_dir, paths)
-    if not keep:
-        return paths, None
-    published = parts[0] if n == 1 else sort_by_id(pa.concat_tables(parts))
-    return paths, published
+    return paths
 
 
 def _spill_by_file(source: Path, spill: Path, n: int) -> dict[int, int]:
@@ -476,12 +490,14 @@ def _spill_by_file(source: Path, spill: Path, n: int) -> dict[int, int]:
     bounds = np.searchsorted(which, np.arange(n + 1))
     groups: dict[int, int] = {}
     spill.parent.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(str(spill), table.schema, compression="lz4") as writer:
+    tmp = spill.with_name(f"{spill.name}.tmp-{os.getpid()}")
+    with pq.ParquetWriter(str(tmp), table.schema, compression="lz4") as writer:
         for j in range(n):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             if hi > lo:
                 writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
                 groups[j] = len(groups)
+    os.replace(tmp, spill)
     return groups
 
 

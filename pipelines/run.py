@@ -149,7 +149,7 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
          catalog: Catalog, progress: Progress) -> RunResult:
     execution = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress).execute(plan)
     check_accounting(execution.stats)
-    n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.records_dir, execution.records)
+    n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.records_dir)
     expected = execution.stats[-1]["out"] if execution.stats else 0
     if n != expected:
         raise AccountingError(f"the last stage emitted {expected} records but the output holds {n}")
@@ -167,7 +167,7 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
         produced.append(_artifact(run_id, f"{plan.spec.name}:documents", plan.records_dir, n, n_bytes,
                                   fingerprint, plan.records_schema))
         progress.log(f"whole-dataset stages: {', '.join(ps.label for ps in plan.dataset_stages)}")
-        outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots", execution.records, catalog)
+        outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots", catalog=catalog)
         for name, table in outcome.artifacts.items():
             folder = Path(plan.output_dir) / name
             engine.write_ordered(table, folder, plan.spec.output.records_per_file)

@@ -15,7 +15,6 @@ class Execution:
     removed: pa.Table  # every rejected or dropped record, with stage, reason and detail
     files: list[str]  # the output Parquet files
     input_counts: dict[int, int] | None = None  # records read per input
-    records: pa.Table | None = None  # the published records sorted by id, when the runner holds them
 
 
 def make_runner(name: str, *, workers: int = 1, beam_args: list[str] | None = None, progress=None):

@@ -43,10 +43,14 @@ class ShardedRunner:
                 engine.run_decide(plan, step)
             # "dataset" steps are the driver's, after publishing
         final = plan.segments[-1]
-        paths, records = engine.publish_local(plan, final, engine.segment_records(plan, final),
-                                              keep=bool(plan.dataset_stages))
+        n_files = engine.n_output_files(engine.segment_records(plan, final), plan.spec.output.records_per_file)
+        self.publish_files(plan, n_files)
+        paths = engine.finish_publish(plan, n_files)
         return Execution(stats=engine.collect_stats(plan), removed=engine.collect_removed(plan),
-                         files=[str(p) for p in paths], input_counts=engine.input_counts(plan), records=records)
+                         files=[str(p) for p in paths], input_counts=engine.input_counts(plan))
+
+    def publish_files(self, plan: Plan, n_files: int) -> None:
+        engine.publish_local(plan, n_files)
 
 
 class LocalRunner(ShardedRunner):

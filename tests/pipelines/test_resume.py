@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import duckdb
+import pytest
 
 from tests.conftest import LONGFORGE, REPO, run_cli, write_jsonl, write_pipeline
 
@@ -31,7 +32,9 @@ def _markers(out):
     return sorted((out / ".longforge" / "work").glob("step-00-*/shard-*.done.json"))
 
 
-def test_sigkill_then_rerun_matches_uninterrupted_run(real_docs, tmp_path):
+@pytest.mark.parametrize("runner", [["--runner", "local"], ["--runner", "beam", "--workers", "2"]],
+                         ids=["local", "beam-2-workers"])
+def test_sigkill_then_rerun_matches_uninterrupted_run(real_docs, tmp_path, runner):
     docs = [{"id": r["id"], "text": r["text"]} for r in real_docs]
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
     pipeline = write_pipeline(tmp_path / "p.yaml", PIPELINE.format(input=src))
@@ -39,12 +42,12 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(real_docs, tmp_path):
     killed_out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([*LONGFORGE, "run", str(pipeline), "--output", str(killed_out), "--catalog",
-                             str(catalog), "--quiet"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             str(catalog), "--quiet", *runner], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while len(_markers(killed_out)) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, as a machine failure would
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     done_before = {p: p.stat().st_mtime_ns for p in _markers(killed_out)}
@@ -53,7 +56,8 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(real_docs, tmp_path):
     total = _count_shards(pipeline, src)
     assert 3 <= len(done_before) < total, "the kill must land mid-run"
 
-    resumed = run_cli("run", str(pipeline), "--output", str(killed_out), "--catalog", str(catalog), "--quiet")
+    resumed = run_cli("run", str(pipeline), "--output", str(killed_out), "--catalog", str(catalog), "--quiet",
+                      *runner)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     # Finished shards were not redone.
     for p, mtime in done_before.items():

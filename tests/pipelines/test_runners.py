@@ -139,3 +139,22 @@ def test_many_output_files_are_the_same_bytes_on_every_runner(real_docs, tmp_pat
     assert len(first) >= 7
     assert all(t == first for t in trees.values())
     assert not list(tmp_path.glob("*/.longforge/work/*/publish"))  # the spill is cleaned up
+
+
+def test_beam_runs_the_stages_in_worker_processes(runs):
+    """Beam with two workers: every shard of every step was processed by a worker process, not by
+    the driver; the local runner with one worker, for contrast, runs them in the driver."""
+    results, catalog = runs
+    con = duckdb.connect(str(catalog), read_only=True)
+
+    def shard_pids(out):
+        markers = (out / ".longforge" / "work").glob("step-*/shard-*.done.json")
+        pids = {json.loads(m.read_text())["pid"] for m in markers}
+        driver = con.execute("SELECT pid FROM runs WHERE output_path = ? ORDER BY started_at DESC LIMIT 1",
+                             [str(out.resolve())]).fetchone()[0]
+        return pids, driver
+
+    pids, driver = shard_pids(results["beam--workers2"])
+    assert pids and driver not in pids
+    pids, driver = shard_pids(results["local"])
+    assert pids == {driver}
