@@ -206,7 +206,8 @@ def _run(args) -> int:
         desc = plan.describe()
         from pipelines.redaction import redact
 
-        desc.update({"runner": runner, "workers": workers, "beam_args": beam_args})
+        desc.update({"runner": runner, "workers": workers, "beam_args": beam_args,
+                     "steps": plan.where(runner, workers)})
         print(json.dumps(redact(desc), indent=2, ensure_ascii=False))
         return 0
     from pipelines.run import OutputFolderError, check_output_folder

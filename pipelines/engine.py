@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.io import read_shard
-from pipelines.plan import Plan, PlannedStage, Step
+from pipelines.plan import Plan, PlannedStage, Step, StepKind
 from schemas import REJECT, RecordSchema, cast_table
 from schemas.files import write_parquet_atomic, write_text_atomic
 from schemas.tables import is_numeric_list, sort_by_id
@@ -93,9 +93,6 @@ def removed_row(stage: str, item: Rejected | Dropped | Truncated) -> dict:
             "kind": kind, "payload": getattr(item, "payload", None)}
 
 
-BATCH_SIZE = 256
-
-
 def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
     batch: list[dict] = []
     for rec in records:
@@ -108,12 +105,19 @@ def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
 
 
 def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: StageCounter,
-                       removed: list[dict]) -> Iterator[dict]:
-    """Run one per-record stage over a stream (in small batches), counting what it removes."""
+                       removed: list[dict], checkpoints: BatchCheckpoints | None = None) -> Iterator[dict]:
+    """Run one per-record stage over a stream, in batches of the size it asks for, counting what it
+    removes. A model stage's batches go through ``checkpoints``: a finished batch is read back, never
+    computed again."""
     stage = ps.stage
-    for batch in _batches(records, BATCH_SIZE):
+    res = stage.resources()
+    for k, batch in enumerate(_batches(records, res.batch_size)):
         t0 = time.perf_counter()
-        results = stage.process_batch(batch)
+        results = checkpoints.load(ps.label, k, batch) if checkpoints is not None and res.model else None
+        if results is None:
+            results = stage.process_batch(batch)
+            if checkpoints is not None and res.model:
+                checkpoints.save(ps.label, k, batch, results)
         counter.seconds += time.perf_counter() - t0
         for rec, outcomes in zip(batch, results, strict=True):
             counter.n_in += 1
@@ -133,6 +137,63 @@ def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: Stage
                     removed.append(removed_row(ps.label, o))
             if produced:
                 counter.inputs_with_output += 1
+
+
+class BatchCheckpoints:
+    """A model stage's finished batches of one shard, one file each, under the step's work folder
+    (whose name carries the step's fingerprint): a killed run's rerun reads them back instead of
+    loading the model and computing them again. Each file names the ids of its batch, so a file
+    from other input is never taken for this one."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.computed: dict[str, int] = defaultdict(int)
+        self.reused: dict[str, int] = defaultdict(int)
+
+    def _path(self, label: str, k: int) -> Path:
+        return self.folder / f"{label}-batch-{k:06d}.json"
+
+    def load(self, label: str, k: int, batch: list[dict]) -> list[list] | None:
+        try:
+            saved = orjson.loads(self._path(label, k).read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+        if saved.get("ids") != [r["id"] for r in batch]:
+            return None
+        self.reused[label] += 1
+        return [[_outcome_from_json(o) for o in outs] for outs in saved["outcomes"]]
+
+    def save(self, label: str, k: int, batch: list[dict], results: list[list]) -> None:
+        self.computed[label] += 1
+        data = {"ids": [r["id"] for r in batch], "outcomes": [[_outcome_to_json(o) for o in outs] for outs in results]}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(label, k)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY, default=_jsonable))
+        os.replace(tmp, path)
+
+    def tally(self) -> dict[str, dict[str, int]]:
+        return {label: {"batches_computed": self.computed[label], "batches_reused": self.reused[label]}
+                for label in sorted(set(self.computed) | set(self.reused))}
+
+
+def shard_checkpoints(plan: Plan, step: Step, i: int) -> BatchCheckpoints:
+    return BatchCheckpoints(step_dir(plan, step) / "batches" / f"shard-{i:05d}")
+
+
+def _outcome_to_json(o) -> dict:
+    if isinstance(o, dict):
+        return {"record": o}
+    kind = "rejected" if isinstance(o, Rejected) else "dropped"
+    return {kind: [o.record_id, o.reason, o.detail] + ([o.payload] if isinstance(o, Rejected) else [])}
+
+
+def _outcome_from_json(o: dict):
+    if "record" in o:
+        return o["record"]
+    if "rejected" in o:
+        return Rejected(*o["rejected"])
+    return Dropped(*o["dropped"])
 
 
 def _jsonable(value):
@@ -179,12 +240,12 @@ def shard_done(plan: Plan, step: Step, i: int) -> bool:
 
 
 def previous_segment(plan: Plan, step: Step) -> Step | None:
-    segs = [s for s in plan.steps if s.kind == "segment" and s.index < step.index]
+    segs = [s for s in plan.steps if s.kind is StepKind.SEGMENT and s.index < step.index]
     return segs[-1] if segs else None
 
 
 def decide_step_before(plan: Plan, step: Step) -> Step | None:
-    return next((s for s in plan.steps if s.kind == "decide" and s.index == step.index - 1), None)
+    return next((s for s in plan.steps if s.kind is StepKind.DECIDE and s.index == step.index - 1), None)
 
 
 # -- segments --------------------------------------------------------------------------------------
@@ -261,12 +322,13 @@ def run_segment_shard(plan: Plan, step: Step, i: int) -> dict:
     counters: list[StageCounter] = []
     removed: list[dict] = []
     stream = iter_segment_input(plan, step, i, counters, removed)
+    checkpoints = shard_checkpoints(plan, step, i)
     for ps in step.stages:
         counter = StageCounter(step.index, ps.label, ps.shape)
         counters.append(counter)
         ensure_setup(ps.stage)
-        stream = apply_record_stage(ps, stream, counter, removed)
-    return finish_segment_shard(plan, step, i, list(stream), counters, removed, t0)
+        stream = apply_record_stage(ps, stream, counter, removed, checkpoints)
+    return finish_segment_shard(plan, step, i, list(stream), counters, removed, t0, checkpoints.tally())
 
 
 def ensure_setup(stage) -> None:
@@ -276,7 +338,7 @@ def ensure_setup(stage) -> None:
 
 
 def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], counters: list[StageCounter],
-                         removed: list[dict], t0: float) -> dict:
+                         removed: list[dict], t0: float, batches: dict | None = None) -> dict:
     """Write a shard's records, removed records and keys, then its completion marker (last)."""
     files = shard_files(plan, step, i)
     write_parquet_atomic(cast_table(rows, step.out_schema.arrow), files["records"], compression="lz4")
@@ -299,8 +361,12 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
         counters.append(keys_counter)
     # pid: which process ran the shard (a Beam or pool worker, or the driver), for the record.
     marker = {"fingerprint": step.fingerprint, "shard": i, "records": len(rows), "pid": os.getpid(),
+              "batches": batches or {},
               "stats": [c.to_json() for c in counters], "seconds": round(time.time() - t0, 3)}
     write_text_atomic(json.dumps(marker), files["done"])
+    import shutil
+
+    shutil.rmtree(shard_checkpoints(plan, step, i).folder, ignore_errors=True)  # the shard's files hold them now
     return marker
 
 
@@ -622,7 +688,7 @@ def run_dataset_step(plan: Plan, files_dir: Path, records: pa.Table | None = Non
     by id, when the runner still holds them, else read back from the files."""
     from stages.base import DatasetContext
 
-    step = next(s for s in plan.steps if s.kind == "dataset")
+    step = next(s for s in plan.steps if s.kind is StepKind.DATASET)
     if records is None:
         files = sorted((Path(plan.records_dir) / "data").glob("train-*.parquet"))
         table = pq.read_table([str(f) for f in files]) if files else plan.records_schema.arrow.empty_table()

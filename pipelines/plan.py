@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from pipelines.io import InputError, Shard, estimate_records, plan_shards
 from pipelines.spec import InputSpec, LoadedSpec, PipelineSpec, did_you_mean
@@ -41,13 +42,19 @@ class PlannedStage:
         return "whole-collection"
 
 
-@dataclass
-class Step:
+class StepKind(StrEnum):
     """``segment``: per-record work shard by shard; ``decide``: a whole-collection decision;
     ``dataset``: the whole-dataset stages, run on the driver after everything else."""
 
+    SEGMENT = "segment"
+    DECIDE = "decide"
+    DATASET = "dataset"
+
+
+@dataclass
+class Step:
     index: int
-    kind: str
+    kind: StepKind
     stages: list[PlannedStage] = field(default_factory=list)
     gate: PlannedStage | None = None  # segment: apply this collection stage's decisions first
     emits_keys_for: PlannedStage | None = None  # segment: also write the next collection stage's keys
@@ -57,9 +64,9 @@ class Step:
 
     @property
     def name(self) -> str:
-        if self.kind == "dataset":
+        if self.kind is StepKind.DATASET:
             return f"step-{self.index:02d}-dataset-" + "-".join(s.label for s in self.stages)
-        if self.kind == "decide":
+        if self.kind is StepKind.DECIDE:
             return f"step-{self.index:02d}-decide-{self.collection.label}"
         names = ([f"apply-{self.gate.label}"] if self.gate else []) + [s.label for s in self.stages]
         return f"step-{self.index:02d}-" + ("-".join(names) or "read")
@@ -82,7 +89,7 @@ class Plan:
 
     @property
     def segments(self) -> list[Step]:
-        return [s for s in self.steps if s.kind == "segment"]
+        return [s for s in self.steps if s.kind is StepKind.SEGMENT]
 
     @property
     def dataset_stages(self) -> list[PlannedStage]:
@@ -117,6 +124,33 @@ class Plan:
             "steps": [s.name for s in self.steps],
             "notes": self.notes,
         }
+
+    def where(self, runner: str, workers: int) -> list[dict]:
+        """Each step's shape, where it runs and what the driver holds while it runs: what a user
+        needs to know before pointing the pipeline at a corpus larger than the driver's memory."""
+        on_workers = {"local": f"the driver's process{'' if workers <= 1 else f' and {workers} pool processes'}",
+                      "beam": f"Beam workers ({workers} process{'es' if workers > 1 else ''} locally, or the "
+                              "cluster named by --beam-arg=--runner=...)",
+                      "datatrove": f"datatrove tasks ({workers} worker{'s' if workers > 1 else ''})"}[runner]
+        rows = []
+        for step in self.steps:
+            if step.kind is StepKind.SEGMENT:
+                shape = "per-record" if not step.gate else "gate + per-record"
+                rows.append({"step": step.name, "shape": shape, "runs_on": on_workers,
+                             "driver_holds": ["completion markers (counts per shard)"]})
+            elif step.kind is StepKind.DECIDE:
+                rows.append({"step": step.name, "shape": "whole-collection (keys -> decide)",
+                             "runs_on": "the driver, out of core (DuckDB groups the shards' key files, spilling "
+                                        "to disk)",
+                             "driver_holds": ["one batch of key groups: key, value, id, digest, shard, row"]})
+            else:
+                rows.append({"step": step.name, "shape": "whole-dataset", "runs_on": "the driver",
+                             "driver_holds": ["every record, every column: "
+                                              + ", ".join(f.name for f in self.records_schema.fields)]})
+        publish_on = on_workers if runner == "beam" else "the driver's process"
+        rows.append({"step": "publish", "shape": "per-output-file", "runs_on": publish_on,
+                     "driver_holds": ["one output file's records" if runner != "beam" else "row-group indexes"]})
+        return rows
 
 
 def _hash(obj) -> str:
@@ -174,16 +208,16 @@ def resolve_stages(loaded: LoadedSpec) -> list[PlannedStage]:
 
 def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
     steps: list[Step] = []
-    segment = Step(0, "segment")
-    dataset = Step(0, "dataset")
+    segment = Step(0, StepKind.SEGMENT)
+    dataset = Step(0, StepKind.DATASET)
     for ps in stages:
         if isinstance(ps.stage, DatasetStage):
             dataset.stages.append(ps)
         elif isinstance(ps.stage, CollectionStage):
             segment.emits_keys_for = ps
             steps.append(segment)
-            steps.append(Step(len(steps), "decide", collection=ps))
-            segment = Step(len(steps), "segment", gate=ps)
+            steps.append(Step(len(steps), StepKind.DECIDE, collection=ps))
+            segment = Step(len(steps), StepKind.SEGMENT, gate=ps)
         else:
             segment.stages.append(ps)
     steps.append(segment)
@@ -203,7 +237,7 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
         }
         step.fingerprint = _hash({"upstream": upstream, "own": own})
         upstream = step.fingerprint
-        if step.kind in ("segment", "dataset"):
+        if step.kind in (StepKind.SEGMENT, StepKind.DATASET):
             if step.stages:
                 step.out_schema = step.stages[-1].output_schema
             elif step.gate:
@@ -303,4 +337,4 @@ def output_overlaps_input(output: str, inputs: list[InputSpec], shards: list[Sha
     return None
 
 
-__all__ = ["Plan", "PlannedStage", "Step", "build_plan", "did_you_mean", "resolve_stages"]
+__all__ = ["Plan", "PlannedStage", "Step", "StepKind", "build_plan", "did_you_mean", "resolve_stages"]

@@ -60,6 +60,17 @@ class Truncated:
 Outcome = dict | Rejected | Dropped
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What a per-record stage needs where it runs. ``model``: it loads a model in ``setup()``
+    (once per worker process), so the engine checkpoints each of its batches and a rerun never
+    computes a finished batch again. ``device``: cpu, or gpu when one is present."""
+
+    batch_size: int = 256
+    device: str = "cpu"
+    model: bool = False
+
+
 class Stage:
     """Common part of both shapes. Subclasses set ``name``, ``Params`` and ``input_schema``."""
 
@@ -97,6 +108,10 @@ class Stage:
 
 class RecordStage(Stage):
     shape = "per-record"
+
+    def resources(self) -> Resources:
+        """Records per ``process_batch`` call, device, and whether a model is loaded."""
+        return Resources()
 
     def process(self, record: dict) -> Iterator[Outcome]:
         raise NotImplementedError

@@ -17,7 +17,17 @@ from pydantic import Field
 from schemas import CONTEXT, DEDUP, EMBEDDING, KNN, ORDER, ORDER_FIELDS, TEXT_RECORD, RecordSchema
 from stages import icp_core as core
 from stages import register
-from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, StageParams, Truncated
+from stages.base import (
+    DatasetContext,
+    DatasetResult,
+    DatasetStage,
+    Dropped,
+    Outcome,
+    RecordStage,
+    Resources,
+    StageParams,
+    Truncated,
+)
 from stages.plots import new_figure, save_figure
 
 
@@ -26,6 +36,7 @@ def _ids(ctx: DatasetContext) -> list[str]:
 
 
 def _need(ctx: DatasetContext, name: str, stage: str):
+    _embeddings(ctx)
     if name not in ctx.arrays:
         raise RuntimeError(f"stage needs '{name}' from an earlier stage ({stage} first)")
     return ctx.arrays[name]
@@ -57,26 +68,57 @@ class EmbedParams(StageParams):
 
 
 @register
-class IcpEmbed(DatasetStage):
-    """Embed each document's first N tokens (L2-normalised, cached by id, text, model, settings)."""
+class IcpEmbed(RecordStage):
+    """Embed each document's first N tokens, L2-normalised, as the record's ``emb`` field.
+
+    A per-record model stage: the encoder loads once per worker in ``setup()``, batches are the
+    shard's records in order (so the vectors are the same on every runner), and each finished
+    batch is checkpointed by the engine, so a rerun never embeds a document twice."""
 
     name = "icp_embed"
     Params = EmbedParams
     input_schema = TEXT_RECORD
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
-        from gpu_jobs.embed import EmbedSettings, embed_documents
+    def resources(self) -> Resources:
+        p: EmbedParams = self.params
+        return Resources(batch_size=max(p.batch_size, 256), device="gpu" if p.device != "cpu" else "cpu", model=True)
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return self.adding(upstream, "emb", tuple(EMBEDDING.arrow)[1:])
+
+    def settings(self):
+        from gpu_jobs.embed import EmbedSettings
 
         p: EmbedParams = self.params
-        ids = _ids(ctx)
-        emb, ntok, new = embed_documents(ids, ctx.table.column("text").to_pylist(),
-                                         EmbedSettings(p.model, p.max_tokens, p.batch_size, p.device))
-        ctx.arrays["emb"], ctx.arrays["emb_tokens"] = emb, ntok
-        ctx.artifacts["embeddings"] = pa.table(
-            {"id": ids, "emb": pa.array(list(emb), type=pa.list_(pa.float32())), "emb_tokens": ntok},
-            schema=EMBEDDING.arrow)
-        ctx.metrics.setdefault(self.name, {}).update({"embedded_new": new, "dimension": emb.shape[1]})
-        return DatasetResult(ctx.table)
+        return EmbedSettings(p.model, p.max_tokens, p.batch_size, p.device)
+
+    def setup(self) -> None:
+        from gpu_jobs.embed import Encoder
+
+        self.encoder = Encoder(self.settings())
+
+    def process(self, record: dict):
+        return self.process_batch([record])[0]
+
+    def process_batch(self, records: list[dict]) -> list[list[Outcome]]:
+        vecs, ntok = self.encoder.encode([r["text"] for r in records])
+        return [[{**r, "emb": vecs[i], "emb_tokens": int(ntok[i])}] for i, r in enumerate(records)]
+
+
+def _embeddings(ctx: DatasetContext) -> None:
+    """Move the records' ``emb`` / ``emb_tokens`` columns (written by icp_embed on the workers) into
+    row-aligned arrays, once: the ICP stages work on the matrix, and the artifacts keep their schemas."""
+    for name in ("emb", "emb_tokens"):
+        if name in ctx.table.column_names:
+            col = ctx.table.column(name)
+            if name == "emb":
+                flat = (pa.concat_arrays([c.flatten() for c in col.chunks]) if col.num_chunks
+                        else pa.array([], pa.float32()))
+                dim = len(col[0]) if len(col) else 0
+                ctx.arrays[name] = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), dim)
+            else:
+                ctx.arrays[name] = col.to_numpy(zero_copy_only=False).astype(np.int32)
+            ctx.table = ctx.table.drop_columns([name])
 
 
 class KnnParams(StageParams):
@@ -101,7 +143,12 @@ class IcpKnn(DatasetStage):
 
     name = "icp_knn"
     Params = KnnParams
-    input_schema = TEXT_RECORD
+    input_schema = TEXT_RECORD.extended("embedded_record", 1, tuple(EMBEDDING.arrow)[1:2])
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        # The vectors leave the records here for the driver's matrix (see _embeddings).
+        kept = tuple(f for f in upstream.fields if f.name not in ("emb", "emb_tokens"))
+        return RecordSchema(upstream.name.replace("+emb", ""), upstream.version, kept)
 
     def settings(self) -> core.KnnSettings:
         p: KnnParams = self.params
@@ -109,6 +156,7 @@ class IcpKnn(DatasetStage):
                                 self.seed)
 
     def run(self, ctx: DatasetContext) -> DatasetResult:
+        _embeddings(ctx)
         emb = _need(ctx, "emb", "icp_embed")
         p: KnnParams = self.params
         if p.engine == "beam":
@@ -145,6 +193,7 @@ class IcpDedup(DatasetStage):
     input_schema = TEXT_RECORD
 
     def run(self, ctx: DatasetContext) -> DatasetResult:
+        _embeddings(ctx)
         idx, sims = _need(ctx, "knn_idx", "icp_knn"), ctx.arrays["knn_sims"]
         ids = _ids(ctx)
         # Visit in id order, whatever order the rows arrived in.
@@ -200,6 +249,7 @@ class IcpOrder(DatasetStage):
         return core.union_graph(idx, sims, directed=p.use_top is not None, use_top=p.use_top)
 
     def run(self, ctx: DatasetContext) -> DatasetResult:
+        _embeddings(ctx)
         p: OrderParams = self.params
         graph = self.graph(ctx)
         walk = core.greedy_walk(graph, core.WalkSettings(self.seed, p.start, p.max_run_len, p.merge_short_runs))
@@ -295,6 +345,7 @@ class IcpPack(DatasetStage):
         return CONTEXT
 
     def run(self, ctx: DatasetContext) -> DatasetResult:
+        _embeddings(ctx)
         from gpu_jobs.models import eos_token_id, load_tokenizer
 
         p: PackParams = self.params

@@ -63,9 +63,10 @@ class ShardState:
     def __init__(self):
         self.reset()
 
-    def reset(self):
+    def reset(self, checkpoints: engine.BatchCheckpoints | None = None):
         self.counters: list[engine.StageCounter] = []
         self.removed: list[dict] = []
+        self.checkpoints = checkpoints
         self.t0 = time.time()
 
 
@@ -99,7 +100,8 @@ class StageStep(PipelineStep):
         counter = engine.StageCounter(self.step_index, self.ps.label, self.ps.shape)
         self.state.counters.append(counter)
         records = (from_document(d) for d in data)
-        for record in engine.apply_record_stage(self.ps, records, counter, self.state.removed):
+        for record in engine.apply_record_stage(self.ps, records, counter, self.state.removed,
+                                                 self.state.checkpoints):
             self.stat_update("kept")
             yield to_document(record)
         self.stat_update("removed", value=counter.rejected + counter.dropped)
@@ -115,11 +117,11 @@ class ShardWriter(PipelineStep):
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         # The writer's body runs first (it pulls from the steps before it), so it starts the shard.
-        self.state.reset()
-        rows = [from_document(d) for d in data]
         step = self.plan.steps[self.step_index]
+        self.state.reset(engine.shard_checkpoints(self.plan, step, rank))
+        rows = [from_document(d) for d in data]
         engine.finish_segment_shard(self.plan, step, rank, rows, self.state.counters, self.state.removed,
-                                    self.state.t0)
+                                    self.state.t0, self.state.checkpoints.tally())
         self.stat_update("written", value=len(rows))
         return
         yield  # a generator, as datatrove expects

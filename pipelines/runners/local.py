@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ProcessPoolExecutor
 
 from pipelines import engine
-from pipelines.plan import Plan, Step
+from pipelines.plan import Plan, Step, StepKind
 from pipelines.progress import Progress
 from pipelines.runners import Execution
 
@@ -37,11 +37,11 @@ class ShardedRunner:
 
     def execute(self, plan: Plan) -> Execution:
         for step in plan.steps:
-            if step.kind == "segment":
+            if step.kind is StepKind.SEGMENT:
                 self.run_segment(plan, step)
-            elif step.kind == "decide":
+            elif step.kind is StepKind.DECIDE:
                 engine.run_decide(plan, step)
-            # "dataset" steps are the driver's, after publishing
+            # StepKind.DATASET: the driver's, after publishing
         final = plan.segments[-1]
         n_files = engine.n_output_files(engine.segment_records(plan, final), plan.spec.output.records_per_file)
         self.publish_files(plan, n_files)

@@ -120,13 +120,14 @@ def test_lineage_chains_the_artifacts(icp_run):
         "SELECT p.name, c.name FROM lineage l JOIN artifacts p ON p.artifact_id = l.parent_artifact_id "
         "JOIN artifacts c ON c.artifact_id = l.child_artifact_id WHERE p.kind = 'output' "
         "AND l.run_id = (SELECT min(run_id) FROM runs)")[1]
-    assert rows == [("icp:documents", "icp:embeddings"), ("icp:embeddings", "icp:knn"), ("icp:knn", "icp:dedup"),
+    # The vectors are a field of the documents (icp_embed runs on the workers), so no artifact of their own.
+    assert rows == [("icp:documents", "icp:knn"), ("icp:knn", "icp:dedup"),
                     ("icp:dedup", "icp:order"), ("icp:order", "icp")]
 
 
 def test_same_seed_same_bytes(icp_run):
     (first, second), catalog = icp_run
-    for sub in ("data", "order/data", "dedup/data", "knn/data", "embeddings/data", "plots"):
+    for sub in ("data", "order/data", "dedup/data", "knn/data", "documents/data", "plots"):
         a = sorted((first / sub).iterdir())
         b = sorted((second / sub).iterdir())
         assert [p.name for p in a] == [p.name for p in b]
@@ -142,7 +143,7 @@ def test_beam_ivf_knn_with_two_workers_matches_exact_search(icp_run, tmp_path):
     from stages.icp_beam_knn import beam_knn
 
     (out, _), _ = icp_run
-    emb = np.stack([np.asarray(r["emb"], dtype=np.float32) for r in _table(out / "embeddings")])
+    emb = np.stack([np.asarray(r["emb"], dtype=np.float32) for r in _table(out / "documents")])
     ids, sims = beam_knn(emb, tmp_path, k=10, nlist=16, nprobe=4, train_size=100_000, seed=0, workers=2)
     exact_ids, _ = core.knn(emb, core.KnnSettings(k=10))
     assert core.recall_at(exact_ids, ids, 10) >= 0.9
