@@ -653,6 +653,21 @@ def collect_stats(plan: Plan) -> list[dict]:
     return merge_stats(items, plan)
 
 
+def collect_batches(plan: Plan) -> dict[str, dict[str, int]]:
+    """Per model stage: batches computed and batches read back from a killed run's checkpoints,
+    summed over the shards this run processed (a shard finished by an earlier run counts as
+    ``shards_reused``)."""
+    total: dict[str, dict[str, int]] = {}
+    for step in plan.segments:
+        for i in range(len(plan.shards)):
+            m = read_marker(shard_files(plan, step, i)["done"], step.fingerprint)
+            for label, counts in (m or {}).get("batches", {}).items():
+                row = total.setdefault(label, {"batches_computed": 0, "batches_reused": 0})
+                for k, v in counts.items():
+                    row[k] += v
+    return total
+
+
 def input_counts(plan: Plan) -> dict[int, int]:
     """Records read from each input (index into the pipeline's inputs), from the first step's markers."""
     counts: dict[int, int] = defaultdict(int)

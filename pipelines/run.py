@@ -156,6 +156,8 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     stats, removed, metrics = list(execution.stats), execution.removed, {}
     n_dup, examples = engine.duplicate_ids(plan.records_dir)
     metrics["publish"] = {"duplicate_ids": n_dup}
+    for label, counts in engine.collect_batches(plan).items():  # model stages: work done once, and where
+        metrics.setdefault(label, {}).update(counts)
     if n_dup:
         progress.warn(f"warning: {n_dup} records share their id with another record (e.g. {examples}); "
                      "id-keyed stages (dedup, scores) cannot tell them apart: give records unique ids, "

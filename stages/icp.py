@@ -81,7 +81,8 @@ class IcpEmbed(RecordStage):
 
     def resources(self) -> Resources:
         p: EmbedParams = self.params
-        return Resources(batch_size=max(p.batch_size, 256), device="gpu" if p.device != "cpu" else "cpu", model=True)
+        # A checkpoint holds four encoder batches: small enough that a kill loses little work.
+        return Resources(batch_size=4 * p.batch_size, device="gpu" if p.device != "cpu" else "cpu", model=True)
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return self.adding(upstream, "emb", tuple(EMBEDDING.arrow)[1:])

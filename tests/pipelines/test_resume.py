@@ -105,3 +105,56 @@ def test_changed_parameters_do_not_reuse_stale_shards(real_docs, tmp_path):
     assert t and all(len(r["text"]) >= 2000 for r in t)
     assert len(t) < 200
 
+
+
+EMBED_PIPELINE = """
+name: embed-resume
+inputs:
+  - path: {input}
+read:
+  shard_mb: 0.4
+stages:
+  - stage: normalize
+  - stage: icp_embed
+    params: {{batch_size: 4}}
+"""
+
+
+def test_sigkill_during_a_model_stage_never_embeds_a_document_twice(real_docs, tmp_path):
+    """Killed mid-shard inside icp_embed: the rerun reads the finished batches back (the catalog's
+    metrics say how many) and computes only the rest, and the output equals a clean run's."""
+    docs = [{"id": r["id"], "text": r["text"][:2000]} for r in real_docs if r["source"] == "kjv"][:400]
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    pipeline = write_pipeline(tmp_path / "p.yaml", EMBED_PIPELINE.format(input=src))
+    catalog = tmp_path / "c.duckdb"
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([*LONGFORGE, "run", str(pipeline), "--output", str(out), "--catalog", str(catalog),
+                             "--quiet"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    batches = out / ".longforge" / "work"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        folders = list(batches.glob("step-*/batches/shard-*"))
+        if any(len(list(f.glob("icp_embed-batch-*.json"))) >= 2 for f in folders):
+            break
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = {p: p.stat().st_mtime_ns for p in batches.glob("step-*/batches/shard-*/icp_embed-batch-*.json")}
+    assert len(saved) >= 2, "the kill must land inside a shard of the model stage"
+
+    resumed = run_cli("run", str(pipeline), "--output", str(out), "--catalog", str(catalog), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    clean = run_cli("run", str(pipeline), "--output", str(tmp_path / "clean"), "--catalog", str(catalog), "--quiet")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    con = duckdb.connect(str(catalog), read_only=True)
+    m = {(out_path.split("/")[-1], name): v for out_path, name, v in con.execute(
+        "SELECT r.output_path, m.name, m.value FROM metrics m JOIN runs r USING (run_id) "
+        "WHERE m.stage = 'icp_embed' AND r.status = 'succeeded'").fetchall()}
+    # The rerun read back exactly the batches the kill left and computed only the others: with the
+    # shards the killed run finished, every batch was computed once, as in a clean run.
+    assert m[("killed", "batches_reused")] == len(saved) and m[("clean", "batches_reused")] == 0
+    assert m[("killed", "batches_computed")] + m[("killed", "batches_reused")] == m[("clean", "batches_computed")]
+    fps = con.execute("SELECT fingerprint FROM artifacts WHERE kind = 'output' ORDER BY path").fetchall()
+    assert len(fps) == 2 and fps[0] == fps[1]
