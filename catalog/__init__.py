@@ -342,6 +342,33 @@ class Catalog:
             con.execute("INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [model, prompt_hash, params_hash, backend, params, text, now()])
 
+    def generations(self, models: list[str]) -> list[dict]:
+        """The cached generations of these models, for a run's worker-side cache."""
+        if not Path(self.path).exists() or not models:
+            return []
+        with self.connect() as con:
+            rows = con.execute("SELECT model, prompt_hash, params_hash, backend, CAST(params AS VARCHAR), text "
+                               "FROM generations WHERE list_contains(?, model) "
+                               "ORDER BY model, prompt_hash, params_hash", [models]).fetchall()
+        keys = ("model", "prompt_hash", "params_hash", "backend", "params", "text")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def import_generations(self, rows: list[dict]) -> int:
+        """Add the generations a run's workers made that the catalog does not hold yet; returns how many."""
+        if not rows:
+            return 0
+        table = pa.table({k: [r[k] for r in rows] for k in ("model", "prompt_hash", "params_hash", "backend",
+                                                               "params", "text")})
+        with self.connect() as con:
+            con.register("_gens", table)
+            n = con.execute("""INSERT INTO generations
+                SELECT DISTINCT ON (g.model, g.prompt_hash, g.params_hash) g.model, g.prompt_hash, g.params_hash,
+                       g.backend, g.params, g.text, ? FROM _gens g
+                ANTI JOIN generations c ON c.model = g.model AND c.prompt_hash = g.prompt_hash
+                                        AND c.params_hash = g.params_hash""", [now()]).fetchone()
+            con.unregister("_gens")
+        return int(n[0]) if n else 0
+
     def scored_keys(self, job: str, model: str, revision: str, settings_hash: str) -> set[tuple[str, str]]:
         """(sample id, content hash) of the samples already scored by this job, model, revision and
         settings (resume). A record whose scored fields changed has another hash and is scored again;

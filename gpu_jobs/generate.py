@@ -7,8 +7,9 @@ One call, ``generate(messages, params) -> text``, two backends:
 - ``openai``: any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, SGLang, llama.cpp's
   server, hosted APIs), with a timeout and retries with backoff on connection errors, 429 and 5xx.
 
-:class:`CachedGenerator` keeps every generation in the catalog's ``generations`` table keyed by
-(model, prompt hash, params hash): a rerun generates nothing twice. An API key is read from the
+:class:`CachedGenerator` keeps every generation in a cache (the catalog's ``generations`` table, or
+a worker's :class:`FileGenerationCache` that the driver syncs with it) keyed by (model, prompt hash,
+params hash): a rerun generates nothing twice. An API key is read from the
 environment variable the caller names and is never logged or stored.
 """
 
@@ -17,10 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -128,12 +133,64 @@ class OpenAIGenerator:
         raise GenerationError(f"{self.base_url}: no answer after {self.retries + 1} tries ({last})")
 
 
-class CachedGenerator:
-    """Any generator, with its results kept in the catalog: the same (model, prompt, params) is
-    generated once, whichever run asks."""
+class GenerationCache(Protocol):
+    """Where generations are kept by (model, prompt hash, params hash): the catalog on the driver,
+    a :class:`FileGenerationCache` on a worker."""
 
-    def __init__(self, inner, catalog):
-        self.inner, self.catalog = inner, catalog
+    def cached_generation(self, model: str, prompt_hash: str, params_hash: str) -> str | None: ...
+
+    def add_generation(self, model: str, prompt_hash: str, params_hash: str, *, backend: str, params: str,
+                       text: str) -> None: ...
+
+
+class FileGenerationCache:
+    """The generation cache of a worker: JSON-lines files in one folder, all read when it opens;
+    what this process generates is appended to a file of its own (``gen-<host>-<pid>.jsonl``), so
+    workers never write one file together, and a killed worker loses at most the line it was
+    writing (a torn last line is skipped when read). The driver exports the catalog's generations
+    into the folder before a run and imports the new ones after it."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._known: dict[tuple[str, str, str], str] = {}
+        for f in sorted(self.folder.glob("*.jsonl")):
+            for row in read_generation_lines(f):
+                self._known.setdefault((row["model"], row["prompt_hash"], row["params_hash"]), row["text"])
+        self._own = self.folder / f"gen-{socket.gethostname()}-{os.getpid()}.jsonl"
+
+    def cached_generation(self, model: str, prompt_hash: str, params_hash: str) -> str | None:
+        return self._known.get((model, prompt_hash, params_hash))
+
+    def add_generation(self, model: str, prompt_hash: str, params_hash: str, *, backend: str, params: str,
+                       text: str) -> None:
+        self._known[(model, prompt_hash, params_hash)] = text
+        row = {"model": model, "prompt_hash": prompt_hash, "params_hash": params_hash, "backend": backend,
+               "params": params, "text": text}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self._own, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_generation_lines(path: Path) -> Iterator[dict]:
+    """The complete lines of a cache file (a line torn by a kill is skipped)."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                return
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
+class CachedGenerator:
+    """Any generator, with its results kept in a :class:`GenerationCache`: the same (model, prompt,
+    params) is generated once, whichever run asks."""
+
+    def __init__(self, inner, cache: GenerationCache):
+        self.inner, self.cache = inner, cache
         self.calls = 0  # generations actually made (cache misses)
 
     @property
@@ -143,18 +200,18 @@ class CachedGenerator:
     def generate(self, messages: list[dict], params: GenParams | None = None) -> str:
         p = params or GenParams()
         key = (self.inner.model, prompt_hash(messages), p.key())
-        hit = self.catalog.cached_generation(*key)
+        hit = self.cache.cached_generation(*key)
         if hit is not None:
             return hit
         text = self.inner.generate(messages, p)
         self.calls += 1
-        self.catalog.add_generation(*key, backend=self.inner.backend, params=json.dumps(asdict(p), sort_keys=True),
+        self.cache.add_generation(*key, backend=self.inner.backend, params=json.dumps(asdict(p), sort_keys=True),
                                     text=text)
         return text
 
 
 def make_generator(model: str, backend: str = "local", base_url: str | None = None,
-                   api_key_env: str | None = "OPENAI_API_KEY", catalog=None, **kwargs):
+                   api_key_env: str | None = "OPENAI_API_KEY", cache: GenerationCache | None = None, **kwargs):
     if backend == "local":
         gen = LocalGenerator(model, **kwargs)
     elif backend == "openai":
@@ -163,4 +220,4 @@ def make_generator(model: str, backend: str = "local", base_url: str | None = No
         gen = OpenAIGenerator(model, base_url, api_key_env=api_key_env, **kwargs)
     else:
         raise ValueError(f"unknown generation backend '{backend}' (local, openai)")
-    return CachedGenerator(gen, catalog) if catalog is not None else gen
+    return CachedGenerator(gen, cache) if cache is not None else gen

@@ -28,7 +28,7 @@ from pipelines.plan import Plan, PlannedStage, Step, StepKind
 from schemas import REJECT, RecordSchema, cast_table
 from schemas.files import write_parquet_atomic, write_text_atomic
 from schemas.tables import is_numeric_list, sort_by_id
-from stages.base import Dropped, Rejected, Truncated
+from stages.base import Dropped, Rejected, Services, SideRow, Truncated
 
 #: Shapes whose output records are not the input records (reconciled by inputs that produced output).
 EXPANDING = ("per-record-expanding", "whole-dataset")
@@ -105,10 +105,11 @@ def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
 
 
 def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: StageCounter,
-                       removed: list[dict], checkpoints: BatchCheckpoints | None = None) -> Iterator[dict]:
+                       removed: list[dict], checkpoints: BatchCheckpoints | None = None,
+                       sides: dict[str, list[dict]] | None = None) -> Iterator[dict]:
     """Run one per-record stage over a stream, in batches of the size it asks for, counting what it
     removes. A model stage's batches go through ``checkpoints``: a finished batch is read back, never
-    computed again."""
+    computed again. Side-table rows go to ``sides`` (table -> rows)."""
     stage = ps.stage
     res = stage.resources()
     for k, batch in enumerate(_batches(records, res.batch_size)):
@@ -127,6 +128,10 @@ def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: Stage
                     counter.n_out += 1
                     produced = True
                     yield o
+                elif isinstance(o, SideRow):
+                    if sides is None:
+                        raise RuntimeError(f"stage {ps.label} wrote a side-table row where none is kept")
+                    sides.setdefault(o.table, []).append(o.row)
                 else:
                     if isinstance(o, Rejected):
                         counter.rejected += 1
@@ -184,6 +189,8 @@ def shard_checkpoints(plan: Plan, step: Step, i: int) -> BatchCheckpoints:
 def _outcome_to_json(o) -> dict:
     if isinstance(o, dict):
         return {"record": o}
+    if isinstance(o, SideRow):
+        return {"side": [o.table, o.row]}
     kind = "rejected" if isinstance(o, Rejected) else "dropped"
     return {kind: [o.record_id, o.reason, o.detail] + ([o.payload] if isinstance(o, Rejected) else [])}
 
@@ -191,6 +198,8 @@ def _outcome_to_json(o) -> dict:
 def _outcome_from_json(o: dict):
     if "record" in o:
         return o["record"]
+    if "side" in o:
+        return SideRow(*o["side"])
     if "rejected" in o:
         return Rejected(*o["rejected"])
     return Dropped(*o["dropped"])
@@ -225,6 +234,29 @@ def shard_files(plan: Plan, step: Step, i: int) -> dict[str, Path]:
         "keys": d / f"keys-{i:05d}.parquet",
         "done": d / f"shard-{i:05d}.done.json",
     }
+
+
+def side_file(plan: Plan, step: Step, table: str, i: int) -> Path:
+    return step_dir(plan, step) / f"side-{table}-{i:05d}.parquet"
+
+
+def side_tables(plan: Plan) -> dict[str, tuple[list[Step], RecordSchema]]:
+    """Every side table of the record-level stages: name -> (the steps writing it, its schema).
+    Stages may share a table (four score stages, one ``scores``) when they agree on its schema."""
+    out: dict[str, tuple[list[Step], RecordSchema]] = {}
+    for step in plan.segments:
+        for ps in step.stages:
+            for name, schema in ps.stage.side_tables().items():
+                steps, known = out.setdefault(name, ([], schema))
+                if known.arrow != schema.arrow:
+                    raise ValueError(f"stages write side table '{name}' with two schemas")
+                if step not in steps:
+                    steps.append(step)
+    return out
+
+
+def _step_side_tables(step: Step) -> dict[str, RecordSchema]:
+    return {name: schema for ps in step.stages for name, schema in ps.stage.side_tables().items()}
 
 
 def read_marker(path: Path, fingerprint: str) -> dict | None:
@@ -323,24 +355,41 @@ def run_segment_shard(plan: Plan, step: Step, i: int) -> dict:
     removed: list[dict] = []
     stream = iter_segment_input(plan, step, i, counters, removed)
     checkpoints = shard_checkpoints(plan, step, i)
+    sides: dict[str, list[dict]] = {}
     for ps in step.stages:
         counter = StageCounter(step.index, ps.label, ps.shape)
         counters.append(counter)
-        ensure_setup(ps.stage)
-        stream = apply_record_stage(ps, stream, counter, removed, checkpoints)
-    return finish_segment_shard(plan, step, i, list(stream), counters, removed, t0, checkpoints.tally())
+        ensure_setup(ps.stage, services(plan))
+        stream = apply_record_stage(ps, stream, counter, removed, checkpoints, sides)
+    return finish_segment_shard(plan, step, i, list(stream), counters, removed, t0, checkpoints.tally(), sides)
 
 
-def ensure_setup(stage) -> None:
+def services(plan: Plan) -> Services:
+    """What the engine hands the stages of this plan wherever they run."""
+    return Services(generation_cache=generation_cache_dir(plan))
+
+
+def generation_cache_dir(plan: Plan) -> Path:
+    return Path(plan.output_dir) / ".longforge" / "generations"
+
+
+def ensure_setup(stage, given: Services | None = None) -> None:
     if not getattr(stage, "_longforge_ready", False):
+        if given is not None:
+            stage.services = given
         stage.setup()
         stage._longforge_ready = True
 
 
 def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], counters: list[StageCounter],
-                         removed: list[dict], t0: float, batches: dict | None = None) -> dict:
-    """Write a shard's records, removed records and keys, then its completion marker (last)."""
+                         removed: list[dict], t0: float, batches: dict | None = None,
+                         sides: dict[str, list[dict]] | None = None) -> dict:
+    """Write a shard's records, removed records, side-table rows and keys, then its completion
+    marker (last)."""
     files = shard_files(plan, step, i)
+    for name, schema in _step_side_tables(step).items():
+        write_parquet_atomic(cast_table((sides or {}).get(name, []), schema.arrow), side_file(plan, step, name, i),
+                             compression="zstd")
     write_parquet_atomic(cast_table(rows, step.out_schema.arrow), files["records"], compression="lz4")
     write_parquet_atomic(pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA), files["removed"], compression="lz4")
     counters = list(counters)
@@ -543,6 +592,34 @@ def finish_publish(plan: Plan, n_files: int) -> list[Path]:
     shutil.rmtree(publish_dir(plan), ignore_errors=True)
     paths = [output_file(plan.records_dir, j, n_files) for j in range(n_files)]
     remove_stale_outputs(plan.records_dir, paths)
+    return paths
+
+
+def publish_side_table(plan: Plan, name: str, folder: Path) -> list[Path]:
+    """A side table's rows, step by step and shard by shard (the same order on every runner), into
+    files of ``records_per_file`` rows under ``folder/data``; one batch in memory at a time."""
+    steps, schema = side_tables(plan)[name]
+    sources = [side_file(plan, step, name, i) for step in steps for i in range(len(plan.shards))]
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in sources)
+    per_file = plan.spec.output.records_per_file
+    n = n_output_files(total, per_file)
+    paths = [output_file(str(folder), j, n) for j in range(n)]
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for f in sources:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=min(per_file, 65_536))
+
+    stream = batches()
+    pending: pa.Table = schema.arrow.empty_table()
+    for path in paths:
+        while pending.num_rows < per_file:
+            batch = next(stream, None)
+            if batch is None:
+                break
+            pending = pa.concat_tables([pending, pa.Table.from_batches([batch], schema=schema.arrow)])
+        write_parquet_atomic(pending.slice(0, per_file), path)
+        pending = pending.slice(per_file)
+    remove_stale_outputs(str(folder), paths)
     return paths
 
 

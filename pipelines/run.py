@@ -147,7 +147,11 @@ def _start_run(plan: Plan, run_id: str, runner: str, workers: int, catalog: Cata
 
 def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_args: list[str] | None,
          catalog: Catalog, progress: Progress) -> RunResult:
-    execution = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress).execute(plan)
+    _export_generations(plan, catalog)
+    try:
+        execution = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress).execute(plan)
+    finally:  # what the workers generated reaches the catalog even when the run dies
+        _import_generations(plan, catalog, progress)
     check_accounting(execution.stats)
     n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.records_dir)
     expected = execution.stats[-1]["out"] if execution.stats else 0
@@ -165,9 +169,11 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     # Artifacts in production order; each one's parent is the one before it.
     produced: list[dict] = []
     scores: list[pa.Table] = []
+    records_artifact = _artifact(run_id, f"{plan.spec.name}:documents", plan.records_dir, n, n_bytes,
+                                 fingerprint, plan.records_schema)
+    sides = _publish_side_tables(plan, run_id)  # written by the workers; published file by file
     if plan.dataset_stages:
-        produced.append(_artifact(run_id, f"{plan.spec.name}:documents", plan.records_dir, n, n_bytes,
-                                  fingerprint, plan.records_schema))
+        produced.append(records_artifact)
         progress.log(f"whole-dataset stages: {', '.join(ps.label for ps in plan.dataset_stages)}")
         outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots", catalog=catalog)
         for name, table in outcome.artifacts.items():
@@ -180,7 +186,6 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
             produced.append(_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp,
                                       schema))
             if schema is not None and schema.name == "score":  # also to the catalog's scores, by record id
-                scored_artifact = produced[0]["artifact_id"]
                 scores.append(table)
         engine.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file,
                              outcome.file_groups)
@@ -199,7 +204,9 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     chain = produced + [output]
     lineage = [(a["artifact_id"], b["artifact_id"]) for a, b in zip(chain, chain[1:], strict=False)]
     first_child = produced[0]["artifact_id"] if produced else output_id
-    artifacts = produced + [output]
+    records_id = first_child  # the record-level stages' output: what scores and side tables describe
+    artifacts = produced + [output] + [a for a, _ in sides]
+    lineage += [(records_id, a["artifact_id"]) for a, _ in sides]
     for k, inp in enumerate(plan.spec.inputs):
         path = os.path.abspath(os.path.expanduser(inp.path))
         parent = catalog.latest_output_artifact(path)
@@ -216,15 +223,60 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     _write_card(plan, run_id, runner, n, fingerprint, stats, seconds, metrics)
     catalog.record_results(run_id, stage_stats=stats, rejects=removed.drop(["payload"]),
                            artifacts=artifacts, lineage=lineage, metrics=metrics)
-    for t in scores:
-        n_s = t.num_rows
-        catalog.add_scores(pa.table({
-            "sample_id": t.column("sample_id"), "artifact_id": pa.array([scored_artifact] * n_s, pa.string()),
-            "job": t.column("job"), "model": t.column("model"), "revision": t.column("revision"),
-            "metric": t.column("metric"), "value": t.column("value"),
-            "run_id": pa.array([run_id] * n_s, pa.string()), "settings": t.column("settings")}))
+    score_files = [p for a, paths in sides if a["schema_name"] == "score" for p in paths]
+    for t in scores + [pq.read_table(p) for p in score_files]:  # one file at a time
+        _add_scores(catalog, t, records_id, run_id)
     _remove_stale_work(plan)
     return RunResult(run_id, plan.output_dir, n, fingerprint, stats, removed.num_rows, seconds, metrics)
+
+
+def _generating_models(plan: Plan) -> list[str]:
+    return sorted({ps.stage.params.model for ps in plan.stages if ps.stage.uses_generations})
+
+
+def _export_generations(plan: Plan, catalog: Catalog) -> None:
+    """The catalog's generations for the plan's generators, as the workers' cache (one file the
+    driver rewrites; workers append to files of their own)."""
+    models = _generating_models(plan)
+    if not models:
+        return
+    rows = catalog.generations(models)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    write_text_atomic(text, engine.generation_cache_dir(plan) / "catalog.jsonl")
+
+
+def _import_generations(plan: Plan, catalog: Catalog, progress: Progress) -> None:
+    from gpu_jobs.generate import read_generation_lines
+
+    folder = engine.generation_cache_dir(plan)
+    if not _generating_models(plan) or not folder.is_dir():
+        return
+    rows = [r for f in sorted(folder.glob("gen-*.jsonl")) for r in read_generation_lines(f)]
+    try:
+        catalog.import_generations(rows)
+    except Exception as e:  # noqa: BLE001 - the files stay; the next run imports them
+        progress.warn(f"warning: generations not yet in the catalog: {e}")
+
+
+def _publish_side_tables(plan: Plan, run_id: str) -> list[tuple[dict, list[Path]]]:
+    """Each side table of the record-level stages (a score stage's scores, ...) as an artifact of
+    its own, ``<output>/<name>/data/train-*.parquet``; returns (artifact, its files)."""
+    out = []
+    for name, (_, schema) in engine.side_tables(plan).items():
+        folder = Path(plan.output_dir) / name
+        paths = engine.publish_side_table(plan, name, folder)
+        a_n, a_bytes, a_fp = engine.dataset_fingerprint(str(folder))
+        out.append((_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp, schema), paths))
+    return out
+
+
+def _add_scores(catalog: Catalog, t: pa.Table, artifact_id: str, run_id: str) -> None:
+    n_s = t.num_rows
+    catalog.add_scores(pa.table({
+        "sample_id": t.column("sample_id"), "artifact_id": pa.array([artifact_id] * n_s, pa.string()),
+        "job": t.column("job"), "model": t.column("model"), "revision": t.column("revision"),
+        "metric": t.column("metric"), "value": t.column("value"),
+        "run_id": pa.array([run_id] * n_s, pa.string()), "settings": t.column("settings")}))
 
 
 def _take_output_lock(plan: Plan, catalog: Catalog) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -57,7 +58,17 @@ class Truncated:
     detail: str = ""
 
 
-Outcome = dict | Rejected | Dropped
+@dataclass(frozen=True)
+class SideRow:
+    """A row for one of the stage's side tables (``Stage.side_tables``), written next to the shard
+    on the worker and published as an artifact of its own: a model stage's scores with their
+    model and revision, a cut's log. The driver never gathers them."""
+
+    table: str
+    row: dict
+
+
+Outcome = dict | Rejected | Dropped | SideRow
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,16 @@ class Resources:
     model: bool = False
 
 
+@dataclass(frozen=True)
+class Services:
+    """What the engine hands a stage where it runs, typed (never the catalog, which only the driver
+    writes): ``generation_cache``, the folder of the run's generation cache (see
+    :class:`gpu_jobs.generate.FileGenerationCache`), shared by the workers and synced with the
+    catalog by the driver."""
+
+    generation_cache: Path | None = None
+
+
 class Stage:
     """Common part of both shapes. Subclasses set ``name``, ``Params`` and ``input_schema``."""
 
@@ -81,9 +102,13 @@ class Stage:
     #: True when one input record may yield several output records.
     expands: ClassVar[bool] = False
 
+    #: True when the stage generates text and wants the run's generation cache (``Services``).
+    uses_generations: ClassVar[bool] = False
+
     def __init__(self, params: StageParams | None = None, seed: int = 0):
         self.params = params if params is not None else self.Params()
         self.seed = seed
+        self.services = Services()
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         """The schema this stage writes, given what the stage before it produced."""
@@ -94,6 +119,10 @@ class Stage:
         """``upstream`` plus ``fields``, named e.g. ``document+tokens@1`` so plans show what was added."""
         name = upstream.name if upstream.name.endswith(f"+{tag}") else f"{upstream.name}+{tag}"
         return upstream.extended(name, upstream.version, fields)
+
+    def side_tables(self) -> dict[str, RecordSchema]:
+        """Side tables this stage writes (name -> schema); their rows come as :class:`SideRow` outcomes."""
+        return {}
 
     def setup(self) -> None:
         """Load heavy resources (models, tokenizers) once per worker, not per record."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -15,7 +16,17 @@ from pydantic import Field
 from schemas import MESSAGE, TEXT_RECORD, RecordSchema
 from stages import longalign_core as core
 from stages import register
-from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, StageParams
+from stages.base import (
+    DatasetContext,
+    DatasetResult,
+    DatasetStage,
+    Dropped,
+    Outcome,
+    RecordStage,
+    Resources,
+    SideRow,
+    StageParams,
+)
 
 INSTRUCTION_ROW = RecordSchema("longalign_row", 1, (
     pa.field("id", pa.string(), nullable=False),  # <document id>#q
@@ -68,70 +79,75 @@ class SelfInstructParams(StageParams):
     temperature: float = Field(0.0, ge=0)
     asks: int = Field(2, ge=1, description="tries (another seed each) before a document without a parseable "
                       "question list is dropped")
+    batch_records: int = Field(4, gt=0, description="documents per checkpointed batch: a killed run never "
+                               "generates for a finished batch again")
 
 
 @register
-class SelfInstruct(DatasetStage):
+class SelfInstruct(RecordStage):
     """Spec 3.1: per document a task type at random, five numbered questions, one of them at random,
-    and its answer from the same generator; generations are cached in the catalog."""
+    and its answer from the same generator. A per-record model stage on the runner's workers: the
+    engine checkpoints each batch of documents, and generations go through the run's generation
+    cache (synced with the catalog), so no question or answer is generated twice."""
 
     name = "self_instruct"
     Params = SelfInstructParams
     input_schema = TEXT_RECORD
+    uses_generations = True
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return INSTRUCTION_ROW
 
-    def generator(self, ctx: DatasetContext):
-        from gpu_jobs.generate import make_generator
+    def resources(self) -> Resources:
+        return Resources(batch_size=self.params.batch_records, device="cpu" if self.params.backend == "openai"
+                         else "auto", model=True)
+
+    def side_tables(self) -> dict[str, RecordSchema]:
+        return {"messages": INSTRUCTION_ROW}  # the rows as generated, before any tokenisation
+
+    def generator(self):
+        from gpu_jobs.generate import FileGenerationCache, make_generator
 
         p: SelfInstructParams = self.params
         extra = {"base_url": p.base_url, "api_key_env": p.api_key_env} if p.backend == "openai" else {}
-        return make_generator(p.model, p.backend, catalog=ctx.catalog, **extra)
+        folder = self.services.generation_cache
+        return make_generator(p.model, p.backend, cache=FileGenerationCache(folder) if folder else None, **extra)
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
+    def setup(self) -> None:
+        self._gen = self.generator()
+
+    def process(self, record: dict) -> Iterator[Outcome]:
         from gpu_jobs.generate import GenParams
 
         p: SelfInstructParams = self.params
-        gen = self.generator(ctx)
-        cols = {f.name: [] for f in INSTRUCTION_ROW.fields}
-        dropped = []
-        t = ctx.table
-        langs = t.column("language").to_pylist() if "language" in t.column_names else [None] * t.num_rows
-        sources = t.column("source").to_pylist() if "source" in t.column_names else [None] * t.num_rows
-        for rid, text, lang, source in zip(t.column("id").to_pylist(), t.column("text").to_pylist(), langs, sources,
-                                           strict=True):
-            rng = _seeded(self.seed, rid)
-            task = core.TASK_TYPES[int(rng.integers(len(core.TASK_TYPES)))]
-            doc = text[:p.max_document_chars]
-            questions: list[str] = []
-            for attempt in range(p.asks):
-                reply = gen.generate(core.question_prompt(doc, task),
-                                     GenParams(max_new_tokens=p.question_tokens, temperature=p.temperature,
-                                               seed=self.seed + attempt))
-                questions = core.parse_questions(reply)
-                if questions:
-                    break
-            if not questions:
-                dropped.append(Dropped(rid, "question list unparseable", f"{p.asks} tries"))
-                continue
-            question = questions[int(rng.integers(len(questions)))]
-            answer = gen.generate(core.answer_prompt(doc, question),
-                                  GenParams(max_new_tokens=p.answer_tokens, temperature=p.temperature, seed=self.seed))
-            if not answer.strip():
-                dropped.append(Dropped(rid, "empty answer", ""))
-                continue
-            row = {"id": f"{rid}#q", "messages": [{"role": "user", "content": f"{doc}\n\n{question}"},
-                                                  {"role": "assistant", "content": answer.strip()}],
-                   "source": source, "task_type": task, "language": lang, "question": question, "generator": p.model}
-            for k, v in row.items():
-                cols[k].append(v)
-        m = ctx.metrics.setdefault(self.name, {})
-        m.update({"rows": len(cols["id"]), "documents_dropped": len(dropped),
-                  "generations_made": getattr(gen, "calls", -1)})
-        table = pa.table(cols, schema=INSTRUCTION_ROW.arrow)
-        ctx.artifacts["messages"] = table
-        return DatasetResult(table, dropped, consumed=table.num_rows)
+        rid = record["id"]
+        rng = _seeded(self.seed, rid)
+        task = core.TASK_TYPES[int(rng.integers(len(core.TASK_TYPES)))]
+        doc = record["text"][:p.max_document_chars]
+        questions: list[str] = []
+        for attempt in range(p.asks):
+            reply = self._gen.generate(core.question_prompt(doc, task),
+                                       GenParams(max_new_tokens=p.question_tokens, temperature=p.temperature,
+                                                 seed=self.seed + attempt))
+            questions = core.parse_questions(reply)
+            if questions:
+                break
+        if not questions:
+            yield Dropped(rid, "question list unparseable", f"{p.asks} tries")
+            return
+        question = questions[int(rng.integers(len(questions)))]
+        answer = self._gen.generate(core.answer_prompt(doc, question),
+                                    GenParams(max_new_tokens=p.answer_tokens, temperature=p.temperature,
+                                              seed=self.seed))
+        if not answer.strip():
+            yield Dropped(rid, "empty answer", "")
+            return
+        row = {"id": f"{rid}#q", "messages": [{"role": "user", "content": f"{doc}\n\n{question}"},
+                                              {"role": "assistant", "content": answer.strip()}],
+               "source": record.get("source"), "task_type": task, "language": record.get("language"),
+               "question": question, "generator": p.model}
+        yield SideRow("messages", row)
+        yield row
 
 
 class ChatTokenizeParams(StageParams):
@@ -142,9 +158,8 @@ class ChatTokenizeParams(StageParams):
 
 
 @register
-class ChatTokenize(DatasetStage):
-    """Spec 3.2: the chat template turn by turn; labels on assistant turns only. (A whole-dataset
-    stage so that it can follow self_instruct; the work is per row.)"""
+class ChatTokenize(RecordStage):
+    """Spec 3.2: the chat template turn by turn; labels on assistant turns only."""
 
     name = "chat_tokenize"
     Params = ChatTokenizeParams
@@ -175,23 +190,9 @@ class ChatTokenize(DatasetStage):
             return Dropped(record["id"], f"longer than {p.max_len} tokens ({p.overflow})", f"{len(t.input_ids)} tokens")
         return {"input_ids": t2.input_ids, "labels": t2.labels, "n_target": t2.n_target, "len": len(t2.input_ids)}
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
-        if not hasattr(self, "_tok"):
-            self.setup()
-        rows = ctx.table.to_pylist()
-        kept, extra, dropped = [], {f.name: [] for f in TOKEN_FIELDS}, []
-        for k, r in enumerate(rows):
-            out = self.tokenize(r)
-            if isinstance(out, Dropped):
-                dropped.append(out)
-                continue
-            kept.append(k)
-            for name, v in out.items():
-                extra[name].append(v)
-        table = ctx.table.take(pa.array(kept, pa.int64()))
-        for f in TOKEN_FIELDS:
-            table = table.append_column(f, pa.array(extra[f.name], f.type))
-        return DatasetResult(table, dropped, consumed=table.num_rows)
+    def process(self, record: dict) -> Iterator[Outcome]:
+        out = self.tokenize(record)
+        yield out if isinstance(out, Dropped) else {**record, **out}
 
 
 class BatchesParams(StageParams):

@@ -1,10 +1,12 @@
-"""Scoring jobs as a pipeline stage: every record scored by a causal LM (gpu_jobs.scoring), the
-scores added to the record as a ``scores`` list and published as the ``scores`` artifact, which the
-driver also appends to the catalog's ``scores`` table (keyed by record id, model and revision)."""
+"""Scoring jobs as a pipeline stage: every record scored by a causal LM (gpu_jobs.scoring) on the
+runner's workers, the scores added to the record as a ``scores`` list and written to the ``scores``
+side table, which is published as an artifact and appended to the catalog's ``scores`` table
+(keyed by record id, model and revision)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Literal
 
 import pyarrow as pa
@@ -12,7 +14,7 @@ from pydantic import Field, model_validator
 
 from schemas import SCORE, SCORE_FIELDS, RecordSchema
 from stages import register
-from stages.base import DatasetContext, DatasetResult, DatasetStage, StageParams
+from stages.base import Outcome, RecordStage, Rejected, Resources, SideRow, StageParams
 
 
 class ScoreParams(StageParams):
@@ -29,6 +31,8 @@ class ScoreParams(StageParams):
     segment_tokens: int = Field(128, gt=0)
     max_segments: int = Field(500, gt=0)
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda[:N]")
+    batch_records: int = Field(32, gt=0, description="records per model batch: the unit a killed run never "
+                               "scores again (the token budget still sets each forward pass's size)")
     prefix: str = Field("", description="put before each metric name (short/, long/): several score stages "
                         "share the records' one `scores` list")
 
@@ -41,8 +45,13 @@ class ScoreParams(StageParams):
 
 
 @register
-class Score(DatasetStage):
-    """Model scores for every record (perplexity, response log-likelihood, segment PPL / attention)."""
+class Score(RecordStage):
+    """Model scores for every record (perplexity, response log-likelihood, segment PPL / attention).
+
+    A per-record model stage: the model loads once per worker in ``setup()``, records are scored
+    ``batch_records`` at a time (padded to the token budget inside), each finished batch is
+    checkpointed by the engine, and each score also goes to the ``scores`` side table with its
+    model, revision and settings (which the driver appends to the catalog)."""
 
     name = "score"
     Params = ScoreParams
@@ -58,6 +67,17 @@ class Score(DatasetStage):
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return self.adding(upstream, "scores", SCORE_FIELDS)
 
+    def resources(self) -> Resources:
+        p: ScoreParams = self.params
+        return Resources(batch_size=p.batch_records, device=p.device, model=True)
+
+    def table_name(self) -> str:
+        p: ScoreParams = self.params
+        return "scores" + (f"-{p.prefix.strip('/').replace('/', '-')}" if p.prefix.strip("/") else "")
+
+    def side_tables(self) -> dict[str, RecordSchema]:
+        return {self.table_name(): SCORE}
+
     def settings(self):
         from gpu_jobs.scoring import ScoreSettings
 
@@ -67,41 +87,38 @@ class Score(DatasetStage):
                              context_field=p.context_field, instruction_field=p.instruction_field,
                              segment_tokens=p.segment_tokens, max_segments=p.max_segments)
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
+    def setup(self) -> None:
         from gpu_jobs.lm import load_causal_lm
+
+        self._lm = load_causal_lm(self.params.model, device=self.params.device)
+        s = self.settings()
+        self._settings_json = json.dumps({**s.identity(), "hash": s.hash()}, sort_keys=True)
+
+    def process_batch(self, records: list[dict]) -> list[list[Outcome]]:
         from gpu_jobs.scoring import score_part
 
         p: ScoreParams = self.params
         s = self.settings()
-        required, optional = s.fields()  # the plan has checked that the required ones arrive
-        cols = ["id", *required, *[c for c in optional if c in ctx.table.column_names]]
-        records = ctx.table.select(cols).to_pylist()
-        lm = load_causal_lm(p.model, device=p.device)
-        values = score_part(lm, s, records) if records else []
-        values = [{**v, "metric": p.prefix + v["metric"]} for v in values]
+        why = [s.invalid(r) for r in records]
+        valid = [r for r, w in zip(records, why, strict=True) if w is None]
+        required, optional = s.fields()
+        values = score_part(self._lm, s, [{k: r.get(k) for k in ["id", *required, *optional]} for r in valid]) \
+            if valid else []
         by_id: dict[str, list[dict]] = {}
         for v in values:
-            by_id.setdefault(v["sample_id"], []).append({"metric": v["metric"], "value": v["value"]})
-        ids = ctx.table.column("id").to_pylist()
-        if "scores" in ctx.table.column_names:  # an earlier score stage's list: add to it
-            earlier = ctx.table.column("scores").to_pylist()
-            column = pa.array([(e or []) + by_id.get(i, []) for i, e in zip(ids, earlier, strict=True)],
-                              SCORE_FIELDS[0].type)
-            table = ctx.table.set_column(ctx.table.column_names.index("scores"), SCORE_FIELDS[0], column)
-        else:
-            column = pa.array([by_id.get(i, []) for i in ids], SCORE_FIELDS[0].type)
-            table = ctx.table.append_column(SCORE_FIELDS[0], column)
-        settings = json.dumps({**s.identity(), "hash": s.hash()}, sort_keys=True)
-        name = "scores" + (f"-{p.prefix.strip('/').replace('/', '-')}" if p.prefix.strip("/") else "")
-        ctx.artifacts[name] = pa.table({
-            "id": [f"{v['sample_id']}/{v['metric']}" for v in values],
-            "sample_id": [v["sample_id"] for v in values], "job": [p.job] * len(values),
-            "model": [p.model] * len(values), "revision": [lm.revision] * len(values),
-            "metric": [v["metric"] for v in values], "value": [v["value"] for v in values],
-            "settings": [settings] * len(values)}, schema=SCORE.arrow)
-        m = ctx.metrics.setdefault(f"{self.name}:{p.prefix}{p.job}", {})
-        m["samples_scored"] = len(by_id)
-        ppl = [v["value"] for v in values if v["metric"].endswith("ppl") and ":" not in v["metric"]]
-        if ppl:
-            m["median_ppl"] = float(sorted(ppl)[len(ppl) // 2])
-        return DatasetResult(table)
+            by_id.setdefault(v["sample_id"], []).append({"metric": p.prefix + v["metric"], "value": v["value"]})
+        table = self.table_name()
+        out: list[list[Outcome]] = []
+        for r, w in zip(records, why, strict=True):
+            if w is not None:
+                out.append([Rejected(r["id"], w[0], w[1])])
+                continue
+            mine = by_id.get(r["id"], [])
+            sides = [SideRow(table, {"id": f"{r['id']}/{m['metric']}", "sample_id": r["id"], "job": p.job,
+                                     "model": p.model, "revision": self._lm.revision, "metric": m["metric"],
+                                     "value": m["value"], "settings": self._settings_json}) for m in mine]
+            out.append([{**r, "scores": list(r.get("scores") or []) + mine}, *sides])
+        return out
+
+    def process(self, record: dict) -> Iterator[Outcome]:
+        yield from self.process_batch([record])[0]

@@ -66,6 +66,7 @@ class ShardState:
     def reset(self, checkpoints: engine.BatchCheckpoints | None = None):
         self.counters: list[engine.StageCounter] = []
         self.removed: list[dict] = []
+        self.sides: dict[str, list[dict]] = {}
         self.checkpoints = checkpoints
         self.t0 = time.time()
 
@@ -90,18 +91,18 @@ class StageStep(PipelineStep):
 
     type = "🔻 - FILTER"
 
-    def __init__(self, ps: PlannedStage, step: Step, state: ShardState):
+    def __init__(self, plan: Plan, ps: PlannedStage, step: Step, state: ShardState):
         self.name = f"longforge {ps.label}"
         super().__init__()
-        self.ps, self.step_index, self.state = ps, step.index, state
+        self.plan, self.ps, self.step_index, self.state = plan, ps, step.index, state
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        engine.ensure_setup(self.ps.stage)
+        engine.ensure_setup(self.ps.stage, engine.services(self.plan))
         counter = engine.StageCounter(self.step_index, self.ps.label, self.ps.shape)
         self.state.counters.append(counter)
         records = (from_document(d) for d in data)
         for record in engine.apply_record_stage(self.ps, records, counter, self.state.removed,
-                                                 self.state.checkpoints):
+                                                 self.state.checkpoints, self.state.sides):
             self.stat_update("kept")
             yield to_document(record)
         self.stat_update("removed", value=counter.rejected + counter.dropped)
@@ -121,7 +122,7 @@ class ShardWriter(PipelineStep):
         self.state.reset(engine.shard_checkpoints(self.plan, step, rank))
         rows = [from_document(d) for d in data]
         engine.finish_segment_shard(self.plan, step, rank, rows, self.state.counters, self.state.removed,
-                                    self.state.t0, self.state.checkpoints.tally())
+                                    self.state.t0, self.state.checkpoints.tally(), self.state.sides)
         self.stat_update("written", value=len(rows))
         return
         yield  # a generator, as datatrove expects
@@ -139,7 +140,7 @@ class DatatroveRunner(ShardedRunner):
             return
         state = ShardState()
         pipeline = [ShardReader(plan, step, state)]
-        pipeline += [StageStep(ps, step, state) for ps in step.stages]
+        pipeline += [StageStep(plan, ps, step, state) for ps in step.stages]
         pipeline.append(ShardWriter(plan, step, state))
         logs = engine.step_dir(plan, step) / "datatrove-logs"
         executor = LocalPipelineExecutor(pipeline=pipeline, tasks=len(plan.shards), workers=self.workers,

@@ -134,21 +134,23 @@ class ScriptedGenerator:
 
 
 def test_self_instruct_builds_rows_and_drops_what_it_cannot_parse(monkeypatch):
+    from stages.base import Dropped, SideRow
     from stages.longalign import SelfInstruct
 
-    stage = SelfInstruct(SelfInstruct.Params(), seed=0)
-    gen = ScriptedGenerator()
-    monkeypatch.setattr(stage, "generator", lambda ctx: gen)
-    table = pa.table({"id": ["a", "b", "c"], "text": ["Doc A " * 50, "Doc B UNPARSEABLE " * 50, "Doc C " * 50]})
-    result = stage.run(DatasetContext(table=table))
-    rows = result.table.to_pylist()
-    assert [r["id"] for r in rows] == ["a#q", "c#q"] and [d.record_id for d in result.dropped] == ["b"]
+    def run(stage):
+        stage._gen = ScriptedGenerator()  # stands in for the model setup() would load
+        return stage.process_batch([{"id": "a", "text": "Doc A " * 50}, {"id": "b", "text": "Doc B UNPARSEABLE " * 50},
+                                    {"id": "c", "text": "Doc C " * 50}])
+
+    outcomes = run(SelfInstruct(SelfInstruct.Params(), seed=0))
+    rows = [o for outs in outcomes for o in outs if isinstance(o, dict)]
+    sides = [o.row for outs in outcomes for o in outs if isinstance(o, SideRow)]
+    dropped = [o.record_id for outs in outcomes for o in outs if isinstance(o, Dropped)]
+    assert [r["id"] for r in rows] == ["a#q", "c#q"] and dropped == ["b"] and sides == rows  # the messages table
     for r in rows:
         assert r["task_type"] in core.TASK_TYPES and r["question"].startswith("Question ")
         assert r["messages"][0]["content"].endswith(r["question"]) and r["messages"][1]["content"] == "An answer."
-    again = SelfInstruct(SelfInstruct.Params(), seed=0)
-    monkeypatch.setattr(again, "generator", lambda ctx: ScriptedGenerator())
-    assert again.run(DatasetContext(table=table)).table.equals(result.table)  # deterministic
+    assert run(SelfInstruct(SelfInstruct.Params(), seed=0)) == outcomes  # deterministic
 
 
 def test_parse_questions_accepts_common_numberings():
