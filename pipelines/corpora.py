@@ -306,7 +306,7 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
 
 def build(name: str, output: str | None = None) -> tuple[str, int]:
     """Write corpus NAME as Parquet ``document@1`` in the Hub layout; returns (folder, documents)."""
-    from pipelines.engine import output_file, write_bucket
+    from pipelines.publish import output_file, write_bucket
     from schemas import DOCUMENT
 
     corpus = CORPORA[name]

@@ -19,7 +19,7 @@ from pipelines.io import InputError, Shard, estimate_records, plan_shards
 from pipelines.spec import InputSpec, LoadedSpec, PipelineSpec, did_you_mean
 from schemas import DOCUMENT, RecordSchema
 from stages import all_stages
-from stages.base import CollectionStage, DatasetStage, RecordStage, Stage
+from stages.base import CollectionStage, DatasetStage, GlobalStage, GroupStage, RecordStage, Stage
 
 CODE_VERSION = "0.1.0"
 
@@ -39,15 +39,23 @@ class PlannedStage:
             return "per-record-expanding" if self.stage.expands else "per-record"
         if isinstance(self.stage, DatasetStage):
             return "whole-dataset"
+        if isinstance(self.stage, GlobalStage):
+            return "global"
+        if isinstance(self.stage, GroupStage):
+            return "per-group"
         return "whole-collection"
 
 
 class StepKind(StrEnum):
-    """``segment``: per-record work shard by shard; ``decide``: a whole-collection decision;
-    ``dataset``: the whole-dataset stages, run on the driver after everything else."""
+    """``segment``: per-record work shard by shard (starting with the decisions or columns of the
+    step before, if any); ``decide``: a whole-collection decision; ``global``: a global stage's
+    decision over every record's summary, on the driver; ``group``: a per-group stage, partition by
+    partition on the workers; ``dataset``: the whole-dataset stages, on the driver, last."""
 
     SEGMENT = "segment"
     DECIDE = "decide"
+    GLOBAL = "global"
+    GROUP = "group"
     DATASET = "dataset"
 
 
@@ -56,9 +64,9 @@ class Step:
     index: int
     kind: StepKind
     stages: list[PlannedStage] = field(default_factory=list)
-    gate: PlannedStage | None = None  # segment: apply this collection stage's decisions first
-    emits_keys_for: PlannedStage | None = None  # segment: also write the next collection stage's keys
-    collection: PlannedStage | None = None  # decide step: the stage deciding
+    gate: PlannedStage | None = None  # segment: apply this collection or global stage's answer first
+    feeds: PlannedStage | None = None  # segment: also write what the next step's stage reads (keys, summaries, parts)
+    central: PlannedStage | None = None  # decide, global or group step: its stage
     fingerprint: str = ""
     out_schema: RecordSchema = DOCUMENT
 
@@ -66,8 +74,8 @@ class Step:
     def name(self) -> str:
         if self.kind is StepKind.DATASET:
             return f"step-{self.index:02d}-dataset-" + "-".join(s.label for s in self.stages)
-        if self.kind is StepKind.DECIDE:
-            return f"step-{self.index:02d}-decide-{self.collection.label}"
+        if self.kind in (StepKind.DECIDE, StepKind.GLOBAL, StepKind.GROUP):
+            return f"step-{self.index:02d}-{self.kind.value}-{self.central.label}"
         names = ([f"apply-{self.gate.label}"] if self.gate else []) + [s.label for s in self.stages]
         return f"step-{self.index:02d}-" + ("-".join(names) or "read")
 
@@ -90,6 +98,12 @@ class Plan:
     @property
     def segments(self) -> list[Step]:
         return [s for s in self.steps if s.kind is StepKind.SEGMENT]
+
+    @property
+    def record_steps(self) -> list[Step]:
+        """Steps that leave records shard by shard (segments, and groups by partition): each has
+        ``len(shards)`` parts, and the last one is what is published."""
+        return [s for s in self.steps if s.kind in (StepKind.SEGMENT, StepKind.GROUP)]
 
     @property
     def dataset_stages(self) -> list[PlannedStage]:
@@ -135,9 +149,18 @@ class Plan:
         rows = []
         for step in self.steps:
             if step.kind is StepKind.SEGMENT:
-                shape = "per-record" if not step.gate else "gate + per-record"
+                shape = "per-record" if not step.gate else f"{step.gate.shape} answer applied + per-record"
                 rows.append({"step": step.name, "shape": shape, "runs_on": on_workers,
                              "driver_holds": ["completion markers (counts per shard)"]})
+            elif step.kind is StepKind.GROUP:
+                rows.append({"step": step.name, "shape": "per-group", "runs_on": on_workers + ", one partition "
+                             "of the groups per task", "driver_holds": ["completion markers (counts per partition)"]})
+            elif step.kind is StepKind.GLOBAL:
+                ps = step.central
+                fields = [f.name for f in ps.stage.summary_fields(ps.input_schema)]
+                rows.append({"step": step.name, "shape": "global", "runs_on": "the driver, one decision over "
+                             "every record's summary; its columns are joined onto the records on the workers",
+                             "driver_holds": ["id, " + (", ".join(fields) or "(nothing else)") + " of every record"]})
             elif step.kind is StepKind.DECIDE:
                 rows.append({"step": step.name, "shape": "whole-collection (keys -> decide)",
                              "runs_on": "the driver, out of core (DuckDB groups the shards' key files, spilling "
@@ -213,14 +236,19 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
     for ps in stages:
         if isinstance(ps.stage, DatasetStage):
             dataset.stages.append(ps)
-        elif isinstance(ps.stage, CollectionStage):
-            segment.emits_keys_for = ps
-            steps.append(segment)
-            steps.append(Step(len(steps), StepKind.DECIDE, collection=ps))
-            segment = Step(len(steps), StepKind.SEGMENT, gate=ps)
-        else:
+        elif isinstance(ps.stage, RecordStage):
             segment.stages.append(ps)
-    steps.append(segment)
+        else:  # collection, global, group: the segment before writes what its step reads
+            kind = (StepKind.DECIDE if isinstance(ps.stage, CollectionStage) else
+                    StepKind.GLOBAL if isinstance(ps.stage, GlobalStage) else StepKind.GROUP)
+            segment.feeds = ps
+            steps.append(segment)
+            steps.append(Step(len(steps), kind, central=ps))
+            # After a decision or global columns, the next segment applies them; after a group
+            # step, its partitions are the records.
+            segment = Step(len(steps), StepKind.SEGMENT, gate=ps if kind is not StepKind.GROUP else None)
+    if segment.stages or segment.gate or not steps or steps[-1].kind is not StepKind.GROUP:
+        steps.append(segment)
     if dataset.stages:
         dataset.index = len(steps)
         steps.append(dataset)
@@ -230,10 +258,10 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
         own = {
             "kind": step.kind,
             "gate": step.gate.label if step.gate else None,
-            "keys": step.emits_keys_for.label if step.emits_keys_for else None,
+            "feeds": step.feeds.label if step.feeds else None,
             "stages": [(s.name, s.label, s.stage.params.model_dump()) for s in step.stages]
-            + ([(step.collection.name, step.collection.label, step.collection.stage.params.model_dump())]
-               if step.collection else []),
+            + ([(step.central.name, step.central.label, step.central.stage.params.model_dump())]
+               if step.central else []),
         }
         step.fingerprint = _hash({"upstream": upstream, "own": own})
         upstream = step.fingerprint
@@ -242,6 +270,12 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
                 step.out_schema = step.stages[-1].output_schema
             elif step.gate:
                 step.out_schema = step.gate.output_schema
+            elif step.index > 0:
+                step.out_schema = steps[step.index - 1].out_schema
+        elif step.kind is StepKind.GROUP:
+            step.out_schema = step.central.output_schema
+        else:
+            step.out_schema = step.central.input_schema
     return steps
 
 

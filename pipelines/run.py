@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from catalog import Catalog
-from pipelines import engine
-from pipelines.plan import CODE_VERSION, Plan
+from pipelines import accounting, engine, layout, publish
+from pipelines.plan import CODE_VERSION, Plan, StepKind
 from pipelines.progress import Progress, format_table
 from pipelines.redaction import redact
 from pipelines.runners import make_runner
@@ -50,7 +50,7 @@ def new_run_id() -> str:
 def check_accounting(stats: list[dict]) -> None:
     bad = []
     for s in stats:
-        produced = s["inputs_with_output"] if s["shape"] in engine.EXPANDING else s["out"]
+        produced = s["inputs_with_output"] if s["shape"] in accounting.EXPANDING else s["out"]
         if s["in"] != produced + s["rejected"] + s["dropped"]:
             bad.append(f"{s['stage']}: in={s['in']} out={produced} rejected={s['rejected']} dropped={s['dropped']}")
     # What one stage emits, the next one receives.
@@ -153,12 +153,12 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     finally:  # what the workers generated reaches the catalog even when the run dies
         _import_generations(plan, catalog, progress)
     check_accounting(execution.stats)
-    n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.records_dir)
+    n, n_bytes, fingerprint = publish.dataset_fingerprint(plan.records_dir)
     expected = execution.stats[-1]["out"] if execution.stats else 0
     if n != expected:
         raise AccountingError(f"the last stage emitted {expected} records but the output holds {n}")
     stats, removed, metrics = list(execution.stats), execution.removed, {}
-    n_dup, examples = engine.duplicate_ids(plan.records_dir)
+    n_dup, examples = publish.duplicate_ids(plan.records_dir)
     metrics["publish"] = {"duplicate_ids": n_dup}
     for label, counts in engine.collect_batches(plan).items():  # model stages: work done once, and where
         metrics.setdefault(label, {}).update(counts)
@@ -172,14 +172,16 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     records_artifact = _artifact(run_id, f"{plan.spec.name}:documents", plan.records_dir, n, n_bytes,
                                  fingerprint, plan.records_schema)
     sides = _publish_side_tables(plan, run_id)  # written by the workers; published file by file
+    sides += _publish_global_artifacts(plan, run_id)  # small tables global stages left on the driver
+    metrics.update(engine.collect_metrics(plan))
     if plan.dataset_stages:
         produced.append(records_artifact)
         progress.log(f"whole-dataset stages: {', '.join(ps.label for ps in plan.dataset_stages)}")
         outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots", catalog=catalog)
         for name, table in outcome.artifacts.items():
             folder = Path(plan.output_dir) / name
-            engine.write_ordered(table, folder, plan.spec.output.records_per_file)
-            a_n, a_bytes, a_fp = engine.dataset_fingerprint(str(folder), table)
+            publish.write_ordered(table, folder, plan.spec.output.records_per_file)
+            a_n, a_bytes, a_fp = publish.dataset_fingerprint(str(folder), table)
             from schemas import REGISTRY
 
             schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
@@ -187,13 +189,13 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
                                       schema))
             if schema is not None and schema.name == "score":  # also to the catalog's scores, by record id
                 scores.append(table)
-        engine.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file,
+        publish.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file,
                              outcome.file_groups)
         stats += outcome.stats
         removed = pa.concat_tables([removed, outcome.removed])
         metrics.update(outcome.metrics)
         check_accounting(stats)
-        n, n_bytes, fingerprint = engine.dataset_fingerprint(plan.output_dir, outcome.table)
+        n, n_bytes, fingerprint = publish.dataset_fingerprint(plan.output_dir, outcome.table)
         if n != outcome.table.num_rows:
             raise AccountingError(f"the last stage emitted {outcome.table.num_rows} records, the output has {n}")
     meta_dir = Path(plan.output_dir) / ".longforge"
@@ -242,13 +244,13 @@ def _export_generations(plan: Plan, catalog: Catalog) -> None:
         return
     rows = catalog.generations(models)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    write_text_atomic(text, engine.generation_cache_dir(plan) / "catalog.jsonl")
+    write_text_atomic(text, layout.generation_cache_dir(plan) / "catalog.jsonl")
 
 
 def _import_generations(plan: Plan, catalog: Catalog, progress: Progress) -> None:
     from gpu_jobs.generate import read_generation_lines
 
-    folder = engine.generation_cache_dir(plan)
+    folder = layout.generation_cache_dir(plan)
     if not _generating_models(plan) or not folder.is_dir():
         return
     rows = [r for f in sorted(folder.glob("gen-*.jsonl")) for r in read_generation_lines(f)]
@@ -262,11 +264,29 @@ def _publish_side_tables(plan: Plan, run_id: str) -> list[tuple[dict, list[Path]
     """Each side table of the record-level stages (a score stage's scores, ...) as an artifact of
     its own, ``<output>/<name>/data/train-*.parquet``; returns (artifact, its files)."""
     out = []
-    for name, (_, schema) in engine.side_tables(plan).items():
+    for name, (_, schema) in layout.side_tables(plan).items():
         folder = Path(plan.output_dir) / name
-        paths = engine.publish_side_table(plan, name, folder)
-        a_n, a_bytes, a_fp = engine.dataset_fingerprint(str(folder))
+        paths = publish.publish_side_table(plan, name, folder)
+        a_n, a_bytes, a_fp = publish.dataset_fingerprint(str(folder))
         out.append((_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp, schema), paths))
+    return out
+
+
+def _publish_global_artifacts(plan: Plan, run_id: str) -> list[tuple[dict, list[Path]]]:
+    from pipelines import global_step
+    from schemas import REGISTRY
+
+    out = []
+    for step in plan.steps:
+        if step.kind is not StepKind.GLOBAL:
+            continue
+        for name, path in global_step.artifacts(plan, step).items():
+            table = pq.read_table(path)
+            folder = Path(plan.output_dir) / name
+            paths = publish.write_ordered(table, folder, plan.spec.output.records_per_file)
+            a_n, a_bytes, a_fp = publish.dataset_fingerprint(str(folder), table)
+            schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
+            out.append((_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp, schema), paths))
     return out
 
 
@@ -313,8 +333,8 @@ def _remove_stale_work(plan: Plan) -> None:
     """Work folders of other specs (changed parameters, other inputs) are of no further use."""
     import shutil
 
-    current = {engine.step_dir(plan, s).name for s in plan.steps} | {f"beam-{plan.fingerprint[:12]}"}
-    root = engine.work_root(plan)
+    current = {layout.step_dir(plan, s).name for s in plan.steps} | {f"beam-{plan.fingerprint[:12]}"}
+    root = layout.work_root(plan)
     if root.exists():
         for d in root.iterdir():
             if d.is_dir() and d.name not in current:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from schemas import RecordSchema
@@ -163,6 +164,85 @@ class CollectionStage(Stage):
     def decide(self, key: str, values: list[Any]) -> Iterable[Dropped]:
         """A :class:`Dropped` for each record of this group that must go."""
         raise NotImplementedError
+
+
+@dataclass
+class GlobalContext:
+    """What a global stage may use besides its summaries: the seed, and where the driver keeps
+    plots and files that trainers read directly (decomposition's schedule)."""
+
+    seed: int = 0
+    files_dir: Path | None = None
+    output_dir: Path | None = None
+
+
+@dataclass
+class GlobalResult:
+    """A global stage's answer, aligned with the summaries it was given (row k is record k):
+    ``columns``, new fields for every record (joined back onto the records on the workers);
+    ``dropped``, row -> why that record goes; ``artifacts``, small tables published next to the
+    output; ``metrics`` for the catalog."""
+
+    columns: dict[str, Any] = field(default_factory=dict)  # field name -> pyarrow Array, one value per row
+    dropped: dict[int, Dropped] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)  # name -> pyarrow Table
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class GlobalStage(Stage):
+    """Sees only a small summary of every record (its id and the fields ``summarize`` returns:
+    lengths, neighbour lists, scores, a vector) and decides from all of them at once: a position
+    in an order, a keep flag, a schedule, a selection. The payload (text, token ids, messages)
+    stays on the workers: the summaries are written there, the driver runs ``decide``, and the
+    workers join its columns back onto the records by place."""
+
+    shape = "global"
+
+    def summary_fields(self, upstream: RecordSchema) -> tuple[pa.Field, ...]:
+        """Fields of the summary besides ``id`` (by default, the record's own fields named ``reads``)."""
+        have = upstream.field_map()
+        return tuple(have[n] for n in self.reads())
+
+    def reads(self) -> tuple[str, ...]:
+        return ()
+
+    def summarize(self, record: dict) -> dict:
+        """The summary of one record, on the worker."""
+        return {n: record.get(n) for n in self.reads()}
+
+    def added_fields(self) -> tuple[pa.Field, ...]:
+        return ()
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return self.adding(upstream, self.name, self.added_fields()) if self.added_fields() else upstream
+
+    def decide(self, summaries: Any, ctx: GlobalContext) -> GlobalResult:
+        """``summaries``: a pyarrow Table (``id`` + the summary fields), one row per record, in a
+        order that is the same on every runner."""
+        raise NotImplementedError
+
+
+class GroupStage(Stage):
+    """Records grouped by a key the stage computes (a bucket, a range of an order, a pack group),
+    each group seen whole, its records sorted by the order the stage gives, emitting new records
+    (packs, contexts, bucket sequences). Groups are spread over the workers by key; a worker holds
+    one partition of the groups at a time. Outcomes: new records, :class:`Dropped` and
+    :class:`Truncated` notes about the inputs (by id), :class:`SideRow`."""
+
+    shape = "per-group"
+    expands = True
+
+    def group_of(self, record: dict) -> tuple[str, int]:
+        """(group key, place of the record within its group)."""
+        raise NotImplementedError
+
+    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
+        """The outcomes of one group. Add to ``metrics`` what sums over groups (tokens, contexts)."""
+        raise NotImplementedError
+
+    def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Metrics of the whole step from the sums of every group's ``metrics``: ratios, means."""
+        return sums
 
 
 @dataclass

@@ -14,9 +14,13 @@ classification and decision gate), so
 * memory on a worker is one shard's records; the driver holds none of them;
 * each finished shard leaves a completion marker, so a killed Beam run resumes where it stopped.
 
-Decisions of whole-collection stages are taken by the engine out of core (DuckDB over the shards'
-key files), and publishing is a second Beam pipeline: shards spilled by output file, then one
-element per output file.
+A group step is one more such pipeline, whose elements are partitions: the shuffle that a
+``GroupByKey`` would do is done by the segment before it, which writes each shard's records by
+partition (one row group each), so a partition task reads its groups from every shard. Files every
+runner shares, rather than Beam's own shuffle, keep the bytes and the resume the same on every
+runner. Decisions of whole-collection stages and global stages are taken by the engine on the
+driver from the shards' small key or summary files, and publishing is a last Beam pipeline: shards
+spilled by output file, then one element per output file.
 """
 
 from __future__ import annotations
@@ -25,21 +29,22 @@ import logging
 
 import apache_beam as beam
 
-from pipelines import engine
+from pipelines import engine, layout, publish
 from pipelines.plan import Plan, Step
 from pipelines.redaction import install_log_redaction, remember_secrets
 from pipelines.runners.local import ShardedRunner
 from stages.beam_pipeline import new_pipeline
 
 
-class RunShard(beam.DoFn):
-    """One shard of one segment step, on a worker; yields its completion marker."""
+class RunTask(beam.DoFn):
+    """One shard of a segment step, or one partition of a group step, on a worker; yields its
+    completion marker."""
 
     def __init__(self, plan: Plan, step_index: int):
         self.plan, self.step_index = plan, step_index
 
     def process(self, i: int):
-        yield engine.run_segment_shard(self.plan, self.plan.steps[self.step_index], i)
+        yield engine.run_task(self.plan, self.plan.steps[self.step_index], i)
 
 
 class SpillShard(beam.DoFn):
@@ -49,7 +54,7 @@ class SpillShard(beam.DoFn):
         self.plan, self.n_files = plan, n_files
 
     def process(self, i: int):
-        yield i, engine.spill_shard(self.plan, i, self.n_files)
+        yield i, publish.spill_shard(self.plan, i, self.n_files)
 
 
 class WriteOutputFile(beam.DoFn):
@@ -59,7 +64,7 @@ class WriteOutputFile(beam.DoFn):
         self.plan, self.n_files = plan, n_files
 
     def process(self, j: int, index):
-        engine.write_output_file(self.plan, j, self.n_files, dict(index))
+        publish.write_output_file(self.plan, j, self.n_files, dict(index))
         yield j
 
 
@@ -74,16 +79,16 @@ class BeamRunner(ShardedRunner):
     def _pipeline(self) -> beam.Pipeline:
         return new_pipeline(self.workers, self.beam_args)
 
-    def run_segment(self, plan: Plan, step: Step) -> None:
-        todo = [i for i in range(len(plan.shards)) if not engine.shard_done(plan, step, i)]
+    def run_tasks(self, plan: Plan, step: Step) -> None:
+        todo = [i for i in range(len(plan.shards)) if not layout.shard_done(plan, step, i)]
         if not todo:
             return
         if self.progress is not None:
-            self.progress.log(f"beam: {step.name}: {len(todo)} of {len(plan.shards)} shards to run")
+            self.progress.log(f"beam: {step.name}: {len(todo)} of {len(plan.shards)} tasks to run")
         with self._pipeline() as p:
             _ = (p | "Shards" >> beam.Create(todo) | "Spread" >> beam.Reshuffle()
-                 | "Run" >> beam.ParDo(RunShard(plan, step.index)))
-        missing = [i for i in todo if not engine.shard_done(plan, step, i)]
+                 | "Run" >> beam.ParDo(RunTask(plan, step.index)))
+        missing = [i for i in todo if not layout.shard_done(plan, step, i)]
         if missing:
             raise RuntimeError(f"beam finished {step.name} without shards {missing}")
 

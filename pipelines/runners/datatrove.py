@@ -21,8 +21,8 @@ from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines import engine
-from pipelines.plan import Plan, PlannedStage, Step
+from pipelines import accounting, checkpoints, engine, layout
+from pipelines.plan import Plan, PlannedStage, Step, StepKind
 from pipelines.runners import Execution
 from pipelines.runners.local import ShardedRunner
 
@@ -63,8 +63,8 @@ class ShardState:
     def __init__(self):
         self.reset()
 
-    def reset(self, checkpoints: engine.BatchCheckpoints | None = None):
-        self.counters: list[engine.StageCounter] = []
+    def reset(self, checkpoints: checkpoints.BatchCheckpoints | None = None):
+        self.counters: list[accounting.StageCounter] = []
         self.removed: list[dict] = []
         self.sides: dict[str, list[dict]] = {}
         self.checkpoints = checkpoints
@@ -98,7 +98,7 @@ class StageStep(PipelineStep):
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         engine.ensure_setup(self.ps.stage, engine.services(self.plan))
-        counter = engine.StageCounter(self.step_index, self.ps.label, self.ps.shape)
+        counter = accounting.StageCounter(self.step_index, self.ps.label, self.ps.shape)
         self.state.counters.append(counter)
         records = (from_document(d) for d in data)
         for record in engine.apply_record_stage(self.ps, records, counter, self.state.removed,
@@ -128,6 +128,23 @@ class ShardWriter(PipelineStep):
         yield  # a generator, as datatrove expects
 
 
+class GroupTask(PipelineStep):
+    """One partition of a group step as a datatrove task (the engine gathers and builds it)."""
+
+    name = "longforge group partition"
+    type = "🫂 - GROUP"
+
+    def __init__(self, plan: Plan, step: Step):
+        super().__init__()
+        self.plan, self.step_index = plan, step.index
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        marker = engine.run_group_partition(self.plan, self.plan.steps[self.step_index], rank)
+        self.stat_update("written", value=marker["records"])
+        return
+        yield  # a generator, as datatrove expects
+
+
 class DatatroveRunner(ShardedRunner):
     name = "datatrove"
 
@@ -135,20 +152,23 @@ class DatatroveRunner(ShardedRunner):
         self.workers = workers
         self.progress = progress
 
-    def run_segment(self, plan: Plan, step: Step) -> None:
-        if all(engine.shard_done(plan, step, i) for i in range(len(plan.shards))):
+    def run_tasks(self, plan: Plan, step: Step) -> None:
+        if all(layout.shard_done(plan, step, i) for i in range(len(plan.shards))):
             return
-        state = ShardState()
-        pipeline = [ShardReader(plan, step, state)]
-        pipeline += [StageStep(plan, ps, step, state) for ps in step.stages]
-        pipeline.append(ShardWriter(plan, step, state))
-        logs = engine.step_dir(plan, step) / "datatrove-logs"
+        if step.kind is StepKind.GROUP:
+            pipeline = [GroupTask(plan, step)]
+        else:
+            state = ShardState()
+            pipeline = [ShardReader(plan, step, state)]
+            pipeline += [StageStep(plan, ps, step, state) for ps in step.stages]
+            pipeline.append(ShardWriter(plan, step, state))
+        logs = layout.step_dir(plan, step) / "datatrove-logs"
         executor = LocalPipelineExecutor(pipeline=pipeline, tasks=len(plan.shards), workers=self.workers,
                                          logging_dir=str(logs), skip_completed=True)
         if self.progress is not None:
             self.progress.log(f"datatrove: {step.name}: {len(plan.shards)} tasks, {self.workers} workers")
         executor.run()
-        missing = [i for i in range(len(plan.shards)) if not engine.shard_done(plan, step, i)]
+        missing = [i for i in range(len(plan.shards)) if not layout.shard_done(plan, step, i)]
         if missing:
             raise RuntimeError(f"datatrove finished {step.name} without shards {missing}; see {logs}")
 

@@ -3,54 +3,59 @@
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
-from pipelines import engine
+from pipelines import decide, engine, global_step, layout, publish
 from pipelines.plan import Plan, Step, StepKind
 from pipelines.progress import Progress
 from pipelines.runners import Execution
 
 
-def _run_shard(args: tuple[Plan, int, int]) -> dict:
+def _run_task(args: tuple[Plan, int, int]) -> dict:
     plan, step_index, i = args
-    return engine.run_segment_shard(plan, plan.steps[step_index], i)
+    return engine.run_task(plan, plan.steps[step_index], i)
 
 
-def run_segment(plan: Plan, step: Step, workers: int, progress: Progress) -> None:
-    todo = [i for i in range(len(plan.shards)) if not engine.shard_done(plan, step, i)]
+def run_tasks(plan: Plan, step: Step, workers: int, progress: Progress) -> None:
+    """A segment's shards or a group step's partitions, in this process or a pool of ``workers``."""
+    todo = [i for i in range(len(plan.shards)) if not layout.shard_done(plan, step, i)]
     bar = progress.bar(step.name, total=len(plan.shards), initial=len(plan.shards) - len(todo))
     if workers <= 1 or len(todo) <= 1:
         for i in todo:
-            bar.update_with(engine.run_segment_shard(plan, step, i))
+            bar.update_with(engine.run_task(plan, step, i))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for marker in pool.map(_run_shard, [(plan, step.index, i) for i in todo]):
+            for marker in pool.map(_run_task, [(plan, step.index, i) for i in todo]):
                 bar.update_with(marker)
     bar.close()
 
 
 class ShardedRunner:
-    """Runs segments shard by shard (how is up to ``run_segment``), decisions on the driver, then
-    publishes: the part the local and datatrove runners share."""
+    """Runs the workers' steps task by task (how is up to ``run_tasks``: a segment's shards, a
+    group step's partitions), decide and global steps on the driver, then publishes: the part
+    every runner shares."""
 
-    def run_segment(self, plan: Plan, step: Step) -> None:
+    def run_tasks(self, plan: Plan, step: Step) -> None:
         raise NotImplementedError
 
     def execute(self, plan: Plan) -> Execution:
         for step in plan.steps:
-            if step.kind is StepKind.SEGMENT:
-                self.run_segment(plan, step)
+            if step.kind in (StepKind.SEGMENT, StepKind.GROUP):
+                self.run_tasks(plan, step)
             elif step.kind is StepKind.DECIDE:
-                engine.run_decide(plan, step)
+                decide.run_decide(plan, step)
+            elif step.kind is StepKind.GLOBAL:
+                global_step.run_global(plan, step, Path(plan.output_dir) / "plots")
             # StepKind.DATASET: the driver's, after publishing
-        final = plan.segments[-1]
-        n_files = engine.n_output_files(engine.segment_records(plan, final), plan.spec.output.records_per_file)
+        final = plan.record_steps[-1]
+        n_files = publish.n_output_files(engine.segment_records(plan, final), plan.spec.output.records_per_file)
         self.publish_files(plan, n_files)
-        paths = engine.finish_publish(plan, n_files)
+        paths = publish.finish_publish(plan, n_files)
         return Execution(stats=engine.collect_stats(plan), removed=engine.collect_removed(plan),
                          files=[str(p) for p in paths], input_counts=engine.input_counts(plan))
 
     def publish_files(self, plan: Plan, n_files: int) -> None:
-        engine.publish_local(plan, n_files)
+        publish.publish_local(plan, n_files)
 
 
 class LocalRunner(ShardedRunner):
@@ -60,5 +65,5 @@ class LocalRunner(ShardedRunner):
         self.workers = workers
         self.progress = progress or Progress(enabled=False)
 
-    def run_segment(self, plan: Plan, step: Step) -> None:
-        run_segment(plan, step, self.workers, self.progress)
+    def run_tasks(self, plan: Plan, step: Step) -> None:
+        run_tasks(plan, step, self.workers, self.progress)

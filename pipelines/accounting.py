@@ -1,0 +1,68 @@
+"""Record accounting: per-stage counters, what a step removed and why, records as the rejects keep them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.plan import Plan
+from schemas import REJECT
+from stages.base import Dropped, Rejected, Truncated
+
+EXPANDING = ("per-record-expanding", "whole-dataset")
+
+REMOVED_SCHEMA = pa.schema(list(REJECT.arrow) + [pa.field("payload", pa.string())])
+# A key row also says whose it is (the record id), where that record is (row of the shard's records
+# file) and what it holds (its content digest), so that the decision can be taken out of core and
+# copies of one record told apart: see run_decide() and copy_drops().
+
+@dataclass
+class StageCounter:
+    step: int
+    stage: str
+    shape: str
+    n_in: int = 0
+    n_out: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    inputs_with_output: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"step": self.step, "stage": self.stage, "shape": self.shape, "in": self.n_in,
+                "out": self.n_out, "rejected": self.rejected, "dropped": self.dropped,
+                "inputs_with_output": self.inputs_with_output, "seconds": round(self.seconds, 6)}
+
+    def reconciles(self) -> bool:
+        produced = self.inputs_with_output if self.shape in EXPANDING else self.n_out
+        return self.n_in == produced + self.rejected + self.dropped
+
+def merge_stats(items: Iterable[dict], plan: Plan) -> list[dict]:
+    """Sum per-shard statistics into one row per (step, stage), in plan order."""
+    total: dict[tuple, dict] = {}
+    for s in items:
+        k = (s["step"], s["stage"])
+        if k not in total:
+            total[k] = dict(s)
+        else:
+            for f in ("in", "out", "rejected", "dropped", "inputs_with_output", "seconds"):
+                total[k][f] += s[f]
+    position = {ps.label: ps.index for ps in plan.stages}
+    return sorted(total.values(), key=lambda s: (s["step"], position.get(s["stage"], -1)))
+
+def removed_row(stage: str, item: Rejected | Dropped | Truncated) -> dict:
+    kind = "rejected" if isinstance(item, Rejected) else "truncated" if isinstance(item, Truncated) else "dropped"
+    return {"stage": stage, "record_id": item.record_id, "reason": item.reason, "detail": item.detail,
+            "kind": kind, "payload": getattr(item, "payload", None)}
+
+def jsonable(value):
+    """JSON for what records may hold besides plain values: numpy arrays (token ids) as lists."""
+    return value.tolist() if isinstance(value, np.ndarray) else str(value)
+
+def record_json(rec: dict) -> str:
+    """A record as it is kept in the rejects output."""
+    return json.dumps(rec, ensure_ascii=False, sort_keys=True, default=jsonable)

@@ -1,0 +1,117 @@
+"""Per-group stages: records moved to the partition of their group on the workers, each group seen
+whole and in the stage's order.
+
+The segment before a group step writes each shard's records once more as ``parts-i.parquet``, with
+the group key, the place in the group and the row, sorted by (partition, group, place, row) and one
+row group per partition (its marker says which). Task ``p`` of the group step reads partition
+``p``'s row group of every shard, so a worker holds one partition at a time, and calls ``build``
+for each group in key order. Partitions are the group step's shards: its records, removed records,
+side tables and markers have the layout of a segment's, and a killed run redoes only the
+partitions without a marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.accounting import StageCounter, removed_row
+from pipelines.layout import previous_records, read_marker, shard_files
+from pipelines.plan import Plan, Step
+from schemas import cast_table
+from stages.base import Dropped, GroupStage, Rejected, SideRow, Truncated
+
+_GROUP, _ORDER, _ROW, _SHARD = "__group", "__order", "__row", "__shard"
+
+
+def partition_of(key: str, n: int) -> int:
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % n
+
+
+def write_parts(plan: Plan, step: Step, i: int, rows: list[dict]) -> tuple[dict[int, int], float]:
+    """On the worker: shard ``i``'s records by partition of the next group stage. Returns
+    (partition -> row group, seconds)."""
+    t0 = time.perf_counter()
+    stage: GroupStage = step.feeds.stage
+    n = len(plan.shards)
+    keys = [stage.group_of(r) for r in rows]
+    table = cast_table(rows, step.out_schema.arrow)
+    table = (table.append_column(_GROUP, pa.array([k for k, _ in keys], pa.string()))
+             .append_column(_ORDER, pa.array([o for _, o in keys], pa.int64()))
+             .append_column(_ROW, pa.array(np.arange(len(rows)), pa.int64())))
+    part = np.fromiter((partition_of(k, n) for k, _ in keys), dtype=np.int64, count=len(keys))
+    table = table.append_column("__part", pa.array(part, pa.int64()))
+    table = table.sort_by([("__part", "ascending"), (_GROUP, "ascending"), (_ORDER, "ascending"),
+                           (_ROW, "ascending")])
+    part = table.column("__part").to_numpy()
+    table = table.drop_columns(["__part"])
+    bounds = np.searchsorted(part, np.arange(n + 1))
+    groups: dict[int, int] = {}
+    path = shard_files(plan, step, i)["parts"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp")
+    with pq.ParquetWriter(str(tmp), table.schema, compression="lz4") as writer:
+        for p in range(n):
+            lo, hi = int(bounds[p]), int(bounds[p + 1])
+            if hi > lo:
+                writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
+                groups[p] = len(groups)
+    tmp.replace(path)
+    return groups, time.perf_counter() - t0
+
+
+def gather(plan: Plan, step: Step, p: int) -> pa.Table:
+    """Partition ``p`` of every shard, sorted by (group, place, shard, row): what one task sees."""
+    prev = previous_records(plan, step)
+    pieces = []
+    for i in range(len(plan.shards)):
+        marker = read_marker(shard_files(plan, prev, i)["done"], prev.fingerprint)
+        g = (marker or {}).get("parts", {}).get(str(p))
+        if g is not None:
+            t = pq.ParquetFile(shard_files(plan, prev, i)["parts"]).read_row_group(g)
+            pieces.append(t.append_column(_SHARD, pa.array([i] * t.num_rows, pa.int64())))
+    if not pieces:
+        return pa.table({})
+    table = pa.concat_tables(pieces)
+    return table.sort_by([(_GROUP, "ascending"), (_ORDER, "ascending"), (_SHARD, "ascending"), (_ROW, "ascending")])
+
+
+def build_groups(stage: GroupStage, label: str, table: pa.Table, counter: StageCounter, removed: list[dict],
+                 sides: dict[str, list[dict]], metrics: dict[str, float]) -> Iterator[dict]:
+    """Each group of a gathered partition through ``build``, one group in Python objects at a time."""
+    if table.num_rows == 0:
+        return
+    keys = table.column(_GROUP)
+    payload = table.drop_columns([_GROUP, _ORDER, _ROW, _SHARD])
+    change = np.flatnonzero(pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).to_numpy(
+        zero_copy_only=False)) + 1
+    bounds = [0, *change.tolist(), table.num_rows]
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        records = payload.slice(lo, hi - lo).to_pylist()
+        t0 = time.perf_counter()
+        outcomes = list(stage.build(keys[lo].as_py(), records, metrics))
+        counter.seconds += time.perf_counter() - t0
+        counter.n_in += len(records)
+        lost = 0
+        for o in outcomes:
+            if isinstance(o, dict):
+                counter.n_out += 1
+                yield o
+            elif isinstance(o, SideRow):
+                sides.setdefault(o.table, []).append(o.row)
+            elif isinstance(o, Truncated):
+                removed.append(removed_row(label, o))  # used in part: counted as used
+            elif isinstance(o, (Dropped, Rejected)):
+                lost += 1
+                if isinstance(o, Rejected):
+                    counter.rejected += 1
+                else:
+                    counter.dropped += 1
+                removed.append(removed_row(label, o))
+        counter.inputs_with_output += len(records) - lost
