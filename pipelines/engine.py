@@ -42,7 +42,7 @@ from pipelines.plan import Plan, PlannedStage, Step, StepKind
 from schemas import cast_table
 from schemas.files import write_parquet_atomic, write_text_atomic
 from schemas.tables import sort_by_id
-from stages.base import CollectionStage, GlobalStage, GroupStage, Rejected, Services, SideRow
+from stages.base import CollectionStage, Dropped, GlobalStage, GroupStage, Rejected, Services, SideRow
 
 
 def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -100,7 +100,7 @@ def shard_checkpoints(plan: Plan, step: Step, i: int) -> BatchCheckpoints:
 # -- segments --------------------------------------------------------------------------------------
 
 def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCounter],
-                       removed: list[dict]) -> Iterator[dict]:
+                       removed: list[dict], sides: dict[str, list[dict]] | None = None) -> Iterator[dict]:
     """The records entering a segment's stages for shard ``i``: read input, or the records of the
     step before, with the drops (and columns) of the decide or global step between them applied."""
     prev = previous_records(plan, step)
@@ -121,20 +121,18 @@ def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCount
         yield from records
         return
     gate = gate_step_before(plan, step)
-    if gate.kind is StepKind.GLOBAL:
-        decisions, added = global_step.load_answer(plan, gate, i)
-        if len(added) != len(records):
-            raise RuntimeError(f"{gate.name} answered {len(added)} rows for shard {i}'s {len(records)} records")
-    else:
-        decisions, added = load_decisions(plan, gate, i), None
     counter = StageCounter(step.index, step.gate.label, step.gate.shape)
     counters.append(counter)
+    if gate.kind is StepKind.GLOBAL:
+        yield from _apply_global(plan, gate, i, records, counter, removed, sides)
+        return
+    decisions = load_decisions(plan, gate, i)
     for row, rec in enumerate(records):
         counter.n_in += 1
         d = decisions.get(row)
         if d is None:
             counter.n_out += 1
-            yield {**rec, **added[row]} if added else rec
+            yield rec
         else:
             counter.dropped += 1
             removed.append({"stage": step.gate.label, "record_id": rec["id"], "reason": d[0],
@@ -142,14 +140,42 @@ def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCount
     counter.inputs_with_output = counter.n_out
 
 
+def _apply_global(plan: Plan, gate: Step, i: int, records: list[dict], counter: StageCounter,
+                  removed: list[dict], sides: dict[str, list[dict]] | None) -> Iterator[dict]:
+    """A global step's answer for shard ``i``, record by record through the stage's ``apply``."""
+    decisions, added = global_step.load_answer(plan, gate, i)
+    if len(added) != len(records):
+        raise RuntimeError(f"{gate.name} answered {len(added)} rows for shard {i}'s {len(records)} records")
+    ps = gate.central
+    for row, rec in enumerate(records):
+        d = decisions.get(row)
+        dropped = Dropped(rec["id"], d[0], d[1]) if d is not None else None
+        counter.n_in += 1
+        produced = False
+        for o in ps.stage.apply(rec, added[row], dropped):
+            if isinstance(o, dict):
+                counter.n_out += 1
+                produced = True
+                yield o
+            elif isinstance(o, SideRow):
+                if sides is None:
+                    raise RuntimeError(f"stage {ps.label} wrote a side-table row where none is kept")
+                sides.setdefault(o.table, []).append(o.row)
+            else:
+                counter.dropped += 1
+                removed.append(removed_row(ps.label, o))
+        if produced:
+            counter.inputs_with_output += 1
+
+
 def run_segment_shard(plan: Plan, step: Step, i: int) -> dict:
     """Process shard ``i`` of a segment step and leave its files and completion marker."""
     t0 = time.time()
     counters: list[StageCounter] = []
     removed: list[dict] = []
-    stream = iter_segment_input(plan, step, i, counters, removed)
-    checkpoints = shard_checkpoints(plan, step, i)
     sides: dict[str, list[dict]] = {}
+    stream = iter_segment_input(plan, step, i, counters, removed, sides)
+    checkpoints = shard_checkpoints(plan, step, i)
     for ps in step.stages:
         counter = StageCounter(step.index, ps.label, ps.shape)
         counters.append(counter)

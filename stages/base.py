@@ -217,9 +217,17 @@ class GlobalStage(Stage):
         return self.adding(upstream, self.name, self.added_fields()) if self.added_fields() else upstream
 
     def decide(self, summaries: Any, ctx: GlobalContext) -> GlobalResult:
-        """``summaries``: a pyarrow Table (``id`` + the summary fields), one row per record, in a
+        """``summaries``: a pyarrow Table (``id`` + the summary fields), one row per record, in an
         order that is the same on every runner."""
         raise NotImplementedError
+
+    def apply(self, record: dict, answer: dict, dropped: Dropped | None) -> Iterator[Outcome]:
+        """On the worker: a record with its row of the answer. By default the record with the added
+        columns, or its drop; a stage may reshape the record or write a side table here."""
+        if dropped is not None:
+            yield dropped
+        else:
+            yield {**record, **answer}
 
 
 class GroupStage(Stage):

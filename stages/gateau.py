@@ -2,13 +2,15 @@
 layout), four ``score`` stages (HMG's two response PPLs, segment PPL, segment attention; see
 pipelines/gateau.yaml), then ``gateau_select`` (stages.gateau_core over the stored scores).
 
-``gateau_select`` publishes every sample's inputs to the ranking (``gateau_scores/``) so that
-``longforge select`` re-ranks with another alpha, ratio or normalisation without a model.
+``gateau_select`` is a global stage: it ranks the pool from the samples' scores on the driver, and
+the workers publish every sample's inputs to the ranking (``gateau_scores/``) so that ``longforge
+select`` re-ranks with another alpha, ratio or normalisation without a model.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -18,7 +20,17 @@ from pydantic import Field
 from schemas import DOCUMENT, MESSAGE, SCORE_FIELDS, RecordSchema
 from stages import gateau_core as core
 from stages import register
-from stages.base import DatasetContext, DatasetResult, DatasetStage, RecordStage, Rejected, StageParams
+from stages.base import (
+    Dropped,
+    GlobalContext,
+    GlobalResult,
+    GlobalStage,
+    Outcome,
+    RecordStage,
+    Rejected,
+    SideRow,
+    StageParams,
+)
 
 GATEAU_FIELDS = (pa.field("context", pa.string()), pa.field("instruction", pa.string()),
                  pa.field("response", pa.string()), pa.field("prompt", pa.string()),
@@ -102,10 +114,8 @@ class SelectParams(StageParams):
 
 def collect(table: pa.Table, p: SelectParams) -> dict[str, list]:
     """The ranking's inputs from the records' ``scores`` lists."""
-    out: dict[str, list] = {"id": [], "messages": [], "ppl_short": [], "ppl_long": [], "seg_ppl": [], "seg_attn": [],
-                            "segments": []}
-    for rid, messages, scores in zip(table.column("id").to_pylist(), table.column("messages").to_pylist(),
-                                     table.column("scores").to_pylist(), strict=True):
+    out: dict[str, list] = {"id": [], "ppl_short": [], "ppl_long": [], "seg_ppl": [], "seg_attn": [], "segments": []}
+    for rid, scores in zip(table.column("id").to_pylist(), table.column("scores").to_pylist(), strict=True):
         s = {x["metric"]: x["value"] for x in scores}
         try:
             short, long_ = s[f"{p.short_prefix}response_ppl"], s[f"{p.long_prefix}response_ppl"]
@@ -117,7 +127,6 @@ def collect(table: pa.Table, p: SelectParams) -> dict[str, list]:
                  if k.startswith(f"{p.segment_prefix}segment_attention:")}
         js = sorted(set(ppl_j) & set(att_j))
         out["id"].append(rid)
-        out["messages"].append(messages)
         out["ppl_short"].append(short)
         out["ppl_long"].append(long_)
         out["seg_ppl"].append([ppl_j[j] for j in js])
@@ -143,8 +152,12 @@ def ranked_tables(inputs: dict[str, list], o: core.SelectOptions) -> tuple[pa.Ta
 
 
 @register
-class GateauSelect(DatasetStage):
-    """Rank by alpha * HMG + (1 - alpha) * CAM, both pool-normalised, and keep the top ceil(ratio * N)."""
+class GateauSelect(GlobalStage):
+    """Rank by alpha * HMG + (1 - alpha) * CAM, both pool-normalised, and keep the top ceil(ratio * N).
+
+    A global stage: the driver sees each sample's id, its ``scores`` list and its length in
+    characters (for the HMG-length correlation the spec asks to report), ranks the pool, and the
+    workers write every sample with its ranking to ``gateau_scores`` and keep the selected ones."""
 
     name = "gateau_select"
     Params = SelectParams
@@ -154,24 +167,44 @@ class GateauSelect(DatasetStage):
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return SELECTED
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
-        from stages.base import Dropped
+    def summary_fields(self, upstream: RecordSchema) -> tuple[pa.Field, ...]:
+        return (SCORE_FIELDS[0], pa.field("chars", pa.int64()))
 
+    def summarize(self, record: dict) -> dict:
+        return {"scores": record["scores"], "chars": sum(len(m.get("content") or "") for m in record["messages"])}
+
+    def added_fields(self) -> tuple[pa.Field, ...]:
+        return tuple(f for f in GATEAU_SCORES.fields if f.name not in ("id", "messages"))
+
+    def decide(self, summaries: pa.Table, ctx: GlobalContext) -> GlobalResult:
         p: SelectParams = self.params
-        inputs = collect(ctx.table, p)
-        scores, selected = ranked_tables(inputs, p.options())
-        ctx.artifacts["gateau_scores"] = scores
-        keep = set(selected.column("id").to_pylist())
-        dropped = [Dropped(i, "below the selection cut", f"rank {r}") for i, r in
-                   zip(inputs["id"], scores.column("rank").to_pylist(), strict=True) if i not in keep]
-        m = ctx.metrics.setdefault(self.name, {})
-        m.update({"pool": len(inputs["id"]), "selected": selected.num_rows, "alpha": p.alpha, "ratio": p.ratio,
-                  "samples_without_segments": int(sum(1 for x in inputs["seg_ppl"] if not x))})
-        hmg = scores.column("hmg_raw").to_numpy()
-        lengths = np.array([sum(len(m_["content"]) for m_ in msgs) for msgs in inputs["messages"]], dtype=np.float64)
+        inputs = collect(summaries, p)
+        r = core.rank(inputs["id"], np.array(inputs["ppl_short"]), np.array(inputs["ppl_long"]), inputs["seg_ppl"],
+                      inputs["seg_attn"], p.options())
+        columns = {k: inputs[k] for k in ("ppl_short", "ppl_long", "seg_ppl", "seg_attn", "segments")}
+        columns.update({"hmg_raw": r.hmg_raw, "hmg": r.hmg, "cas": r.cas, "cam": r.cam, "score": r.score,
+                        "rank": r.rank, "selected": r.selected})
+        columns = {k: pa.array(np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in columns.items()}
+        dropped = {k: Dropped(i, "below the selection cut", f"rank {int(r.rank[k])}")
+                   for k, i in enumerate(inputs["id"]) if not r.selected[k]}
+        metrics = {"pool": len(inputs["id"]), "selected": int(np.sum(r.selected)), "alpha": p.alpha, "ratio": p.ratio,
+                   "samples_without_segments": int(sum(1 for x in inputs["seg_ppl"] if not x))}
+        hmg = np.asarray(r.hmg_raw, dtype=np.float64)
+        lengths = summaries.column("chars").to_numpy().astype(np.float64)
         if len(hmg) > 2 and np.std(hmg) > 0 and np.std(lengths) > 0:
-            m["hmg_length_correlation"] = float(np.corrcoef(hmg, lengths)[0, 1])  # spec 5: report it
-        return DatasetResult(selected, dropped, consumed=selected.num_rows)
+            metrics["hmg_length_correlation"] = float(np.corrcoef(hmg, lengths)[0, 1])  # spec 5: report it
+        return GlobalResult(columns=columns, dropped=dropped, metrics=metrics)
+
+    def side_tables(self) -> dict[str, RecordSchema]:
+        return {"gateau_scores": GATEAU_SCORES}  # every sample and its ranking: what re-selection reads
+
+    def apply(self, record: dict, answer: dict, dropped: Dropped | None) -> Iterator[Outcome]:
+        yield SideRow("gateau_scores", {"id": record["id"], "messages": record["messages"], **answer})
+        if dropped is not None:
+            yield dropped
+        else:
+            yield {"id": record["id"], "messages": record["messages"], "score": answer["score"],
+                   "rank": answer["rank"]}
 
 
 def reselect(gateau_output: str, options: core.SelectOptions) -> tuple[pa.Table, pa.Table]:

@@ -81,7 +81,8 @@ class ShardReader(PipelineStep):
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         step = self.plan.steps[self.step_index]
-        for record in engine.iter_segment_input(self.plan, step, rank, self.state.counters, self.state.removed):
+        for record in engine.iter_segment_input(self.plan, step, rank, self.state.counters, self.state.removed,
+                                                self.state.sides):
             self.stat_update("documents")
             yield to_document(record)
 
