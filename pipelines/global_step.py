@@ -66,7 +66,7 @@ def run_global(plan: Plan, step: Step, files_dir: Path | None = None) -> dict:
     ps = step.central
     stage: GlobalStage = ps.stage
     stage.setup()
-    ctx = GlobalContext(seed=plan.spec.seed, files_dir=files_dir, output_dir=Path(plan.output_dir))
+    ctx = GlobalContext(seed=plan.spec.seed, files_dir=files_dir, output_dir=Path(plan.output_dir), work_dir=work)
     result = stage.decide(table.drop_columns(["row"]), ctx)
     added = list(stage.added_fields())
     columns = {f.name: pa.array(result.columns[f.name], f.type) if not isinstance(result.columns[f.name], pa.Array)

@@ -174,6 +174,7 @@ class GlobalContext:
     seed: int = 0
     files_dir: Path | None = None
     output_dir: Path | None = None
+    work_dir: Path | None = None  # scratch space of the step (a Beam job's files)
 
 
 @dataclass
@@ -200,7 +201,7 @@ class GlobalStage(Stage):
 
     def summary_fields(self, upstream: RecordSchema) -> tuple[pa.Field, ...]:
         """Fields of the summary besides ``id`` (by default, the record's own fields named ``reads``)."""
-        have = upstream.field_map()
+        have = {f.name: f for f in upstream.fields}
         return tuple(have[n] for n in self.reads())
 
     def reads(self) -> tuple[str, ...]:

@@ -22,6 +22,9 @@ from stages.base import (
     DatasetResult,
     DatasetStage,
     Dropped,
+    GlobalContext,
+    GlobalResult,
+    GlobalStage,
     Outcome,
     RecordStage,
     Resources,
@@ -31,31 +34,56 @@ from stages.base import (
 from stages.plots import new_figure, save_figure
 
 
-def _ids(ctx: DatasetContext) -> list[str]:
-    return ctx.table.column("id").to_pylist()
+def _matrix(col) -> np.ndarray:
+    """A list<float> column (or ChunkedArray) as a float32 matrix, one row per record."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(col) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return flat.reshape(len(col), len(flat) // len(col))
 
 
-def _need(ctx: DatasetContext, name: str, stage: str):
-    _embeddings(ctx)
-    if name not in ctx.arrays:
-        raise RuntimeError(f"stage needs '{name}' from an earlier stage ({stage} first)")
-    return ctx.arrays[name]
+def _neighbours(summaries: pa.Table, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The summaries' neighbour lists (by id) as row indices into ``ids`` (-1: not among them, e.g.
+    removed by dedup) and similarities (NaN where missing), ``k`` wide."""
+    row = {d: i for i, d in enumerate(ids)}
+    nbr_ids = summaries.column("nbr_ids").to_pylist()
+    nbr_sims = summaries.column("nbr_sims").to_pylist()
+    k = max((len(n) for n in nbr_ids), default=0)
+    idx = np.full((len(ids), max(k, 1)), -1, dtype=np.int64)
+    sims = np.full((len(ids), max(k, 1)), np.nan, dtype=np.float32)
+    for i, (ns, ss) in enumerate(zip(nbr_ids, nbr_sims, strict=True)):
+        for j, (n, v) in enumerate(zip(ns or [], ss or [], strict=True)):
+            r = row.get(n)
+            if r is not None:
+                idx[i, j], sims[i, j] = r, v
+    return idx, sims
 
 
-def _take(ctx: DatasetContext, rows: np.ndarray) -> None:
-    """Keep only ``rows`` of the table and every row-aligned array."""
-    ctx.table = ctx.table.take(pa.array(rows))
+def _by_id(summaries: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The summaries sorted by id (the order the algorithms visit documents in, as the paper's
+    reference does), and for each sorted row its row in the given table."""
+    ids = np.array(summaries.column("id").to_pylist(), dtype=object)
+    order = np.argsort(ids, kind="stable")
+    return summaries.take(pa.array(order)), order
+
+
+def _unsort(values: list, order: np.ndarray) -> list:
+    """Values computed on the id-sorted rows, back in the given rows' order."""
+    out = [None] * len(values)
+    for k, row in enumerate(order.tolist()):
+        out[row] = values[k]
+    return out
+
+
+def _embeddings(ctx: DatasetContext) -> None:
+    """Move the records' ``emb`` / ``emb_tokens`` columns into row-aligned arrays, once: the pack
+    stage works on the matrix."""
     for name in ("emb", "emb_tokens"):
-        if name in ctx.arrays:
-            ctx.arrays[name] = ctx.arrays[name][rows]
-    if "knn_idx" in ctx.arrays:
-        remap = np.full(len(ctx.arrays["knn_idx"]), -1, dtype=np.int64)
-        remap[rows] = np.arange(len(rows))
-        idx = ctx.arrays["knn_idx"][rows]
-        sims = ctx.arrays["knn_sims"][rows].copy()
-        new = np.where(idx >= 0, remap[np.where(idx >= 0, idx, 0)], -1)
-        sims[new < 0] = np.nan
-        ctx.arrays["knn_idx"], ctx.arrays["knn_sims"] = new, sims
+        if name in ctx.table.column_names:
+            col = ctx.table.column(name)
+            ctx.arrays[name] = _matrix(col) if name == "emb" else col.to_numpy(zero_copy_only=False).astype(np.int32)
+            ctx.table = ctx.table.drop_columns([name])
 
 
 class EmbedParams(StageParams):
@@ -106,22 +134,6 @@ class IcpEmbed(RecordStage):
         return [[{**r, "emb": vecs[i], "emb_tokens": int(ntok[i])}] for i, r in enumerate(records)]
 
 
-def _embeddings(ctx: DatasetContext) -> None:
-    """Move the records' ``emb`` / ``emb_tokens`` columns (written by icp_embed on the workers) into
-    row-aligned arrays, once: the ICP stages work on the matrix, and the artifacts keep their schemas."""
-    for name in ("emb", "emb_tokens"):
-        if name in ctx.table.column_names:
-            col = ctx.table.column(name)
-            if name == "emb":
-                flat = (pa.concat_arrays([c.flatten() for c in col.chunks]) if col.num_chunks
-                        else pa.array([], pa.float32()))
-                dim = len(col[0]) if len(col) else 0
-                ctx.arrays[name] = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), dim)
-            else:
-                ctx.arrays[name] = col.to_numpy(zero_copy_only=False).astype(np.int32)
-            ctx.table = ctx.table.drop_columns([name])
-
-
 class KnnParams(StageParams):
     k: int = Field(50, gt=0, description="neighbours per document [paper: 50]")
     index: Literal["flat", "ivf", "ivfpq", "hnsw"] = Field(
@@ -139,26 +151,28 @@ class KnnParams(StageParams):
 
 
 @register
-class IcpKnn(DatasetStage):
-    """k nearest neighbours by cosine with faiss; self (by id) and missing (-1) results removed."""
+class IcpKnn(GlobalStage):
+    """k nearest neighbours by cosine with faiss (or a Beam IVF search); self (by id) and missing
+    (-1) results removed. Global: the driver holds every vector (the summary), not the texts."""
 
     name = "icp_knn"
     Params = KnnParams
     input_schema = TEXT_RECORD.extended("embedded_record", 1, tuple(EMBEDDING.arrow)[1:2])
 
-    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
-        # The vectors leave the records here for the driver's matrix (see _embeddings).
-        kept = tuple(f for f in upstream.fields if f.name not in ("emb", "emb_tokens"))
-        return RecordSchema(upstream.name.replace("+emb", ""), upstream.version, kept)
+    def reads(self) -> tuple[str, ...]:
+        return ("emb",)
+
+    def added_fields(self) -> tuple[pa.Field, ...]:
+        return tuple(KNN.fields[1:])
 
     def settings(self) -> core.KnnSettings:
         p: KnnParams = self.params
         return core.KnnSettings(p.k, p.index, p.nlist, p.nprobe, p.pq_bytes, p.hnsw_m, p.ef_search, p.train_size,
                                 self.seed)
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
-        _embeddings(ctx)
-        emb = _need(ctx, "emb", "icp_embed")
+    def decide(self, summaries: pa.Table, ctx: GlobalContext) -> GlobalResult:
+        sorted_, order = _by_id(summaries)
+        emb = _matrix(sorted_.column("emb"))
         p: KnnParams = self.params
         if p.engine == "beam":
             from stages.icp_beam_knn import beam_knn
@@ -167,15 +181,14 @@ class IcpKnn(DatasetStage):
                                  train_size=p.train_size, seed=self.seed, workers=p.beam_workers,
                                  beam_args=p.beam_args)
         else:
-            idx, sims = core.knn(emb, self.settings())
-        ctx.arrays["knn_idx"], ctx.arrays["knn_sims"] = idx, sims
-        ids = np.array(_ids(ctx), dtype=object)
-        ctx.artifacts["knn"] = pa.table({
-            "id": ids.tolist(),
-            "nbr_ids": [ids[row[row >= 0]].tolist() for row in idx],
-            "nbr_sims": [s[r >= 0].tolist() for r, s in zip(idx, sims, strict=True)],
-        }, schema=KNN.arrow)
-        return DatasetResult(ctx.table)
+            idx, sims = core.knn(emb, self.settings()) if len(emb) else (np.zeros((0, 1), np.int64),
+                                                                         np.zeros((0, 1), np.float32))
+        ids = np.array(sorted_.column("id").to_pylist(), dtype=object)
+        nbr_ids = [ids[row[row >= 0]].tolist() for row in idx]
+        nbr_sims = [s[r >= 0].tolist() for r, s in zip(idx, sims, strict=True)]
+        artifact = pa.table({"id": ids.tolist(), "nbr_ids": nbr_ids, "nbr_sims": nbr_sims}, schema=KNN.arrow)
+        return GlobalResult(columns={"nbr_ids": _unsort(nbr_ids, order), "nbr_sims": _unsort(nbr_sims, order)},
+                            artifacts={"knn": artifact})
 
 
 class DedupParams(StageParams):
@@ -186,37 +199,32 @@ class DedupParams(StageParams):
 
 
 @register
-class IcpDedup(DatasetStage):
+class IcpDedup(GlobalStage):
     """Semantic near-duplicate removal on the union kNN graph (documents visited in id order)."""
 
     name = "icp_dedup"
     Params = DedupParams
-    input_schema = TEXT_RECORD
+    input_schema = TEXT_RECORD.extended("neighboured_record", 1, tuple(KNN.fields[1:]))
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
-        _embeddings(ctx)
-        idx, sims = _need(ctx, "knn_idx", "icp_knn"), ctx.arrays["knn_sims"]
-        ids = _ids(ctx)
-        # Visit in id order, whatever order the rows arrived in.
-        by_id = np.argsort(np.array(ids, dtype=object), kind="stable")
-        rank = np.empty(len(ids), dtype=np.int64)
-        rank[by_id] = np.arange(len(ids))
-        ranked_idx = np.where(idx >= 0, rank[np.where(idx >= 0, idx, 0)], -1)[by_id]
-        graph = core.union_graph(ranked_idx, sims[by_id])
-        keep_r, dup_r, sim_r = core.semantic_dedup(graph, self.params.threshold)
-        keep = keep_r[rank]
-        dup_of = np.where(dup_r[rank] >= 0, by_id[np.where(dup_r[rank] >= 0, dup_r[rank], 0)], -1)
-        dup_sim = sim_r[rank]
-        dropped = [Dropped(ids[i], "semantic duplicate", f"cosine {dup_sim[i]:.4f} with {ids[dup_of[i]]}")
-                   for i in np.nonzero(~keep)[0]]
-        ctx.artifacts["dedup"] = pa.table({
+    def reads(self) -> tuple[str, ...]:
+        return ("nbr_ids", "nbr_sims")
+
+    def decide(self, summaries: pa.Table, ctx: GlobalContext) -> GlobalResult:
+        sorted_, order = _by_id(summaries)
+        ids = sorted_.column("id").to_pylist()
+        idx, sims = _neighbours(sorted_, ids)
+        graph = core.union_graph(idx, sims)
+        keep, dup_of, dup_sim = core.semantic_dedup(graph, self.params.threshold)
+        row_of = order.tolist()
+        dropped = {row_of[i]: Dropped(ids[i], "semantic duplicate", f"cosine {dup_sim[i]:.4f} with {ids[dup_of[i]]}")
+                   for i in np.nonzero(~keep)[0]}
+        artifact = pa.table({
             "id": ids, "keep": keep, "dup_of": [ids[d] if d >= 0 else None for d in dup_of],
             "dup_sim": pa.array(np.where(keep, np.nan, dup_sim).astype(np.float32), from_pandas=True),
             "dup_method": [None if k else "embed" for k in keep],
         }, schema=DEDUP.arrow)
-        ctx.metrics.setdefault(self.name, {})["removed_as_duplicates"] = int((~keep).sum())
-        _take(ctx, np.nonzero(keep)[0])
-        return DatasetResult(ctx.table, dropped)
+        return GlobalResult(dropped=dropped, artifacts={"dedup": artifact},
+                            metrics={"removed_as_duplicates": int((~keep).sum())})
 
 
 class OrderParams(StageParams):
@@ -234,48 +242,67 @@ class OrderParams(StageParams):
 
 
 @register
-class IcpOrder(DatasetStage):
-    """The paper's greedy max-TSP walk over the union kNN graph (Algorithm 1)."""
+class IcpOrder(GlobalStage):
+    """The paper's greedy max-TSP walk over the union kNN graph (Algorithm 1). Global: the driver
+    holds ids, neighbour lists and vectors (for the adjacency metrics), and with ``ngram_check``
+    each text's first 100 characters; the workers add each document's place in the order."""
 
     name = "icp_order"
     Params = OrderParams
-    input_schema = TEXT_RECORD
+    input_schema = TEXT_RECORD.extended("neighboured_record", 1, tuple(KNN.fields[1:]))
 
-    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
-        return self.adding(upstream, "order", ORDER_FIELDS)
+    def summary_fields(self, upstream: RecordSchema) -> tuple[pa.Field, ...]:
+        have = {f.name: f for f in upstream.fields}
+        fields = [have["nbr_ids"], have["nbr_sims"]] + ([have["emb"]] if "emb" in have else [])
+        return tuple(fields) + ((pa.field("head", pa.string()),) if self.params.ngram_check else ())
 
-    def graph(self, ctx: DatasetContext) -> core.Graph:
+    def summarize(self, record: dict) -> dict:
+        out = {"nbr_ids": record["nbr_ids"], "nbr_sims": record["nbr_sims"], "emb": record.get("emb")}
+        if self.params.ngram_check:
+            out["head"] = (record.get("text") or "")[:100]  # what the reference's 3-gram check compares
+        return out
+
+    def added_fields(self) -> tuple[pa.Field, ...]:
+        return ORDER_FIELDS
+
+    def decide(self, summaries: pa.Table, ctx: GlobalContext) -> GlobalResult:
         p: OrderParams = self.params
-        idx, sims = _need(ctx, "knn_idx", "icp_knn"), ctx.arrays["knn_sims"]
-        return core.union_graph(idx, sims, directed=p.use_top is not None, use_top=p.use_top)
-
-    def run(self, ctx: DatasetContext) -> DatasetResult:
-        _embeddings(ctx)
-        p: OrderParams = self.params
-        graph = self.graph(ctx)
+        sorted_, row_of = _by_id(summaries)
+        ids = sorted_.column("id").to_pylist()
+        idx, sims = _neighbours(sorted_, ids)
+        graph = core.union_graph(idx, sims, directed=p.use_top is not None, use_top=p.use_top)
         walk = core.greedy_walk(graph, core.WalkSettings(self.seed, p.start, p.max_run_len, p.merge_short_runs))
-        dropped = []
         order = walk.order
+        dropped: dict[int, Dropped] = {}
+        artifacts = {}
         if p.ngram_check:
-            texts = ctx.table.column("text").to_pylist()
-            ids = _ids(ctx)
-            order, removed = core.ngram_filter(order, texts, p.ngram_threshold)
-            dropped = [Dropped(ids[d], "3-gram duplicate of previous", f"jaccard {j:.3f} with {ids[prev]}")
-                       for d, prev, j in removed]
-            _record_ngram_drops(ctx, [(ids[d], ids[prev], j) for d, prev, j in removed])
+            heads = sorted_.column("head").to_pylist()
+            order, removed = core.ngram_filter(order, heads, p.ngram_threshold)
+            for d, prev, j in removed:
+                dropped[int(row_of[d])] = Dropped(ids[d], "3-gram duplicate of previous",
+                                                  f"jaccard {j:.3f} with {ids[prev]}")
+            artifacts["dedup_ngram"] = pa.table({
+                "id": [ids[d] for d, _, _ in removed], "keep": [False] * len(removed),
+                "dup_of": [ids[prev] for _, prev, _ in removed],
+                "dup_sim": pa.array([float(j) for _, _, j in removed], pa.float32()),
+                "dup_method": ["ngram"] * len(removed)}, schema=DEDUP.arrow)
             walk = core.relabel_runs(order, graph)
-        _take(ctx, order)
-        emb = ctx.arrays.get("emb")
         n = len(order)
-        ctx.table = (ctx.table.append_column("pos", pa.array(np.arange(n), pa.int64()))
-                     .append_column("run", pa.array(walk.run, pa.int64()))
-                     .append_column("via_jump", pa.array(walk.via_jump, pa.bool_()))
-                     .append_column("sim_prev", pa.array(walk.sim_prev, pa.float32(), from_pandas=True)))
-        ctx.artifacts["order"] = ctx.table.select(["id", "pos", "run", "via_jump", "sim_prev"]).cast(ORDER.arrow)
-        m = ctx.metrics.setdefault(self.name, {})
-        m.update({"documents": n, "runs": int(walk.run[-1] + 1) if n else 0,
-                  "jump_share": float(walk.via_jump[1:].mean()) if n > 1 else 0.0})
-        if emb is not None and n > 1:
+        columns: dict[str, list] = {f.name: [None] * len(ids) for f in ORDER_FIELDS}
+        for k, d in enumerate(order.tolist()):
+            r = int(row_of[d])
+            columns["pos"][r] = k
+            columns["run"][r] = int(walk.run[k])
+            columns["via_jump"][r] = bool(walk.via_jump[k])
+            columns["sim_prev"][r] = None if np.isnan(walk.sim_prev[k]) else float(walk.sim_prev[k])
+        artifacts["order"] = pa.table({
+            "id": [ids[d] for d in order.tolist()], "pos": np.arange(n), "run": walk.run,
+            "via_jump": walk.via_jump, "sim_prev": pa.array(walk.sim_prev, pa.float32(), from_pandas=True)},
+            schema=ORDER.arrow)
+        m = {"documents": n, "runs": int(walk.run[-1] + 1) if n else 0,
+             "jump_share": float(walk.via_jump[1:].mean()) if n > 1 else 0.0}
+        if "emb" in sorted_.column_names and n > 1:
+            emb = _matrix(sorted_.column("emb"))[order]
             icp = core.adjacent_similarity(emb, np.arange(n))
             rand = core.adjacent_similarity(emb, np.random.default_rng(p.random_baseline_seed).permutation(n))
             m.update({"adjacent_similarity": float(icp.mean()), "adjacent_similarity_random": float(rand.mean()),
@@ -287,29 +314,9 @@ class IcpOrder(DatasetStage):
             c_rand = core.adjacent_similarity(centred, np.random.default_rng(p.random_baseline_seed).permutation(n))
             m.update({"adjacent_similarity_centred": float(c_icp),
                       "adjacent_similarity_centred_random": float(c_rand.mean())})
-            ctx.arrays["adjacent_icp"], ctx.arrays["adjacent_random"] = icp, rand
             if ctx.files_dir is not None:
                 plot_adjacent(icp, rand, ctx.files_dir / "icp_adjacent_similarity.png")
-        return DatasetResult(ctx.table, dropped)
-
-
-def _record_ngram_drops(ctx: DatasetContext, removed: list[tuple[str, str, float]]) -> None:
-    """The dedup artifact tells every removal, the reference's 3-gram check included."""
-    if not removed:
-        return
-    by_id = {d: (prev, j) for d, prev, j in removed}
-    table = ctx.artifacts.get("dedup")
-    if table is None:
-        ids = _ids(ctx)
-        table = pa.table({"id": ids, "keep": [True] * len(ids), "dup_of": [None] * len(ids),
-                          "dup_sim": pa.array([None] * len(ids), pa.float32()), "dup_method": [None] * len(ids)},
-                         schema=DEDUP.arrow)
-    rows = table.to_pylist()
-    for r in rows:
-        if r["id"] in by_id:
-            prev, j = by_id[r["id"]]
-            r.update(keep=False, dup_of=prev, dup_sim=float(j), dup_method="ngram")
-    ctx.artifacts["dedup"] = pa.Table.from_pylist(rows, schema=DEDUP.arrow)
+        return GlobalResult(columns=columns, dropped=dropped, artifacts=artifacts, metrics=m)
 
 
 def plot_adjacent(icp: np.ndarray, rand: np.ndarray, path) -> None:
@@ -355,10 +362,13 @@ class IcpPack(DatasetStage):
         if p.separator == "eos":
             eos_id = eos_token_id(tok)
         texts = ctx.table.column("text").to_pylist()
-        ids = _ids(ctx)
+        ids = ctx.table.column("id").to_pylist()
         tokens = [np.asarray(e.ids, dtype=np.int32)
                   for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
-        packed = core.pack(np.arange(len(ids)), tokens, p.context_length, eos_id, p.drop_last,
+        # The traversal's order (icp_order's positions), else the rows' own.
+        order = (np.argsort(ctx.table.column("pos").to_numpy(), kind="stable") if "pos" in ctx.table.column_names
+                 else np.arange(len(ids)))
+        packed = core.pack(order, tokens, p.context_length, eos_id, p.drop_last,
                            pad_id=eos_id if eos_id is not None else 0)
         n_ctx = len(packed.input_ids)
         positions = (np.random.default_rng(self.seed).permutation(n_ctx) if p.shuffle else np.arange(n_ctx))

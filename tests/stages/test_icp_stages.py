@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from stages import get_stage
-from stages.base import DatasetContext
+from stages.base import DatasetContext, GlobalContext
 
 
 def _ctx(texts: list[str], emb: np.ndarray) -> DatasetContext:
@@ -23,25 +23,33 @@ def _stage(name, **params):
 
 
 def test_ngram_check_after_ordering_is_recorded_as_ngram_dedup(real_docs):
+    """The global stages as the engine calls them: kNN, dedup and order each decide over the summaries."""
     essays = [d["text"] for d in real_docs if d["source"] == "paul_graham"][:6]
     texts = essays + [essays[2][:100] + " and then a different ending entirely."]
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(len(texts), 8)).astype(np.float32)
     emb[6] = emb[2] + 0.2 * rng.normal(size=8)  # the copy is the original's nearest neighbour (not a
     # semantic duplicate at the threshold below): the walk puts them side by side
-    ctx = _ctx(texts, emb)
-    for stage in (_stage("icp_knn", k=3), _stage("icp_dedup", threshold=0.999)):
-        ctx.table = stage.run(ctx).table
-    result = _stage("icp_order", ngram_check=True).run(ctx)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ids = [f"d{i:02d}" for i in range(len(texts))]
+    ctx = GlobalContext()
+    knn = _stage("icp_knn", k=3).decide(pa.table({"id": ids, "emb": emb.tolist()}), ctx)
+    records = pa.table({"id": ids, "nbr_ids": knn.columns["nbr_ids"], "nbr_sims": knn.columns["nbr_sims"],
+                        "emb": emb.tolist(), "head": [t[:100] for t in texts]})
+    assert not _stage("icp_dedup", threshold=0.999).decide(records.select(["id", "nbr_ids", "nbr_sims"]), ctx).dropped
+    result = _stage("icp_order", ngram_check=True).decide(records, ctx)
     # Whichever of the pair the walk reaches second is dropped, naming the other.
-    assert len(result.dropped) == 1 and result.dropped[0].record_id in ("d02", "d06")
-    gone = result.dropped[0].record_id
-    other = {"d02", "d06"} - {gone}
-    assert result.dropped[0].reason == "3-gram duplicate of previous"
-    dedup = {r["id"]: r for r in ctx.artifacts["dedup"].to_pylist()}
-    assert dedup[gone]["dup_method"] == "ngram" and {dedup[gone]["dup_of"]} == other
-    assert not dedup[gone]["keep"] and all(r["keep"] for i, r in dedup.items() if i != gone)
-    assert result.table.num_rows == 6 and result.table.column("pos").to_pylist() == list(range(6))
+    assert len(result.dropped) == 1
+    (row, drop), = result.dropped.items()
+    assert drop.record_id == ids[row] and drop.record_id in ("d02", "d06")
+    other = {"d02", "d06"} - {drop.record_id}
+    assert drop.reason == "3-gram duplicate of previous"
+    (noted,) = result.artifacts["dedup_ngram"].to_pylist()
+    assert noted["id"] == drop.record_id and noted["dup_method"] == "ngram" and {noted["dup_of"]} == other
+    assert not noted["keep"]
+    pos = result.columns["pos"]
+    assert pos[row] is None and sorted(p for p in pos if p is not None) == list(range(6))
+    assert result.artifacts["order"].column("pos").to_pylist() == list(range(6))
 
 
 def test_pack_spans_point_at_the_document_tokens(real_docs):
