@@ -56,20 +56,20 @@ def write_bucket_table(table: pa.Table, path: Path, schema: RecordSchema) -> pa.
     return ordered
 
 def publish_dir(plan: Plan) -> Path:
-    return step_dir(plan, plan.segments[-1]) / "publish"
+    return step_dir(plan, plan.record_steps[-1]) / "publish"
 
 def spill_shard(plan: Plan, i: int, n_files: int) -> dict[int, int]:
     """Shard ``i``'s final records, rewritten with one row group per output file (output file ->
     row group), so that each output file can be assembled alone. One file: nothing to spill."""
     if n_files == 1:
         return {0: -1}
-    source = shard_files(plan, plan.segments[-1], i)["records"]
+    source = shard_files(plan, plan.record_steps[-1], i)["records"]
     return _spill_by_file(source, publish_dir(plan) / f"spill-{i:05d}.parquet", n_files)
 
 def write_output_file(plan: Plan, j: int, n_files: int, index: dict[int, dict[int, int]]) -> Path:
     """Output file ``j`` from every shard's part of it (``index``: shard -> spill_shard's answer),
     in memory bounded by that one file."""
-    final = plan.segments[-1]
+    final = plan.record_steps[-1]
     pieces = []
     for i in sorted(index):
         group = index[i].get(j)

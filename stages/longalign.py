@@ -17,10 +17,8 @@ from schemas import MESSAGE, TEXT_RECORD, RecordSchema
 from stages import longalign_core as core
 from stages import register
 from stages.base import (
-    DatasetContext,
-    DatasetResult,
-    DatasetStage,
     Dropped,
+    GroupStage,
     Outcome,
     RecordStage,
     Resources,
@@ -206,12 +204,21 @@ class BatchesParams(StageParams):
         "fuller packs [spec 3.3, optional]")
     pad_id: int = 0
     reset_positions: bool = Field(False, description="position ids restart per sequence (reference: 0..L-1)")
+    groups: int = Field(1, gt=0, description="pack groups, each packed on a worker on its own [ours; 1 = the "
+                        "reference's one pass over all rows]")
 
 
 @register
-class LongAlignBatches(DatasetStage):
+class LongAlignBatches(GroupStage):
     """Spec 3.3-3.5: packs with loss weights and boundaries (the last partial pack kept), or sorted
-    batches (length-sorted groups of B, group order shuffled)."""
+    batches (length-sorted groups of B, group order shuffled).
+
+    A per-group stage: rows go to one of ``groups`` pack groups by a seeded hash of their id, and
+    each pack group is packed (or sorted) on a worker in its own seeded random order. With
+    ``groups: 1`` (the default) that is the reference's single pass over every row; more groups
+    bound a worker's memory by a pack group, at the price of one partial pack (or one sorted-batch
+    remainder) per group. Ids carry the pack group (``pack-<group>-<k>``), so the id order is the
+    training order."""
 
     name = "longalign_batches"
     Params = BatchesParams
@@ -220,57 +227,60 @@ class LongAlignBatches(DatasetStage):
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return PACK if self.params.mode == "pack" else SORTED_ROW
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
+    def group_of(self, record: dict) -> tuple[str, int]:
         p: BatchesParams = self.params
-        ids = ctx.table.column("id").to_pylist()
-        toks = ctx.table.column("input_ids").to_pylist()
-        labels = ctx.table.column("labels").to_pylist()
+        h = hashlib.sha256(f"{self.seed}:{record['id']}".encode()).digest()
+        group = int.from_bytes(h[:8], "big") % p.groups
+        place = int.from_bytes(h[8:16], "big") >> 1 if (p.shuffle and p.mode == "pack") else 0
+        return f"{group:05d}", place  # place 0: the rows' own order (shard, row)
+
+    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+        p: BatchesParams = self.params
+        ids = [r["id"] for r in records]
+        toks = [r["input_ids"] for r in records]
+        labels = [r["labels"] for r in records]
         lengths = [len(t) for t in toks]
-        m = ctx.metrics.setdefault(self.name, {})
         if p.mode == "sorted":
-            groups, rest = core.sorted_batches(lengths, p.batch_size, self.seed)
-            order = [(g, i) for g, grp in enumerate(groups) for i in grp]
-            table = pa.table({"id": [ids[i] for _, i in order], "input_ids": [toks[i] for _, i in order],
-                              "labels": [labels[i] for _, i in order], "len": [lengths[i] for _, i in order],
-                              "batch": [g for g, _ in order], "position": list(range(len(order)))},
-                             schema=SORTED_ROW.arrow)
-            dropped = [Dropped(ids[i], "sorted-batching remainder", f"{len(rest)} rows past the last full batch")
-                       for i in rest]
-            m.update({"batches": len(groups), "rows": len(order), "remainder": len(rest)})
-            return DatasetResult(table, dropped, consumed=len(order))
-        order = (np.random.default_rng(self.seed).permutation(len(ids)).tolist() if p.shuffle
-                 else list(range(len(ids))))
+            rng_seed = int.from_bytes(hashlib.sha256(f"{self.seed}:{key}".encode()).digest()[:4], "big")
+            groups, rest = core.sorted_batches(lengths, p.batch_size, rng_seed if p.groups > 1 else self.seed)
+            position = 0
+            for g, grp in enumerate(groups):
+                for i in grp:
+                    yield {"id": ids[i], "input_ids": toks[i], "labels": labels[i], "len": lengths[i], "batch": g,
+                           "position": position}
+                    position += 1
+            for i in rest:
+                yield Dropped(ids[i], "sorted-batching remainder", f"{len(rest)} rows past the last full batch")
+            for name, v in (("batches", len(groups)), ("rows", position), ("remainder", len(rest))):
+                metrics[name] = metrics.get(name, 0) + v
+            return
         packer = core.pack_next_fit if p.packing == "next_fit" else core.pack_first_fit_decreasing
-        packs, skipped = packer([lengths[i] for i in order], p.max_len)
+        packs, skipped = packer(lengths, p.max_len)
         L = p.max_len
-        rows = {f.name: [] for f in PACK.fields}
-        n_with_targets = []
+        n_with_targets = [sum(1 for i in pk.rows if any(x != -100 for x in labels[i])) for pk in packs]
+        counts = core.group_sequence_counts(n_with_targets, p.packs_per_step)
         for k, pk in enumerate(packs):
-            members = [order[j] for j in pk.rows]
+            members = list(pk.rows)
             flat = [t for i in members for t in toks[i]]
             lab = [x for i in members for x in labels[i]]
             pad = L - len(flat)
             w = core.pack_weights([labels[i] for i in members], core.Pack(list(range(len(members))), pk.cu_seqlens), L)
-            if p.reset_positions:
-                pos = [q for i in members for q in range(len(toks[i]))] + list(range(pad))
-            else:
-                pos = list(range(L))
-            rows["id"].append(f"pack-{k:06d}")
-            rows["input_ids"].append(flat + [p.pad_id] * pad)
-            rows["labels"].append(lab + [-100] * pad)
-            rows["weights"].append(w)
-            rows["cu_seqlens"].append(pk.cu_seqlens)
-            rows["position_ids"].append(pos)
-            rows["n_seqs"].append(len(members))
-            rows["seq_ids"].append([ids[i] for i in members])
-            n_with_targets.append(sum(1 for i in members if any(x != -100 for x in labels[i])))
-        counts = core.group_sequence_counts(n_with_targets, p.packs_per_step)
-        rows["group"] = [k // p.packs_per_step for k in range(len(packs))]
-        rows["group_seq_count"] = [counts[k // p.packs_per_step] for k in range(len(packs))]
-        table = pa.table(rows, schema=PACK.arrow)
-        dropped = [Dropped(ids[order[j]], f"longer than the pack capacity {L}", f"{lengths[order[j]]} tokens")
-                   for j in skipped]
-        used = sum(lengths[i] for i in range(len(ids))) - sum(lengths[order[j]] for j in skipped)
-        m.update({"packs": len(packs), "sequences_per_pack": (len(ids) - len(skipped)) / max(1, len(packs)),
-                  "fill": used / max(1, len(packs) * L), "packs_per_step": p.packs_per_step})
-        return DatasetResult(table, dropped, consumed=len(ids) - len(skipped))
+            pos = ([q for i in members for q in range(len(toks[i]))] + list(range(pad)) if p.reset_positions
+                   else list(range(L)))
+            yield {"id": f"pack-{key}-{k:06d}", "input_ids": flat + [p.pad_id] * pad, "labels": lab + [-100] * pad,
+                   "weights": w, "cu_seqlens": pk.cu_seqlens, "position_ids": pos, "n_seqs": len(members),
+                   "seq_ids": [ids[i] for i in members], "group": k // p.packs_per_step,
+                   "group_seq_count": counts[k // p.packs_per_step]}
+        for j in skipped:
+            yield Dropped(ids[j], f"longer than the pack capacity {L}", f"{lengths[j]} tokens")
+        used = sum(lengths) - sum(lengths[j] for j in skipped)
+        for name, v in (("packs", len(packs)), ("sequences", len(ids) - len(skipped)), ("tokens", used),
+                        ("capacity", len(packs) * L)):
+            metrics[name] = metrics.get(name, 0) + v
+
+    def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        if self.params.mode == "sorted":
+            return sums
+        return {"packs": sums.get("packs", 0), "packs_per_step": self.params.packs_per_step,
+                "sequences_per_pack": sums.get("sequences", 0) / max(1, sums.get("packs", 0)),
+                "fill": sums.get("tokens", 0) / max(1, sums.get("capacity", 0))}

@@ -7,11 +7,9 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from stages import longalign_core as core
-from stages.base import DatasetContext
 
 
 def _rows(n: int, seed: int = 0, lo: int = 20, hi: int = 900):
@@ -159,22 +157,25 @@ def test_parse_questions_accepts_common_numberings():
 
 
 def test_batches_stage_in_both_modes():
+    from stages.base import Dropped
     from stages.longalign import LongAlignBatches
 
     lengths, labels = _rows(37, seed=5, hi=300)
-    table = pa.table({"id": [f"r{k:02d}" for k in range(37)], "input_ids": [list(range(n)) for n in lengths],
-                      "labels": labels, "n_target": [sum(x != -100 for x in lab) for lab in labels],
-                      "len": lengths})
+    records = [{"id": f"r{k:02d}", "input_ids": list(range(n)), "labels": labels[k],
+                "n_target": sum(x != -100 for x in labels[k]), "len": n} for k, n in enumerate(lengths)]
     sorted_stage = LongAlignBatches(LongAlignBatches.Params(mode="sorted", batch_size=4), seed=0)
-    res = sorted_stage.run(DatasetContext(table=table))
-    out = res.table.to_pylist()
-    assert len(out) == 36 and len(res.dropped) == 1
+    metrics: dict = {}
+    outcomes = list(sorted_stage.build("00000", records, metrics))
+    out = [o for o in outcomes if isinstance(o, dict)]
+    assert len(out) == 36 and sum(isinstance(o, Dropped) for o in outcomes) == 1 and metrics["batches"] == 9
     for b in range(9):
         lens = [r["len"] for r in out if r["batch"] == b]
         assert len(lens) == 4 and lens == sorted(lens)
     pack_stage = LongAlignBatches(LongAlignBatches.Params(mode="pack", max_len=1024, packs_per_step=3), seed=0)
-    packs = pack_stage.run(DatasetContext(table=table)).table.to_pylist()
+    order = sorted(records, key=lambda r: pack_stage.group_of(r)[1])  # the engine sorts a group by place
+    packs = list(pack_stage.build("00000", order, {}))
     assert sorted(i for p in packs for i in p["seq_ids"]) == [f"r{k:02d}" for k in range(37)]
+    assert [r["id"] for r in order] != sorted(r["id"] for r in order)  # shuffled by the seeded hash
     for p in packs:
         group = [q for q in packs if q["group"] == p["group"]]
         assert p["group_seq_count"] == sum(q["n_seqs"] for q in group)
@@ -206,11 +207,11 @@ def test_a_pack_attends_within_its_sequences_like_each_sequence_alone(reset_posi
     lengths = [37, 80, 11, 55]
     rng = np.random.default_rng(7)
     toks = [rng.integers(1, 200, n).tolist() for n in lengths]
-    table = pa.table({"id": [f"s{k}" for k in range(4)], "input_ids": toks, "labels": toks,
-                      "n_target": lengths, "len": lengths})
+    records = [{"id": f"s{k}", "input_ids": toks[k], "labels": toks[k], "n_target": lengths[k],
+                "len": lengths[k]} for k in range(4)]
     stage = LongAlignBatches(LongAlignBatches.Params(mode="pack", max_len=256, shuffle=False,
                                                      reset_positions=reset_positions), seed=0)
-    (pack,) = stage.run(DatasetContext(table=table)).table.to_pylist()
+    (pack,) = stage.build("00000", records, {})
     cfg = LlamaConfig(vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
     lm = model_from_config(cfg, None, device="cpu", attn_implementation="eager")
