@@ -13,7 +13,7 @@ from pipelines.plan import Plan
 from schemas import REJECT
 from stages.base import Dropped, Rejected, Truncated
 
-EXPANDING = ("per-record-expanding", "whole-dataset")
+EXPANDING = ("per-record-expanding", "per-group", "whole-dataset")
 
 REMOVED_SCHEMA = pa.schema(list(REJECT.arrow) + [pa.field("payload", pa.string())])
 # A key row also says whose it is (the record id), where that record is (row of the shard's records

@@ -208,7 +208,7 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     first_child = produced[0]["artifact_id"] if produced else output_id
     records_id = first_child  # the record-level stages' output: what scores and side tables describe
     artifacts = produced + [output] + [a for a, _ in sides]
-    lineage += [(records_id, a["artifact_id"]) for a, _ in sides]
+    input_ids = []
     for k, inp in enumerate(plan.spec.inputs):
         path = os.path.abspath(os.path.expanduser(inp.path))
         parent = catalog.latest_output_artifact(path)
@@ -221,6 +221,11 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
                 "fingerprint": _input_fingerprint(plan, k), "schema_name": None, "schema_version": None,
             })
         lineage.append((parent, first_child))
+        input_ids.append(parent)
+    # Side tables and global stages' answers come from the records the stages saw: the published
+    # documents when there are any, else the inputs themselves.
+    side_parents = [produced[0]["artifact_id"]] if produced else input_ids
+    lineage += [(parent, a["artifact_id"]) for a, _ in sides for parent in side_parents]
     seconds = round(time.time() - t0, 3)
     _write_card(plan, run_id, runner, n, fingerprint, stats, seconds, metrics)
     catalog.record_results(run_id, stage_stats=stats, rejects=removed.drop(["payload"]),

@@ -8,7 +8,9 @@ the catalog and the card.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +22,16 @@ from pydantic import Field
 from schemas import DROP_LOG, SCHEDULE, SEQUENCE, TEXT_RECORD, TOKEN_IDS_FIELDS, TOKEN_IDS_RECORD, RecordSchema
 from stages import decomposition_core as core
 from stages import register
-from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, Outcome, RecordStage, StageParams
+from stages.base import (
+    DatasetContext,
+    DatasetResult,
+    DatasetStage,
+    Dropped,
+    GroupStage,
+    Outcome,
+    RecordStage,
+    StageParams,
+)
 from stages.plots import new_figure, save_figure
 
 INDEX_SCHEMA = pa.schema([pa.field("seq_id", pa.string()), pa.field("start", pa.int64()),
@@ -271,11 +282,17 @@ class ConcatChunkParams(StageParams):
                                 "boundaries [+DM]")
     drop_last: bool = Field(True, description="concat: drop the last, shorter context")
     pad_id: int = Field(0, ge=0, description="token that fills packed contexts")
+    groups: int = Field(1, gt=0, description="streams, each cut on a worker on its own [ours; 1 = one stream "
+                        "of every document, as the paper]")
 
 
 @register
-class ConcatChunk(DatasetStage):
-    """The concat-and-chunk baseline from the same tokens (and its best-fit-decreasing packed variant)."""
+class ConcatChunk(GroupStage):
+    """The concat-and-chunk baseline from the same tokens (and its best-fit-decreasing packed variant).
+
+    A per-group stage: documents go to one of ``groups`` groups by a seeded hash of their id and
+    are shuffled by that hash; each group is concatenated and cut (or packed) on a worker. With
+    ``groups: 1`` (the default) every document is in one stream, as the paper's baseline."""
 
     name = "concat_chunk"
     Params = ConcatChunkParams
@@ -286,55 +303,62 @@ class ConcatChunk(DatasetStage):
 
         return CHUNK
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
-        from schemas import CHUNK
+    def group_of(self, record: dict) -> tuple[str, int]:
+        p: ConcatChunkParams = self.params
+        h = hashlib.sha256(f"{self.seed}:{record['id']}".encode()).digest()
+        place = int.from_bytes(h[8:16], "big") >> 1 if p.shuffle and p.packing == "concat" else 0
+        return f"{int.from_bytes(h[:8], 'big') % p.groups:05d}", place
+
+    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
         from stages.icp_core import pack
 
         p: ConcatChunkParams = self.params
-        ids = ctx.table.column("id").to_pylist()
-        tokens = [np.asarray(t, dtype=np.int32) for t in ctx.table.column("input_ids").to_pylist()]
+        ids = [r["id"] for r in records]
+        tokens = [np.asarray(r["input_ids"], dtype=np.int32) for r in records]
         L = p.context_length
         if p.packing == "concat":
-            order = (np.random.default_rng(self.seed).permutation(len(ids)) if p.shuffle
-                     else np.arange(len(ids)))
-            packed = pack(order, tokens, L, None, p.drop_last, pad_id=p.pad_id)
+            packed = pack(np.arange(len(ids)), tokens, L, None, p.drop_last, pad_id=p.pad_id)
             contexts = [(packed.input_ids[c], [(s["doc"], s["start"], s["end"], s["doc_tok_offset"])
                                                for s in packed.spans[c]]) for c in range(len(packed.input_ids))]
             tail_docs = packed.docs_in_tail.tolist()
         else:
             contexts = best_fit_decreasing(tokens, L, p.pad_id)
             tail_docs = []
-        rows = {"id": [], "ctx_index": [], "input_ids": [], "spans": [], "segment_ids": []}
-        same_pairs = total_pairs = 0.0
-        seg_lengths = []
+        same_pairs = total_pairs = seg_sum = 0.0
+        segs = 0
         for c, (ids_c, spans) in enumerate(contexts):
-            rows["id"].append(f"ctx-{c:08d}")
-            rows["ctx_index"].append(c)
-            rows["input_ids"].append(ids_c)
-            rows["spans"].append([{"doc_id": ids[d], "start": a, "end": b, "doc_tok_offset": off}
-                                  for d, a, b, off in spans])
             seg = np.zeros(L, dtype=np.int32)  # 0 = padding
             for k, (_, a, b, _) in enumerate(spans):
                 seg[a:b] = k + 1
                 n = b - a
                 same_pairs += n * (n + 1) / 2
-                seg_lengths.append(n)
+                seg_sum += n
+                segs += 1
             used = max((b for _, _, b, _ in spans), default=0)
             total_pairs += used * (used + 1) / 2
-            rows["segment_ids"].append(seg if p.document_mask else None)
-        table = pa.table(rows, schema=CHUNK.arrow)
-        m = ctx.metrics.setdefault(self.name, {})
+            yield {"id": f"ctx-{key}-{c:08d}", "ctx_index": c, "input_ids": ids_c,
+                   "spans": [{"doc_id": ids[d], "start": a, "end": b, "doc_tok_offset": off} for d, a, b, off in spans],
+                   "segment_ids": seg if p.document_mask else None}
+        for d in tail_docs:
+            yield Dropped(ids[d], "in the incomplete last context", f"drop_last with L={L}")
         kept = int(sum(b - a for _, sp in contexts for _, a, b, _ in sp))
-        total = int(sum(len(t) for t in tokens))
-        cross = 0.0 if p.document_mask or not total_pairs else 1 - same_pairs / total_pairs
-        m.update({"contexts": len(contexts), "tokens_in": total, "tokens_kept": kept,
-                  "dropped_token_share": 1 - kept / total if total else 0.0,
-                  "padding_share": 1 - kept / (len(contexts) * L) if contexts else 0.0,
-                  "mean_context_length": float(np.mean(seg_lengths)) if seg_lengths else 0.0,
-                  "cross_document_attention_share": cross,
-                  "attention_pairs": same_pairs if p.document_mask else total_pairs})
-        dropped = [Dropped(ids[d], "in the incomplete last context", f"drop_last with L={L}") for d in tail_docs]
-        return DatasetResult(table, dropped, consumed=len(ids) - len(dropped))
+        for name, v in (("contexts", len(contexts)), ("tokens_in", int(sum(len(t) for t in tokens))),
+                        ("tokens_kept", kept), ("same_pairs", same_pairs), ("total_pairs", total_pairs),
+                        ("segment_tokens", seg_sum), ("segments", segs)):
+            metrics[name] = metrics.get(name, 0) + v
+
+    def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        p: ConcatChunkParams = self.params
+        n, total, kept = sums.get("contexts", 0), sums.get("tokens_in", 0), sums.get("tokens_kept", 0)
+        pairs = sums.get("total_pairs", 0)
+        cross = 0.0 if p.document_mask or not pairs else 1 - sums.get("same_pairs", 0) / pairs
+        return {"contexts": n, "tokens_in": total, "tokens_kept": kept,
+                "dropped_token_share": 1 - kept / total if total else 0.0,
+                "padding_share": 1 - kept / (n * p.context_length) if n else 0.0,
+                "mean_context_length": (sums.get("segment_tokens", 0) / sums["segments"] if sums.get("segments")
+                                        else 0.0),
+                "cross_document_attention_share": cross,
+                "attention_pairs": sums.get("same_pairs", 0) if p.document_mask else pairs}
 
 
 def best_fit_decreasing(tokens: list[np.ndarray], length: int, pad_id: int):

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
 import pytest
 
 from stages import get_stage
-from stages.base import DatasetContext
 
 
 @pytest.fixture(scope="module")
@@ -20,18 +17,20 @@ def tokenised(real_docs):
 
 
 def _run(docs, **params):
+    """As the engine runs a group: its records sorted by the place group_of gives them."""
     cls = get_stage("concat_chunk")
-    ctx = DatasetContext(table=pa.Table.from_pylist([{"id": d["id"], "text": d["text"],
-                                                      "input_ids": d["input_ids"]} for d in docs]))
-    result = cls(cls.Params(**params), seed=0).run(ctx)
-    return result, ctx.metrics["concat_chunk"]
+    stage = cls(cls.Params(**params), seed=0)
+    records = sorted(({"id": d["id"], "text": d["text"], "input_ids": d["input_ids"]} for d in docs),
+                     key=lambda r: stage.group_of(r)[1])
+    metrics: dict = {}
+    outcomes = list(stage.build("00000", records, metrics))
+    return [o for o in outcomes if isinstance(o, dict)], stage.summarize_metrics(metrics), records
 
 
 def test_concat_is_the_shuffled_stream_cut_at_L(tokenised):
-    result, m = _run(tokenised, context_length=2048)
-    rows = result.table.to_pylist()
-    order = np.random.default_rng(0).permutation(len(tokenised))
-    stream = [t for i in order for t in tokenised[i]["input_ids"]]
+    rows, m, records = _run(tokenised, context_length=2048)
+    assert [r["id"] for r in records] != sorted(r["id"] for r in records)  # shuffled by a seeded hash
+    stream = [t for r in records for t in r["input_ids"]]
     flat = [t for r in rows for t in r["input_ids"]]
     assert all(len(r["input_ids"]) == 2048 for r in rows) and flat == stream[: len(flat)]
     assert len(stream) - len(flat) < 2048
@@ -39,8 +38,7 @@ def test_concat_is_the_shuffled_stream_cut_at_L(tokenised):
 
 
 def test_best_fit_decreasing_keeps_every_token_once(tokenised):
-    result, m = _run(tokenised, context_length=2048, packing="best_fit_decreasing", document_mask=True)
-    rows = result.table.to_pylist()
+    rows, m, _ = _run(tokenised, context_length=2048, packing="best_fit_decreasing", document_mask=True)
     by_doc = {d["id"]: d["input_ids"] for d in tokenised}
     got: dict[str, dict[int, list]] = {}
     for r in rows:

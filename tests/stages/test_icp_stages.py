@@ -56,13 +56,17 @@ def test_pack_spans_point_at_the_document_tokens(real_docs):
     from gpu_jobs.models import load_tokenizer
 
     docs = [d["text"] for d in real_docs if d["source"] == "kjv"][:20]
-    ctx = _ctx(docs, np.eye(20, dtype=np.float32))
-    result = _stage("icp_pack", context_length=512, shuffle=False).run(ctx)
+    stage = _stage("icp_pack", context_length=512, shuffle=False)
+    stage.setup()
+    records = [{"id": f"d{i:02d}", "text": t, "pos": i, "emb": np.eye(20)[i].tolist()} for i, t in enumerate(docs)]
+    metrics: dict = {}
+    rows = [o for o in stage.build("all", records, metrics) if isinstance(o, dict)]
     tok = load_tokenizer("smollm2")
-    for row in result.table.to_pylist():
+    for row in rows:
         for span in row["spans"]:
             doc = docs[int(span["doc_id"][1:])]
             ids = tok.encode(doc, add_special_tokens=False).ids + [tok.token_to_id("<|endoftext|>")]
-            piece = row["input_ids"][span["start"]:span["end"]]
+            piece = list(row["input_ids"][span["start"]:span["end"]])
             assert piece == ids[span["doc_tok_offset"]:span["doc_tok_offset"] + len(piece)]
-    assert result.table.column("ctx_index").to_pylist() == list(range(result.table.num_rows))
+    assert [r["ctx_index"] for r in rows] == list(range(len(rows)))
+    assert metrics["contexts"] == len(rows) and metrics["similarity_n"] > 0
