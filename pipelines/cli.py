@@ -240,8 +240,9 @@ def _run(args) -> int:
 
 
 def _terminate(signum, frame):
-    from pipelines.run import Terminated
+    from pipelines.run import Terminated, request_stop
 
+    request_stop()
     raise Terminated()
 
 

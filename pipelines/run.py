@@ -102,6 +102,26 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the run is recorded as interrupted and can be resumed."""
 
 
+_stop_requested = False
+
+
+def request_stop() -> None:
+    """Called by the signal handler before it raises :class:`Terminated`: a library that catches
+    the exception and raises its own (DuckDB's 'Query interrupted') still ends the run as
+    interrupted."""
+    global _stop_requested
+    _stop_requested = True
+
+
+def ended_by_user(e: BaseException) -> bool:
+    return isinstance(e, KeyboardInterrupt) or _stop_requested
+
+
+def as_interruption(e: BaseException) -> BaseException:
+    """The exception to raise for ``e``: a Terminated in place of what a library made of it."""
+    return e if isinstance(e, KeyboardInterrupt) or not _stop_requested else Terminated()
+
+
 def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_args: list[str] | None = None,
                  catalog: Catalog | None = None, progress: Progress | None = None,
                  overwrite: bool = False) -> RunResult:
@@ -121,13 +141,15 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
     try:
         result = _run(plan, run_id, t0, runner, workers, beam_args, catalog, progress)
     except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        status = "interrupted" if ended_by_user(e) else "failed"
         try:
             catalog.finish_run(run_id, status, f"{type(e).__name__}: {e}"[:2000] if str(e) or status == "failed"
                                else type(e).__name__)
         except Exception as e2:  # noqa: BLE001 - say both: what ended the run and why the catalog lags
             progress.warn(f"warning: {e2}")
-        raise
+        if as_interruption(e) is e:
+            raise
+        raise as_interruption(e) from e
     finally:
         _release_lock(lock)
     try:

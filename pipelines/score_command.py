@@ -116,9 +116,13 @@ def score(args) -> int:
         result = run_scoring(lm, settings, records, catalog=catalog, output=output, artifact_id=artifact_id,
                              run_id=run_id, part_size=args.part_size, progress=Progress(enabled=not args.quiet))
     except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        from pipelines.run import as_interruption, ended_by_user
+
+        status = "interrupted" if ended_by_user(e) else "failed"
         catalog.finish_run(run_id, status, f"{type(e).__name__}: {e}"[:2000])
-        raise
+        if as_interruption(e) is e:
+            raise
+        raise as_interruption(e) from e
     catalog.finish_run(run_id, "succeeded")
     print(f"{args.job} with {args.model} (revision {lm.revision}, {lm.device} {lm.dtype}): {result.scored} samples "
           f"scored, {result.skipped} already in the catalog, {result.rejected} rejected (catalog table 'rejects'), "
