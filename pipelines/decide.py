@@ -146,7 +146,8 @@ def run_decide(plan: Plan, step: Step) -> int:
 
     shutil.rmtree(parts, ignore_errors=True)
     shutil.rmtree(work / "duckdb-tmp", ignore_errors=True)
-    write_text_atomic(json.dumps({"fingerprint": step.fingerprint, "dropped": n_dropped}), marker)
+    write_text_atomic(json.dumps({"fingerprint": step.fingerprint, "dropped": n_dropped, "run_id": plan.run_id}),
+                      marker)
     return n_dropped
 
 def _tuplify(v):

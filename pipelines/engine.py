@@ -200,9 +200,39 @@ def run_group_partition(plan: Plan, step: Step, p: int) -> dict:
 
 def run_task(plan: Plan, step: Step, i: int) -> dict:
     """Task ``i`` of a step that runs on the workers: a segment's shard or a group step's partition."""
-    if step.kind is StepKind.GROUP:
-        return run_group_partition(plan, step, i)
-    return run_segment_shard(plan, step, i)
+    marker = run_group_partition(plan, step, i) if step.kind is StepKind.GROUP else run_segment_shard(plan, step, i)
+    fault_point(f"{step.kind.value}:{step.index}:{i}")
+    return marker
+
+
+def fault_point(where: str) -> None:
+    """Testing hook: ``LONGFORGE_KILL_AT=<kind>:<step>:<task>`` (``global:3:0`` for a driver step)
+    SIGKILLs this process right after that piece of work is finished, so tests can show what a
+    rerun after a crash redoes. Unset, it does nothing."""
+    if os.environ.get("LONGFORGE_KILL_AT") == where:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def collect_resume(plan: Plan) -> dict[str, int]:
+    """What this run did and what it found finished by an earlier run (by the run ids in the
+    markers): tasks (shards, partitions) and driver steps (decide, global)."""
+    out = {"tasks_run": 0, "tasks_reused": 0, "driver_steps_run": 0, "driver_steps_reused": 0}
+    for step in plan.steps:
+        if step.kind in (StepKind.SEGMENT, StepKind.GROUP):
+            markers = [read_marker(shard_files(plan, step, i)["done"], step.fingerprint)
+                       for i in range(len(plan.shards))]
+            kind = "tasks"
+        elif step.kind in (StepKind.DECIDE, StepKind.GLOBAL):
+            markers = [read_marker(step_dir(plan, step) / "done.json", step.fingerprint)]
+            kind = "driver_steps"
+        else:
+            continue
+        for m in markers:
+            if m is not None:
+                out[f"{kind}_run" if m.get("run_id") == plan.run_id else f"{kind}_reused"] += 1
+    return out
 
 
 def services(plan: Plan) -> Services:
@@ -247,6 +277,7 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
         counters.append(fed)
     # pid: which process ran the shard (a Beam or pool worker, or the driver), for the record.
     marker = {"fingerprint": step.fingerprint, "shard": i, "records": len(rows), "pid": os.getpid(),
+              "run_id": plan.run_id,
               "batches": batches or {}, **extra, **(marker_extra or {}),
               "stats": [c.to_json() for c in counters], "seconds": round(time.time() - t0, 3)}
     write_text_atomic(json.dumps(marker), files["done"])
@@ -296,18 +327,21 @@ def collect_stats(plan: Plan) -> list[dict]:
     return merge_stats(items, plan)
 
 def collect_batches(plan: Plan) -> dict[str, dict[str, int]]:
-    """Per model stage: batches computed and batches read back from a killed run's checkpoints,
-    summed over the shards this run processed (a shard finished by an earlier run counts as
-    ``shards_reused``)."""
+    """Per model stage: batches this run computed and batches it read back from a killed run's
+    checkpoints, over the shards this run processed (shards an earlier run finished are counted
+    in ``resume``: their batches were not computed again)."""
     total: dict[str, dict[str, int]] = {}
     for step in plan.record_steps:
         for i in range(len(plan.shards)):
-            m = read_marker(shard_files(plan, step, i)["done"], step.fingerprint)
-            for label, counts in (m or {}).get("batches", {}).items():
+            m = read_marker(shard_files(plan, step, i)["done"], step.fingerprint) or {}
+            if m.get("run_id") != plan.run_id:
+                continue
+            for label, counts in m.get("batches", {}).items():
                 row = total.setdefault(label, {"batches_computed": 0, "batches_reused": 0})
                 for k, v in counts.items():
                     row[k] += v
     return total
+
 
 def input_counts(plan: Plan) -> dict[int, int]:
     """Records read from each input (index into the pipeline's inputs), from the first step's markers."""

@@ -87,7 +87,8 @@ def run_global(plan: Plan, step: Step, files_dir: Path | None = None) -> dict:
     write_parquet_atomic(answer, answer_file(plan, step), compression="zstd")
     for name, art in result.artifacts.items():
         write_parquet_atomic(art, work / f"artifact-{name}.parquet", compression="zstd")
-    marker = {"fingerprint": step.fingerprint, "records": table.num_rows, "dropped": len(result.dropped),
+    marker = {"fingerprint": step.fingerprint, "run_id": plan.run_id, "records": table.num_rows,
+              "dropped": len(result.dropped),
               "artifacts": list(result.artifacts), "metrics": result.metrics,
               "seconds": round(time.perf_counter() - t0, 6)}
     write_text_atomic(json.dumps(marker), marker_path)

@@ -90,6 +90,7 @@ class Plan:
     fingerprint: str
     output_dir: str
     notes: list[str] = field(default_factory=list)  # what planning left out or merged, said to the user
+    run_id: str = ""  # the run executing the plan: markers say which run did each piece of work
 
     @property
     def final_schema(self) -> RecordSchema:

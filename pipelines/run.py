@@ -169,6 +169,7 @@ def _start_run(plan: Plan, run_id: str, runner: str, workers: int, catalog: Cata
 
 def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_args: list[str] | None,
          catalog: Catalog, progress: Progress) -> RunResult:
+    plan.run_id = run_id
     _export_generations(plan, catalog)
     try:
         execution = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress).execute(plan)
@@ -196,6 +197,7 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     sides = _publish_side_tables(plan, run_id)  # written by the workers; published file by file
     sides += _publish_global_artifacts(plan, run_id)  # small tables global stages left on the driver
     metrics.update(engine.collect_metrics(plan))
+    metrics["resume"] = engine.collect_resume(plan)  # finished work an earlier run left, reused
     if plan.dataset_stages:
         produced.append(records_artifact)
         progress.log(f"whole-dataset stages: {', '.join(ps.label for ps in plan.dataset_stages)}")

@@ -44,8 +44,10 @@ class ShardedRunner:
                 self.run_tasks(plan, step)
             elif step.kind is StepKind.DECIDE:
                 decide.run_decide(plan, step)
+                engine.fault_point(f"decide:{step.index}:0")
             elif step.kind is StepKind.GLOBAL:
                 global_step.run_global(plan, step, Path(plan.output_dir) / "plots")
+                engine.fault_point(f"global:{step.index}:0")
             # StepKind.DATASET: the driver's, after publishing
         final = plan.record_steps[-1]
         n_files = publish.n_output_files(engine.segment_records(plan, final), plan.spec.output.records_per_file)

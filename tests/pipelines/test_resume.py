@@ -3,6 +3,7 @@ uninterrupted run (issue 2, point 9)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -158,3 +159,108 @@ def test_sigkill_during_a_model_stage_never_embeds_a_document_twice(real_docs, t
     assert m[("killed", "batches_computed")] + m[("killed", "batches_reused")] == m[("clean", "batches_computed")]
     fps = con.execute("SELECT fingerprint FROM artifacts WHERE kind = 'output' ORDER BY path").fetchall()
     assert len(fps) == 2 and fps[0] == fps[1]
+
+
+SHAPES_PIPELINE = """
+name: shapes
+inputs:
+  - path: {input}
+read:
+  shard_mb: 0.05
+stages:
+  - stage: normalize
+  - stage: icp_embed
+    params: {{model: minilm, max_tokens: 64, batch_size: 16}}
+  - stage: icp_knn
+    params: {{k: 5}}
+  - stage: icp_dedup
+  - stage: icp_order
+  - stage: icp_pack
+    params: {{context_length: 512, range_docs: 20}}
+"""
+
+
+@pytest.fixture(scope="module")
+def shapes_setup(real_docs, tmp_path_factory):
+    """A small ICP pipeline, which has every shape: per-record (a model stage), global (kNN, dedup,
+    order) and per-group (contexts over ranges of the order); its clean run's fingerprint."""
+    from pipelines.plan import build_plan
+    from pipelines.spec import load_pipeline
+
+    base = tmp_path_factory.mktemp("shapes")
+    docs = [{"id": r["id"], "text": r["text"][:1500]} for r in real_docs if r["source"] == "kjv"][:160]
+    src = write_jsonl(base / "docs.jsonl", docs)
+    pipeline = write_pipeline(base / "p.yaml", SHAPES_PIPELINE.format(input=src))
+    plan = build_plan(load_pipeline(pipeline))
+    clean = run_cli("run", str(pipeline), "--output", str(base / "clean"), "--catalog", str(base / "c.duckdb"),
+                    "--quiet")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    assert len(plan.shards) >= 4
+    return base, pipeline, plan
+
+
+def _run_metrics(catalog, out):
+    con = duckdb.connect(str(catalog), read_only=True)
+    rows = con.execute("SELECT m.stage, m.name, m.value FROM metrics m JOIN runs r USING (run_id) "
+                       "WHERE r.output_path = ? AND r.status = 'succeeded'", [str(out.resolve())]).fetchall()
+    fp = con.execute("SELECT fingerprint FROM artifacts WHERE kind = 'output' AND path = ?",
+                     [str(out.resolve())]).fetchall()
+    con.close()
+    return {(s, n): v for s, n, v in rows}, fp
+
+
+@pytest.mark.parametrize("shape", ["record", "global", "group"])
+def test_sigkill_during_each_shape_redoes_only_unfinished_work(shapes_setup, shape):
+    """The process is SIGKILLed right after one piece of work of a step of each shape (a shard of
+    the model stage's segment, the dedup global step, a partition of the pack group step); the same
+    command then gives the clean run's fingerprint, and the catalog says what it found finished
+    (the markers carry the run that did each piece) and that no embedding was computed twice."""
+    from pipelines.plan import StepKind
+
+    base, pipeline, plan = shapes_setup
+    catalog = base / "c.duckdb"
+    steps = {"record": next(s for s in plan.steps if s.kind is StepKind.SEGMENT),
+             "global": next(s for s in plan.steps if s.kind is StepKind.GLOBAL and s.central.name == "icp_dedup"),
+             "group": next(s for s in plan.steps if s.kind is StepKind.GROUP)}
+    step = steps[shape]
+    task = 2 if shape != "global" else 0
+    out = base / f"killed-{shape}"
+    killed = run_cli("run", str(pipeline), "--output", str(out), "--catalog", str(catalog), "--quiet",
+                     env={"LONGFORGE_KILL_AT": f"{step.kind.value}:{step.index}:{task}"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "data").exists()
+    resumed = run_cli("run", str(pipeline), "--output", str(out), "--catalog", str(catalog), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    m, fp = _run_metrics(catalog, out)
+    clean_m, clean_fp = _run_metrics(catalog, base / "clean")
+    assert fp == clean_fp
+    n = len(plan.shards)
+    before = [s for s in plan.steps if s.index < step.index]
+    tasks_before = sum(n for s in before if s.kind in (StepKind.SEGMENT, StepKind.GROUP))
+    driver_before = sum(1 for s in before if s.kind in (StepKind.GLOBAL, StepKind.DECIDE))
+    done = task + 1
+    if step.kind is StepKind.GLOBAL:
+        assert m[("resume", "driver_steps_reused")] == driver_before + 1
+        assert m[("resume", "tasks_reused")] == tasks_before
+    else:
+        assert m[("resume", "tasks_reused")] == tasks_before + done
+        assert m[("resume", "driver_steps_reused")] == driver_before
+    assert m[("resume", "tasks_run")] + m[("resume", "tasks_reused")] == clean_m[("resume", "tasks_run")]
+    embedded = m.get(("icp_embed", "batches_computed"), 0)
+    if shape == "record":  # the three shards the killed run finished are not embedded again
+        finished = sum(
+            json.loads(p.read_text())["batches"]["icp_embed"]["batches_computed"]
+            for p in sorted((out / ".longforge" / "work").glob(f"step-{step.index:02d}-*/shard-*.done.json"))
+            if json.loads(p.read_text())["run_id"] != _last_run(catalog, out))
+        assert finished > 0 and embedded + finished == clean_m[("icp_embed", "batches_computed")]
+    else:
+        assert embedded == 0  # every vector came from the killed run's shards
+    assert clean_m[("resume", "tasks_reused")] == 0
+
+
+def _last_run(catalog, out) -> str:
+    con = duckdb.connect(str(catalog), read_only=True)
+    rid = con.execute("SELECT run_id FROM runs WHERE output_path = ? ORDER BY started_at DESC LIMIT 1",
+                      [str(out.resolve())]).fetchone()[0]
+    con.close()
+    return rid
