@@ -1,6 +1,12 @@
 """Engine throughput: records per second per core, each runner against a plain pyarrow floor.
 
     .venv/bin/python bench/engine.py [--docs 100000] [--repeat 1]
+    .venv/bin/python bench/engine.py --memory [--docs 200000]
+
+``--memory`` gives the bounded-memory rows instead: the driver's peak RSS running
+``pipelines/documents.yaml`` at N and 4N documents (goal: 4N at most 1.3x N), each in a fresh
+process, then one light stage (a length filter) on every runner beside datatrove's own
+``ParquetReader -> LambdaFilter -> ParquetWriter`` on the same file (bench/light.py).
 
 Documents are windows of real text (Paul Graham essays, KJV chapters, Python's reference topics),
 scaled to ``--docs`` records. The floor is a plain pyarrow read + write of the same Parquet file;
@@ -100,11 +106,59 @@ def run_one(pipeline: Path, work: Path, runner: str, workers: int) -> float:
     return result.n_records / (time.perf_counter() - t0)
 
 
+def measure_documents(src: Path, work: Path) -> dict:
+    """pipelines/documents.yaml over ``src`` in this (fresh) process: seconds and peak RSS."""
+    from bench.light import peak_rss_mb
+
+    work.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parents[1]
+    plan = build_plan(load_pipeline(repo / "pipelines" / "documents.yaml"), inputs=[str(src)],
+                      output=str(work / "out"))
+    t0 = time.perf_counter()
+    result = run_pipeline(plan, catalog=Catalog(str(work / "c.duckdb")), progress=Progress(enabled=False))
+    return {"seconds": time.perf_counter() - t0, "rss_mb": peak_rss_mb(), "records": result.n_records,
+            "shards": len(plan.shards)}
+
+
+def memory_rows(docs: int) -> None:
+    from bench.fresh_process import measure_in_fresh_process
+
+    root = Path(tempfile.mkdtemp(prefix="longforge-memory-"))
+    rows = []
+    try:
+        for n in (docs, 4 * docs):
+            src = root / f"docs-{n}.parquet"
+            n, size = make_documents(n, src)
+            r = measure_in_fresh_process(__file__, "documents", src, root / "work")
+            label = f"documents.yaml, {n:,} docs ({size / 1e6:.0f} MB, {r['shards']} shards)"
+            rows.append((label, round(n / r["seconds"]), round(r["rss_mb"])))
+            print(f"  {rows[-1]}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(format_table(["what", "docs/s", "driver peak RSS MB"], rows))
+    print(f"4N / N peak RSS: {rows[1][2] / rows[0][2]:.2f} (goal: at most 1.3)\n", flush=True)
+    import subprocess
+
+    subprocess.run([sys.executable, str(Path(__file__).with_name("light.py")), "--docs", str(docs)], check=True)
+
+
 def main() -> None:
+    from bench.fresh_process import add_child_options
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=1, help="take the best of N runs of each row")
+    ap.add_argument("--memory", action="store_true", help="driver peak RSS at N and 4N (see above)")
+    add_child_options(ap)
     args = ap.parse_args()
+    if args.measure:
+        import json
+
+        print(json.dumps(measure_documents(Path(args.src), Path(args.work))))
+        return
+    if args.memory:
+        memory_rows(args.docs)
+        return
     work = Path(tempfile.mkdtemp(prefix="longforge-bench-"))
     try:
         src = work / "docs.parquet"
