@@ -369,7 +369,7 @@ class DatasetOutcome:
     metrics: dict[str, dict]
     file_groups: list[tuple[str, int]] | None = None  # see stages.base.DatasetResult
 
-def run_dataset_step(plan: Plan, files_dir: Path, records: pa.Table | None = None, catalog=None) -> DatasetOutcome:
+def run_dataset_step(plan: Plan, files_dir: Path, records: pa.Table | None = None) -> DatasetOutcome:
     """Run the whole-dataset stages over what the record-level stages published: ``records``, sorted
     by id, when the runner still holds them, else read back from the files."""
     from stages.base import DatasetContext
@@ -383,7 +383,7 @@ def run_dataset_step(plan: Plan, files_dir: Path, records: pa.Table | None = Non
         table = records
     ctx = DatasetContext(table=table, seed=plan.spec.seed, files_dir=files_dir,
                          work_dir=work_root(plan) / f"{step.name}-{step.fingerprint[:12]}",
-                         output_dir=Path(plan.output_dir), catalog=catalog)
+                         output_dir=Path(plan.output_dir))
     stats, removed = [], []
     file_groups = None
     for ps in step.stages:

@@ -201,7 +201,7 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     if plan.dataset_stages:
         produced.append(records_artifact)
         progress.log(f"whole-dataset stages: {', '.join(ps.label for ps in plan.dataset_stages)}")
-        outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots", catalog=catalog)
+        outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots")
         for name, table in outcome.artifacts.items():
             folder = Path(plan.output_dir) / name
             publish.write_ordered(table, folder, plan.spec.output.records_per_file)

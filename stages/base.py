@@ -267,7 +267,6 @@ class DatasetContext:
     work_dir: Any = None  # pathlib.Path for scratch files (e.g. a Beam job's inputs and outputs)
     output_dir: Any = None  # pathlib.Path of the pipeline's output, for files trainers read directly
     metrics: dict = field(default_factory=dict)  # stage label -> {name: value}
-    catalog: Any = None  # the run's catalog.Catalog, for caches kept there (generations); may be None
 
 
 @dataclass

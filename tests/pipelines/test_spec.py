@@ -101,3 +101,19 @@ def test_dry_run_prints_plan_without_writing(tmp_path, corpora_dir):
     assert [s["stage"] for s in plan["stages"]][:2] == ["normalize", "length_filter"]
     assert plan["shards"] and plan["stages"][-1]["writes"].startswith("document+")
     assert not (tmp_path / "out").exists() and not (tmp_path / "c.duckdb").exists()
+
+
+@pytest.mark.parametrize("stages, line, needs", [
+    ("  - stage: icp_embed\n  - stage: icp_order\n  - stage: icp_knn\n", 6, "add a 'icp_knn' stage before it"),
+    ("  - stage: icp_embed\n  - stage: icp_pack\n", 6, "'pos'"),
+    ("  - stage: icp_knn\n", 5, "'emb'"),
+])
+def test_the_planner_checks_the_order_of_the_icp_stages(tmp_path, stages, line, needs):
+    """Each ICP stage declares what it reads (vectors, neighbours, positions): out of order, the
+    pipeline fails before any work, naming the line."""
+    from pipelines.plan import resolve_stages
+
+    path = write_pipeline(tmp_path / "icp.yaml", HEADER + stages)
+    with pytest.raises(PipelineError) as e:
+        resolve_stages(load_pipeline(path))
+    assert f"{path}:{line}:" in str(e.value) and needs in str(e.value)
