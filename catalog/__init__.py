@@ -286,7 +286,7 @@ class Catalog:
                 [now(), output_path],
             )
 
-    def record_results(self, run_id: str, *, stage_stats: list[dict], rejects: pa.Table | None,
+    def record_results(self, run_id: str, *, stage_stats: list[dict], rejects: pa.Table | str | None,
                        artifacts: list[dict], lineage: list[tuple[str, str]],
                        metrics: dict[str, dict] | None = None) -> None:
         """Everything a finished run produced, in one transaction."""
@@ -298,7 +298,10 @@ class Catalog:
                     [run_id, s["step"], s["stage"], s["shape"], s["in"], s["out"], s["rejected"],
                      s["dropped"], s["inputs_with_output"], s["seconds"]],
                 )
-            if rejects is not None and rejects.num_rows:
+            if isinstance(rejects, str):  # a Parquet file: DuckDB streams it, nobody holds it whole
+                con.execute("INSERT INTO rejects SELECT ?, stage, record_id, reason, detail, kind FROM read_parquet(?)",
+                            [run_id, rejects])
+            elif rejects is not None and rejects.num_rows:
                 con.register("_rejects", rejects)
                 con.execute(
                     "INSERT INTO rejects SELECT ?, stage, record_id, reason, detail, kind FROM _rejects",

@@ -10,7 +10,7 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.layout import previous_records, read_marker, shard_files, step_dir
+from pipelines.layout import duckdb_config, previous_records, read_marker, shard_files, step_dir
 from pipelines.plan import Plan, Step
 from pipelines.publish import record_digest
 from schemas.files import write_parquet_atomic, write_text_atomic
@@ -88,16 +88,17 @@ def run_decide(plan: Plan, step: Step) -> int:
     stage.setup()
     parts = work / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(config={"temp_directory": str(work / "duckdb-tmp"), "preserve_insertion_order": False})
+    con = duckdb.connect(config=duckdb_config(work))
     try:
         files = ", ".join("'" + str(shard_files(plan, prev, i)["keys"]).replace("'", "''") + "'"
                           for i in range(len(plan.shards)))
         con.execute(f"""CREATE VIEW keys AS SELECT key, value, id, digest, row,
                         CAST(regexp_extract(filename, 'keys-([0-9]+)\\.parquet$', 1) AS BIGINT) AS shard
                         FROM read_parquet([{files}], filename = true)""")
-        reader = con.sql("""SELECT key, list(value ORDER BY shard, row), list(digest ORDER BY shard, row),
-                                list(shard ORDER BY shard, row), list(row ORDER BY shard, row)
-                                FROM keys GROUP BY key""").to_arrow_reader(10_000)
+        # Sorted, not grouped: a sort spills to disk, list aggregates would not. Consecutive rows of
+        # one key form its group; the driver holds one batch and the group being read.
+        reader = con.sql("SELECT key, value, digest, shard, row FROM keys ORDER BY key, shard, row"
+                         ).to_arrow_reader(65_536)
         decided, copies, n_part = [], [], 0
 
         def flush(force: bool = False) -> None:
@@ -109,17 +110,26 @@ def run_decide(plan: Plan, step: Step) -> int:
                                      parts / f"copies-{n_part:05d}.parquet", compression="lz4")
                 decided, copies, n_part = [], [], n_part + 1
 
+        def close_group(key: str, entries: list[tuple]) -> None:
+            nonlocal decided, copies
+            kept, drops = copy_drops(entries)
+            decided += [{"record_id": d.record_id, "reason": d.reason, "detail": d.detail}
+                        for d in stage.decide(key, kept)]
+            copies += [{"record_id": value_id(v), "shard": sh, "row": r} for v, _, sh, r in drops]
+            flush()
+
+        current, entries = None, []
         for batch in reader:
             cols = batch.to_pydict()
-            names = list(cols)
-            for key, values, digests, shards, rows in zip(*(cols[n] for n in names), strict=True):
-                entries = [(_tuplify(json.loads(v)), d, sh, r) for v, d, sh, r in zip(values, digests, shards, rows,
-                                                                                        strict=True)]
-                kept, drops = copy_drops(entries)
-                decided += [{"record_id": d.record_id, "reason": d.reason, "detail": d.detail}
-                            for d in stage.decide(key, kept)]
-                copies += [{"record_id": value_id(v), "shard": sh, "row": r} for v, _, sh, r in drops]
-                flush()
+            for key, v, d, sh, r in zip(cols["key"], cols["value"], cols["digest"], cols["shard"], cols["row"],
+                                        strict=True):
+                if key != current:
+                    if current is not None:
+                        close_group(current, entries)
+                    current, entries = key, []
+                entries.append((_tuplify(json.loads(v)), d, sh, r))
+        if current is not None:
+            close_group(current, entries)
         flush(force=True)
         detail = f"another copy with the same id and {step.central.label} key is kept".replace("'", "''")
         tmp = f"{out}.tmp-{os.getpid()}".replace("'", "''")

@@ -28,6 +28,7 @@ from pipelines.checkpoints import BatchCheckpoints
 from pipelines.decide import load_decisions, write_keys
 from pipelines.io import read_shard
 from pipelines.layout import (
+    duckdb_config,
     gate_step_before,
     generation_cache_dir,
     previous_records,
@@ -305,16 +306,35 @@ def collect_metrics(plan: Plan) -> dict[str, dict]:
     return out
 
 
-def collect_removed(plan: Plan) -> pa.Table:
-    tables = []
-    for step in plan.record_steps:
-        for i in range(len(plan.shards)):
-            p = shard_files(plan, step, i)["removed"]
-            if p.exists():
-                tables.append(pq.read_table(p, schema=REMOVED_SCHEMA))
-    if not tables:
-        return REMOVED_SCHEMA.empty_table()
-    return pa.concat_tables(tables)
+def removed_files(plan: Plan) -> list[Path]:
+    """Every record step's removed-record files (the driver streams them, never holds them all)."""
+    return [p for step in plan.record_steps for i in range(len(plan.shards))
+            if (p := shard_files(plan, step, i)["removed"]).exists()]
+
+
+def write_rejects(files: list[Path], path: Path, work: Path) -> int:
+    """Every removed record into one file sorted by (stage, record id, then the rest, so the bytes
+    are the same on every run), out of core: DuckDB sorts, spilling to ``work``. Returns the count."""
+    import duckdb
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not files:
+        write_parquet_atomic(REMOVED_SCHEMA.empty_table(), path)
+        return 0
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    con = duckdb.connect(config=duckdb_config(work))
+    try:
+        listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+        cols = ", ".join(REMOVED_SCHEMA.names)
+        con.execute(f"""COPY (SELECT {cols} FROM read_parquet([{listed}], union_by_name = true)
+                        ORDER BY stage, record_id, kind, reason, detail, payload)
+                        TO '{str(tmp).replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)""")
+    finally:
+        con.close()
+    os.replace(tmp, path)
+    shutil.rmtree(work / "duckdb-tmp", ignore_errors=True)
+    return pq.ParquetFile(path).metadata.num_rows
+
 
 def collect_stats(plan: Plan) -> list[dict]:
     items = []

@@ -70,3 +70,12 @@ def gate_step_before(plan: Plan, step: Step) -> Step | None:
 
 def generation_cache_dir(plan: Plan) -> Path:
     return Path(plan.output_dir) / ".longforge" / "generations"
+
+
+def duckdb_config(work: Path) -> dict:
+    """The driver's out-of-core work (decisions, rejects) in bounded memory: DuckDB otherwise takes
+    up to 80 % of the machine before it spills. ``LONGFORGE_DUCKDB_MEMORY`` overrides the 1 GB."""
+    import os
+
+    return {"temp_directory": str(work / "duckdb-tmp"), "preserve_insertion_order": False,
+            "memory_limit": os.environ.get("LONGFORGE_DUCKDB_MEMORY", "1GB")}

@@ -180,7 +180,7 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     expected = execution.stats[-1]["out"] if execution.stats else 0
     if n != expected:
         raise AccountingError(f"the last stage emitted {expected} records but the output holds {n}")
-    stats, removed, metrics = list(execution.stats), execution.removed, {}
+    stats, removed, metrics = list(execution.stats), [Path(f) for f in execution.removed], {}
     n_dup, examples = publish.duplicate_ids(plan.records_dir)
     metrics["publish"] = {"duplicate_ids": n_dup}
     for label, counts in engine.collect_batches(plan).items():  # model stages: work done once, and where
@@ -216,15 +216,16 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
         publish.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file,
                              outcome.file_groups)
         stats += outcome.stats
-        removed = pa.concat_tables([removed, outcome.removed])
+        extra = layout.work_root(plan) / "removed-dataset.parquet"
+        write_parquet_atomic(outcome.removed, extra)
+        removed.append(extra)
         metrics.update(outcome.metrics)
         check_accounting(stats)
         n, n_bytes, fingerprint = publish.dataset_fingerprint(plan.output_dir, outcome.table)
         if n != outcome.table.num_rows:
             raise AccountingError(f"the last stage emitted {outcome.table.num_rows} records, the output has {n}")
     meta_dir = Path(plan.output_dir) / ".longforge"
-    removed = removed.sort_by([("stage", "ascending"), ("record_id", "ascending")])
-    write_parquet_atomic(removed, meta_dir / "rejects.parquet")
+    n_removed = engine.write_rejects(removed, meta_dir / "rejects.parquet", layout.work_root(plan))
     output = _artifact(run_id, plan.spec.name, plan.output_dir, n, n_bytes, fingerprint, plan.final_schema)
     output_id = output["artifact_id"]
     chain = produced + [output]
@@ -252,13 +253,13 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     lineage += [(parent, a["artifact_id"]) for a, _ in sides for parent in side_parents]
     seconds = round(time.time() - t0, 3)
     _write_card(plan, run_id, runner, n, fingerprint, stats, seconds, metrics)
-    catalog.record_results(run_id, stage_stats=stats, rejects=removed.drop(["payload"]),
+    catalog.record_results(run_id, stage_stats=stats, rejects=str(meta_dir / "rejects.parquet"),
                            artifacts=artifacts, lineage=lineage, metrics=metrics)
     score_files = [p for a, paths in sides if a["schema_name"] == "score" for p in paths]
     for t in scores + [pq.read_table(p) for p in score_files]:  # one file at a time
         _add_scores(catalog, t, records_id, run_id)
     _remove_stale_work(plan)
-    return RunResult(run_id, plan.output_dir, n, fingerprint, stats, removed.num_rows, seconds, metrics)
+    return RunResult(run_id, plan.output_dir, n, fingerprint, stats, n_removed, seconds, metrics)
 
 
 def _generating_models(plan: Plan) -> list[str]:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pyarrow as pa
-
 RUNNERS = ("local", "beam", "datatrove")
 
 
 @dataclass
 class Execution:
     stats: list[dict]  # one row per (step, stage): in, out, rejected, dropped, inputs_with_output, seconds
-    removed: pa.Table  # every rejected or dropped record, with stage, reason and detail
+    removed: list[str]  # files of every rejected, dropped or truncated record, with stage, reason and detail
     files: list[str]  # the output Parquet files
     input_counts: dict[int, int] | None = None  # records read per input
 

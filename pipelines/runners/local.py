@@ -53,7 +53,7 @@ class ShardedRunner:
         n_files = publish.n_output_files(engine.segment_records(plan, final), plan.spec.output.records_per_file)
         self.publish_files(plan, n_files)
         paths = publish.finish_publish(plan, n_files)
-        return Execution(stats=engine.collect_stats(plan), removed=engine.collect_removed(plan),
+        return Execution(stats=engine.collect_stats(plan), removed=[str(f) for f in engine.removed_files(plan)],
                          files=[str(p) for p in paths], input_counts=engine.input_counts(plan))
 
     def publish_files(self, plan: Plan, n_files: int) -> None:
