@@ -5,7 +5,9 @@ Every longforge per-record stage becomes a datatrove ``PipelineStep`` over ``Doc
 step that leaves the same shard files and completion markers as the local runner. One datatrove
 task is one shard; datatrove's own completion files make a rerun skip finished tasks.
 
-Whole-collection stages run as the local runner runs them (the decision over all shards' keys).
+A group step is one datatrove task per partition (:class:`GroupTask`), which gathers its groups
+from every shard. Whole-collection and global stages run as the local runner runs them (one
+decision on the driver over all shards' keys or summaries).
 datatrove ships MinHash and exact-substring dedup blocks, but their keep rules differ from ours
 (``drop any record sharing a bucket with a smaller id``); applying our rule on every runner is what
 keeps the outputs byte-identical across runners.
