@@ -74,9 +74,10 @@ def copy_drops(entries: list[tuple]) -> tuple[list, list[tuple]]:
 def run_decide(plan: Plan, step: Step) -> int:
     """Group the keys every shard emitted and let the collection stage decide what to drop.
 
-    Out of core: DuckDB groups the shards' key files (spilling to disk when they outgrow memory),
-    the groups stream through ``decide``, and the decisions by id are joined back to every place
-    (shard, row) that holds the id. The driver holds one batch of groups, never every key."""
+    Out of core: DuckDB sorts the shards' key files by key (spilling to disk when they outgrow its
+    memory cap), consecutive rows of one key stream through ``decide`` as a group, and the decisions
+    by id are joined back to every place (shard, row) that holds the id. The driver holds one batch
+    of sorted keys and the group being read, never every key."""
     import duckdb
 
     work = step_dir(plan, step)

@@ -164,9 +164,10 @@ class Plan:
                              "driver_holds": ["id, " + (", ".join(fields) or "(nothing else)") + " of every record"]})
             elif step.kind is StepKind.DECIDE:
                 rows.append({"step": step.name, "shape": "whole-collection (keys -> decide)",
-                             "runs_on": "the driver, out of core (DuckDB groups the shards' key files, spilling "
-                                        "to disk)",
-                             "driver_holds": ["one batch of key groups: key, value, id, digest, shard, row"]})
+                             "runs_on": "the driver, out of core (DuckDB sorts the shards' key files, spilling "
+                                        "to disk, within LONGFORGE_DUCKDB_MEMORY)",
+                             "driver_holds": ["one batch of sorted keys and the key group being decided: key, "
+                                              "value, id, digest, shard, row"]})
             else:
                 rows.append({"step": step.name, "shape": "whole-dataset", "runs_on": "the driver",
                              "driver_holds": ["every record, every column: "
