@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from pipelines.plan import Plan
 from schemas import REJECT
-from stages.base import Dropped, Rejected, Truncated
+from stages.base import Dropped, Rejected, SideRow, Truncated
 
 EXPANDING = ("per-record-expanding", "per-group", "whole-dataset")
 
@@ -66,3 +66,29 @@ def jsonable(value):
 def record_json(rec: dict) -> str:
     """A record as it is kept in the rejects output."""
     return json.dumps(rec, ensure_ascii=False, sort_keys=True, default=jsonable)
+
+
+def route_outcomes(label: str, outcomes: Iterable, counter: StageCounter, removed: list[dict],
+                   sides: dict[str, list[dict]] | None, source: dict | None = None) -> Iterator[dict]:
+    """The one outcome classification of every shape: records are yielded and counted out; side-table
+    rows go to ``sides``; rejects and drops are counted and go to ``removed`` (a reject keeps
+    ``source``, the record it came from, as its payload); a truncation note goes to ``removed`` and
+    counts nothing (the record was used in part). The caller counts what went in."""
+    for o in outcomes:
+        if isinstance(o, dict):
+            counter.n_out += 1
+            yield o
+        elif isinstance(o, SideRow):
+            if sides is None:
+                raise RuntimeError(f"stage {label} wrote a side-table row where none is kept")
+            sides.setdefault(o.table, []).append(o.row)
+        elif isinstance(o, Truncated):
+            removed.append(removed_row(label, o))
+        else:
+            if isinstance(o, Rejected):
+                counter.rejected += 1
+                if o.payload is None and source is not None:
+                    o = Rejected(o.record_id, o.reason, o.detail, record_json(source))
+            else:
+                counter.dropped += 1
+            removed.append(removed_row(label, o))

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import global_step, group_step
-from pipelines.accounting import REMOVED_SCHEMA, StageCounter, merge_stats, record_json, removed_row
+from pipelines.accounting import REMOVED_SCHEMA, StageCounter, merge_stats, removed_row, route_outcomes
 from pipelines.checkpoints import BatchCheckpoints
 from pipelines.decide import load_decisions, write_keys
 from pipelines.io import read_shard
@@ -43,7 +43,7 @@ from pipelines.plan import Plan, PlannedStage, Step, StepKind
 from schemas import cast_table
 from schemas.files import write_parquet_atomic, write_text_atomic
 from schemas.tables import sort_by_id
-from stages.base import CollectionStage, Dropped, GlobalStage, GroupStage, Rejected, Services, SideRow
+from stages.base import CollectionStage, Dropped, GlobalStage, GroupStage, Rejected, Services
 
 
 def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -74,26 +74,11 @@ def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: Stage
         counter.seconds += time.perf_counter() - t0
         for rec, outcomes in zip(batch, results, strict=True):
             counter.n_in += 1
-            produced = False
-            for o in outcomes:
-                if isinstance(o, dict):
-                    counter.n_out += 1
-                    produced = True
-                    yield o
-                elif isinstance(o, SideRow):
-                    if sides is None:
-                        raise RuntimeError(f"stage {ps.label} wrote a side-table row where none is kept")
-                    sides.setdefault(o.table, []).append(o.row)
-                else:
-                    if isinstance(o, Rejected):
-                        counter.rejected += 1
-                        if o.payload is None:
-                            o = Rejected(o.record_id, o.reason, o.detail, record_json(rec))
-                    else:
-                        counter.dropped += 1
-                    removed.append(removed_row(ps.label, o))
-            if produced:
+            before = counter.n_out
+            yield from route_outcomes(ps.label, outcomes, counter, removed, sides, source=rec)
+            if counter.n_out > before:
                 counter.inputs_with_output += 1
+
 
 def shard_checkpoints(plan: Plan, step: Step, i: int) -> BatchCheckpoints:
     return BatchCheckpoints(step_dir(plan, step) / "batches" / f"shard-{i:05d}")
@@ -152,20 +137,9 @@ def _apply_global(plan: Plan, gate: Step, i: int, records: list[dict], counter: 
         d = decisions.get(row)
         dropped = Dropped(rec["id"], d[0], d[1]) if d is not None else None
         counter.n_in += 1
-        produced = False
-        for o in ps.stage.apply(rec, added[row], dropped):
-            if isinstance(o, dict):
-                counter.n_out += 1
-                produced = True
-                yield o
-            elif isinstance(o, SideRow):
-                if sides is None:
-                    raise RuntimeError(f"stage {ps.label} wrote a side-table row where none is kept")
-                sides.setdefault(o.table, []).append(o.row)
-            else:
-                counter.dropped += 1
-                removed.append(removed_row(ps.label, o))
-        if produced:
+        before = counter.n_out
+        yield from route_outcomes(ps.label, ps.stage.apply(rec, added[row], dropped), counter, removed, sides)
+        if counter.n_out > before:
             counter.inputs_with_output += 1
 
 

@@ -12,7 +12,6 @@ partitions without a marker.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 
@@ -21,17 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.accounting import StageCounter, removed_row
+from pipelines.accounting import StageCounter, route_outcomes
 from pipelines.layout import previous_records, read_marker, shard_files
 from pipelines.plan import Plan, Step
+from pipelines.publish import bucket_of, write_row_groups
 from schemas import cast_table
-from stages.base import Dropped, GroupStage, Rejected, SideRow, Truncated
+from stages.base import GroupStage
 
 _GROUP, _ORDER, _ROW, _SHARD = "__group", "__order", "__row", "__shard"
-
-
-def partition_of(key: str, n: int) -> int:
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % n
 
 
 def write_parts(plan: Plan, step: Step, i: int, rows: list[dict]) -> tuple[dict[int, int], float]:
@@ -45,24 +41,12 @@ def write_parts(plan: Plan, step: Step, i: int, rows: list[dict]) -> tuple[dict[
     table = (table.append_column(_GROUP, pa.array([k for k, _ in keys], pa.string()))
              .append_column(_ORDER, pa.array([o for _, o in keys], pa.int64()))
              .append_column(_ROW, pa.array(np.arange(len(rows)), pa.int64())))
-    part = np.fromiter((partition_of(k, n) for k, _ in keys), dtype=np.int64, count=len(keys))
+    part = np.fromiter((bucket_of(k, n) for k, _ in keys), dtype=np.int64, count=len(keys))
     table = table.append_column("__part", pa.array(part, pa.int64()))
     table = table.sort_by([("__part", "ascending"), (_GROUP, "ascending"), (_ORDER, "ascending"),
                            (_ROW, "ascending")])
     part = table.column("__part").to_numpy()
-    table = table.drop_columns(["__part"])
-    bounds = np.searchsorted(part, np.arange(n + 1))
-    groups: dict[int, int] = {}
-    path = shard_files(plan, step, i)["parts"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp")
-    with pq.ParquetWriter(str(tmp), table.schema, compression="lz4") as writer:
-        for p in range(n):
-            lo, hi = int(bounds[p]), int(bounds[p + 1])
-            if hi > lo:
-                writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
-                groups[p] = len(groups)
-    tmp.replace(path)
+    groups = write_row_groups(table.drop_columns(["__part"]), part, n, shard_files(plan, step, i)["parts"])
     return groups, time.perf_counter() - t0
 
 
@@ -98,20 +82,6 @@ def build_groups(stage: GroupStage, label: str, table: pa.Table, counter: StageC
         outcomes = list(stage.build(keys[lo].as_py(), records, metrics))
         counter.seconds += time.perf_counter() - t0
         counter.n_in += len(records)
-        lost = 0
-        for o in outcomes:
-            if isinstance(o, dict):
-                counter.n_out += 1
-                yield o
-            elif isinstance(o, SideRow):
-                sides.setdefault(o.table, []).append(o.row)
-            elif isinstance(o, Truncated):
-                removed.append(removed_row(label, o))  # used in part: counted as used
-            elif isinstance(o, (Dropped, Rejected)):
-                lost += 1
-                if isinstance(o, Rejected):
-                    counter.rejected += 1
-                else:
-                    counter.dropped += 1
-                removed.append(removed_row(label, o))
-        counter.inputs_with_output += len(records) - lost
+        lost = counter.rejected + counter.dropped
+        yield from route_outcomes(label, outcomes, counter, removed, sides)
+        counter.inputs_with_output += len(records) - (counter.rejected + counter.dropped - lost)

@@ -131,17 +131,23 @@ def _spill_by_file(source: Path, spill: Path, n: int) -> dict[int, int]:
                         count=table.num_rows)
     order = np.argsort(which, kind="stable")
     table, which = table.take(pa.array(order)), which[order]
+    return write_row_groups(table, which, n, spill)
+
+
+def write_row_groups(table: pa.Table, which: np.ndarray, n: int, path: Path) -> dict[int, int]:
+    """``table``, sorted by ``which`` (a bucket in 0..n-1 per row), as one row group per non-empty
+    bucket, so that a reader takes one bucket alone; returns bucket -> row group."""
     bounds = np.searchsorted(which, np.arange(n + 1))
     groups: dict[int, int] = {}
-    spill.parent.mkdir(parents=True, exist_ok=True)
-    tmp = spill.with_name(f"{spill.name}.tmp-{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     with pq.ParquetWriter(str(tmp), table.schema, compression="lz4") as writer:
         for j in range(n):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             if hi > lo:
                 writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
                 groups[j] = len(groups)
-    os.replace(tmp, spill)
+    os.replace(tmp, path)
     return groups
 
 def remove_stale_outputs(output_dir: str, keep: list[Path]) -> None:
