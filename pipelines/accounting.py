@@ -15,10 +15,12 @@ from stages.base import Dropped, Rejected, SideRow, Truncated
 
 EXPANDING = ("per-record-expanding", "per-group", "whole-dataset")
 
+
 REMOVED_SCHEMA = pa.schema(list(REJECT.arrow) + [pa.field("payload", pa.string())])
 # A key row also says whose it is (the record id), where that record is (row of the shard's records
 # file) and what it holds (its content digest), so that the decision can be taken out of core and
 # copies of one record told apart: see run_decide() and copy_drops().
+
 
 @dataclass
 class StageCounter:
@@ -41,6 +43,7 @@ class StageCounter:
         produced = self.inputs_with_output if self.shape in EXPANDING else self.n_out
         return self.n_in == produced + self.rejected + self.dropped
 
+
 def merge_stats(items: Iterable[dict], plan: Plan) -> list[dict]:
     """Sum per-shard statistics into one row per (step, stage), in plan order."""
     total: dict[tuple, dict] = {}
@@ -54,14 +57,17 @@ def merge_stats(items: Iterable[dict], plan: Plan) -> list[dict]:
     position = {ps.label: ps.index for ps in plan.stages}
     return sorted(total.values(), key=lambda s: (s["step"], position.get(s["stage"], -1)))
 
+
 def removed_row(stage: str, item: Rejected | Dropped | Truncated) -> dict:
     kind = "rejected" if isinstance(item, Rejected) else "truncated" if isinstance(item, Truncated) else "dropped"
     return {"stage": stage, "record_id": item.record_id, "reason": item.reason, "detail": item.detail,
             "kind": kind, "payload": getattr(item, "payload", None)}
 
+
 def jsonable(value):
     """JSON for what records may hold besides plain values: numpy arrays (token ids) as lists."""
     return value.tolist() if isinstance(value, np.ndarray) else str(value)
+
 
 def record_json(rec: dict) -> str:
     """A record as it is kept in the rejects output."""

@@ -49,6 +49,7 @@ class BatchCheckpoints:
         return {label: {"batches_computed": self.computed[label], "batches_reused": self.reused[label]}
                 for label in sorted(set(self.computed) | set(self.reused))}
 
+
 def _outcome_to_json(o) -> dict:
     if isinstance(o, dict):
         return {"record": o}
@@ -56,6 +57,7 @@ def _outcome_to_json(o) -> dict:
         return {"side": [o.table, o.row]}
     kind = "rejected" if isinstance(o, Rejected) else "dropped"
     return {kind: [o.record_id, o.reason, o.detail] + ([o.payload] if isinstance(o, Rejected) else [])}
+
 
 def _outcome_from_json(o: dict):
     if "record" in o:

@@ -19,16 +19,21 @@ KEYS_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.stri
                          pa.field("row", pa.int64()), pa.field("digest", pa.string())])
 # Decisions are by place: the gate of shard i reads only the rows of shard i.
 
+
 DECISIONS_SCHEMA = pa.schema([pa.field("shard", pa.int64()), pa.field("row", pa.int64()),
                               pa.field("reason", pa.string()), pa.field("detail", pa.string())])
+
 
 _DECIDED_SCHEMA = pa.schema([pa.field("record_id", pa.string()), pa.field("reason", pa.string()),
                              pa.field("detail", pa.string())])
 
+
 _COPIES_SCHEMA = pa.schema([pa.field("record_id", pa.string()), pa.field("shard", pa.int64()),
                             pa.field("row", pa.int64())])
 
+
 COPY_REASON = "duplicate record"
+
 
 def write_keys(plan: Plan, step: Step, i: int, rows: list[dict]) -> float:
     """On the worker: shard ``i``'s keys for the next collection stage. Returns the seconds spent."""
@@ -52,9 +57,11 @@ def load_decisions(plan: Plan, decide: Step, shard: int) -> dict[int, tuple[str,
     t = pq.read_table(step_dir(plan, decide) / "decisions.parquet", filters=[("shard", "=", shard)]).to_pydict()
     return {row: (reason, detail) for row, reason, detail in zip(t["row"], t["reason"], t["detail"], strict=True)}
 
+
 def value_id(value) -> str:
     """The record id in a collection stage's key value: the value itself, or its first item."""
     return value if isinstance(value, str) else value[0]
+
 
 def copy_drops(entries: list[tuple]) -> tuple[list, list[tuple]]:
     """Records that share an id and fall in one key group are copies of one record (the same file
@@ -70,6 +77,7 @@ def copy_drops(entries: list[tuple]) -> tuple[list, list[tuple]]:
         values.append(group[0][0])
         drops.extend(group[1:])
     return values, drops
+
 
 def run_decide(plan: Plan, step: Step) -> int:
     """Group the keys every shard emitted and let the collection stage decide what to drop.
@@ -161,6 +169,7 @@ def run_decide(plan: Plan, step: Step) -> int:
     write_text_atomic(json.dumps({"fingerprint": step.fingerprint, "dropped": n_dropped, "run_id": plan.run_id}),
                       marker)
     return n_dropped
+
 
 def _tuplify(v):
     return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v

@@ -56,6 +56,7 @@ def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
     if batch:
         yield batch
 
+
 def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: StageCounter,
                        removed: list[dict], checkpoints: BatchCheckpoints | None = None,
                        sides: dict[str, list[dict]] | None = None) -> Iterator[dict]:
@@ -83,7 +84,9 @@ def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: Stage
 def shard_checkpoints(plan: Plan, step: Step, i: int) -> BatchCheckpoints:
     return BatchCheckpoints(step_dir(plan, step) / "batches" / f"shard-{i:05d}")
 
+
 # -- segments --------------------------------------------------------------------------------------
+
 
 def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCounter],
                        removed: list[dict], sides: dict[str, list[dict]] | None = None) -> Iterator[dict]:
@@ -158,6 +161,7 @@ def run_segment_shard(plan: Plan, step: Step, i: int) -> dict:
         stream = apply_record_stage(ps, stream, counter, removed, checkpoints, sides)
     return finish_segment_shard(plan, step, i, list(stream), counters, removed, t0, checkpoints.tally(), sides)
 
+
 def run_group_partition(plan: Plan, step: Step, p: int) -> dict:
     """Partition ``p`` of a group step: gather it from every shard, build each group, and leave
     the partition's files and marker as a segment's shard would."""
@@ -214,12 +218,14 @@ def services(plan: Plan) -> Services:
     """What the engine hands the stages of this plan wherever they run."""
     return Services(generation_cache=generation_cache_dir(plan))
 
+
 def ensure_setup(stage, given: Services | None = None) -> None:
     if not getattr(stage, "_longforge_ready", False):
         if given is not None:
             stage.services = given
         stage.setup()
         stage._longforge_ready = True
+
 
 def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], counters: list[StageCounter],
                          removed: list[dict], t0: float, batches: dict | None = None,
@@ -258,6 +264,7 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
     write_text_atomic(json.dumps(marker), files["done"])
     shutil.rmtree(shard_checkpoints(plan, step, i).folder, ignore_errors=True)  # the shard's files hold them now
     return marker
+
 
 def collect_metrics(plan: Plan) -> dict[str, dict]:
     """Metrics of the global steps (from their markers) and of the group steps (each partition's
@@ -320,6 +327,7 @@ def collect_stats(plan: Plan) -> list[dict]:
             items.extend(m["stats"])
     return merge_stats(items, plan)
 
+
 def collect_batches(plan: Plan) -> dict[str, dict[str, int]]:
     """Per model stage: batches this run computed and batches it read back from a killed run's
     checkpoints, over the shards this run processed (shards an earlier run finished are counted
@@ -346,13 +354,16 @@ def input_counts(plan: Plan) -> dict[int, int]:
         counts[shard.input_index] += sum(s["in"] for s in m["stats"] if s["stage"] == "read")
     return dict(counts)
 
+
 def segment_records(plan: Plan, step: Step) -> int:
     return sum(
         read_marker(shard_files(plan, step, i)["done"], step.fingerprint)["records"]
         for i in range(len(plan.shards))
     )
 
+
 # -- whole-dataset stages --------------------------------------------------------------------------
+
 
 @dataclass
 class DatasetOutcome:
@@ -362,6 +373,7 @@ class DatasetOutcome:
     removed: pa.Table
     metrics: dict[str, dict]
     file_groups: list[tuple[str, int]] | None = None  # see stages.base.DatasetResult
+
 
 def run_dataset_step(plan: Plan, files_dir: Path, records: pa.Table | None = None) -> DatasetOutcome:
     """Run the whole-dataset stages over what the record-level stages published: ``records``, sorted

@@ -12,8 +12,10 @@ from schemas import RecordSchema
 def work_root(plan: Plan) -> Path:
     return Path(plan.output_dir) / ".longforge" / "work"
 
+
 def step_dir(plan: Plan, step: Step) -> Path:
     return work_root(plan) / f"{step.name}-{step.fingerprint[:12]}"
+
 
 def shard_files(plan: Plan, step: Step, i: int) -> dict[str, Path]:
     d = step_dir(plan, step)
@@ -26,8 +28,10 @@ def shard_files(plan: Plan, step: Step, i: int) -> dict[str, Path]:
         "done": d / f"shard-{i:05d}.done.json",
     }
 
+
 def side_file(plan: Plan, step: Step, table: str, i: int) -> Path:
     return step_dir(plan, step) / f"side-{table}-{i:05d}.parquet"
+
 
 def side_tables(plan: Plan) -> dict[str, tuple[list[Step], RecordSchema]]:
     """Every side table of the record-level stages: name -> (the steps writing it, its schema).
@@ -42,11 +46,13 @@ def side_tables(plan: Plan) -> dict[str, tuple[list[Step], RecordSchema]]:
                 steps.append(step)
     return out
 
+
 def step_side_tables(step: Step) -> dict[str, RecordSchema]:
     """The side tables a segment's stages (or a group step's stage) write, shard by shard."""
     stages = step.stages + ([step.central] if step.kind is StepKind.GROUP else [])
     stages += [step.gate] if step.gate is not None and step.gate.shape == "global" else []
     return {name: schema for ps in stages for name, schema in ps.stage.side_tables().items()}
+
 
 def read_marker(path: Path, fingerprint: str) -> dict | None:
     try:
@@ -55,18 +61,22 @@ def read_marker(path: Path, fingerprint: str) -> dict | None:
         return None
     return marker if marker.get("fingerprint") == fingerprint else None
 
+
 def shard_done(plan: Plan, step: Step, i: int) -> bool:
     return read_marker(shard_files(plan, step, i)["done"], step.fingerprint) is not None
+
 
 def previous_records(plan: Plan, step: Step) -> Step | None:
     """The last step before ``step`` that left records shard by shard (a segment or a group step)."""
     before = [s for s in plan.record_steps if s.index < step.index]
     return before[-1] if before else None
 
+
 def gate_step_before(plan: Plan, step: Step) -> Step | None:
     """The decide or global step whose answer ``step`` (a gated segment) applies first."""
     return next((s for s in plan.steps if s.kind in (StepKind.DECIDE, StepKind.GLOBAL)
                  and s.index == step.index - 1), None)
+
 
 def generation_cache_dir(plan: Plan) -> Path:
     return Path(plan.output_dir) / ".longforge" / "generations"

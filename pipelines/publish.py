@@ -27,19 +27,24 @@ def record_digest(rec: dict) -> bytes:
     option = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
     return hashlib.sha256(orjson.dumps(rec, option=option, default=jsonable)).digest()
 
+
 def bucket_of(record_id: str, n_files: int) -> int:
     return int.from_bytes(hashlib.sha1(record_id.encode()).digest()[:8], "big") % n_files
+
 
 def n_output_files(n_records: int, records_per_file: int) -> int:
     return max(1, math.ceil(n_records / records_per_file))
 
+
 def output_file(output_dir: str, j: int, n: int, label: str = "") -> Path:
     return Path(output_dir) / "data" / f"train-{label + '-' if label else ''}{j:05d}-of-{n:05d}.parquet"
+
 
 def write_bucket(rows: list[dict], path: Path, schema: RecordSchema) -> None:
     """Rows sorted by (id, content digest), so the file's bytes do not depend on arrival order."""
     rows = sorted(rows, key=lambda r: (r["id"], record_digest(r)))
     write_parquet_atomic(cast_table(rows, schema.arrow), path)
+
 
 def write_bucket_table(table: pa.Table, path: Path, schema: RecordSchema) -> pa.Table:
     """:func:`write_bucket` for an Arrow table: with unique ids, sorting by id alone gives the same
@@ -55,8 +60,10 @@ def write_bucket_table(table: pa.Table, path: Path, schema: RecordSchema) -> pa.
     write_parquet_atomic(ordered, path)
     return ordered
 
+
 def publish_dir(plan: Plan) -> Path:
     return step_dir(plan, plan.record_steps[-1]) / "publish"
+
 
 def spill_shard(plan: Plan, i: int, n_files: int) -> dict[int, int]:
     """Shard ``i``'s final records, rewritten with one row group per output file (output file ->
@@ -65,6 +72,7 @@ def spill_shard(plan: Plan, i: int, n_files: int) -> dict[int, int]:
         return {0: -1}
     source = shard_files(plan, plan.record_steps[-1], i)["records"]
     return _spill_by_file(source, publish_dir(plan) / f"spill-{i:05d}.parquet", n_files)
+
 
 def write_output_file(plan: Plan, j: int, n_files: int, index: dict[int, dict[int, int]]) -> Path:
     """Output file ``j`` from every shard's part of it (``index``: shard -> spill_shard's answer),
@@ -82,11 +90,13 @@ def write_output_file(plan: Plan, j: int, n_files: int, index: dict[int, dict[in
     write_bucket_table(table, path, final.out_schema)
     return path
 
+
 def publish_local(plan: Plan, n_files: int) -> None:
     """Publish in this process: spill each shard, then write each output file."""
     index = {i: spill_shard(plan, i, n_files) for i in range(len(plan.shards))}
     for j in range(n_files):
         write_output_file(plan, j, n_files, index)
+
 
 def finish_publish(plan: Plan, n_files: int) -> list[Path]:
     """After every output file is written: remove the spill and the files of an earlier, larger run."""
@@ -96,6 +106,7 @@ def finish_publish(plan: Plan, n_files: int) -> list[Path]:
     paths = [output_file(plan.records_dir, j, n_files) for j in range(n_files)]
     remove_stale_outputs(plan.records_dir, paths)
     return paths
+
 
 def publish_side_table(plan: Plan, name: str, folder: Path) -> list[Path]:
     """A side table's rows, step by step and shard by shard (the same order on every runner), into
@@ -124,6 +135,7 @@ def publish_side_table(plan: Plan, name: str, folder: Path) -> list[Path]:
     remove_stale_outputs(str(folder), paths)
     return paths
 
+
 def _spill_by_file(source: Path, spill: Path, n: int) -> dict[int, int]:
     """One shard's records, rewritten with one row group per output file; returns file -> row group."""
     table = pq.read_table(source)
@@ -150,12 +162,14 @@ def write_row_groups(table: pa.Table, which: np.ndarray, n: int, path: Path) -> 
     os.replace(tmp, path)
     return groups
 
+
 def remove_stale_outputs(output_dir: str, keep: list[Path]) -> None:
     keep_names = {p.name for p in keep}
     data = Path(output_dir) / "data"
     for f in data.glob("train-*.parquet"):
         if f.name not in keep_names:
             f.unlink()
+
 
 def dataset_fingerprint(output_dir: str, table: pa.Table | None = None) -> tuple[int, int, str]:
     """(records, bytes, fingerprint): a hash of the multiset of records, not of files or order.
@@ -176,6 +190,7 @@ def dataset_fingerprint(output_dir: str, table: pa.Table | None = None) -> tuple
             total += 1
     return total, n_bytes, hashlib.sha256(f"{total}:{acc:032x}".encode()).hexdigest()
 
+
 def duplicate_ids(output_dir: str) -> tuple[int, list[str]]:
     """Records whose id another record also has, and a few such ids: ids key every decision
     (dedup, scores, joins), so a duplicated one is worth a warning."""
@@ -187,6 +202,7 @@ def duplicate_ids(output_dir: str) -> tuple[int, list[str]]:
     repeated = counts.filter(pc.greater(counts.field("counts"), 1))
     extra = int(pc.sum(repeated.field("counts")).as_py() or 0) - len(repeated)
     return extra, repeated.field("values").to_pylist()[:5]
+
 
 def batch_digests(batch: pa.RecordBatch) -> list[bytes]:
     """One content digest per row: canonical JSON of the scalar fields, plus the raw little-endian
@@ -208,6 +224,7 @@ def batch_digests(batch: pa.RecordBatch) -> list[bytes]:
             h.update(b"\x00" + name + (b"\x00null" if nulls[i] else b"\x00" + values[offs[i]:offs[i + 1]].tobytes()))
         out.append(h.digest())
     return out
+
 
 def write_ordered(table: pa.Table, output_dir: str | Path, records_per_file: int,
                   file_groups: list[tuple[str, int]] | None = None) -> list[Path]:
