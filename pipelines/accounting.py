@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from pipelines.plan import Plan
 from schemas import REJECT
-from stages.base import Dropped, Rejected, SideRow, Truncated
+from stages.base import Dropped, Measured, Rejected, SideRow, Truncated
 
 EXPANDING = ("per-record-expanding", "per-group", "whole-dataset")
 
@@ -33,6 +33,11 @@ class StageCounter:
     dropped: int = 0
     inputs_with_output: int = 0
     seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)  # sums of the stage's Measured outcomes
+
+    def measure(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.metrics[k] = self.metrics.get(k, 0) + v
 
     def to_json(self) -> dict:
         return {"step": self.step, "stage": self.stage, "shape": self.shape, "in": self.n_in,
@@ -77,9 +82,10 @@ def record_json(rec: dict) -> str:
 def route_outcomes(label: str, outcomes: Iterable, counter: StageCounter, removed: list[dict],
                    sides: dict[str, list[dict]] | None, source: dict | None = None) -> Iterator[dict]:
     """The one outcome classification of every shape: records are yielded and counted out; side-table
-    rows go to ``sides``; rejects and drops are counted and go to ``removed`` (a reject keeps
-    ``source``, the record it came from, as its payload); a truncation note goes to ``removed`` and
-    counts nothing (the record was used in part). The caller counts what went in."""
+    rows go to ``sides``; measurements are summed on the counter; rejects and drops are counted and
+    go to ``removed`` (a reject keeps ``source``, the record it came from, as its payload); a
+    truncation note goes to ``removed`` and counts nothing (the record was used in part). The
+    caller counts what went in."""
     for o in outcomes:
         if isinstance(o, dict):
             counter.n_out += 1
@@ -90,6 +96,8 @@ def route_outcomes(label: str, outcomes: Iterable, counter: StageCounter, remove
             sides.setdefault(o.table, []).append(o.row)
         elif isinstance(o, Truncated):
             removed.append(removed_row(label, o))
+        elif isinstance(o, Measured):
+            counter.measure(o.values)
         else:
             if isinstance(o, Rejected):
                 counter.rejected += 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from pipelines.accounting import jsonable
-from stages.base import Dropped, Rejected, SideRow
+from stages.base import Dropped, Measured, Rejected, SideRow
 
 
 class BatchCheckpoints:
@@ -55,6 +55,8 @@ def _outcome_to_json(o) -> dict:
         return {"record": o}
     if isinstance(o, SideRow):
         return {"side": [o.table, o.row]}
+    if isinstance(o, Measured):
+        return {"measured": o.values}
     kind = "rejected" if isinstance(o, Rejected) else "dropped"
     return {kind: [o.record_id, o.reason, o.detail] + ([o.payload] if isinstance(o, Rejected) else [])}
 
@@ -64,6 +66,8 @@ def _outcome_from_json(o: dict):
         return o["record"]
     if "side" in o:
         return SideRow(*o["side"])
+    if "measured" in o:
+        return Measured(o["measured"])
     if "rejected" in o:
         return Rejected(*o["rejected"])
     return Dropped(*o["dropped"])

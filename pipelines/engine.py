@@ -171,10 +171,9 @@ def run_group_partition(plan: Plan, step: Step, p: int) -> dict:
     counter = StageCounter(step.index, ps.label, ps.shape)
     removed: list[dict] = []
     sides: dict[str, list[dict]] = {}
-    metrics: dict[str, float] = {}
     table = group_step.gather(plan, step, p)
-    rows = list(group_step.build_groups(ps.stage, ps.label, table, counter, removed, sides, metrics))
-    return finish_segment_shard(plan, step, p, rows, [counter], removed, t0, None, sides, {"metrics": metrics})
+    rows = list(group_step.build_groups(ps.stage, ps.label, table, counter, removed, sides, counter.metrics))
+    return finish_segment_shard(plan, step, p, rows, [counter], removed, t0, None, sides)
 
 
 def run_task(plan: Plan, step: Step, i: int) -> dict:
@@ -216,7 +215,7 @@ def collect_resume(plan: Plan) -> dict[str, int]:
 
 def services(plan: Plan) -> Services:
     """What the engine hands the stages of this plan wherever they run."""
-    return Services(generation_cache=generation_cache_dir(plan))
+    return Services(generation_cache=generation_cache_dir(plan), output_dir=Path(plan.output_dir))
 
 
 def ensure_setup(stage, given: Services | None = None) -> None:
@@ -229,7 +228,7 @@ def ensure_setup(stage, given: Services | None = None) -> None:
 
 def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], counters: list[StageCounter],
                          removed: list[dict], t0: float, batches: dict | None = None,
-                         sides: dict[str, list[dict]] | None = None, marker_extra: dict | None = None) -> dict:
+                         sides: dict[str, list[dict]] | None = None) -> dict:
     """Write a shard's records, removed records, side-table rows and what the next step reads
     (keys, summaries or parts), then its completion marker (last)."""
     files = shard_files(plan, step, i)
@@ -256,10 +255,19 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
         fed = StageCounter(step.index + 1, step.feeds.label, step.feeds.shape)
         fed.seconds = seconds
         counters.append(fed)
+    if step is plan.record_steps[-1] and plan.file_labeller is not None:
+        from pipelines.publish import file_labels
+
+        counts: dict[str, int] = defaultdict(int)
+        for label in file_labels(plan, pa.table({plan.file_labeller.stage.file_label_field:
+                                                 [r[plan.file_labeller.stage.file_label_field] for r in rows]})):
+            counts[label] += 1
+        extra["labels"] = dict(sorted(counts.items()))
     # pid: which process ran the shard (a Beam or pool worker, or the driver), for the record.
     marker = {"fingerprint": step.fingerprint, "shard": i, "records": len(rows), "pid": os.getpid(),
               "run_id": plan.run_id,
-              "batches": batches or {}, **extra, **(marker_extra or {}),
+              "batches": batches or {}, **extra,
+              "metrics": {c.stage: c.metrics for c in counters if c.metrics},
               "stats": [c.to_json() for c in counters], "seconds": round(time.time() - t0, 3)}
     write_text_atomic(json.dumps(marker), files["done"])
     shutil.rmtree(shard_checkpoints(plan, step, i).folder, ignore_errors=True)  # the shard's files hold them now
@@ -267,23 +275,27 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
 
 
 def collect_metrics(plan: Plan) -> dict[str, dict]:
-    """Metrics of the global steps (from their markers) and of the group steps (each partition's
-    sums, summarised by the stage)."""
+    """Metrics of the global steps (from their markers) and of every stage that measured on the
+    workers (the sums over its tasks, summarised by the stage)."""
     out: dict[str, dict] = {}
+    sums: dict[str, dict[str, float]] = {}
     for step in plan.steps:
         if step.kind is StepKind.GLOBAL:
             m = read_marker(step_dir(plan, step) / "done.json", step.fingerprint) or {}
             if m.get("metrics"):
                 out[step.central.label] = m["metrics"]
-        elif step.kind is StepKind.GROUP:
-            sums: dict[str, float] = defaultdict(float)
+        elif step.kind in (StepKind.SEGMENT, StepKind.GROUP):
             for i in range(len(plan.shards)):
                 m = read_marker(shard_files(plan, step, i)["done"], step.fingerprint) or {}
-                for k, v in m.get("metrics", {}).items():
-                    sums[k] += v
-            summary = step.central.stage.summarize_metrics(dict(sums))
+                for label, values in m.get("metrics", {}).items():
+                    total = sums.setdefault(label, defaultdict(float))
+                    for k, v in values.items():
+                        total[k] += v
+    for ps in plan.stages:
+        if ps.label in sums or isinstance(ps.stage, GroupStage):
+            summary = ps.stage.summarize_metrics(dict(sums.get(ps.label, {})))
             if summary:
-                out[step.central.label] = summary
+                out[ps.label] = summary
     return out
 
 
@@ -353,13 +365,6 @@ def input_counts(plan: Plan) -> dict[int, int]:
         m = read_marker(shard_files(plan, first, i)["done"], first.fingerprint)
         counts[shard.input_index] += sum(s["in"] for s in m["stats"] if s["stage"] == "read")
     return dict(counts)
-
-
-def segment_records(plan: Plan, step: Step) -> int:
-    return sum(
-        read_marker(shard_files(plan, step, i)["done"], step.fingerprint)["records"]
-        for i in range(len(plan.shards))
-    )
 
 
 # -- whole-dataset stages --------------------------------------------------------------------------

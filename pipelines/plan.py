@@ -107,6 +107,20 @@ class Plan:
         return [s for s in self.steps if s.kind in (StepKind.SEGMENT, StepKind.GROUP)]
 
     @property
+    def file_labeller(self) -> PlannedStage | None:
+        """The stage whose ``file_label_field`` names the output files, while the records keep its
+        record type to the end (decomposition's buckets: ``data/train-D08-*``); None: one set."""
+        labeller = None
+        for ps in self.stages:
+            if ps.stage.file_label_field is not None:
+                labeller = ps
+            elif labeller is not None and ps.output_schema.name != ps.input_schema.name:
+                labeller = None
+        if labeller is not None and labeller.stage.file_label_field not in self.final_schema.field_map():
+            return None
+        return labeller
+
+    @property
     def dataset_stages(self) -> list[PlannedStage]:
         return [ps for ps in self.stages if isinstance(ps.stage, DatasetStage)]
 

@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.accounting import jsonable
-from pipelines.layout import shard_files, side_file, side_tables, step_dir
+from pipelines.layout import read_marker, shard_files, side_file, side_tables, step_dir
 from pipelines.plan import Plan
 from schemas import RecordSchema, cast_table
 from schemas.files import write_parquet_atomic
@@ -38,6 +39,63 @@ def n_output_files(n_records: int, records_per_file: int) -> int:
 
 def output_file(output_dir: str, j: int, n: int, label: str = "") -> Path:
     return Path(output_dir) / "data" / f"train-{label + '-' if label else ''}{j:05d}-of-{n:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """The output's files: per label (``""`` when the records are not labelled), how many. A record
+    goes to a file of its label chosen by a hash of its id; file ``j`` counts over all labels."""
+
+    labels: tuple[tuple[str, int], ...]  # (label, files), labels sorted
+
+    @classmethod
+    def for_counts(cls, counts: dict[str, int], records_per_file: int) -> OutputFiles:
+        if not counts:
+            return cls((("", 1),))
+        return cls(tuple((label, n_output_files(n, records_per_file)) for label, n in sorted(counts.items())))
+
+    @property
+    def count(self) -> int:
+        return sum(n for _, n in self.labels)
+
+    def _offsets(self) -> dict[str, int]:
+        out, at = {}, 0
+        for label, n in self.labels:
+            out[label] = at
+            at += n
+        return out
+
+    def files_of(self, labels: list[str], ids: list[str]) -> np.ndarray:
+        offsets, sizes = self._offsets(), dict(self.labels)
+        return np.fromiter((offsets[lab] + bucket_of(i, sizes[lab]) for lab, i in zip(labels, ids, strict=True)),
+                           dtype=np.int64, count=len(ids))
+
+    def path(self, output_dir: str, j: int) -> Path:
+        for label, n in self.labels:
+            if j < n:
+                return output_file(output_dir, j, n, label)
+            j -= n
+        raise IndexError(j)
+
+
+def file_labels(plan: Plan, table: pa.Table) -> list[str]:
+    """The output-file label of each final record (all ``""`` when the records are not labelled)."""
+    ps = plan.file_labeller
+    if ps is None:
+        return [""] * table.num_rows
+    return [ps.stage.file_label(v) for v in table.column(ps.stage.file_label_field).to_pylist()]
+
+
+def output_files(plan: Plan) -> OutputFiles:
+    """The output's files, from the final step's markers (records per label)."""
+    final = plan.record_steps[-1]
+    counts: dict[str, int] = {}
+    for i in range(len(plan.shards)):
+        marker = read_marker(shard_files(plan, final, i)["done"], final.fingerprint)
+        for label, n in marker.get("labels", {"": marker["records"]}).items():
+            counts[label] = counts.get(label, 0) + n
+    counts = {k: v for k, v in counts.items() if v}
+    return OutputFiles.for_counts(counts, plan.spec.output.records_per_file)
 
 
 def write_bucket(rows: list[dict], path: Path, schema: RecordSchema) -> None:
@@ -65,16 +123,19 @@ def publish_dir(plan: Plan) -> Path:
     return step_dir(plan, plan.record_steps[-1]) / "publish"
 
 
-def spill_shard(plan: Plan, i: int, n_files: int) -> dict[int, int]:
+def spill_shard(plan: Plan, i: int, files: OutputFiles) -> dict[int, int]:
     """Shard ``i``'s final records, rewritten with one row group per output file (output file ->
     row group), so that each output file can be assembled alone. One file: nothing to spill."""
-    if n_files == 1:
+    if files.count == 1:
         return {0: -1}
-    source = shard_files(plan, plan.record_steps[-1], i)["records"]
-    return _spill_by_file(source, publish_dir(plan) / f"spill-{i:05d}.parquet", n_files)
+    table = pq.read_table(shard_files(plan, plan.record_steps[-1], i)["records"])
+    which = files.files_of(file_labels(plan, table), table.column("id").to_pylist())
+    order = np.argsort(which, kind="stable")
+    table, which = table.take(pa.array(order)), which[order]
+    return write_row_groups(table, which, files.count, publish_dir(plan) / f"spill-{i:05d}.parquet")
 
 
-def write_output_file(plan: Plan, j: int, n_files: int, index: dict[int, dict[int, int]]) -> Path:
+def write_output_file(plan: Plan, j: int, files: OutputFiles, index: dict[int, dict[int, int]]) -> Path:
     """Output file ``j`` from every shard's part of it (``index``: shard -> spill_shard's answer),
     in memory bounded by that one file."""
     final = plan.record_steps[-1]
@@ -86,24 +147,24 @@ def write_output_file(plan: Plan, j: int, n_files: int, index: dict[int, dict[in
         elif group is not None:
             pieces.append(pq.ParquetFile(publish_dir(plan) / f"spill-{i:05d}.parquet").read_row_group(group))
     table = pa.concat_tables(pieces) if pieces else final.out_schema.arrow.empty_table()
-    path = output_file(plan.records_dir, j, n_files)
+    path = files.path(plan.records_dir, j)
     write_bucket_table(table, path, final.out_schema)
     return path
 
 
-def publish_local(plan: Plan, n_files: int) -> None:
+def publish_local(plan: Plan, files: OutputFiles) -> None:
     """Publish in this process: spill each shard, then write each output file."""
-    index = {i: spill_shard(plan, i, n_files) for i in range(len(plan.shards))}
-    for j in range(n_files):
-        write_output_file(plan, j, n_files, index)
+    index = {i: spill_shard(plan, i, files) for i in range(len(plan.shards))}
+    for j in range(files.count):
+        write_output_file(plan, j, files, index)
 
 
-def finish_publish(plan: Plan, n_files: int) -> list[Path]:
+def finish_publish(plan: Plan, files: OutputFiles) -> list[Path]:
     """After every output file is written: remove the spill and the files of an earlier, larger run."""
     import shutil
 
     shutil.rmtree(publish_dir(plan), ignore_errors=True)
-    paths = [output_file(plan.records_dir, j, n_files) for j in range(n_files)]
+    paths = [files.path(plan.records_dir, j) for j in range(files.count)]
     remove_stale_outputs(plan.records_dir, paths)
     return paths
 
@@ -134,16 +195,6 @@ def publish_side_table(plan: Plan, name: str, folder: Path) -> list[Path]:
         pending = pending.slice(per_file)
     remove_stale_outputs(str(folder), paths)
     return paths
-
-
-def _spill_by_file(source: Path, spill: Path, n: int) -> dict[int, int]:
-    """One shard's records, rewritten with one row group per output file; returns file -> row group."""
-    table = pq.read_table(source)
-    which = np.fromiter((bucket_of(i, n) for i in table.column("id").to_pylist()), dtype=np.int64,
-                        count=table.num_rows)
-    order = np.argsort(which, kind="stable")
-    table, which = table.take(pa.array(order)), which[order]
-    return write_row_groups(table, which, n, spill)
 
 
 def write_row_groups(table: pa.Table, which: np.ndarray, n: int, path: Path) -> dict[int, int]:

@@ -303,20 +303,27 @@ def _publish_side_tables(plan: Plan, run_id: str) -> list[tuple[dict, list[Path]
 
 
 def _publish_global_artifacts(plan: Plan, run_id: str) -> list[tuple[dict, list[Path]]]:
+    """Small tables made on the driver: global stages' answers, and what stages make from their
+    parameters once their tasks are done (``Stage.artifacts``: UtK's markers)."""
     from pipelines import global_step
     from schemas import REGISTRY
+    from stages.base import GlobalContext
 
-    out = []
+    tables: list[tuple[str, pa.Table]] = []
     for step in plan.steps:
-        if step.kind is not StepKind.GLOBAL:
-            continue
-        for name, path in global_step.artifacts(plan, step).items():
-            table = pq.read_table(path)
-            folder = Path(plan.output_dir) / name
-            paths = publish.write_ordered(table, folder, plan.spec.output.records_per_file)
-            a_n, a_bytes, a_fp = publish.dataset_fingerprint(str(folder), table)
-            schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
-            out.append((_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp, schema), paths))
+        if step.kind is StepKind.GLOBAL:
+            tables += [(name, pq.read_table(path)) for name, path in global_step.artifacts(plan, step).items()]
+    ctx = GlobalContext(seed=plan.spec.seed, files_dir=Path(plan.output_dir) / "plots",
+                        output_dir=Path(plan.output_dir), work_dir=layout.work_root(plan))
+    for ps in plan.stages:
+        tables += list(ps.stage.artifacts(ctx).items())
+    out = []
+    for name, table in tables:
+        folder = Path(plan.output_dir) / name
+        paths = publish.write_ordered(table, folder, plan.spec.output.records_per_file)
+        a_n, a_bytes, a_fp = publish.dataset_fingerprint(str(folder), table)
+        schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
+        out.append((_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp, schema), paths))
     return out
 
 

@@ -6,7 +6,7 @@ fields, and writers cast to the resolved schema so that every shard of an artifa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -21,10 +21,15 @@ class RecordSchema:
     fields: tuple[pa.Field, ...]
     doc: str = ""
     key: str = "id"
+    metadata: tuple[tuple[str, str], ...] = ()  # extra Arrow schema metadata a stage records with its output
 
     @property
     def arrow(self) -> pa.Schema:
-        return pa.schema(list(self.fields), metadata={"longforge.schema": f"{self.name}@{self.version}"})
+        return pa.schema(list(self.fields), metadata={"longforge.schema": self.ref, **dict(self.metadata)})
+
+    def with_metadata(self, **entries: str) -> RecordSchema:
+        """This schema with extra Arrow metadata (e.g. the parameters a reader needs to parse the records)."""
+        return replace(self, metadata=tuple(sorted({**dict(self.metadata), **entries}.items())))
 
     @property
     def ref(self) -> str:

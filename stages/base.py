@@ -69,7 +69,16 @@ class SideRow:
     row: dict
 
 
-Outcome = dict | Rejected | Dropped | SideRow
+@dataclass(frozen=True)
+class Measured:
+    """Numbers that add up over records and tasks (tokens kept, sequences made): summed per stage on
+    each worker, kept in the task's marker, and turned into the stage's catalog metrics on the driver
+    by :meth:`Stage.summarize_metrics`. Never a record."""
+
+    values: dict[str, float]
+
+
+Outcome = dict | Rejected | Dropped | SideRow | Measured
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class Services:
     catalog by the driver."""
 
     generation_cache: Path | None = None
+    output_dir: Path | None = None  # files trainers read directly (decomposition's bucket token files)
 
 
 class Stage:
@@ -105,6 +115,10 @@ class Stage:
 
     #: True when the stage generates text and wants the run's generation cache (``Services``).
     uses_generations: ClassVar[bool] = False
+
+    #: A field whose value names the output files a record goes to (``data/train-<label>-*``), kept
+    #: while later stages keep the record type: decomposition's buckets. None: one set of files.
+    file_label_field: ClassVar[str | None] = None
 
     def __init__(self, params: StageParams | None = None, seed: int = 0):
         self.params = params if params is not None else self.Params()
@@ -123,6 +137,20 @@ class Stage:
 
     def side_tables(self) -> dict[str, RecordSchema]:
         """Side tables this stage writes (name -> schema); their rows come as :class:`SideRow` outcomes."""
+        return {}
+
+    def file_label(self, value: Any) -> str:
+        """The label of the output files for a record whose ``file_label_field`` is ``value``."""
+        return str(value)
+
+    def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """The stage's catalog metrics from the sums of its :class:`Measured` outcomes (or, for a
+        group stage, of every group's ``metrics``) over every task: ratios and means go here."""
+        return sums
+
+    def artifacts(self, ctx: GlobalContext) -> dict[str, pa.Table]:
+        """Small tables made on the driver once every task of the stage is done, from its parameters
+        (UtK's markers), published next to the output; ``ctx.output_dir`` takes files trainers read."""
         return {}
 
     def setup(self) -> None:
@@ -248,10 +276,6 @@ class GroupStage(Stage):
     def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
         """The outcomes of one group. Add to ``metrics`` what sums over groups (tokens, contexts)."""
         raise NotImplementedError
-
-    def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        """Metrics of the whole step from the sums of every group's ``metrics``: ratios, means."""
-        return sums
 
 
 @dataclass

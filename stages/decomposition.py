@@ -1,9 +1,10 @@
 """Dataset Decomposition stages: token ids per document, power-of-two buckets, the VSL schedule.
 
-``tokenize_ids`` (per record) -> ``decompose`` (whole dataset: sequences, per-bucket flat token
-files for trainers, the drop log) -> ``vsl_schedule`` (the curriculum a trainer replays with
-:mod:`stages.vsl_replay`). Choices the spec leaves open are parameters; the run's parameters are in
-the catalog and the card.
+``tokenize_ids`` (per record) -> ``decompose`` (per record, a flat-map: sequences and the drop log)
+-> ``bucket_files`` (per group, one bucket a group: flat token files for trainers) ->
+``vsl_schedule`` (global over ids, buckets and lengths: the curriculum a trainer replays with
+:mod:`stages.vsl_replay`). All of it runs on the workers but the schedule's decision. Choices
+the spec leaves open are parameters; the run's parameters are in the catalog and the card.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from schemas import DROP_LOG, SCHEDULE, SEQUENCE, TEXT_RECORD, TOKEN_IDS_FIELDS,
 from stages import decomposition_core as core
 from stages import register
 from stages.base import (
-    DatasetContext,
-    DatasetResult,
-    DatasetStage,
     Dropped,
+    GlobalContext,
+    GlobalResult,
+    GlobalStage,
     GroupStage,
+    Measured,
     Outcome,
     RecordStage,
+    SideRow,
     StageParams,
 )
 from stages.plots import new_figure, save_figure
@@ -97,113 +100,121 @@ class DecomposeParams(StageParams):
     plus_one: bool = Field(False, description="store 2^i + 1 tokens per piece (2^i inputs and targets) [code]")
     overflow: Literal["deterministic", "random"] = Field(
         "deterministic", description="parts above 2^max_exp: cut into 2^max pieces [olmo], or sizes drawn "
-        "with P(i) ~ 2^(max-i) [code's randomize]")
+        "with P(i) ~ 2^(max-i) [code's randomize], each document's from a generator seeded by (seed, its id) [ours]")
 
 
 @register
-class Decompose(DatasetStage):
-    """Cut every document into power-of-two pieces (its length's binary expansion, largest first)."""
+class Decompose(RecordStage):
+    """Cut every document into power-of-two pieces (its length's binary expansion, largest first): a
+    flat-map on the workers. Each piece is a sequence ``<doc id>#<k>``; a document too short for the
+    smallest bucket is dropped; every document's row goes to the ``drop_log`` side table."""
 
     name = "decompose"
     Params = DecomposeParams
     input_schema = TOKEN_IDS_RECORD
+    expands = True
+    file_label_field = "bucket"  # the output's files: data/train-D08-*.parquet, ...
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return SEQUENCE
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
-        p: DecomposeParams = self.params
-        if p.min_exp > p.max_exp:
+    def side_tables(self) -> dict[str, RecordSchema]:
+        return {"drop_log": DROP_LOG}
+
+    def file_label(self, value) -> str:
+        return f"D{int(value):02d}"
+
+    def setup(self) -> None:
+        if self.params.min_exp > self.params.max_exp:
             raise ValueError("min_exp must not exceed max_exp")
-        rng = np.random.default_rng(self.seed) if p.overflow == "random" else None
-        ids = ctx.table.column("id").to_pylist()
-        # Token ids stay in Arrow/numpy: offsets into one flat array, never Python lists.
-        lists = ctx.table.column("input_ids").combine_chunks()
-        values = lists.flatten().to_numpy(zero_copy_only=False)
-        offsets = lists.offsets.to_numpy()
-        meta: dict[str, list] = {"id": [], "doc_id": [], "bucket": [], "length": [], "doc_offset": [],
-                                 "piece_idx": []}
-        starts = []
-        drops = {"id": [], "doc_tokens": [], "dropped_tokens": []}
-        dropped_docs = []
-        per_bucket_tokens: dict[int, int] = {}
-        for row in sorted(range(len(ids)), key=ids.__getitem__):  # id order: the random draws too
-            doc_id = ids[row]
-            n = int(offsets[row + 1] - offsets[row])
-            pieces, tail = core.decompose(n, p.min_exp, p.max_exp, p.plus_one, rng)
-            drops["id"].append(doc_id)
-            drops["doc_tokens"].append(n)
-            drops["dropped_tokens"].append(tail)
-            if not pieces:
-                dropped_docs.append(Dropped(doc_id, f"shorter than 2^{p.min_exp} tokens", f"{n} tokens"))
-            for k, piece in enumerate(pieces):
-                meta["id"].append(f"{doc_id}#{k}")
-                meta["doc_id"].append(doc_id)
-                meta["bucket"].append(piece.bucket)
-                meta["length"].append(piece.size)
-                meta["doc_offset"].append(piece.offset)
-                meta["piece_idx"].append(k)
-                starts.append(int(offsets[row]) + piece.offset)
-                per_bucket_tokens[piece.bucket] = per_bucket_tokens.get(piece.bucket, 0) + piece.size
-        order = np.lexsort((np.array(meta["id"], dtype=object), np.array(meta["bucket"]))) if meta["id"] else \
-            np.zeros(0, dtype=np.int64)
-        sizes = np.asarray(meta["length"], dtype=np.int64)[order]
-        begin = np.asarray(starts, dtype=np.int64)[order]
-        gathered = (np.concatenate([values[b:b + n] for b, n in zip(begin.tolist(), sizes.tolist(), strict=True)])
-                    if len(sizes) else np.zeros(0, dtype=np.int32))
-        list_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
-        columns = {k: pa.array([v[i] for i in order], SEQUENCE.arrow.field(k).type) for k, v in meta.items()}
-        columns["input_ids"] = pa.ListArray.from_arrays(pa.array(list_offsets, pa.int32()),
-                                                        pa.array(gathered, pa.int32()))
-        table = pa.Table.from_arrays([columns[f.name] for f in SEQUENCE.fields], schema=SEQUENCE.arrow)
-        ctx.artifacts["drop_log"] = pa.table(drops, schema=DROP_LOG.arrow)
-        if ctx.output_dir is not None:
-            write_bucket_files(table, Path(ctx.output_dir) / "buckets")
-        total = int(sum(drops["doc_tokens"]))
-        kept = int(sum(per_bucket_tokens.values()))
-        m = ctx.metrics.setdefault(self.name, {})
-        m.update({"tokens_in": total, "tokens_kept": kept, "dropped_token_share": 1 - kept / total if total else 0.0,
-                  "sequences": table.num_rows, "mean_sequence_length": kept / table.num_rows if table.num_rows else 0.0,
-                  "cross_document_attention_share": 0.0})
-        for i, n in sorted(per_bucket_tokens.items()):
-            m[f"tokens_bucket_{i:02d}"] = n
-        # Causal attention pairs (~ attention FLOPs): sum of l^2 / 2 over sequences, against
-        # concat-and-chunk of the same kept tokens into contexts of the largest bucket's length.
-        lengths = np.asarray(table.column("length"), dtype=np.float64)
-        dd_pairs = float((lengths * (lengths + 1) / 2).sum())
+
+    def overflow_rng(self, doc_id: str) -> np.random.Generator | None:
+        """Random overflow draws from a generator of (seed, document id) alone, so a document's
+        pieces do not depend on which worker cut it or what it cut before."""
+        if self.params.overflow != "random":
+            return None
+        return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{self.seed}:{doc_id}".encode()).digest()[:8],
+                                                    "big"))
+
+    def process(self, record: dict) -> Iterator[Outcome]:
+        p: DecomposeParams = self.params
+        doc_id = record["id"]
+        tokens = np.asarray(record["input_ids"], dtype=np.int32)
+        n = len(tokens)
+        pieces, tail = core.decompose(n, p.min_exp, p.max_exp, p.plus_one, self.overflow_rng(doc_id))
+        yield SideRow("drop_log", {"id": doc_id, "doc_tokens": n, "dropped_tokens": tail})
+        if not pieces:
+            yield Dropped(doc_id, f"shorter than 2^{p.min_exp} tokens", f"{n} tokens")
+        measured = {"tokens_in": n, "tokens_kept": n - tail, "sequences": len(pieces), "attention_pairs": 0.0}
+        for k, piece in enumerate(pieces):
+            yield {"id": f"{doc_id}#{k}", "doc_id": doc_id, "bucket": piece.bucket, "length": piece.size,
+                   "doc_offset": piece.offset, "piece_idx": k,
+                   "input_ids": tokens[piece.offset:piece.offset + piece.size]}
+            key = f"tokens_bucket_{piece.bucket:02d}"
+            measured[key] = measured.get(key, 0) + piece.size
+            # Causal attention pairs (~ attention FLOPs) of the sequence: l (l + 1) / 2.
+            measured["attention_pairs"] += piece.size * (piece.size + 1) / 2
+        yield Measured(measured)
+
+    def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        p: DecomposeParams = self.params
+        total, kept, n = sums.get("tokens_in", 0), sums.get("tokens_kept", 0), sums.get("sequences", 0)
+        # Against concat-and-chunk of the same kept tokens into contexts of the largest bucket's length.
         big = 2.0 ** p.max_exp
         cc_pairs = kept / big * big * (big + 1) / 2
-        m.update({"attention_pairs": dd_pairs, "attention_pairs_concat_chunk": cc_pairs,
-                  "attention_cost_vs_concat_chunk": dd_pairs / cc_pairs if cc_pairs else 0.0})
-        ctx.arrays["bucket_tokens"] = per_bucket_tokens
-        buckets, counts = np.unique(table.column("bucket").to_numpy(), return_counts=True)  # table in bucket order
-        groups = [(f"D{int(b):02d}", int(c)) for b, c in zip(buckets, counts, strict=True)] or None
-        # One Parquet file set per bucket (data/train-D08-*.parquet, ...): the buckets' sequences.
-        return DatasetResult(table, dropped_docs, consumed=len(ids) - len(dropped_docs), file_groups=groups)
+        dd_pairs = sums.get("attention_pairs", 0.0)
+        out = {"tokens_in": total, "tokens_kept": kept, "dropped_token_share": 1 - kept / total if total else 0.0,
+               "sequences": n, "mean_sequence_length": kept / n if n else 0.0,
+               "cross_document_attention_share": 0.0, "attention_pairs": dd_pairs,
+               "attention_pairs_concat_chunk": cc_pairs,
+               "attention_cost_vs_concat_chunk": dd_pairs / cc_pairs if cc_pairs else 0.0}
+        out |= {k: v for k, v in sorted(sums.items()) if k.startswith("tokens_bucket_")}
+        return out
 
 
-def write_bucket_files(table: pa.Table, root: Path) -> None:
-    """Per bucket, for trainers, ``D<i>/tokens.bin`` (int32, all sequences back to back, for
-    numpy.memmap) and ``D<i>/index.parquet`` (seq_id, start, end, doc_id, doc_offset), rows in the
-    table's order. The sequences as Parquet are the output's ``data/train-D<i>-*.parquet``."""
-    root.mkdir(parents=True, exist_ok=True)
-    buckets = table.column("bucket").to_numpy()
-    for i in sorted(set(buckets.tolist())):
-        part = table.filter(pa.compute.equal(table.column("bucket"), i))
-        folder = root / f"D{i:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        flat = np.asarray(part.column("input_ids").combine_chunks().flatten(), dtype=np.int32)
-        lengths = np.asarray(part.column("length"), dtype=np.int64)
-        ends = np.cumsum(lengths)
-        tmp = folder / f"tokens.bin.tmp-{os.getpid()}"
-        flat.astype("<i4").tofile(tmp)
-        tmp.rename(folder / "tokens.bin")
-        index = pa.table({"seq_id": part.column("id"), "start": ends - lengths, "end": ends,
-                          "doc_id": part.column("doc_id"), "doc_offset": part.column("doc_offset")},
-                         schema=INDEX_SCHEMA)
-        tmp = folder / f"index.parquet.tmp-{os.getpid()}"
-        pq.write_table(index, tmp)
-        tmp.rename(folder / "index.parquet")
+class BucketFilesParams(StageParams):
+    folder: str = Field("buckets", description="folder of the output that takes D<i>/tokens.bin and index.parquet")
+
+
+@register
+class BucketFiles(GroupStage):
+    """Per bucket, for trainers, ``<output>/buckets/D<i>/tokens.bin`` (int32, the bucket's sequences
+    back to back in id order, for numpy.memmap) and ``D<i>/index.parquet`` (seq_id, start, end,
+    doc_id, doc_offset): a per-group stage, one bucket per group, written on the worker that builds
+    it. The sequences pass on unchanged (in Parquet they are the output's ``data/train-D<i>-*``)."""
+
+    name = "bucket_files"
+    Params = BucketFilesParams
+    input_schema = SEQUENCE
+
+    def group_of(self, record: dict) -> tuple[str, int]:
+        return f"D{int(record['bucket']):02d}", 0
+
+    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+        if self.services.output_dir is None:
+            raise RuntimeError("bucket_files needs the run's output folder")
+        records = sorted(records, key=lambda r: r["id"])  # the order vsl_schedule's seq_rows count in
+        write_bucket_files(records, Path(self.services.output_dir) / self.params.folder / key)
+        metrics[f"sequences_{key}"] = len(records)
+        yield from records
+
+
+def write_bucket_files(records: list[dict], folder: Path) -> None:
+    """``tokens.bin`` and ``index.parquet`` of one bucket, each written whole and renamed into place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lengths = np.fromiter((len(r["input_ids"]) for r in records), dtype=np.int64, count=len(records))
+    ends = np.cumsum(lengths)
+    tmp = folder / f"tokens.bin.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        for r in records:
+            f.write(np.asarray(r["input_ids"], dtype="<i4").tobytes())
+    os.replace(tmp, folder / "tokens.bin")
+    index = pa.table({"seq_id": [r["id"] for r in records], "start": ends - lengths, "end": ends,
+                      "doc_id": [r["doc_id"] for r in records], "doc_offset": [r["doc_offset"] for r in records]},
+                     schema=INDEX_SCHEMA)
+    tmp = folder / f"index.parquet.tmp-{os.getpid()}"
+    pq.write_table(index, tmp)
+    os.replace(tmp, folder / "index.parquet")
 
 
 class ScheduleParams(StageParams):
@@ -218,21 +229,28 @@ class ScheduleParams(StageParams):
 
 
 @register
-class VslSchedule(DatasetStage):
-    """The variable-sequence-length curriculum (paper Alg. 1), the same on every data-parallel rank."""
+class VslSchedule(GlobalStage):
+    """The variable-sequence-length curriculum (paper Alg. 1), the same on every data-parallel rank:
+    a global stage over each sequence's id, bucket and length (never its tokens). ``seq_rows``
+    count in id order within a bucket, the order of ``bucket_files``' index."""
 
     name = "vsl_schedule"
     Params = ScheduleParams
     input_schema = SEQUENCE
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
+    def reads(self) -> tuple[str, ...]:
+        return ("bucket", "length")
+
+    def decide(self, summaries: pa.Table, ctx: GlobalContext) -> GlobalResult:
         p: ScheduleParams = self.params
         odds = core.odds_for(p.curriculum, p.min_exp, p.max_exp, p.odds)
-        buckets = ctx.table.column("bucket").to_pylist()
-        seq_ids = ctx.table.column("id").to_pylist()
+        ordered = summaries.sort_by([("bucket", "ascending"), ("id", "ascending")])
         by_bucket: dict[int, list[str]] = {}
-        for b, s in zip(buckets, seq_ids, strict=True):  # the table is in (bucket, id) order
+        bucket_tokens: dict[int, int] = {}
+        for b, s, n in zip(ordered.column("bucket").to_pylist(), ordered.column("id").to_pylist(),
+                           ordered.column("length").to_pylist(), strict=True):
             by_bucket.setdefault(b, []).append(s)
+            bucket_tokens[b] = bucket_tokens.get(b, 0) + n
         sizes = {i: len(v) for i, v in by_bucket.items()}
         steps, left_out = core.schedule(sizes, odds, p.cycles, p.budget_tokens, self.seed)
         table = pa.table({
@@ -243,18 +261,17 @@ class VslSchedule(DatasetStage):
             "seq_ids": [[by_bucket[s.bucket][q] for q in s.sequences] for s in steps],
             "seq_rows": [s.sequences for s in steps],
         }, schema=SCHEDULE.arrow)
-        ctx.artifacts["schedule"] = table
         if ctx.output_dir is not None:
             path = Path(ctx.output_dir) / "buckets" / "schedule.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, path.with_suffix(".tmp"))
-            path.with_suffix(".tmp").rename(path)
-        m = ctx.metrics.setdefault(self.name, {})
-        m.update({"steps": len(steps), "budget_tokens": p.budget_tokens, "cycles": p.cycles,
-                  "sequences_left_out": int(sum(left_out.values()))})
+            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
         if ctx.files_dir is not None and steps:
-            plot_schedule(table, ctx.arrays.get("bucket_tokens", {}), p, Path(ctx.files_dir) / "dd_schedule.png")
-        return DatasetResult(ctx.table)
+            plot_schedule(table, bucket_tokens, p, Path(ctx.files_dir) / "dd_schedule.png")
+        metrics = {"steps": len(steps), "budget_tokens": p.budget_tokens, "cycles": p.cycles,
+                   "sequences_left_out": int(sum(left_out.values()))}
+        return GlobalResult(artifacts={"schedule": table}, metrics=metrics)
 
 
 def plot_schedule(table: pa.Table, bucket_tokens: dict, p: ScheduleParams, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Untie the Knots as a whole-dataset stage: pack tokenised documents into samples of a target
+"""Untie the Knots as a per-group stage: pack tokenised documents into samples of a target
 length and knot a share ``p`` of them (algorithm and parser: :mod:`stages.utk_core`).
 
 Choices the spec leaves open are parameters, and the run records them: the marker strings and ids
@@ -8,7 +8,9 @@ tokens, the extended tokenizer a trainer must load (``utk/tokenizer.json``).
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -17,9 +19,10 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from schemas import TOKEN_IDS_RECORD, UTK_MARKER, UTK_SAMPLE, UTK_TEXT_VIEW, RecordSchema
+from schemas.files import write_text_atomic
 from stages import register
 from stages import utk_core as core
-from stages.base import DatasetContext, DatasetResult, DatasetStage, Dropped, StageParams, Truncated
+from stages.base import Dropped, GlobalContext, GroupStage, Outcome, SideRow, StageParams, Truncated
 
 
 class MarkerText(StageParams):
@@ -51,7 +54,9 @@ class UtkParams(StageParams):
         "tokenizer); text: the marker strings tokenised as ordinary text")
     marker_text: MarkerText = Field(default_factory=MarkerText)
     shuffle_documents: bool = Field(True, description="documents packed in a seeded random order [Megatron]")
-    inspect_samples: int = Field(8, ge=0, description="samples decoded into the text_view artifact")
+    inspect_samples: int = Field(8, ge=0, description="samples of each stream decoded into the text_view artifact")
+    groups: int = Field(1, gt=0, description="streams, each packed on a worker on its own [ours; 1 = one stream "
+                        "of every document, as the paper]")
 
     @field_validator("chunk_odds")
     @classmethod
@@ -95,159 +100,163 @@ def contains_pattern(tokens: np.ndarray, pattern: tuple[int, ...]) -> bool:
 
 
 @register
-class Utk(DatasetStage):
-    """Pack documents into samples of L tokens and knot a share p of them (Untie the Knots)."""
+class Utk(GroupStage):
+    """Pack documents into samples of L tokens and knot a share p of them (Untie the Knots).
+
+    A per-group stage: documents go to one of ``groups`` streams by a seeded hash of their id, in
+    an order given by another such hash (``shuffle_documents``), and each stream is packed and
+    knotted on a worker. ``groups: 1`` (the default) packs every document into one stream, as the
+    paper; more streams spread the work and the memory, each stream leaving its own incomplete last
+    sample unmade."""
 
     name = "utk"
     Params = UtkParams
     input_schema = TOKEN_IDS_RECORD
 
+    def __init__(self, params: UtkParams | None = None, seed: int = 0):
+        super().__init__(params, seed)
+        self._built = None
+
+    def _markers(self):
+        """(extended tokenizer, markers, marker rows, eos id, metadata), made once per process."""
+        if self._built is None:
+            from tokenizers import Tokenizer
+
+            from gpu_jobs.models import eos_token_id, tokenizer_path
+
+            p: UtkParams = self.params
+            tok = Tokenizer.from_file(str(tokenizer_path(p.tokenizer)))  # a copy: special tokens get added to it
+            eos = eos_token_id(tok)
+            markers, rows = build_markers(tok, p)
+            meta = {"markers": p.markers, "marker_ids": {r["id"]: r["token_ids"] for r in rows},
+                    "eos_id": eos, "context_length": p.context_length, "p": p.p,
+                    "chunk_odds": {str(h): o for h, o in sorted(p.chunk_odds.items())}, "min_split": p.min_split,
+                    "label_chars": p.label_chars, "preserve_order": p.preserve_order, "seed": self.seed,
+                    "groups": p.groups, "shuffle_documents": p.shuffle_documents,
+                    "document_order": "sha256(seed:id) within a stream" if p.shuffle_documents else "input order",
+                    "sample_seed": ("MT19937(seed * 100000 + sample_idx)" if p.groups == 1 else
+                                    "MT19937((seed * 100000 + stream) * 100000 + sample_idx)"),
+                    "tokenizer": p.tokenizer, "vocab_size": tok.get_vocab_size(with_added_tokens=True)}
+            self._built = (tok, markers, rows, eos, meta)
+        return self._built
+
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
-        return UTK_SAMPLE
+        meta = self._markers()[4]
+        return UTK_SAMPLE.with_metadata(**{"longforge.utk": json.dumps(meta)})
 
-    def run(self, ctx: DatasetContext) -> DatasetResult:
-        from tokenizers import Tokenizer
+    def side_tables(self) -> dict[str, RecordSchema]:
+        return {"text_view": UTK_TEXT_VIEW}
 
-        from gpu_jobs.models import eos_token_id, load_tokenizer, tokenizer_path
+    def setup(self) -> None:
+        from gpu_jobs.models import load_tokenizer
 
+        self._markers()
+        self._label_tok = load_tokenizer(self.params.tokenizer)  # the shared one, unchanged: labels are text
+
+    def group_of(self, record: dict) -> tuple[str, int]:
         p: UtkParams = self.params
-        tok = Tokenizer.from_file(str(tokenizer_path(p.tokenizer)))  # a copy: special tokens get added to it
-        label_tok = load_tokenizer(p.tokenizer)  # the shared one, unchanged: labels are ordinary text
-        eos = eos_token_id(tok)
-        markers, marker_rows = build_markers(tok, p)
-        ids = ctx.table.column("id").to_pylist()
-        lists = ctx.table.column("input_ids").combine_chunks()
-        values = lists.values.to_numpy(zero_copy_only=False)
-        offsets = lists.offsets.to_numpy()
-        docs = [values[offsets[k]:offsets[k + 1]] for k in range(len(ids))]
-        dropped: list[Dropped] = []
-        keep: list[int] = []
+        h = hashlib.sha256(f"{self.seed}:{record['id']}".encode()).digest()
+        place = int.from_bytes(h[8:16], "big") >> 1 if p.shuffle_documents else 0
+        return f"{int.from_bytes(h[:8], 'big') % p.groups:05d}", place
+
+    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
+        p: UtkParams = self.params
+        tok, markers, _, eos, _ = self._markers()
         patterns = [ids_ for ids_, _, _ in markers.patterns()] if p.markers == "text" else []
-        for k, d in enumerate(docs):
+        stream: list[np.ndarray] = []
+        stream_ids: list[str] = []
+        dropped: list[Dropped] = []
+        for r in records:
+            d = np.asarray(r["input_ids"], dtype=np.int32)
             if len(d) == 0 or d[-1] != eos:
-                raise ValueError(f"document {ids[k]!r} does not end with the end-of-text token of '{p.tokenizer}' "
+                raise ValueError(f"document {r['id']!r} does not end with the end-of-text token of '{p.tokenizer}' "
                                  f"(id {eos}): tokenise with tokenize_ids (append_eos: true) and the same tokenizer")
             if (d[:-1] == eos).any():
-                dropped.append(Dropped(ids[k], "end-of-text token inside the document",
+                dropped.append(Dropped(r["id"], "end-of-text token inside the document",
                                        "its pieces could not be told apart after knotting"))
                 continue
             hit = next((q for q in patterns if contains_pattern(d, q)), None)
             if hit is not None:
-                dropped.append(Dropped(ids[k], "contains a marker's tokens", f"token ids {list(hit)}"))
+                dropped.append(Dropped(r["id"], "contains a marker's tokens", f"token ids {list(hit)}"))
                 continue
-            keep.append(k)
-        order = np.array(keep, dtype=np.int64)
-        if p.shuffle_documents:
-            order = order[np.random.default_rng(self.seed).permutation(len(order))]
-        stream = [docs[k] for k in order.tolist()]
-        stream_ids = [ids[k] for k in order.tolist()]
+            stream.append(d)
+            stream_ids.append(r["id"])
+        yield from dropped
+        base_seed = self.seed if p.groups == 1 else self.seed * 100_000 + int(key)
         cfg = core.KnotConfig(length=p.context_length, p=p.p, chunk_odds=dict(p.chunk_odds), min_split=p.min_split,
-                              label_chars=p.label_chars, preserve_order=p.preserve_order, seed=self.seed)
-        label_tokens = core.LabelTokenizer(lambda s: label_tok.encode(s, add_special_tokens=False).ids)
-        table, stats = self._samples(core.pack_samples(stream, cfg, markers, label_tokens), stream_ids, markers)
-        # Documents past the last full sample are dropped by design; one cut there counts as used.
-        consumed_docs = stats.pop("docs_reached")
-        last_end = stats.pop("last_piece_end")
-        for k in range(consumed_docs, len(stream)):
-            dropped.append(Dropped(stream_ids[k], "after the last full sample", f"{len(stream[k])} tokens"))
-        truncated = []
-        if consumed_docs and last_end < len(stream[consumed_docs - 1]):
-            # The document that straddles the end of the last full sample: its head is in that sample,
-            # its tail would start the incomplete one, which is not made. Said, with its size.
-            k, n_doc = consumed_docs - 1, len(stream[consumed_docs - 1])
-            truncated.append(Truncated(stream_ids[k], "tail after the last full sample",
-                                       f"{n_doc - last_end} of {n_doc} tokens not used (tokens {last_end}..{n_doc})"))
-        stats["documents_truncated"] = len(truncated)
-        stats["tokens_cut_from_truncated"] = (len(stream[consumed_docs - 1]) - last_end) if truncated else 0
-        tokens_in = int(sum(len(d) for d in stream))
-        m = ctx.metrics.setdefault(self.name, {})
-        m.update(stats)
-        m.update({"documents_in": len(ids), "tokens_in": tokens_in,
-                  "tokens_after_last_sample": tokens_in - stats["content_tokens"],
-                  "marker_token_share": stats["marker_tokens"] / max(1, table.num_rows * (p.context_length + 1))})
-        meta = {"markers": p.markers, "marker_ids": {r["id"]: r["token_ids"] for r in marker_rows},
-                "eos_id": eos, "context_length": p.context_length, "p": p.p,
-                "chunk_odds": {str(h): o for h, o in sorted(p.chunk_odds.items())}, "min_split": p.min_split,
-                "label_chars": p.label_chars, "preserve_order": p.preserve_order, "seed": self.seed,
-                "sample_seed": "MT19937(seed * 100000 + sample_idx)", "tokenizer": p.tokenizer,
-                "vocab_size": tok.get_vocab_size(with_added_tokens=True)}
-        schema = UTK_SAMPLE.arrow.with_metadata({**UTK_SAMPLE.arrow.metadata, b"longforge.utk": json.dumps(meta)})
-        table = pa.Table.from_arrays(table.columns, schema=schema)
-        ctx.artifacts["markers"] = pa.Table.from_pylist(marker_rows, schema=UTK_MARKER.arrow)
-        ctx.artifacts["text_view"] = self._text_view(table, tok)
-        if ctx.output_dir is not None:
-            folder = Path(ctx.output_dir) / "utk"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "markers.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            if p.markers == "special":
-                tok.save(str(folder / "tokenizer.json"))
-        return DatasetResult(table, dropped, consumed=len(ids) - len(dropped), truncated=truncated)
-
-    def _samples(self, samples, stream_ids: list[str], markers: core.Markers) -> tuple[pa.Table, dict]:
-        L = self.params.context_length
-        cols: dict[str, list] = {"id": [], "sample_idx": [], "utk_applied": [], "chunks": [], "seed": []}
-        seqs, masks = [], []
-        knotted = split_pieces = pieces = content = marker_tokens = 0
-        hist: dict[int, int] = {}
+                              label_chars=p.label_chars, preserve_order=p.preserve_order, seed=base_seed)
+        label_tokens = core.LabelTokenizer(lambda s: self._label_tok.encode(s, add_special_tokens=False).ids)
+        prefix = "utk-" if p.groups == 1 else f"utk-{key}-"
         reached = last_end = 0
-        for s in samples:
-            seqs.append(s.tokens)
-            masks.append(core.loss_mask(s.roles) if s.knotted else np.ones(L, dtype=np.uint8))
-            cols["id"].append(f"utk-{s.index:08d}")
-            cols["sample_idx"].append(s.index)
-            cols["utk_applied"].append(s.knotted)
-            cols["seed"].append(self.seed * 100_000 + s.index)
-            cols["chunks"].append([{"doc_id": stream_ids[c["doc"]], "doc_idx": c["piece"], "chunk_idx": c["chunk_idx"],
-                                    "n_chunks": c["n_chunks"], "src_start": c["src_start"], "src_end": c["src_end"],
-                                    "out_start": c["out_start"], "chunk_label": c["label"]} for c in s.chunks])
-            knotted += s.knotted
+        add = lambda name, v: metrics.__setitem__(name, metrics.get(name, 0) + v)  # noqa: E731
+        for s in core.pack_samples(stream, cfg, markers, label_tokens):
+            rec = self._sample(s, prefix, stream_ids, base_seed)
+            if s.index < p.inspect_samples:
+                yield SideRow("text_view", {"id": rec["id"], "utk_applied": s.knotted,
+                                            "text": tok.decode(s.tokens.tolist(), skip_special_tokens=False)})
+            yield rec
+            add("samples", 1)
+            add("knotted_samples", int(s.knotted))
             for pc_ in s.pieces:
-                pieces += 1
-                content += pc_.end - pc_.start
+                add("pieces", 1)
+                add("content_tokens", pc_.end - pc_.start)
                 if s.knotted:
-                    hist[pc_.n_chunks] = hist.get(pc_.n_chunks, 0) + 1
-                    split_pieces += pc_.n_chunks > 1
-            marker_tokens += int((s.roles != core.CONTENT).sum())
+                    add("knotted_pieces", 1)
+                    add(f"knotted_pieces_in_{pc_.n_chunks}_chunks", 1)
+                    if pc_.n_chunks > 1:
+                        add("pieces_split", 1)
+                        add("split_chunks", pc_.n_chunks)
+            add("marker_tokens", int((s.roles != core.CONTENT).sum()))
             last = s.pieces[-1]
             reached, last_end = last.doc + 1, last.end
-        n = len(seqs)
-        flat = np.concatenate(seqs) if n else np.zeros(0, dtype=np.int32)
-        step = L + 1
-        starts = np.arange(n, dtype=np.int64) * step
-        tokens_flat = np.delete(flat, starts + L) if n else flat  # each sample's last token is only a label
-        labels_flat = np.delete(flat, starts) if n else flat
-        offs = pa.array(np.arange(n + 1, dtype=np.int32) * L)
-        table = pa.table({
-            "id": pa.array(cols["id"], pa.string()),
-            "sample_idx": pa.array(cols["sample_idx"], pa.int64()),
-            "tokens": pa.ListArray.from_arrays(offs, pa.array(tokens_flat, pa.int32())),
-            "labels": pa.ListArray.from_arrays(offs, pa.array(labels_flat, pa.int32())),
-            "loss_mask": pa.ListArray.from_arrays(offs, pa.array(np.concatenate(masks) if n else np.zeros(0, np.uint8),
-                                                                 pa.uint8())),
-            "position_ids": pa.ListArray.from_arrays(offs, pa.array(np.tile(np.arange(L, dtype=np.int32), n),
-                                                                    pa.int32())),
-            "utk_applied": pa.array(cols["utk_applied"], pa.bool_()),
-            "chunks": pa.array(cols["chunks"], pa.list_(UTK_SAMPLE.arrow.field("chunks").type.value_type)),
-            "seed": pa.array(cols["seed"], pa.int64()),
-        }, schema=UTK_SAMPLE.arrow)
-        knotted_pieces = sum(hist.values())
-        stats = {"samples": n, "knotted_samples": knotted, "knotted_share": knotted / n if n else 0.0,
-                 "pieces": pieces, "pieces_split": split_pieces,
-                 "chunks_per_split_piece": (sum(h * c for h, c in hist.items() if h > 1) / split_pieces
-                                            if split_pieces else 0.0),
-                 "pieces_per_knotted_sample": knotted_pieces / knotted if knotted else 0.0,
-                 "content_tokens": content, "marker_tokens": marker_tokens, "docs_reached": reached,
-                 "last_piece_end": last_end}
-        stats |= {f"knotted_pieces_in_{h}_chunks": c for h, c in sorted(hist.items())}
-        return table, stats
+        # Documents past the last full sample are dropped by design; the one cut there counts as used.
+        for k in range(reached, len(stream)):
+            yield Dropped(stream_ids[k], "after the last full sample", f"{len(stream[k])} tokens")
+        if reached and last_end < len(stream[reached - 1]):
+            # The document that straddles the end of the last full sample: its head is in that sample,
+            # its tail would start the incomplete one, which is not made. Said, with its size.
+            n_doc = len(stream[reached - 1])
+            yield Truncated(stream_ids[reached - 1], "tail after the last full sample",
+                            f"{n_doc - last_end} of {n_doc} tokens not used (tokens {last_end}..{n_doc})")
+            add("documents_truncated", 1)
+            add("tokens_cut_from_truncated", n_doc - last_end)
+        add("documents_in", len(records))
+        add("tokens_in", int(sum(len(d) for d in stream)))
 
-    def _text_view(self, table: pa.Table, tok) -> pa.Table:
-        k = min(self.params.inspect_samples, table.num_rows)
-        head = table.slice(0, k)
-        rows = []
-        for rid, applied, toks, labels in zip(head.column("id").to_pylist(), head.column("utk_applied").to_pylist(),
-                                              head.column("tokens").to_pylist(), head.column("labels").to_pylist(),
-                                              strict=True):
-            rows.append({"id": rid, "utk_applied": applied,
-                         "text": tok.decode(toks + labels[-1:], skip_special_tokens=False)})
-        return pa.Table.from_pylist(rows, schema=UTK_TEXT_VIEW.arrow)
+    def _sample(self, s, prefix: str, stream_ids: list[str], base_seed: int) -> dict:
+        L = self.params.context_length
+        return {"id": f"{prefix}{s.index:08d}", "sample_idx": s.index, "tokens": s.tokens[:L], "labels": s.tokens[1:],
+                "loss_mask": core.loss_mask(s.roles) if s.knotted else np.ones(L, dtype=np.uint8),
+                "position_ids": np.arange(L, dtype=np.int32), "utk_applied": s.knotted,
+                "chunks": [{"doc_id": stream_ids[c["doc"]], "doc_idx": c["piece"], "chunk_idx": c["chunk_idx"],
+                            "n_chunks": c["n_chunks"], "src_start": c["src_start"], "src_end": c["src_end"],
+                            "out_start": c["out_start"], "chunk_label": c["label"]} for c in s.chunks],
+                "seed": base_seed * 100_000 + s.index}
+
+    def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        L = self.params.context_length
+        n, knotted = sums.get("samples", 0), sums.get("knotted_samples", 0)
+        split = sums.get("pieces_split", 0)
+        out = {"samples": n, "knotted_samples": knotted, "knotted_share": knotted / n if n else 0.0,
+               "pieces": sums.get("pieces", 0), "pieces_split": split,
+               "chunks_per_split_piece": sums.get("split_chunks", 0) / split if split else 0.0,
+               "pieces_per_knotted_sample": sums.get("knotted_pieces", 0) / knotted if knotted else 0.0,
+               "content_tokens": sums.get("content_tokens", 0), "marker_tokens": sums.get("marker_tokens", 0),
+               "documents_truncated": sums.get("documents_truncated", 0),
+               "tokens_cut_from_truncated": sums.get("tokens_cut_from_truncated", 0),
+               "documents_in": sums.get("documents_in", 0), "tokens_in": sums.get("tokens_in", 0),
+               "tokens_after_last_sample": sums.get("tokens_in", 0) - sums.get("content_tokens", 0),
+               "marker_token_share": sums.get("marker_tokens", 0) / max(1, n * (L + 1))}
+        out |= {k: v for k, v in sorted(sums.items()) if k.startswith("knotted_pieces_in_")}
+        return out
+
+    def artifacts(self, ctx: GlobalContext) -> dict[str, pa.Table]:
+        """The markers (a table, ``utk/markers.json``) and, with special tokens, the extended tokenizer
+        a trainer must load (``utk/tokenizer.json``): the same for every stream, made once here."""
+        tok, _, rows, _, meta = self._markers()
+        if ctx.output_dir is not None:
+            folder = Path(ctx.output_dir) / "utk"
+            write_text_atomic(json.dumps(meta, indent=2, sort_keys=True) + "\n", folder / "markers.json")
+            if self.params.markers == "special":
+                write_text_atomic(tok.to_str(pretty=True), folder / "tokenizer.json")
+        return {"markers": pa.Table.from_pylist(rows, schema=UTK_MARKER.arrow)}

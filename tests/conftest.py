@@ -56,3 +56,26 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run([*LONGFORGE, *args], cwd=cwd or REPO, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tokenized_docs(corpora_dir, tmp_path_factory) -> dict[str, list[int]]:
+    """The three corpora's documents as token ids (SmolLM2, EOS appended), by document id, from a
+    pipeline of `tokenize_ids` alone: what decomposition and UtK cut up, produced independently of
+    them."""
+    base = tmp_path_factory.mktemp("tokens")
+    spec = write_pipeline(base / "tokens.yaml", """
+        name: tokens
+        seed: 0
+        inputs: []
+        stages:
+          - stage: tokenize_ids
+            params: {tokenizer: smollm2, append_eos: true, keep_text: false}
+        """)
+    args = ["run", str(spec), "--output", str(base / "out"), "--catalog", str(base / "c.duckdb"), "--quiet"]
+    for name in ("paul_graham", "kjv_chapters", "python_docs"):
+        args += ["--input", str(corpora_dir / name)]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    t = pq.read_table(str(base / "out" / "data"), columns=["id", "input_ids"])
+    return dict(zip(t.column("id").to_pylist(), t.column("input_ids").to_pylist(), strict=True))

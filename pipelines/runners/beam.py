@@ -50,21 +50,21 @@ class RunTask(beam.DoFn):
 class SpillShard(beam.DoFn):
     """Rewrite one shard's final records with one row group per output file."""
 
-    def __init__(self, plan: Plan, n_files: int):
-        self.plan, self.n_files = plan, n_files
+    def __init__(self, plan: Plan, files: publish.OutputFiles):
+        self.plan, self.files = plan, files
 
     def process(self, i: int):
-        yield i, publish.spill_shard(self.plan, i, self.n_files)
+        yield i, publish.spill_shard(self.plan, i, self.files)
 
 
 class WriteOutputFile(beam.DoFn):
     """Assemble output file ``j`` from the spilled shards' row groups."""
 
-    def __init__(self, plan: Plan, n_files: int):
-        self.plan, self.n_files = plan, n_files
+    def __init__(self, plan: Plan, files: publish.OutputFiles):
+        self.plan, self.files = plan, files
 
     def process(self, j: int, index):
-        publish.write_output_file(self.plan, j, self.n_files, dict(index))
+        publish.write_output_file(self.plan, j, self.files, dict(index))
         yield j
 
 
@@ -92,12 +92,12 @@ class BeamRunner(ShardedRunner):
         if missing:
             raise RuntimeError(f"beam finished {step.name} without shards {missing}")
 
-    def publish_files(self, plan: Plan, n_files: int) -> None:
+    def publish_files(self, plan: Plan, files: publish.OutputFiles) -> None:
         with self._pipeline() as p:
             index = (p | "Shards" >> beam.Create(list(range(len(plan.shards)))) | "Spread" >> beam.Reshuffle()
-                     | "Spill" >> beam.ParDo(SpillShard(plan, n_files)))
-            _ = (p | "Files" >> beam.Create(list(range(n_files))) | "SpreadFiles" >> beam.Reshuffle()
-                 | "Write" >> beam.ParDo(WriteOutputFile(plan, n_files), beam.pvalue.AsList(index)))
+                     | "Spill" >> beam.ParDo(SpillShard(plan, files)))
+            _ = (p | "Files" >> beam.Create(list(range(files.count))) | "SpreadFiles" >> beam.Reshuffle()
+                 | "Write" >> beam.ParDo(WriteOutputFile(plan, files), beam.pvalue.AsList(index)))
 
     def execute(self, plan: Plan):
         logging.getLogger("apache_beam").setLevel(logging.WARNING)

@@ -49,15 +49,14 @@ class ShardedRunner:
                 global_step.run_global(plan, step, Path(plan.output_dir) / "plots")
                 engine.fault_point(f"global:{step.index}:0")
             # StepKind.DATASET: the driver's, after publishing
-        final = plan.record_steps[-1]
-        n_files = publish.n_output_files(engine.segment_records(plan, final), plan.spec.output.records_per_file)
-        self.publish_files(plan, n_files)
-        paths = publish.finish_publish(plan, n_files)
+        files = publish.output_files(plan)
+        self.publish_files(plan, files)
+        paths = publish.finish_publish(plan, files)
         return Execution(stats=engine.collect_stats(plan), removed=[str(f) for f in engine.removed_files(plan)],
                          files=[str(p) for p in paths], input_counts=engine.input_counts(plan))
 
-    def publish_files(self, plan: Plan, n_files: int) -> None:
-        publish.publish_local(plan, n_files)
+    def publish_files(self, plan: Plan, files: publish.OutputFiles) -> None:
+        publish.publish_local(plan, files)
 
 
 class LocalRunner(ShardedRunner):

@@ -32,9 +32,9 @@ def _rows(folder: Path):
     return pq.read_table(str(folder / "data")).to_pylist()
 
 
-def test_pieces_are_powers_of_two_contiguous_from_zero_and_conserve_tokens(dd_run):
+def test_pieces_are_powers_of_two_contiguous_from_zero_and_conserve_tokens(dd_run, tokenized_docs):
     (out, _), _ = dd_run
-    docs = {r["id"]: r["input_ids"] for r in _rows(out / "documents")}
+    docs = tokenized_docs
     seqs = _rows(out)
     drops = {r["id"]: r for r in _rows(out / "drop_log")}
     by_doc: dict[str, list] = {}
@@ -119,8 +119,15 @@ def test_each_bucket_is_written_as_parquet_and_as_a_token_file(dd_run):
         index = pq.read_table(folder / "index.parquet").to_pylist()
         tokens = np.memmap(folder / "tokens.bin", dtype="<i4", mode="r")
         assert {r["bucket"] for r in part} == {i} and len(part) == len(index) == sum(s["bucket"] == i for s in seqs)
-        for r, ix in zip(part, index, strict=True):
-            assert r["id"] == ix["seq_id"] and tokens[ix["start"]:ix["end"]].tolist() == r["input_ids"]
+        # The token file holds the bucket's sequences back to back, in id order (the schedule's seq_rows).
+        assert [ix["seq_id"] for ix in index] == sorted(r["id"] for r in part)
+        assert [ix["start"] for ix in index[1:]] == [ix["end"] for ix in index[:-1]] and index[0]["start"] == 0
+        assert index[-1]["end"] == len(tokens)
+        by_id = {r["id"]: r for r in part}
+        for ix in index:
+            r = by_id[ix["seq_id"]]
+            assert tokens[ix["start"]:ix["end"]].tolist() == r["input_ids"]
+            assert (ix["doc_id"], ix["doc_offset"]) == (r["doc_id"], r["doc_offset"])
 
 
 @pytest.mark.parametrize("runner", ["beam", "datatrove"])
@@ -134,7 +141,7 @@ def test_other_runners_give_the_same_buckets(dd_run, corpora_dir, tmp_path, runn
         args += ["--input", str(corpora_dir / corpus)]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
-    for sub in ("data", "documents/data", "buckets/D10", "schedule/data"):
+    for sub in ("data", "drop_log/data", "buckets/D10", "schedule/data"):
         fa = sorted(p for p in (a / sub).iterdir() if p.is_file())
         fb = sorted(p for p in (out / sub).iterdir() if p.is_file())
         assert [p.name for p in fa] == [p.name for p in fb] and fa, sub

@@ -46,7 +46,7 @@ def _markers(out: Path) -> tuple[core.Markers, dict]:
                         ids["bt_close"]), meta
 
 
-def test_every_document_read_back_token_for_token_and_byte_for_byte(utk_run, real_docs):
+def test_every_document_read_back_token_for_token_and_byte_for_byte(utk_run, real_docs, tokenized_docs):
     out, _, _ = utk_run
     markers, meta = _markers(out)
     samples = pq.read_table(str(out / "data"), columns=["tokens", "labels"])
@@ -57,16 +57,15 @@ def test_every_document_read_back_token_for_token_and_byte_for_byte(utk_run, rea
         ((np.asarray(t, np.int32), np.asarray(lab, np.int32))
          for t, lab in zip(samples.column("tokens").to_pylist(), samples.column("labels").to_pylist(), strict=True)),
         markers, meta["eos_id"])
-    documents = pq.read_table(str(out / "documents" / "data")).to_pylist()
-    by_tokens = {np.asarray(d["input_ids"], np.int32).tobytes(): d["id"] for d in documents}
-    have = Counter(np.asarray(d["input_ids"], np.int32).tobytes() for d in documents)
+    by_tokens = {np.asarray(ids, np.int32).tobytes(): i for i, ids in tokenized_docs.items()}
+    have = Counter(np.asarray(ids, np.int32).tobytes() for ids in tokenized_docs.values())
     found = Counter(g.tobytes() for g in got)
     assert len(got) > 1000 and not found - have  # each one a document, no more often than the input has it
     # the documents the output holds whole are all of them but those after the last full sample
     removed = pq.read_table(str(out / ".longforge" / "rejects.parquet")).to_pylist()
     dropped = [r for r in removed if r["kind"] == "dropped"]
     truncated = [r for r in removed if r["kind"] == "truncated"]
-    assert len(got) + len(dropped) + len(truncated) == len(documents)  # + the one cut by the last sample's end
+    assert len(got) + len(dropped) + len(truncated) == len(tokenized_docs)  # + the one cut by the last sample's end
     assert len(truncated) == 1
     # and their text, decoded, is the input text byte for byte
     tok = Tokenizer.from_file(str(out / "utk" / "tokenizer.json"))
@@ -115,7 +114,7 @@ def test_knotted_share_close_to_p(utk_run):
     assert Counter(applied)[False] > 0  # some samples stay plain
 
 
-def test_the_document_cut_by_the_last_sample_is_recorded_with_what_it_lost(utk_run):
+def test_the_document_cut_by_the_last_sample_is_recorded_with_what_it_lost(utk_run, tokenized_docs):
     """Issue 11, point 5: the straddling document's tail is not lost silently; the note in rejects says
     how many of its tokens the samples hold, and the samples' chunks agree token for token."""
     out, _, catalog = utk_run
@@ -125,8 +124,7 @@ def test_the_document_cut_by_the_last_sample_is_recorded_with_what_it_lost(utk_r
     assert len(rows) == 1 and rows[0][1] == "tail after the last full sample"
     doc_id, _, detail = rows[0]
     lost, total = (int(x) for x in detail.split(" tokens")[0].split(" of "))
-    documents = pq.read_table(str(out / "documents" / "data")).to_pylist()
-    assert total == len(next(d for d in documents if d["id"] == doc_id)["input_ids"])
+    assert total == len(tokenized_docs[doc_id])
     chunks = [c for cs in pq.read_table(str(out / "data"), columns=["chunks"]).column("chunks").to_pylist()
               for c in cs if c["doc_id"] == doc_id]
     assert chunks and max(c["src_end"] for c in chunks) == total - lost  # the head is there, the tail is not
