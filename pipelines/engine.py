@@ -16,7 +16,6 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,12 +36,10 @@ from pipelines.layout import (
     side_file,
     step_dir,
     step_side_tables,
-    work_root,
 )
 from pipelines.plan import Plan, PlannedStage, Step, StepKind
 from schemas import cast_table
 from schemas.files import write_parquet_atomic, write_text_atomic
-from schemas.tables import sort_by_id
 from stages.base import CollectionStage, Dropped, GlobalStage, GroupStage, Rejected, Services
 
 
@@ -365,58 +362,3 @@ def input_counts(plan: Plan) -> dict[int, int]:
         m = read_marker(shard_files(plan, first, i)["done"], first.fingerprint)
         counts[shard.input_index] += sum(s["in"] for s in m["stats"] if s["stage"] == "read")
     return dict(counts)
-
-
-# -- whole-dataset stages --------------------------------------------------------------------------
-
-
-@dataclass
-class DatasetOutcome:
-    table: pa.Table  # the final records (the pipeline's output)
-    artifacts: dict[str, pa.Table]  # side products, in production order
-    stats: list[dict]
-    removed: pa.Table
-    metrics: dict[str, dict]
-    file_groups: list[tuple[str, int]] | None = None  # see stages.base.DatasetResult
-
-
-def run_dataset_step(plan: Plan, files_dir: Path, records: pa.Table | None = None) -> DatasetOutcome:
-    """Run the whole-dataset stages over what the record-level stages published: ``records``, sorted
-    by id, when the runner still holds them, else read back from the files."""
-    from stages.base import DatasetContext
-
-    step = next(s for s in plan.steps if s.kind is StepKind.DATASET)
-    if records is None:
-        files = sorted((Path(plan.records_dir) / "data").glob("train-*.parquet"))
-        table = pq.read_table([str(f) for f in files]) if files else plan.records_schema.arrow.empty_table()
-        table = sort_by_id(table)
-    else:
-        table = records
-    ctx = DatasetContext(table=table, seed=plan.spec.seed, files_dir=files_dir,
-                         work_dir=work_root(plan) / f"{step.name}-{step.fingerprint[:12]}",
-                         output_dir=Path(plan.output_dir))
-    stats, removed = [], []
-    file_groups = None
-    for ps in step.stages:
-        ensure_setup(ps.stage)
-        n_in = ctx.table.num_rows
-        t0 = time.perf_counter()
-        before = ctx.table
-        result = ps.stage.run(ctx)
-        if result.file_groups is not None:
-            file_groups = result.file_groups
-        elif result.table is not before:
-            file_groups = None
-        ctx.table = result.table
-        seconds = time.perf_counter() - t0
-        consumed = result.consumed if result.consumed is not None else ctx.table.num_rows
-        stats.append({"step": step.index, "stage": ps.label, "shape": "whole-dataset", "in": n_in,
-                      "out": ctx.table.num_rows, "rejected": 0, "dropped": len(result.dropped),
-                      "inputs_with_output": consumed, "seconds": round(seconds, 6)})
-        removed.extend(removed_row(ps.label, d) for d in result.dropped)
-        removed.extend(removed_row(ps.label, t) for t in result.truncated)  # used in part: not a drop
-    final = ctx.table.cast(step.out_schema.arrow) if ctx.table.schema != step.out_schema.arrow else ctx.table
-    if file_groups is not None and sum(n for _, n in file_groups) != final.num_rows:
-        raise RuntimeError(f"file groups cover {sum(n for _, n in file_groups)} rows of {final.num_rows}")
-    return DatasetOutcome(final, ctx.artifacts, stats, pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA),
-                          ctx.metrics, file_groups)

@@ -19,7 +19,7 @@ from pipelines.io import InputError, Shard, estimate_records, plan_shards
 from pipelines.spec import InputSpec, LoadedSpec, PipelineSpec, did_you_mean
 from schemas import DOCUMENT, RecordSchema
 from stages import all_stages
-from stages.base import CollectionStage, DatasetStage, GlobalStage, GroupStage, RecordStage, Stage
+from stages.base import CollectionStage, GlobalStage, GroupStage, RecordStage, Stage
 
 CODE_VERSION = "0.1.0"
 
@@ -37,8 +37,6 @@ class PlannedStage:
     def shape(self) -> str:
         if isinstance(self.stage, RecordStage):
             return "per-record-expanding" if self.stage.expands else "per-record"
-        if isinstance(self.stage, DatasetStage):
-            return "whole-dataset"
         if isinstance(self.stage, GlobalStage):
             return "global"
         if isinstance(self.stage, GroupStage):
@@ -50,13 +48,12 @@ class StepKind(StrEnum):
     """``segment``: per-record work shard by shard (starting with the decisions or columns of the
     step before, if any); ``decide``: a whole-collection decision; ``global``: a global stage's
     decision over every record's summary, on the driver; ``group``: a per-group stage, partition by
-    partition on the workers; ``dataset``: the whole-dataset stages, on the driver, last."""
+    partition on the workers."""
 
     SEGMENT = "segment"
     DECIDE = "decide"
     GLOBAL = "global"
     GROUP = "group"
-    DATASET = "dataset"
 
 
 @dataclass
@@ -72,8 +69,6 @@ class Step:
 
     @property
     def name(self) -> str:
-        if self.kind is StepKind.DATASET:
-            return f"step-{self.index:02d}-dataset-" + "-".join(s.label for s in self.stages)
         if self.kind in (StepKind.DECIDE, StepKind.GLOBAL, StepKind.GROUP):
             return f"step-{self.index:02d}-{self.kind.value}-{self.central.label}"
         names = ([f"apply-{self.gate.label}"] if self.gate else []) + [s.label for s in self.stages]
@@ -120,21 +115,6 @@ class Plan:
             return None
         return labeller
 
-    @property
-    def dataset_stages(self) -> list[PlannedStage]:
-        return [ps for ps in self.stages if isinstance(ps.stage, DatasetStage)]
-
-    @property
-    def records_dir(self) -> str:
-        """Where the record-level stages publish: the output itself, or its ``documents/`` folder
-        when whole-dataset stages turn those records into something else."""
-        return os.path.join(self.output_dir, "documents") if self.dataset_stages else self.output_dir
-
-    @property
-    def records_schema(self) -> RecordSchema:
-        record_level = [ps for ps in self.stages if not isinstance(ps.stage, DatasetStage)]
-        return record_level[-1].output_schema if record_level else DOCUMENT
-
     def describe(self) -> dict:
         return {
             "pipeline": self.spec.name,
@@ -176,16 +156,12 @@ class Plan:
                 rows.append({"step": step.name, "shape": "global", "runs_on": "the driver, one decision over "
                              "every record's summary; its columns are joined onto the records on the workers",
                              "driver_holds": ["id, " + (", ".join(fields) or "(nothing else)") + " of every record"]})
-            elif step.kind is StepKind.DECIDE:
+            else:  # StepKind.DECIDE
                 rows.append({"step": step.name, "shape": "whole-collection (keys -> decide)",
                              "runs_on": "the driver, out of core (DuckDB sorts the shards' key files, spilling "
                                         "to disk, within LONGFORGE_DUCKDB_MEMORY)",
                              "driver_holds": ["one batch of sorted keys and the key group being decided: key, "
                                               "value, id, digest, shard, row"]})
-            else:
-                rows.append({"step": step.name, "shape": "whole-dataset", "runs_on": "the driver",
-                             "driver_holds": ["every record, every column: "
-                                              + ", ".join(f.name for f in self.records_schema.fields)]})
         publish_on = on_workers if runner == "beam" else "the driver's process"
         rows.append({"step": "publish", "shape": "per-output-file", "runs_on": publish_on,
                      "driver_holds": ["one output file's records" if runner != "beam" else "row-group indexes"]})
@@ -230,10 +206,6 @@ def resolve_stages(loaded: LoadedSpec) -> list[PlannedStage]:
                 + "; ".join(problems),
                 _producer_hint(missing),
             )
-        if planned and isinstance(planned[-1].stage, DatasetStage) and not issubclass(cls, DatasetStage):
-            raise loaded.error(("stages", i, "stage"),
-                               f"stage '{st.stage}' cannot follow the whole-dataset stage '{planned[-1].name}'",
-                               "put per-record and whole-collection stages before the whole-dataset ones")
         label = st.label or st.stage
         if label in labels:
             raise loaded.error(("stages", i, "label"), f"label '{label}' is used twice",
@@ -248,11 +220,8 @@ def resolve_stages(loaded: LoadedSpec) -> list[PlannedStage]:
 def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
     steps: list[Step] = []
     segment = Step(0, StepKind.SEGMENT)
-    dataset = Step(0, StepKind.DATASET)
     for ps in stages:
-        if isinstance(ps.stage, DatasetStage):
-            dataset.stages.append(ps)
-        elif isinstance(ps.stage, RecordStage):
+        if isinstance(ps.stage, RecordStage):
             segment.stages.append(ps)
         else:  # collection, global, group: the segment before writes what its step reads
             kind = (StepKind.DECIDE if isinstance(ps.stage, CollectionStage) else
@@ -265,9 +234,6 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
             segment = Step(len(steps), StepKind.SEGMENT, gate=ps if kind is not StepKind.GROUP else None)
     if segment.stages or segment.gate or not steps or steps[-1].kind is not StepKind.GROUP:
         steps.append(segment)
-    if dataset.stages:
-        dataset.index = len(steps)
-        steps.append(dataset)
     # Chain fingerprints: a step's output depends on the inputs and every stage up to it.
     upstream = _hash(base_identity)
     for step in steps:
@@ -281,7 +247,7 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
         }
         step.fingerprint = _hash({"upstream": upstream, "own": own})
         upstream = step.fingerprint
-        if step.kind in (StepKind.SEGMENT, StepKind.DATASET):
+        if step.kind is StepKind.SEGMENT:
             if step.stages:
                 step.out_schema = step.stages[-1].output_schema
             elif step.gate:

@@ -147,7 +147,7 @@ def write_output_file(plan: Plan, j: int, files: OutputFiles, index: dict[int, d
         elif group is not None:
             pieces.append(pq.ParquetFile(publish_dir(plan) / f"spill-{i:05d}.parquet").read_row_group(group))
     table = pa.concat_tables(pieces) if pieces else final.out_schema.arrow.empty_table()
-    path = files.path(plan.records_dir, j)
+    path = files.path(plan.output_dir, j)
     write_bucket_table(table, path, final.out_schema)
     return path
 
@@ -164,8 +164,8 @@ def finish_publish(plan: Plan, files: OutputFiles) -> list[Path]:
     import shutil
 
     shutil.rmtree(publish_dir(plan), ignore_errors=True)
-    paths = [files.path(plan.records_dir, j) for j in range(files.count)]
-    remove_stale_outputs(plan.records_dir, paths)
+    paths = [files.path(plan.output_dir, j) for j in range(files.count)]
+    remove_stale_outputs(plan.output_dir, paths)
     return paths
 
 
@@ -277,20 +277,12 @@ def batch_digests(batch: pa.RecordBatch) -> list[bytes]:
     return out
 
 
-def write_ordered(table: pa.Table, output_dir: str | Path, records_per_file: int,
-                  file_groups: list[tuple[str, int]] | None = None) -> list[Path]:
-    """Records in the order the stage gave them (a traversal, shuffled contexts), cut into files;
-    with ``file_groups``, each group's rows into files of their own, ``train-<label>-j-of-n``."""
-    paths = []
-    groups = file_groups if file_groups is not None else [("", table.num_rows)]
-    start = 0
-    for label, rows in groups:
-        n = n_output_files(rows, records_per_file)
-        for j in range(n):
-            path = output_file(str(output_dir), j, n, label)
-            write_parquet_atomic(table.slice(start + j * records_per_file, min(records_per_file,
-                                                                                rows - j * records_per_file)), path)
-            paths.append(path)
-        start += rows
+def write_ordered(table: pa.Table, output_dir: str | Path, records_per_file: int) -> list[Path]:
+    """A small driver-made table (a global stage's answer, UtK's markers) in the order it was
+    made, cut into files."""
+    n = n_output_files(table.num_rows, records_per_file)
+    paths = [output_file(str(output_dir), j, n) for j in range(n)]
+    for j, path in enumerate(paths):
+        write_parquet_atomic(table.slice(j * records_per_file, records_per_file), path)
     remove_stale_outputs(str(output_dir), paths)
     return paths

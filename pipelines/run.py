@@ -24,7 +24,7 @@ from pipelines.plan import CODE_VERSION, Plan, StepKind
 from pipelines.progress import Progress, format_table
 from pipelines.redaction import redact
 from pipelines.runners import make_runner
-from schemas.files import write_parquet_atomic, write_text_atomic
+from schemas.files import write_text_atomic
 
 
 class AccountingError(RuntimeError):
@@ -55,7 +55,7 @@ def check_accounting(stats: list[dict]) -> None:
             bad.append(f"{s['stage']}: in={s['in']} out={produced} rejected={s['rejected']} dropped={s['dropped']}")
     # What one stage emits, the next one receives.
     for a, b in zip(stats, stats[1:], strict=False):
-        if a["out"] != b["in"] and a["shape"] != "whole-dataset":
+        if a["out"] != b["in"]:
             bad.append(f"{a['stage']} emitted {a['out']} records but {b['stage']} received {b['in']}")
     if bad:
         raise AccountingError("record counts do not reconcile: " + "; ".join(bad))
@@ -176,12 +176,12 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     finally:  # what the workers generated reaches the catalog even when the run dies
         _import_generations(plan, catalog, progress)
     check_accounting(execution.stats)
-    n, n_bytes, fingerprint = publish.dataset_fingerprint(plan.records_dir)
+    n, n_bytes, fingerprint = publish.dataset_fingerprint(plan.output_dir)
     expected = execution.stats[-1]["out"] if execution.stats else 0
     if n != expected:
         raise AccountingError(f"the last stage emitted {expected} records but the output holds {n}")
     stats, removed, metrics = list(execution.stats), [Path(f) for f in execution.removed], {}
-    n_dup, examples = publish.duplicate_ids(plan.records_dir)
+    n_dup, examples = publish.duplicate_ids(plan.output_dir)
     metrics["publish"] = {"duplicate_ids": n_dup}
     for label, counts in engine.collect_batches(plan).items():  # model stages: work done once, and where
         metrics.setdefault(label, {}).update(counts)
@@ -189,50 +189,16 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
         progress.warn(f"warning: {n_dup} records share their id with another record (e.g. {examples}); "
                      "id-keyed stages (dedup, scores) cannot tell them apart: give records unique ids, "
                      "or leave 'id' out to have one derived from source and text")
-    # Artifacts in production order; each one's parent is the one before it.
-    produced: list[dict] = []
-    scores: list[pa.Table] = []
-    records_artifact = _artifact(run_id, f"{plan.spec.name}:documents", plan.records_dir, n, n_bytes,
-                                 fingerprint, plan.records_schema)
     sides = _publish_side_tables(plan, run_id)  # written by the workers; published file by file
     sides += _publish_global_artifacts(plan, run_id)  # small tables global stages left on the driver
     metrics.update(engine.collect_metrics(plan))
     metrics["resume"] = engine.collect_resume(plan)  # finished work an earlier run left, reused
-    if plan.dataset_stages:
-        produced.append(records_artifact)
-        progress.log(f"whole-dataset stages: {', '.join(ps.label for ps in plan.dataset_stages)}")
-        outcome = engine.run_dataset_step(plan, Path(plan.output_dir) / "plots")
-        for name, table in outcome.artifacts.items():
-            folder = Path(plan.output_dir) / name
-            publish.write_ordered(table, folder, plan.spec.output.records_per_file)
-            a_n, a_bytes, a_fp = publish.dataset_fingerprint(str(folder), table)
-            from schemas import REGISTRY
-
-            schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
-            produced.append(_artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp,
-                                      schema))
-            if schema is not None and schema.name == "score":  # also to the catalog's scores, by record id
-                scores.append(table)
-        publish.write_ordered(outcome.table, plan.output_dir, plan.spec.output.records_per_file,
-                             outcome.file_groups)
-        stats += outcome.stats
-        extra = layout.work_root(plan) / "removed-dataset.parquet"
-        write_parquet_atomic(outcome.removed, extra)
-        removed.append(extra)
-        metrics.update(outcome.metrics)
-        check_accounting(stats)
-        n, n_bytes, fingerprint = publish.dataset_fingerprint(plan.output_dir, outcome.table)
-        if n != outcome.table.num_rows:
-            raise AccountingError(f"the last stage emitted {outcome.table.num_rows} records, the output has {n}")
     meta_dir = Path(plan.output_dir) / ".longforge"
     n_removed = engine.write_rejects(removed, meta_dir / "rejects.parquet", layout.work_root(plan))
     output = _artifact(run_id, plan.spec.name, plan.output_dir, n, n_bytes, fingerprint, plan.final_schema)
     output_id = output["artifact_id"]
-    chain = produced + [output]
-    lineage = [(a["artifact_id"], b["artifact_id"]) for a, b in zip(chain, chain[1:], strict=False)]
-    first_child = produced[0]["artifact_id"] if produced else output_id
-    records_id = first_child  # the record-level stages' output: what scores and side tables describe
-    artifacts = produced + [output] + [a for a, _ in sides]
+    lineage: list[tuple[str, str]] = []
+    artifacts = [output] + [a for a, _ in sides]
     input_ids = []
     for k, inp in enumerate(plan.spec.inputs):
         path = os.path.abspath(os.path.expanduser(inp.path))
@@ -245,19 +211,17 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
                 "path": path, "n_records": n_in, "n_bytes": _size(path),
                 "fingerprint": _input_fingerprint(plan, k), "schema_name": None, "schema_version": None,
             })
-        lineage.append((parent, first_child))
+        lineage.append((parent, output_id))
         input_ids.append(parent)
-    # Side tables and global stages' answers come from the records the stages saw: the published
-    # documents when there are any, else the inputs themselves.
-    side_parents = [produced[0]["artifact_id"]] if produced else input_ids
-    lineage += [(parent, a["artifact_id"]) for a, _ in sides for parent in side_parents]
+    # Side tables and global stages' answers come from the records the stages saw: the inputs.
+    lineage += [(parent, a["artifact_id"]) for a, _ in sides for parent in input_ids]
     seconds = round(time.time() - t0, 3)
     _write_card(plan, run_id, runner, n, fingerprint, stats, seconds, metrics)
     catalog.record_results(run_id, stage_stats=stats, rejects=str(meta_dir / "rejects.parquet"),
                            artifacts=artifacts, lineage=lineage, metrics=metrics)
     score_files = [p for a, paths in sides if a["schema_name"] == "score" for p in paths]
-    for t in scores + [pq.read_table(p) for p in score_files]:  # one file at a time
-        _add_scores(catalog, t, records_id, run_id)
+    for p in score_files:  # one file at a time
+        _add_scores(catalog, pq.read_table(p), output_id, run_id)
     _remove_stale_work(plan)
     return RunResult(run_id, plan.output_dir, n, fingerprint, stats, n_removed, seconds, metrics)
 

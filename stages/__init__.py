@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages.base import CollectionStage, DatasetStage, Dropped, RecordStage, Rejected, Stage, StageParams
+from stages.base import CollectionStage, Dropped, RecordStage, Rejected, Stage, StageParams
 
 STAGES: dict[str, type[Stage]] = {}
 
@@ -30,7 +30,6 @@ def _load_builtin() -> None:
 
 __all__ = [
     "CollectionStage",
-    "DatasetStage",
     "Dropped",
     "RecordStage",
     "Rejected",

@@ -1,13 +1,19 @@
 """The stage contract: a name, strict typed parameters, declared schemas, and plain-Python work.
 
-Two shapes cover every product:
+Four shapes cover every product, and none of them puts the payload on the driver:
 
-* :class:`RecordStage` (map / flat-map / filter) looks at one record at a time;
-* :class:`CollectionStage` needs every record (or every record of a key). It is split the
-  Data-Juicer way into statistics and a decision: ``keys()`` maps each record to grouping keys,
-  ``decide()`` looks at one group and names the records to drop. Each runner executes that split
-  with its own primitives (a dict on one machine, ``GroupByKey`` on Beam), so a stage never
-  depends on the engine that runs it.
+* :class:`RecordStage` (map / flat-map / filter) looks at one record at a time, on the workers;
+  model stages are record stages whose model loads once per worker in ``setup()``;
+* :class:`CollectionStage` needs every record of a key. It is split the Data-Juicer way into
+  statistics and a decision: ``keys()`` maps each record to grouping keys, ``decide()`` looks at
+  one group and names the records to drop;
+* :class:`GlobalStage` sees the small columns it declares of every record (ids, neighbours,
+  lengths) and answers with columns joined back onto the records on the workers;
+* :class:`GroupStage` sees the records of one group (a bucket, a packing stream), in a
+  deterministic order, on a worker, and emits new records.
+
+Each runner executes these with its own primitives, through the engine's one outcome
+classification, so a stage never depends on the engine that runs it.
 """
 
 from __future__ import annotations
@@ -275,43 +281,6 @@ class GroupStage(Stage):
 
     def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
         """The outcomes of one group. Add to ``metrics`` what sums over groups (tokens, contexts)."""
-        raise NotImplementedError
-
-
-@dataclass
-class DatasetContext:
-    """What a whole-dataset stage sees: the current records as one Arrow table, the artifacts and
-    arrays earlier stages left (embeddings, neighbours, ...), and where it may write files."""
-
-    table: Any  # pyarrow.Table of the records flowing through the pipeline
-    seed: int = 0
-    artifacts: dict = field(default_factory=dict)  # name -> pyarrow.Table, published next to the output
-    arrays: dict = field(default_factory=dict)  # name -> numpy array, aligned with ``table`` rows
-    files_dir: Any = None  # pathlib.Path for plots and reports
-    work_dir: Any = None  # pathlib.Path for scratch files (e.g. a Beam job's inputs and outputs)
-    output_dir: Any = None  # pathlib.Path of the pipeline's output, for files trainers read directly
-    metrics: dict = field(default_factory=dict)  # stage label -> {name: value}
-
-
-@dataclass
-class DatasetResult:
-    table: Any  # the records after this stage (may be a new record type, e.g. contexts)
-    dropped: list = field(default_factory=list)  # Dropped, for documents removed by design
-    truncated: list = field(default_factory=list)  # Truncated, for documents the output holds only in part
-    consumed: int | None = None  # inputs that made it into the output (when records are reshaped)
-    # Consecutive runs of the table's rows that go to output files of their own, as (label, rows):
-    # decomposition's buckets become data/train-D08-*.parquet, ... A later stage that returns the
-    # same table keeps them; one that returns another table drops them.
-    file_groups: list[tuple[str, int]] | None = None
-
-
-class DatasetStage(Stage):
-    """Needs every record at once, as arrays: kNN search, graph walks, packing. Runs on the driver
-    after the per-record and whole-collection stages, whichever runner ran those."""
-
-    shape = "whole-dataset"
-
-    def run(self, ctx: DatasetContext) -> DatasetResult:
         raise NotImplementedError
 
 

@@ -48,7 +48,6 @@ class ShardedRunner:
             elif step.kind is StepKind.GLOBAL:
                 global_step.run_global(plan, step, Path(plan.output_dir) / "plots")
                 engine.fault_point(f"global:{step.index}:0")
-            # StepKind.DATASET: the driver's, after publishing
         files = publish.output_files(plan)
         self.publish_files(plan, files)
         paths = publish.finish_publish(plan, files)

@@ -1,5 +1,5 @@
-"""ICP stages on a DatasetContext: the reference code's 3-gram check and its record in the dedup
-artifact, and the pack stage's spans."""
+"""ICP stages as the engine calls them: the reference code's 3-gram check and its record in the
+dedup artifact, and the pack stage's spans."""
 
 from __future__ import annotations
 
@@ -7,14 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from stages import get_stage
-from stages.base import DatasetContext, GlobalContext
-
-
-def _ctx(texts: list[str], emb: np.ndarray) -> DatasetContext:
-    ids = [f"d{i:02d}" for i in range(len(texts))]
-    ctx = DatasetContext(table=pa.table({"id": ids, "text": texts}))
-    ctx.arrays["emb"] = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    return ctx
+from stages.base import GlobalContext
 
 
 def _stage(name, **params):
