@@ -72,6 +72,8 @@ class Step:
         if self.kind in (StepKind.DECIDE, StepKind.GLOBAL, StepKind.GROUP):
             return f"step-{self.index:02d}-{self.kind.value}-{self.central.label}"
         names = ([f"apply-{self.gate.label}"] if self.gate else []) + [s.label for s in self.stages]
+        if not names and self.feeds is not None:  # only hands the records on to the next step's stage
+            names = [f"feed-{self.feeds.label}"]
         return f"step-{self.index:02d}-" + ("-".join(names) or "read")
 
 

@@ -8,6 +8,7 @@ context lengths and windows are shrunk to fit them (the pipelines' own values ar
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import duckdb
@@ -73,11 +74,20 @@ def test_product_fingerprints_agree_on_every_runner(product, real_docs, tmp_path
         assert r.returncode == 0, f"{product} on {runner}: {r.stderr[-3000:]}"
         prints[runner] = json.loads((out / ".longforge" / "run.json").read_text())["fingerprint"]
         side = sorted(p.name for p in out.iterdir() if (p / "data").is_dir())
-        prints[runner] = (prints[runner], side)
+        prints[runner] = (prints[runner], side, _files_for_trainers(out))
     assert len(set(map(str, prints.values()))) == 1, prints
     model_stage = {"icp": "icp_embed", "perplexity": "score", "gateau": "hmg_short"}.get(product)
     if model_stage:
         _model_stages_ran_on_workers(tmp_path / "beam", catalog, model_stage)
+
+
+def _files_for_trainers(out) -> dict[str, str]:
+    """Digests of the files stages write beside the records (side tables, decomposition's bucket
+    token files and schedule, UtK's tokenizer and markers, plots): trainers and users read these
+    directly, so they must agree byte for byte too. The records themselves are the fingerprint's."""
+    skip = {".longforge", "data", "README.md"}  # the card names the runner
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.relative_to(out).parts[0] not in skip}
 
 
 def _model_stages_ran_on_workers(out, catalog, stage: str) -> None:

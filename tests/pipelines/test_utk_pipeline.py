@@ -49,7 +49,7 @@ def _markers(out: Path) -> tuple[core.Markers, dict]:
 def test_every_document_read_back_token_for_token_and_byte_for_byte(utk_run, real_docs, tokenized_docs):
     out, _, _ = utk_run
     markers, meta = _markers(out)
-    samples = pq.read_table(str(out / "data"), columns=["tokens", "labels"])
+    samples = pq.read_table(str(out / "data"), columns=["id", "tokens", "labels"]).sort_by("id")  # sample order
     assert samples.num_rows > 20
     lengths = {len(t) for t in samples.column("tokens").to_pylist()}
     assert lengths == {32768} == {len(x) for x in samples.column("labels").to_pylist()}
@@ -131,3 +131,41 @@ def test_the_document_cut_by_the_last_sample_is_recorded_with_what_it_lost(utk_r
     assert sum(c["src_end"] - c["src_start"] for c in chunks) == total - lost
     m = dict(((s, n), v) for s, n, v in cat.query(f"SELECT stage, name, value FROM metrics WHERE run_id = '{run}'")[1])
     assert m[("utk", "documents_truncated")] == 1 and m[("utk", "tokens_cut_from_truncated")] == lost > 0
+
+
+def test_several_streams_each_read_back_with_their_own_seeds(corpora_dir, tmp_path, tokenized_docs):
+    """``groups: 3``: documents spread over three streams by a seeded hash, each packed on its own
+    worker. Every stream's documents read back token for token; each stream leaves at most one
+    document cut; sample ids and seeds name their stream, so no two samples share a seed."""
+    spec = (REPO / "pipelines" / "utk.yaml").read_text().replace("context_length: 32768 ", "context_length: 8192 ")
+    spec = spec.replace("markers: special ", "groups: 3\n      markers: special ")
+    pipe = tmp_path / "utk3.yaml"
+    pipe.write_text(spec)
+    args = ["run", str(pipe), "--output", str(tmp_path / "out"), "--catalog", str(tmp_path / "c.duckdb"), "--quiet",
+            "--runner", "local", "--workers", "2"]
+    for corpus in CORPORA:
+        args += ["--input", str(corpora_dir / corpus)]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "out"
+    markers, meta = _markers(out)
+    assert meta["groups"] == 3
+    t = pq.read_table(str(out / "data"), columns=["id", "tokens", "labels", "seed"])
+    streams = Counter(i.split("-")[1] for i in t.column("id").to_pylist())
+    assert sorted(streams) == ["00000", "00001", "00002"] and min(streams.values()) > 3
+    seeds = t.column("seed").to_pylist()
+    assert len(set(seeds)) == len(seeds)
+    rows = sorted(t.to_pylist(), key=lambda x: x["id"])  # stream by stream, each in sample order
+    got = []
+    for stream in streams:
+        got += core.documents_from_samples(
+            ((np.asarray(x["tokens"], np.int32), np.asarray(x["labels"], np.int32))
+             for x in rows if x["id"].split("-")[1] == stream), markers, meta["eos_id"])
+    have = Counter(np.asarray(ids, np.int32).tobytes() for ids in tokenized_docs.values())
+    found = Counter(g.tobytes() for g in got)
+    assert not found - have
+    removed = pq.read_table(str(out / ".longforge" / "rejects.parquet")).to_pylist()
+    truncated = [x for x in removed if x["kind"] == "truncated"]
+    dropped = [x for x in removed if x["kind"] == "dropped"]
+    assert 1 <= len(truncated) <= 3
+    assert len(got) + len(dropped) + len(truncated) == len(tokenized_docs)
