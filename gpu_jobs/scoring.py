@@ -66,18 +66,20 @@ class ScoreSettings:
             raise ValueError(f"the window (max_tokens) must be at least 2 tokens, got {self.max_tokens}")
         if self.stride is not None and self.stride < 1:
             raise ValueError(f"the stride must be at least 1 token, got {self.stride}")
-        if self.stride is not None and self.max_tokens is not None and self.stride > self.max_tokens:
-            raise ValueError(f"the stride ({self.stride}) is larger than the window ({self.max_tokens}): the tokens "
-                             "between windows would never be scored; use a stride of at most the window")
+        if self.stride is not None and self.max_tokens is not None and self.stride >= self.max_tokens:
+            raise ValueError(f"the stride ({self.stride}) is not smaller than the window ({self.max_tokens}): the "
+                             "first token of each window after the first would never be scored (it has no context "
+                             "in its window); use a stride below the window, e.g. half of it")
         for name in ("token_budget", "segment_tokens", "max_segments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     def check_window(self, window: int) -> None:
         """The stride against the window actually used (the model's, when max_tokens is not given)."""
-        if self.stride is not None and self.stride > window:
-            raise ValueError(f"the stride ({self.stride}) is larger than the window ({window} tokens): the tokens "
-                             "between windows would never be scored; use a stride of at most the window")
+        if self.stride is not None and self.stride >= window:
+            raise ValueError(f"the stride ({self.stride}) is not smaller than the window ({window} tokens): the "
+                             "first token of each window after the first would never be scored; use a stride "
+                             "below the window, e.g. half of it")
 
     def content_hash(self, record: dict) -> str:
         """A hash of what this job reads of a record: a score is reused only for the same content."""

@@ -38,9 +38,9 @@ class ScoreParams(StageParams):
 
     @model_validator(mode="after")
     def _stride_within_window(self):
-        if self.stride is not None and self.max_tokens is not None and self.stride > self.max_tokens:
-            raise ValueError(f"stride ({self.stride}) is larger than max_tokens ({self.max_tokens}): tokens between "
-                             "windows would never be scored")
+        if self.stride is not None and self.max_tokens is not None and self.stride >= self.max_tokens:
+            raise ValueError(f"stride ({self.stride}) is not smaller than max_tokens ({self.max_tokens}): the first "
+                             "token of each later window would never be scored; use a stride below the window")
         return self
 
 

@@ -328,7 +328,8 @@ def test_unscorable_records_are_rejected_with_a_reason_and_never_scored_nan(para
     (["--stride", "-4"], "--stride: must be at least 1"),
     (["--max-tokens", "0"], "--max-tokens: must be at least 1"),
     (["--max-tokens", "-5"], "--max-tokens: must be at least 1"),
-    (["--stride", "300"], "the stride (300) is larger than the window (256)"),
+    (["--stride", "300"], "the stride (300) is not smaller than the window (256)"),
+    (["--stride", "256"], "the stride (256) is not smaller than the window (256)"),  # window starts unscored
 ])
 def test_bad_windows_and_strides_are_refused_before_any_work(paragraphs, tmp_path, extra, message):
     inp = write_jsonl(tmp_path / "a.jsonl", paragraphs[:2])
@@ -342,7 +343,7 @@ def test_a_stride_over_the_models_window_is_refused(paragraphs, tmp_path):
     args = [a for a in _score_args(inp, tmp_path / "c.duckdb", tmp_path / "s") if a not in ("--max-tokens", "256")]
     r = subprocess.run([*args, "--stride", "100000"], env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
                        capture_output=True, text=True, timeout=600)
-    assert r.returncode == 2 and "larger than the window (8192 tokens)" in r.stderr
+    assert r.returncode == 2 and "not smaller than the window (8192 tokens)" in r.stderr
 
 
 def test_empty_and_damaged_inputs_say_so(tmp_path):
