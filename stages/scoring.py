@@ -17,6 +17,18 @@ from stages import register
 from stages.base import Outcome, RecordStage, Rejected, Resources, SideRow, StageParams
 
 
+class RopeParams(StageParams):
+    kind: Literal["linear", "dynamic", "yarn"] = Field(description="transformers' rope type")
+    factor: float = Field(gt=1, description="the window becomes factor x the trained positions")
+    original_positions: int | None = Field(None, gt=1, description="the trained positions (default: the "
+                                           "checkpoint's max_position_embeddings)")
+
+    def extension(self):
+        from gpu_jobs.lm import RopeExtension
+
+        return RopeExtension(self.kind, self.factor, self.original_positions)
+
+
 class ScoreParams(StageParams):
     job: Literal["perplexity", "response-loglik", "segment-ppl", "segment-attention"] = "perplexity"
     model: str = Field("smollm2-135m", description="alias (smollm2-135m, gemma3-270m), local folder or cached Hub id")
@@ -35,6 +47,9 @@ class ScoreParams(StageParams):
                                "scores again (the token budget still sets each forward pass's size)")
     prefix: str = Field("", description="put before each metric name (short/, long/): several score stages "
                         "share the records' one `scores` list")
+    rope: RopeParams | None = Field(None, description="a training-free RoPE extension of the model (linear, "
+                                    "dynamic NTK or YaRN through its config); the default window becomes factor x "
+                                    "its trained positions [gateau 3.2: the short model is extended]")
 
     @model_validator(mode="after")
     def _stride_within_window(self):
@@ -85,12 +100,14 @@ class Score(RecordStage):
         return ScoreSettings(p.job, max_tokens=p.max_tokens, stride=p.stride, token_budget=p.token_budget,
                              text_field=p.text_field, prompt_field=p.prompt_field, response_field=p.response_field,
                              context_field=p.context_field, instruction_field=p.instruction_field,
-                             segment_tokens=p.segment_tokens, max_segments=p.max_segments)
+                             segment_tokens=p.segment_tokens, max_segments=p.max_segments,
+                             rope=p.rope.extension() if p.rope else None)
 
     def setup(self) -> None:
         from gpu_jobs.lm import load_causal_lm
 
-        self._lm = load_causal_lm(self.params.model, device=self.params.device)
+        p: ScoreParams = self.params
+        self._lm = load_causal_lm(p.model, device=p.device, rope=p.rope.extension() if p.rope else None)
         s = self.settings()
         self._settings_json = json.dumps({**s.identity(), "hash": s.hash()}, sort_keys=True)
 

@@ -17,8 +17,17 @@ import pytest
 import torch
 
 from catalog import Catalog
+from gpu_jobs import scoring
 from gpu_jobs.lm import load_causal_lm, model_from_config
-from gpu_jobs.scoring import ScoreSettings, budget_batches, perplexity_rows, response_row, score_part, segment_attention
+from gpu_jobs.scoring import (
+    ScoreSettings,
+    budget_batches,
+    cam_layout,
+    perplexity_rows,
+    response_row,
+    score_part,
+    segment_attention,
+)
 from tests.conftest import LONGFORGE, REPO, run_cli, write_jsonl
 
 
@@ -176,6 +185,40 @@ def test_segment_jobs_score_every_whole_segment(smollm2, paragraphs):
     assert vals.keys() == {k.split(":")[1] for k in seg_ppl} and 64 * sum(vals.values()) <= 1
 
 
+def test_cam_inputs_decode_to_the_three_block_layout_with_bos(smollm2, paragraphs, monkeypatch):
+    """Spec gateau.md 3.1 / 3.3: segment j in the input block, then the instruction block and the
+    response block, after BOS (else the first context token becomes the attention sink); the
+    attention pass holds the whole context there, and only response tokens are scored."""
+    rec = {"id": "L", "context": " ".join(p["text"] for p in paragraphs[:3]), "instruction": "What is it about?",
+           "response": " It is about many things."}
+    tok = smollm2.tokenizer
+    assert tok.bos_token_id is not None
+    ctx = tok(rec["context"], add_special_tokens=False)["input_ids"]
+    rows = []
+    real_nll = scoring.row_nll
+    monkeypatch.setattr(scoring, "row_nll", lambda lm, batch: rows.extend(batch) or real_nll(lm, batch))
+    score_part(smollm2, ScoreSettings("segment-ppl", segment_tokens=64, max_segments=3), [rec])
+    assert len(rows) == 3
+    for r in rows:
+        j = r.tag
+        segment = tok.decode(ctx[j * 64:(j + 1) * 64])
+        want = (f"{tok.bos_token}### Input:\n{segment}\n\n### Instruction:\n{rec['instruction']}\n\n"
+                f"### Response:\n{rec['response']}")
+        assert tok.decode(r.ids) == want and r.ids[0] == tok.bos_token_id
+        assert tok.decode(np.asarray(r.ids)[r.targets].tolist()) == rec["response"]  # the response alone is scored
+    seen = []
+    real_att = scoring.segment_attention
+    monkeypatch.setattr(scoring, "segment_attention",
+                        lambda lm, ids, q0, starts, seg: seen.append((ids, q0, starts)) or real_att(lm, ids, q0,
+                                                                                                    starts, seg))
+    score_part(smollm2, ScoreSettings("segment-attention", segment_tokens=64, max_segments=3), [rec])
+    (ids, q0, starts), = seen
+    assert tok.decode(ids) == (f"{tok.bos_token}### Input:\n{tok.decode(ctx)}\n\n### Instruction:\n"
+                               f"{rec['instruction']}\n\n### Response:\n{rec['response']}")
+    assert tok.decode(ids[q0:]) == rec["response"]
+    assert [tok.decode(ids[s:s + 64]) for s in starts] == [tok.decode(ctx[j * 64:(j + 1) * 64]) for j in range(3)]
+
+
 def _score_args(inp, catalog, out, *extra):
     return [*LONGFORGE, "score", "perplexity", "--input", str(inp), "--model", "smollm2-135m", "--catalog",
             str(catalog), "--output", str(out), "--part-size", "2", "--max-tokens", "256", "--quiet", *extra]
@@ -269,8 +312,8 @@ def test_segment_numbers_agree_between_the_two_segment_jobs_when_the_window_cuts
     resp = smollm2.tokenizer(rec["response"], add_special_tokens=False)["input_ids"]
     kept = ctx[int(cut) * 64:]
     js = sorted(int(j) for j in att_j)
-    direct = segment_attention(smollm2, kept + instr + resp, len(kept) + len(instr),
-                               [(j - int(cut)) * 64 for j in js], 64).mean(axis=0)
+    ids, c0, q0 = cam_layout(smollm2, ScoreSettings("segment-attention"), kept, instr, resp)
+    direct = segment_attention(smollm2, ids, q0, [c0 + (j - int(cut)) * 64 for j in js], 64).mean(axis=0)
     got = {int(o["metric"].split(":")[1]): o["value"] for o in att if o["metric"].startswith("segment_attention:")}
     assert [got[j] for j in js] == pytest.approx(direct.tolist(), rel=1e-6)
 
