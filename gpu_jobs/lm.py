@@ -223,6 +223,20 @@ def _load_causal_lm(name: str, device: str, attn_implementation: str, dtype: str
     return LoadedModel(model, tok, name, folder, revision(folder), dev, dtype, max_pos, rope)
 
 
+def open_causal_lm(name: str, device: str = "auto", rope: RopeExtension | None = None) -> LoadedModel:
+    """A model of one's own, outside the one-model cache: HMG holds its two models at once."""
+    return _load_causal_lm(name, device, "sdpa", None, rope)
+
+
+def trained_positions(name: str) -> int:
+    """The positions a checkpoint was trained on (its config's max_position_embeddings), without
+    loading its weights: what a RoPE extension's factor is computed from."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(resolve_causal_lm(name)), local_files_only=True)
+    return int(getattr(config, "max_position_embeddings", 2048) or 2048)
+
+
 def model_from_config(config, tokenizer, name: str = "config-model", device: str = "auto",
                       attn_implementation: str = "sdpa", seed: int = 0) -> LoadedModel:
     """A model with random weights built from a config (tests, benchmarks): no files at all."""

@@ -25,7 +25,7 @@ def get_stage(name: str) -> type[Stage]:
 
 
 def _load_builtin() -> None:
-    from stages import decomposition, dedup, gateau, icp, longalign, scoring, text, utk  # noqa: F401  (registers on import)
+    from stages import decomposition, dedup, gateau, hmg, icp, longalign, scoring, text, utk  # noqa: F401  (registers on import)
 
 
 __all__ = [

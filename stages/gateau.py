@@ -1,6 +1,7 @@
 """GATEAU as stages: ``gateau_fields`` (messages -> context, instruction, response and the scoring
-layout), four ``score`` stages (HMG's two response PPLs, segment PPL, segment attention; see
-pipelines/gateau.yaml), then ``gateau_select`` (stages.gateau_core over the stored scores).
+layout), ``hmg`` (the two models' response PPLs, :mod:`stages.hmg`), two ``score`` stages (segment
+PPL, segment attention; see pipelines/gateau.yaml), then ``gateau_select`` (stages.gateau_core
+over the stored scores).
 
 ``gateau_select`` is a global stage: it ranks the pool from the samples' scores on the driver, and
 the workers publish every sample's inputs to the ranking (``gateau_scores/``) so that ``longforge
@@ -120,8 +121,15 @@ def collect(table: pa.Table, p: SelectParams) -> dict[str, list]:
         try:
             short, long_ = s[f"{p.short_prefix}response_ppl"], s[f"{p.long_prefix}response_ppl"]
         except KeyError as e:
-            raise ValueError(f"sample {rid} has no {e.args[0]} score: gateau_select needs the response-loglik "
-                             f"scores of both models (prefixes {p.short_prefix!r}, {p.long_prefix!r})") from None
+            raise ValueError(f"sample {rid} has no {e.args[0]} score: gateau_select needs the response "
+                             f"perplexities of both models (an hmg stage, or score stages with prefixes "
+                             f"{p.short_prefix!r}, {p.long_prefix!r})") from None
+        n_short = s.get(f"{p.short_prefix}response_scored_tokens")
+        n_long = s.get(f"{p.long_prefix}response_scored_tokens")
+        if n_short != n_long:
+            raise ValueError(f"sample {rid}: the short model's perplexity is over {n_short} response tokens, the long "
+                             f"one's over {n_long}: HMG subtracts perplexities of the same tokens; use the hmg stage "
+                             "(or give both score stages the same model family and max_tokens)")
         ppl_j = {int(k.rsplit(":", 1)[1]): v for k, v in s.items() if k.startswith(f"{p.segment_prefix}segment_ppl:")}
         att_j = {int(k.rsplit(":", 1)[1]): v for k, v in s.items()
                  if k.startswith(f"{p.segment_prefix}segment_attention:")}

@@ -1,7 +1,7 @@
-"""pipelines/gateau.yaml with the real SmolLM2 on samples built from real essays: the same context
-asked for a sentence near its start (outside the short model's 256-token window) or near its end
-(inside it). Early-dependence samples must rank higher on average; re-selection must not touch a
-model."""
+"""pipelines/gateau-smollm2.yaml (the offline stand-in of pipelines/gateau.yaml) with the real
+SmolLM2 on samples built from real essays: the same context asked for a sentence near its start
+(outside the short model's 256-token window) or near its end (inside it). Early-dependence samples
+must rank higher on average; re-selection must not touch a model."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def samples(real_docs):
 def gateau_run(samples, tmp_path_factory):
     base = tmp_path_factory.mktemp("gateau")
     inp = write_jsonl(base / "long_sft.jsonl", samples)
-    r = run_cli("run", str(REPO / "pipelines" / "gateau.yaml"), "--input", str(inp), "--output", str(base / "out"),
-                "--catalog", str(base / "c.duckdb"), "--quiet")
+    r = run_cli("run", str(REPO / "pipelines" / "gateau-smollm2.yaml"), "--input", str(inp), "--output",
+                str(base / "out"), "--catalog", str(base / "c.duckdb"), "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
     return base
 

@@ -42,7 +42,7 @@ PRODUCTS = {
             [("context_length: 32768", "context_length: 2048")]),
     "perplexity": (lambda d: [{"id": r["id"], "text": r["text"][:1200]} for r in d if r["source"] == "paul_graham"][:8],
                    [("max_tokens: 2048, stride: 1024", "max_tokens: 256, stride: 128")]),
-    "gateau": (lambda d: _gateau_samples([r for r in d if r["source"] == "paul_graham"]), []),
+    "gateau-smollm2": (lambda d: _gateau_samples([r for r in d if r["source"] == "paul_graham"]), []),
     "longalign": (lambda d: [{"id": r["id"], "text": r["text"][:2600]} for r in d if r["source"] == "paul_graham"][:2],
                   [("max_document_chars: 6000", "max_document_chars: 2500"),
                    ("question_tokens: 160, answer_tokens: 160", "question_tokens: 64, answer_tokens: 32"),
@@ -76,7 +76,7 @@ def test_product_fingerprints_agree_on_every_runner(product, real_docs, tmp_path
         side = sorted(p.name for p in out.iterdir() if (p / "data").is_dir())
         prints[runner] = (prints[runner], side, _files_for_trainers(out))
     assert len(set(map(str, prints.values()))) == 1, prints
-    model_stage = {"icp": "icp_embed", "perplexity": "score", "gateau": "hmg_short"}.get(product)
+    model_stage = {"icp": "icp_embed", "perplexity": "score", "gateau-smollm2": "hmg"}.get(product)
     if model_stage:
         _model_stages_ran_on_workers(tmp_path / "beam", catalog, model_stage)
 
