@@ -116,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--importance", choices=["inv_ppl", "neg_ppl"], default="inv_ppl")
     sel.add_argument("--cam-transform", choices=["one_minus_cos", "cos"], default="one_minus_cos")
     sel.add_argument("--no-segments", choices=["median", "zero"], default="median")
+    sel.add_argument("--term-scale", choices=["minmax", "none"], default="minmax",
+                     help="both raw terms scaled to [0, 1] over the pool before --pool-norm (none: the code)")
 
     cat = sub.add_parser("catalog", help="inspect the catalog")
     cat.add_argument("--catalog", help="catalog file")
@@ -323,7 +325,7 @@ def _select(args) -> int:
         raise UsageError(f"--output '{out}' already holds files that are not a selection; "
                          "give a new or empty folder")
     options = SelectOptions(args.alpha, args.ratio, args.ppl_transform, args.pool_norm, args.importance,
-                            args.cam_transform, args.no_segments)
+                            args.cam_transform, args.no_segments, args.term_scale)
     try:
         scores, selected = reselect(args.gateau_output, options)
     except FileNotFoundError as e:
@@ -333,9 +335,11 @@ def _select(args) -> int:
     lines = [json.dumps({"id": r["id"], "messages": r["messages"], "score": r["score"], "rank": r["rank"]},
                         ensure_ascii=False) for r in selected.to_pylist()]
     write_text_atomic("\n".join(lines) + ("\n" if lines else ""), out / "selected.jsonl")
-    write_text_atomic(json.dumps(options.as_dict(), indent=2, sort_keys=True) + "\n", out / "selection.json")
+    meta = json.loads(scores.schema.metadata[b"longforge.gateau"])
+    write_text_atomic(json.dumps(meta, indent=2, sort_keys=True) + "\n", out / "selection.json")
+    spreads = meta["spreads"]
     print(f"{selected.num_rows} of {scores.num_rows} samples selected (alpha {args.alpha}, ratio {args.ratio}, "
-          f"{args.pool_norm}) -> {out}")
+          f"{args.pool_norm}; spread (std) HMG {spreads['hmg_std']:.3g}, CAM {spreads['cam_std']:.3g}) -> {out}")
     return 0
 
 

@@ -104,13 +104,16 @@ class SelectParams(StageParams):
     importance: Literal["inv_ppl", "neg_ppl"] = "inv_ppl"
     cam_transform: Literal["one_minus_cos", "cos"] = "one_minus_cos"
     no_segments: Literal["median", "zero"] = "median"
+    term_scale: Literal["minmax", "none"] = Field("minmax", description="both raw terms min-max scaled to [0, 1] "
+                                                  "over the pool before pool_norm, so alpha weighs like against "
+                                                  "like [ours; 'none': the code]; UNVERIFIED")
     short_prefix: str = Field("short/", description="metric prefix of the short-window response PPL")
     long_prefix: str = Field("long/", description="metric prefix of the long-window response PPL")
     segment_prefix: str = Field("", description="metric prefix of segment_ppl:* and segment_attention:*")
 
     def options(self) -> core.SelectOptions:
         return core.SelectOptions(self.alpha, self.ratio, self.ppl_transform, self.pool_norm, self.importance,
-                                  self.cam_transform, self.no_segments)
+                                  self.cam_transform, self.no_segments, self.term_scale)
 
 
 def collect(table: pa.Table, p: SelectParams) -> dict[str, list]:
@@ -149,7 +152,7 @@ def ranked_tables(inputs: dict[str, list], o: core.SelectOptions) -> tuple[pa.Ta
                   inputs["seg_attn"], o)
     scores = pa.table({**inputs, "hmg_raw": r.hmg_raw, "hmg": r.hmg, "cas": r.cas, "cam": r.cam, "score": r.score,
                        "rank": r.rank, "selected": r.selected}, schema=GATEAU_SCORES.arrow)
-    meta = {b"longforge.gateau": json.dumps(o.as_dict(), sort_keys=True).encode()}
+    meta = {b"longforge.gateau": json.dumps({**o.as_dict(), "spreads": r.spreads()}, sort_keys=True).encode()}
     scores = scores.replace_schema_metadata({**scores.schema.metadata, **meta})
     order = np.argsort(r.rank, kind="stable")
     chosen = [int(i) for i in order if r.selected[i]]
@@ -196,7 +199,7 @@ class GateauSelect(GlobalStage):
         dropped = {k: Dropped(i, "below the selection cut", f"rank {int(r.rank[k])}")
                    for k, i in enumerate(inputs["id"]) if not r.selected[k]}
         metrics = {"pool": len(inputs["id"]), "selected": int(np.sum(r.selected)), "alpha": p.alpha, "ratio": p.ratio,
-                   "samples_without_segments": int(sum(1 for x in inputs["seg_ppl"] if not x))}
+                   "samples_without_segments": int(sum(1 for x in inputs["seg_ppl"] if not x)), **r.spreads()}
         hmg = np.asarray(r.hmg_raw, dtype=np.float64)
         lengths = summaries.column("chars").to_numpy().astype(np.float64)
         if len(hmg) > 2 and np.std(hmg) > 0 and np.std(lengths) > 0:

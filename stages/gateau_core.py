@@ -9,6 +9,12 @@ with the result:
   ``minmax`` or ``rank`` (share of the pool below).
 - ``importance``: ``softmax(-log PPL_j)`` [default, i.e. proportional to 1/PPL] or ``softmax(-PPL_j)``.
 - ``cam_transform``: ``1 - cos`` [default: difficulty] or ``cos``.
+- ``term_scale``: ``minmax`` [default, ours]: each raw term min-max scaled to [0, 1] over the pool
+  before the pool normalisation, so that HMG (raw in [-1, 1]) and CAM (raw in [0, 1]) enter it on
+  one scale and alpha weighs like against like; ``none``: the raw terms, as the code.
+
+Each ranking records both terms' spreads (standard deviation and range after the pool
+normalisation) so that what alpha weighs can be seen.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ class SelectOptions:
     importance: str = "inv_ppl"  # inv_ppl (softmax(-log ppl)) | neg_ppl (softmax(-ppl))
     cam_transform: str = "one_minus_cos"  # one_minus_cos | cos
     no_segments: str = "median"  # median | zero: the CAM of samples with no context segment
+    term_scale: str = "minmax"  # minmax | none: both raw terms scaled to [0, 1] before pool_norm
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -108,12 +115,24 @@ class Ranked:
     selected: np.ndarray  # bool
     options: SelectOptions
 
+    def spreads(self) -> dict[str, float]:
+        """Each term's spread over the pool as it enters the score: what alpha weighs."""
+        out = {}
+        for name, x in (("hmg", self.hmg), ("cam", self.cam)):
+            out[f"{name}_std"] = float(np.std(x)) if len(x) else 0.0
+            out[f"{name}_range"] = float(np.ptp(x)) if len(x) else 0.0
+        out["cam_to_hmg_std_ratio"] = out["cam_std"] / out["hmg_std"] if out["hmg_std"] else float("inf")
+        return out
+
 
 def rank(ids: list[str], ppl_short, ppl_long, seg_ppl: list, seg_attn: list, o: SelectOptions) -> Ranked:
     """Scores, ranks and the top ceil(ratio * N) of a pool; ties broken by id."""
     n = len(ids)
+    if o.term_scale not in ("minmax", "none"):
+        raise ValueError(f"term_scale '{o.term_scale}' (minmax, none)")
+    scale = minmax if o.term_scale == "minmax" else (lambda x: np.asarray(x, np.float64))
     raw = hmg_raw(ppl_short, ppl_long, o.ppl_transform)
-    hmg = pool_normalise(raw, o.pool_norm)
+    hmg = pool_normalise(scale(raw), o.pool_norm)
     cos = np.full(n, np.nan)
     for i in range(n):
         if len(seg_ppl[i]) and len(seg_attn[i]):
@@ -124,7 +143,7 @@ def rank(ids: list[str], ppl_short, ppl_long, seg_ppl: list, seg_attn: list, o: 
     have = ~np.isnan(cam_raw)
     fill = float(np.median(cam_raw[have])) if have.any() and o.no_segments == "median" else 0.0
     cam_raw = np.where(have, cam_raw, fill)
-    cam = pool_normalise(cam_raw, o.pool_norm)
+    cam = pool_normalise(scale(cam_raw), o.pool_norm)
     score = o.alpha * hmg + (1 - o.alpha) * cam
     order = sorted(range(n), key=lambda i: (-score[i], ids[i]))
     ranks = np.empty(n, dtype=np.int64)

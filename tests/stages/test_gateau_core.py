@@ -130,3 +130,35 @@ def test_split_messages_reference_rule():
     assert core.split_messages([{"role": "user", "content": "no blank line"}, {"role": "assistant", "content": "x"}]) \
         == ("", "no blank line", "x")
     assert core.split_messages([{"role": "user", "content": "q"}]) is None
+
+
+def test_when_hmg_ties_cam_decides():
+    """Every sample has the same two perplexities (HMG ties): the ranking is CAM's order, at the
+    paper's alpha = 0.8, whatever the pool normalisation."""
+    ids, short, long_, sp, _ = score_pool(10)
+    short, long_ = np.full(10, 40.0), np.full(10, 25.0)
+    rng = np.random.default_rng(5)
+    att = [rng.random(len(s)).tolist() for s in sp]
+    for pool_norm in ("softmax", "minmax", "rank"):
+        r = core.rank(ids, short, long_, sp, att, core.SelectOptions(alpha=0.8, pool_norm=pool_norm))
+        assert np.ptp(r.hmg) == 0 and len(set(np.round(r.cam_raw, 12))) == 10
+        by_cam = sorted(range(10), key=lambda i: (-r.cam_raw[i], ids[i]))
+        assert [int(r.rank[i]) for i in by_cam] == list(range(1, 11))
+
+
+def test_both_terms_enter_the_pool_normalisation_on_one_scale():
+    """HMG's raw values lie in [-1, 1] and CAM's in [0, 1], with ranges that differ by far more in a
+    given pool: scaled to [0, 1] each, both reach the softmax with a range of 1, and their spreads
+    after it are recorded. Without the scaling (the code's way) HMG has the larger spread."""
+    ids, short, long_, sp, sa = score_pool(16, attention="avoid", seed=2)
+    sa = [list(np.array(a) + np.random.default_rng(k).random(len(a)) * 1e-2) for k, a in enumerate(sa)]
+    scaled = core.rank(ids, short, long_, sp, sa, core.SelectOptions())
+    raw = core.rank(ids, short, long_, sp, sa, core.SelectOptions(term_scale="none"))
+    assert np.ptp(scaled.hmg_raw) > 2 * np.ptp(scaled.cam_raw)  # raw, the two ranges differ
+    s, r = scaled.spreads(), raw.spreads()
+    assert set(s) >= {"hmg_std", "cam_std", "hmg_range", "cam_range", "cam_to_hmg_std_ratio"}
+    # on one scale the two terms' log-softmax ranges are both exactly 1
+    for x in (scaled.hmg, scaled.cam):
+        assert np.log(x).max() - np.log(x).min() == pytest.approx(1.0)
+    assert np.log(raw.hmg).max() - np.log(raw.hmg).min() == pytest.approx(np.ptp(raw.hmg_raw))
+    assert r["cam_to_hmg_std_ratio"] < s["cam_to_hmg_std_ratio"]
