@@ -41,7 +41,18 @@ class GenParams:
 
 
 class GenerationError(RuntimeError):
-    pass
+    """This one request cannot be answered (a prompt over the window, a 4xx, retries spent): the
+    caller rejects what asked for it and goes on."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: str = "stop"  # stop | length (cut by max_new_tokens) | content_filter | ... as the backend says
+
+    @property
+    def complete(self) -> bool:
+        return self.finish_reason == "stop"
 
 
 def prompt_hash(messages: list[dict]) -> str:
@@ -68,6 +79,9 @@ class LocalGenerator:
         return self._lm
 
     def generate(self, messages: list[dict], params: GenParams | None = None) -> str:
+        return self.generate_full(messages, params).text
+
+    def generate_full(self, messages: list[dict], params: GenParams | None = None) -> Generation:
         import torch
 
         p = params or GenParams()
@@ -86,11 +100,20 @@ class LocalGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
             out = self.lm.model.generate(**ids, **kwargs)
-        text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        new = out[0, ids["input_ids"].shape[1]:]
+        text = tok.decode(new, skip_special_tokens=True)
+        stopped = bool(len(new)) and int(new[-1]) in _eos_ids(self.lm.model, tok)
         for s in p.stop:
             if s in text:
-                text = text[:text.index(s)]
-        return text
+                text, stopped = text[:text.index(s)], True
+        reason = "stop" if stopped or len(new) < p.max_new_tokens else "length"
+        return Generation(text, reason)
+
+
+def _eos_ids(model, tok) -> set[int]:
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
 
 
 class OpenAIGenerator:
@@ -105,6 +128,9 @@ class OpenAIGenerator:
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
 
     def generate(self, messages: list[dict], params: GenParams | None = None) -> str:
+        return self.generate_full(messages, params).text
+
+    def generate_full(self, messages: list[dict], params: GenParams | None = None) -> Generation:
         p = params or GenParams()
         body = {"model": self.model, "messages": messages, "max_tokens": p.max_new_tokens,
                 "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed}
@@ -120,7 +146,15 @@ class OpenAIGenerator:
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     data = json.loads(resp.read())
-                return data["choices"][0]["message"]["content"]
+                try:
+                    choice = data["choices"][0]
+                    content = (choice.get("message") or {}).get("content")
+                except (KeyError, IndexError, TypeError, AttributeError):
+                    raise GenerationError(f"{self.base_url} answered without a choice: {str(data)[:300]}") from None
+                reason = choice.get("finish_reason") or "stop"
+                if content is None:  # a refusal or a filtered answer comes with no content at all
+                    return Generation("", reason if reason != "stop" else "no_content")
+                return Generation(str(content), reason)
             except urllib.error.HTTPError as e:
                 if e.code != 429 and e.code < 500:
                     detail = e.read().decode(errors="replace")[:500]
@@ -198,16 +232,22 @@ class CachedGenerator:
         return self.inner.model
 
     def generate(self, messages: list[dict], params: GenParams | None = None) -> str:
+        return self.generate_full(messages, params).text
+
+    def generate_full(self, messages: list[dict], params: GenParams | None = None) -> Generation:
+        """Only complete generations are kept: one cut by the token limit or filtered is asked again
+        by a later run (and rejected again, or answered whole by a larger limit)."""
         p = params or GenParams()
         key = (self.inner.model, prompt_hash(messages), p.key())
         hit = self.cache.cached_generation(*key)
         if hit is not None:
-            return hit
-        text = self.inner.generate(messages, p)
+            return Generation(hit)
+        gen = self.inner.generate_full(messages, p)
         self.calls += 1
-        self.cache.add_generation(*key, backend=self.inner.backend, params=json.dumps(asdict(p), sort_keys=True),
-                                    text=text)
-        return text
+        if gen.complete:
+            self.cache.add_generation(*key, backend=self.inner.backend,
+                                      params=json.dumps(asdict(p), sort_keys=True), text=gen.text)
+        return gen
 
 
 def make_generator(model: str, backend: str = "local", base_url: str | None = None,

@@ -4,8 +4,10 @@ through the generation interface), ``chat_tokenize`` (labels on assistant turns)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from typing import Literal
 
@@ -21,6 +23,7 @@ from stages.base import (
     GroupStage,
     Outcome,
     RecordStage,
+    Rejected,
     Resources,
     SideRow,
     StageParams,
@@ -75,8 +78,16 @@ class SelfInstructParams(StageParams):
     question_tokens: int = Field(200, gt=0)
     answer_tokens: int = Field(300, gt=0)
     temperature: float = Field(0.0, ge=0)
-    asks: int = Field(2, ge=1, description="tries (another seed each) before a document without a parseable "
-                      "question list is dropped")
+    asks: int = Field(3, ge=1, description="tries before a document without min_questions questions is dropped "
+                      "[spec: re-ask or drop]")
+    min_questions: int = Field(5, ge=1, description="questions a reply must list [spec: five]")
+    reask_temperature: float = Field(0.7, gt=0, description="sampling temperature of the re-asks when "
+                                     "temperature is 0 (greedy would repeat the same reply) [ours]")
+    timeout_s: float = Field(120.0, gt=0, description="openai backend: seconds per request")
+    retries: int = Field(4, ge=0, description="openai backend: retries on connection errors, 429 and 5xx")
+    refusal_patterns: tuple[str, ...] = Field(
+        core.REFUSAL_PATTERNS, description="regular expressions (case-insensitive) that mark a reply as a refusal "
+        "when they match its first 200 characters [ours]")
     batch_records: int = Field(4, gt=0, description="documents per checkpointed batch: a killed run never "
                                "generates for a finished batch again")
 
@@ -107,39 +118,78 @@ class SelfInstruct(RecordStage):
         from gpu_jobs.generate import FileGenerationCache, make_generator
 
         p: SelfInstructParams = self.params
-        extra = {"base_url": p.base_url, "api_key_env": p.api_key_env} if p.backend == "openai" else {}
+        extra = ({"base_url": p.base_url, "api_key_env": p.api_key_env, "timeout": p.timeout_s, "retries": p.retries}
+                 if p.backend == "openai" else {})
         folder = self.services.generation_cache
         return make_generator(p.model, p.backend, cache=FileGenerationCache(folder) if folder else None, **extra)
 
     def setup(self) -> None:
         self._gen = self.generator()
 
-    def process(self, record: dict) -> Iterator[Outcome]:
-        from gpu_jobs.generate import GenParams
+    def _ask(self, messages: list[dict], max_new_tokens: int, temperature: float, seed: int):
+        """(generation, None) or (None, why it failed): a failed request rejects its document only."""
+        from gpu_jobs.generate import GenerationError, GenParams
 
+        try:
+            return self._gen.generate_full(messages, GenParams(max_new_tokens=max_new_tokens,
+                                                               temperature=temperature, seed=seed)), None
+        except GenerationError as e:
+            return None, str(e)[:500]
+
+    @functools.cached_property
+    def _refusal(self) -> list[re.Pattern]:
+        return [re.compile(x, re.IGNORECASE) for x in self.params.refusal_patterns]
+
+    def _refused(self, text: str) -> str | None:
+        head = text.strip()[:200]
+        return next((r.pattern for r in self._refusal if r.search(head)), None)
+
+    def process(self, record: dict) -> Iterator[Outcome]:
         p: SelfInstructParams = self.params
         rid = record["id"]
         rng = _seeded(self.seed, rid)
         task = core.TASK_TYPES[int(rng.integers(len(core.TASK_TYPES)))]
         doc = record["text"][:p.max_document_chars]
         questions: list[str] = []
+        tries = []
         for attempt in range(p.asks):
-            reply = self._gen.generate(core.question_prompt(doc, task),
-                                       GenParams(max_new_tokens=p.question_tokens, temperature=p.temperature,
-                                                 seed=self.seed + attempt))
-            questions = core.parse_questions(reply)
-            if questions:
+            # a re-ask samples (another seed, a temperature above 0): greedy would repeat the reply
+            temperature = p.temperature if attempt == 0 else max(p.temperature, p.reask_temperature)
+            reply, error = self._ask(core.question_prompt(doc, task), p.question_tokens, temperature,
+                                     self.seed + attempt)
+            if reply is None:
+                yield Rejected(rid, "generation failed", f"questions: {error}")
+                return
+            if self._refused(reply.text) or reply.finish_reason in ("content_filter", "no_content"):
+                tries.append(f"refused ({reply.finish_reason})")
+                continue
+            questions = core.parse_questions(reply.text)
+            if reply.finish_reason == "length" and questions:
+                questions = questions[:-1]  # the last one may be cut mid-sentence
+            if len(questions) >= p.min_questions:
                 break
-        if not questions:
-            yield Dropped(rid, "question list unparseable", f"{p.asks} tries")
+            tries.append(f"{len(questions)} questions ({reply.finish_reason})")
+        if len(questions) < p.min_questions:
+            yield Dropped(rid, f"fewer than {p.min_questions} questions", f"{p.asks} tries: {'; '.join(tries)}")
             return
         question = questions[int(rng.integers(len(questions)))]
-        answer = self._gen.generate(core.answer_prompt(doc, question),
-                                    GenParams(max_new_tokens=p.answer_tokens, temperature=p.temperature,
-                                              seed=self.seed))
-        if not answer.strip():
-            yield Dropped(rid, "empty answer", "")
+        answer, error = self._ask(core.answer_prompt(doc, question), p.answer_tokens, p.temperature, self.seed)
+        if answer is None:
+            yield Rejected(rid, "generation failed", f"answer: {error}")
             return
+        pattern = self._refused(answer.text)
+        if pattern or answer.finish_reason in ("content_filter", "no_content"):
+            yield Rejected(rid, "answer refused", f"finish_reason {answer.finish_reason}"
+                           + (f"; matches {pattern!r}" if pattern else ""))
+            return
+        if answer.finish_reason == "length":
+            yield Rejected(rid, "answer cut by the token limit", f"{p.answer_tokens} new tokens (answer_tokens); "
+                           "raise it to keep such answers")
+            return
+        if not answer.text.strip():
+            yield Rejected(rid, "empty answer", f"finish_reason {answer.finish_reason}")
+            return
+        answer = answer.text
         row = {"id": f"{rid}#q", "messages": [{"role": "user", "content": f"{doc}\n\n{question}"},
                                               {"role": "assistant", "content": answer.strip()}],
                "source": record.get("source"), "task_type": task, "language": record.get("language"),

@@ -120,15 +120,22 @@ class ScriptedGenerator:
     """Stands in for an LLM: a numbered question list for question prompts, a fixed answer otherwise."""
 
     model = "scripted"
-    calls = 0
 
-    def generate(self, messages, params=None):
-        self.calls += 1
+    def __init__(self):
+        self.calls = []  # the params of every call
+
+    def generate_full(self, messages, params):
+        from gpu_jobs.generate import Generation
+
+        self.calls.append(params)
         content = messages[-1]["content"]
         if "write 5 questions" in content:
-            return "garbled" if "UNPARSEABLE" in content else "\n".join(f"{k}: Question {k} about it?" for k in
-                                                                         range(1, 6))
-        return "An answer."
+            if "UNPARSEABLE" in content:
+                return Generation("garbled")
+            # FEW: three questions when greedy, five when sampled; ALWAYS-FEW: three whatever is asked
+            n = 3 if "ALWAYS-FEW" in content or ("FEW" in content and params.temperature == 0) else 5
+            return Generation("\n".join(f"{k}: Question {k} about it?" for k in range(1, n + 1)))
+        return Generation("An answer.")
 
 
 def test_self_instruct_builds_rows_and_drops_what_it_cannot_parse(monkeypatch):
@@ -149,6 +156,35 @@ def test_self_instruct_builds_rows_and_drops_what_it_cannot_parse(monkeypatch):
         assert r["task_type"] in core.TASK_TYPES and r["question"].startswith("Question ")
         assert r["messages"][0]["content"].endswith(r["question"]) and r["messages"][1]["content"] == "An answer."
     assert run(SelfInstruct(SelfInstruct.Params(), seed=0)) == outcomes  # deterministic
+
+
+def test_a_short_question_list_is_asked_again_by_sampling_then_dropped():
+    """Spec 3.1: fewer than five questions -> re-ask or drop. A re-ask at temperature 0 would repeat
+    the same call, so re-asks sample (another seed, reask_temperature)."""
+    from stages.base import Dropped
+    from stages.longalign import SelfInstruct
+
+    stage = SelfInstruct(SelfInstruct.Params(asks=3), seed=7)
+    stage._gen = ScriptedGenerator()
+    (_, row), = [stage.process_batch([{"id": "few", "text": "Doc FEW " * 50}])[0]]  # (side row, row)
+    first, second = stage._gen.calls[:2]
+    assert (first.temperature, first.seed) == (0.0, 7) and (second.temperature, second.seed) == (0.7, 8)
+    assert row["id"] == "few#q" and len(stage._gen.calls) == 3  # two question calls, one answer
+    stage._gen = ScriptedGenerator()
+    (out,) = stage.process_batch([{"id": "never", "text": "Doc ALWAYS-FEW " * 50}])[0]
+    assert isinstance(out, Dropped) and out.reason == "fewer than 5 questions" and len(stage._gen.calls) == 3
+    assert out.detail.count("3 questions") == 3
+
+
+def test_refusals_are_recognised():
+    from stages.longalign import SelfInstruct
+
+    stage = SelfInstruct(SelfInstruct.Params())
+    for text in ("I'm sorry, but I can't help with that.", "Sorry, I cannot do that.",
+                 "As an AI language model, I cannot answer.", "I cannot assist with this request."):
+        assert stage._refused(text), text
+    for text in ("The essay argues that startups grow.", "Sorry is a word the author uses twice."):
+        assert not stage._refused(text), text
 
 
 def test_parse_questions_accepts_common_numberings():
