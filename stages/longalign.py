@@ -52,7 +52,8 @@ PACK = RecordSchema("longalign_pack", 1, (
     pa.field("n_seqs", pa.int32()),
     pa.field("seq_ids", pa.list_(pa.string())),
     pa.field("group", pa.int32()),  # which group of K packs (one optimizer step)
-    pa.field("group_seq_count", pa.int32()),  # M of that group: multiply weights by K / M at train time
+    pa.field("group_seq_count", pa.int32()),  # M of that group
+    pa.field("group_pack_count", pa.int32()),  # K' of that group (K, or fewer for the last one)
 ), doc="A LongAlign pack of sequences with per-token loss weights and boundaries.")
 
 SORTED_ROW = RecordSchema("longalign_sorted_row", 1, (
@@ -320,7 +321,8 @@ class LongAlignBatches(GroupStage):
             yield {"id": f"pack-{key}-{k:06d}", "input_ids": flat + [p.pad_id] * pad, "labels": lab + [-100] * pad,
                    "weights": w, "cu_seqlens": pk.cu_seqlens, "position_ids": pos, "n_seqs": len(members),
                    "seq_ids": [ids[i] for i in members], "group": k // p.packs_per_step,
-                   "group_seq_count": counts[k // p.packs_per_step]}
+                   "group_seq_count": counts[k // p.packs_per_step],
+                   "group_pack_count": min(p.packs_per_step, len(packs) - k // p.packs_per_step * p.packs_per_step)}
         for j in skipped:
             yield Dropped(ids[j], f"longer than the pack capacity {L}", f"{lengths[j]} tokens")
         used = sum(lengths) - sum(lengths[j] for j in skipped)

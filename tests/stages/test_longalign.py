@@ -207,7 +207,7 @@ def test_batches_stage_in_both_modes():
     for b in range(9):
         lens = [r["len"] for r in out if r["batch"] == b]
         assert len(lens) == 4 and lens == sorted(lens)
-    pack_stage = LongAlignBatches(LongAlignBatches.Params(mode="pack", max_len=1024, packs_per_step=3), seed=0)
+    pack_stage = LongAlignBatches(LongAlignBatches.Params(mode="pack", max_len=1024, packs_per_step=4), seed=0)
     order = sorted(records, key=lambda r: pack_stage.group_of(r)[1])  # the engine sorts a group by place
     packs = list(pack_stage.build("00000", order, {}))
     assert sorted(i for p in packs for i in p["seq_ids"]) == [f"r{k:02d}" for k in range(37)]
@@ -215,6 +215,14 @@ def test_batches_stage_in_both_modes():
     for p in packs:
         group = [q for q in packs if q["group"] == p["group"]]
         assert p["group_seq_count"] == sum(q["n_seqs"] for q in group)
+        assert p["group_pack_count"] == len(group)  # K' (the last group may hold fewer than K packs)
+    assert len(packs) % 4 and packs[-1]["group_pack_count"] == len(packs) % 4  # the case the field is for
+    # the trainer's scale K'/M makes every sequence of every group weigh 1/M of its group
+    for g in {p["group"] for p in packs}:
+        group = [q for q in packs if q["group"] == g]
+        scale = group[0]["group_pack_count"] / group[0]["group_seq_count"]
+        per_pack = [sum(q["weights"]) * scale for q in group]
+        assert sum(per_pack) / len(group) == pytest.approx(1.0, rel=1e-5)  # data-parallel mean over K' packs
         flat = [t for i in p["seq_ids"] for t in range(lengths[int(i[1:])])]
         assert p["input_ids"][:len(flat)] == flat  # the rows, back to back, then padding
 
