@@ -24,8 +24,9 @@ from stages.base import Outcome, RecordStage, Rejected, Resources, SideRow, Stag
 
 
 class HmgParams(StageParams):
-    short_model: str = Field(description="θ_A, the short-window model [paper: NousResearch/Llama-2-7b-hf, 4k]")
-    long_model: str = Field(description="θ_B, its long-window sibling [paper: THUDM/LongAlign-7B-64k-base]")
+    short_model: str = Field("NousResearch/Llama-2-7b-hf", description="θ_A, the short-window model [paper: "
+                             "LLaMA-2-7B base, 4k]")
+    long_model: str = Field("THUDM/LongAlign-7B-64k-base", description="θ_B, its long-window sibling [paper]")
     max_tokens: int | None = Field(None, gt=1, description="the window both models see, the last tokens of the "
                                    "sample [paper: 64000]; default: the long model's positions")
     short_extension: Literal["dynamic", "linear", "yarn", "none"] = Field(
@@ -62,6 +63,8 @@ class Hmg(RecordStage):
 
     name = "hmg"
     Params = HmgParams
+    input_schema = RecordSchema("hmg_input", 1, (pa.field("id", pa.string(), nullable=False),
+                                                 pa.field("prompt", pa.string()), pa.field("response", pa.string())))
 
     def __init__(self, params: HmgParams | None = None, seed: int = 0):
         super().__init__(params, seed)
