@@ -379,6 +379,7 @@ def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[i
             ctx = ctx[cut:]
             chosen = [j for j in chosen if j * seg >= cut]
             add(i, "segments", len(chosen))
+            add(i, "response_tokens", len(resp))  # after the max_response_tokens cut (CAM's, not HMG's)
             if cut:
                 add(i, "segments_cut_by_window", cut // seg)
             if not chosen or not resp:
@@ -407,6 +408,7 @@ def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[i
             resp = _tok(lm, r[s.response_field], False)[:s.max_response_tokens]
             chosen = context_segments(len(ctx), s.segment_tokens, s.max_segments, s.seed, r["id"])
             add(i, "segments", len(chosen))
+            add(i, "response_tokens", len(resp))
             for j in chosen:
                 ids, _, q0 = cam_layout(lm, s, ctx[j * s.segment_tokens:(j + 1) * s.segment_tokens], instr, resp)
                 t = np.zeros(len(ids), dtype=bool)
@@ -475,6 +477,7 @@ def hmg_scores(short_lm, long_lm, records: list[dict], windows: tuple[int, int],
         short_rows.append(short_row)
         long_rows.append(long_row)
         out.append({"response_tokens": len(response), "response_scored_tokens": n,
+                    "sample_tokens": len(prompt) + len(response),
                     "prompt_tokens_cut": max(0, len(prompt) + len(response) - windows[1])})
     for name, lm, rows in (("short", short_lm, short_rows), ("long", long_lm, long_rows)):
         for batch in budget_batches([r for r in rows if r.targets.any()], token_budget):

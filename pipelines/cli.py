@@ -332,8 +332,8 @@ def _select(args) -> int:
         raise UsageError(str(e)) from e
     write_parquet_atomic(scores, out / "gateau_scores" / "data" / "train-00000-of-00001.parquet")
     write_parquet_atomic(selected, out / "data" / "train-00000-of-00001.parquet")
-    lines = [json.dumps({"id": r["id"], "messages": r["messages"], "score": r["score"], "rank": r["rank"]},
-                        ensure_ascii=False) for r in selected.to_pylist()]
+    lines = [json.dumps({"id": r["id"], "messages": r["messages"], "length": r["length"], "score": r["score"],
+                         "rank": r["rank"]}, ensure_ascii=False) for r in selected.to_pylist()]
     write_text_atomic("\n".join(lines) + ("\n" if lines else ""), out / "selected.jsonl")
     meta = json.loads(scores.schema.metadata[b"longforge.gateau"])
     write_text_atomic(json.dumps(meta, indent=2, sort_keys=True) + "\n", out / "selection.json")

@@ -214,6 +214,7 @@ def resolve_stages(loaded: LoadedSpec) -> list[PlannedStage]:
                                "give the repeated stage a distinct 'label:'")
         labels.add(label)
         out = stage.output_schema(current)
+        stage.see_upstream([(ps.label, ps.stage) for ps in planned])
         planned.append(PlannedStage(i, st.stage, label, stage, current, out))
         current = out
     return planned

@@ -110,7 +110,7 @@ class Services:
 
 
 class Stage:
-    """Common part of both shapes. Subclasses set ``name``, ``Params`` and ``input_schema``."""
+    """Common part of every shape. Subclasses set ``name``, ``Params`` and ``input_schema``."""
 
     name: ClassVar[str]
     Params: ClassVar[type[StageParams]] = StageParams
@@ -140,6 +140,10 @@ class Stage:
         """``upstream`` plus ``fields``, named e.g. ``document+tokens@1`` so plans show what was added."""
         name = upstream.name if upstream.name.endswith(f"+{tag}") else f"{upstream.name}+{tag}"
         return upstream.extended(name, upstream.version, fields)
+
+    def see_upstream(self, upstream: list[tuple[str, Stage]]) -> None:
+        """Called by the planner with the (label, stage) pairs before this one: a stage that records
+        how its inputs were made (GATEAU: the scoring models and settings) takes it from here."""
 
     def side_tables(self) -> dict[str, RecordSchema]:
         """Side tables this stage writes (name -> schema); their rows come as :class:`SideRow` outcomes."""

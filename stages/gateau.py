@@ -45,6 +45,11 @@ GATEAU_SCORES = RecordSchema("gateau_scores", 1, (
     pa.field("seg_ppl", pa.list_(pa.float64())),
     pa.field("seg_attn", pa.list_(pa.float64())),  # layer-averaged, before renormalisation
     pa.field("segments", pa.list_(pa.int32())),  # which context segments (index j) the two lists hold
+    pa.field("n_segments", pa.int32()),
+    pa.field("sample_tokens", pa.int64()),  # prompt + response, the long model's tokenizer (HMG)
+    pa.field("response_tokens", pa.int64()),  # the whole response (HMG)
+    pa.field("cam_response_tokens", pa.int64()),  # the response CAM scored (cut at max_response_tokens)
+    pa.field("scoring", pa.string()),  # JSON: each scoring stage's label, stage and parameters (models, windows)
     pa.field("hmg_raw", pa.float64()),
     pa.field("hmg", pa.float64()),
     pa.field("cas", pa.float64()),
@@ -57,6 +62,7 @@ GATEAU_SCORES = RecordSchema("gateau_scores", 1, (
 SELECTED = RecordSchema("gateau_selected", 1, (
     pa.field("id", pa.string(), nullable=False),
     pa.field("messages", pa.list_(MESSAGE)),
+    pa.field("length", pa.int64()),  # tokens of the sample (prompt + response, the long model's tokenizer)
     pa.field("score", pa.float64()),
     pa.field("rank", pa.int64()),
 ), doc="A selected long SFT sample in messages format, best first.")
@@ -118,7 +124,8 @@ class SelectParams(StageParams):
 
 def collect(table: pa.Table, p: SelectParams) -> dict[str, list]:
     """The ranking's inputs from the records' ``scores`` lists."""
-    out: dict[str, list] = {"id": [], "ppl_short": [], "ppl_long": [], "seg_ppl": [], "seg_attn": [], "segments": []}
+    out: dict[str, list] = {k: [] for k in ("id", "ppl_short", "ppl_long", "seg_ppl", "seg_attn", "segments",
+                                            "n_segments", "sample_tokens", "response_tokens", "cam_response_tokens")}
     for rid, scores in zip(table.column("id").to_pylist(), table.column("scores").to_pylist(), strict=True):
         s = {x["metric"]: x["value"] for x in scores}
         try:
@@ -143,6 +150,11 @@ def collect(table: pa.Table, p: SelectParams) -> dict[str, list]:
         out["seg_ppl"].append([ppl_j[j] for j in js])
         out["seg_attn"].append([att_j[j] for j in js])
         out["segments"].append(js)
+        out["n_segments"].append(len(js))
+        as_int = lambda v: None if v is None else int(v)  # noqa: E731
+        out["sample_tokens"].append(as_int(s.get(f"{p.long_prefix}sample_tokens")))
+        out["response_tokens"].append(as_int(s.get(f"{p.long_prefix}response_tokens")))
+        out["cam_response_tokens"].append(as_int(s.get(f"{p.segment_prefix}response_tokens")))
     return out
 
 
@@ -157,6 +169,7 @@ def ranked_tables(inputs: dict[str, list], o: core.SelectOptions) -> tuple[pa.Ta
     order = np.argsort(r.rank, kind="stable")
     chosen = [int(i) for i in order if r.selected[i]]
     selected = pa.table({"id": [inputs["id"][i] for i in chosen], "messages": [inputs["messages"][i] for i in chosen],
+                         "length": [inputs["sample_tokens"][i] for i in chosen],
                          "score": [float(r.score[i]) for i in chosen], "rank": [int(r.rank[i]) for i in chosen]},
                         schema=SELECTED.arrow)
     return scores, selected.replace_schema_metadata({**selected.schema.metadata, **meta})
@@ -181,6 +194,12 @@ class GateauSelect(GlobalStage):
     def summary_fields(self, upstream: RecordSchema) -> tuple[pa.Field, ...]:
         return (SCORE_FIELDS[0], pa.field("chars", pa.int64()))
 
+    def see_upstream(self, upstream: list) -> None:
+        """The scoring stages before this one (models, windows, extensions): recorded with every sample."""
+        scoring = [{"label": label, "stage": st.name, "params": st.params.model_dump(mode="json")}
+                   for label, st in upstream if st.name in ("hmg", "score")]
+        self._scoring = json.dumps(scoring, sort_keys=True)
+
     def summarize(self, record: dict) -> dict:
         return {"scores": record["scores"], "chars": sum(len(m.get("content") or "") for m in record["messages"])}
 
@@ -192,7 +211,9 @@ class GateauSelect(GlobalStage):
         inputs = collect(summaries, p)
         r = core.rank(inputs["id"], np.array(inputs["ppl_short"]), np.array(inputs["ppl_long"]), inputs["seg_ppl"],
                       inputs["seg_attn"], p.options())
-        columns = {k: inputs[k] for k in ("ppl_short", "ppl_long", "seg_ppl", "seg_attn", "segments")}
+        columns = {k: inputs[k] for k in ("ppl_short", "ppl_long", "seg_ppl", "seg_attn", "segments", "n_segments",
+                                          "sample_tokens", "response_tokens", "cam_response_tokens")}
+        columns["scoring"] = [getattr(self, "_scoring", "[]")] * len(inputs["id"])
         columns.update({"hmg_raw": r.hmg_raw, "hmg": r.hmg, "cas": r.cas, "cam": r.cam, "score": r.score,
                         "rank": r.rank, "selected": r.selected})
         columns = {k: pa.array(np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in columns.items()}
@@ -201,9 +222,11 @@ class GateauSelect(GlobalStage):
         metrics = {"pool": len(inputs["id"]), "selected": int(np.sum(r.selected)), "alpha": p.alpha, "ratio": p.ratio,
                    "samples_without_segments": int(sum(1 for x in inputs["seg_ppl"] if not x)), **r.spreads()}
         hmg = np.asarray(r.hmg_raw, dtype=np.float64)
-        lengths = summaries.column("chars").to_numpy().astype(np.float64)
-        if len(hmg) > 2 and np.std(hmg) > 0 and np.std(lengths) > 0:
-            metrics["hmg_length_correlation"] = float(np.corrcoef(hmg, lengths)[0, 1])  # spec 5: report it
+        tokens = inputs["sample_tokens"]
+        unit, lengths = (("tokens", np.asarray(tokens, np.float64)) if None not in tokens else
+                         ("chars", summaries.column("chars").to_numpy().astype(np.float64)))
+        if len(hmg) > 2 and np.std(hmg) > 0 and np.std(lengths) > 0:  # spec 5: report it (in tokens when known)
+            metrics[f"hmg_length_correlation_{unit}"] = float(np.corrcoef(hmg, lengths)[0, 1])
         return GlobalResult(columns=columns, dropped=dropped, metrics=metrics)
 
     def side_tables(self) -> dict[str, RecordSchema]:
@@ -214,8 +237,8 @@ class GateauSelect(GlobalStage):
         if dropped is not None:
             yield dropped
         else:
-            yield {"id": record["id"], "messages": record["messages"], "score": answer["score"],
-                   "rank": answer["rank"]}
+            yield {"id": record["id"], "messages": record["messages"], "length": answer["sample_tokens"],
+                   "score": answer["score"], "rank": answer["rank"]}
 
 
 def reselect(gateau_output: str, options: core.SelectOptions) -> tuple[pa.Table, pa.Table]:
@@ -231,5 +254,6 @@ def reselect(gateau_output: str, options: core.SelectOptions) -> tuple[pa.Table,
         raise FileNotFoundError(f"no gateau_scores Parquet under {gateau_output} (the output of pipelines/gateau.yaml)")
     t = pq.read_table([str(f) for f in files]).sort_by([("id", "ascending")])
     inputs = {k: t.column(k).to_pylist() for k in ("id", "messages", "ppl_short", "ppl_long", "seg_ppl", "seg_attn",
-                                                    "segments")}
+                                                    "segments", "n_segments", "sample_tokens", "response_tokens",
+                                                    "cam_response_tokens", "scoring")}
     return ranked_tables(inputs, options)

@@ -121,7 +121,8 @@ class Hmg(RecordStage):
                 out.append([Rejected(r["id"], *w)])
                 continue
             s = next(scored)
-            common = {k: float(s[k]) for k in ("response_tokens", "response_scored_tokens", "prompt_tokens_cut")}
+            common = {k: float(s[k]) for k in ("response_tokens", "response_scored_tokens", "sample_tokens",
+                                               "prompt_tokens_cut")}
             mine = []
             for role, prefix, lm in (("short", p.short_prefix, self._short), ("long", p.long_prefix, self._long)):
                 values = {**s[role], **common} if role in s else common

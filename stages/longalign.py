@@ -37,6 +37,7 @@ INSTRUCTION_ROW = RecordSchema("longalign_row", 1, (
     pa.field("language", pa.string()),
     pa.field("question", pa.string()),
     pa.field("generator", pa.string()),
+    pa.field("length", pa.int64()),  # tokens of the messages' contents (length_tokenizer)
 ), doc="A long instruction row: the document and one question, answered by the generator.")
 
 TOKEN_FIELDS = (pa.field("input_ids", pa.list_(pa.int32())), pa.field("labels", pa.list_(pa.int32())),
@@ -86,6 +87,8 @@ class SelfInstructParams(StageParams):
                                      "temperature is 0 (greedy would repeat the same reply) [ours]")
     timeout_s: float = Field(120.0, gt=0, description="openai backend: seconds per request")
     retries: int = Field(4, ge=0, description="openai backend: retries on connection errors, 429 and 5xx")
+    length_tokenizer: str = Field("smollm2", description="the tokenizer that counts a row's `length` (the "
+                                  "trainer's, ideally) [LongAlign: ChatGLM3's]")
     refusal_patterns: tuple[str, ...] = Field(
         core.REFUSAL_PATTERNS, description="regular expressions (case-insensitive) that mark a reply as a refusal "
         "when they match its first 200 characters [ours]")
@@ -126,6 +129,12 @@ class SelfInstruct(RecordStage):
 
     def setup(self) -> None:
         self._gen = self.generator()
+
+    @functools.cached_property
+    def _length_tok(self):
+        from gpu_jobs.models import load_tokenizer
+
+        return load_tokenizer(self.params.length_tokenizer)
 
     def _ask(self, messages: list[dict], max_new_tokens: int, temperature: float, seed: int):
         """(generation, None) or (None, why it failed): a failed request rejects its document only."""
@@ -195,6 +204,8 @@ class SelfInstruct(RecordStage):
                                               {"role": "assistant", "content": answer.strip()}],
                "source": record.get("source"), "task_type": task, "language": record.get("language"),
                "question": question, "generator": p.model}
+        row["length"] = sum(len(self._length_tok.encode(m["content"], add_special_tokens=False).ids)
+                            for m in row["messages"])
         yield SideRow("messages", row)
         yield row
 

@@ -73,6 +73,17 @@ def test_selected_set_is_the_top_ceil_k_n_in_messages_format(gateau_run, samples
     by_id = {s["id"]: s for s in samples}
     assert all(r["messages"] == by_id[r["id"]]["messages"] for r in selected)
     assert sorted(r["rank"] for r in selected) == [1, 2]  # files are in id order; rank gives the order
+    assert all(r["length"] > 500 for r in selected)  # tokens of prompt and response (~2,600 characters)
+    scores = pq.read_table(str(gateau_run / "out" / "gateau_scores")).to_pylist()
+    for r in scores:  # what each sample's ranking came from: lengths, segments, models and settings
+        assert r["n_segments"] == len(r["segments"]) > 2 and 0 < r["cam_response_tokens"] <= r["response_tokens"]
+        assert r["sample_tokens"] > r["response_tokens"] > 0
+        scoring = {s["label"]: s for s in json.loads(r["scoring"])}
+        assert scoring["hmg"]["params"]["short_window"] == 256
+        assert scoring["segment_attention"]["params"]["model"] == "smollm2-135m"
+    m = dict(Catalog(str(gateau_run / "c.duckdb")).query(
+        "SELECT name, value FROM metrics WHERE stage = 'gateau_select'")[1])
+    assert "hmg_length_correlation_tokens" in m and m["hmg_std"] > 0 and m["cam_std"] > 0
     n = Catalog(str(gateau_run / "c.duckdb")).query(
         "SELECT count(DISTINCT sample_id) FROM scores WHERE metric = 'short/response_ppl'")[1][0][0]
     assert n == 12  # the scores are in the catalog too, keyed by sample id

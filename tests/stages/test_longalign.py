@@ -8,7 +8,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
+from gpu_jobs.models import tokenizer_path
 from stages import longalign_core as core
 
 
@@ -155,6 +157,8 @@ def test_self_instruct_builds_rows_and_drops_what_it_cannot_parse(monkeypatch):
     for r in rows:
         assert r["task_type"] in core.TASK_TYPES and r["question"].startswith("Question ")
         assert r["messages"][0]["content"].endswith(r["question"]) and r["messages"][1]["content"] == "An answer."
+        tok = Tokenizer.from_file(str(tokenizer_path("smollm2")))
+        assert r["length"] == sum(len(tok.encode(m["content"], add_special_tokens=False).ids) for m in r["messages"])
     assert run(SelfInstruct(SelfInstruct.Params(), seed=0)) == outcomes  # deterministic
 
 
