@@ -165,8 +165,8 @@ class SelfInstruct(RecordStage):
         for attempt in range(p.asks):
             # a re-ask samples (another seed, a temperature above 0): greedy would repeat the reply
             temperature = p.temperature if attempt == 0 else max(p.temperature, p.reask_temperature)
-            reply, error = self._ask(core.question_prompt(doc, task), p.question_tokens, temperature,
-                                     self.seed + attempt)
+            reply, error = self._ask(core.question_prompt(doc, task, record.get("language")), p.question_tokens,
+                                     temperature, self.seed + attempt)
             if reply is None:
                 yield Rejected(rid, "generation failed", f"questions: {error}")
                 return

@@ -23,10 +23,24 @@ _TASK_HINT = {
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\ufeff"))
 
 
-def question_prompt(document: str, task_type: str) -> list[dict]:
-    """Spec 3.1 step 2: the document, then a request for five numbered, diverse questions."""
-    ask = ("Given the text above, write 5 questions in the language of the text, numbered '1:' to '5:', one per "
-           f"line, diverse and covering all parts of the text.{_TASK_HINT[task_type]} Write only the questions.")
+# Spec 3.1: "Chinese documents use translated prompts" (our translation of the English prompt above).
+_TASK_HINT_ZH = {
+    "general": "",
+    "summary": "这些问题应当需要总结或整合文本中多个部分的信息。",
+    "reasoning": "这些问题应当需要基于文本进行多步推理。",
+    "extraction": "这些问题应当询问文本中明确给出的具体信息。",
+}
+
+
+def question_prompt(document: str, task_type: str, language: str | None = None) -> list[dict]:
+    """Spec 3.1 step 2: the document, then a request for five numbered, diverse questions; in
+    Chinese for Chinese documents (``language`` zh, zh-cn, zh-Hans, ...)."""
+    if (language or "").lower().startswith("zh"):
+        ask = ("请根据上面的文本，用文本所用的语言写出5个问题，编号为“1:”到“5:”，每行一个，问题要多样，并覆盖文本的"
+               f"各个部分。{_TASK_HINT_ZH[task_type]}只写出问题。")
+    else:
+        ask = ("Given the text above, write 5 questions in the language of the text, numbered '1:' to '5:', one per "
+               f"line, diverse and covering all parts of the text.{_TASK_HINT[task_type]} Write only the questions.")
     return [{"role": "user", "content": f"{document}\n\n{ask}"}]
 
 
@@ -34,7 +48,7 @@ def answer_prompt(document: str, question: str) -> list[dict]:
     return [{"role": "user", "content": f"{document}\n\n{question}"}]
 
 
-_NUMBERED = re.compile(r"^\s*(?:Q(?:uestion)?\s*)?(\d{1,2})\s*[:.)]\s*(.+?)\s*$", re.IGNORECASE)
+_NUMBERED = re.compile(r"^\s*(?:Q(?:uestion)?\s*|问题\s*)?(\d{1,2})\s*[:.)：、．）]\s*(.+?)\s*$", re.IGNORECASE)
 
 
 # Replies that decline the task (ours; matched case-insensitively against a reply's first 200 characters).

@@ -131,7 +131,7 @@ class ScriptedGenerator:
 
         self.calls.append(params)
         content = messages[-1]["content"]
-        if "write 5 questions" in content:
+        if "write 5 questions" in content or "写出5个问题" in content:
             if "UNPARSEABLE" in content:
                 return Generation("garbled")
             # FEW: three questions when greedy, five when sampled; ALWAYS-FEW: three whatever is asked
@@ -189,6 +189,20 @@ def test_refusals_are_recognised():
         assert stage._refused(text), text
     for text in ("The essay argues that startups grow.", "Sorry is a word the author uses twice."):
         assert not stage._refused(text), text
+
+
+def test_chinese_documents_get_the_translated_prompt():
+    from stages.longalign import SelfInstruct
+
+    stage = SelfInstruct(SelfInstruct.Params(), seed=0)
+    stage._gen = ScriptedGenerator()
+    (_, row), = [stage.process_batch([{"id": "zh", "text": "人民日报 " * 80, "language": "zh"}])[0]]
+    asked = core.question_prompt("文本", "summary", "zh")[0]["content"]
+    assert "写出5个问题" in asked and "总结" in asked and "Given the text" not in asked
+    assert "Given the text" in core.question_prompt("text", "summary", "en")[0]["content"]
+    assert row["language"] == "zh" and row["id"] == "zh#q"
+    assert core.parse_questions("1：第一个问题是什么？\n2、第二个问题是什么？\n问题3：第三个问题是什么？") == [
+        "第一个问题是什么？", "第二个问题是什么？", "第三个问题是什么？"]
 
 
 def test_parse_questions_accepts_common_numberings():
