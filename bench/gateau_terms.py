@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,23 +25,9 @@ from pipelines.progress import format_table  # noqa: E402
 
 def samples(n: int) -> list[dict]:
     from pipelines import corpora
+    from tests.fixtures.gateau_samples import early_late_samples
 
-    rows = []
-    for d in sorted(corpora.CORPORA["paul_graham"].build(), key=lambda d: d["id"]):
-        text = re.sub(r"\s+", " ", d["text"])[1000:3600]
-        sents = [(m.start(), m.group(0).strip()) for m in re.finditer(r"[A-Z][^.!?\n]{40,160}[.!?]", text)]
-        early = [s for at, s in sents if at < 0.12 * len(text)]
-        late = [s for at, s in sents if at > 0.85 * len(text) and not text.rstrip().endswith(s)]
-        if not early or not late:
-            continue
-        for where, sentence in (("early", early[0]), ("late", late[-1])):
-            lead = " ".join(sentence.split()[:6])
-            rows.append({"id": f"{where}-{d['id']}", "messages": [
-                {"role": "user", "content": f"{text}\n\nRepeat the sentence of the text that begins with \"{lead}\"."},
-                {"role": "assistant", "content": sentence}]})
-        if len(rows) >= n:
-            return rows
-    return rows
+    return early_late_samples(sorted(corpora.CORPORA["paul_graham"].build(), key=lambda d: d["id"]), n)
 
 
 def main() -> None:

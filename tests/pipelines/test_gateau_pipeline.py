@@ -6,7 +6,6 @@ must rank higher on average; re-selection must not touch a model."""
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,31 +14,14 @@ import pytest
 from catalog import Catalog
 from stages import gateau_core as core
 from tests.conftest import REPO, run_cli, write_jsonl
-
-
-def _sentences(text: str) -> list[tuple[int, str]]:
-    return [(m.start(), m.group(0).strip()) for m in re.finditer(r"[A-Z][^.!?\n]{40,160}[.!?]", text)]
+from tests.fixtures.gateau_samples import early_late_samples
 
 
 @pytest.fixture(scope="module")
 def samples(real_docs):
     """Six essays, each a ~2,600-character context asked about an early and about a late sentence."""
-    rows = []
     essays = [d for d in sorted(real_docs, key=lambda d: d["id"]) if d["source"] == "paul_graham"]
-    for d in essays:
-        text = re.sub(r"\s+", " ", d["text"])[1000:3600]
-        sents = _sentences(text)
-        early = [s for at, s in sents if at < 0.12 * len(text)]
-        late = [s for at, s in sents if at > 0.85 * len(text) and text.rstrip().endswith(s) is False]
-        if not early or not late:
-            continue
-        for where, sentence in (("early", early[0]), ("late", late[-1])):
-            lead = " ".join(sentence.split()[:6])
-            rows.append({"id": f"{where}-{d['id']}", "messages": [
-                {"role": "user", "content": f"{text}\n\nRepeat the sentence of the text that begins with \"{lead}\"."},
-                {"role": "assistant", "content": sentence}]})
-        if len(rows) >= 12:
-            break
+    rows = early_late_samples(essays, 12)
     assert len(rows) == 12
     return rows
 
