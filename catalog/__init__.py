@@ -331,13 +331,15 @@ class Catalog:
             con.unregister("_scores")
         return table.num_rows
 
-    def cached_generation(self, model: str, prompt_hash: str, params_hash: str) -> str | None:
+    def cached_generation(self, model: str, prompt_hash: str, params_hash: str) -> tuple[str, str] | None:
+        """(text, params JSON with how the generation ended) of a cached generation, or None."""
         if not Path(self.path).exists():
             return None
         with self.connect() as con:
-            row = con.execute("SELECT text FROM generations WHERE model = ? AND prompt_hash = ? AND params_hash = ? "
-                              "LIMIT 1", [model, prompt_hash, params_hash]).fetchone()
-        return row[0] if row else None
+            row = con.execute("SELECT text, CAST(params AS VARCHAR) FROM generations WHERE model = ? "
+                              "AND prompt_hash = ? AND params_hash = ? LIMIT 1",
+                              [model, prompt_hash, params_hash]).fetchone()
+        return (row[0], row[1]) if row else None
 
     def add_generation(self, model: str, prompt_hash: str, params_hash: str, *, backend: str, params: str,
                        text: str) -> None:

@@ -171,7 +171,8 @@ class GenerationCache(Protocol):
     """Where generations are kept by (model, prompt hash, params hash): the catalog on the driver,
     a :class:`FileGenerationCache` on a worker."""
 
-    def cached_generation(self, model: str, prompt_hash: str, params_hash: str) -> str | None: ...
+    def cached_generation(self, model: str, prompt_hash: str, params_hash: str) -> tuple[str, str] | None:
+        """(text, params JSON: the request's parameters and the generation's ``finish_reason``)."""
 
     def add_generation(self, model: str, prompt_hash: str, params_hash: str, *, backend: str, params: str,
                        text: str) -> None: ...
@@ -186,18 +187,19 @@ class FileGenerationCache:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self._known: dict[tuple[str, str, str], str] = {}
+        self._known: dict[tuple[str, str, str], tuple[str, str]] = {}
         for f in sorted(self.folder.glob("*.jsonl")):
             for row in read_generation_lines(f):
-                self._known.setdefault((row["model"], row["prompt_hash"], row["params_hash"]), row["text"])
+                self._known.setdefault((row["model"], row["prompt_hash"], row["params_hash"]),
+                                       (row["text"], row.get("params") or "{}"))
         self._own = self.folder / f"gen-{socket.gethostname()}-{os.getpid()}.jsonl"
 
-    def cached_generation(self, model: str, prompt_hash: str, params_hash: str) -> str | None:
+    def cached_generation(self, model: str, prompt_hash: str, params_hash: str) -> tuple[str, str] | None:
         return self._known.get((model, prompt_hash, params_hash))
 
     def add_generation(self, model: str, prompt_hash: str, params_hash: str, *, backend: str, params: str,
                        text: str) -> None:
-        self._known[(model, prompt_hash, params_hash)] = text
+        self._known[(model, prompt_hash, params_hash)] = (text, params)
         row = {"model": model, "prompt_hash": prompt_hash, "params_hash": params_hash, "backend": backend,
                "params": params, "text": text}
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -235,18 +237,22 @@ class CachedGenerator:
         return self.generate_full(messages, params).text
 
     def generate_full(self, messages: list[dict], params: GenParams | None = None) -> Generation:
-        """Only complete generations are kept: one cut by the token limit or filtered is asked again
-        by a later run (and rejected again, or answered whole by a larger limit)."""
+        """Every generation is kept with how it ended (``finish_reason`` in its params JSON), so a
+        cut or filtered one is recognised again from the cache, never asked twice."""
         p = params or GenParams()
         key = (self.inner.model, prompt_hash(messages), p.key())
         hit = self.cache.cached_generation(*key)
         if hit is not None:
-            return Generation(hit)
+            text, stored = hit
+            try:
+                reason = json.loads(stored).get("finish_reason", "stop")
+            except (ValueError, AttributeError):
+                reason = "stop"
+            return Generation(text, reason)
         gen = self.inner.generate_full(messages, p)
         self.calls += 1
-        if gen.complete:
-            self.cache.add_generation(*key, backend=self.inner.backend,
-                                      params=json.dumps(asdict(p), sort_keys=True), text=gen.text)
+        self.cache.add_generation(*key, backend=self.inner.backend, text=gen.text,
+                                  params=json.dumps({**asdict(p), "finish_reason": gen.finish_reason}, sort_keys=True))
         return gen
 
 

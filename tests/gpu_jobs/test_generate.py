@@ -60,6 +60,8 @@ def test_cache_generates_nothing_twice(server, tmp_path):
     again = CachedGenerator(OpenAIGenerator("smollm2-135m", f"{server}/v1", api_key_env=None), catalog)
     assert again.generate(MESSAGES, params) == first and again.calls == 0
     assert _stats(server)["served"] == before + 1
+    # 12 tokens cut the reply: the cache knows it was cut, and says so without asking again
+    assert again.generate_full(MESSAGES, params).finish_reason == "length" and again.calls == 0
     other = again.generate(MESSAGES, GenParams(max_new_tokens=13))  # other params: generated anew
     assert again.calls == 1 and other.startswith(first[:5])
 
