@@ -133,7 +133,7 @@ FROM artifacts a JOIN runs r USING (run_id);
 
 CREATE OR REPLACE VIEW stage_accounting AS
 SELECT run_id, step, stage, records_in, records_out, records_rejected, records_dropped,
-       CASE WHEN shape IN ('per-record-expanding', 'whole-dataset')
+       CASE WHEN shape IN ('per-record-expanding', 'per-group', 'whole-dataset')  -- whole-dataset: older runs
             THEN records_in = inputs_with_output + records_rejected + records_dropped
             ELSE records_in = records_out + records_rejected + records_dropped END AS reconciles
 FROM stage_stats;

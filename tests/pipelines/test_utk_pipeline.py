@@ -90,6 +90,8 @@ def test_records_and_markers_are_described(utk_run):
     assert all(len(m["token_ids"]) == 1 and m["special"] for m in markers)
     view = pq.read_table(str(out / "text_view")).to_pylist()
     assert view and any("<|utk_backtrace|>" in v["text"] for v in view if v["utk_applied"])
+    rows = Catalog(str(catalog)).query("SELECT stage, reconciles FROM stage_accounting")[1]
+    assert ("utk", True) in rows and all(ok for _, ok in rows)  # a per-group stage reconciles by its inputs
     m = dict(((s, n), v) for s, n, v in Catalog(str(catalog)).query("SELECT stage, name, value FROM metrics")[1])
     assert m[("utk", "samples")] == t.num_rows
     assert 0 < m[("utk", "marker_token_share")] < 0.1
