@@ -1,0 +1,202 @@
+"""LongWriter (Bai et al., 2024) and minimum-tuning curation (Chen et al., 2024): the pure parts
+(spec ../shared/specs/longwriter.md 3.3-3.5, 3.7, 3.8).
+
+- :func:`count_words`: LongBench-Write's word count (CJK ideographs + ASCII letter runs).
+- :func:`length_score`: S_l of a required and a produced length.
+- :func:`required_length`: the length a prompt asks for, in two modes: ``reference`` reproduces
+  evalscope's ``data_etl.py`` rules with their quirks (the 6,000 -> 1,748 -> 666 counts depend on
+  them); ``better`` reads what those rules miss ("10,000 words", "3000-word", "三千五百字", "1.5万字").
+- :func:`parse_plan`: AgentWrite's plan lines, validated (preambles, bullets, over 50 steps).
+- :func:`plan_prompt`, :func:`write_prompt`, :func:`assemble`: the writer's prompts and output.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# -- LongBench-Write ----------------------------------------------------------------------------------
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_ASCII_WORD = re.compile(r"\b[a-zA-Z]+\b")
+
+
+def count_words(text: str) -> int:
+    """CJK ideographs (U+4E00-U+9FFF) plus maximal ASCII-letter runs at word boundaries; digits,
+    punctuation and other scripts count zero (spec 3.7, 5)."""
+    return len(_CJK.findall(text)) + len(_ASCII_WORD.findall(text))
+
+
+def length_score(required: float, produced: float) -> float:
+    """S_l in [0, 100]: 100 at the required length, 0 at 4x or a third of it (spec 3.7)."""
+    if required <= 0 or produced <= 0:
+        raise ValueError(f"lengths must be positive (required {required}, produced {produced})")
+    if produced > required:
+        return 100 * max(0.0, 1 - (produced / required - 1) / 3)
+    return 100 * max(0.0, 1 - (required / produced - 1) / 2)
+
+
+# -- required length (minimum tuning, spec 3.8) -------------------------------------------------------
+
+_DIGIT_OF = {"零": 0, "一": 1, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9, "两": 2,
+             "俩": 2}
+_UNIT_OF = {"十": 10, "百": 100, "千": 1000, "万": 10000}
+
+
+def _reference_candidates(text: str) -> list:
+    """The reference's candidates, typed as it types them: strings for Arabic digits, integers for
+    a Chinese numeral before 百/千/万 — so "5000字" and "五千字" in one prompt are two values."""
+    found: list = re.findall(r"(\d+)字", text)
+    for groups in re.findall(r"(.)百字|(.)千字|(.)万字", text):
+        for scale, ch in zip((100, 1000, 10000), groups, strict=True):
+            if ch and ch in _DIGIT_OF:
+                found.append(_DIGIT_OF[ch] * scale)
+    found += re.findall(r"(\d+) words", text)
+    return found
+
+
+def _chinese_number(s: str) -> int | None:
+    """A Chinese numeral up to the ten-thousands (三千五百, 两万, 一万二千), else None."""
+    total, section, digit = 0, 0, None
+    for ch in s:
+        if ch in _DIGIT_OF:
+            digit = _DIGIT_OF[ch]
+        elif ch in _UNIT_OF:
+            unit = _UNIT_OF[ch]
+            if unit == 10000:
+                total += (section + (digit or 0)) * unit
+                section, digit = 0, None
+            else:
+                section += (1 if digit is None else digit) * unit
+                digit = None
+        else:
+            return None
+    return total + section + (digit or 0)
+
+
+_NUM = r"\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?"
+_BETTER_PATTERNS = (
+    # ranges first: "3000-5000字", "3,000 to 5,000 words" -> the upper bound, as the reference reads ranges
+    (re.compile(rf"(?:{_NUM})\s*(?:-|–|~|到|至|to)\s*({_NUM})\s*(万)?\s*(?:个)?(?:字|汉字|words?\b)", re.I), "range"),
+    (re.compile(rf"({_NUM})\s*(万|千)?\s*(?:个)?(?:字|汉字)"), "zh"),
+    (re.compile(rf"({_NUM})[\s-]*(?:words?)\b", re.I), "en"),
+    (re.compile(r"([零一二三四五六七八九两俩十百千万]+)(?:个)?(?:字|汉字)"), "zh_numeral"),
+)
+
+
+def _better_candidates(text: str) -> set[int]:
+    values: set[int] = set()
+    taken: list[tuple[int, int]] = []
+    for pattern, kind in _BETTER_PATTERNS:
+        for m in pattern.finditer(text):
+            if any(a < m.end() and m.start() < b for a, b in taken):
+                continue  # part of a longer match already read (a range's bounds)
+            if kind == "zh_numeral":
+                n = _chinese_number(m.group(1))
+                if n is None or n == 0 or m.group(1) in ("十", "百", "千", "万"):
+                    continue  # "数千字", "千字文": no number given
+            else:
+                n = float(m.group(1).replace(",", ""))
+                scale = m.group(2) if m.lastindex and m.lastindex >= 2 else None
+                n = n * {"万": 10000, "千": 1000}.get(scale or "", 1)
+            values.add(int(round(n)))
+            taken.append((m.start(), m.end()))
+    return values
+
+
+def required_length(text: str, mode: str = "reference") -> int | None:
+    """The one length a prompt asks for, or None when it names none or several (spec 3.8, 6).
+    ``reference`` may return 0 (it reads "10,000 words" as "000"); the length filter drops it."""
+    if mode == "reference":
+        values = set(_reference_candidates(text))
+        return int(next(iter(values))) if len(values) == 1 else None
+    if mode == "better":
+        values = _better_candidates(text)
+        return next(iter(values)) if len(values) == 1 else None
+    raise ValueError(f"required-length mode '{mode}' (reference, better)")
+
+
+# -- AgentWrite (spec 3.2-3.5) ------------------------------------------------------------------------
+
+MAX_STEPS = 50  # [reference: over-planned samples crash the writer]
+_TARGET = re.compile(r"(\d[\d,]*)\s*(?:words?|字|词)", re.I)
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)、]|paragraph\s+\d+\s*[:.-])\s*", re.I)
+
+
+@dataclass
+class Plan:
+    steps: list[str]  # one paragraph per step, in order
+    word_targets: list[int | None]
+    problems: list[str] = field(default_factory=list)  # why the plan cannot be used; empty: usable
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def parse_plan(raw: str, max_steps: int = MAX_STEPS, require_targets: bool = True) -> Plan:
+    """Every non-empty line is a step (the reference). A preamble (a first line without a word
+    target, ending in a colon or naming no target) is dropped; with ``require_targets`` any other
+    line without one makes the plan unusable; more than ``max_steps`` steps too."""
+    lines = [ln.strip() for ln in re.sub(r"\n\s*\n", "\n", raw.strip()).split("\n") if ln.strip()]
+    problems = []
+    if lines and not _TARGET.search(lines[0]) and (lines[0].endswith(":") or len(lines) > 1):
+        lines = lines[1:]  # "Here is the plan:"
+    targets = []
+    for ln in lines:
+        m = _TARGET.search(ln)
+        targets.append(int(m.group(1).replace(",", "")) if m else None)
+    if not lines:
+        problems.append("no steps")
+    if len(lines) > max_steps:
+        problems.append(f"{len(lines)} steps (more than {max_steps})")
+    missing = [k + 1 for k, t in enumerate(targets) if t is None]
+    if require_targets and missing:
+        problems.append(f"steps without a word target: {missing[:10]}")
+    return Plan(lines, targets, problems)
+
+
+def plan_prompt(instruction: str) -> list[dict]:
+    """Spec 3.2 (paraphrased): split the writing request into paragraph subtasks, one per line,
+    each with its main point and a word count, 200 to 1,000 words each, nothing else."""
+    return [{"role": "user", "content": (
+        "I need you to help me break down the following long-form writing instruction into multiple subtasks. "
+        "Each subtask will guide the writing of one paragraph in the essay, and should include the main points "
+        "and word count requirements for that paragraph.\n\n"
+        f"The writing instruction is as follows:\n\n{instruction}\n\n"
+        "Please break it down in the following format, with each subtask taking up one line:\n\n"
+        "Paragraph 1 - Main Point: [Describe the main point of the paragraph, in detail] - Word Count: "
+        "[Word count requirement, e.g., 400 words]\n"
+        "Paragraph 2 - Main Point: [Describe the main point of the paragraph, in detail] - Word Count: "
+        "[word count requirement, e.g. 1000 words].\n\n...\n\n"
+        "Make sure that each subtask is clear and specific, and that all subtasks cover the entire content of "
+        "the writing instruction. Do not split the subtasks too finely; each subtask's paragraph should be no "
+        "less than 200 words and no more than 1000 words. Do not output any other content.")}]
+
+
+def write_prompt(instruction: str, plan: list[str], written: list[str], step: int) -> list[dict]:
+    """Spec 3.4: the role, the instruction, the whole plan, the text written so far (the previous
+    sections joined by a blank line), and the order to write step ``step`` (0-based) only."""
+    so_far = "\n\n".join(written).strip()
+    return [{"role": "user", "content": (
+        "You are an excellent writing assistant. I will give you an original writing instruction and my planned "
+        "writing steps. I will also provide you with the text I have already written. Please help me continue "
+        "writing the next paragraph based on the writing instruction, writing steps, and the already written "
+        "text.\n\n"
+        f"Writing instruction:\n{instruction}\n\n"
+        "Writing steps:\n" + "\n".join(plan) + "\n\n"
+        f"Already written text:\n{so_far}\n\n"
+        f"Please integrate the original writing instruction, writing steps, and the already written text, and "
+        f"now continue writing {plan[step]}. If needed, you can add a small subtitle at the beginning. Remember "
+        "to only output the paragraph you write, without repeating the already written text. As this is an "
+        "ongoing writing task, there is no need to add a concluding summary at the end.")}]
+
+
+_LABEL = re.compile(r"^\s*(?:#+\s*)?(?:paragraph|section|段落|第\s*\d+\s*段)\s*\d*\s*[:：.-]?\s*(?=\S)", re.I)
+
+
+def assemble(sections: list[str], strip_labels: bool = True) -> str:
+    """The response: the sections in plan order joined by a blank line (as the writer's own "text
+    so far"), with leftover "Paragraph k:" labels removed from each section's start."""
+    parts = [(_LABEL.sub("", s, count=1) if strip_labels else s).strip() for s in sections]
+    return "\n\n".join(parts)

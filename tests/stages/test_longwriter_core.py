@@ -1,0 +1,84 @@
+"""LongWriter and minimum-tuning pure parts against spec longwriter.md section 6."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages import longwriter_core as core
+
+
+def test_word_counter_example():
+    assert core.count_words("Hello, 世界 2024!") == 3
+    assert core.count_words("don't stop") == 3  # letter runs at word boundaries: don, t, stop
+    assert core.count_words("") == 0
+
+
+@pytest.mark.parametrize("x, y, s", [(1000, 1000, 100.0), (1000, 2000, 66.6667), (1000, 500, 50.0),
+                                     (1000, 4000, 0.0), (1000, 1600, 80.0), (1000, 300, 0.0)])
+def test_length_score_known_values(x, y, s):
+    assert core.length_score(x, y) == pytest.approx(s, abs=1e-3)
+
+
+def test_length_score_falls_with_distance_on_each_side():
+    over = [core.length_score(1000, y) for y in (1000, 1200, 1600, 2500, 3900)]
+    under = [core.length_score(1000, y) for y in (1000, 900, 700, 500, 340)]
+    assert over == sorted(over, reverse=True) and under == sorted(under, reverse=True)
+    # the minimum-tuning band: S_l >= 80 iff length / 1.4 <= y <= 1.6 length
+    for y in range(600, 1800, 7):
+        assert (core.length_score(1000, y) >= 80 - 1e-9) == (1000 / 1.4 - 1e-9 <= y <= 1600 + 1e-9)
+
+
+# spec 6: the reference's values (quirks included), and what the better parser reads instead
+CASES = [
+    ("写一篇5000字的文章", 5000, 5000),
+    ("Write a 3000 words essay", 3000, 3000),
+    ("写一篇三千字的小说", 3000, 3000),
+    ("写一篇一万字的文章", 10000, 10000),
+    ("写3000-5000字", 5000, 5000),
+    ("Write a 10,000 words story", 0, 10000),
+    ("Write a 3000-word essay", None, 3000),
+    ("写5000字和三千字", None, None),
+    ("写一篇数千字的文章", None, None),
+    ("请写一篇三千五百字的报告", 500, 3500),  # the reference reads only the digit before 百
+    ("写一篇1.5万字的小说", None, 15000),
+    ("Write about 2,000 to 3,000 words on rivers", 0, 3000),  # the reference reads "000 words"
+    ("写一篇5000字的文章，不少于5000字", 5000, 5000),
+    ("Write a story about a cat.", None, None),
+]
+
+
+@pytest.mark.parametrize("text, reference, better", CASES)
+def test_required_length_in_both_modes(text, reference, better):
+    assert core.required_length(text, "reference") == reference
+    assert core.required_length(text, "better") == better
+
+
+def test_plan_parsing_validation():
+    raw = ("Here is the plan:\n\nParagraph 1 - Main Point: the river's source - Word Count: 400 words\n\n"
+           "Paragraph 2 - Main Point: the delta - Word Count: 1,000 words\n")
+    plan = core.parse_plan(raw)
+    assert plan.ok and len(plan.steps) == 2 and plan.word_targets == [400, 1000]
+    assert plan.steps[0].startswith("Paragraph 1")
+    too_many = core.parse_plan("\n".join(f"Paragraph {k} - Main Point: p{k} - Word Count: 200 words"
+                                         for k in range(1, 52)))
+    assert not too_many.ok and "51 steps" in too_many.problems[0]  # a 51-line plan gives no row
+    assert core.parse_plan("\n".join(f"- point {k} (300 words)" for k in range(50))).ok
+    vague = core.parse_plan("Paragraph 1 - Main Point: intro - Word Count: 300 words\nThen some more text")
+    assert not vague.ok and "[2]" in vague.problems[0]
+    assert not core.parse_plan("   \n\n").ok
+
+
+def test_write_prompt_holds_exactly_the_text_so_far():
+    plan = ["Paragraph 1 - a - 300 words", "Paragraph 2 - b - 300 words", "Paragraph 3 - c - 300 words"]
+    sections = ["First section.", "Second section."]
+    prompt = core.write_prompt("Write about rivers.", plan, sections, 2)[0]["content"]
+    assert "Already written text:\nFirst section.\n\nSecond section.\n\n" in prompt
+    assert prompt.count("Paragraph 3 - c - 300 words") == 2  # in the plan, and as the step to write now
+    first = core.write_prompt("Write about rivers.", plan, [], 0)[0]["content"]
+    assert "Already written text:\n\n" in first and "First section." not in first
+
+
+def test_assembly_joins_in_order_and_strips_labels():
+    assert core.assemble(["Paragraph 1: The source.", "## Paragraph 2 - The delta.", " Plain. "]) == \
+        "The source.\n\nThe delta.\n\nPlain."
+    assert core.assemble(["Paragraph 1: kept"], strip_labels=False) == "Paragraph 1: kept"
