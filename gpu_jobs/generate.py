@@ -228,6 +228,7 @@ class CachedGenerator:
     def __init__(self, inner, cache: GenerationCache):
         self.inner, self.cache = inner, cache
         self.calls = 0  # generations actually made (cache misses)
+        self.hits = 0  # generations the cache answered
 
     @property
     def model(self) -> str:
@@ -243,6 +244,7 @@ class CachedGenerator:
         key = (self.inner.model, prompt_hash(messages), p.key())
         hit = self.cache.cached_generation(*key)
         if hit is not None:
+            self.hits += 1
             text, stored = hit
             try:
                 reason = json.loads(stored).get("finish_reason", "stop")

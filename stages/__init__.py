@@ -25,7 +25,18 @@ def get_stage(name: str) -> type[Stage]:
 
 
 def _load_builtin() -> None:
-    from stages import decomposition, dedup, gateau, hmg, icp, longalign, scoring, text, utk  # noqa: F401  (registers on import)
+    from stages import (  # noqa: F401  (registers on import)
+        decomposition,
+        dedup,
+        gateau,
+        hmg,
+        icp,
+        longalign,
+        longwriter,
+        scoring,
+        text,
+        utk,
+    )
 
 
 __all__ = [

@@ -1,0 +1,216 @@
+"""LongWriter as stages (spec ../shared/specs/longwriter.md): ``agent_write`` (instructions ->
+plan -> sections written strictly in order -> one long answer in LongWriter-6k's ``messages``
+format) and ``length_curation`` (minimum tuning: one stated required length, then S_l >= 80).
+The pure parts are in :mod:`stages.longwriter_core`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterator
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from schemas import MESSAGE, RecordSchema
+from stages import longalign_core, register
+from stages import longwriter_core as core
+from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams
+
+LONGWRITER_ROW = RecordSchema("longwriter_row", 1, (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("messages", pa.list_(MESSAGE)),  # exactly LongWriter-6k's long.jsonl; the rest is meta
+    pa.field("prompt", pa.string()),
+    pa.field("language", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("plan_raw", pa.string()),
+    pa.field("steps", pa.list_(pa.string())),
+    pa.field("word_targets", pa.list_(pa.int64())),
+    pa.field("n_steps", pa.int32()),
+    pa.field("sections", pa.list_(pa.string())),
+    pa.field("response_length", pa.int64()),  # LongBench-Write words
+    pa.field("generator", pa.string()),  # JSON: model, backend, sampling
+    pa.field("status", pa.string()),
+), doc="A long-output SFT row written by AgentWrite, with its plan and sections.")
+
+CURATED_FIELDS = (pa.field("length", pa.int64()), pa.field("response_length", pa.int64()),
+                  pa.field("score_length", pa.float64()))
+
+
+class AgentWriteParams(StageParams):
+    model: str = Field("smollm2-135m", description="writer: alias, folder, cached Hub id, or the served name "
+                       "[paper: gpt-4o-2024-05-13]")
+    backend: Literal["local", "openai"] = "local"
+    base_url: str | None = Field(None, description="openai backend: e.g. http://localhost:8000/v1")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    timeout_s: float = Field(600.0, gt=0, description="openai backend: seconds per request")
+    retries: int = Field(4, ge=0, description="openai backend: retries on connection errors, 429 and 5xx [code: 10]")
+    prompt_field: str = Field("text", description="the instruction's field: a record's text (for LongWriter's "
+                              "`prompt` key, give the input `text_field: prompt`)")
+    plan_tokens: int = Field(4096, gt=0, description="new tokens of the plan call [code: 4096]")
+    section_tokens: int = Field(4096, gt=0, description="new tokens of each section call [code: 4096]")
+    temperature: float = Field(1.0, ge=0, description="[code: 1.0]")
+    plan_asks: int = Field(2, ge=1, description="plan calls (another seed each) before an unusable plan drops "
+                           "the instruction [ours; the code keeps any plan]")
+    max_steps: int = Field(core.MAX_STEPS, gt=0, description="plans with more steps are dropped [code: 50]")
+    require_targets: bool = Field(True, description="every plan step names a word count [spec 5; the code: no check]")
+    min_words: int | None = Field(None, gt=0, description="answers shorter are dropped [off: parity with the "
+                                  "release; 2000 for new data]")
+    max_words: int | None = Field(None, gt=0, description="answers longer are dropped [off; 32000 for new data]")
+    strip_labels: bool = Field(True, description="remove 'Paragraph k:' labels a section opens with [paper]")
+    refusal_patterns: tuple[str, ...] = Field(longalign_core.REFUSAL_PATTERNS,
+                                              description="a plan or section matching one is a refusal")
+    batch_records: int = Field(2, gt=0, description="instructions per checkpointed batch")
+
+
+@register
+class AgentWrite(RecordStage):
+    """Plan, then write each section in order conditioned on the plan and all text so far; one
+    instruction per record, in parallel across the workers. Every call goes through the run's
+    generation cache, so a rerun after a kill pays for no finished plan or section; a failed,
+    refused or cut call rejects the instruction and is never saved as text."""
+
+    name = "agent_write"
+    Params = AgentWriteParams
+    input_schema = RecordSchema("instruction", 1, (pa.field("id", pa.string(), nullable=False),
+                                                   pa.field("text", pa.string())))
+    uses_generations = True
+
+    def __init__(self, params: AgentWriteParams | None = None, seed: int = 0):
+        super().__init__(params, seed)
+        self.input_schema = RecordSchema("instruction", 1, (pa.field("id", pa.string(), nullable=False),
+                                                            pa.field(self.params.prompt_field, pa.string())))
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return LONGWRITER_ROW
+
+    def resources(self) -> Resources:
+        return Resources(batch_size=self.params.batch_records,
+                         device="cpu" if self.params.backend == "openai" else "auto", model=True)
+
+    def setup(self) -> None:
+        from gpu_jobs.generate import FileGenerationCache, make_generator
+
+        p: AgentWriteParams = self.params
+        extra = ({"base_url": p.base_url, "api_key_env": p.api_key_env, "timeout": p.timeout_s, "retries": p.retries}
+                 if p.backend == "openai" else {})
+        folder = self.services.generation_cache
+        self._gen = make_generator(p.model, p.backend, cache=FileGenerationCache(folder) if folder else None, **extra)
+
+    @functools.cached_property
+    def _refusal(self) -> list[re.Pattern]:
+        return [re.compile(x, re.IGNORECASE) for x in self.params.refusal_patterns]
+
+    def _call(self, messages: list[dict], max_new_tokens: int, seed: int, what: str):
+        """(text, None) or (None, the reject or drop that ends this instruction)."""
+        from gpu_jobs.generate import GenerationError, GenParams
+
+        try:
+            g = self._gen.generate_full(messages, GenParams(max_new_tokens=max_new_tokens,
+                                                            temperature=self.params.temperature, seed=seed))
+        except GenerationError as e:
+            return None, ("generation failed", f"{what}: {str(e)[:400]}")
+        head = g.text.strip()[:200]
+        pattern = next((r.pattern for r in self._refusal if r.search(head)), None)
+        if pattern or g.finish_reason in ("content_filter", "no_content"):
+            return None, (f"{what.split()[0]} refused", f"{what}: finish_reason {g.finish_reason}"
+                          + (f"; matches {pattern!r}" if pattern else ""))
+        if g.finish_reason == "length":
+            return None, (f"{what.split()[0]} cut by the token limit", f"{what}: {max_new_tokens} new tokens")
+        if not g.text.strip():
+            return None, ("empty " + what.split()[0], what)
+        return g.text, None
+
+    def process(self, record: dict) -> Iterator[Outcome]:
+        p: AgentWriteParams = self.params
+        rid, instruction = record["id"], record.get(p.prompt_field)
+        if not isinstance(instruction, str) or not instruction.strip():
+            yield Rejected(rid, "empty instruction", f"'{p.prompt_field}' is empty or missing")
+            return
+        calls0 = (getattr(self._gen, "calls", 0), getattr(self._gen, "hits", 0))
+        plan, plan_raw, tries = None, "", []
+        for attempt in range(p.plan_asks):
+            plan_raw, why = self._call(core.plan_prompt(instruction), p.plan_tokens, self.seed + attempt, "plan")
+            if why:
+                yield Rejected(rid, *why)
+                return
+            plan = core.parse_plan(plan_raw, p.max_steps, p.require_targets)
+            if plan.ok:
+                break
+            tries.append("; ".join(plan.problems))
+        if plan is None or not plan.ok:
+            yield Dropped(rid, "plan unusable", f"{p.plan_asks} tries: {' | '.join(tries)}")
+            return
+        sections: list[str] = []
+        for k in range(len(plan.steps)):  # strictly in order: each section sees all text before it
+            text, why = self._call(core.write_prompt(instruction, plan.steps, sections, k), p.section_tokens,
+                                   self.seed, f"section {k + 1} of {len(plan.steps)}")
+            if why:  # an empty section drops the instruction [code]; a failure rejects it
+                yield Dropped(rid, *why) if why[0].startswith("empty") else Rejected(rid, *why)
+                return
+            sections.append(text.strip())
+        response = core.assemble(sections, p.strip_labels)
+        n_words = core.count_words(response)
+        yield Measured({"generations_made": self._gen.calls - calls0[0] if hasattr(self._gen, "calls") else 0,
+                        "generations_cached": self._gen.hits - calls0[1] if hasattr(self._gen, "hits") else 0,
+                        "sections": len(sections), "words": n_words})
+        if p.min_words and n_words < p.min_words:
+            yield Dropped(rid, "too short", f"{n_words} words (min_words {p.min_words})")
+            return
+        if p.max_words and n_words > p.max_words:
+            yield Dropped(rid, "too long", f"{n_words} words (max_words {p.max_words})")
+            return
+        yield {"id": rid, "messages": [{"role": "user", "content": instruction},
+                                       {"role": "assistant", "content": response}],
+               "prompt": instruction, "language": record.get("language"), "source": record.get("source"),
+               "plan_raw": plan_raw, "steps": plan.steps, "word_targets": plan.word_targets,
+               "n_steps": len(plan.steps), "sections": sections, "response_length": n_words,
+               "generator": json.dumps({"model": p.model, "backend": p.backend, "temperature": p.temperature,
+                                        "plan_tokens": p.plan_tokens, "section_tokens": p.section_tokens},
+                                       sort_keys=True),
+               "status": "ok"}
+
+
+class CurationParams(StageParams):
+    mode: Literal["reference", "better"] = Field("reference", description="required-length parser: the "
+                                                 "evalscope rules with their quirks, or ours [spec 3.8]")
+    threshold: float = Field(80.0, ge=0, le=100, description="keep rows with S_l at least this [paper: 80]")
+
+
+@register
+class LengthCuration(RecordStage):
+    """Minimum tuning (spec 3.8): keep rows whose first user turn states exactly one required length
+    and whose answer follows it (S_l >= threshold); adds length, response_length, score_length."""
+
+    name = "length_curation"
+    Params = CurationParams
+    input_schema = RecordSchema("chat_row", 1, (pa.field("id", pa.string(), nullable=False),
+                                                pa.field("messages", pa.list_(MESSAGE))))
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return self.adding(upstream, "curated", CURATED_FIELDS)
+
+    def process(self, record: dict) -> Iterator[Outcome]:
+        p: CurationParams = self.params
+        msgs = record.get("messages") or []
+        user = next((m.get("content") or "" for m in msgs if m.get("role") == "user"), None)
+        answer = next((m.get("content") or "" for m in msgs if m.get("role") == "assistant"), None)
+        if user is None or answer is None:
+            yield Rejected(record["id"], "no user and assistant turn", f"{len(msgs)} turns")
+            return
+        length = core.required_length(user, p.mode)
+        if length is None:
+            yield Dropped(record["id"], "no single required length", f"mode {p.mode}")
+            return
+        produced = core.count_words(answer)
+        if length == 0 or produced == 0:
+            yield Dropped(record["id"], "length 0", f"required {length}, produced {produced}")
+            return
+        s = core.length_score(length, produced)
+        if s < p.threshold:
+            yield Dropped(record["id"], f"S_l below {p.threshold:g}", f"required {length}, produced {produced}, "
+                          f"S_l {s:.1f}")
+            return
+        yield {**record, "length": length, "response_length": produced, "score_length": s}
