@@ -200,3 +200,64 @@ def assemble(sections: list[str], strip_labels: bool = True) -> str:
     so far"), with leftover "Paragraph k:" labels removed from each section's start."""
     parts = [(_LABEL.sub("", s, count=1) if strip_labels else s).strip() for s in sections]
     return "\n\n".join(parts)
+
+
+# -- LongBench-Write quality judge (spec 3.7) -------------------------------------------------------
+
+JUDGE_DIMENSIONS = ("Relevance", "Accuracy", "Coherence", "Clarity", "Breadth and Depth", "Reading Experience")
+
+
+def judge_prompt(instruction: str, response: str) -> list[dict]:
+    """The judge sees the request and the response and rates six dimensions 1-5, ignoring length."""
+    dims = ", ".join(f'"{d}"' for d in JUDGE_DIMENSIONS)
+    return [{"role": "user", "content": (
+        "You are an expert in evaluating text quality. Please evaluate the quality of an AI assistant's response "
+        "to a user's writing request. Be as strict as possible.\n\n"
+        "Evaluate the response on six dimensions: Relevance (does it address the request), Accuracy (is the "
+        "content correct, free of factual errors), Coherence (is it well organised and logically connected), "
+        "Clarity (is the language clear and easy to follow), Breadth and Depth (does it cover the subject "
+        "broadly and in depth), Reading Experience (is it pleasant and engaging to read). Rate each dimension "
+        "with an integer from 1 to 5. Do not let the length of the response affect your ratings.\n\n"
+        f"[Writing request]\n{instruction}\n\n[Response]\n{response}\n\n"
+        "Answer with a JSON object only: a short \"Analysis\" string, then the six ratings under the keys "
+        f"{dims}.")}]
+
+
+def parse_judgement(text: str) -> dict[str, int] | None:
+    """The six ratings of a judge's reply (a fenced block is unwrapped), or None when the reply is
+    not JSON or any dimension is missing or outside 1-5 (the caller asks again)."""
+    import json
+
+    m = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    body = m.group(1) if m else text
+    start, end = body.find("{"), body.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        data = json.loads(body[start:end + 1])
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    out = {}
+    for d in JUDGE_DIMENSIONS:
+        v = data.get(d)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 1 <= v <= 5 or int(v) != v:
+            return None
+        out[d] = int(v)
+    return out
+
+
+def quality_score(judgements: list[dict[str, int]]) -> tuple[float, dict[str, float]]:
+    """(S_q, each dimension's score): a dimension's mean rating m gives (m - 1) x 25; a dimension
+    no judgement rated counts as 3 (spec 3.7)."""
+    per = {}
+    for d in JUDGE_DIMENSIONS:
+        ratings = [j[d] for j in judgements if d in j]
+        per[d] = ((sum(ratings) / len(ratings)) if ratings else 3.0) * 25 - 25
+    return sum(per.values()) / len(per), per
+
+
+def overall_score(s_l: float, s_q: float) -> float:
+    """S = (S_l + S_q) / 2."""
+    return (s_l + s_q) / 2

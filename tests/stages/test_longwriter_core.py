@@ -82,3 +82,23 @@ def test_assembly_joins_in_order_and_strips_labels():
     assert core.assemble(["Paragraph 1: The source.", "## Paragraph 2 - The delta.", " Plain. "]) == \
         "The source.\n\nThe delta.\n\nPlain."
     assert core.assemble(["Paragraph 1: kept"], strip_labels=False) == "Paragraph 1: kept"
+
+
+def test_judge_replies_are_parsed_strictly():
+    good = ('Here you go:\n```json\n{"Analysis": "fine", "Relevance": 5, "Accuracy": 4, "Coherence": 4, '
+            '"Clarity": 5, "Breadth and Depth": 3, "Reading Experience": 4}\n```')
+    assert core.parse_judgement(good) == {"Relevance": 5, "Accuracy": 4, "Coherence": 4, "Clarity": 5,
+                                          "Breadth and Depth": 3, "Reading Experience": 4}
+    assert core.parse_judgement(good.replace('"Clarity": 5, ', "")) is None  # a missing dimension: ask again
+    assert core.parse_judgement(good.replace('"Accuracy": 4', '"Accuracy": 7')) is None
+    assert core.parse_judgement("I think it is good.") is None
+    prompt = core.judge_prompt("Write about rivers.", "Rivers flow.")[0]["content"]
+    assert all(d in prompt for d in core.JUDGE_DIMENSIONS) and "length" in prompt
+
+
+def test_quality_and_overall_scores():
+    s_q, per = core.quality_score([{d: 5 for d in core.JUDGE_DIMENSIONS}, {d: 3 for d in core.JUDGE_DIMENSIONS}])
+    assert s_q == 75.0 and set(per.values()) == {75.0}
+    s_q, per = core.quality_score([{"Relevance": 1}])
+    assert per["Relevance"] == 0 and per["Clarity"] == 50  # unrated: 3
+    assert core.overall_score(48.92, 85.87) == pytest.approx(67.4, abs=0.01)  # minimum tuning's Qwen2 row
