@@ -106,6 +106,15 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--part-size", type=positive_int, default=64, help="samples per side-table part (the resume unit)")
     sc.add_argument("--quiet", action="store_true")
 
+    lbw = sub.add_parser("longbench-write", help="LongBench-Write scores (S_l, judge S_q, S) of a predictions file")
+    lbw.add_argument("predictions", help="JSONL: prompt, response, length per line (or messages and length)")
+    lbw.add_argument("--output", required=True, help="folder for scores.jsonl and summary.json")
+    lbw.add_argument("--judge-model", default="smollm2-135m", help="the judge [paper: gpt-4o-2024-05-13]")
+    lbw.add_argument("--backend", choices=["local", "openai"], default="local")
+    lbw.add_argument("--base-url", help="openai backend: e.g. http://localhost:8000/v1")
+    lbw.add_argument("--judge-asks", type=positive_int, default=5, help="judge calls before a sample leaves S_q")
+    lbw.add_argument("--length-only", action="store_true", help="S_l alone, no judge")
+
     sel = sub.add_parser("select", help="GATEAU: re-rank from a gateau run's stored scores (no model)")
     sel.add_argument("gateau_output", help="the output folder of pipelines/gateau.yaml (or its gateau_scores/)")
     sel.add_argument("--output", required=True, help="folder for the new selection")
@@ -176,6 +185,10 @@ def _dispatch(args) -> int:
         return _models(args)
     if args.command == "select":
         return _select(args)
+    if args.command == "longbench-write":
+        from pipelines.longbench_write_command import longbench_write
+
+        return longbench_write(args)
     if args.command == "score":
         from pipelines.score_command import score
 

@@ -214,3 +214,119 @@ class LengthCuration(RecordStage):
                           f"S_l {s:.1f}")
             return
         yield {**record, "length": length, "response_length": produced, "score_length": s}
+
+
+class LongBenchWriteParams(StageParams):
+    judge_model: str = Field("smollm2-135m", description="the judge [paper: gpt-4o-2024-05-13]")
+    backend: Literal["local", "openai"] = "local"
+    base_url: str | None = Field(None, description="openai backend: e.g. http://localhost:8000/v1")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    timeout_s: float = Field(300.0, gt=0)
+    retries: int = Field(4, ge=0)
+    judge_tokens: int = Field(1024, gt=0, description="[code: 1024]")
+    temperature: float = Field(0.5, ge=0, description="[code: 0.5]")
+    judge_asks: int = Field(5, ge=1, description="judge calls (another seed each) before a sample leaves S_q [code: 5]")
+    length_only: bool = Field(False, description="S_l alone: no judge is loaded")
+    batch_records: int = Field(4, gt=0)
+
+
+SCORED_FIELDS = (pa.field("required_length", pa.int64()), pa.field("response_length", pa.int64()),
+                 pa.field("score_length", pa.float64()), pa.field("ratings", pa.string()))
+
+
+def prediction_parts(record: dict) -> tuple[str | None, str | None, int | None]:
+    """(request, response, required length) of a LongBench-Write prediction: its `prompt`,
+    `response` and `length` keys, or a `messages` pair, in the record or its metadata."""
+    meta = json.loads(record.get("metadata") or "{}") if isinstance(record.get("metadata"), str) else {}
+    src = {**meta, **{k: v for k, v in record.items() if v is not None}}
+    prompt, response = src.get("prompt"), src.get("response")
+    msgs = src.get("messages")
+    if isinstance(msgs, list):
+        prompt = prompt or next((m.get("content") for m in msgs if m.get("role") == "user"), None)
+        response = response or next((m.get("content") for m in msgs if m.get("role") == "assistant"), None)
+    if response is None and "metadata" in record and "text" in record:
+        response = record["text"]
+    length = src.get("length")
+    return prompt, response, int(length) if isinstance(length, int | float) and not isinstance(length, bool) else None
+
+
+@register
+class LongBenchWriteScore(RecordStage):
+    """LongBench-Write (spec 3.7): S_l of each prediction against its required length, and the judge's
+    six ratings (JSON, asked again when malformed); the stage's metrics are S_l, S_q per dimension,
+    S_q and S over the run."""
+
+    name = "longbench_write_score"
+    Params = LongBenchWriteParams
+    input_schema = RecordSchema("prediction", 1, (pa.field("id", pa.string(), nullable=False),))
+    uses_generations = True
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return self.adding(upstream, "longbench_write", SCORED_FIELDS)
+
+    def resources(self) -> Resources:
+        return Resources(batch_size=self.params.batch_records,
+                         device="cpu" if self.params.backend == "openai" else "auto", model=not self.params.length_only)
+
+    def setup(self) -> None:
+        from gpu_jobs.generate import FileGenerationCache, make_generator
+
+        p: LongBenchWriteParams = self.params
+        if p.length_only:
+            self._gen = None
+            return
+        extra = ({"base_url": p.base_url, "api_key_env": p.api_key_env, "timeout": p.timeout_s, "retries": p.retries}
+                 if p.backend == "openai" else {})
+        folder = self.services.generation_cache
+        self._gen = make_generator(p.judge_model, p.backend, cache=FileGenerationCache(folder) if folder else None,
+                                   **extra)
+
+    def _judge(self, prompt: str, response: str) -> tuple[dict[str, int] | None, str]:
+        from gpu_jobs.generate import GenerationError, GenParams
+
+        p: LongBenchWriteParams = self.params
+        tried = []
+        for attempt in range(p.judge_asks):
+            try:
+                g = self._gen.generate_full(core.judge_prompt(prompt, response),
+                                            GenParams(max_new_tokens=p.judge_tokens, temperature=p.temperature,
+                                                      seed=self.seed + attempt))
+            except GenerationError as e:
+                return None, f"judge failed: {str(e)[:300]}"
+            ratings = core.parse_judgement(g.text)
+            if ratings is not None:
+                return ratings, ""
+            tried.append(g.finish_reason)
+        return None, f"no parseable judgement in {p.judge_asks} tries ({', '.join(tried)})"
+
+    def process(self, record: dict) -> Iterator[Outcome]:
+        prompt, response, required = prediction_parts(record)
+        if not prompt or response is None:
+            yield Rejected(record["id"], "no request and response", "needs prompt and response, or messages")
+            return
+        produced = core.count_words(response)
+        s_l = core.length_score(required, produced) if required and produced else (0.0 if required else None)
+        sums: dict[str, float] = {"samples": 1}
+        if s_l is not None:
+            sums |= {"s_l_sum": s_l, "s_l_n": 1}
+        ratings, why = (None, "length only") if self._gen is None else self._judge(prompt, response)
+        if ratings is not None:
+            sums["judged"] = 1
+            sums |= {f"rating_sum:{d}": v for d, v in ratings.items()}
+        elif self._gen is not None:
+            sums["unjudged"] = 1
+        yield Measured(sums)
+        yield {**record, "required_length": required, "response_length": produced, "score_length": s_l,
+               "ratings": json.dumps(ratings if ratings is not None else {"unjudged": why}, sort_keys=True)}
+
+    def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        out = {"samples": sums.get("samples", 0), "judged": sums.get("judged", 0), "unjudged": sums.get("unjudged", 0)}
+        if sums.get("s_l_n"):
+            out["S_l"] = sums["s_l_sum"] / sums["s_l_n"]
+        if sums.get("judged"):
+            per = {d: (sums.get(f"rating_sum:{d}", 0) / sums["judged"] - 1) * 25 for d in core.JUDGE_DIMENSIONS}
+            out |= {f"S_q:{d}": v for d, v in per.items()}
+            out["S_q"] = sum(per.values()) / len(per)
+            if "S_l" in out:
+                out["S"] = core.overall_score(out["S_l"], out["S_q"])
+        return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import run_cli, write_pipeline
 
 
@@ -74,3 +76,21 @@ def test_secrets_in_beam_args_never_reach_the_catalog(tmp_path):
     assert "hf_SECRETVALUE" not in dump.stdout and "--hf_token=***" in dump.stdout
     dry = run_cli("run", str(p), "--dry-run")
     assert dry.returncode == 0 and "hf_SECRETVALUE" not in dry.stdout
+
+
+def test_longbench_write_length_scores_from_the_command_line(tmp_path):
+    """`longforge longbench-write --length-only` on a predictions file: S_l per sample and the mean."""
+    import json
+
+    from stages.longwriter_core import length_score
+
+    preds = tmp_path / "pred.jsonl"
+    preds.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
+        {"prompt": "Write a 20 words note.", "response": " ".join(["river"] * 30), "length": 20},
+        {"prompt": "写一篇10字的短文", "response": "河流从山中流出汇入大海", "length": 10}]) + "\n")
+    r = run_cli("longbench-write", str(preds), "--output", str(tmp_path / "out"), "--length-only")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["S_l"] == pytest.approx((length_score(20, 30) + length_score(10, 11)) / 2)
+    r = run_cli("longbench-write", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "does not exist" in r.stderr

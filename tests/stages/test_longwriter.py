@@ -96,3 +96,40 @@ def test_curation_keeps_rows_that_follow_their_one_required_length():
     kept = list(better.process({"id": "z", "messages": [{"role": "user", "content": rows["zero"]},
                                                        {"role": "assistant", "content": answer}]}))[0]
     assert kept.reason == "S_l below 80" and "required 10000" in kept.detail
+
+
+class ScriptedJudge:
+    """Stands in for the judge LLM: a malformed reply first, then six ratings."""
+
+    model = "judge"
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate_full(self, messages, params):
+        self.calls += 1
+        if self.calls % 2:
+            return Generation("The response is good.")
+        return Generation('```json\n{"Analysis": "ok", "Relevance": 5, "Accuracy": 4, "Coherence": 5, "Clarity": 4, '
+                          '"Breadth and Depth": 3, "Reading Experience": 3}\n```')
+
+
+def test_longbench_write_scores_length_and_asks_the_judge_again_when_its_reply_is_malformed():
+    import json
+
+    from stages.longwriter import LongBenchWriteScore
+
+    stage = LongBenchWriteScore(LongBenchWriteScore.Params(judge_asks=2))
+    stage._gen = ScriptedJudge()
+    pred = {"id": "p", "metadata": json.dumps({"prompt": "Write 10 words.", "length": 10,
+                                               "response": "one two three four five six seven eight nine ten"})}
+    sums: dict = {}
+    for o in stage.process(pred):
+        if isinstance(o, Measured):
+            sums = o.values
+        else:
+            row = o
+    assert stage._gen.calls == 2 and row["score_length"] == 100.0 and row["response_length"] == 10
+    m = stage.summarize_metrics(sums)
+    assert m["S_l"] == 100.0 and m["S_q"] == (100 + 75 + 100 + 75 + 50 + 50) / 6
+    assert m["S"] == (m["S_l"] + m["S_q"]) / 2
