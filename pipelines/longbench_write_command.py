@@ -34,7 +34,7 @@ def longbench_write(args) -> int:
         print(f"error: --output '{out}' already holds files that are not a LongBench-Write scoring; give a new or "
               "empty folder", file=sys.stderr)
         return 2
-    params = {"judge_model": args.judge_model, "backend": args.backend, "length_only": args.length_only,
+    params = {"model": args.judge_model, "backend": args.backend, "length_only": args.length_only,
               "judge_asks": args.judge_asks}
     if args.base_url:
         params["base_url"] = args.base_url

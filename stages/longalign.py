@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
 from collections.abc import Iterator
 from typing import Literal
 
@@ -28,6 +27,7 @@ from stages.base import (
     SideRow,
     StageParams,
 )
+from stages.generation import GeneratorParams, open_generator, refusal
 
 INSTRUCTION_ROW = RecordSchema("longalign_row", 1, (
     pa.field("id", pa.string(), nullable=False),  # <document id>#q
@@ -71,11 +71,7 @@ def _seeded(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big"))
 
 
-class SelfInstructParams(StageParams):
-    model: str = Field("smollm2-135m", description="generator: alias, folder, cached Hub id, or the served name")
-    backend: Literal["local", "openai"] = "local"
-    base_url: str | None = Field(None, description="openai backend: e.g. http://localhost:8000/v1")
-    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+class SelfInstructParams(GeneratorParams):
     max_document_chars: int = Field(24000, gt=0, description="documents are cut to this many characters")
     question_tokens: int = Field(200, gt=0)
     answer_tokens: int = Field(300, gt=0)
@@ -85,13 +81,8 @@ class SelfInstructParams(StageParams):
     min_questions: int = Field(5, ge=1, description="questions a reply must list [spec: five]")
     reask_temperature: float = Field(0.7, gt=0, description="sampling temperature of the re-asks when "
                                      "temperature is 0 (greedy would repeat the same reply) [ours]")
-    timeout_s: float = Field(120.0, gt=0, description="openai backend: seconds per request")
-    retries: int = Field(4, ge=0, description="openai backend: retries on connection errors, 429 and 5xx")
     length_tokenizer: str = Field("smollm2", description="the tokenizer that counts a row's `length` (the "
                                   "trainer's, ideally) [LongAlign: ChatGLM3's]")
-    refusal_patterns: tuple[str, ...] = Field(
-        core.REFUSAL_PATTERNS, description="regular expressions (case-insensitive) that mark a reply as a refusal "
-        "when they match its first 200 characters [ours]")
     batch_records: int = Field(4, gt=0, description="documents per checkpointed batch: a killed run never "
                                "generates for a finished batch again")
 
@@ -112,20 +103,13 @@ class SelfInstruct(RecordStage):
         return INSTRUCTION_ROW
 
     def resources(self) -> Resources:
-        return Resources(batch_size=self.params.batch_records, device="cpu" if self.params.backend == "openai"
-                         else "auto", model=True)
+        return Resources(batch_size=self.params.batch_records, device=self.params.device, model=True)
 
     def side_tables(self) -> dict[str, RecordSchema]:
         return {"messages": INSTRUCTION_ROW}  # the rows as generated, before any tokenisation
 
     def generator(self):
-        from gpu_jobs.generate import FileGenerationCache, make_generator
-
-        p: SelfInstructParams = self.params
-        extra = ({"base_url": p.base_url, "api_key_env": p.api_key_env, "timeout": p.timeout_s, "retries": p.retries}
-                 if p.backend == "openai" else {})
-        folder = self.services.generation_cache
-        return make_generator(p.model, p.backend, cache=FileGenerationCache(folder) if folder else None, **extra)
+        return open_generator(self.params, self.services)
 
     def setup(self) -> None:
         self._gen = self.generator()
@@ -146,13 +130,8 @@ class SelfInstruct(RecordStage):
         except GenerationError as e:
             return None, str(e)[:500]
 
-    @functools.cached_property
-    def _refusal(self) -> list[re.Pattern]:
-        return [re.compile(x, re.IGNORECASE) for x in self.params.refusal_patterns]
-
     def _refused(self, text: str) -> str | None:
-        head = text.strip()[:200]
-        return next((r.pattern for r in self._refusal if r.search(head)), None)
+        return refusal(text, self.params.refusal_patterns)
 
     def process(self, record: dict) -> Iterator[Outcome]:
         p: SelfInstructParams = self.params

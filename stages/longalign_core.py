@@ -51,15 +51,6 @@ def answer_prompt(document: str, question: str) -> list[dict]:
 _NUMBERED = re.compile(r"^\s*(?:Q(?:uestion)?\s*|问题\s*)?(\d{1,2})\s*[:.)：、．）]\s*(.+?)\s*$", re.IGNORECASE)
 
 
-# Replies that decline the task (ours; matched case-insensitively against a reply's first 200 characters).
-REFUSAL_PATTERNS = (
-    r"^\W*(i'?m|i am) sorry\b",
-    r"^\W*(sorry|apologies)[,.!]",
-    r"\bi (can ?not|can't|cannot|won't|am unable to|'m unable to) (help|assist|answer|comply|provide|do that)",
-    r"\bas an ai( language model)?\b",
-)
-
-
 def parse_questions(text: str) -> list[str]:
     """The numbered questions of a reply ('1:', '1.', '1)', 'Q1:'), in order, without duplicates."""
     out = []

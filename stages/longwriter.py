@@ -5,9 +5,7 @@ The pure parts are in :mod:`stages.longwriter_core`."""
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 from collections.abc import Iterator
 from typing import Literal
 
@@ -15,9 +13,10 @@ import pyarrow as pa
 from pydantic import Field
 
 from schemas import MESSAGE, RecordSchema
-from stages import longalign_core, register
 from stages import longwriter_core as core
+from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams
+from stages.generation import GeneratorParams, open_generator, refusal
 
 LONGWRITER_ROW = RecordSchema("longwriter_row", 1, (
     pa.field("id", pa.string(), nullable=False),
@@ -39,14 +38,10 @@ CURATED_FIELDS = (pa.field("length", pa.int64()), pa.field("response_length", pa
                   pa.field("score_length", pa.float64()))
 
 
-class AgentWriteParams(StageParams):
-    model: str = Field("smollm2-135m", description="writer: alias, folder, cached Hub id, or the served name "
+class AgentWriteParams(GeneratorParams):
+    model: str = Field("smollm2-135m", description="the writer: alias, folder, cached Hub id, or the served name "
                        "[paper: gpt-4o-2024-05-13]")
-    backend: Literal["local", "openai"] = "local"
-    base_url: str | None = Field(None, description="openai backend: e.g. http://localhost:8000/v1")
-    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
-    timeout_s: float = Field(600.0, gt=0, description="openai backend: seconds per request")
-    retries: int = Field(4, ge=0, description="openai backend: retries on connection errors, 429 and 5xx [code: 10]")
+    timeout_s: float = Field(600.0, gt=0, description="openai backend: seconds per request (sections are long)")
     prompt_field: str = Field("text", description="the instruction's field: a record's text (for LongWriter's "
                               "`prompt` key, give the input `text_field: prompt`)")
     plan_tokens: int = Field(4096, gt=0, description="new tokens of the plan call [code: 4096]")
@@ -60,8 +55,6 @@ class AgentWriteParams(StageParams):
                                   "release; 2000 for new data]")
     max_words: int | None = Field(None, gt=0, description="answers longer are dropped [off; 32000 for new data]")
     strip_labels: bool = Field(True, description="remove 'Paragraph k:' labels a section opens with [paper]")
-    refusal_patterns: tuple[str, ...] = Field(longalign_core.REFUSAL_PATTERNS,
-                                              description="a plan or section matching one is a refusal")
     batch_records: int = Field(2, gt=0, description="instructions per checkpointed batch")
 
 
@@ -87,21 +80,10 @@ class AgentWrite(RecordStage):
         return LONGWRITER_ROW
 
     def resources(self) -> Resources:
-        return Resources(batch_size=self.params.batch_records,
-                         device="cpu" if self.params.backend == "openai" else "auto", model=True)
+        return Resources(batch_size=self.params.batch_records, device=self.params.device, model=True)
 
     def setup(self) -> None:
-        from gpu_jobs.generate import FileGenerationCache, make_generator
-
-        p: AgentWriteParams = self.params
-        extra = ({"base_url": p.base_url, "api_key_env": p.api_key_env, "timeout": p.timeout_s, "retries": p.retries}
-                 if p.backend == "openai" else {})
-        folder = self.services.generation_cache
-        self._gen = make_generator(p.model, p.backend, cache=FileGenerationCache(folder) if folder else None, **extra)
-
-    @functools.cached_property
-    def _refusal(self) -> list[re.Pattern]:
-        return [re.compile(x, re.IGNORECASE) for x in self.params.refusal_patterns]
+        self._gen = open_generator(self.params, self.services)
 
     def _call(self, messages: list[dict], max_new_tokens: int, seed: int, what: str):
         """(text, None) or (None, the reject or drop that ends this instruction)."""
@@ -112,8 +94,7 @@ class AgentWrite(RecordStage):
                                                             temperature=self.params.temperature, seed=seed))
         except GenerationError as e:
             return None, ("generation failed", f"{what}: {str(e)[:400]}")
-        head = g.text.strip()[:200]
-        pattern = next((r.pattern for r in self._refusal if r.search(head)), None)
+        pattern = refusal(g.text, self.params.refusal_patterns)
         if pattern or g.finish_reason in ("content_filter", "no_content"):
             return None, (f"{what.split()[0]} refused", f"{what}: finish_reason {g.finish_reason}"
                           + (f"; matches {pattern!r}" if pattern else ""))
@@ -216,13 +197,8 @@ class LengthCuration(RecordStage):
         yield {**record, "length": length, "response_length": produced, "score_length": s}
 
 
-class LongBenchWriteParams(StageParams):
-    judge_model: str = Field("smollm2-135m", description="the judge [paper: gpt-4o-2024-05-13]")
-    backend: Literal["local", "openai"] = "local"
-    base_url: str | None = Field(None, description="openai backend: e.g. http://localhost:8000/v1")
-    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
-    timeout_s: float = Field(300.0, gt=0)
-    retries: int = Field(4, ge=0)
+class LongBenchWriteParams(GeneratorParams):
+    model: str = Field("smollm2-135m", description="the judge [paper: gpt-4o-2024-05-13]")
     judge_tokens: int = Field(1024, gt=0, description="[code: 1024]")
     temperature: float = Field(0.5, ge=0, description="[code: 0.5]")
     judge_asks: int = Field(5, ge=1, description="judge calls (another seed each) before a sample leaves S_q [code: 5]")
@@ -265,21 +241,11 @@ class LongBenchWriteScore(RecordStage):
         return self.adding(upstream, "longbench_write", SCORED_FIELDS)
 
     def resources(self) -> Resources:
-        return Resources(batch_size=self.params.batch_records,
-                         device="cpu" if self.params.backend == "openai" else "auto", model=not self.params.length_only)
+        return Resources(batch_size=self.params.batch_records, device=self.params.device,
+                         model=not self.params.length_only)
 
     def setup(self) -> None:
-        from gpu_jobs.generate import FileGenerationCache, make_generator
-
-        p: LongBenchWriteParams = self.params
-        if p.length_only:
-            self._gen = None
-            return
-        extra = ({"base_url": p.base_url, "api_key_env": p.api_key_env, "timeout": p.timeout_s, "retries": p.retries}
-                 if p.backend == "openai" else {})
-        folder = self.services.generation_cache
-        self._gen = make_generator(p.judge_model, p.backend, cache=FileGenerationCache(folder) if folder else None,
-                                   **extra)
+        self._gen = None if self.params.length_only else open_generator(self.params, self.services)
 
     def _judge(self, prompt: str, response: str) -> tuple[dict[str, int] | None, str]:
         from gpu_jobs.generate import GenerationError, GenParams

@@ -1,0 +1,57 @@
+"""What every generating stage shares (self_instruct, agent_write, longbench_write_score): where its
+LLM is, how it is opened through the run's generation cache, and what counts as a refusal."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Literal
+
+from pydantic import Field
+
+from stages.base import Services, StageParams
+
+# Replies that decline the task (ours; matched case-insensitively against a reply's first 200 characters).
+REFUSAL_PATTERNS = (
+    r"^\W*(i'?m|i am) sorry\b",
+    r"^\W*(sorry|apologies)[,.!]",
+    r"\bi (can ?not|can't|cannot|won't|am unable to|'m unable to) (help|assist|answer|comply|provide|do that)",
+    r"\bas an ai( language model)?\b",
+)
+
+
+class GeneratorParams(StageParams):
+    model: str = Field("smollm2-135m", description="the LLM: alias, folder, cached Hub id, or the served name")
+    backend: Literal["local", "openai"] = "local"
+    base_url: str | None = Field(None, description="openai backend: e.g. http://localhost:8000/v1")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    timeout_s: float = Field(120.0, gt=0, description="openai backend: seconds per request")
+    retries: int = Field(4, ge=0, description="openai backend: retries on connection errors, 429 and 5xx")
+    refusal_patterns: tuple[str, ...] = Field(
+        REFUSAL_PATTERNS, description="regular expressions (case-insensitive) that mark a reply as a refusal "
+        "when they match its first 200 characters [ours]")
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.backend == "openai" else "auto"
+
+
+def open_generator(p: GeneratorParams, services: Services):
+    """The generator the parameters name, behind the run's generation cache when there is one."""
+    from gpu_jobs.generate import FileGenerationCache, make_generator
+
+    extra = ({"base_url": p.base_url, "api_key_env": p.api_key_env, "timeout": p.timeout_s, "retries": p.retries}
+             if p.backend == "openai" else {})
+    folder = services.generation_cache
+    return make_generator(p.model, p.backend, cache=FileGenerationCache(folder) if folder else None, **extra)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
+    return tuple(re.compile(x, re.IGNORECASE) for x in patterns)
+
+
+def refusal(text: str, patterns: tuple[str, ...]) -> str | None:
+    """The pattern a reply's start matches, or None."""
+    head = text.strip()[:200]
+    return next((r.pattern for r in _compiled(tuple(patterns)) if r.search(head)), None)
