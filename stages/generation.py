@@ -55,3 +55,11 @@ def refusal(text: str, patterns: tuple[str, ...]) -> str | None:
     """The pattern a reply's start matches, or None."""
     head = text.strip()[:200]
     return next((r.pattern for r in _compiled(tuple(patterns)) if r.search(head)), None)
+
+
+def refused(generation, patterns: tuple[str, ...]) -> str | None:
+    """Why a generation is a refusal (no content, filtered, or a refusal pattern), or None."""
+    pattern = refusal(generation.text, patterns)
+    if pattern or generation.finish_reason in ("content_filter", "no_content"):
+        return f"finish_reason {generation.finish_reason}" + (f"; matches {pattern!r}" if pattern else "")
+    return None

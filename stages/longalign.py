@@ -27,7 +27,7 @@ from stages.base import (
     SideRow,
     StageParams,
 )
-from stages.generation import GeneratorParams, open_generator, refusal
+from stages.generation import GeneratorParams, open_generator, refusal, refused
 
 INSTRUCTION_ROW = RecordSchema("longalign_row", 1, (
     pa.field("id", pa.string(), nullable=False),  # <document id>#q
@@ -149,7 +149,7 @@ class SelfInstruct(RecordStage):
             if reply is None:
                 yield Rejected(rid, "generation failed", f"questions: {error}")
                 return
-            if self._refused(reply.text) or reply.finish_reason in ("content_filter", "no_content"):
+            if refused(reply, p.refusal_patterns):
                 tries.append(f"refused ({reply.finish_reason})")
                 continue
             questions = core.parse_questions(reply.text)
@@ -166,10 +166,9 @@ class SelfInstruct(RecordStage):
         if answer is None:
             yield Rejected(rid, "generation failed", f"answer: {error}")
             return
-        pattern = self._refused(answer.text)
-        if pattern or answer.finish_reason in ("content_filter", "no_content"):
-            yield Rejected(rid, "answer refused", f"finish_reason {answer.finish_reason}"
-                           + (f"; matches {pattern!r}" if pattern else ""))
+        why_refused = refused(answer, p.refusal_patterns)
+        if why_refused:
+            yield Rejected(rid, "answer refused", why_refused)
             return
         if answer.finish_reason == "length":
             yield Rejected(rid, "answer cut by the token limit", f"{p.answer_tokens} new tokens (answer_tokens); "

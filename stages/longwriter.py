@@ -16,7 +16,7 @@ from schemas import MESSAGE, RecordSchema
 from stages import longwriter_core as core
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams
-from stages.generation import GeneratorParams, open_generator, refusal
+from stages.generation import GeneratorParams, open_generator, refused
 
 LONGWRITER_ROW = RecordSchema("longwriter_row", 1, (
     pa.field("id", pa.string(), nullable=False),
@@ -94,10 +94,9 @@ class AgentWrite(RecordStage):
                                                             temperature=self.params.temperature, seed=seed))
         except GenerationError as e:
             return None, ("generation failed", f"{what}: {str(e)[:400]}")
-        pattern = refusal(g.text, self.params.refusal_patterns)
-        if pattern or g.finish_reason in ("content_filter", "no_content"):
-            return None, (f"{what.split()[0]} refused", f"{what}: finish_reason {g.finish_reason}"
-                          + (f"; matches {pattern!r}" if pattern else ""))
+        why_refused = refused(g, self.params.refusal_patterns)
+        if why_refused:
+            return None, (f"{what.split()[0]} refused", f"{what}: {why_refused}")
         if g.finish_reason == "length":
             return None, (f"{what.split()[0]} cut by the token limit", f"{what}: {max_new_tokens} new tokens")
         if not g.text.strip():
