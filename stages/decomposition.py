@@ -17,10 +17,10 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from schemas import DROP_LOG, SCHEDULE, SEQUENCE, TEXT_RECORD, TOKEN_IDS_FIELDS, TOKEN_IDS_RECORD, RecordSchema
+from schemas.files import write_parquet_atomic
 from stages import decomposition_core as core
 from stages import register
 from stages.base import (
@@ -212,9 +212,7 @@ def write_bucket_files(records: list[dict], folder: Path) -> None:
     index = pa.table({"seq_id": [r["id"] for r in records], "start": ends - lengths, "end": ends,
                       "doc_id": [r["doc_id"] for r in records], "doc_offset": [r["doc_offset"] for r in records]},
                      schema=INDEX_SCHEMA)
-    tmp = folder / f"index.parquet.tmp-{os.getpid()}"
-    pq.write_table(index, tmp)
-    os.replace(tmp, folder / "index.parquet")
+    write_parquet_atomic(index, folder / "index.parquet")
 
 
 class ScheduleParams(StageParams):
@@ -262,11 +260,7 @@ class VslSchedule(GlobalStage):
             "seq_rows": [s.sequences for s in steps],
         }, schema=SCHEDULE.arrow)
         if ctx.output_dir is not None:
-            path = Path(ctx.output_dir) / "buckets" / "schedule.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
+            write_parquet_atomic(table, Path(ctx.output_dir) / "buckets" / "schedule.parquet")
         if ctx.files_dir is not None and steps:
             plot_schedule(table, bucket_tokens, p, Path(ctx.files_dir) / "dd_schedule.png")
         metrics = {"steps": len(steps), "budget_tokens": p.budget_tokens, "cycles": p.cycles,
