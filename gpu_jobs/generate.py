@@ -64,19 +64,29 @@ class LocalGenerator:
 
     backend = "local"
 
-    def __init__(self, model: str, device: str = "auto"):
+    def __init__(self, model: str, device: str = "auto", rope=None):
+        """``rope``: a :class:`gpu_jobs.lm.RopeExtension` (LongPO's long answers come from the same
+        model with its window raised); the model is then held apart from the one-model cache, and
+        its cache identity names the extension, so extended and plain answers never mix."""
         from gpu_jobs.lm import resolve_causal_lm
 
         resolve_causal_lm(model)  # a missing model fails here, at once; the weights load on first use
-        self.model, self._device, self._lm = model, device, None
+        self.name, self.rope, self._device, self._lm = model, rope, device, None
+        self.model = model if rope is None else f"{model}@rope:{rope.kind}x{rope.factor:g}" + (
+            f"/{rope.original_positions}" if rope.original_positions else "")
 
     @property
     def lm(self):
         if self._lm is None:
-            from gpu_jobs.lm import load_causal_lm
+            from gpu_jobs.lm import load_causal_lm, open_causal_lm
 
-            self._lm = load_causal_lm(self.model, device=self._device)
+            self._lm = (load_causal_lm(self.name, device=self._device) if self.rope is None
+                        else open_causal_lm(self.name, device=self._device, rope=self.rope))
         return self._lm
+
+    @property
+    def max_positions(self) -> int:
+        return self.lm.max_positions
 
     def generate(self, messages: list[dict], params: GenParams | None = None) -> str:
         return self.generate_full(messages, params).text

@@ -32,6 +32,7 @@ def _load_builtin() -> None:
         hmg,
         icp,
         longalign,
+        longpo,
         longwriter,
         scoring,
         text,

@@ -36,14 +36,20 @@ class GeneratorParams(StageParams):
         return "cpu" if self.backend == "openai" else "auto"
 
 
-def open_generator(p: GeneratorParams, services: Services):
-    """The generator the parameters name, behind the run's generation cache when there is one."""
+def open_generator(p: GeneratorParams, services: Services, *, model: str | None = None,
+                   base_url: str | None = None, rope=None):
+    """The generator the parameters name (or another ``model`` / ``base_url`` of the same backend,
+    or the local model with a RoPE extension), behind the run's generation cache when there is one."""
     from gpu_jobs.generate import FileGenerationCache, make_generator
 
-    extra = ({"base_url": p.base_url, "api_key_env": p.api_key_env, "timeout": p.timeout_s, "retries": p.retries}
-             if p.backend == "openai" else {})
+    if p.backend == "openai":
+        extra = {"base_url": base_url or p.base_url, "api_key_env": p.api_key_env, "timeout": p.timeout_s,
+                 "retries": p.retries}
+    else:
+        extra = {"rope": rope} if rope is not None else {}
     folder = services.generation_cache
-    return make_generator(p.model, p.backend, cache=FileGenerationCache(folder) if folder else None, **extra)
+    return make_generator(model or p.model, p.backend, cache=FileGenerationCache(folder) if folder else None,
+                          **extra)
 
 
 @functools.lru_cache(maxsize=32)
