@@ -12,18 +12,20 @@ from gpu_jobs.generate import CachedGenerator, FileGenerationCache, Generation, 
 from stages import longpo_core as core
 from stages.base import Dropped, Measured, Rejected
 from stages.longpo import LongPOPairs
+from tests.fixtures.openai_server import echo
 
 SMALL = {"min_chunk_tokens": 150, "max_chunk_tokens": 400, "min_document_tokens": 800, "target_len": 4000,
          "answer_tokens": 64, "question_room": 64, "template_tokens": 32, "max_short_tokens": 1000}
 
 
 class EchoModel:
-    """Questions: four numbered ones. Answers: how many words of context came before the question."""
+    """The fixture server's context-echo replies (four numbered questions; answers that name how
+    many words of context came before the question), in process, with scripted variations."""
 
     model = "echo"
     backend = "local"
 
-    def __init__(self, question_words: int = 8, answer: str | None = None, fail: bool = False):
+    def __init__(self, question_words: int = 0, answer: str | None = None, fail: bool = False):
         self.prompts: list[str] = []
         self.question_words, self.answer, self.fail = question_words, answer, fail
         self.calls = self.hits = 0
@@ -34,14 +36,12 @@ class EchoModel:
         self.calls += 1
         if self.fail:
             raise GenerationError("the server answered 400")
-        if "questions about the text above" in content:
-            pad = " ".join(["detail"] * max(self.question_words - 7, 0))
-            return Generation("\n".join(f"{k}: How does part {k} connect to the rest {pad}?" for k in range(1, 5)))
-        context = content.rsplit(core.CONTEXT_SEPARATOR, 1)[0]
-        if self.answer is not None:
+        if self.answer is not None and "questions about the text above" not in content:
             return Generation(self.answer)
-        return Generation(f"Context words counted: {len(context.split())}; the reading began with "
-                          f"'{context.split()[0]}' and finished.")
+        if self.question_words and "questions about the text above" in content:
+            pad = " ".join(["detail"] * self.question_words)
+            return Generation("\n".join(f"{k}: How does part {k} connect to the rest {pad}?" for k in range(1, 5)))
+        return Generation(echo(content))
 
 
 def seen(answer: str) -> int:
