@@ -84,3 +84,18 @@ def test_a_prompt_beyond_the_window_is_an_error_not_a_truncation(local):
     long = [{"role": "user", "content": "word " * 9000}]
     with pytest.raises(GenerationError, match="no silent truncation"):
         local.generate(long, GenParams(max_new_tokens=8))
+
+
+def test_a_rope_extended_local_model_takes_the_longer_prompt_and_is_cached_apart(local, tmp_path):
+    """LongPO's rejected answers: the same model with its window raised (spec longpo.md 3.6)."""
+    from gpu_jobs.generate import FileGenerationCache
+    from gpu_jobs.lm import RopeExtension
+
+    extended = LocalGenerator("smollm2-135m", device="cpu", rope=RopeExtension("dynamic", 2.0))
+    assert extended.max_positions == 2 * local.max_positions and extended.model != local.model
+    cache = FileGenerationCache(tmp_path)
+    short = [{"role": "user", "content": "Say one word."}]
+    CachedGenerator(local, cache).generate(short, GenParams(max_new_tokens=3))
+    again = CachedGenerator(extended, cache)
+    again.generate(short, GenParams(max_new_tokens=3))
+    assert again.calls == 1  # the plain model's answer is not the extended model's
