@@ -12,7 +12,7 @@ MODELS_STAMP := $(VENV)/.models-done
 CORPORA_STAMP := $(LONGFORGE_HOME)/.corpora-fetched
 DEMO_CORPORA := paul_graham kjv_chapters python_docs peoples_daily_1998 debian_reference_id debian_reference_zh
 
-.PHONY: setup models corpora demo demo-icp demo-dd demo-utk test lint bench clean
+.PHONY: setup models corpora demo demo-icp demo-dd demo-utk demo-longpo demo-longwriter test lint bench clean
 
 setup: $(SETUP_STAMP) $(MODELS_STAMP) $(CORPORA_STAMP)
 
@@ -70,6 +70,11 @@ demo-utk: setup corpora
 	$(LONGFORGE) catalog query "SELECT stage, name, round(value, 4) AS value FROM metrics \
 	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'utk')"
 	$(PY) -c "import pyarrow.parquet as pq; print(pq.read_table('out/demo/utk/text_view').column('text')[0].as_py()[:1500])"
+
+demo-longpo: setup corpora
+	$(LONGFORGE) run pipelines/longpo.yaml --output out/demo/longpo --input out/corpora/paul_graham
+	$(LONGFORGE) catalog query "SELECT stage, name, value FROM metrics \
+	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'longpo') ORDER BY stage, name"
 
 test: setup
 	$(PY) -m pytest -q
