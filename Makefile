@@ -76,6 +76,18 @@ demo-longpo: setup corpora
 	$(LONGFORGE) catalog query "SELECT stage, name, value FROM metrics \
 	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'longpo') ORDER BY stage, name"
 
+# Writing instructions from the Python reference's topics (LongWriter-6k itself is not offline).
+demo-longwriter: setup corpora
+	mkdir -p out/demo
+	$(PY) -c "import json, pyarrow.parquet as pq; \
+	  rows = pq.read_table('out/corpora/python_docs/data').to_pylist()[:3]; \
+	  ask = 'Write a 300-word tutorial for beginners about the \"%s\" statement in Python, with one short example.'; \
+	  print('\n'.join(json.dumps({'id': r['id'], 'language': 'en', \
+	  'text': ask % json.loads(r['metadata'])['topic']}) for r in rows))" > out/demo/longwriter-instructions.jsonl
+	$(LONGFORGE) run pipelines/longwriter.yaml --output out/demo/longwriter --input out/demo/longwriter-instructions.jsonl
+	$(LONGFORGE) catalog query "SELECT stage, name, value FROM metrics \
+	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'longwriter') ORDER BY stage, name"
+
 test: setup
 	$(PY) -m pytest -q
 

@@ -265,14 +265,20 @@ def batch_digests(batch: pa.RecordBatch) -> list[bytes]:
     parts = []
     for name in lists:
         arr = batch.column(name)
-        values = arr.values.to_numpy(zero_copy_only=False).astype(arr.type.value_type.to_pandas_dtype(), copy=False)
+        inner = arr.values
+        # null elements (a plan step without a word target) are hashed as a validity mask, never cast
+        valid = inner.is_valid().to_numpy(zero_copy_only=False) if inner.null_count else None
+        inner = pc.fill_null(inner, 0) if inner.null_count else inner
+        values = inner.to_numpy(zero_copy_only=False).astype(arr.type.value_type.to_pandas_dtype(), copy=False)
         parts.append((name.encode(), arr.offsets.to_numpy(), values.astype(values.dtype.newbyteorder("<"), copy=False),
-                      arr.is_null().to_numpy(zero_copy_only=False)))
+                      arr.is_null().to_numpy(zero_copy_only=False), valid))
     out = []
     for i, rec in enumerate(scalars):
         h = hashlib.sha256(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS, default=str))
-        for name, offs, values, nulls in parts:
+        for name, offs, values, nulls, valid in parts:
             h.update(b"\x00" + name + (b"\x00null" if nulls[i] else b"\x00" + values[offs[i]:offs[i + 1]].tobytes()))
+            if valid is not None and not nulls[i] and not valid[offs[i]:offs[i + 1]].all():  # the row's own nulls
+                h.update(b"\x00valid" + valid[offs[i]:offs[i + 1]].tobytes())
         out.append(h.digest())
     return out
 

@@ -3,8 +3,10 @@ LLM is, how it is opened through the run's generation cache, and what counts as 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import Field
@@ -69,3 +71,17 @@ def refused(generation, patterns: tuple[str, ...]) -> str | None:
     if pattern or generation.finish_reason in ("content_filter", "no_content"):
         return f"finish_reason {generation.finish_reason}" + (f"; matches {pattern!r}" if pattern else "")
     return None
+
+
+@contextlib.contextmanager
+def counting_calls(*generators) -> Iterator[dict[str, float]]:
+    """``generations_made`` and ``generations_cached`` by the generators inside the block (each
+    counted once), filled in when it ends: what a stage's catalog metrics report."""
+    gens = list({id(g): g for g in generators if g is not None}.values())
+    before = [(getattr(g, "calls", 0), getattr(g, "hits", 0)) for g in gens]
+    counted: dict[str, float] = {}
+    try:
+        yield counted
+    finally:
+        counted["generations_made"] = sum(getattr(g, "calls", 0) - b[0] for g, b in zip(gens, before, strict=True))
+        counted["generations_cached"] = sum(getattr(g, "hits", 0) - b[1] for g, b in zip(gens, before, strict=True))

@@ -20,6 +20,7 @@ from stages import register
 from stages.base import (
     Dropped,
     GroupStage,
+    Measured,
     Outcome,
     RecordStage,
     Rejected,
@@ -27,7 +28,7 @@ from stages.base import (
     SideRow,
     StageParams,
 )
-from stages.generation import GeneratorParams, open_generator, refusal, refused
+from stages.generation import GeneratorParams, counting_calls, open_generator, refusal, refused
 
 INSTRUCTION_ROW = RecordSchema("longalign_row", 1, (
     pa.field("id", pa.string(), nullable=False),  # <document id>#q
@@ -134,6 +135,11 @@ class SelfInstruct(RecordStage):
         return refusal(text, self.params.refusal_patterns)
 
     def process(self, record: dict) -> Iterator[Outcome]:
+        with counting_calls(self._gen) as counted:
+            yield from self._instruct(record)
+        yield Measured(counted)
+
+    def _instruct(self, record: dict) -> Iterator[Outcome]:
         p: SelfInstructParams = self.params
         rid = record["id"]
         rng = _seeded(self.seed, rid)

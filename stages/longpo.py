@@ -22,7 +22,7 @@ from schemas import MESSAGE, RecordSchema
 from stages import longpo_core as core
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources
-from stages.generation import GeneratorParams, open_generator, refused
+from stages.generation import GeneratorParams, counting_calls, open_generator, refused
 
 LONGPO_PAIR = RecordSchema("longpo_pair", 1, (
     pa.field("id", pa.string(), nullable=False),  # the document's id
@@ -209,11 +209,12 @@ class LongPOPairs(RecordStage):
         return None
 
     def process(self, record: dict) -> Iterator[Outcome]:
-        rid = record["id"]
-        try:
-            yield from self._pairs(record)
-        except _Stop as e:
-            yield Rejected(rid, "generation failed", str(e))
+        with counting_calls(self._short, self._long) as counted:
+            try:
+                yield from self._pairs(record)
+            except _Stop as e:
+                yield Rejected(record["id"], "generation failed", str(e))
+        yield Measured(counted)  # every call, whether the document gave a pair or not
 
     def _pairs(self, record: dict) -> Iterator[Outcome]:
         p: LongPOParams = self.params
@@ -249,9 +250,6 @@ class LongPOPairs(RecordStage):
         long_tokens = self.count(long_ctx)
         rng = _rng(self.seed, rid)
         asked = sorted(rng.sample(chunks, min(p.max_chunks, len(chunks))), key=lambda c: c.index)
-        calls0 = (getattr(self._short, "calls", 0), getattr(self._short, "hits", 0))
-        long_calls0 = (getattr(self._long, "calls", 0), getattr(self._long, "hits", 0)) \
-            if self._long is not self._short else (0, 0)
         dropped: Counter = Counter()
         answered = []  # (chunk, question, chosen) in document order
         for chunk in asked:
@@ -285,14 +283,10 @@ class LongPOPairs(RecordStage):
                 dropped[why] += 1
                 continue
             turns.append((chunk, question, chosen, rejected))
-        made = (getattr(self._short, "calls", 0) - calls0[0]
-                + (getattr(self._long, "calls", 0) - long_calls0[0] if self._long is not self._short else 0))
-        hits = (getattr(self._short, "hits", 0) - calls0[1]
-                + (getattr(self._long, "hits", 0) - long_calls0[1] if self._long is not self._short else 0))
         yield Measured({"documents": 1, "chunks": len(chunking.chunks), "chunks_asked": len(asked),
                         "chunks_lost_to_band": chunking.lost_groups, "chunks_left_out": left_out,
-                        "turns_answered": len(answered), "turns": len(turns), "generations_made": made,
-                        "generations_cached": hits, **{f"turn dropped: {k}": v for k, v in dropped.items()}})
+                        "turns_answered": len(answered), "turns": len(turns),
+                        **{f"turn dropped: {k}": v for k, v in dropped.items()}})
         if not turns:
             yield Dropped(rid, "no pair left", "; ".join(f"{k} x{v}" for k, v in sorted(dropped.items()))
                           or "no turn")

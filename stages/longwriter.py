@@ -16,7 +16,7 @@ from schemas import MESSAGE, RecordSchema
 from stages import longwriter_core as core
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams
-from stages.generation import GeneratorParams, open_generator, refused
+from stages.generation import GeneratorParams, counting_calls, open_generator, refused
 
 LONGWRITER_ROW = RecordSchema("longwriter_row", 1, (
     pa.field("id", pa.string(), nullable=False),
@@ -104,12 +104,16 @@ class AgentWrite(RecordStage):
         return g.text, None
 
     def process(self, record: dict) -> Iterator[Outcome]:
+        with counting_calls(self._gen) as counted:
+            yield from self._write(record)
+        yield Measured(counted)  # every call, whether the instruction gave a row or not
+
+    def _write(self, record: dict) -> Iterator[Outcome]:
         p: AgentWriteParams = self.params
         rid, instruction = record["id"], record.get(p.prompt_field)
         if not isinstance(instruction, str) or not instruction.strip():
             yield Rejected(rid, "empty instruction", f"'{p.prompt_field}' is empty or missing")
             return
-        calls0 = (getattr(self._gen, "calls", 0), getattr(self._gen, "hits", 0))
         plan, plan_raw, tries = None, "", []
         for attempt in range(p.plan_asks):
             plan_raw, why = self._call(core.plan_prompt(instruction), p.plan_tokens, self.seed + attempt, "plan")
@@ -133,9 +137,7 @@ class AgentWrite(RecordStage):
             sections.append(text.strip())
         response = core.assemble(sections, p.strip_labels)
         n_words = core.count_words(response)
-        yield Measured({"generations_made": self._gen.calls - calls0[0] if hasattr(self._gen, "calls") else 0,
-                        "generations_cached": self._gen.hits - calls0[1] if hasattr(self._gen, "hits") else 0,
-                        "sections": len(sections), "words": n_words})
+        yield Measured({"sections": len(sections), "words": n_words})
         if p.min_words and n_words < p.min_words:
             yield Dropped(rid, "too short", f"{n_words} words (min_words {p.min_words})")
             return

@@ -26,7 +26,7 @@ def _data_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "data").glob("*.parquet"))}
 
 
-def test_longpo_pairs_from_real_essays_direction_accounting_and_a_rerun_that_pays_nothing(tmp_path, corpora_dir):
+def test_longpo_pairs_from_real_essays_direction_accounting_reruns_and_runners(tmp_path, corpora_dir):
     proc, port = _server("--echo")
     try:
         spec = (REPO / "pipelines" / "longpo.yaml").read_text().replace(
@@ -42,10 +42,18 @@ def test_longpo_pairs_from_real_essays_direction_accounting_and_a_rerun_that_pay
         again = run_cli(*base, "--output", str(tmp_path / "b"))
         assert again.returncode == 0, again.stderr[-3000:]
         assert _served(port) == made > 0  # the rerun's every call came from the catalog's cache
+        # on Beam's and datatrove's workers, two each, over several shards: the same records
+        pipe.write_text(spec + "\nread:\n  shard_mb: 0.05\n")
+        for runner in ("beam", "datatrove"):
+            other = run_cli(*base, "--output", str(tmp_path / runner), "--runner", runner, "--workers", "2")
+            assert other.returncode == 0, other.stderr[-3000:]
     finally:
         proc.terminate()
         proc.wait()
     assert _data_bytes(tmp_path / "a") == _data_bytes(tmp_path / "b")  # same input, spec, seed: same bytes
+    prints = {d: json.loads((tmp_path / d / ".longforge" / "run.json").read_text())["fingerprint"]
+              for d in ("a", "beam", "datatrove")}
+    assert len(set(prints.values())) == 1, prints
 
     rows = pq.read_table(str(tmp_path / "a" / "data")).to_pylist()
     assert rows and any(r["chunks_left_out"] > 0 for r in rows)  # the longest essay is over target_len

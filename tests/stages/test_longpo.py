@@ -13,6 +13,7 @@ from stages import longpo_core as core
 from stages.base import Dropped, Measured, Rejected
 from stages.longpo import LongPOPairs
 from tests.fixtures.openai_server import echo
+from tests.stages.test_longwriter import decisions
 
 SMALL = {"min_chunk_tokens": 150, "max_chunk_tokens": 400, "min_document_tokens": 800, "target_len": 4000,
          "answer_tokens": 64, "question_room": 64, "template_tokens": 32, "max_short_tokens": 1000}
@@ -105,7 +106,7 @@ def test_a_long_document_is_cut_from_the_left_and_no_question_is_ever_cut(essays
         assert sorted(p[len(tail):] for p in asked) == sorted(row["questions"])  # each question whole, at the end
     # a question too long for the room left drops its turn (and the document), and is never sent cut
     huge = EchoModel(question_words=900)
-    outs = list(stage(huge, target_len=1400, max_short_tokens=5000).process(essays[0]))
+    outs = decisions(stage(huge, target_len=1400, max_short_tokens=5000).process(essays[0]))
     assert isinstance(outs[-1], Dropped) and "long prompt over target_len" in outs[-1].detail
     assert not any(core.CHUNK_SEPARATOR in p for p in huge.prompts)  # no long prompt was sent at all
 
@@ -127,26 +128,28 @@ def test_same_seed_same_pairs_and_a_cached_rerun_generates_nothing(essays, tmp_p
     outs2 = run(stage(gen2, seed=5), essays)
     assert rows_of(outs2) == out1 == rows_of(first)
     assert inner1.calls > 0 and inner2.calls == 0 and gen2.hits == inner1.calls
-    made = sum(o.values["generations_made"] for o in outs2 if isinstance(o, Measured))
-    assert made == 0
+    made = sum(o.values.get("generations_made", 0) for o in outs2 if isinstance(o, Measured))
+    cached = sum(o.values.get("generations_cached", 0) for o in outs2 if isinstance(o, Measured))
+    assert made == 0 and cached == inner1.calls  # every call counted, on rows and drops alike
 
 
 def test_refusals_and_repetition_drop_turns_and_a_failed_call_rejects_the_document(essays):
-    refusing = list(stage(EchoModel(answer="I'm sorry, but I cannot answer questions about this text.")).process(
+    refusing = decisions(stage(EchoModel(answer="I'm sorry, but I cannot answer questions about this text.")).process(
         essays[0]))
     assert isinstance(refusing[-1], Dropped) and refusing[-1].reason == "no pair left"
     assert "chosen refused" in refusing[-1].detail
-    m = next(o for o in refusing if isinstance(o, Measured)).values
+    m = next(o for o in stage(EchoModel(answer="I'm sorry, but I cannot answer questions about this text."))
+             .process(essays[0]) if isinstance(o, Measured)).values
     assert m["turns"] == 0 and m["turn dropped: chosen refused"] == m["chunks_asked"] > 0
-    looping = list(stage(EchoModel(answer="the " * 80)).process(essays[0]))
+    looping = decisions(stage(EchoModel(answer="the " * 80)).process(essays[0]))
     assert "chosen repeated words" in looping[-1].detail
-    failed = list(stage(EchoModel(fail=True)).process(essays[0]))
+    failed = decisions(stage(EchoModel(fail=True)).process(essays[0]))
     assert [type(o) for o in failed] == [Rejected] and failed[0].reason == "generation failed"
 
 
 def test_short_documents_and_single_chunk_documents_give_no_pair(essays):
-    short = list(stage().process({"id": "s", "text": "One short paragraph.\n\nAnother."}))
+    short = decisions(stage().process({"id": "s", "text": "One short paragraph.\n\nAnother."}))
     assert [type(o) for o in short] == [Dropped] and short[0].reason == "shorter than min_document_tokens"
-    one = list(stage(min_document_tokens=0, min_chunk_tokens=150, max_chunk_tokens=100_000).process(essays[0]))
+    one = decisions(stage(min_document_tokens=0, min_chunk_tokens=150, max_chunk_tokens=100_000).process(essays[0]))
     assert [type(o) for o in one] == [Dropped] and one[0].reason == "fewer than 2 chunks"
-    assert list(stage().process({"id": "e", "text": ""}))[0].reason == "empty document"
+    assert decisions(stage().process({"id": "e", "text": ""}))[0].reason == "empty document"

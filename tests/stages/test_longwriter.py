@@ -36,6 +36,11 @@ class ScriptedWriter:
         return Generation(f"Paragraph {k}: Section {k} says something about the river.")
 
 
+def decisions(outs) -> list:
+    """The records and decisions of a stage's outcomes (its call counts left out)."""
+    return [o for o in outs if not isinstance(o, Measured)]
+
+
 def _stage(writer, **params):
     stage = AgentWrite(AgentWrite.Params(**params), seed=3)
     stage._gen = writer  # stands in for the model setup() would load
@@ -56,20 +61,20 @@ def test_sections_are_written_in_plan_order_each_seeing_exactly_the_text_before_
         assert so_far == "\n\n".join(f"Paragraph {j}: Section {j} says something about the river."
                                      for j in range(1, k + 1))
     assert row["response_length"] == core.count_words(row["messages"][1]["content"])
-    m = next(o for o in outs if isinstance(o, Measured)).values
+    m = {k: v for o in outs if isinstance(o, Measured) for k, v in o.values.items()}
     assert m["sections"] == 4 and m["generations_made"] == 5
 
 
 def test_a_51_step_plan_gives_no_row():
-    outs = list(_stage(ScriptedWriter()).process({"id": "w2", "text": "Write about rivers in 51 parts."}))
+    outs = decisions(_stage(ScriptedWriter()).process({"id": "w2", "text": "Write about rivers in 51 parts."}))
     assert len(outs) == 1 and isinstance(outs[0], Dropped) and "51 steps" in outs[0].detail
 
 
 def test_refused_cut_and_empty_sections_are_never_saved_as_text():
-    refused = list(_stage(ScriptedWriter({2: "I'm sorry, but I can't help with that."})).process(
+    refused = decisions(_stage(ScriptedWriter({2: "I'm sorry, but I can't help with that."})).process(
         {"id": "r", "text": "Write in 3 parts."}))
-    cut = list(_stage(ScriptedWriter({3: "length"})).process({"id": "c", "text": "Write in 3 parts."}))
-    empty = list(_stage(ScriptedWriter({1: "   "})).process({"id": "e", "text": "Write in 3 parts."}))
+    cut = decisions(_stage(ScriptedWriter({3: "length"})).process({"id": "c", "text": "Write in 3 parts."}))
+    empty = decisions(_stage(ScriptedWriter({1: "   "})).process({"id": "e", "text": "Write in 3 parts."}))
     assert [type(o) for o in refused] == [Rejected] and refused[0].reason == "section refused"
     assert "section 2 of 3" in refused[0].detail
     assert [type(o) for o in cut] == [Rejected] and cut[0].reason == "section cut by the token limit"
