@@ -1,0 +1,163 @@
+"""Ada-LEval's pure parts (spec ../shared/specs/ada-leval.md): TSort items from a book's
+paragraphs, and the scorers of both tasks, each twice: ``reference`` reproduces the published
+evaluator for comparability, quirks included (BestAnswer takes the highest-numbered label found
+anywhere, so "A1" inside "A10" counts and a reply naming several labels scores its last one, issue
+#5; TSort compares only as many positions as the reply gives, so a too-short answer passes), and
+``strict`` does what the task means (the first label, bounded; a whole permutation, exactly).
+
+The construction code of the paper is not public: block sizes, the heading filter and the
+tolerance are ours (spec 4, UNVERIFIED) and parameters of the builder."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Callable, Sequence
+
+N_SEGMENTS = 4  # verified indirectly: the evaluator enumerates permutations of 1..4
+
+# Lines that name a chapter, book, act, scene or part, or hold only a (roman) numeral: they would
+# give the order away (spec 4.1).
+_HEADING = re.compile(
+    r"^\s*(?:(?:chapter|book|act|scene|part|canto|volume)\b[\w .:,'-]{0,60}|[ivxlcdm]+\.?|\d+\.?)\s*$", re.IGNORECASE)
+_BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
+
+
+def is_heading(line: str) -> bool:
+    return bool(_HEADING.match(line)) and len(line.split()) <= 8
+
+
+def clean_paragraphs(text: str, count: Callable[[str], int], min_tokens: int = 20) -> list[str]:
+    """A book's paragraphs (blank-line runs) without heading-like lines, each of ``min_tokens`` or
+    more (spec 4.1): shorter ones (titles, dialogue tags, separators) are left out."""
+    kept = []
+    for para in _BLANK_LINES.split(text):
+        lines = [ln for ln in para.split("\n") if ln.strip() and not is_heading(ln)]
+        p = "\n".join(lines).strip()
+        if p and count(p) >= min_tokens:
+            kept.append(p)
+    return kept
+
+
+def tsort_blocks(counts: Sequence[int], start: int, block_tokens: int,
+                 n_segments: int = N_SEGMENTS) -> list[list[int]] | None:
+    """Paragraph indices of the n+2 consecutive blocks that start at ``start`` (context before, the n
+    segments, context after), each grown by whole paragraphs until it reaches ``block_tokens``
+    (spec 4.3); None when the text runs out or a paragraph alone is over twice the block size."""
+    blocks, i = [], start
+    for _ in range(n_segments + 2):
+        block, size = [], 0
+        while size < block_tokens:
+            if i >= len(counts) or counts[i] > 2 * block_tokens:
+                return None
+            block.append(i)
+            size += counts[i]
+            i += 1
+        blocks.append(block)
+    return blocks
+
+
+def tsort_answer(shown: Sequence[int]) -> list[int]:
+    """``shown[j]`` = the original index (0-based) of the segment labelled j+1; the answer lists,
+    for each segment in original order, its label (spec 4.6): reading the labelled segments in
+    the answer's order restores the text."""
+    return [list(shown).index(i) + 1 for i in range(len(shown))]
+
+
+def tsort_prompt(before: str, segments: Sequence[str], after: str) -> str:
+    """The TSort request (ours, after the task's description): context, labelled segments, context,
+    and the answer format."""
+    n = len(segments)
+    parts = [
+        f"You are given the beginning and the end of a passage from a book, and {n} consecutive segments from "
+        f"between them, shown out of order and labelled Segment 1 to Segment {n}. Put the segments back in "
+        "their original order.",
+        f"Reply with the labels in the original order as a JSON list after \"Answer:\", for example "
+        f"Answer: {json.dumps(list(range(n, 0, -1)))}.",
+        f"Beginning of the passage:\n{before}",
+    ]
+    parts += [f"Segment {k}:\n{seg}" for k, seg in enumerate(segments, 1)]
+    parts += [f"End of the passage:\n{after}",
+              f"Now give the original order of the {n} segments as a JSON list after \"Answer:\"."]
+    return "\n\n".join(parts)
+
+
+# -- TSort scoring -------------------------------------------------------------------------------
+
+def _is_subsequence(needle: str, haystack: str) -> bool:
+    pos = 0
+    for c in needle:
+        pos = haystack.find(c, pos) + 1
+        if pos == 0:
+            return False
+    return True
+
+
+def _unique_permutation(text: str, n: int) -> list[int] | None:
+    found = [p for p in itertools.permutations(range(1, n + 1)) if _is_subsequence("".join(map(str, p)), text)]
+    return list(found[0]) if len(found) == 1 else None
+
+
+def parse_tsort_reference(reply: str, n: int = N_SEGMENTS):
+    """The published extraction: the text after the first "Answer:" (up to a second one), as JSON
+    if it parses (whatever it holds), else the one permutation of 1..n whose digits appear in order,
+    else zeros."""
+    text = reply.split("Answer:")[1].strip() if "Answer:" in reply else reply
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _unique_permutation(text, n) or [0] * n
+
+
+def tsort_correct_reference(answer: Sequence[int], extracted) -> bool:
+    """The published check: position by position over the shorter of the two, so ``[2]`` passes for
+    ``[2, 4, 1, 3]`` (the quirk this module does not repeat in :func:`tsort_correct_strict`)."""
+    try:
+        return all(a == e for a, e in zip(answer, extracted, strict=False))
+    except TypeError:  # a JSON number or null: not iterable, never correct
+        return False
+
+
+def parse_tsort_strict(reply: str, n: int = N_SEGMENTS) -> list[int] | None:
+    """A whole permutation of 1..n: a JSON list after the first "Answer:" (or in the reply), else the
+    one permutation whose digits appear in order; None when there is none."""
+    text = reply.split("Answer:")[1] if "Answer:" in reply else reply
+    m = re.search(r"\[[^\[\]]*\]", text)
+    if m:
+        try:
+            value = json.loads(m.group(0))
+        except ValueError:
+            value = None
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return value if sorted(value) == list(range(1, n + 1)) else None
+    return _unique_permutation(text.strip(), n)
+
+
+def tsort_correct_strict(answer: Sequence[int], extracted: Sequence[int] | None) -> bool:
+    return extracted is not None and list(extracted) == list(answer)
+
+
+# -- BestAnswer scoring ----------------------------------------------------------------------------
+
+def parse_best_answer_reference(reply: str, n: int) -> str:
+    """The published extraction: of labels A1..An found anywhere (as substrings), the highest-numbered;
+    else of bare numbers 1..n, the highest; else "???"."""
+    for cands, prefix in (([f"A{i}" for i in range(1, n + 1)], ""), ([str(i) for i in range(1, n + 1)], "A")):
+        found = [i for i, c in enumerate(cands) if c in reply]
+        if found:
+            return prefix + cands[max(found)]
+    return "???"
+
+
+def parse_best_answer_strict(reply: str, n: int) -> str | None:
+    """The first label A1..An in the reply (after "Answer:" when there is one) whose number is not
+    followed by another digit (A1 is not A10); else the first bare number 1..n; else None."""
+    text = reply.split("Answer:", 1)[1] if "Answer:" in reply else reply
+    for m in re.finditer(r"\bA(\d+)(?!\d)", text):
+        if 1 <= int(m.group(1)) <= n:
+            return f"A{int(m.group(1))}"
+    for m in re.finditer(r"(?<![\d.])(\d+)(?![\d.])", text):
+        if 1 <= int(m.group(1)) <= n:
+            return f"A{int(m.group(1))}"
+    return None

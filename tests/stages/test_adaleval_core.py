@@ -1,0 +1,75 @@
+"""Ada-LEval's pure parts (spec ada-leval.md 4, 6, 8): TSort blocks and answers, and both scorers,
+the reference's (quirks included) and the strict one, on known-answer cases."""
+
+from __future__ import annotations
+
+import random
+
+from stages import adaleval_core as core
+
+
+def words(text: str) -> int:  # a stand-in token counter: one token per word
+    return len(text.split())
+
+
+def test_headings_and_short_paragraphs_are_left_out():
+    text = ("CHAPTER IV\n\nThe Rabbit Sends in a Little Bill\n\n" + "It was the White Rabbit, trotting slowly back "
+            "again, and looking anxiously about as it went, as if it had lost something. " * 2 + "\n\nIX.\n\n"
+            "Alice said nothing.\n\nACT II\nScene 3\n" + "She had never been so much contradicted in her life "
+            "before, and she felt that she was losing her temper. " * 2)
+    paras = core.clean_paragraphs(text, words, min_tokens=20)
+    assert len(paras) == 2 and all(not core.is_heading(line) for p in paras for line in p.split("\n"))
+    assert paras[0].startswith("It was the White Rabbit") and paras[1].startswith("She had never")
+
+
+def test_the_tsort_answer_restores_the_original_order(real_docs):
+    essay = max((d for d in real_docs if d["source"] == "paul_graham"), key=lambda d: len(d["text"]))
+    paras = [ln for ln in essay["text"].split("\n") if ln.strip()]  # hard-wrapped lines stand in for paragraphs
+    counts = [words(p) for p in paras]
+    blocks = core.tsort_blocks(counts, start=10, block_tokens=60)
+    assert blocks is not None and len(blocks) == 6
+    flat = [i for b in blocks for i in b]
+    assert flat == list(range(10, 10 + len(flat)))  # consecutive: before, 4 segments, after
+    assert all(sum(counts[i] for i in b) >= 60 for b in blocks)
+    assert all(sum(counts[i] for i in b[:-1]) < 60 for b in blocks)  # over by at most one paragraph
+    for seed in range(24):
+        shown = list(range(4))
+        random.Random(seed).shuffle(shown)
+        answer = core.tsort_answer(shown)
+        assert sorted(answer) == [1, 2, 3, 4]
+        restored = [shown[label - 1] for label in answer]  # read the labelled segments in the answer's order
+        assert restored == [0, 1, 2, 3]
+    assert core.tsort_blocks(counts, start=len(counts) - 3, block_tokens=60) is None  # the text runs out
+    assert core.tsort_blocks([10, 500, 10], 0, 60) is None  # one paragraph over twice the block
+
+
+def test_tsort_reference_accepts_a_too_short_answer_and_strict_does_not():
+    answer = [2, 4, 1, 3]
+    for reply, ref_ok, strict_ok in [
+        ("Answer: [2, 4, 1, 3]", True, True),
+        ("Answer: [2]", True, False),  # the reference compares only the positions given
+        ("Answer: [2, 4]", True, False),
+        ("The order is 2, then 4, then 1, then 3.", True, True),  # the one permutation in order
+        ("Answer: [2, 4, 3, 1]", False, False),
+        ("Answer: [2, 4, 1, 3, 5]", True, False),  # not a permutation of 1..4
+        ("I cannot tell.", False, False),
+    ]:
+        assert core.tsort_correct_reference(answer, core.parse_tsort_reference(reply)) is ref_ok, reply
+        assert core.tsort_correct_strict(answer, core.parse_tsort_strict(reply)) is strict_ok, reply
+    assert core.tsort_correct_reference(answer, core.parse_tsort_reference("Answer: 2413")) is False  # a number
+
+
+def test_best_answer_issue_5_the_reference_takes_the_highest_label_strict_the_first():
+    # Ada-LEval issue #5: a reply naming several labels scores its highest-numbered one
+    reply = "Answer: A1. A3 and A10 are less helpful."
+    assert core.parse_best_answer_reference(reply, 10) == "A10"
+    assert core.parse_best_answer_strict(reply, 10) == "A1"
+    # "A1" inside "A10": the reference finds both; strict reads A10 only
+    assert core.parse_best_answer_reference("Answer: A10", 12) == "A10"
+    assert core.parse_best_answer_strict("Answer: A10", 12) == "A10"
+    assert core.parse_best_answer_strict("Answer: A10", 9) is None  # no such candidate
+    # bare numbers when no label is given
+    assert core.parse_best_answer_reference("The third one (3) is best, not 2.", 4) == "A3"
+    assert core.parse_best_answer_strict("Answer: 2 is best; 3 is close", 4) == "A2"
+    assert core.parse_best_answer_reference("none of them", 4) == "???"
+    assert core.parse_best_answer_strict("none of them", 4) is None
