@@ -21,26 +21,33 @@ from xml.etree import ElementTree
 
 N_SEGMENTS = 4  # verified indirectly: the evaluator enumerates permutations of 1..4
 
-# Lines that name a chapter, book, act, scene or part, or hold only a (roman) numeral: they would
-# give the order away (spec 4.1).
+# Lines that name a chapter, book, act, scene or part by its number, or hold only a (roman) numeral:
+# they would give the order away (spec 4.1). A keyword must be followed by a numeral, so that "Part
+# of the design ..." stays.
+_NUMERAL = r"(?:[ivxlcdm]+|\d+|one|two|three|four|five|six|seven|eight|nine|ten|first|second|third|last)"
 _HEADING = re.compile(
-    r"^\s*(?:(?:chapter|book|act|scene|part|canto|volume)\b[\w .:,'-]{0,60}|[ivxlcdm]+\.?|\d+\.?)\s*$", re.IGNORECASE)
-_BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
+    rf"^\s*(?:(?:chapter|book|act|scene|part|canto|volume)\s+{_NUMERAL}\b[\w .:,'-]{{0,60}}|[ivxlcdm]+\.?|\d+\.?)\s*$",
+    re.IGNORECASE)
+_BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")  # the next line keeps its indentation
 
 
 def is_heading(line: str) -> bool:
     return bool(_HEADING.match(line)) and len(line.split()) <= 8
 
 
-def clean_paragraphs(text: str, count: Callable[[str], int], min_tokens: int = 20) -> list[str]:
+def clean_paragraphs(text: str, count: Callable[[str], int], min_tokens: int = 20,
+                     split_over: int | None = None) -> list[str]:
     """A book's paragraphs (blank-line runs) without heading-like lines, each of ``min_tokens`` or
-    more (spec 4.1): shorter ones (titles, dialogue tags, separators) are left out."""
+    more (spec 4.1): shorter ones (titles, dialogue tags, separators) are left out. A paragraph of
+    more than ``split_over`` tokens is taken line by line (a text with one verse or one wrapped line
+    per line and no blank lines, as the KJV and the essays are stored) [ours]."""
     kept = []
     for para in _BLANK_LINES.split(text):
-        lines = [ln for ln in para.split("\n") if ln.strip() and not is_heading(ln)]
-        p = "\n".join(lines).strip()
-        if p and count(p) >= min_tokens:
-            kept.append(p)
+        lines = [ln for ln in para.split("\n") if ln.strip() and not is_heading(ln)]  # verbatim
+        joined = "\n".join(lines)
+        units = lines if split_over is not None and count(joined) > split_over else [joined]
+        # the lines of a cut paragraph are all kept: leaving one out would open a gap in the text
+        kept += [u for u in units if u and (len(units) > 1 or count(u) >= min_tokens)]
     return kept
 
 

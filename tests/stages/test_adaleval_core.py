@@ -21,6 +21,8 @@ def test_headings_and_short_paragraphs_are_left_out():
     paras = core.clean_paragraphs(text, words, min_tokens=20)
     assert len(paras) == 2 and all(not core.is_heading(line) for p in paras for line in p.split("\n"))
     assert paras[0].startswith("It was the White Rabbit") and paras[1].startswith("She had never")
+    assert core.is_heading("Chapter 12. The Trial") and core.is_heading("ACT II") and core.is_heading("XIV.")
+    assert not core.is_heading("part of design is redesign. Programming languages, especially,")
 
 
 def test_the_tsort_answer_restores_the_original_order(real_docs):
