@@ -128,6 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--term-scale", choices=["minmax", "none"], default="minmax",
                      help="both raw terms scaled to [0, 1] over the pool before --pool-norm (none: the code)")
 
+    ev = sub.add_parser("eval", help="evaluation sets: score a model's predictions")
+    evsub = ev.add_subparsers(dest="eval_command", required=True)
+    es = evsub.add_parser("score", help="score a predictions file against a built set (TSort, BestAnswer)")
+    es.add_argument("predictions", help="JSONL: id and answer (the model's reply) per line")
+    es.add_argument("--set", required=True, help="the built set: a pipeline's output folder or a Parquet file")
+    es.add_argument("--model", default="unnamed", help="the model's name, recorded with the scores")
+    es.add_argument("--catalog", help="catalog file (default ./longforge.duckdb or $LONGFORGE_CATALOG)")
+
     cat = sub.add_parser("catalog", help="inspect the catalog")
     cat.add_argument("--catalog", help="catalog file")
     catsub = cat.add_subparsers(dest="catalog_command", required=True)
@@ -189,6 +197,10 @@ def _dispatch(args) -> int:
         from pipelines.longbench_write_command import longbench_write
 
         return longbench_write(args)
+    if args.command == "eval":
+        from pipelines.eval_command import eval_score
+
+        return eval_score(args)
     if args.command == "score":
         from pipelines.score_command import score
 
