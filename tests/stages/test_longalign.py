@@ -167,15 +167,16 @@ def test_a_short_question_list_is_asked_again_by_sampling_then_dropped():
     the same call, so re-asks sample (another seed, reask_temperature)."""
     from stages.base import Dropped
     from stages.longalign import SelfInstruct
+    from tests.stages.test_longwriter import decisions
 
     stage = SelfInstruct(SelfInstruct.Params(asks=3), seed=7)
     stage._gen = ScriptedGenerator()
-    (_, row), = [stage.process_batch([{"id": "few", "text": "Doc FEW " * 50}])[0]]  # (side row, row)
+    (_, row), = [decisions(stage.process_batch([{"id": "few", "text": "Doc FEW " * 50}])[0])]  # (side row, row)
     first, second = stage._gen.calls[:2]
     assert (first.temperature, first.seed) == (0.0, 7) and (second.temperature, second.seed) == (0.7, 8)
     assert row["id"] == "few#q" and len(stage._gen.calls) == 3  # two question calls, one answer
     stage._gen = ScriptedGenerator()
-    (out,) = stage.process_batch([{"id": "never", "text": "Doc ALWAYS-FEW " * 50}])[0]
+    (out,) = decisions(stage.process_batch([{"id": "never", "text": "Doc ALWAYS-FEW " * 50}])[0])
     assert isinstance(out, Dropped) and out.reason == "fewer than 5 questions" and len(stage._gen.calls) == 3
     assert out.detail.count("3 questions") == 3
 
@@ -193,10 +194,11 @@ def test_refusals_are_recognised():
 
 def test_chinese_documents_get_the_translated_prompt():
     from stages.longalign import SelfInstruct
+    from tests.stages.test_longwriter import decisions
 
     stage = SelfInstruct(SelfInstruct.Params(), seed=0)
     stage._gen = ScriptedGenerator()
-    (_, row), = [stage.process_batch([{"id": "zh", "text": "人民日报 " * 80, "language": "zh"}])[0]]
+    (_, row), = [decisions(stage.process_batch([{"id": "zh", "text": "人民日报 " * 80, "language": "zh"}])[0])]
     asked = core.question_prompt("文本", "summary", "zh")[0]["content"]
     assert "写出5个问题" in asked and "总结" in asked and "Given the text" not in asked
     assert "Given the text" in core.question_prompt("text", "summary", "en")[0]["content"]
