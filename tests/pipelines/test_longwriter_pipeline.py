@@ -26,6 +26,15 @@ def _stats(port: int) -> dict:
         return json.loads(r.read())
 
 
+def _kept(out) -> set[str]:
+    """Prompt hashes of the generations a run's cache holds (complete lines only)."""
+    kept = set()
+    for f in (out / ".longforge").rglob("gen-*.jsonl"):
+        kept |= {json.loads(line)["prompt_hash"] for line in f.read_text().splitlines(keepends=True)
+                 if line.endswith("\n")}
+    return kept
+
+
 def _pipeline(tmp_path, port: int):
     spec = (REPO / "pipelines" / "longwriter.yaml").read_text().replace(
         "backend: local", f"backend: openai, base_url: 'http://127.0.0.1:{port}/v1', api_key_env: null, retries: 0, "
@@ -58,13 +67,14 @@ def test_a_run_killed_while_writing_pays_for_no_finished_call_again(tmp_path):
         run = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
-        while _stats(port)["served"] < before + 7 and time.time() < deadline and run.poll() is None:
+        # killed once seven answers are kept in the run's generation cache (not merely served: under
+        # load the client may not have written the last one yet)
+        while (len(_kept(tmp_path / "killed")) < 7 and time.time() < deadline and run.poll() is None):
             time.sleep(0.05)
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
-        cached = set()
-        for f in (tmp_path / "killed" / ".longforge").rglob("gen-*.jsonl"):
-            cached |= {json.loads(line)["prompt_hash"] for line in f.read_text().splitlines() if line.endswith("}")}
+        assert _stats(port)["served"] >= before + 7
+        cached = _kept(tmp_path / "killed")
         assert len(cached) >= 7
         at_rerun = len(_stats(port)["prompts"])
         again = run_cli(*args[len(LONGFORGE):])
