@@ -3,7 +3,6 @@ LLM is, how it is opened through the run's generation cache, and what counts as 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import re
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from stages.base import Services, StageParams
+from stages.base import Measured, Outcome, Services, StageParams
 
 # Replies that decline the task (ours; matched case-insensitively against a reply's first 200 characters).
 REFUSAL_PATTERNS = (
@@ -73,19 +72,15 @@ def refused(generation, patterns: tuple[str, ...]) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def counting_calls(*generators) -> Iterator[dict[str, float]]:
-    """``generations_made`` and ``generations_cached`` by the generators inside the block (each
-    counted once), filled in when it ends: what a stage's catalog metrics report."""
+def with_call_counts(outcomes: Iterator[Outcome], *generators) -> Iterator[Outcome]:
+    """``outcomes``, then a :class:`Measured` with the ``generations_made`` and ``generations_cached``
+    of the generators (each counted once) while they were produced: every call a record cost,
+    whether it gave a row or not."""
     gens = list({id(g): g for g in generators if g is not None}.values())
 
     def tally(name: str) -> int:  # a generator without counters (a plain backend, a test's fake) counts 0
         return sum(v for g in gens if isinstance(v := getattr(g, name, 0), int) and not isinstance(v, bool))
 
     made0, cached0 = tally("calls"), tally("hits")
-    counted: dict[str, float] = {}
-    try:
-        yield counted
-    finally:
-        counted["generations_made"] = tally("calls") - made0
-        counted["generations_cached"] = tally("hits") - cached0
+    yield from outcomes
+    yield Measured({"generations_made": tally("calls") - made0, "generations_cached": tally("hits") - cached0})

@@ -20,7 +20,6 @@ from stages import register
 from stages.base import (
     Dropped,
     GroupStage,
-    Measured,
     Outcome,
     RecordStage,
     Rejected,
@@ -28,7 +27,7 @@ from stages.base import (
     SideRow,
     StageParams,
 )
-from stages.generation import GeneratorParams, counting_calls, open_generator, refusal, refused
+from stages.generation import GeneratorParams, open_generator, refusal, refused, with_call_counts
 
 INSTRUCTION_ROW = RecordSchema("longalign_row", 1, (
     pa.field("id", pa.string(), nullable=False),  # <document id>#q
@@ -135,9 +134,7 @@ class SelfInstruct(RecordStage):
         return refusal(text, self.params.refusal_patterns)
 
     def process(self, record: dict) -> Iterator[Outcome]:
-        with counting_calls(self._gen) as counted:
-            yield from self._instruct(record)
-        yield Measured(counted)
+        return with_call_counts(self._instruct(record), self._gen)
 
     def _instruct(self, record: dict) -> Iterator[Outcome]:
         p: SelfInstructParams = self.params

@@ -22,7 +22,7 @@ from schemas import MESSAGE, RecordSchema
 from stages import longpo_core as core
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources
-from stages.generation import GeneratorParams, counting_calls, open_generator, refused
+from stages.generation import GeneratorParams, open_generator, refused, with_call_counts
 
 LONGPO_PAIR = RecordSchema("longpo_pair", 1, (
     pa.field("id", pa.string(), nullable=False),  # the document's id
@@ -209,12 +209,13 @@ class LongPOPairs(RecordStage):
         return None
 
     def process(self, record: dict) -> Iterator[Outcome]:
-        with counting_calls(self._short, self._long) as counted:
-            try:
-                yield from self._pairs(record)
-            except _Stop as e:
-                yield Rejected(record["id"], "generation failed", str(e))
-        yield Measured(counted)  # every call, whether the document gave a pair or not
+        return with_call_counts(self._guarded(record), self._short, self._long)
+
+    def _guarded(self, record: dict) -> Iterator[Outcome]:
+        try:
+            yield from self._pairs(record)
+        except _Stop as e:
+            yield Rejected(record["id"], "generation failed", str(e))
 
     def _pairs(self, record: dict) -> Iterator[Outcome]:
         p: LongPOParams = self.params

@@ -16,7 +16,7 @@ from schemas import MESSAGE, RecordSchema
 from stages import longwriter_core as core
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams
-from stages.generation import GeneratorParams, counting_calls, open_generator, refused
+from stages.generation import GeneratorParams, open_generator, refused, with_call_counts
 
 LONGWRITER_ROW = RecordSchema("longwriter_row", 1, (
     pa.field("id", pa.string(), nullable=False),
@@ -104,9 +104,7 @@ class AgentWrite(RecordStage):
         return g.text, None
 
     def process(self, record: dict) -> Iterator[Outcome]:
-        with counting_calls(self._gen) as counted:
-            yield from self._write(record)
-        yield Measured(counted)  # every call, whether the instruction gave a row or not
+        return with_call_counts(self._write(record), self._gen)
 
     def _write(self, record: dict) -> Iterator[Outcome]:
         p: AgentWriteParams = self.params

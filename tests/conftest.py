@@ -38,6 +38,13 @@ def real_docs(corpora_dir) -> list[dict]:
     return rows
 
 
+def decisions(outs) -> list:
+    """The records and decisions of a stage's outcomes, its Measured counts left out."""
+    from stages.base import Measured
+
+    return [o for o in outs if not isinstance(o, Measured)]
+
+
 def write_jsonl(path: Path, records: list) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for r in records:

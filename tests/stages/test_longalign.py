@@ -167,7 +167,7 @@ def test_a_short_question_list_is_asked_again_by_sampling_then_dropped():
     the same call, so re-asks sample (another seed, reask_temperature)."""
     from stages.base import Dropped
     from stages.longalign import SelfInstruct
-    from tests.stages.test_longwriter import decisions
+    from tests.conftest import decisions
 
     stage = SelfInstruct(SelfInstruct.Params(asks=3), seed=7)
     stage._gen = ScriptedGenerator()
@@ -194,7 +194,7 @@ def test_refusals_are_recognised():
 
 def test_chinese_documents_get_the_translated_prompt():
     from stages.longalign import SelfInstruct
-    from tests.stages.test_longwriter import decisions
+    from tests.conftest import decisions
 
     stage = SelfInstruct(SelfInstruct.Params(), seed=0)
     stage._gen = ScriptedGenerator()

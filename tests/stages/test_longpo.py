@@ -12,8 +12,8 @@ from gpu_jobs.generate import CachedGenerator, FileGenerationCache, Generation, 
 from stages import longpo_core as core
 from stages.base import Dropped, Measured, Rejected
 from stages.longpo import LongPOPairs
+from tests.conftest import decisions
 from tests.fixtures.openai_server import echo
-from tests.stages.test_longwriter import decisions
 
 SMALL = {"min_chunk_tokens": 150, "max_chunk_tokens": 400, "min_document_tokens": 800, "target_len": 4000,
          "answer_tokens": 64, "question_room": 64, "template_tokens": 32, "max_short_tokens": 1000}

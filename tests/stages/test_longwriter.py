@@ -9,6 +9,7 @@ from gpu_jobs.generate import Generation
 from stages import longwriter_core as core
 from stages.base import Dropped, Measured, Rejected
 from stages.longwriter import AgentWrite, LengthCuration
+from tests.conftest import decisions
 
 
 class ScriptedWriter:
@@ -34,11 +35,6 @@ class ScriptedWriter:
         if special is not None:
             return Generation(special)
         return Generation(f"Paragraph {k}: Section {k} says something about the river.")
-
-
-def decisions(outs) -> list:
-    """The records and decisions of a stage's outcomes (its call counts left out)."""
-    return [o for o in outs if not isinstance(o, Measured)]
 
 
 def _stage(writer, **params):
