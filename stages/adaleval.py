@@ -6,9 +6,7 @@ to ``items_per_document`` items per length setting out, each a LongBench-style e
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import random
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -18,22 +16,7 @@ from schemas import RecordSchema
 from stages import adaleval_core as core
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, StageParams
-
-# LongBench v1's fields (eval-formats.md 1) and the project's extras (3)
-LONGBENCH_FIELDS = (
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("_id", pa.string()),
-    pa.field("input", pa.string()),
-    pa.field("context", pa.string()),
-    pa.field("answers", pa.list_(pa.string())),
-    pa.field("length", pa.int64()),  # words of input, context and answers (English)
-    pa.field("dataset", pa.string()),
-    pa.field("language", pa.string()),
-    pa.field("all_classes", pa.list_(pa.string())),
-    pa.field("length_bucket", pa.int64()),  # the nominal setting, in tokens
-    pa.field("length_tokens", pa.int64()),  # the whole prompt, by meta.tokenizer
-    pa.field("meta", pa.string()),  # JSON: tokenizer, seed, setting, sizes
-)
+from stages.eval_view import LONGBENCH_FIELDS, english_words, item_hash, seeded
 
 TSORT_ITEM = RecordSchema("tsort_item", 1, LONGBENCH_FIELDS + (
     pa.field("book_id", pa.string()),
@@ -46,10 +29,6 @@ TSORT_ITEM = RecordSchema("tsort_item", 1, LONGBENCH_FIELDS + (
     pa.field("prompt", pa.string()),
     pa.field("prompt_tokens", pa.int64()),
 ), doc="An Ada-LEval TSort item: shuffled consecutive segments of a book between their context.")
-
-
-def english_words(*texts: str) -> int:
-    return sum(len(t.split()) for t in texts)
 
 
 class TSortParams(StageParams):
@@ -71,10 +50,6 @@ class TSortParams(StageParams):
         if not v or any(s < 256 for s in v):
             raise ValueError("settings: one or more prompt lengths of 256 tokens or more, e.g. [2048, 8192]")
         return tuple(sorted(set(v)))
-
-
-def _rng(seed: int, *key) -> random.Random:
-    return random.Random(int.from_bytes(hashlib.sha256(repr((seed, *key)).encode()).digest()[:8], "big"))
 
 
 @register
@@ -116,7 +91,7 @@ class TSortItems(RecordStage):
             block = int((setting * p.fill - overhead) / (n + 2))
             if block < 1 or sum(counts) < (n + 2) * block:
                 continue  # the document is too short for this setting
-            rng = _rng(self.seed, rid, setting)
+            rng = seeded(self.seed, rid, setting)
             starts = rng.sample(range(len(paras)), min(len(paras), p.items_per_document * p.tries_per_item))
             keys, outside = set(), 0
             for start in starts:
@@ -154,7 +129,7 @@ class TSortItems(RecordStage):
         context = "Beginning of the passage:\n" + material
         answers = [json.dumps(answer)]
         return {
-            "id": f"{key}@{setting}", "_id": hashlib.sha256(f"{key}@{setting}".encode()).hexdigest()[:24],
+            "id": f"{key}@{setting}", "_id": item_hash(f"{key}@{setting}"),
             "input": instruction, "context": context, "answers": answers,
             "length": english_words(instruction, context, *answers), "dataset": f"tsort_{setting // 1024}k",
             "language": record.get("language") or "en", "all_classes": None, "length_bucket": setting,

@@ -1,0 +1,40 @@
+"""The evaluation view every benchmark stage writes (spec ../shared/specs/eval-formats.md):
+LongBench v1's fields and the project's extras, and the helpers that fill them the same way."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pyarrow as pa
+
+# LongBench v1's fields (eval-formats.md 1) and the project's extras (3)
+LONGBENCH_FIELDS = (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("_id", pa.string()),
+    pa.field("input", pa.string()),
+    pa.field("context", pa.string()),
+    pa.field("answers", pa.list_(pa.string())),
+    pa.field("length", pa.int64()),  # words of input, context and answers (English)
+    pa.field("dataset", pa.string()),
+    pa.field("language", pa.string()),
+    pa.field("all_classes", pa.list_(pa.string())),
+    pa.field("length_bucket", pa.int64()),  # the nominal setting, in tokens
+    pa.field("length_tokens", pa.int64()),  # the whole prompt, by meta.tokenizer
+    pa.field("meta", pa.string()),  # JSON: tokenizer, seed, setting, sizes
+)
+
+
+def english_words(*texts: str) -> int:
+    """LongBench's ``length`` for a space-delimited language: whitespace words."""
+    return sum(len(t.split()) for t in texts)
+
+
+def item_hash(key: str) -> str:
+    """The ``_id`` of an item: stable, from its key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def seeded(seed: int, *key) -> random.Random:
+    """A random stream of its own for (seed, key): the same on every worker and runner."""
+    return random.Random(int.from_bytes(hashlib.sha256(repr((seed, *key)).encode()).digest()[:8], "big"))
