@@ -13,7 +13,7 @@ from pipelines.plan import Plan
 from schemas import REJECT
 from stages.base import Dropped, Measured, Rejected, SideRow, Truncated
 
-EXPANDING = ("per-record-expanding", "per-group")
+EXPANDING = ("per-record-expanding", "per-group", "global-expanding")
 
 
 REMOVED_SCHEMA = pa.schema(list(REJECT.arrow) + [pa.field("payload", pa.string())])

@@ -128,13 +128,24 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--term-scale", choices=["minmax", "none"], default="minmax",
                      help="both raw terms scaled to [0, 1] over the pool before --pool-norm (none: the code)")
 
-    ev = sub.add_parser("eval", help="evaluation sets: score a model's predictions")
+    ev = sub.add_parser("eval", help="evaluation sets: import sources, predict, score")
     evsub = ev.add_subparsers(dest="eval_command", required=True)
     es = evsub.add_parser("score", help="score a predictions file against a built set (TSort, BestAnswer)")
     es.add_argument("predictions", help="JSONL: id and answer (the model's reply) per line")
     es.add_argument("--set", required=True, help="the built set: a pipeline's output folder or a Parquet file")
     es.add_argument("--model", default="unnamed", help="the model's name, recorded with the scores")
     es.add_argument("--catalog", help="catalog file (default ./longforge.duckdb or $LONGFORGE_CATALOG)")
+    ei = evsub.add_parser("import", help="a published source set to JSONL the pipelines read")
+    ei.add_argument("format", choices=["banking77", "goemotions", "tacred", "fewnerd", "dialogre", "discovery",
+                                       "stackexchange"])
+    ei.add_argument("source", help="the downloaded folder (split files inside) or file (Posts.xml)")
+    ei.add_argument("--output", "-o", required=True, help="the JSONL file to write (must not exist)")
+    ep = evsub.add_parser("predict", help="a local model's replies to a built set, as a predictions file")
+    ep.add_argument("--set", required=True, help="the built set: a pipeline's output folder or a Parquet file")
+    ep.add_argument("--model", default="smollm2", help="a local model name (see ../shared/OFFLINE.md)")
+    ep.add_argument("--limit", type=int, help="items per dataset (and demonstration order), in the set's order")
+    ep.add_argument("--datasets", nargs="*", help="only datasets whose name starts with one of these")
+    ep.add_argument("--output", "-o", required=True, help="JSONL to append to (items already there are skipped)")
 
     cat = sub.add_parser("catalog", help="inspect the catalog")
     cat.add_argument("--catalog", help="catalog file")
@@ -198,9 +209,10 @@ def _dispatch(args) -> int:
 
         return longbench_write(args)
     if args.command == "eval":
-        from pipelines.eval_command import eval_score
+        from pipelines import eval_command
 
-        return eval_score(args)
+        return {"score": eval_command.eval_score, "import": eval_command.eval_import,
+                "predict": eval_command.eval_predict}[args.eval_command](args)
     if args.command == "score":
         from pipelines.score_command import score
 

@@ -314,6 +314,47 @@ def python_docstrings() -> Iterator[dict]:
                        python=sys.version.split()[0])
 
 
+def python_qa_posts() -> Iterator[dict]:
+    """A stand-in for a StackExchange dump, with real text, for BestAnswer at length: per public
+    module-level function of the standard library with a docstring of 20+ words, a question "What
+    does mod.f(args) do?" whose answers are f's docstring (accepted) and the docstrings of the next
+    two such functions of its module (wrong); tags: the top-level package and ``python``. The posts
+    carry the fields ``longforge eval import stackexchange`` writes."""
+    import ast
+
+    found: dict[str, list[tuple[str, str]]] = {}
+    for doc in python_sources():
+        rel = json.loads(doc["metadata"])["path"]
+        module = rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        if any(part.startswith("_") for part in module.split(".")):
+            continue
+        try:
+            tree = ast.parse(doc["text"])
+        except (SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                text = ast.get_docstring(node) or ""
+                if len(text.split()) >= 20:
+                    found.setdefault(module, []).append((f"{module}.{node.name}({ast.unparse(node.args)})", text))
+    post = 0
+    for module in sorted(found):
+        funcs = found[module]
+        if len(funcs) < 3:
+            continue
+        tags = [module.split(".")[0], "python"]
+        for k, (name, text) in enumerate(funcs):
+            post += 1
+            qid, first = post, post + 1
+            answers = [text, funcs[(k + 1) % len(funcs)][1], funcs[(k + 2) % len(funcs)][1]]
+            yield _doc(f"se/{qid}", f"What does {name} do?", "python_qa_posts", "en", PSF, post_type="question",
+                       post_id=str(qid), parent_id=None, accepted_answer_id=str(first), tags=tags)
+            for a in answers:
+                post += 1
+                yield _doc(f"se/{post}", a, "python_qa_posts", "en", PSF, post_type="answer", post_id=str(post),
+                           parent_id=str(qid), accepted_answer_id=None, tags=[])
+
+
 def python_docs() -> Iterator[dict]:
     """The reference text behind ``help()``: one document per topic of ``pydoc_data.topics``."""
     from pydoc_data.topics import topics
@@ -354,6 +395,8 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
            python_sources),
     Corpus("python_docstrings", "en", PSF, "CPython's standard library docstrings, one labelled example each "
            "(label: its module, 100+ labels)", python_docstrings),
+    Corpus("python_qa_posts", "en", PSF, "StackExchange-style posts from the standard library's docstrings: "
+           "'what does f do?', answered by f's docstring (accepted) and two others of its module", python_qa_posts),
     Corpus("python_docs", "en", PSF, "CPython's reference topics (pydoc_data), one document per topic",
            python_docs),
 ]}

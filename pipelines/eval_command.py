@@ -58,7 +58,8 @@ def read_predictions(path: str) -> dict[str, str]:
 
 
 def score_item(item: dict, reply: str) -> dict[str, float]:
-    """1.0 or 0.0 per parser for one item, by the task its ``dataset`` names."""
+    """Per parser, 1.0 or 0.0 for one item, by the task its ``dataset`` names; LIConBench items also
+    give the counts micro-F1 adds up (``correct``, ``made``, ``gold``)."""
     from stages import adaleval_core as core
 
     dataset = item["dataset"]
@@ -72,7 +73,46 @@ def score_item(item: dict, reply: str) -> dict[str, float]:
         gold = item["answers"][0]
         return {"strict": float(core.parse_best_answer_strict(reply, n) == gold),
                 "reference": float(core.parse_best_answer_reference(reply, n) == gold)}
-    raise EvalInputError(f"item {item['id']!r}: dataset {dataset!r} has no scorer here (tsort_*, bestanswer_*)")
+    if dataset.startswith("licon"):
+        from stages import licon_core
+
+        tally = licon_core.score_reply(item.get("task") or "classification", reply, item["answers"],
+                                       item.get("all_classes") or [])
+        exact = tally.correct == tally.gold == tally.made
+        return {"strict": float(exact), "correct": tally.correct, "made": tally.made, "gold": tally.gold}
+    raise EvalInputError(f"item {item['id']!r}: dataset {dataset!r} has no scorer here (tsort_*, bestanswer_*, "
+                         "licon_*)")
+
+
+def group_of(item: dict) -> str:
+    """What accuracies are reported per: the dataset, and for LIConBench the demonstration order."""
+    return f"{item['dataset']}/{item['demo_order']}" if item.get("demo_order") else item["dataset"]
+
+
+def summarize(items: dict[str, dict], scored: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Accuracy per group and parser (%), micro precision/recall/F1 where items give counts, and
+    how many items each group has and how many were predicted."""
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for rid, s in scored.items():
+        for name, v in s.items():
+            values[(group_of(items[rid]), name)].append(v)
+    metrics: dict[str, float] = {}
+    for (group, name), v in sorted(values.items()):
+        if name in SCORERS:
+            metrics[f"accuracy:{group}:{name}"] = 100 * sum(v) / len(v)
+    for group in sorted({g for g, _ in values}):
+        if (group, "gold") in values:
+            correct, made, gold = (sum(values[(group, k)]) for k in ("correct", "made", "gold"))
+            p = correct / made if made else 0.0
+            r = correct / gold if gold else 0.0
+            metrics |= {f"precision:{group}": 100 * p, f"recall:{group}": 100 * r,
+                        f"micro_f1:{group}": 100 * (2 * p * r / (p + r) if p + r else 0.0)}
+    per_set: dict[str, int] = defaultdict(int)
+    for it in items.values():
+        per_set[group_of(it)] += 1
+    metrics |= {f"items:{g}": n for g, n in per_set.items()}
+    metrics |= {f"predicted:{g}": len(values[(g, "strict")]) for g in per_set}
+    return metrics
 
 
 def eval_score(args) -> int:
@@ -92,16 +132,7 @@ def eval_score(args) -> int:
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sums: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for rid, s in scored.items():
-        for parser, v in s.items():
-            sums[(items[rid]["dataset"], parser)].append(v)
-    metrics = {f"accuracy:{ds}:{parser}": 100 * sum(v) / len(v) for (ds, parser), v in sorted(sums.items())}
-    per_set = defaultdict(int)
-    for it in items.values():
-        per_set[it["dataset"]] += 1
-    metrics |= {f"items:{ds}": n for ds, n in per_set.items()}
-    metrics |= {f"predicted:{ds}": len(sums[(ds, "strict")]) for ds in per_set}
+    metrics = summarize(items, scored)
     catalog = Catalog(args.catalog)
     run_id = new_run_id()
     settings = {"set": os.path.abspath(args.set), "predictions": os.path.abspath(args.predictions),
@@ -110,7 +141,7 @@ def eval_score(args) -> int:
                       spec_fingerprint="", seed=0, params=settings, code_version="",
                       output_path=os.path.abspath(args.set))
     try:
-        rows = [(rid, f"{items[rid]['dataset']}:{parser}", v) for rid, s in scored.items() for parser, v in s.items()]
+        rows = [(rid, f"{group_of(items[rid])}:{name}", float(v)) for rid, s in scored.items() for name, v in s.items()]
         catalog.add_scores(pa.table({
             "sample_id": [r[0] for r in rows], "job": ["eval"] * len(rows), "model": [args.model] * len(rows),
             "metric": [r[1] for r in rows], "value": [r[2] for r in rows], "run_id": [run_id] * len(rows),
@@ -121,11 +152,120 @@ def eval_score(args) -> int:
         catalog.finish_run(run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
         raise
     catalog.finish_run(run_id, "succeeded")
-    width = max(len(ds) for ds in per_set)
-    for ds in sorted(per_set):
-        got = len(sums[(ds, "strict")])
-        line = "  ".join(f"{parser} {metrics[f'accuracy:{ds}:{parser}']:5.1f}%" for parser in SCORERS
-                         if f"accuracy:{ds}:{parser}" in metrics)
-        print(f"{ds:<{width}}  {got}/{per_set[ds]} predicted  {line or 'no prediction'}")
+    groups = sorted(k.split(":", 1)[1] for k in metrics if k.startswith("items:"))
+    width = max(len(g) for g in groups)
+    for g in groups:
+        line = "  ".join(f"{parser} {metrics[f'accuracy:{g}:{parser}']:5.1f}%" for parser in SCORERS
+                         if f"accuracy:{g}:{parser}" in metrics)
+        if f"micro_f1:{g}" in metrics:
+            line += f"  micro-F1 {metrics[f'micro_f1:{g}']:5.1f}%"
+        print(f"{g:<{width}}  {int(metrics[f'predicted:{g}'])}/{int(metrics[f'items:{g}'])} predicted  "
+              f"{line or 'no prediction'}")
     print(f"catalog: {catalog.path} (run {run_id}: table scores, job = 'eval'; table metrics, stage = 'eval')")
+    return 0
+
+
+# -- eval import --------------------------------------------------------------------------------------
+
+
+def eval_import(args) -> int:
+    """A published source set (LIConBench's six, a StackExchange Posts.xml) to JSONL records the
+    pipelines read: labelled examples (text, and label, split, task in the record) or one post a
+    line. Streams; never overwrites a file."""
+    from stages.licon_formats import FormatError, read_labelled
+
+    out = Path(args.output).expanduser()
+    if out.exists():
+        print(f"error: '{args.output}' exists; give a new file (nothing was written)", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    counts: dict[str, int] = defaultdict(int)
+    try:
+        rows = read_posts_rows(args.source) if args.format == "stackexchange" else read_labelled(args.format,
+                                                                                                  args.source)
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+                counts[row.get("split") or row.get("post_type") or "rows"] += 1
+    except (FormatError, OSError, KeyError, IndexError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        print(f"error: {args.format} from '{args.source}': {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    tmp.replace(out)
+    print(f"{out}: " + ", ".join(f"{n:,} {k}" for k, n in sorted(counts.items())))
+    return 0
+
+
+def read_posts_rows(path: str):
+    """A StackExchange dump's Posts.xml, one post a record (questions and answers), streamed."""
+    from xml.etree import ElementTree
+
+    from stages import adaleval_core as core
+
+    p = Path(path).expanduser()
+    p = p / "Posts.xml" if p.is_dir() else p
+    for _, el in ElementTree.iterparse(str(p), events=("end",)):
+        if el.tag != "row":
+            continue
+        a = el.attrib
+        kind = {"1": "question", "2": "answer"}.get(a.get("PostTypeId", ""))
+        if kind is not None:
+            title = a.get("Title", "")
+            body = core.strip_html(a.get("Body", ""))
+            yield {"id": f"se/{a['Id']}", "text": f"{title}\n\n{body}".strip() if kind == "question" else body,
+                   "post_type": kind, "post_id": a["Id"], "parent_id": a.get("ParentId"),
+                   "accepted_answer_id": a.get("AcceptedAnswerId"), "tags": list(core.parse_tags(a.get("Tags"))),
+                   "source": "stackexchange"}
+        el.clear()
+
+
+# -- eval predict -------------------------------------------------------------------------------------
+
+MAX_NEW_TOKENS = {"tsort": 32, "bestanswer": 16, "licon": 32}
+
+
+def eval_predict(args) -> int:
+    """A local model's replies to a built set's prompts, greedy, appended to a JSONL file (id,
+    answer); items already in the file are not asked again, so a killed run goes on where it
+    stopped. ``--limit`` items per dataset (and order), the set's own order."""
+    from gpu_jobs.generate import GenerationError, GenParams, LocalGenerator
+
+    try:
+        items = read_set(args.set)
+    except EvalInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.output).expanduser()
+    done = set(read_predictions(str(out))) if out.exists() else set()
+    per_group: dict[str, int] = defaultdict(int)
+    chosen = []
+    for rid in sorted(items, key=lambda r: (group_of(items[r]), r)):
+        g = group_of(items[rid])
+        if args.datasets and not any(g.startswith(d) for d in args.datasets):
+            continue
+        if args.limit is None or per_group[g] < args.limit:
+            per_group[g] += 1
+            chosen.append(rid)
+    todo = [rid for rid in chosen if rid not in done]
+    gen = LocalGenerator(args.model)
+    failed = 0
+    with out.open("a", encoding="utf-8") as f:
+        for k, rid in enumerate(todo, 1):
+            item = items[rid]
+            prompt = item.get("prompt") or f"{item['context']}\n\n{item['input']}"
+            task = item["dataset"].split("_")[0]
+            try:
+                reply = gen.generate([{"role": "user", "content": prompt}],
+                                     GenParams(max_new_tokens=MAX_NEW_TOKENS.get(task, 32)))
+            except GenerationError as e:
+                failed += 1
+                print(f"  {rid}: not asked ({e})", file=sys.stderr)
+                continue
+            f.write(json.dumps({"id": rid, "answer": reply, "model": args.model}, ensure_ascii=False) + "\n")
+            f.flush()
+            if k % 10 == 0 or k == len(todo):
+                print(f"  {k}/{len(todo)} answered", file=sys.stderr)
+    print(f"{out}: {len(chosen) - len(todo)} already there, {len(todo) - failed} answered, {failed} too long "
+          f"for {args.model}")
     return 0

@@ -50,7 +50,7 @@ def side_tables(plan: Plan) -> dict[str, tuple[list[Step], RecordSchema]]:
 def step_side_tables(step: Step) -> dict[str, RecordSchema]:
     """The side tables a segment's stages (or a group step's stage) write, shard by shard."""
     stages = step.stages + ([step.central] if step.kind is StepKind.GROUP else [])
-    stages += [step.gate] if step.gate is not None and step.gate.shape == "global" else []
+    stages += [step.gate] if step.gate is not None and step.gate.shape.startswith("global") else []
     return {name: schema for ps in stages for name, schema in ps.stage.side_tables().items()}
 
 

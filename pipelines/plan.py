@@ -38,7 +38,7 @@ class PlannedStage:
         if isinstance(self.stage, RecordStage):
             return "per-record-expanding" if self.stage.expands else "per-record"
         if isinstance(self.stage, GlobalStage):
-            return "global"
+            return "global-expanding" if self.stage.expands else "global"
         if isinstance(self.stage, GroupStage):
             return "per-group"
         return "whole-collection"

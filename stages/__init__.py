@@ -27,6 +27,7 @@ def get_stage(name: str) -> type[Stage]:
 def _load_builtin() -> None:
     from stages import (  # noqa: F401  (registers on import)
         adaleval,
+        bestanswer,
         decomposition,
         dedup,
         gateau,

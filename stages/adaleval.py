@@ -5,7 +5,6 @@ to ``items_per_document`` items per length setting out, each a LongBench-style e
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ from schemas import RecordSchema
 from stages import adaleval_core as core
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, StageParams
-from stages.eval_view import LONGBENCH_FIELDS, english_words, item_hash, seeded
+from stages.eval_view import LONGBENCH_FIELDS, TokenCounter, english_words, item_hash, seeded
 
 TSORT_ITEM = RecordSchema("tsort_item", 1, LONGBENCH_FIELDS + (
     pa.field("book_id", pa.string()),
@@ -53,7 +52,7 @@ class TSortParams(StageParams):
 
 
 @register
-class TSortItems(RecordStage):
+class TSortItems(TokenCounter, RecordStage):
     """Per document and setting: whole-paragraph blocks (context, n segments, context) from random
     starts, the segments shuffled, the prompt counted by the named tokenizer and kept when it lies in
     the setting's window; at most ``items_per_document`` items, none twice."""
@@ -65,15 +64,6 @@ class TSortItems(RecordStage):
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return TSORT_ITEM
-
-    @functools.cached_property
-    def _tok(self):
-        from gpu_jobs.models import load_tokenizer
-
-        return load_tokenizer(self.params.tokenizer)
-
-    def count(self, text: str) -> int:
-        return len(self._tok.encode(text, add_special_tokens=False).ids)
 
     def process(self, record: dict) -> Iterator[Outcome]:
         p: TSortParams = self.params

@@ -3,6 +3,7 @@ LongBench v1's fields and the project's extras, and the helpers that fill them t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 
@@ -38,3 +39,16 @@ def item_hash(key: str) -> str:
 def seeded(seed: int, *key) -> random.Random:
     """A random stream of its own for (seed, key): the same on every worker and runner."""
     return random.Random(int.from_bytes(hashlib.sha256(repr((seed, *key)).encode()).digest()[:8], "big"))
+
+
+class TokenCounter:
+    """Counts by the tokenizer a stage's ``params.tokenizer`` names, loaded once per worker."""
+
+    @functools.cached_property
+    def _tok(self):
+        from gpu_jobs.models import load_tokenizer
+
+        return load_tokenizer(self.params.tokenizer)
+
+    def count(self, text: str) -> int:
+        return len(self._tok.encode(text, add_special_tokens=False).ids)

@@ -15,7 +15,6 @@ Labelled input: documents whose ``metadata`` holds ``label`` (and, for NER and r
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from stages.base import (
     Rejected,
     StageParams,
 )
-from stages.eval_view import LONGBENCH_FIELDS, english_words, item_hash, seeded
+from stages.eval_view import LONGBENCH_FIELDS, TokenCounter, english_words, item_hash, seeded
 
 LABELLED = RecordSchema("labelled", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
                                         pa.field("metadata", pa.string())))
@@ -124,19 +123,8 @@ def labelled_fields(record: dict) -> dict | None:
             "split": meta.get("split"), "dataset": meta.get("dataset"), "task": meta.get("task")}
 
 
-class _Tokens:
-    @functools.cached_property
-    def _tok(self):
-        from gpu_jobs.models import load_tokenizer
-
-        return load_tokenizer(self.params.tokenizer)
-
-    def count(self, text: str) -> int:
-        return len(self._tok.encode(text, add_special_tokens=False).ids)
-
-
 @register
-class LiconSelect(_Tokens, GlobalStage):
+class LiconSelect(TokenCounter, GlobalStage):
     """Demonstrations in rounds from the train split and label-cycled test items, per dataset."""
 
     name = "licon_select"
@@ -225,7 +213,7 @@ class LiconSelect(_Tokens, GlobalStage):
 
 
 @register
-class LiconItems(_Tokens, GroupStage):
+class LiconItems(TokenCounter, GroupStage):
     """One dataset's demonstrations and test items in; per setting (or fixed round count), order
     and test item, a LongBench-style record out."""
 
