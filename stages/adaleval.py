@@ -15,7 +15,7 @@ from schemas import RecordSchema
 from stages import adaleval_core as core
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, StageParams
-from stages.eval_view import LONGBENCH_FIELDS, TokenCounter, english_words, item_hash, seeded
+from stages.eval_view import LONGBENCH_FIELDS, TokenCounter, bucket_name, english_words, item_hash, seeded
 
 TSORT_ITEM = RecordSchema("tsort_item", 1, LONGBENCH_FIELDS + (
     pa.field("book_id", pa.string()),
@@ -121,7 +121,7 @@ class TSortItems(TokenCounter, RecordStage):
         return {
             "id": f"{key}@{setting}", "_id": item_hash(f"{key}@{setting}"),
             "input": instruction, "context": context, "answers": answers,
-            "length": english_words(instruction, context, *answers), "dataset": f"tsort_{setting // 1024}k",
+            "length": english_words(instruction, context, *answers), "dataset": f"tsort_{bucket_name(setting)}",
             "language": record.get("language") or "en", "all_classes": None, "length_bucket": setting,
             "length_tokens": tokens,
             "meta": json.dumps({"tokenizer": p.tokenizer, "seed": self.seed, "setting": setting,

@@ -27,7 +27,7 @@ from schemas import RecordSchema
 from stages import adaleval_core as core
 from stages import register
 from stages.base import Dropped, GlobalContext, GlobalResult, GlobalStage, GroupStage, Outcome, Rejected, StageParams
-from stages.eval_view import LONGBENCH_FIELDS, TokenCounter, english_words, item_hash, seeded
+from stages.eval_view import LONGBENCH_FIELDS, TokenCounter, bucket_name, english_words, item_hash, seeded
 
 POST = RecordSchema("post", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
                                 pa.field("metadata", pa.string())))
@@ -295,7 +295,7 @@ class BestAnswerItems(TokenCounter, GroupStage):
         metrics[f"candidates:{setting}"] = metrics.get(f"candidates:{setting}", 0) + n
         yield {
             "id": key, "_id": item_hash(key), "input": instruction, "context": context, "answers": [f"A{k}"],
-            "length": english_words(instruction, context, f"A{k}"), "dataset": f"bestanswer_{setting // 1024}k",
+            "length": english_words(instruction, context, f"A{k}"), "dataset": f"bestanswer_{bucket_name(setting)}",
             "language": "en", "all_classes": [f"A{i}" for i in range(1, n + 1)], "length_bucket": setting,
             "length_tokens": tokens,
             "meta": json.dumps({"tokenizer": p.tokenizer, "seed": self.seed, "setting": setting,

@@ -52,3 +52,8 @@ class TokenCounter:
 
     def count(self, text: str) -> int:
         return len(self._tok.encode(text, add_special_tokens=False).ids)
+
+
+def bucket_name(setting: int) -> str:
+    """A setting as the dataset names show it: 2048 -> "2k", 1000 -> "1000"."""
+    return f"{setting // 1024}k" if setting % 1024 == 0 else str(setting)

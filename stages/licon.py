@@ -35,7 +35,7 @@ from stages.base import (
     Rejected,
     StageParams,
 )
-from stages.eval_view import LONGBENCH_FIELDS, TokenCounter, english_words, item_hash, seeded
+from stages.eval_view import LONGBENCH_FIELDS, TokenCounter, bucket_name, english_words, item_hash, seeded
 
 LABELLED = RecordSchema("labelled", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
                                         pa.field("metadata", pa.string())))
@@ -271,7 +271,7 @@ class LiconItems(TokenCounter, GroupStage):
         for setting, n_demos in plans:
             chosen = [d for _, d in demos[:n_demos]]
             rounds = max((r for r, end in ends.items() if end <= n_demos), default=0)
-            bucket = f"{setting // 1024}k" if setting else f"{rounds}round"
+            bucket = bucket_name(setting) if setting else f"{rounds}round"
             for order in p.orders:
                 shown = core.ordered(chosen, order, seeded(self.seed, key, setting, rounds, "order"))
                 context = tpl.context(shown)
