@@ -248,7 +248,13 @@ def eval_predict(args) -> int:
             per_group[g] += 1
             chosen.append(rid)
     todo = [rid for rid in chosen if rid not in done]
-    gen = LocalGenerator(args.model)
+    from gpu_jobs.models import ModelNotAvailable
+
+    try:
+        gen = LocalGenerator(args.model)
+    except ModelNotAvailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     failed = 0
     with out.open("a", encoding="utf-8") as f:
         for k, rid in enumerate(todo, 1):

@@ -4,8 +4,10 @@ predictions whose correctness is known by construction (right, too short, wrong)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from catalog import Catalog
 from tests.conftest import REPO, run_cli, write_jsonl
@@ -53,3 +55,61 @@ def test_tsort_set_loads_with_datasets_and_predictions_are_scored_into_the_catal
     (tmp_path / "broken.jsonl").write_text('{"id": "x", "answer": "A1"}\n{oops\n')
     bad = run_cli("eval", "score", str(tmp_path / "broken.jsonl"), "--set", str(tmp_path / "set"), "--catalog", catalog)
     assert bad.returncode == 2 and "broken.jsonl:2: not JSON" in bad.stderr
+
+
+def licon_set(tmp_path, corpora_dir) -> Path:
+    """A small LIConBench set from the real KJV verses: 1K tokens, 12 test items, scattered order."""
+    from pipelines import corpora
+
+    verses, _ = corpora.build("kjv_verses", str(tmp_path / "kjv_verses"))
+    spec = (REPO / "pipelines" / "licon.yaml").read_text().replace("settings: [2048, 8192, 32768]", "settings: [1024]")
+    spec = spec.replace("orders: [scattered, grouped, shuffled], test_items: 100",
+                        "orders: [scattered], test_items: 12")
+    (tmp_path / "licon.yaml").write_text(spec)
+    built = run_cli("run", str(tmp_path / "licon.yaml"), "--input", verses, "--output", str(tmp_path / "licon"),
+                    "--catalog", str(tmp_path / "c.duckdb"), "--quiet")
+    assert built.returncode == 0, built.stderr[-3000:]
+    return tmp_path / "licon"
+
+
+def test_licon_replies_are_scored_by_exact_match_and_micro_f1_without_substituted_labels(tmp_path, corpora_dir):
+    built = licon_set(tmp_path, corpora_dir)
+    items = pq.read_table(str(built / "data")).to_pylist()
+    assert len(items) == 12
+    replies, right, invalid = {}, 0, 0
+    for k, it in enumerate(items):
+        gold = it["answers"][0]
+        wrong = next(c for c in it["all_classes"] if c != gold)
+        kind = k % 3
+        replies[it["id"]] = (f" {gold}\nText: more", gold[:-1] + "x", wrong)[kind]  # right, not a label, wrong
+        right += kind == 0
+        invalid += kind == 1
+    write_jsonl(tmp_path / "p.jsonl", [{"id": i, "answer": r} for i, r in replies.items()])
+    catalog = str(tmp_path / "c.duckdb")
+    scored = run_cli("eval", "score", str(tmp_path / "p.jsonl"), "--set", str(built), "--catalog", catalog)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    m = dict(Catalog(catalog).query("SELECT name, value FROM metrics WHERE stage = 'eval'")[1])
+    group = "licon_kjv_book_1k/scattered"
+    n = len(items)
+    assert m[f"accuracy:{group}:strict"] == 100 * right / n
+    precision, recall = right / (n - invalid), right / n  # a reply that is no label is not "made"
+    assert m[f"precision:{group}"] == pytest.approx(100 * precision)
+    assert m[f"micro_f1:{group}"] == pytest.approx(100 * 2 * precision * recall / (precision + recall))
+    assert "micro-F1" in scored.stdout
+
+
+def test_predict_asks_a_real_model_once_per_item_and_goes_on_where_it_stopped(tmp_path, corpora_dir):
+    built = licon_set(tmp_path, corpora_dir)
+    preds = tmp_path / "preds.jsonl"
+    first = run_cli("eval", "predict", "--set", str(built), "--model", "smollm2-135m", "--limit", "2", "-o", str(preds))
+    assert first.returncode == 0, first.stderr[-3000:]
+    missing = run_cli("eval", "predict", "--set", str(built), "--model", "no-such-model", "-o", str(preds))
+    assert missing.returncode == 2 and "never downloads" in missing.stderr
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(lines) == 2 and all(isinstance(x["answer"], str) for x in lines)
+    again = run_cli("eval", "predict", "--set", str(built), "--model", "smollm2-135m", "--limit", "3", "-o", str(preds))
+    assert again.returncode == 0 and "2 already there, 1 answered" in again.stdout
+    assert len(preds.read_text().splitlines()) == 3
+    scored = run_cli("eval", "score", str(preds), "--set", str(built), "--catalog", str(tmp_path / "c.duckdb"),
+                     "--model", "smollm2-135m")
+    assert scored.returncode == 0 and "3/12 predicted" in scored.stdout
