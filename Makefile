@@ -12,7 +12,7 @@ MODELS_STAMP := $(VENV)/.models-done
 CORPORA_STAMP := $(LONGFORGE_HOME)/.corpora-fetched
 DEMO_CORPORA := paul_graham kjv_chapters python_docs peoples_daily_1998 debian_reference_id debian_reference_zh
 
-.PHONY: setup models corpora demo demo-icp demo-dd demo-utk demo-longpo demo-longwriter test lint bench clean
+.PHONY: setup models corpora demo demo-icp demo-dd demo-utk demo-longpo demo-longwriter demo-eval test lint bench clean
 
 setup: $(SETUP_STAMP) $(MODELS_STAMP) $(CORPORA_STAMP)
 
@@ -75,6 +75,23 @@ demo-longpo: setup corpora
 	$(LONGFORGE) run pipelines/longpo.yaml --output out/demo/longpo --input out/corpora/paul_graham
 	$(LONGFORGE) catalog query "SELECT stage, name, value FROM metrics \
 	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'longpo') ORDER BY stage, name"
+
+# Evaluation sets at 2K, 8K and 32K SmolLM2 tokens (TSort on KJV books and essays, LIConBench on
+# KJV verses and standard-library docstrings, BestAnswer on docstring Q&A posts), then SmolLM2's
+# replies to EVAL_LIMIT items of each 2K set, scored into the catalog.
+EVAL_LIMIT ?= 20
+demo-eval: setup corpora
+	for c in kjv_books kjv_verses python_docstrings python_qa_posts; do \
+	  test -d out/corpora/$$c/data || $(LONGFORGE) corpus build $$c || exit 1; done
+	$(LONGFORGE) run pipelines/tsort.yaml --input out/corpora/kjv_books --output out/demo/eval/tsort_kjv
+	$(LONGFORGE) run pipelines/tsort.yaml --input out/corpora/paul_graham --output out/demo/eval/tsort_pg
+	$(LONGFORGE) run pipelines/licon.yaml --input out/corpora/kjv_verses --output out/demo/eval/licon_kjv
+	$(LONGFORGE) run pipelines/licon.yaml --input out/corpora/python_docstrings --output out/demo/eval/licon_python
+	$(LONGFORGE) run pipelines/bestanswer.yaml --input out/corpora/python_qa_posts --output out/demo/eval/bestanswer
+	for s in tsort_kjv tsort_pg licon_kjv licon_python bestanswer; do \
+	  $(LONGFORGE) eval predict --set out/demo/eval/$$s --datasets tsort_2k licon_kjv_book_2k licon_python_module_2k \
+	    bestanswer_2k --limit $(EVAL_LIMIT) -o out/demo/eval/$$s-smollm2.jsonl && \
+	  $(LONGFORGE) eval score out/demo/eval/$$s-smollm2.jsonl --set out/demo/eval/$$s --model smollm2-135m; done
 
 # Writing instructions from the Python reference's topics (LongWriter-6k itself is not offline).
 demo-longwriter: setup corpora

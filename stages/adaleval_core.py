@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from html.parser import HTMLParser
-from xml.etree import ElementTree
 
 N_SEGMENTS = 4  # verified indirectly: the evaluator enumerates permutations of 1..4
 
@@ -176,15 +173,6 @@ def parse_best_answer_strict(reply: str, n: int) -> str | None:
 
 # -- BestAnswer construction (spec 5) --------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Post:
-    id: str
-    body: str  # text, HTML stripped, code kept
-    question_id: str  # its own id for a question; the parent's for an answer
-    tags: tuple[str, ...] = ()  # a question's
-    accepted_answer_id: str | None = None  # a question's
-
-
 class _Text(HTMLParser):
     """HTML to text: paragraphs and list items on lines of their own, code kept as it is."""
 
@@ -220,93 +208,9 @@ def parse_tags(tags: str | None) -> tuple[str, ...]:
     return tuple(t for t in re.split(r"[<>|]+", tags) if t)
 
 
-def read_posts(path) -> tuple[dict[str, Post], dict[str, list[Post]]]:
-    """Questions by id and their answers (in file order) from a StackExchange dump's Posts.xml,
-    read as a stream (one row element at a time)."""
-    questions: dict[str, Post] = {}
-    answers: dict[str, list[Post]] = {}
-    for _, el in ElementTree.iterparse(str(path), events=("end",)):
-        if el.tag != "row":
-            continue
-        a = el.attrib
-        kind = a.get("PostTypeId")
-        if kind == "1":
-            title = a.get("Title", "")
-            body = strip_html(a.get("Body", ""))
-            questions[a["Id"]] = Post(a["Id"], f"{title}\n\n{body}".strip(), a["Id"], parse_tags(a.get("Tags")),
-                                      a.get("AcceptedAnswerId"))
-        elif kind == "2" and a.get("ParentId"):
-            answers.setdefault(a["ParentId"], []).append(Post(a["Id"], strip_html(a.get("Body", "")), a["ParentId"]))
-        el.clear()
-    return questions, answers
-
-
-def _normalized(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
     sa, sb = set(a), set(b)
     return len(sa & sb) / len(sa | sb) if sa | sb else 0.0
-
-
-@dataclass(frozen=True)
-class BestAnswerItem:
-    question: Post
-    candidates: list[Post]  # in shown order
-    sources: list[str]  # own | distractor, per candidate
-    answer: str  # "A{k}", k 1-based: the accepted answer's place
-    tokens: int  # question and candidates, as counted
-
-
-def best_answer_item(question: Post, own: Sequence[Post], distractors: Sequence[Post], budget: int,
-                     count: Callable[[str], int], rng: random.Random) -> BestAnswerItem | None:
-    """Spec 5: the question's own answers (the accepted one included), then distractors in the given
-    order (answers to other questions sharing a tag, ranked by the caller), each added while the
-    whole stays within ``budget``, skipping any whose normalised text repeats a candidate; then
-    shuffled. None when the question has no accepted answer among ``own`` or does not fit alone."""
-    if not question.accepted_answer_id or not any(a.id == question.accepted_answer_id for a in own):
-        return None
-    seen, candidates, sources = set(), [], []
-    for a in own:
-        if _normalized(a.body) not in seen and a.body.strip():
-            seen.add(_normalized(a.body))
-            candidates.append(a)
-            sources.append("own")
-    if not any(a.id == question.accepted_answer_id for a in candidates):
-        return None  # the accepted answer repeats another answer word for word: no single right choice
-    tokens = count(question.body) + sum(count(a.body) for a in candidates)
-    if tokens > budget:
-        return None
-    for d in distractors:
-        if d.question_id == question.id or _normalized(d.body) in seen or not d.body.strip():
-            continue
-        n = count(d.body)
-        if tokens + n > budget:
-            break
-        seen.add(_normalized(d.body))
-        candidates.append(d)
-        sources.append("distractor")
-        tokens += n
-    order = list(range(len(candidates)))
-    rng.shuffle(order)
-    shown = [candidates[i] for i in order]
-    k = next(j for j, a in enumerate(shown) if a.id == question.accepted_answer_id) + 1
-    return BestAnswerItem(question, shown, [sources[i] for i in order], f"A{k}", tokens)
-
-
-def rank_distractors(question: Post, questions: dict[str, Post], answers: dict[str, list[Post]],
-                     rng: random.Random) -> list[Post]:
-    """Answers to other questions that share at least one tag, by tag overlap (Jaccard, highest
-    first), ties in a seeded random order (spec 5.2)."""
-    scored = []
-    for qid, q in questions.items():
-        if qid == question.id:
-            continue
-        overlap = jaccard(question.tags, q.tags)
-        if overlap > 0:
-            scored += [(-overlap, rng.random(), a.id, a) for a in answers.get(qid, [])]
-    return [a for *_, a in sorted(scored, key=lambda t: t[:3])]
 
 
 def best_answer_prompt(question: str, candidates: Sequence[str]) -> str:

@@ -100,6 +100,9 @@ def test_posts_xml_imported_and_built_with_every_post_accounted_for(tmp_path):
     assert items and {i["dataset"] for i in items} <= {"bestanswer_256", "bestanswer_512"}
     for it in items:
         assert it["candidate_ids"][int(it["answer"][1:]) - 1] == it["accepted_answer_id"]
+        assert it["candidate_ids"].count(it["accepted_answer_id"]) == 1
+        assert not {"2", "4"} <= set(it["candidate_ids"])  # answer 4 repeats answer 2 but for case and spaces
+    assert any(it["question_id"] == "1" for it in items)
     import datasets
 
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "data" / "*.parquet"), split="train")
