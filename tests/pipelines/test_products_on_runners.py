@@ -30,6 +30,24 @@ def _gateau_samples(docs):
     return rows
 
 
+def _labelled_verses(docs):
+    """KJV verses labelled with their book (LIConBench's input), from the first chapters of eight books."""
+    rows = []
+    for d in [r for r in docs if r["source"] == "kjv" and r["id"].endswith("/001")][:8]:
+        book = json.loads(d["metadata"])["book"]
+        for k, verse in enumerate(d["text"].splitlines()):
+            rows.append({"id": f"{d['id']}:{k}", "text": verse, "label": book, "split": "test" if k % 10 == 9
+                         else "train", "dataset": "kjv"})
+    return rows
+
+
+def _posts(_docs):
+    """The Posts.xml fixture's posts (the StackExchange dumps are not offline), as eval import writes them."""
+    from pipelines.eval_command import read_posts_rows
+
+    return list(read_posts_rows(str(REPO / "tests" / "fixtures" / "stackexchange" / "Posts.xml")))
+
+
 # pipeline file -> (how to make its input from the real documents, edits to the file for small inputs)
 PRODUCTS = {
     "icp": (lambda d: [{"id": r["id"], "text": r["text"][:1500]} for r in d if r["source"] == "kjv"][:150],
@@ -47,6 +65,9 @@ PRODUCTS = {
                   [("max_document_chars: 6000", "max_document_chars: 2500"),
                    ("question_tokens: 160, answer_tokens: 160", "question_tokens: 64, answer_tokens: 32"),
                    ("max_len: 8192, packs_per_step: 8", "max_len: 1024, packs_per_step: 2")]),
+    "licon": (_labelled_verses, [("settings: [2048, 8192, 32768]", "settings: [512, 1024]"),
+                                 ("test_items: 100", "test_items: 6")]),
+    "bestanswer": (_posts, [("settings: [2048, 8192, 32768]", "settings: [256, 512]")]),
 }
 
 
