@@ -136,8 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     es.add_argument("--model", default="unnamed", help="the model's name, recorded with the scores")
     es.add_argument("--catalog", help="catalog file (default ./longforge.duckdb or $LONGFORGE_CATALOG)")
     ei = evsub.add_parser("import", help="a published source set to JSONL the pipelines read")
-    ei.add_argument("format", choices=["banking77", "goemotions", "tacred", "fewnerd", "dialogre", "discovery",
-                                       "stackexchange"])
+    ei.add_argument("format", choices=["banking77", "goemotions", "tacred", "fewnerd", "dialogre", "discovery", "hf",
+                                       "stackexchange"], help="hf: any dataset saved with datasets' save_to_disk")
+    ei.add_argument("--text-field", default="text", help="hf: the text column")
+    ei.add_argument("--label-field", default="label", help="hf: the label column (a ClassLabel's numbers are named)")
     ei.add_argument("source", help="the downloaded folder (split files inside) or file (Posts.xml)")
     ei.add_argument("--output", "-o", required=True, help="the JSONL file to write (must not exist)")
     ep = evsub.add_parser("predict", help="a local model's replies to a built set, as a predictions file")

@@ -1,4 +1,5 @@
-"""Readers of the six LongICLBench source sets in their published formats, each to labelled rows
+"""Readers of the six LongICLBench source sets in their published formats (and of any labelled
+dataset saved with ``datasets``), each to labelled rows
 (``id, text, label, labels, answers, split, task``) that ``longforge eval import`` writes as JSONL
 and the ``licon_select`` stage reads (spec ../shared/specs/liconbench.md 2). Each reader takes the
 folder (or file) a user downloaded; a format it cannot read is an error that names the file."""
@@ -160,16 +161,44 @@ def discovery(root: Path) -> Iterator[dict]:
                 yield _row("discovery", split, n, text, label)
 
 
+def hf_dataset(root: Path, text_field: str = "text", label_field: str = "label") -> Iterator[dict]:
+    """Any labelled dataset saved with ``datasets``' ``save_to_disk`` (a DatasetDict with train and
+    test splits, or one Dataset, read as train); class numbers are named by the column's ClassLabel."""
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(root))
+    except (FileNotFoundError, ValueError) as e:
+        raise FormatError(f"{root}: not a dataset saved with save_to_disk ({e})") from None
+    splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    for split, ds in splits.items():
+        if split not in SPLITS:
+            continue
+        missing = {text_field, label_field} - set(ds.column_names)
+        if missing:
+            raise FormatError(f"{root} [{split}]: no column {', '.join(sorted(missing))} (has {ds.column_names}); "
+                              "name the columns with --text-field and --label-field")
+        feature = ds.features[label_field]
+        names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+        for n, row in enumerate(ds):
+            label = row[label_field]
+            label = names[label] if names is not None and isinstance(label, int) else str(label)
+            yield _row(root.name, split, n, str(row[text_field]).strip(), label)
+
+
 FORMATS: dict[str, Callable[[Path], Iterator[dict]]] = {
     "banking77": banking77, "goemotions": goemotions, "tacred": tacred, "fewnerd": fewnerd,
-    "dialogre": dialogre, "discovery": discovery,
+    "dialogre": dialogre, "discovery": discovery, "hf": hf_dataset,
 }
 
 
-def read_labelled(fmt: str, path: str) -> Iterator[dict]:
+def read_labelled(fmt: str, path: str, text_field: str = "text", label_field: str = "label") -> Iterator[dict]:
     if fmt not in FORMATS:
         raise FormatError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
     root = Path(path).expanduser()
     if not root.exists():
         raise FormatError(f"{path}: no such file or folder")
-    yield from FORMATS[fmt](root)
+    if fmt == "hf":
+        yield from hf_dataset(root, text_field, label_field)
+    else:
+        yield from FORMATS[fmt](root)

@@ -94,3 +94,20 @@ def test_eval_import_writes_jsonl_once_and_never_over_a_file(tmp_path):
     assert again.returncode == 2 and "exists" in again.stderr and json.loads(out.read_text())["label"] == "card_arrival"
     bad = run_cli("eval", "import", "tacred", str(tmp_path / "b77"), "-o", str(tmp_path / "t.jsonl"))
     assert bad.returncode == 2 and "none of the split files" in bad.stderr and not (tmp_path / "t.jsonl").exists()
+
+
+def test_a_local_hf_dataset_with_class_numbers_gets_their_names(tmp_path):
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["activate_my_card", "age_limit"])})
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": ["how do I activate it", "am I old enough"], "label": [0, 1]},
+                                            features=features),
+        "test": datasets.Dataset.from_dict({"text": ["card activation"], "label": [0]}, features=features)})
+    dd.save_to_disk(str(tmp_path / "b77"))
+    rows = list(read_labelled("hf", str(tmp_path / "b77")))
+    assert [(r["split"], r["label"]) for r in rows] == [("train", "activate_my_card"), ("train", "age_limit"),
+                                                        ("test", "activate_my_card")]
+    with pytest.raises(FormatError, match="no column utterance"):
+        list(read_labelled("hf", str(tmp_path / "b77"), text_field="utterance"))
