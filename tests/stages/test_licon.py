@@ -98,6 +98,11 @@ def test_items_fit_their_windows_and_orders_permute_one_demonstration_list(built
         assert runs == len(set(labels))
     rounds = {it["length_bucket"]: it["n_demos"] for it in items}
     assert rounds[1024] < rounds[4096]
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train")
+    assert {"input", "context", "answers", "length", "dataset", "language", "all_classes", "_id"} <= \
+        set(ds.column_names) and len(ds) == len(items)
 
 
 def test_same_input_and_seed_give_the_same_bytes_and_the_catalog_counts_everything(built):
