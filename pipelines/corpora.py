@@ -276,14 +276,11 @@ def python_sources() -> Iterator[dict]:
                        python=sys.version.split()[0])
 
 
-def python_docstrings() -> Iterator[dict]:
-    """LIConBench's labelled form of the standard library (docstring -> module): the first paragraph
-    of each public function's, class's and method's docstring, labelled with its module's dotted
-    name (``json.decoder``); modules with fewer than 10 such docstrings, and docstrings that more than one module
-    shares word for word, are left out; every tenth of a module (in file order) is a test example."""
+def _stdlib_definitions(module_level_only: bool) -> Iterator[tuple[str, str, object]]:
+    """(dotted module, path, ast node) of each public definition with a docstring in the public
+    modules of the standard library: module-level functions only, or every function and class."""
     import ast
 
-    found: dict[str, list[tuple[str, str]]] = {}
     for doc in python_sources():
         rel = json.loads(doc["metadata"])["path"]
         module = rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
@@ -293,13 +290,24 @@ def python_docstrings() -> Iterator[dict]:
             tree = ast.parse(doc["text"])
         except (SyntaxError, ValueError):
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and \
-                    not node.name.startswith("_"):
-                text = ast.get_docstring(node) or ""
-                first = " ".join(text.split("\n\n")[0].split())
-                if len(first.split()) >= 4:
-                    found.setdefault(module, []).append((f"{rel}:{node.lineno}", first))
+        kinds = ast.FunctionDef if module_level_only else (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+        for node in (tree.body if module_level_only else ast.walk(tree)):
+            if isinstance(node, kinds) and not node.name.startswith("_") and ast.get_docstring(node):
+                yield module, rel, node
+
+
+def python_docstrings() -> Iterator[dict]:
+    """LIConBench's labelled form of the standard library (docstring -> module): the first paragraph
+    of each public function's, class's and method's docstring, labelled with its module's dotted
+    name (``json.decoder``); modules with fewer than 10 such docstrings, and docstrings that more than one module
+    shares word for word, are left out; every tenth of a module (in file order) is a test example."""
+    import ast
+
+    found: dict[str, list[tuple[str, str]]] = {}
+    for module, rel, node in _stdlib_definitions(module_level_only=False):
+        first = " ".join(ast.get_docstring(node).split("\n\n")[0].split())
+        if len(first.split()) >= 4:
+            found.setdefault(module, []).append((f"{rel}:{node.lineno}", first))
     owners: dict[str, set[str]] = {}
     for module, docs in found.items():
         for _, text in docs:
@@ -323,20 +331,10 @@ def python_qa_posts() -> Iterator[dict]:
     import ast
 
     found: dict[str, list[tuple[str, str]]] = {}
-    for doc in python_sources():
-        rel = json.loads(doc["metadata"])["path"]
-        module = rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
-        if any(part.startswith("_") for part in module.split(".")):
-            continue
-        try:
-            tree = ast.parse(doc["text"])
-        except (SyntaxError, ValueError):
-            continue
-        for node in tree.body:
-            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
-                text = ast.get_docstring(node) or ""
-                if len(text.split()) >= 20:
-                    found.setdefault(module, []).append((f"{module}.{node.name}({ast.unparse(node.args)})", text))
+    for module, _, node in _stdlib_definitions(module_level_only=True):
+        text = ast.get_docstring(node)
+        if len(text.split()) >= 20:
+            found.setdefault(module, []).append((f"{module}.{node.name}({ast.unparse(node.args)})", text))
     post = 0
     for module in sorted(found):
         funcs = found[module]

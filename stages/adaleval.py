@@ -9,13 +9,13 @@ import json
 from collections.abc import Iterator
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from schemas import RecordSchema
 from stages import adaleval_core as core
 from stages import register
-from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, StageParams
-from stages.eval_view import LONGBENCH_FIELDS, TokenCounter, bucket_name, english_words, item_hash, seeded
+from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected
+from stages.eval_view import LONGBENCH_FIELDS, LengthParams, TokenCounter, bucket_name, english_words, item_hash, seeded
 
 TSORT_ITEM = RecordSchema("tsort_item", 1, LONGBENCH_FIELDS + (
     pa.field("book_id", pa.string()),
@@ -30,25 +30,14 @@ TSORT_ITEM = RecordSchema("tsort_item", 1, LONGBENCH_FIELDS + (
 ), doc="An Ada-LEval TSort item: shuffled consecutive segments of a book between their context.")
 
 
-class TSortParams(StageParams):
+class TSortParams(LengthParams):
     settings: tuple[int, ...] = Field((2048, 8192, 32768), description="nominal prompt lengths in tokens "
                                       "[paper: 1k, 2k, 4k, 8k, 16k, 32k, 64k, 128k]")
-    tokenizer: str = Field("smollm2", description="counts every length: the evaluated model's tokenizer "
-                           "[reference helper: cl100k_base]")
     n_segments: int = Field(core.N_SEGMENTS, ge=2, le=9, description="[4: the evaluator's permutations]")
     items_per_document: int = Field(5, gt=0, description="items per document and setting, at most [ours: M=5]")
     tries_per_item: int = Field(8, gt=0, description="random starts tried per wanted item")
     min_paragraph_tokens: int = Field(20, ge=1, description="shorter paragraphs are left out [ours]")
     fill: float = Field(0.85, gt=0, le=1, description="blocks are sized to fill this share of the setting [ours]")
-    tolerance: float = Field(0.8, gt=0, le=1, description="an item's prompt tokens lie in [tolerance x setting, "
-                             "setting] [ours]")
-
-    @field_validator("settings")
-    @classmethod
-    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(s < 256 for s in v):
-            raise ValueError("settings: one or more prompt lengths of 256 tokens or more, e.g. [2048, 8192]")
-        return tuple(sorted(set(v)))
 
 
 @register

@@ -21,13 +21,13 @@ import json
 from collections.abc import Iterator
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from schemas import RecordSchema
 from stages import adaleval_core as core
 from stages import register
-from stages.base import Dropped, GlobalContext, GlobalResult, GlobalStage, GroupStage, Outcome, Rejected, StageParams
-from stages.eval_view import LONGBENCH_FIELDS, TokenCounter, bucket_name, english_words, item_hash, seeded
+from stages.base import Dropped, GlobalContext, GlobalResult, GlobalStage, GroupStage, Outcome, Rejected
+from stages.eval_view import LONGBENCH_FIELDS, LengthParams, TokenCounter, bucket_name, english_words, item_hash, seeded
 
 POST = RecordSchema("post", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
                                 pa.field("metadata", pa.string())))
@@ -75,23 +75,12 @@ BESTANSWER_ITEM = RecordSchema("bestanswer_item", 1, LONGBENCH_FIELDS + (
 ), doc="An Ada-LEval BestAnswer item: a question and candidate answers; the accepted one is the answer.")
 
 
-class BestAnswerParams(StageParams):
+class BestAnswerParams(LengthParams):
     settings: tuple[int, ...] = Field((2048, 8192, 32768), description="nominal prompt lengths in tokens [paper: "
                                       "1k, 2k, 4k, 6k, 8k, 12k, 16k, 32k, 64k, 128k]")
-    tokenizer: str = Field("smollm2", description="counts every length: the evaluated model's tokenizer "
-                           "[reference helper: cl100k_base]")
     min_answers: int = Field(2, ge=1, description="a question is asked with at least this many answers [ours: 2]")
-    tolerance: float = Field(0.8, gt=0, le=1, description="an item's prompt lies in [tolerance x setting, setting] "
-                             "[ours]")
     candidate_overhead: int = Field(8, ge=0, description="tokens a candidate's label and spacing add, for the "
                                     "plan's estimate (the items stage counts exactly)")
-
-    @field_validator("settings")
-    @classmethod
-    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(s < 256 for s in v):
-            raise ValueError("settings: one or more prompt lengths of 256 tokens or more, e.g. [2048, 8192]")
-        return tuple(sorted(set(v)))
 
 
 def _meta(record: dict) -> dict:

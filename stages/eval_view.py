@@ -8,6 +8,9 @@ import hashlib
 import random
 
 import pyarrow as pa
+from pydantic import Field, field_validator
+
+from stages.base import StageParams
 
 # LongBench v1's fields (eval-formats.md 1) and the project's extras (3)
 LONGBENCH_FIELDS = (
@@ -57,3 +60,21 @@ class TokenCounter:
 def bucket_name(setting: int) -> str:
     """A setting as the dataset names show it: 2048 -> "2k", 1000 -> "1000"."""
     return f"{setting // 1024}k" if setting % 1024 == 0 else str(setting)
+
+
+class LengthParams(StageParams):
+    """What every length-adaptable benchmark stage is given: settings, counted by a named tokenizer,
+    and the window an item must land in."""
+
+    settings: tuple[int, ...] = Field((2048, 8192, 32768), description="nominal prompt lengths in tokens")
+    tokenizer: str = Field("smollm2", description="counts every length: the evaluated model's tokenizer "
+                           "[Ada-LEval's helper: cl100k_base]")
+    tolerance: float = Field(0.8, gt=0, le=1, description="an item's prompt tokens lie in [tolerance x setting, "
+                             "setting] [ours]")
+
+    @field_validator("settings")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(s < 256 for s in v):
+            raise ValueError("settings: one or more prompt lengths of 256 tokens or more, e.g. [2048, 8192]")
+        return tuple(sorted(set(v)))

@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterator
 
 import pyarrow as pa
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from schemas import RecordSchema
 from stages import licon_core as core
@@ -33,9 +33,8 @@ from stages.base import (
     GroupStage,
     Outcome,
     Rejected,
-    StageParams,
 )
-from stages.eval_view import LONGBENCH_FIELDS, TokenCounter, bucket_name, english_words, item_hash, seeded
+from stages.eval_view import LONGBENCH_FIELDS, LengthParams, TokenCounter, bucket_name, english_words, item_hash, seeded
 
 LABELLED = RecordSchema("labelled", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
                                         pa.field("metadata", pa.string())))
@@ -59,19 +58,16 @@ _ROUND = pa.field("licon_round", pa.int32())  # a demonstration's round, 1-based
 _TEST_OFFSET = 10**12  # tests come after every demonstration in their group's order
 
 
-class LiconParams(StageParams):
+class LiconParams(LengthParams):
     settings: tuple[int, ...] = Field((2048, 8192, 32768), description="nominal prompt lengths in tokens: per "
                                       "setting, the most rounds that fit [paper: 1-5 rounds; README ranges 1K-50K]")
     rounds: tuple[int, ...] | None = Field(None, description="fixed round counts instead of settings (the released "
                                            "data: 1..5)")
-    tokenizer: str = Field("smollm2", description="counts every length: the evaluated model's tokenizer")
     selection: str = Field("round_robin", description="round_robin (4.1), file_order_rounds (TacRED) or coverage "
                            "(Few-NERD, DialogRE)")
     orders: tuple[str, ...] = Field(("scattered",), description="demonstration orders: scattered, grouped, shuffled")
     test_items: int = Field(500, gt=0, description="test items per dataset, label-cycled [paper: 500]")
     instruct: bool = Field(True, description="list every label in the instruction")
-    tolerance: float = Field(0.8, gt=0, le=1, description="an item's prompt lies in [tolerance x setting, setting] "
-                             "[ours]")
     fit: str = Field("demos", description="per setting, the most demonstrations that fit, in the rounds' order "
                      "(demos: the reference code's token-budget mode; the last round may be partial) or the most "
                      "whole rounds (rounds)")
@@ -82,13 +78,6 @@ class LiconParams(StageParams):
     instruction: str = Field(core.Template.task, description="the task sentence opening every prompt")
     input_name: str = Field(core.Template.input_name, description="the field name before each example's text")
     label_name: str = Field(core.Template.label_name, description="the field name before each label")
-
-    @field_validator("settings")
-    @classmethod
-    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(s < 256 for s in v):
-            raise ValueError("settings: one or more prompt lengths of 256 tokens or more, e.g. [2048, 8192]")
-        return tuple(sorted(set(v)))
 
     @model_validator(mode="after")
     def _known(self):

@@ -86,3 +86,23 @@ def tokenized_docs(corpora_dir, tmp_path_factory) -> dict[str, list[int]]:
     assert r.returncode == 0, r.stderr[-3000:]
     t = pq.read_table(str(base / "out" / "data"), columns=["id", "input_ids"])
     return dict(zip(t.column("id").to_pylist(), t.column("input_ids").to_pylist(), strict=True))
+
+
+def build_corpus(name: str, parent: Path) -> str:
+    """Corpus ``name`` (OFFLINE.md's packages) built into ``parent/name``; returns the folder."""
+    from pipelines import corpora
+
+    folder, _ = corpora.build(name, str(parent / name))
+    return folder
+
+
+def run_twice(spec: Path, inp: str, base: Path) -> list[Path]:
+    """The pipeline run twice on the same input into ``base/out0`` and ``base/out1`` (one catalog,
+    ``base/c.duckdb``): what determinism tests compare."""
+    outs = []
+    for k in range(2):
+        done = run_cli("run", str(spec), "--input", inp, "--output", str(base / f"out{k}"), "--catalog",
+                       str(base / "c.duckdb"), "--quiet")
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs.append(base / f"out{k}")
+    return outs

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog import Catalog
-from tests.conftest import REPO, run_cli, write_jsonl
+from tests.conftest import REPO, build_corpus, run_cli, write_jsonl
 
 LONGBENCH = {"input", "context", "answers", "length", "dataset", "language", "all_classes", "_id"}
 
@@ -59,9 +59,7 @@ def test_tsort_set_loads_with_datasets_and_predictions_are_scored_into_the_catal
 
 def licon_set(tmp_path, corpora_dir) -> Path:
     """A small LIConBench set from the real KJV verses: 1K tokens, 12 test items, scattered order."""
-    from pipelines import corpora
-
-    verses, _ = corpora.build("kjv_verses", str(tmp_path / "kjv_verses"))
+    verses = build_corpus("kjv_verses", tmp_path)
     spec = (REPO / "pipelines" / "licon.yaml").read_text().replace("settings: [2048, 8192, 32768]", "settings: [1024]")
     spec = spec.replace("orders: [scattered, grouped, shuffled], test_items: 100",
                         "orders: [scattered], test_items: 12")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpu_jobs.models import load_tokenizer
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, build_corpus, run_cli, run_twice
 
 POSTS = Path(__file__).resolve().parents[1] / "fixtures" / "stackexchange" / "Posts.xml"
 SETTINGS = (1024, 4096)
@@ -29,23 +29,13 @@ def pipeline(base: Path, settings) -> Path:
 
 @pytest.fixture(scope="module")
 def qa_posts(tmp_path_factory):
-    from pipelines import corpora
-
-    folder, _ = corpora.build("python_qa_posts", str(tmp_path_factory.mktemp("qa") / "python_qa_posts"))
-    return folder
+    return build_corpus("python_qa_posts", tmp_path_factory.mktemp("qa"))
 
 
 @pytest.fixture(scope="module")
 def built(qa_posts, tmp_path_factory):
     base = tmp_path_factory.mktemp("bestanswer")
-    spec = pipeline(base, SETTINGS)
-    outs = []
-    for k in range(2):
-        done = run_cli("run", str(spec), "--input", qa_posts, "--output", str(base / f"out{k}"), "--catalog",
-                       str(base / "c.duckdb"), "--quiet")
-        assert done.returncode == 0, done.stderr[-3000:]
-        outs.append(base / f"out{k}")
-    return outs
+    return run_twice(pipeline(base, SETTINGS), qa_posts, base)
 
 
 def test_the_accepted_answer_is_among_the_candidates_once_and_is_the_answer(built, qa_posts):

@@ -16,33 +16,20 @@ from catalog import Catalog
 from gpu_jobs.models import load_tokenizer
 from stages.base import GlobalContext
 from stages.licon import LiconSelect
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, build_corpus, run_twice
 
 SETTINGS = (1024, 4096)
 
 
 @pytest.fixture(scope="module")
-def docstrings(tmp_path_factory):
-    from pipelines import corpora
-
-    folder, _ = corpora.build("python_docstrings", str(tmp_path_factory.mktemp("py") / "python_docstrings"))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def built(docstrings, tmp_path_factory):
+def built(tmp_path_factory):
     base = tmp_path_factory.mktemp("licon")
+    docstrings = build_corpus("python_docstrings", base)
     spec = (REPO / "pipelines" / "licon.yaml").read_text()
     spec = spec.replace("settings: [2048, 8192, 32768]", f"settings: {list(SETTINGS)}").replace(
         "test_items: 100", "test_items: 12")
     (base / "licon.yaml").write_text(spec)
-    runs = []
-    for k in range(2):
-        done = run_cli("run", str(base / "licon.yaml"), "--input", docstrings, "--output", str(base / f"out{k}"),
-                       "--catalog", str(base / "c.duckdb"), "--quiet")
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs.append(base / f"out{k}")
-    return base, runs
+    return base, run_twice(base / "licon.yaml", docstrings, base)
 
 
 def test_selection_on_the_kjv_makes_rounds_that_each_show_every_book_once():
