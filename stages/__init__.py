@@ -28,6 +28,7 @@ def _load_builtin() -> None:
     from stages import (  # noqa: F401  (registers on import)
         adaleval,
         bestanswer,
+        chft,
         decomposition,
         dedup,
         gateau,
