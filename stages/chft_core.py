@@ -8,6 +8,7 @@ import functools
 import random
 import re
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -99,7 +100,7 @@ def pairs_between(hypothesis: str, reference: str, language: str) -> list[Pair]:
             runs[-1][1], runs[-1][3] = op.src_end, op.dest_end
         else:
             runs.append([op.src_start, op.src_end, op.dest_start, op.dest_end])
-    pairs = []
+    widened: list[list] = []  # [h1, h2, r1, r2, kind]
     for h1, h2, r1, r2 in runs:
         kind = "deletion" if h1 == h2 else "insertion" if r1 == r2 else None
         if h1 == h2:  # the ASR dropped text: take the matched token before (or after) along
@@ -109,6 +110,14 @@ def pairs_between(hypothesis: str, reference: str, language: str) -> list[Pair]:
                 h2, r2 = h2 + 1, r2 + 1
             if h2 > len(h):  # nothing to hold on to: the hypothesis is empty
                 h1, h2, r1, r2 = 0, 0, 0, len(r)
+        if widened and h1 < widened[-1][1]:  # two drops took the same token along: one pair
+            last = widened[-1]
+            last[1], last[3] = max(last[1], h2), max(last[3], r2)
+            last[4] = kind if kind == last[4] else None
+        else:
+            widened.append([h1, h2, r1, r2, kind])
+    pairs = []
+    for h1, h2, r1, r2, kind in widened:
         hs, rs = hypothesis[ho[h1]:ho[h2]], reference[ro[r1]:ro[r2]]
         pairs.append(Pair(hs, rs, ho[h1], ho[h2], ro[r1], ro[r2], kind or pair_type(hs, rs)))
     return pairs
@@ -141,7 +150,9 @@ def number_value(text: str) -> float | None:
     try:
         import cn2an
 
-        return float(cn2an.cn2an(t, "smart"))
+        with warnings.catch_warnings():  # cn2an warns, then raises, on what is not a number
+            warnings.simplefilter("ignore")
+            return float(cn2an.cn2an(t, "smart"))
     except (ValueError, KeyError, IndexError):
         return None
 
@@ -153,7 +164,9 @@ def numbers_read(text: str) -> str:
     try:
         import cn2an
 
-        return cn2an.transform(text, "cn2an")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cn2an.transform(text, "cn2an")
     except (ValueError, KeyError, IndexError):
         return text
 
@@ -248,15 +261,14 @@ def segments(hypothesis: str, reference: str, pairs: Sequence[Pair], language: s
 @functools.cache
 def _homophones() -> dict[str, list[str]]:
     """Toneless pinyin -> the common characters with that reading (GB2312 level 1: the 3,755 most
-    used), from pypinyin's table."""
+    used), each read as ``lazy_pinyin`` reads it alone (``nv`` for 女, not ``nu``)."""
+    from pypinyin import lazy_pinyin
     from pypinyin.pinyin_dict import pinyin_dict
 
     table: dict[str, list[str]] = {}
-    for code, readings in sorted(pinyin_dict.items()):
+    for code in sorted(pinyin_dict):
         if 0x4E00 <= code <= 0x9FFF and _common(chr(code)):
-            first = readings.split(",")[0]
-            plain = unicodedata.normalize("NFKD", first).encode("ascii", "ignore").decode()
-            table.setdefault(plain, []).append(chr(code))
+            table.setdefault(lazy_pinyin(chr(code))[0], []).append(chr(code))
     return table
 
 

@@ -1,0 +1,206 @@
+"""ChFT's pure parts against spec chft.md 7, on real text: People's Daily documents (Chinese) and
+KJV chapters (English), with hypotheses made by the homophone channel and by random edit scripts
+(insertions, deletions, substitutions, punctuation changes at random places)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pyarrow.parquet as pq
+import pytest
+
+from stages import chft_core as core
+from tests.conftest import build_corpus
+
+ALNUM_OR_CJK = re.compile(r"[0-9A-Za-z\u3400-\u9fff]")
+
+
+@pytest.fixture(scope="module")
+def zh_docs(tmp_path_factory) -> list[str]:
+    folder = build_corpus("peoples_daily_docs", tmp_path_factory.mktemp("pd"))
+    rows = pq.read_table(f"{folder}/data").to_pylist()
+    return [core.canonical(r["text"]) for r in rows[::13]][:200]
+
+
+@pytest.fixture(scope="module")
+def en_docs(corpora_dir) -> list[str]:
+    rows = pq.read_table(str(corpora_dir / "kjv_chapters" / "data")).to_pylist()
+    return [core.canonical(r["text"])[:3000] for r in rows[::9]][:120]
+
+
+def random_edits(text: str, rng: random.Random, n: int) -> str:
+    """``text`` with ``n`` random edits: a stretch dropped, characters inserted or substituted
+    (drawn from the text itself, so homophones and words of the language occur), marks swapped."""
+    chars = list(text)
+    alphabet = sorted(set(text)) + ["，", "。", ",", ".", " ", "5", "五"]
+    for _ in range(n):
+        if not chars:
+            chars = [rng.choice(alphabet)]
+            continue
+        i = rng.randrange(len(chars))
+        op = rng.random()
+        if op < 0.3:
+            del chars[i:i + rng.randint(1, 4)]
+        elif op < 0.6:
+            chars[i:i] = [rng.choice(alphabet) for _ in range(rng.randint(1, 3))]
+        elif op < 0.9:
+            chars[i] = rng.choice(alphabet)
+        else:
+            chars[i] = rng.choice("，。、；,.;")
+    return "".join(chars)
+
+
+def check_pairs(hyp: str, ref: str, pairs: list[core.Pair]) -> None:
+    """Spec 7: the pairs rebuild the reference; empty iff equal; in bounds, sorted, not overlapping,
+    each span the text at its offsets."""
+    assert core.apply_pairs(hyp, pairs) == ref
+    assert (not pairs) == (hyp == ref)
+    end_h = end_r = 0
+    for p in pairs:
+        assert end_h <= p.hyp_start <= p.hyp_end <= len(hyp) and end_r <= p.ref_start <= p.ref_end <= len(ref)
+        assert hyp[p.hyp_start:p.hyp_end] == p.hyp_span and ref[p.ref_start:p.ref_end] == p.ref_span
+        assert p.hyp_span != p.ref_span and p.type in core.PAIR_TYPES
+        if p.type == "punctuation":
+            assert not ALNUM_OR_CJK.search(p.hyp_span + p.ref_span)
+        end_h, end_r = p.hyp_end, p.ref_end
+    # a pair with an empty hypothesis side could not be found in it: only an empty hypothesis has one
+    assert all(p.hyp_span for p in pairs) or hyp == ""
+
+
+def test_channel_pairs_rebuild_every_real_chinese_document(zh_docs):
+    assert len(zh_docs) >= 150
+    channel = core.Channel(homophone=0.05, deletion=0.01, insertion=0.01, punctuation=0.3)
+    types = set()
+    for k, ref in enumerate(zh_docs):
+        hyp = core.noisy_hypothesis(ref, channel, random.Random(k))
+        pairs = core.pairs_between(hyp, ref, "zh")
+        check_pairs(hyp, ref, pairs)
+        types |= {p.type for p in pairs}
+    assert {"homophone", "punctuation", "itn", "lexical"} <= types
+
+
+@pytest.mark.parametrize("language", ["zh", "en"])
+def test_random_edit_scripts_are_undone_by_their_pairs(language, zh_docs, en_docs):
+    docs = zh_docs if language == "zh" else en_docs
+    rng = random.Random(7)
+    for k in range(300):
+        ref = docs[k % len(docs)]
+        if k % 3 == 0:  # short stretches too, where edits meet the ends of the text
+            start = rng.randrange(len(ref))
+            ref = ref[start:start + rng.randint(1, 40)]
+        hyp = random_edits(ref, rng, rng.randint(0, 25))
+        check_pairs(hyp, ref, core.pairs_between(hyp, ref, language))
+
+
+@pytest.mark.parametrize(("hyp", "ref"), [("", "今天天气很好。"), ("今天天气很好。", ""), ("", ""),
+                                          ("好", "今天天气很好。"), ("今天天气很好。今天天气很好。", "今天天气很好。")])
+def test_edges_empty_cut_and_repeated_text(hyp, ref):
+    check_pairs(hyp, ref, core.pairs_between(hyp, ref, "zh"))
+
+
+def test_repeated_substrings_are_told_apart_by_offset():
+    ref = "我们说好。我们说好。我们说好。"
+    hyp = "我们说好。我们说号。我们说好。"
+    (pair,) = core.pairs_between(hyp, ref, "zh")
+    assert "号" in pair.hyp_span and 5 <= pair.hyp_start < 10  # the second sentence, not the first
+    assert core.apply_pairs(hyp, [pair]) == ref
+    assert json.loads(json.dumps([pair.as_dict()]))[0]["hyp_start"] == pair.hyp_start
+
+
+@pytest.mark.parametrize(("hyp", "ref", "kind"), [
+    ("，", "。", "punctuation"),
+    ("一百二十", "120", "itn"),
+    ("二零二四年", "2024年", "itn"),
+    ("百分之五", "5%", "itn"),
+    ("他们", "她们", "homophone"),
+    ("天气", "地方", "lexical"),
+    ("colour", "color", "lexical"),
+])
+def test_pair_types_on_known_cases(hyp, ref, kind):
+    assert core.pair_type(hyp, ref) == kind
+
+
+def test_insertion_and_deletion_are_named_by_the_side_that_is_empty():
+    ref = "北京今天下雨了。"
+    deleted = core.pairs_between("北京下雨了。", ref, "zh")
+    inserted = core.pairs_between("北京今天今天下雨了。", ref, "zh")
+    assert [p.type for p in deleted] == ["deletion"] and [p.type for p in inserted] == ["insertion"]
+
+
+def test_itn_pairs_write_the_same_number(zh_docs):
+    channel = core.Channel(homophone=0, deletion=0, insertion=0, punctuation=0, verbalize_numbers=True)
+    seen = 0
+    for k, ref in enumerate(zh_docs[:80]):
+        hyp = core.noisy_hypothesis(ref, channel, random.Random(k))
+        for p in core.pairs_between(hyp, ref, "zh"):
+            if p.type == "itn":
+                seen += 1
+                a, b = core.number_value(p.hyp_span), core.number_value(p.ref_span)
+                assert (a is not None and a == b) or \
+                    "".join(core.numbers_read(p.hyp_span).split()) == "".join(p.ref_span.split())
+    assert seen > 20
+
+
+def test_cer_helper():
+    assert core.cer("今天", "今天") == 0.0
+    assert core.cer("", "今天天气") == 1.0 and core.cer("", "") == 0.0
+    assert core.cer("今天天汽", "今天天气") == pytest.approx(0.25)
+
+
+def test_tokens_and_sentences_give_back_the_text(zh_docs, en_docs):
+    for text, lang in [(t, "zh") for t in zh_docs[:50]] + [(t, "en") for t in en_docs[:50]]:
+        assert "".join(core.tokens(text, lang)) == text
+        assert "".join(core.sentences(text, lang)) == text
+    assert core.sentences("第一句。第二句！第三句", "zh") == ["第一句。", "第二句！", "第三句"]
+
+
+def test_canonical_folds_width_and_cjk_spaces():
+    assert core.canonical("今天 天气\u3000很好 ，ＡＢＣ１２３") == "今天天气很好，ABC123"
+    assert core.canonical("  two   words\n") == "two words"
+
+
+@pytest.mark.parametrize("language", ["zh", "en"])
+def test_segments_concatenate_to_the_full_texts_and_hold_its_pairs(language, zh_docs, en_docs):
+    docs = zh_docs if language == "zh" else en_docs
+    rng = random.Random(3)
+    for k, ref in enumerate(docs[:80]):
+        hyp = random_edits(ref, rng, rng.randint(0, 30))
+        pairs = core.pairs_between(hyp, ref, language)
+        segs = core.segments(hyp, ref, pairs, language, random.Random(k))
+        assert "".join(hyp[s.hyp_start:s.hyp_end] for s in segs) == hyp
+        assert "".join(ref[s.ref_start:s.ref_end] for s in segs) == ref
+        shifted = [core.Pair(p.hyp_span, p.ref_span, p.hyp_start + s.hyp_start, p.hyp_end + s.hyp_start,
+                             p.ref_start + s.ref_start, p.ref_end + s.ref_start, p.type) for s in segs for p in s.pairs]
+        assert shifted == pairs
+        for s in segs:
+            h, r = hyp[s.hyp_start:s.hyp_end], ref[s.ref_start:s.ref_end]
+            assert core.apply_pairs(h, s.pairs) == r
+        assert len(segs) >= min(2, len(core.sentences(hyp, language))) or len(hyp) < 300
+
+
+def test_channel_is_deterministic_and_its_cer_follows_its_rate(zh_docs):
+    sample = "".join(zh_docs)[:10_000]
+    cjk = sum(1 for c in sample if core._CJK_CHAR.match(c)) / len(sample)
+    for rates in [(0.03, 0.005, 0.005), (0.1, 0.02, 0.02)]:
+        channel = core.Channel(*rates, punctuation=0.0, verbalize_numbers=False)
+        a = core.noisy_hypothesis(sample, channel, random.Random(11))
+        assert a == core.noisy_hypothesis(sample, channel, random.Random(11))
+        assert a != core.noisy_hypothesis(sample, channel, random.Random(12))
+        expected = sum(rates) * cjk
+        assert 0.7 * expected <= core.cer(a, sample) <= 1.3 * expected
+    silent = core.Channel(0, 0, 0, 0, verbalize_numbers=False)
+    assert core.noisy_hypothesis(sample, silent, random.Random(1)) == sample
+    spoken = core.noisy_hypothesis(sample, core.Channel(0, 0, 0, 0, verbalize_numbers=True), random.Random(1))
+    assert not re.search(r"\d", spoken) and core.cer(spoken, sample) > 0
+
+
+def test_homophone_substitutes_read_the_same(zh_docs):
+    ref = zh_docs[0]
+    hyp = core.noisy_hypothesis(ref, core.Channel(homophone=0.2, deletion=0, insertion=0, punctuation=0,
+                                                  verbalize_numbers=False), random.Random(5))
+    assert len(hyp) == len(ref) and hyp != ref
+    for a, b in zip(hyp, ref, strict=True):
+        if a != b:
+            assert core.toneless(a) == core.toneless(b)
