@@ -1,0 +1,148 @@
+"""pipelines/chft-homophone.yaml and pipelines/chft(-en).yaml run as a user runs them: People's
+Daily documents through the homophone channel (every spec 7 invariant on the records, splits,
+catalog counts and CER, same bytes twice), and a short real speech run (espeak-ng then Whisper
+base) in Chinese and English."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from catalog import Catalog
+from stages import chft_core as core
+from tests.conftest import REPO, build_corpus, run_cli, run_twice, write_jsonl
+
+LATEST = "(SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1)"
+
+
+@pytest.fixture(scope="module")
+def pd_rows(tmp_path_factory) -> list[dict]:
+    folder = build_corpus("peoples_daily_docs", tmp_path_factory.mktemp("pd"))
+    return pq.read_table(f"{folder}/data").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def channel_run(pd_rows, tmp_path_factory):
+    """Every 20th document (the whole month, so the last tenth gives test_up_to_date), an English
+    paragraph (not Chinese: dropped), a short one (dropped) and an empty one (rejected)."""
+    base = tmp_path_factory.mktemp("chft")
+    docs = pd_rows[::20] + [
+        {"id": "en", "text": "An English paragraph that is long enough to pass the length rule. " * 5},
+        {"id": "short", "text": "短文。"},
+        {"id": "empty", "text": ""},
+    ]
+    src = write_jsonl(base / "docs.jsonl", docs)
+    return base, docs, run_twice(REPO / "pipelines" / "chft-homophone.yaml", str(src), base)
+
+
+def records(out) -> list[dict]:
+    return pq.read_table(str(out / "data")).to_pylist()
+
+
+def test_every_record_rebuilds_its_reference_and_its_json_target_parses(channel_run):
+    _, docs, (out, _) = channel_run
+    rows = records(out)
+    full = [r for r in rows if r["setting"] == "full_text"]
+    assert len(full) == len(docs) - 3 and all(json.loads(r["asr"])["engine"] == "homophone-channel" for r in full)
+    for r in rows:
+        hyp, ref = r["hypothesis"], r["reference"]
+        assert core.apply_pairs(hyp, r["pairs"]) == ref == r["target_text"] == r["answers"][0]
+        assert r["n_pairs"] == len(r["pairs"]) and r["cer_before"] == pytest.approx(core.cer(hyp, ref))
+        target = json.loads(r["target_json"])  # spec 5: apply the predicted pairs, then compare
+        rebuilt = hyp
+        for t in sorted(target, key=lambda t: -t["hyp_start"]):
+            assert rebuilt[t["hyp_start"]:t["hyp_start"] + len(t["wrong"])] == t["wrong"]
+            rebuilt = rebuilt[:t["hyp_start"]] + t["right"] + rebuilt[t["hyp_start"] + len(t["wrong"]):]
+        assert rebuilt == ref
+        assert hyp in r["prompt_text"] and hyp in r["prompt_json"] and r["context"] in r["prompt_text"]
+        for p in r["pairs"]:
+            assert hyp[p["hyp_start"]:p["hyp_end"]] == p["hyp_span"] and p["type"] in core.PAIR_TYPES
+    assert {p["type"] for r in full for p in r["pairs"]} >= {"homophone", "punctuation", "itn"}
+
+
+def test_segment_records_are_their_full_text_record_cut_where_no_pair_straddles(channel_run):
+    _, _, (out, _) = channel_run
+    rows = records(out)
+    by_doc: dict[str, list[dict]] = {}
+    for r in rows:
+        by_doc.setdefault(r["doc_id"], []).append(r)
+    for group in by_doc.values():
+        (full,) = [r for r in group if r["setting"] == "full_text"]
+        segs = sorted((r for r in group if r["setting"] == "segment"), key=lambda r: r["segment_index"])
+        assert [s["segment_index"] for s in segs] == list(range(len(segs))) and segs[0]["n_segments"] == len(segs)
+        assert "".join(s["hypothesis"] for s in segs) == full["hypothesis"]
+        assert "".join(s["reference"] for s in segs) == full["reference"]
+        shifted = [{**p, "hyp_start": p["hyp_start"] + s["hyp_offset"], "hyp_end": p["hyp_end"] + s["hyp_offset"],
+                    "ref_start": p["ref_start"] + s["ref_offset"], "ref_end": p["ref_end"] + s["ref_offset"]}
+                   for s in segs for p in s["pairs"]]
+        assert shifted == full["pairs"]
+        assert all(s["split"] == full["split"] and s["context"] == full["hypothesis"] for s in segs)
+        if len(core.sentences(full["hypothesis"], "zh")) >= 2:  # 600+ characters: more than one of about 300
+            assert len(segs) >= 2
+
+
+def test_splits_the_catalog_counts_and_cer(channel_run):
+    base, docs, (out, other) = channel_run
+    assert sorted(p.read_bytes() for p in (out / "data").glob("*.parquet")) == \
+        sorted(p.read_bytes() for p in (other / "data").glob("*.parquet"))
+    full = [r for r in records(out) if r["setting"] == "full_text"]
+    position = {d["id"]: json.loads(d["metadata"])["position"] for d in docs if d.get("metadata")}
+    for r in full:
+        assert (r["split"] == "test_up_to_date") == (position[r["doc_id"]] >= 0.9)
+    assert {"train", "test_up_to_date"} <= {r["split"] for r in full}
+    cat = Catalog(str(base / "c.duckdb"))
+    stats = {row[0]: row[1:] for row in cat.query(
+        f"SELECT stage, records_in, records_out, records_rejected, records_dropped FROM stage_stats WHERE run_id = "
+        f"{LATEST}")[1]}
+    assert stats["read"] == (len(docs), len(docs) - 1, 1, 0)  # the empty document, with its reason
+    n_in, n_out, rejected, dropped = stats["chft_select"]
+    assert (n_in, n_out, dropped) == (len(docs) - 1, len(docs) - 3, 2)  # the English and the short one
+    metrics = dict(cat.query(f"SELECT name, value FROM metrics WHERE stage = 'chft_pairs' AND run_id = {LATEST}")[1])
+    mean = sum(r["cer_before"] for r in full) / len(full)
+    assert metrics["cer_before (mean)"] == pytest.approx(mean) and 0.02 < mean < 0.2
+    if "cer_before (mean):test_hard" in metrics:  # the hard channel has twice the rates
+        assert metrics["cer_before (mean):test_hard"] > metrics["cer_before (mean):train"]
+
+
+def test_records_load_with_datasets(channel_run):
+    import datasets
+
+    _, _, (out, _) = channel_run
+    ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train")
+    assert {"input", "context", "answers", "length", "dataset", "language", "_id", "pairs", "target_json"} <= \
+        set(ds.column_names)
+
+
+SPEECH = {
+    "zh": ("pd", "国务院总理李鹏今天在人民大会堂会见了来访的客人。双方就两国关系交换了意见。"),
+    "en": ("kjv", "In the beginning God created the heaven and the earth. And the earth was without form, and "
+                  "void; and darkness was upon the face of the deep."),
+}
+
+
+@pytest.mark.parametrize("language", ["zh", "en"])
+def test_a_real_speech_run_speaks_hears_and_keeps_its_audio(language, tmp_path):
+    """espeak-ng and Whisper base for real on one short document: audio kept, the chain's
+    metadata in the record, and for English (where the voice is good) a near-exact transcript."""
+    name, text = SPEECH[language]
+    spec = (REPO / "pipelines" / ("chft.yaml" if language == "zh" else "chft-en.yaml")).read_text()
+    spec = spec.replace("min_chars: 200", "min_chars: 20").replace("min_chars: 500", "min_chars: 20")
+    spec = spec.replace("hard_snr_db: 10}", "hard_snr_db: 10, keep_audio: true}")
+    (tmp_path / "p.yaml").write_text(spec)
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"id": name, "text": text}])
+    done = run_cli("run", str(tmp_path / "p.yaml"), "--input", str(src), "--output", str(tmp_path / "out"),
+                   "--catalog", str(tmp_path / "c.duckdb"), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = records(tmp_path / "out")
+    (full,) = [r for r in rows if r["setting"] == "full_text"]
+    tts, asr = json.loads(full["tts"]), json.loads(full["asr"])
+    assert tts["engine"] == "espeak-ng" and asr["engine"].startswith("faster-whisper")
+    assert (tmp_path / "out" / tts["audio_path"]).stat().st_size > 16_000 * 2  # over a second of 16-bit audio
+    assert full["hypothesis"] and core.apply_pairs(full["hypothesis"], full["pairs"]) == full["reference"]
+    if language == "en":
+        assert full["cer_before"] < 0.2, full["hypothesis"]
+    metrics = dict(Catalog(str(tmp_path / "c.duckdb")).query(
+        f"SELECT name, value FROM metrics WHERE stage = 'chft_transcribe' AND run_id = {LATEST}")[1])
+    assert metrics["audio seconds"] > 3 and metrics["audio seconds per cpu second"] > 0
