@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import re
+import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +79,13 @@ def _meta(record: dict) -> dict:
     except ValueError:
         return {}
     return m if isinstance(m, dict) else {}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads: Whisper's) and of its finished children
+    (espeak-ng, sox): what synthesis and recognition cost."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
 
 
 def _unit(key: str, seed: int) -> float:
@@ -205,7 +213,7 @@ class ChftTranscribe(RecordStage):
         tts = speech.open_tts(p.tts, language=lang, rate=p.hard_rate if hard else p.rate)
         asr = speech.open_asr(p.asr, language=lang, beam_size=p.beam_size)
         silence = np.zeros(int(speech.SAMPLE_RATE * p.silence_ms / 1000), dtype=np.float32)
-        t0 = time.process_time()
+        t0 = cpu_seconds()
         pieces = []
         for sentence in core.sentences(record["reference"], lang):
             if sentence.strip() and not core.is_punct(sentence.strip()):
@@ -215,9 +223,9 @@ class ChftTranscribe(RecordStage):
             rng = np.random.default_rng(int(_unit(record["id"], self.seed) * 2**32))
             power = float(np.mean(audio ** 2)) or 1e-8
             audio = audio + rng.normal(0, np.sqrt(power / 10 ** (p.hard_snr_db / 10)), audio.shape).astype(np.float32)
-        t1 = time.process_time()
+        t1 = cpu_seconds()
         hyp = asr.transcribe(audio)
-        t2 = time.process_time()
+        t2 = cpu_seconds()
         seconds = len(audio) / speech.SAMPLE_RATE
         audio_path = None
         if p.keep_audio and self.services.output_dir is not None:
@@ -268,6 +276,16 @@ class PairsParams(StageParams):
                                     "hallucination or a cut, dropped [0.5]")
     max_length_ratio: float = Field(2.0, gt=0, description="above this: dropped [2.0]")
     drop_zero_edit: float = Field(0.0, ge=0, le=1, description="share of documents without an edit dropped [0.0]")
+    instructions: dict[str, str] = Field(default_factory=dict, description="prompt wording in place of the built-in "
+                                         "one for the language (spec 4.11: templates in config): any of text, json, "
+                                         "segment, transcript")
+
+    @model_validator(mode="after")
+    def _known_keys(self):
+        unknown = set(self.instructions) - set(INSTRUCTIONS["en"])
+        if unknown:
+            raise ValueError(f"instructions: unknown keys {sorted(unknown)}; use {sorted(INSTRUCTIONS['en'])}")
+        return self
 
 
 @register
@@ -315,7 +333,7 @@ class ChftPairs(RecordStage):
 
     def _record(self, record, setting, hyp, ref, pairs, full_hyp, failed, cer, extra=None) -> dict:
         lang = record["language"]
-        words = INSTRUCTIONS.get(lang, INSTRUCTIONS["en"])
+        words = {**INSTRUCTIONS.get(lang, INSTRUCTIONS["en"]), **self.params.instructions}
         target_json = json.dumps([{"wrong": x.hyp_span, "right": x.ref_span, "hyp_start": x.hyp_start} for x in pairs],
                                  ensure_ascii=False)
         if setting == "full_text":

@@ -146,3 +146,19 @@ def test_a_real_speech_run_speaks_hears_and_keeps_its_audio(language, tmp_path):
     metrics = dict(Catalog(str(tmp_path / "c.duckdb")).query(
         f"SELECT name, value FROM metrics WHERE stage = 'chft_transcribe' AND run_id = {LATEST}")[1])
     assert metrics["audio seconds"] > 3 and metrics["audio seconds per cpu second"] > 0
+
+
+def test_prompt_wording_comes_from_the_pipeline_file_when_given():
+    from pydantic import ValidationError
+
+    from stages.chft import ChftPairs
+
+    stage = ChftPairs(ChftPairs.Params(instructions={"text": "Fix this transcript."}), seed=0)
+    record = {"id": "d", "language": "en", "reference": "One two. Three four.", "reference_raw": "One two. Three four.",
+              "hypothesis_raw": "One too. Three four.", "split": "train", "tts": "null", "asr": "{}", "source": None}
+    rows = [o for o in stage.process(record) if isinstance(o, dict)]
+    assert rows[0]["prompt_text"].startswith("Fix this transcript.\n") and "JSON" in rows[0]["prompt_json"]
+    assert rows[0]["pairs"] == [{"hyp_span": "too", "ref_span": "two", "hyp_start": 4, "hyp_end": 7,
+                                 "ref_start": 4, "ref_end": 7, "type": "lexical"}]
+    with pytest.raises(ValidationError, match="unknown keys"):
+        ChftPairs.Params(instructions={"txt": "typo"})
