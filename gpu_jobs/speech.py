@@ -146,8 +146,8 @@ _PROMPTS = {"zh": "以下是普通话的句子，使用简体中文。"}
 
 @dataclass
 class WhisperAsr:
-    """Whisper base (faster-whisper, int8 on the CPU), greedy, no conditioning on earlier windows
-    (which loops on synthetic speech)."""
+    """Whisper base (faster-whisper, int8 on the CPU), temperature 0, no conditioning on earlier
+    windows (which loops on synthetic speech)."""
 
     language: str = "zh"
     beam_size: int = 1

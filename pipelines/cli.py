@@ -130,11 +130,14 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluation sets: import sources, predict, score")
     evsub = ev.add_subparsers(dest="eval_command", required=True)
-    es = evsub.add_parser("score", help="score a predictions file against a built set (TSort, BestAnswer)")
+    es = evsub.add_parser("score", help="score a predictions file against a built set (TSort, BestAnswer, "
+                          "LIConBench, ChFT)")
     es.add_argument("predictions", help="JSONL: id and answer (the model's reply) per line")
     es.add_argument("--set", required=True, help="the built set: a pipeline's output folder or a Parquet file")
     es.add_argument("--model", default="unnamed", help="the model's name, recorded with the scores")
     es.add_argument("--catalog", help="catalog file (default ./longforge.duckdb or $LONGFORGE_CATALOG)")
+    es.add_argument("--target", choices=["text", "json"], default="text",
+                    help="ChFT: the replies are corrected texts, or JSON lists of pairs applied to the hypothesis")
     ei = evsub.add_parser("import", help="a published source set to JSONL the pipelines read")
     ei.add_argument("format", choices=["banking77", "goemotions", "tacred", "fewnerd", "dialogre", "discovery", "hf",
                                        "stackexchange"], help="hf: any dataset saved with datasets' save_to_disk")
@@ -148,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     ep.add_argument("--limit", type=int, help="items per dataset (and demonstration order), in the set's order")
     ep.add_argument("--datasets", nargs="*", help="only datasets whose name starts with one of these")
     ep.add_argument("--output", "-o", required=True, help="JSONL to append to (items already there are skipped)")
+    ep.add_argument("--target", choices=["text", "json"], default="text",
+                    help="ChFT: ask with prompt_text (a corrected text) or prompt_json (a JSON list of pairs)")
 
     cat = sub.add_parser("catalog", help="inspect the catalog")
     cat.add_argument("--catalog", help="catalog file")

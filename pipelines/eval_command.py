@@ -57,12 +57,17 @@ def read_predictions(path: str) -> dict[str, str]:
     return out
 
 
-def score_item(item: dict, reply: str) -> dict[str, float]:
+def score_item(item: dict, reply: str, target: str = "text") -> dict[str, float]:
     """Per parser, 1.0 or 0.0 for one item, by the task its ``dataset`` names; LIConBench items also
-    give the counts micro-F1 adds up (``correct``, ``made``, ``gold``)."""
+    give the counts micro-F1 adds up (``correct``, ``made``, ``gold``); ChFT items their CER before
+    and after the correction."""
     from stages import adaleval_core as core
 
     dataset = item["dataset"]
+    if dataset.startswith("chft"):
+        from stages import chft_core
+
+        return chft_core.score_correction(item["hypothesis"], item["reference"], reply, target)
     if dataset.startswith("tsort"):
         answer = list(item.get("answer") or json.loads(item["answers"][0]))
         n = len(answer)
@@ -81,11 +86,14 @@ def score_item(item: dict, reply: str) -> dict[str, float]:
         exact = tally.correct == tally.gold == tally.made
         return {"strict": float(exact), "correct": tally.correct, "made": tally.made, "gold": tally.gold}
     raise EvalInputError(f"item {item['id']!r}: dataset {dataset!r} has no scorer here (tsort_*, bestanswer_*, "
-                         "licon_*)")
+                         "licon_*, chft_*)")
 
 
 def group_of(item: dict) -> str:
-    """What accuracies are reported per: the dataset, and for LIConBench the demonstration order."""
+    """What accuracies are reported per: the dataset, and for LIConBench the demonstration order, for
+    ChFT the split."""
+    if item["dataset"].startswith("chft") and item.get("split"):
+        return f"{item['dataset']}/{item['split']}"
     return f"{item['dataset']}/{item['demo_order']}" if item.get("demo_order") else item["dataset"]
 
 
@@ -107,11 +115,17 @@ def summarize(items: dict[str, dict], scored: dict[str, dict[str, float]]) -> di
             r = correct / gold if gold else 0.0
             metrics |= {f"precision:{group}": 100 * p, f"recall:{group}": 100 * r,
                         f"micro_f1:{group}": 100 * (2 * p * r / (p + r) if p + r else 0.0)}
+        if (group, "cer_after") in values:  # ChFT, spec 5: mean CER in %, and the relative reduction
+            for name in ("cer_before", "cer_after", "cer_before_nopunct", "cer_after_nopunct", "json_valid"):
+                metrics[f"{name}:{group}"] = 100 * sum(values[(group, name)]) / len(values[(group, name)])
+            before = metrics[f"cer_before:{group}"]
+            metrics[f"cer_reduction:{group}"] = 100 * (before - metrics[f"cer_after:{group}"]) / before if before \
+                else 0.0
     per_set: dict[str, int] = defaultdict(int)
     for it in items.values():
         per_set[group_of(it)] += 1
     metrics |= {f"items:{g}": n for g, n in per_set.items()}
-    metrics |= {f"predicted:{g}": len(values[(g, "strict")]) for g in per_set}
+    metrics |= {f"predicted:{g}": len(values[(g, "strict")] or values[(g, "cer_after")]) for g in per_set}
     return metrics
 
 
@@ -128,7 +142,7 @@ def eval_score(args) -> int:
         if unknown:
             raise EvalInputError(f"{len(unknown)} predictions name no item of the set, e.g. {unknown[:3]}: "
                                  "are they for another set?")
-        scored = {rid: score_item(items[rid], reply) for rid, reply in sorted(preds.items())}
+        scored = {rid: score_item(items[rid], reply, args.target) for rid, reply in sorted(preds.items())}
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -159,6 +173,9 @@ def eval_score(args) -> int:
                          if f"accuracy:{g}:{parser}" in metrics)
         if f"micro_f1:{g}" in metrics:
             line += f"  micro-F1 {metrics[f'micro_f1:{g}']:5.1f}%"
+        if f"cer_after:{g}" in metrics:
+            line += (f"CER {metrics[f'cer_before:{g}']:.2f}% -> {metrics[f'cer_after:{g}']:.2f}% "
+                     f"(reduction {metrics[f'cer_reduction:{g}']:.1f}%)")
         print(f"{g:<{width}}  {int(metrics[f'predicted:{g}'])}/{int(metrics[f'items:{g}'])} predicted  "
               f"{line or 'no prediction'}")
     print(f"catalog: {catalog.path} (run {run_id}: table scores, job = 'eval'; table metrics, stage = 'eval')")
@@ -225,6 +242,11 @@ def read_posts_rows(path: str):
 MAX_NEW_TOKENS = {"tsort": 32, "bestanswer": 16, "licon": 32}
 
 
+def chft_budget(item: dict) -> int:
+    """New tokens for a ChFT reply: the transcript again, with room (a character can take two tokens)."""
+    return min(2 * len(item["hypothesis"]) + 32, 4096)
+
+
 def eval_predict(args) -> int:
     """A local model's replies to a built set's prompts, greedy, appended to a JSONL file (id,
     answer); items already in the file are not asked again, so a killed run goes on where it
@@ -259,11 +281,11 @@ def eval_predict(args) -> int:
     with out.open("a", encoding="utf-8") as f:
         for k, rid in enumerate(todo, 1):
             item = items[rid]
-            prompt = item.get("prompt") or f"{item['context']}\n\n{item['input']}"
+            prompt = item.get("prompt") or item.get(f"prompt_{args.target}") or f"{item['context']}\n\n{item['input']}"
             task = item["dataset"].split("_")[0]
+            budget = chft_budget(item) if task == "chft" else MAX_NEW_TOKENS.get(task, 32)
             try:
-                reply = gen.generate([{"role": "user", "content": prompt}],
-                                     GenParams(max_new_tokens=MAX_NEW_TOKENS.get(task, 32)))
+                reply = gen.generate([{"role": "user", "content": prompt}], GenParams(max_new_tokens=budget))
             except GenerationError as e:
                 failed += 1
                 print(f"  {rid}: not asked ({e})", file=sys.stderr)

@@ -5,6 +5,7 @@ segments that no pair straddles, CER, and the homophone noisy channel. Chinese a
 from __future__ import annotations
 
 import functools
+import json
 import random
 import re
 import unicodedata
@@ -321,3 +322,63 @@ def noisy_hypothesis(reference: str, channel: Channel, rng: random.Random) -> st
         else:
             out.append(ch)
     return "".join(out)
+
+
+# -- scoring a corrector (spec 5) --------------------------------------------------------------------
+
+
+def without_punct(text: str) -> str:
+    return "".join(c for c in text if not is_punct(c))
+
+
+def parse_predicted_pairs(reply: str) -> list[dict] | None:
+    """A JSON list of ``{"wrong", "right", "hyp_start"}`` from a model's reply (a fenced block is
+    unwrapped); None when the reply is not such a list."""
+    text = reply.strip()
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    if fenced:
+        text = fenced.group(1).strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, list) or not all(isinstance(x, dict) and isinstance(x.get("wrong"), str)
+                                             and isinstance(x.get("right"), str) for x in data):
+        return None
+    return data
+
+
+def apply_predicted_pairs(hypothesis: str, predicted: list[dict]) -> str:
+    """The hypothesis with each predicted pair applied where it is found: at its ``hyp_start`` when
+    the text there is its ``wrong`` span, else at the first occurrence; a pair found nowhere, or
+    overlapping one already placed, is left out (a model's slip costs that pair, not the rest)."""
+    placed: list[tuple[int, int, str]] = []
+    for x in predicted:
+        wrong, start = x["wrong"], x.get("hyp_start")
+        if not wrong:
+            continue
+        if not (isinstance(start, int) and hypothesis[start:start + len(wrong)] == wrong):
+            start = hypothesis.find(wrong)
+        if start < 0 or any(start < e and s < start + len(wrong) for s, e, _ in placed):
+            continue
+        placed.append((start, start + len(wrong), x["right"]))
+    out = hypothesis
+    for s, e, right in sorted(placed, reverse=True):
+        out = out[:s] + right + out[e:]
+    return out
+
+
+def score_correction(hypothesis: str, reference: str, reply: str, target: str = "text") -> dict[str, float]:
+    """Spec 5: CER before and after a model's correction, also with punctuation removed. ``target``
+    json: the reply's pairs applied to the hypothesis, an invalid reply being no correction."""
+    if target == "json":
+        predicted = parse_predicted_pairs(reply)
+        corrected = apply_predicted_pairs(hypothesis, predicted) if predicted is not None else hypothesis
+        valid = float(predicted is not None)
+    else:
+        corrected, valid = reply, 1.0
+    # all three canonical: a segment may begin with the space a reply would not repeat
+    hypothesis, reference, corrected = canonical(hypothesis), canonical(reference), canonical(corrected)
+    return {"cer_before": cer(hypothesis, reference), "cer_after": cer(corrected, reference),
+            "cer_before_nopunct": cer(without_punct(hypothesis), without_punct(reference)),
+            "cer_after_nopunct": cer(without_punct(corrected), without_punct(reference)), "json_valid": valid}

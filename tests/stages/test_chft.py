@@ -162,3 +162,25 @@ def test_prompt_wording_comes_from_the_pipeline_file_when_given():
                                  "ref_start": 4, "ref_end": 7, "type": "lexical"}]
     with pytest.raises(ValidationError, match="unknown keys"):
         ChftPairs.Params(instructions={"txt": "typo"})
+
+
+def test_eval_score_gives_cer_before_and_after_per_split(channel_run, tmp_path):
+    """Replies: the reference (a perfect corrector), the hypothesis (none), the record's own pairs
+    as JSON; the catalog gets CER before, after and the reduction per dataset and split."""
+    base, _, (out, _) = channel_run
+    rows = [r for r in records(out) if r["split"] == "train"][:40]
+    write_jsonl(tmp_path / "perfect.jsonl", [{"id": r["id"], "answer": r["reference"]} for r in rows])
+    write_jsonl(tmp_path / "none.jsonl", [{"id": r["id"], "answer": r["hypothesis"]} for r in rows])
+    write_jsonl(tmp_path / "pairs.jsonl", [{"id": r["id"], "answer": r["target_json"]} for r in rows])
+    results = {}
+    for name, target in (("perfect", "text"), ("none", "text"), ("pairs", "json")):
+        done = run_cli("eval", "score", str(tmp_path / f"{name}.jsonl"), "--set", str(out), "--target", target,
+                       "--catalog", str(tmp_path / "c.duckdb"))
+        assert done.returncode == 0, done.stderr
+        results[name] = dict(Catalog(str(tmp_path / "c.duckdb")).query(
+            f"SELECT name, value FROM metrics WHERE stage = 'eval' AND run_id = {LATEST}")[1])
+    for group in {f"{r['dataset']}/train" for r in rows}:
+        before = results["none"][f"cer_before:{group}"]
+        assert before > 0 and results["none"][f"cer_after:{group}"] == pytest.approx(before)
+        assert results["perfect"][f"cer_after:{group}"] == 0 and results["perfect"][f"cer_reduction:{group}"] == 100
+        assert results["pairs"][f"cer_after:{group}"] == 0 and results["pairs"][f"json_valid:{group}"] == 100

@@ -204,3 +204,20 @@ def test_homophone_substitutes_read_the_same(zh_docs):
     for a, b in zip(hyp, ref, strict=True):
         if a != b:
             assert core.toneless(a) == core.toneless(b)
+
+
+def test_a_corrector_is_scored_by_cer_after_its_correction():
+    ref, hyp = "他们今天去了北京。", "她们今天去了背景，"
+    perfect = core.score_correction(hyp, ref, ref)
+    assert perfect["cer_after"] == 0 and perfect["cer_before"] == pytest.approx(4 / 9)
+    assert perfect["cer_before_nopunct"] == pytest.approx(3 / 8) and perfect["cer_after_nopunct"] == 0
+    assert core.score_correction(hyp, ref, hyp)["cer_after"] == pytest.approx(4 / 9)  # no correction
+    pairs = json.dumps([{"wrong": "背景", "right": "北京", "hyp_start": 6}], ensure_ascii=False)
+    half = core.score_correction(hyp, ref, f"```json\n{pairs}\n```", "json")
+    assert half["json_valid"] == 1 and half["cer_after"] == pytest.approx(2 / 9)
+    moved = json.dumps([{"wrong": "她们", "right": "他们", "hyp_start": 40}], ensure_ascii=False)  # offset off: found
+    assert core.score_correction(hyp, ref, moved, "json")["cer_after"] == pytest.approx(3 / 9)
+    invalid = core.score_correction(hyp, ref, "我认为应该改成北京", "json")
+    assert invalid["json_valid"] == 0 and invalid["cer_after"] == invalid["cer_before"]
+    clash = [{"wrong": "今天去", "right": "X", "hyp_start": 2}, {"wrong": "天去了", "right": "Y", "hyp_start": 3}]
+    assert core.apply_predicted_pairs(hyp, clash) == "她们X了背景，"  # the overlapping second is left out
