@@ -140,9 +140,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="ChFT: the replies are corrected texts, or JSON lists of pairs applied to the hypothesis")
     ei = evsub.add_parser("import", help="a published source set to JSONL the pipelines read")
     ei.add_argument("format", choices=["banking77", "goemotions", "tacred", "fewnerd", "dialogre", "discovery", "hf",
-                                       "stackexchange"], help="hf: any dataset saved with datasets' save_to_disk")
+                                       "stackexchange", "indosum"],
+                    help="hf: any dataset saved with datasets' save_to_disk; indosum: its {train,dev,test}.0N.jsonl")
     ei.add_argument("--text-field", default="text", help="hf: the text column")
     ei.add_argument("--label-field", default="label", help="hf: the label column (a ClassLabel's numbers are named)")
+    ei.add_argument("--fold", type=positive_int, default=1, help="indosum: which of the five official folds [1]")
     ei.add_argument("source", help="the downloaded folder (split files inside) or file (Posts.xml)")
     ei.add_argument("--output", "-o", required=True, help="the JSONL file to write (must not exist)")
     ep = evsub.add_parser("predict", help="a local model's replies to a built set, as a predictions file")
