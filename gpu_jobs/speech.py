@@ -140,27 +140,39 @@ def _whisper(threads: int):
     return WhisperModel(str(whisper_base_dir()), device="cpu", compute_type="int8", cpu_threads=threads)
 
 
-# Whisper writes Mandarin in traditional or simplified characters; a simplified prompt asks for simplified.
-_PROMPTS = {"zh": "以下是普通话的句子，使用简体中文。"}
+@functools.cache
+def _to_simplified():
+    try:
+        import opencc
+    except ImportError:
+        raise ModelNotAvailable("opencc is not installed: run `pip install opencc` (Whisper writes Mandarin in "
+                                "traditional characters as often as not; ChFT's references are simplified)") from None
+    return opencc.OpenCC("t2s")
 
 
 @dataclass
 class WhisperAsr:
     """Whisper base (faster-whisper, int8 on the CPU), temperature 0, no conditioning on earlier
-    windows (which loops on synthetic speech)."""
+    windows (which loops on synthetic speech). Mandarin comes back in simplified characters
+    (OpenCC t2s): Whisper mixes in traditional ones, and an initial prompt asking for simplified
+    was echoed into the transcript."""
 
     language: str = "zh"
     beam_size: int = 1
     threads: int = 0
     name: str = "faster-whisper/whisper-base"
 
+    @property
+    def script(self) -> str | None:
+        return "simplified (OpenCC t2s)" if self.language == "zh" else None
+
     def transcribe(self, audio: np.ndarray) -> str:
         model = _whisper(self.threads)
         parts, _ = model.transcribe(audio.astype(np.float32), language=self.language, beam_size=self.beam_size,
-                                    temperature=0.0, condition_on_previous_text=False,
-                                    initial_prompt=_PROMPTS.get(self.language), vad_filter=False)
+                                    temperature=0.0, condition_on_previous_text=False, vad_filter=False)
         joiner = "" if self.language == "zh" else " "
-        return joiner.join(p.text.strip() for p in parts).strip()
+        text = joiner.join(p.text.strip() for p in parts).strip()
+        return _to_simplified().convert(text) if self.language == "zh" else text
 
 
 TTS_ENGINES = {"espeak-ng": EspeakTts}

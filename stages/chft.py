@@ -237,7 +237,8 @@ class ChftTranscribe(RecordStage):
                     "snr_db": p.hard_snr_db if hard else None, "sample_rate": speech.SAMPLE_RATE,
                     "silence_ms": p.silence_ms, "audio_path": audio_path,
                     "input_pinyin": tts.spoken_form(record["reference"]) if lang == "zh" else None}
-        asr_meta = {"engine": asr.name, "beam_size": p.beam_size, "language": lang, "punct": "model", "itn": "none"}
+        asr_meta = {"engine": asr.name, "beam_size": p.beam_size, "language": lang, "punct": "model", "itn": "none",
+                    "script": getattr(asr, "script", None)}
         yield Measured({"audio seconds": seconds, "tts cpu seconds": t1 - t0, "asr cpu seconds": t2 - t1})
         yield {**record, "hypothesis_raw": hyp, "tts": json.dumps(tts_meta, ensure_ascii=False, sort_keys=True),
                "asr": json.dumps(asr_meta, sort_keys=True), "audio_seconds": round(seconds, 3)}

@@ -22,10 +22,17 @@ _FULLWIDTH_ALNUM = {c: c - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), 
                     for c in range(r[0], r[1] + 1)}
 
 
+_ASCII_MARK_AFTER_CJK = re.compile(f"(?<=[{_CJK}])\\s*([,.?!;:])(?!\\d)")
+_FULL_WIDTH_MARK = {",": "，", ".": "。", "?": "？", "!": "！", ";": "；", ":": "："}
+
+
 def canonical(text: str) -> str:
     """Spec 4.5: no spaces between CJK characters, full-width letters and digits folded to ASCII,
-    Chinese punctuation kept, other whitespace runs made one space."""
+    Chinese punctuation kept, other whitespace runs made one space; an ASCII mark right after a
+    Chinese character made full width (Whisper writes "," in Chinese), so marks compare by meaning,
+    not by width (spec 6)."""
     text = text.translate(_FULLWIDTH_ALNUM)
+    text = _ASCII_MARK_AFTER_CJK.sub(lambda m: _FULL_WIDTH_MARK[m.group(1)], text)
     text = _SPACE_BETWEEN_CJK.sub("", text)
     return re.sub(r"\s+", " ", text).strip()
 

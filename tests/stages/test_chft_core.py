@@ -159,6 +159,8 @@ def test_tokens_and_sentences_give_back_the_text(zh_docs, en_docs):
 def test_canonical_folds_width_and_cjk_spaces():
     assert core.canonical("今天 天气\u3000很好 ，ＡＢＣ１２３") == "今天天气很好，ABC123"
     assert core.canonical("  two   words\n") == "two words"
+    # Whisper's ASCII marks in Chinese compare as the full-width ones; English and numbers untouched
+    assert core.canonical("我们看到的是,作者 .好? 3.5 OK, fine.") == "我们看到的是，作者。好？ 3.5 OK, fine."
 
 
 @pytest.mark.parametrize("language", ["zh", "en"])
