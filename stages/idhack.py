@@ -281,4 +281,6 @@ class TextHacks(RecordStage):
                 out[f"{name.replace(' sum', '')} (mean):{rest}"] = value / n
             elif name in ("truncated", "fallback"):
                 out[f"{name} (share):{rest}"] = value / n
+            if name == "subtokens full" and sums.get(f"words out:{rest}"):
+                out[f"subtokens per word:{rest}"] = value / sums[f"words out:{rest}"]  # spec 4.9's survey
         return out
