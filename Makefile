@@ -12,7 +12,7 @@ MODELS_STAMP := $(VENV)/.models-done
 CORPORA_STAMP := $(LONGFORGE_HOME)/.corpora-fetched
 DEMO_CORPORA := paul_graham kjv_chapters python_docs peoples_daily_1998 debian_reference_id debian_reference_zh
 
-.PHONY: setup models corpora demo demo-icp demo-dd demo-utk demo-longpo demo-longwriter demo-eval test lint bench clean
+.PHONY: setup models corpora demo demo-icp demo-dd demo-utk demo-longpo demo-longwriter demo-eval demo-chft demo-idhack test lint bench clean
 
 setup: $(SETUP_STAMP) $(MODELS_STAMP) $(CORPORA_STAMP)
 
@@ -106,6 +106,32 @@ demo-longwriter: setup corpora
 	$(LONGFORGE) run pipelines/longwriter.yaml --output out/demo/longwriter --input out/demo/longwriter-instructions.jsonl
 	$(LONGFORGE) catalog query "SELECT stage, name, value FROM metrics \
 	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'longwriter') ORDER BY stage, name"
+
+# ChFT: the homophone channel over every People's Daily document, then real speech (espeak-ng,
+# Whisper base) over 24 documents of 500+ characters spread over the month, and 22 KJV chapters.
+demo-chft: setup corpora
+	for c in peoples_daily_docs kjv_chapters; do test -d out/corpora/$$c/data || $(LONGFORGE) corpus build $$c || exit 1; done
+	$(LONGFORGE) run pipelines/chft-homophone.yaml --input out/corpora/peoples_daily_docs --output out/demo/chft-homophone
+	$(PY) -c "import json, pyarrow.parquet as pq; \
+	  zh = [r for r in pq.read_table('out/corpora/peoples_daily_docs/data').to_pylist() if len(r['text']) >= 500][::110][:24]; \
+	  en = [r for r in pq.read_table('out/corpora/kjv_chapters/data').to_pylist() if 500 <= len(r['text']) <= 3000]; \
+	  en = en[::max(len(en) // 22, 1)][:22]; \
+	  open('out/demo/chft-zh-24.jsonl', 'w').writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in zh); \
+	  open('out/demo/chft-en-22.jsonl', 'w').writelines(json.dumps(r) + '\n' for r in en)"
+	$(LONGFORGE) run pipelines/chft.yaml --input out/demo/chft-zh-24.jsonl --output out/demo/chft-zh
+	$(LONGFORGE) run pipelines/chft-en.yaml --input out/demo/chft-en-22.jsonl --output out/demo/chft-en
+	$(LONGFORGE) catalog query "SELECT r.pipeline, m.stage, m.name, round(m.value, 4) AS value FROM metrics m \
+	  JOIN runs r USING (run_id) WHERE r.pipeline LIKE 'chft%' AND (m.name LIKE 'cer_before%' \
+	  OR m.name LIKE 'audio seconds%' OR m.name LIKE 'pairs:%') ORDER BY r.started_at, m.name"
+
+# The Indonesian simple hack on the Quran commentary (854 documents) and the Debian Reference.
+demo-idhack: setup corpora
+	for c in quran_tafsir_id debian_reference_id; do test -d out/corpora/$$c/data || $(LONGFORGE) corpus build $$c || exit 1; done
+	$(LONGFORGE) run pipelines/indonesian-hack.yaml --input out/corpora/quran_tafsir_id --output out/demo/idhack-quran
+	$(LONGFORGE) run pipelines/indonesian-hack.yaml --input out/corpora/debian_reference_id --output out/demo/idhack-debian
+	$(LONGFORGE) catalog query "SELECT r.output_path, m.name, round(m.value, 4) AS value FROM metrics m \
+	  JOIN runs r USING (run_id) WHERE r.pipeline = 'indonesian-hack' AND m.name LIKE 'content kept (mean)%' \
+	  ORDER BY r.started_at, m.name"
 
 test: setup
 	$(PY) -m pytest -q
