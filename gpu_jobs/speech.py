@@ -179,13 +179,25 @@ TTS_ENGINES = {"espeak-ng": EspeakTts}
 ASR_ENGINES = {"faster-whisper": WhisperAsr}
 
 
+def _engine_class(name: str, registry: dict, kind: str):
+    """A registered engine by name, or any class named ``package.module:Class`` (a plug-in: it takes
+    the same keyword arguments and has ``name`` and the one method)."""
+    if name in registry:
+        return registry[name]
+    if ":" in name:
+        import importlib
+
+        module, _, cls = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"{kind} engine {name!r}: cannot import it ({e})") from None
+    raise ValueError(f"{kind} engine {name!r}: one of {', '.join(registry)}, or package.module:Class")
+
+
 def open_tts(name: str, **kwargs) -> TtsEngine:
-    if name not in TTS_ENGINES:
-        raise ValueError(f"TTS engine {name!r}: one of {', '.join(TTS_ENGINES)}")
-    return TTS_ENGINES[name](**kwargs)
+    return _engine_class(name, TTS_ENGINES, "TTS")(**kwargs)
 
 
 def open_asr(name: str, **kwargs) -> AsrEngine:
-    if name not in ASR_ENGINES:
-        raise ValueError(f"ASR engine {name!r}: one of {', '.join(ASR_ENGINES)}")
-    return ASR_ENGINES[name](**kwargs)
+    return _engine_class(name, ASR_ENGINES, "ASR")(**kwargs)

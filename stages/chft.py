@@ -147,8 +147,10 @@ class ChftSelect(RecordStage):
 class TranscribeParams(StageParams):
     source: str = Field("speech", description="speech (TTS then ASR) or homophone (the text-level channel, "
                         "labelled as such in every record)")
-    tts: str = Field("espeak-ng", description="TTS engine (gpu_jobs.speech.TTS_ENGINES)")
-    asr: str = Field("faster-whisper", description="ASR engine (gpu_jobs.speech.ASR_ENGINES)")
+    tts: str = Field("espeak-ng", description="TTS engine: a name in gpu_jobs.speech.TTS_ENGINES, or "
+                     "package.module:Class (synthesize(text) -> 16 kHz float32 samples)")
+    asr: str = Field("faster-whisper", description="ASR engine: a name in gpu_jobs.speech.ASR_ENGINES, or "
+                     "package.module:Class (transcribe(samples) -> text)")
     rate: int = Field(160, gt=0, description="speaking rate, words per minute")
     silence_ms: int = Field(300, ge=0, description="between sentences [spec 4.3: 300]")
     hard_rate: int = Field(220, gt=0, description="test_hard: a faster voice [ours]")
