@@ -65,6 +65,7 @@ CHFT_RECORD = RecordSchema("chft_record", 1, LONGBENCH_FIELDS + (
     pa.field("n_chars", pa.int64()),
     pa.field("n_pairs", pa.int64()),
     pa.field("asr_failed", pa.bool_()),
+    pa.field("repetition", pa.float64()),  # zlib ratio of the hypothesis over the reference's: loops score high
     pa.field("segment_index", pa.int32()),  # segment records
     pa.field("n_segments", pa.int32()),
     pa.field("sentence_range", pa.list_(pa.int32())),  # hypothesis sentences [first, last)
@@ -279,6 +280,9 @@ class PairsParams(StageParams):
                                     "hallucination or a cut, dropped [0.5]")
     max_length_ratio: float = Field(2.0, gt=0, description="above this: dropped [2.0]")
     drop_zero_edit: float = Field(0.0, ge=0, le=1, description="share of documents without an edit dropped [0.0]")
+    max_repetition: float | None = Field(None, gt=0, description="hypothesis compressing this many times better than "
+                                         "its reference (zlib; Whisper's loop test, relative): a looped transcript, "
+                                         "dropped [off; 1.5 drops espeak Mandarin's loops]")
     instructions: dict[str, str] = Field(default_factory=dict, description="prompt wording in place of the built-in "
                                          "one for the language (spec 4.11: templates in config): any of text, json, "
                                          "segment, transcript")
@@ -313,16 +317,22 @@ class ChftPairs(RecordStage):
             yield Dropped(record["id"], "length ratio", f"hypothesis/reference {ratio:.2f}, kept: "
                           f"[{p.min_length_ratio}, {p.max_length_ratio}] (spec 6: hallucinated or cut output)")
             return
+        repetition = core.compression_ratio(hyp) / core.compression_ratio(ref) if hyp else 0.0
+        if p.max_repetition is not None and repetition > p.max_repetition:
+            yield Dropped(record["id"], "looped transcript", f"the hypothesis compresses {repetition:.2f} times better "
+                          f"than its reference (> {p.max_repetition}): a decoding loop (spec 6)")
+            return
         pairs = core.pairs_between(hyp, ref, lang)
         if not pairs and _unit(record["id"] + "/zero", self.seed) < p.drop_zero_edit:
             yield Dropped(record["id"], "no edit", "a zero-edit document, dropped by drop_zero_edit")
             return
         cer = core.cer(hyp, ref)
         split = record["split"]
-        yield Measured({"documents": 1, "cer sum": cer, "reference chars": len(ref), "char edits": cer * len(ref),
+        yield Measured({"documents": 1, "cer sum": cer, "repetition > 1.5": int(repetition > 1.5),
+                        "reference chars": len(ref), "char edits": cer * len(ref),
                         f"documents:{split}": 1, f"cer sum:{split}": cer,
                         **{f"pairs:{t}": sum(1 for x in pairs if x.type == t) for t in core.PAIR_TYPES}})
-        full = self._record(record, "full_text", hyp, ref, pairs, hyp, failed, cer)
+        full = self._record(record, "full_text", hyp, ref, pairs, hyp, failed, cer, {"repetition": repetition})
         yield full
         if not p.segments or failed:
             return
@@ -332,7 +342,7 @@ class ChftPairs(RecordStage):
             h, r = hyp[s.hyp_start:s.hyp_end], ref[s.ref_start:s.ref_end]
             yield self._record(record, "segment", h, r, list(s.pairs), hyp, False, core.cer(h, r),
                                {"segment_index": k, "n_segments": len(segs), "sentence_range": list(s.sentences),
-                                "hyp_offset": s.hyp_start, "ref_offset": s.ref_start})
+                                "hyp_offset": s.hyp_start, "ref_offset": s.ref_start, "repetition": repetition})
 
     def _record(self, record, setting, hyp, ref, pairs, full_hyp, failed, cer, extra=None) -> dict:
         lang = record["language"]
@@ -358,7 +368,7 @@ class ChftPairs(RecordStage):
             "hypothesis": hyp, "reference_raw": record["reference_raw"], "hypothesis_raw": record["hypothesis_raw"],
             "pairs": [x.as_dict() for x in pairs], "target_text": ref, "target_json": target_json,
             "prompt_text": prompt_text, "prompt_json": prompt_json, "tts": record["tts"], "asr": record["asr"],
-            "cer_before": cer, "n_chars": len(ref), "n_pairs": len(pairs), "asr_failed": failed,
+            "cer_before": cer, "n_chars": len(ref), "n_pairs": len(pairs), "asr_failed": failed, "repetition": None,
             "segment_index": None, "n_segments": None, "sentence_range": None, "hyp_offset": 0, "ref_offset": 0,
         }
         return {**row, **(extra or {})}

@@ -184,3 +184,16 @@ def test_eval_score_gives_cer_before_and_after_per_split(channel_run, tmp_path):
         assert before > 0 and results["none"][f"cer_after:{group}"] == pytest.approx(before)
         assert results["perfect"][f"cer_after:{group}"] == 0 and results["perfect"][f"cer_reduction:{group}"] == 100
         assert results["pairs"][f"cer_after:{group}"] == 0 and results["pairs"][f"json_valid:{group}"] == 100
+
+
+def test_a_looped_transcript_is_flagged_and_dropped_when_asked():
+    from stages.base import Dropped
+    from stages.chft import ChftPairs
+
+    ref = "国务院总理李鹏今天在人民大会堂会见了来访的客人。双方就两国关系交换了意见。" * 3
+    record = {"id": "d", "language": "zh", "reference": ref, "reference_raw": ref, "split": "train",
+              "hypothesis_raw": "国务院总理" + "死亡得心" * 25, "tts": "null", "asr": "{}", "source": None}
+    kept = [o for o in ChftPairs(ChftPairs.Params(), seed=0).process(record) if isinstance(o, dict)]
+    assert kept[0]["repetition"] > 1.5
+    (out,) = [o for o in ChftPairs(ChftPairs.Params(max_repetition=1.5), seed=0).process(record)]
+    assert isinstance(out, Dropped) and out.reason == "looped transcript"

@@ -223,3 +223,11 @@ def test_a_corrector_is_scored_by_cer_after_its_correction():
     assert invalid["json_valid"] == 0 and invalid["cer_after"] == invalid["cer_before"]
     clash = [{"wrong": "今天去", "right": "X", "hyp_start": 2}, {"wrong": "天去了", "right": "Y", "hyp_start": 3}]
     assert core.apply_predicted_pairs(hyp, clash) == "她们X了背景，"  # the overlapping second is left out
+
+
+def test_a_looped_transcript_compresses_far_better_than_its_reference(zh_docs):
+    ref = zh_docs[0]
+    looped = ref[:40] + "死亡得心" * 60
+    assert core.compression_ratio(looped) / core.compression_ratio(ref) > 2
+    noisy = core.noisy_hypothesis(ref, core.Channel(), random.Random(0))
+    assert core.compression_ratio(noisy) / core.compression_ratio(ref) < 1.2
