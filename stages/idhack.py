@@ -238,6 +238,7 @@ class TextHacks(RecordStage):
         rare = record.get("rare_words") or ()
         lengths = sorted(p.lengths, reverse=True)
         measured: dict[str, float] = {"documents": 1, "words in": len(ws)}
+        content = [i for i, w in enumerate(ws) if core.is_content(w, stops)]
         for hack in p.hack_list():
             done = core.apply_hack(ws, hack, stops, rare, p.min_words)
             out_words = [ws[i].lower() if p.lowercase else ws[i] for i in done.kept]
@@ -249,7 +250,7 @@ class TextHacks(RecordStage):
                          **{f"removed {step}:{h}": n for step, n in done.removed.items()}}
             for length in lengths:
                 cut = cuts[length]
-                occ, types = core.content_kept(ws, done.kept, cut.words_kept, stops)
+                occ, types = core.content_kept(ws, done.kept, cut.words_kept, stops, content)
                 measured |= {f"content kept sum:{h}:{length}": occ, f"content types kept sum:{h}:{length}": types,
                              f"subtokens kept:{h}:{length}": len(cut.ids),
                              f"truncated:{h}:{length}": int(cut.n_full > length)}

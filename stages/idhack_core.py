@@ -18,6 +18,7 @@ HACKS = ("punctuation", "stopwords", "low_freq", "recurring")  # spec 4, steps 2
 STOPWORD_LISTS = ("spacy", "stopwordsiso", "sastrawi")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # words repeat: a corpus has far fewer distinct ones than tokens
 def is_punct(token: str) -> bool:
     """Only Unicode punctuation and symbols (spec 4.2); numbers are not punctuation."""
     return bool(token) and all(unicodedata.category(c)[0] in "PS" for c in token)
@@ -156,20 +157,17 @@ def truncations(tokenizer, text: str, lengths: Sequence[int]) -> dict[int, Trunc
     special tokens the tokenizer puts before and after (BERT: [CLS] ... [SEP]); one encoding serves
     every L, so shorter ones are prefixes of longer ones."""
     enc = tokenizer.encode(text)
-    mask = enc.special_tokens_mask
-    n = len(enc.ids)
+    ids, mask, offsets = enc.ids, enc.special_tokens_mask, enc.offsets  # each access builds a new list
+    n = len(ids)
     head = next((k for k in range(n) if not mask[k]), n)
     tail = next((k for k in range(n) if not mask[n - 1 - k]), 0) if head < n else 0
-    content = list(range(head, n - tail))
     starts = _word_starts(text)
     out = {}
     for length in lengths:
-        room = max(length - head - tail, 0)
-        kept = content[:room]
-        chars = enc.offsets[kept[-1]][1] if kept else 0
+        room = min(max(length - head - tail, 0), n - head - tail)
+        chars = offsets[head + room - 1][1] if room else 0
         words_kept = bisect.bisect_left(starts, chars)  # tokens run contiguously: a word begun is kept
-        out[length] = Truncation(enc.ids[:head] + [enc.ids[k] for k in kept] + enc.ids[n - tail:], n, words_kept,
-                                 chars)
+        out[length] = Truncation(ids[:head + room] + ids[n - tail:], n, words_kept, chars)
     return out
 
 
@@ -181,10 +179,13 @@ def _word_starts(text: str) -> list[int]:
     return starts if text else []
 
 
-def content_kept(ws: Sequence[str], kept: Sequence[int], words_kept: int, stops: frozenset[str]) -> tuple[float, float]:
+def content_kept(ws: Sequence[str], kept: Sequence[int], words_kept: int, stops: frozenset[str],
+                 content: Sequence[int] | None = None) -> tuple[float, float]:
     """Of the input's content words (neither punctuation nor stop words), the share of occurrences
-    and of distinct words that are among the first ``words_kept`` output words."""
-    content = [i for i, w in enumerate(ws) if is_content(w, stops)]
+    and of distinct words that are among the first ``words_kept`` output words. ``content``: the
+    content words' indices, when the caller has them already."""
+    if content is None:
+        content = [i for i, w in enumerate(ws) if is_content(w, stops)]
     if not content:
         return 1.0, 1.0
     survived = set(kept[:words_kept])
