@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.fresh_process import cpu_and_wall  # noqa: E402
 from pipelines.progress import format_table  # noqa: E402
 
 
@@ -76,26 +74,14 @@ def plain_loop(src: Path, language: str) -> dict:
     return {"audio_seconds": seconds}
 
 
-def measured(cmd: list[str]) -> tuple[float, float, str]:
-    """CPU seconds (the command and everything it waited for) and wall seconds of ``cmd``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return cpu, wall, done.stdout
-
-
 def bench(language: str, n: int, chars: int, work: Path) -> list[list]:
     from catalog import Catalog
 
     docs = documents(language, n, chars)
     src = work / f"docs-{language}.jsonl"
     src.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
-    cpu_p, wall_p, out = measured([sys.executable, __file__, "--plain", str(src), "--language", language])
+    cpu_p, wall_p, out = cpu_and_wall([sys.executable, __file__, "--plain", str(src), "--language", language],
+                                      REPO)
     audio_p = json.loads(out.strip().splitlines()[-1])["audio_seconds"]
     spec = REPO / "pipelines" / ("chft.yaml" if language == "zh" else "chft-en.yaml")
     text = spec.read_text().replace("min_chars: 200", "min_chars: 20").replace("min_chars: 500", "min_chars: 20")
@@ -103,9 +89,9 @@ def bench(language: str, n: int, chars: int, work: Path) -> list[list]:
     text = text.replace("up_to_date_from: 0.9", "up_to_date_from: null")
     (work / f"chft-{language}.yaml").write_text(text)
     catalog = work / f"c-{language}.duckdb"
-    cpu_l, wall_l, _ = measured([sys.executable, "-m", "pipelines.cli", "run", str(work / f"chft-{language}.yaml"),
+    cpu_l, wall_l, _ = cpu_and_wall([sys.executable, "-m", "pipelines.cli", "run", str(work / f"chft-{language}.yaml"),
                                  "--input", str(src), "--output", str(work / f"out-{language}"), "--catalog",
-                                 str(catalog), "--quiet", "--workers", "1"])
+                                     str(catalog), "--quiet", "--workers", "1"], REPO)
     metrics = dict(Catalog(str(catalog)).query("SELECT name, value FROM metrics WHERE stage = 'chft_transcribe'")[1])
     audio_l = metrics["audio seconds"]
     chars_total = sum(len(d["text"]) for d in docs)

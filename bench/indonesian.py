@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -30,6 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.fresh_process import cpu_and_wall  # noqa: E402
 from pipelines.progress import format_table  # noqa: E402
 
 LENGTHS = [512, 256, 128]
@@ -57,17 +55,6 @@ def plain_loop(src: Path, out: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), out, compression="zstd")
 
 
-def measured(cmd: list[str]) -> tuple[float, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=6)
@@ -92,10 +79,11 @@ def main() -> None:
         spec = spec.replace("  - stage: hack_vocabulary\n    params: {min_freq: 2, train_split: train}\n", "")
         spec = spec.replace("hacks: [none, stopwords, punctuation, low_freq, recurring]", "hacks: [stopwords]")
         (work / "p.yaml").write_text(spec)
-        cpu_p, wall_p = measured([sys.executable, __file__, "--plain", str(src), str(work / "plain.parquet")])
-        cpu_l, wall_l = measured([sys.executable, "-m", "pipelines.cli", "run", str(work / "p.yaml"), "--input",
-                                  str(src), "--output", str(work / "out"), "--catalog", str(work / "c.duckdb"),
-                                  "--quiet", "--workers", str(args.workers)])
+        cpu_p, wall_p, _ = cpu_and_wall([sys.executable, __file__, "--plain", str(src), str(work / "plain.parquet")],
+                                        REPO)
+        cpu_l, wall_l, _ = cpu_and_wall([sys.executable, "-m", "pipelines.cli", "run", str(work / "p.yaml"),
+                                         "--input", str(src), "--output", str(work / "out"), "--catalog",
+                                         str(work / "c.duckdb"), "--quiet", "--workers", str(args.workers)], REPO)
         n = len(docs)
         words = sum(len(d["text"].split()) for d in docs) / n
         rows = [["stop-word hack + 3 truncations, plain loop", 1, n, f"{wall_p:.1f}", f"{cpu_p:.1f}",

@@ -18,6 +18,7 @@ classification, so a stage never depends on the engine that runs it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,15 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from schemas import RecordSchema
+
+
+def metadata_of(record: dict) -> dict:
+    """A document record's ``metadata`` JSON as a dict ({} when absent or not an object)."""
+    try:
+        m = json.loads(record.get("metadata") or "{}")
+    except ValueError:
+        return {}
+    return m if isinstance(m, dict) else {}
 
 
 class StageParams(BaseModel):

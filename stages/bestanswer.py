@@ -26,7 +26,7 @@ from pydantic import Field
 from schemas import RecordSchema
 from stages import adaleval_core as core
 from stages import register
-from stages.base import Dropped, GlobalContext, GlobalResult, GlobalStage, GroupStage, Outcome, Rejected
+from stages.base import Dropped, GlobalContext, GlobalResult, GlobalStage, GroupStage, Outcome, Rejected, metadata_of
 from stages.eval_view import LONGBENCH_FIELDS, LengthParams, TokenCounter, bucket_name, english_words, item_hash, seeded
 
 POST = RecordSchema("post", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
@@ -83,14 +83,6 @@ class BestAnswerParams(LengthParams):
                                     "plan's estimate (the items stage counts exactly)")
 
 
-def _meta(record: dict) -> dict:
-    try:
-        m = json.loads(record.get("metadata") or "{}")
-    except ValueError:
-        return {}
-    return m if isinstance(m, dict) else {}
-
-
 def _hash(text: str) -> str:
     return hashlib.sha1(" ".join(text.lower().split()).encode()).hexdigest()
 
@@ -107,13 +99,13 @@ class SeThreads(TokenCounter, GroupStage):
         return THREAD
 
     def group_of(self, record: dict) -> tuple[str, int]:
-        m = _meta(record)
+        m = metadata_of(record)
         if m.get("post_type") == "question":
             return str(m.get("post_id")), 0
         return str(m.get("parent_id")), 1  # answers after their question, in the dump's order
 
     def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
-        metas = [_meta(r) for r in records]
+        metas = [metadata_of(r) for r in records]
         bad = [(r, m) for r, m in zip(records, metas, strict=True) if m.get("post_type") not in ("question", "answer")
                or not isinstance(r.get("text"), str)]
         for r, _ in bad:

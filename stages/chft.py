@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from schemas import RecordSchema
 from stages import chft_core as core
 from stages import register
-from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams
+from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams, metadata_of
 from stages.eval_view import LONGBENCH_FIELDS, item_hash, seeded
 
 SPLITS = ("train", "test_homogeneous", "test_up_to_date", "test_hard")
@@ -74,14 +74,6 @@ CHFT_RECORD = RecordSchema("chft_record", 1, LONGBENCH_FIELDS + (
 ), doc="A ChFT error-correction record: an ASR hypothesis, its reference and the pairs between them.")
 
 
-def _meta(record: dict) -> dict:
-    try:
-        m = json.loads(record.get("metadata") or "{}")
-    except ValueError:
-        return {}
-    return m if isinstance(m, dict) else {}
-
-
 def cpu_seconds() -> float:
     """CPU time of this process (all its threads: Whisper's) and of its finished children
     (espeak-ng, sox): what synthesis and recognition cost."""
@@ -131,7 +123,7 @@ class ChftSelect(RecordStage):
         if p.language == "zh" and cjk < p.min_cjk:
             yield Dropped(record["id"], "not Chinese", f"CJK share {cjk:.2f} < {p.min_cjk}")
             return
-        position = _meta(record).get("position")
+        position = metadata_of(record).get("position")
         u = _unit(record["id"], self.seed)
         if p.up_to_date_from is not None and isinstance(position, int | float) and position >= p.up_to_date_from:
             split = "test_up_to_date"

@@ -29,6 +29,7 @@ from stages.base import (
     Rejected,
     Resources,
     StageParams,
+    metadata_of,
 )
 
 DOCUMENT_IN = RecordSchema("document", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
@@ -62,17 +63,9 @@ HACKED = RecordSchema("hacked_text", 1, (
 ), doc="An Indonesian document shortened by one hack and truncated to one length.")
 
 
-def _meta(record: dict) -> dict:
-    try:
-        m = json.loads(record.get("metadata") or "{}")
-    except ValueError:
-        return {}
-    return m if isinstance(m, dict) else {}
-
-
 def label_and_split(record: dict) -> tuple[str | None, str]:
     """The label (a ``label`` field, else metadata's) and split (``train`` when none is given)."""
-    meta = _meta(record)
+    meta = metadata_of(record)
     label = record.get("label", meta.get("label"))
     split = record.get("split") or meta.get("split") or "train"
     return (str(label) if label is not None else None), str(split)
