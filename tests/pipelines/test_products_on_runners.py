@@ -48,6 +48,15 @@ def _posts(_docs):
     return list(read_posts_rows(str(REPO / "tests" / "fixtures" / "stackexchange" / "Posts.xml")))
 
 
+def _corpus(name: str, n: int, step: int = 1):
+    """The first ``n`` documents (every ``step``-th) of a corpus that the session's real_docs lack."""
+    from itertools import islice
+
+    from pipelines import corpora
+
+    return lambda _docs: list(islice(corpora.CORPORA[name].build(), 0, n * step, step))
+
+
 # pipeline file -> (how to make its input from the real documents, edits to the file for small inputs)
 PRODUCTS = {
     "icp": (lambda d: [{"id": r["id"], "text": r["text"][:1500]} for r in d if r["source"] == "kjv"][:150],
@@ -68,6 +77,8 @@ PRODUCTS = {
     "licon": (_labelled_verses, [("settings: [2048, 8192, 32768]", "settings: [512, 1024]"),
                                  ("test_items: 100", "test_items: 6")]),
     "bestanswer": (_posts, [("settings: [2048, 8192, 32768]", "settings: [256, 512]")]),
+    "chft-homophone": (_corpus("peoples_daily_docs", 40, 60), []),
+    "indonesian-hack": (_corpus("quran_tafsir_id", 60, 14), []),
 }
 
 
