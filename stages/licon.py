@@ -66,7 +66,10 @@ class LiconParams(LengthParams):
     selection: str = Field("round_robin", description="round_robin (4.1), file_order_rounds (TacRED) or coverage "
                            "(Few-NERD, DialogRE)")
     orders: tuple[str, ...] = Field(("scattered",), description="demonstration orders: scattered, grouped, shuffled")
-    test_items: int = Field(500, gt=0, description="test items per dataset, label-cycled [paper: 500]")
+    test_items: int = Field(500, gt=0, description="test items per dataset [paper: 500]")
+    test_selection: str = Field("label_cycled", description="label_cycled (round robin over labels, 4.1) or "
+                                "file_order (TacRED's reference: file order, at most test_per_label of a label)")
+    test_per_label: int = Field(20, gt=0, description="file_order: examples of one label at most [TacRED: 20]")
     instruct: bool = Field(True, description="list every label in the instruction")
     fit: str = Field("demos", description="per setting, the most demonstrations that fit, in the rounds' order "
                      "(demos: the reference code's token-budget mode; the last round may be partial) or the most "
@@ -87,6 +90,8 @@ class LiconParams(LengthParams):
             raise ValueError(f"orders: one or more of {', '.join(core.ORDERS)}")
         if self.fit not in ("demos", "rounds"):
             raise ValueError("fit: demos or rounds")
+        if self.test_selection not in ("label_cycled", "file_order"):
+            raise ValueError("test_selection: label_cycled or file_order")
         if self.task not in core.TASKS:
             raise ValueError(f"task: one of {', '.join(core.TASKS)}")
         if self.rounds is not None and (not self.rounds or min(self.rounds) < 1):
@@ -167,17 +172,17 @@ class LiconSelect(TokenCounter, GlobalStage):
                     break  # the longest setting is filled: more rounds would never be shown
             seen = {data["text_hash"][k] for k in demo_rows}
             tests, leaked = [], 0
-            for this in core.round_robin([data["labels"][k][0] for k in test]):
-                for i in this:
-                    if len(tests) == p.test_items:
-                        break
-                    if data["text_hash"][test[i]] in seen:
-                        leaked += 1
-                        continue
-                    role[test[i]], place[test[i]] = "test", len(tests)
-                    tests.append(test[i])
+            first_labels = [data["labels"][k][0] for k in test]
+            candidates = (core.file_order_capped(first_labels, p.test_per_label) if p.test_selection == "file_order"
+                          else (i for this in core.round_robin(first_labels) for i in this))
+            for i in candidates:
                 if len(tests) == p.test_items:
                     break
+                if data["text_hash"][test[i]] in seen:
+                    leaked += 1
+                    continue
+                role[test[i]], place[test[i]] = "test", len(tests)
+                tests.append(test[i])
             metrics |= {f"demonstrations:{name}": len(demo_rows), f"demonstration tokens:{name}": tokens,
                         f"labels:{name}": len(core.label_order([data["labels"][k] for k in train])),
                         f"test items:{name}": len(tests), f"test texts also in train:{name}": leaked}

@@ -40,6 +40,17 @@ def label_order(labels: Sequence[Sequence[str]]) -> list[str]:
     return list(seen)
 
 
+def file_order_capped(labels: Sequence[str], cap: int) -> list[int]:
+    """TacRED's test side (spec 4.1): examples in file order, at most ``cap`` of each label."""
+    seen: dict[str, int] = {}
+    out = []
+    for i, label in enumerate(labels):
+        if seen.get(label, 0) < cap:
+            seen[label] = seen.get(label, 0) + 1
+            out.append(i)
+    return out
+
+
 def round_robin(labels: Sequence[str], rounds: int | None = None, limit: int | None = None) -> Iterator[list[int]]:
     """Spec 4.1: per round, per label in order of first appearance, the next unused example of that
     label, or, when it has none left, of the first later label that still has one. Yields each

@@ -105,3 +105,28 @@ def test_same_input_and_seed_give_the_same_bytes_and_the_catalog_counts_everythi
     m = dict(cat.query("SELECT name, value FROM metrics WHERE stage = 'licon_items' AND run_id = "
                        "(SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1)")[1])
     assert m["items:python_module:1k:scattered"] == 12 and m["outside window:python_module:4k:grouped"] == 0
+
+
+def test_file_order_test_selection_caps_each_relation():
+    """TacRED's test side through the stage's decision: file order, at most test_per_label each."""
+    import pyarrow as pa
+
+    from stages.base import GlobalContext
+    from stages.licon import LiconSelect
+
+    labels = ["r1"] * 5 + ["r2"] * 5 + ["r1", "r2"]
+    n_train = 6
+    table = pa.table({
+        "id": [f"t{k}" for k in range(n_train)] + [f"x{k}" for k in range(len(labels))],
+        "dataset": ["tac"] * (n_train + len(labels)),
+        "labels": [["r1"], ["r2"]] * 3 + [[x] for x in labels],
+        "split": ["train"] * n_train + ["test"] * len(labels),
+        "tokens": [10] * (n_train + len(labels)),
+        "text_hash": [f"h{k}" for k in range(n_train + len(labels))],
+    })
+    stage = LiconSelect(LiconSelect.Params(test_selection="file_order", test_per_label=2, test_items=10,
+                                           settings=(512,)), seed=0)
+    result = stage.decide(table, GlobalContext())
+    roles = result.columns["licon_role"]
+    tests = [table["id"][k].as_py() for k in range(len(roles)) if roles[k] == "test"]
+    assert tests == ["x0", "x1", "x5", "x6"]  # two r1 then two r2, in file order

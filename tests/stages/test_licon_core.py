@@ -103,3 +103,10 @@ def test_best_rounds_is_the_largest_count_within_the_budget():
     assert core.best_rounds(lambda r: sizes[r], 4, 333) == 3
     assert core.best_rounds(lambda r: sizes[r], 4, 99) == 0
     assert core.best_rounds(lambda r: sizes[r], 4, 10_000) == 4
+
+
+def test_tacred_test_side_keeps_file_order_and_at_most_cap_per_relation():
+    labels = ["a", "b", "a", "a", "c", "b", "a", "c", "c", "c"]
+    kept = core.file_order_capped(labels, 2)
+    assert kept == [0, 1, 2, 4, 5, 7]  # the third "a" and "c" onwards are left out, order kept
+    assert core.file_order_capped(labels, 100) == list(range(len(labels)))
