@@ -200,7 +200,7 @@ def eval_import(args) -> int:
     counts: dict[str, int] = defaultdict(int)
     try:
         rows = read_posts_rows(args.source) if args.format == "stackexchange" else read_labelled(
-            args.format, args.source, args.text_field, args.label_field, getattr(args, "fold", 1))
+            args.format, args.source, args.text_field, args.label_field, args.fold)
         with tmp.open("w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")

@@ -33,6 +33,7 @@ from stages.base import (
     GroupStage,
     Outcome,
     Rejected,
+    metadata_of,
 )
 from stages.eval_view import LONGBENCH_FIELDS, LengthParams, TokenCounter, bucket_name, english_words, item_hash, seeded
 
@@ -104,10 +105,7 @@ class LiconParams(LengthParams):
 
 def labelled_fields(record: dict) -> dict | None:
     """label, labels, answers, split, dataset, task of a labelled document; None without a label."""
-    try:
-        meta = json.loads(record.get("metadata") or "{}")
-    except ValueError:
-        return None
+    meta = metadata_of(record)
     label = meta.get("label")
     if not isinstance(label, str) or not label.strip():
         return None
