@@ -15,11 +15,11 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import storage
 from pipelines.spec import InputSpec, ReadSpec
 from schemas import DOCUMENT
 from stages.base import Rejected
@@ -102,9 +102,23 @@ def _walk(root: str) -> tuple[list[str], int, list[str]]:
     return sorted(files), hidden, repeats
 
 
+def _remote_format(path: str) -> str:
+    if not storage.remote_isdir(path):
+        return ""
+    files = storage.remote_files(path)
+    if any(os.path.basename(f) in ("dataset_info.json", "state.json") for f in files):
+        return "hf"
+    kinds = {_kind_of(f) for f in files}
+    if "parquet" in kinds and "jsonl" in kinds:
+        return "mixed"
+    return "parquet" if "parquet" in kinds else "jsonl" if "jsonl" in kinds else "text"
+
+
 def detect_format(path: str) -> str:
     p = path.lower()
-    if os.path.isdir(path):
+    if storage.is_remote(path) and (fmt := _remote_format(path)):
+        return fmt
+    if not storage.is_remote(path) and os.path.isdir(path):
         if os.path.exists(os.path.join(path, "dataset_info.json")) or os.path.exists(
             os.path.join(path, "state.json")
         ):
@@ -130,6 +144,8 @@ def expand_paths(inp: InputSpec, fmt: str, notes: list[str] | None = None) -> li
     """The files of one input. A folder is walked once (links followed, never twice to one file);
     files of other formats in it are left out and said so in ``notes``."""
     notes = notes if notes is not None else []
+    if storage.is_remote(inp.path):
+        return _expand_remote(inp, fmt, notes)
     path = os.path.expanduser(inp.path)
     if any(ch in path for ch in "*?["):
         found, seen = [], set()
@@ -164,9 +180,34 @@ def expand_paths(inp: InputSpec, fmt: str, notes: list[str] | None = None) -> li
     return found
 
 
+def _expand_remote(inp: InputSpec, fmt: str, notes: list[str]) -> list[str]:
+    """A remote input's objects: a glob's matches, a folder's visible files of the format, or the one object."""
+    path = inp.path
+    if fmt == "hf":
+        raise InputError(0, f"'{path}' is a saved HF dataset on remote storage, which is read locally only",
+                         "copy it to a local folder, or export it as Parquet")
+    if any(ch in path.split("://", 1)[1] for ch in "*?["):
+        found = storage.remote_glob(path)
+    elif storage.remote_isdir(path):
+        files = storage.remote_files(path)
+        found = files if fmt == "text" else [f for f in files if _kind_of(f) == fmt]
+        others = len(files) - len(found)
+        if others:
+            notes.append(f"input '{path}': read as {fmt}; {others} other file(s) not read")
+    else:
+        found = [path] if storage.remote_exists(path) else []
+    if not found:
+        raise FileNotFoundError(f"input '{path}' matches no files")
+    return found
+
+
+def _open_parquet(path: str) -> pq.ParquetFile:
+    return pq.ParquetFile(storage.open_binary(path) if storage.is_remote(path) else path)
+
+
 def _parquet_meta(path: str, index: int):
     try:
-        return pq.ParquetFile(path).metadata
+        return _open_parquet(path).metadata
     except (pa.ArrowException, OSError) as e:
         raise InputError(index, f"'{path}' is not a readable Parquet file ({e})",
                          "re-export it, or remove it from the input") from None
@@ -179,7 +220,8 @@ def plan_shards(inputs: list[InputSpec], read: ReadSpec, notes: list[str] | None
     for ii, inp in enumerate(inputs):
         fmt = inp.format if inp.format != "auto" else detect_format(os.path.expanduser(inp.path))
         if fmt == "mixed":
-            files = _walk(os.path.expanduser(inp.path))[0]
+            files = (storage.remote_files(inp.path) if storage.is_remote(inp.path)
+                     else _walk(os.path.expanduser(inp.path))[0])
             n_pq = sum(_kind_of(f) == "parquet" for f in files)
             n_js = sum(_kind_of(f) == "jsonl" for f in files)
             raise InputError(ii, f"folder '{inp.path}' holds both Parquet ({n_pq} files) and JSONL ({n_js} files)",
@@ -187,7 +229,7 @@ def plan_shards(inputs: list[InputSpec], read: ReadSpec, notes: list[str] | None
                              f"'{inp.path.rstrip('/')}/**/*.jsonl' as two inputs, or set 'format:'")
         paths = expand_paths(inp, fmt, notes)
         for path in paths:
-            rp = os.path.realpath(path)
+            rp = path if storage.is_remote(path) else os.path.realpath(path)
             if rp in owner:
                 k, given = owner[rp]
                 raise InputError(ii, f"'{path}' is already read by inputs[{k}] ('{given}'); "
@@ -196,7 +238,7 @@ def plan_shards(inputs: list[InputSpec], read: ReadSpec, notes: list[str] | None
             owner[rp] = (ii, inp.path)
         if fmt == "jsonl":
             for path in paths:
-                size = os.path.getsize(path)
+                size = storage.file_size(path)
                 if path.endswith((".gz", ".zst")) or size <= target:
                     shards.append(Shard(len(shards), ii, fmt, (path,), 0, size))
                     continue
@@ -221,7 +263,7 @@ def plan_shards(inputs: list[InputSpec], read: ReadSpec, notes: list[str] | None
             batch, acc = [], 0
             for path in paths:
                 batch.append(path)
-                acc += os.path.getsize(path)
+                acc += storage.file_size(path)
                 if acc >= target:
                     shards.append(Shard(len(shards), ii, fmt, tuple(batch), 0, len(batch)))
                     batch, acc = [], 0
@@ -328,12 +370,12 @@ def _is_messages(value) -> bool:
 
 def _open_binary(path: str):
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return gzip.GzipFile(fileobj=storage.open_binary(path), mode="rb")
     if path.endswith(".zst"):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
-    return open(path, "rb")
+        return zstandard.ZstdDecompressor().stream_reader(storage.open_binary(path), closefd=True)
+    return storage.open_binary(path)
 
 
 def _iter_jsonl(shard: Shard, inp: InputSpec, read: ReadSpec) -> Iterator[dict | Rejected]:
@@ -410,7 +452,7 @@ def _iter_table_rows(table: pa.Table, inp: InputSpec, source: str, locator_prefi
 
 def _iter_parquet(shard: Shard, inp: InputSpec, read: ReadSpec) -> Iterator[dict | Rejected]:
     path = shard.paths[0]
-    pf = pq.ParquetFile(path)
+    pf = _open_parquet(path)
     name = os.path.basename(path)
     first = sum(pf.metadata.row_group(i).num_rows for i in range(shard.start))
     for rg in range(shard.start, shard.end):
@@ -427,14 +469,20 @@ def _iter_parquet(shard: Shard, inp: InputSpec, read: ReadSpec) -> Iterator[dict
 
 
 def _iter_text(shard: Shard, inp: InputSpec, read: ReadSpec) -> Iterator[dict | Rejected]:
-    root = os.path.commonpath([os.path.expanduser(inp.path)] + list(shard.paths)) if shard.paths else ""
+    remote = storage.is_remote(inp.path)
+    given = inp.path.rstrip("/") if remote else os.path.expanduser(inp.path)
+    root = os.path.commonpath([given] + list(shard.paths)) if shard.paths and not remote else given
     for path in shard.paths:
-        rel = os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path)
-        size = os.path.getsize(path)
+        if remote:
+            rel = path[len(root) + 1:] if path.startswith(root + "/") else os.path.basename(path)
+        else:
+            rel = os.path.relpath(path, root) if os.path.isdir(root) else os.path.basename(path)
+        size = storage.file_size(path)
         if size > read.max_record_bytes:
             yield Rejected(rel, "record too large", f"{size} bytes > max_record_bytes")
             continue
-        data = Path(path).read_bytes()
+        with storage.open_binary(path) as f:
+            data = f.read()
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:

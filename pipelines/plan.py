@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from pipelines import storage
 from pipelines.io import InputError, Shard, estimate_records, plan_shards
 from pipelines.spec import InputSpec, LoadedSpec, PipelineSpec, did_you_mean
 from schemas import DOCUMENT, RecordSchema
@@ -268,6 +269,9 @@ def input_identity(inputs: list[InputSpec], shards: list[Shard]) -> list:
     files = sorted({p for s in shards for p in s.paths})
     ident = []
     for p in files:
+        if storage.is_remote(p):
+            ident.append((p, *storage.identity(p)))
+            continue
         st = os.stat(p)
         ident.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
     return [[i.model_dump() for i in inputs], ident, [s.to_json() for s in shards]]

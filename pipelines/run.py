@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from catalog import Catalog
-from pipelines import accounting, engine, layout, publish
+from pipelines import accounting, engine, layout, publish, storage
 from pipelines.plan import CODE_VERSION, Plan, StepKind
 from pipelines.progress import Progress, format_table
 from pipelines.redaction import redact
@@ -71,24 +71,35 @@ class OutputFolderError(ValueError):
 
 def check_output_folder(output_dir: str, spec_fingerprint: str, overwrite: bool = False) -> None:
     """A run writes only into a new or empty folder, or one that longforge wrote: its own earlier
-    or interrupted run (resume), or, with ``overwrite``, a finished run of another spec."""
-    out = Path(output_dir)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise OutputFolderError(f"output '{output_dir}' is a file", "give a folder for the output")
-    entries = sorted(e.name for e in out.iterdir())
+    or interrupted run (resume), or, with ``overwrite``, a finished run of another spec. A remote
+    folder (``s3://...``) is checked where it lies."""
+    if storage.is_remote(output_dir):
+        listing = storage.Mirror(output_dir).listing()
+        if storage.remote_exists(output_dir) and not listing and not storage.remote_isdir(output_dir):
+            raise OutputFolderError(f"output '{output_dir}' is a file", "give a folder for the output")
+        entries = sorted({rel.split("/", 1)[0] for rel in listing})
+        ours = ".longforge" in entries
+        run_record = storage.Mirror(output_dir).read_text(".longforge/run.json") if ours else None
+    else:
+        out = Path(output_dir)
+        if not out.exists():
+            return
+        if not out.is_dir():
+            raise OutputFolderError(f"output '{output_dir}' is a file", "give a folder for the output")
+        entries = sorted(e.name for e in out.iterdir())
+        ours = (out / ".longforge").is_dir()
+        record = out / ".longforge" / "run.json"
+        run_record = record.read_text(encoding="utf-8") if ours and record.is_file() else None
     if not entries:
         return
-    meta = out / ".longforge"
-    if not meta.is_dir():
+    if not ours:
         shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
         raise OutputFolderError(f"output '{output_dir}' already holds files that longforge did not write ({shown}); "
                                 "a run would replace or delete some of them",
                                 "give --output a new or empty folder")
     try:
-        previous = json.loads((meta / "run.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        previous = json.loads(run_record or "")
+    except ValueError:
         return  # an interrupted run of ours: resume
     if previous.get("spec_fingerprint") != spec_fingerprint and not overwrite:
         raise OutputFolderError(
@@ -132,15 +143,30 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
     check_output_folder(plan.output_dir, plan.fingerprint, overwrite)
     for note in plan.notes:
         progress.warn(f"note: {note}")
+    mirror = None
+    if storage.is_remote(plan.output_dir):  # worked in a local staging copy, pushed step by step
+        mirror = storage.Mirror(plan.output_dir)
+        mirror.staging.mkdir(parents=True, exist_ok=True)
+        plan.output_dir = str(mirror.staging)
     lock = _take_output_lock(plan, catalog)
     try:
+        if mirror is not None:
+            mirror.take_lock(run_id)
+            n_pulled = mirror.pull()
+            progress.log(f"remote output {mirror.url}: staged in {mirror.staging}"
+                         + (f"; {n_pulled} files of an earlier run fetched" if n_pulled else ""))
         _start_run(plan, run_id, runner, workers, catalog)
     except BaseException:
-        _release_lock(lock)
+        _release_lock(lock, mirror)
         raise
     try:
-        result = _run(plan, run_id, t0, runner, workers, beam_args, catalog, progress)
+        result = _run(plan, run_id, t0, runner, workers, beam_args, catalog, progress, mirror)
     except BaseException as e:
+        if mirror is not None and ended_by_user(e):
+            try:  # what finished reaches the remote store, so another machine can resume it
+                mirror.push()
+            except Exception as e2:  # noqa: BLE001
+                progress.warn(f"warning: finished work not pushed to {mirror.url}: {e2}")
         status = "interrupted" if ended_by_user(e) else "failed"
         try:
             catalog.finish_run(run_id, status, f"{type(e).__name__}: {e}"[:2000] if str(e) or status == "failed"
@@ -151,7 +177,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
             raise
         raise as_interruption(e) from e
     finally:
-        _release_lock(lock)
+        _release_lock(lock, mirror)
     try:
         catalog.finish_run(run_id, "succeeded")
     except Exception as e:  # noqa: BLE001 - the data is complete; the catalog catches up later
@@ -163,16 +189,19 @@ def _start_run(plan: Plan, run_id: str, runner: str, workers: int, catalog: Cata
     catalog.start_run(
         run_id, pipeline=plan.spec.name, pipeline_file=os.path.abspath(plan.loaded.file), runner=runner,
         workers=workers, spec_fingerprint=plan.fingerprint, seed=plan.spec.seed,
-        params=redact(plan.spec.model_dump()), code_version=CODE_VERSION, output_path=os.path.abspath(plan.output_dir),
+        params=redact(plan.spec.model_dump()), code_version=CODE_VERSION,
+        output_path=storage.public_path(plan.output_dir),
     )
 
 
 def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_args: list[str] | None,
-         catalog: Catalog, progress: Progress) -> RunResult:
+         catalog: Catalog, progress: Progress, mirror: storage.Mirror | None = None) -> RunResult:
     plan.run_id = run_id
     _export_generations(plan, catalog)
     try:
-        execution = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress).execute(plan)
+        executor = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress)
+        executor.after_step = mirror.push if mirror is not None else None
+        execution = executor.execute(plan)
     finally:  # what the workers generated reaches the catalog even when the run dies
         _import_generations(plan, catalog, progress)
     check_accounting(execution.stats)
@@ -201,7 +230,7 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     artifacts = [output] + [a for a, _ in sides]
     input_ids = []
     for k, inp in enumerate(plan.spec.inputs):
-        path = os.path.abspath(os.path.expanduser(inp.path))
+        path = inp.path if storage.is_remote(inp.path) else os.path.abspath(os.path.expanduser(inp.path))
         parent = catalog.latest_output_artifact(path)
         if parent is None:
             parent = _artifact_id(run_id, f"input{k}")
@@ -217,13 +246,18 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     lineage += [(parent, a["artifact_id"]) for a, _ in sides for parent in input_ids]
     seconds = round(time.time() - t0, 3)
     _write_card(plan, run_id, runner, n, fingerprint, stats, seconds, metrics)
+    if mirror is not None:
+        pushed = mirror.push(final=True)
+        progress.log(f"pushed to {mirror.url}: {pushed['uploaded']} files uploaded, {pushed['deleted']} stale removed")
     catalog.record_results(run_id, stage_stats=stats, rejects=str(meta_dir / "rejects.parquet"),
                            artifacts=artifacts, lineage=lineage, metrics=metrics)
     score_files = [p for a, paths in sides if a["schema_name"] == "score" for p in paths]
     for p in score_files:  # one file at a time
         _add_scores(catalog, pq.read_table(p), output_id, run_id)
     _remove_stale_work(plan)
-    return RunResult(run_id, plan.output_dir, n, fingerprint, stats, n_removed, seconds, metrics)
+    if mirror is not None:
+        mirror.push(final=True)  # the stale work removed here goes there too
+    return RunResult(run_id, storage.public_path(plan.output_dir), n, fingerprint, stats, n_removed, seconds, metrics)
 
 
 def _generating_models(plan: Plan) -> list[str]:
@@ -316,18 +350,20 @@ def _take_output_lock(plan: Plan, catalog: Catalog) -> int:
                            "wait for it or stop it") from None
     left = os.read(fd, 64).strip()
     if left:
-        catalog.mark_interrupted(os.path.abspath(plan.output_dir))
+        catalog.mark_interrupted(storage.public_path(plan.output_dir))
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
 
 
-def _release_lock(fd: int) -> None:
+def _release_lock(fd: int, mirror: storage.Mirror | None = None) -> None:
     """An emptied lock file means the last run ended on its own; the kernel lock goes with close."""
     try:
         os.ftruncate(fd, 0)
     finally:
         os.close(fd)
+        if mirror is not None:
+            mirror.release_lock()
 
 
 def _remove_stale_work(plan: Plan) -> None:
@@ -354,7 +390,7 @@ def _alive(pid: int) -> bool:
 
 def _artifact(run_id: str, name: str, path: str, n: int, n_bytes: int, fingerprint: str, schema) -> dict:
     return {"artifact_id": _artifact_id(run_id, name), "name": name, "kind": "output",
-            "path": os.path.abspath(path), "n_records": n, "n_bytes": n_bytes, "fingerprint": fingerprint,
+            "path": storage.public_path(path), "n_records": n, "n_bytes": n_bytes, "fingerprint": fingerprint,
             "schema_name": schema.name if schema else None, "schema_version": schema.version if schema else None}
 
 
@@ -363,6 +399,9 @@ def _artifact_id(run_id: str, what: str) -> str:
 
 
 def _size(path: str) -> int:
+    if storage.is_remote(path):
+        fs, p = storage.filesystem(path)
+        return int(fs.du(p)) if fs.exists(p) else 0
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if os.path.isdir(path) else 0
@@ -372,7 +411,7 @@ def _input_fingerprint(plan: Plan, k: int) -> str:
     """Inputs are identified by their files' names, sizes and modification times (cheap, stable)."""
     ident = [(s.paths, s.start, s.end) for s in plan.shards if s.input_index == k]
     files = sorted({p for s in plan.shards if s.input_index == k for p in s.paths})
-    stats = [(os.path.basename(p), os.path.getsize(p)) for p in files]
+    stats = [(os.path.basename(p), storage.file_size(p)) for p in files]
     return hashlib.sha256(json.dumps([stats, len(ident)]).encode()).hexdigest()
 
 
