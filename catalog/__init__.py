@@ -107,6 +107,20 @@ CREATE TABLE IF NOT EXISTS metrics (
     value DOUBLE
 );
 
+CREATE TABLE IF NOT EXISTS pushes (  -- artifacts published to a Hub dataset repo (no token, ever)
+    artifact_id VARCHAR,
+    run_id VARCHAR,
+    repo VARCHAR,
+    revision VARCHAR,
+    commit_oid VARCHAR,
+    configs JSON,
+    files INTEGER,
+    n_bytes BIGINT,
+    private BOOLEAN,
+    endpoint VARCHAR,
+    pushed_at TIMESTAMP
+);
+
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;      -- the driver process, to tell a dead run
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS content_hash VARCHAR;  -- hash of the fields scored
@@ -321,6 +335,14 @@ class Catalog:
                 for name, value in sorted(values.items()):
                     con.execute("INSERT INTO metrics VALUES (?, ?, ?, ?)", [run_id, stage, name, float(value)])
             con.execute("COMMIT")
+
+    def record_push(self, *, artifact_id: str, run_id: str, repo: str, revision: str, commit: str,
+                    configs: list[str], files: int, n_bytes: int, private: bool, endpoint: str,
+                    pushed_at: datetime) -> None:
+        with self.connect() as con:
+            con.execute("INSERT INTO pushes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [artifact_id, run_id, repo, revision, commit, json.dumps(configs), files, n_bytes, private,
+                         endpoint, pushed_at])
 
     def add_scores(self, table: pa.Table) -> int:
         """Append scores (columns as in the ``scores`` table); returns the number of rows."""

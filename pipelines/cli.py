@@ -156,6 +156,15 @@ def _parser() -> argparse.ArgumentParser:
     ep.add_argument("--target", choices=["text", "json"], default="text",
                     help="ChFT: ask with prompt_text (a corrected text) or prompt_json (a JSON list of pairs)")
 
+    pu = sub.add_parser("push", help="publish a built artifact to a Hugging Face Hub dataset repo, card included")
+    pu.add_argument("artifact", help="an artifact id or name, a run id (its main output), or latest")
+    pu.add_argument("--repo", required=True, help="the dataset repo, OWNER/NAME (created if missing)")
+    pu.add_argument("--private", action="store_true", help="create the repo private")
+    pu.add_argument("--revision", help="a branch to push to (created if missing) [main]")
+    pu.add_argument("--config", help="the config name of the main output [the pipeline's name]; side tables "
+                    "become CONFIG-<table>")
+    pu.add_argument("--catalog", help="catalog file (default ./longforge.duckdb or $LONGFORGE_CATALOG)")
+
     rep = sub.add_parser("report", help="one HTML page of a run: funnel, rejects, lengths, plots, metrics")
     rep.add_argument("run_id", help="a run id (`longforge catalog runs`), or latest")
     rep.add_argument("--output", "-o", help="the HTML file [report-RUN_ID.html]")
@@ -203,6 +212,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _push(args) -> int:
+    from catalog import Catalog
+    from pipelines.hub_push import PushError, push
+
+    catalog = Catalog(args.catalog)
+    try:
+        done = push(catalog, args.artifact, args.repo, private=args.private, revision=args.revision,
+                    config=args.config, progress=lambda m: print(m, file=sys.stderr))
+    except PushError as e:
+        print(f"push failed: {e}", file=sys.stderr)
+        return 1
+    print(f"pushed    {done.url} ({done.revision} @ {done.commit[:12] or '?'})")
+    print(f"configs   {', '.join(done.configs)}")
+    print(f"files     {done.files} ({done.n_bytes:,} bytes)")
+    return 0
+
+
 def _report(args) -> int:
     from pathlib import Path
 
@@ -242,6 +268,8 @@ def _dispatch(args) -> int:
         return _select(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "push":
+        return _push(args)
     if args.command == "longbench-write":
         from pipelines.longbench_write_command import longbench_write
 
