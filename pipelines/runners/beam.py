@@ -25,13 +25,17 @@ spilled by output file, then one element per output file.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import engine, layout, publish
-from pipelines.plan import Plan, Step
+from pipelines.plan import Plan, Step, StepKind
 from pipelines.redaction import install_log_redaction, remember_secrets
+from pipelines.runners import beam_setup
 from pipelines.runners.local import ShardedRunner
 from stages.beam_pipeline import new_pipeline
 
@@ -68,12 +72,33 @@ class WriteOutputFile(beam.DoFn):
         yield j
 
 
+def task_label(step: Step) -> str:
+    """The transform's name: the step and every stage it runs (the answer it applies first, its
+    stages, what it writes for the next step's stage), so a job graph names every stage."""
+    parts = ([f"apply {step.gate.label}"] if step.gate is not None else [])
+    parts += [ps.label for ps in step.stages] + ([step.central.label] if step.central is not None else [])
+    parts += [f"feed {step.feeds.label}"] if step.feeds is not None else []
+    return f"Run {step.name} [{', '.join(parts) or 'read'}]"
+
+
+def build_task_graph(p: beam.Pipeline, plan: Plan, step: Step, todo: list[int]) -> None:
+    _ = (p | "Shards" >> beam.Create(todo) | "Spread" >> beam.Reshuffle()
+         | task_label(step) >> beam.ParDo(RunTask(plan, step.index)))
+
+
+def build_publish_graph(p: beam.Pipeline, plan: Plan, files: publish.OutputFiles) -> None:
+    index = (p | "Shards" >> beam.Create(list(range(len(plan.shards)))) | "Spread" >> beam.Reshuffle()
+             | "Spill shards by output file" >> beam.ParDo(SpillShard(plan, files)))
+    _ = (p | "Files" >> beam.Create(list(range(files.count))) | "SpreadFiles" >> beam.Reshuffle()
+         | "Write output files" >> beam.ParDo(WriteOutputFile(plan, files), beam.pvalue.AsList(index)))
+
+
 class BeamRunner(ShardedRunner):
     name = "beam"
 
     def __init__(self, workers: int = 1, beam_args: list[str] | None = None, progress=None):
         self.workers = workers
-        self.beam_args = beam_args or []
+        self.beam_args = (beam_args or []) + beam_setup.worker_dependencies(beam_args or [])
         self.progress = progress
 
     def _pipeline(self) -> beam.Pipeline:
@@ -86,18 +111,14 @@ class BeamRunner(ShardedRunner):
         if self.progress is not None:
             self.progress.log(f"beam: {step.name}: {len(todo)} of {len(plan.shards)} tasks to run")
         with self._pipeline() as p:
-            _ = (p | "Shards" >> beam.Create(todo) | "Spread" >> beam.Reshuffle()
-                 | "Run" >> beam.ParDo(RunTask(plan, step.index)))
+            build_task_graph(p, plan, step, todo)
         missing = [i for i in todo if not layout.shard_done(plan, step, i)]
         if missing:
             raise RuntimeError(f"beam finished {step.name} without shards {missing}")
 
     def publish_files(self, plan: Plan, files: publish.OutputFiles) -> None:
         with self._pipeline() as p:
-            index = (p | "Shards" >> beam.Create(list(range(len(plan.shards)))) | "Spread" >> beam.Reshuffle()
-                     | "Spill" >> beam.ParDo(SpillShard(plan, files)))
-            _ = (p | "Files" >> beam.Create(list(range(files.count))) | "SpreadFiles" >> beam.Reshuffle()
-                 | "Write" >> beam.ParDo(WriteOutputFile(plan, files), beam.pvalue.AsList(index)))
+            build_publish_graph(p, plan, files)
 
     def execute(self, plan: Plan):
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
@@ -109,3 +130,45 @@ class BeamRunner(ShardedRunner):
             how = redact(self.beam_args) if self.beam_args else f"FnApiRunner x{self.workers}"
             self.progress.log(f"beam: {len(plan.shards)} shards, {len(plan.stages)} stages, {how}")
         return super().execute(plan)
+
+
+def render_jobs(plan: Plan, workers: int, beam_args: list[str]) -> list[dict]:
+    """The Beam jobs a run submits, built but not submitted: one per worker step, in order, with
+    the driver's steps between them, and the publishing job. With ``--runner=DataflowRunner`` each
+    job is built by Dataflow's own runner with ``--dry_run`` (options checked, the job made, nothing
+    sent); with any other runner, from the pipeline's runner API graph. Every transform is listed
+    by its full name, composite ones included."""
+    install_log_redaction()
+    args = list(beam_args) + beam_setup.worker_dependencies(beam_args)
+    dataflow = beam_setup.runner_name(args) == "DataflowRunner"
+    jobs: list[dict] = []
+    for step in plan.steps:
+        if step.kind in (StepKind.SEGMENT, StepKind.GROUP):
+            jobs.append(_render(lambda p, s=step: build_task_graph(p, plan, s, list(range(len(plan.shards)))),
+                                step.name, workers, args, dataflow))
+        elif step.kind in (StepKind.DECIDE, StepKind.GLOBAL):
+            jobs.append({"job": step.name, "runs_on": "driver", "transforms": [
+                f"{step.kind.value} {step.central.label} (on the launching machine, from the workers' "
+                f"{'keys' if step.kind is StepKind.DECIDE else 'summaries'})"]})
+    files = publish.OutputFiles((("", 1),))  # the real count is known once the records are
+    jobs.append(_render(lambda p: build_publish_graph(p, plan, files), "publish", workers, args, dataflow))
+    return jobs
+
+
+def _render(build, name: str, workers: int, args: list[str], dataflow: bool) -> dict:
+    if dataflow:
+        job_args = [a for a in args if not a.startswith("--dry_run")] + ["--dry_run=True"]
+        if not any(a.startswith("--job_name") for a in job_args):
+            job_args.append("--job_name=" + re.sub(r"[^a-z0-9-]+", "-", f"longforge-{name}".lower())[:60])
+        p = beam.Pipeline(options=PipelineOptions(job_args))
+        build(p)
+        result = p.run()
+        proto, options = result.job.proto_pipeline, json.loads(result.job.json())
+        where = {"runs_on": "Dataflow", "job_name": options.get("name")}
+    else:
+        p = new_pipeline(workers, args)
+        build(p)
+        proto, where = p.to_runner_api(), {"runs_on": beam_setup.runner_name(args) or "FnApiRunner"}
+    names = sorted(t.unique_name for t in proto.components.transforms.values()
+                   if t.unique_name and not t.unique_name.startswith("ref_"))  # Beam's unnamed root
+    return {"job": name, **where, "transforms": names}
