@@ -89,6 +89,7 @@ class Plan:
     output_dir: str
     notes: list[str] = field(default_factory=list)  # what planning left out or merged, said to the user
     run_id: str = ""  # the run executing the plan: markers say which run did each piece of work
+    remote_output: str = ""  # the remote folder (s3://...) that output_dir stages, when there is one
 
     @property
     def final_schema(self) -> RecordSchema:

@@ -148,11 +148,15 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
         mirror = storage.Mirror(plan.output_dir)
         mirror.staging.mkdir(parents=True, exist_ok=True)
         plan.output_dir = str(mirror.staging)
+        plan.remote_output = mirror.url
     lock = _take_output_lock(plan, catalog)
     try:
         if mirror is not None:
             mirror.take_lock(run_id)
-            n_pulled = mirror.pull()
+            from pipelines import worker_sync
+
+            on_workers = runner == "beam" and worker_sync.wanted(plan, beam_args or [])
+            n_pulled = mirror.pull(skip=worker_sync.PAYLOAD if on_workers else None)
             progress.log(f"remote output {mirror.url}: staged in {mirror.staging}"
                          + (f"; {n_pulled} files of an earlier run fetched" if n_pulled else ""))
         _start_run(plan, run_id, runner, workers, catalog)
@@ -201,6 +205,7 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     try:
         executor = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress)
         executor.after_step = mirror.push if mirror is not None else None
+        executor.mirror = mirror
         execution = executor.execute(plan)
     finally:  # what the workers generated reaches the catalog even when the run dies
         _import_generations(plan, catalog, progress)

@@ -130,6 +130,7 @@ class Mirror:
         self.root = root.rstrip("/")
         self.staging = Path(staging or staging_dir(self.url)).absolute()
         self._known: dict[str, tuple[int, int]] = {}  # staged file -> (size, mtime) as last pulled or pushed
+        self._listed: set[str] | None = None  # the remote's files outside .longforge when first pulled
         _public[str(self.staging)] = self.url
 
     def _key(self, rel: str) -> str:
@@ -154,24 +155,51 @@ class Mirror:
         except FileNotFoundError:
             return None
 
-    def pull(self) -> int:
-        """Fetch the remote ``.longforge`` folder's files that staging lacks (what an earlier run,
-        perhaps on another machine, finished); returns how many. Staged files are kept: the same
-        step fingerprint gives the same bytes wherever it ran."""
+    def pull(self, everything: bool = False, skip: re.Pattern | None = None) -> int:
+        """Fetch the remote files that staging lacks: the ``.longforge`` folder (what an earlier run,
+        perhaps on another machine, finished), or ``everything`` but what ``skip`` matches. Returns
+        how many. Staged files are kept: the same step fingerprint gives the same bytes wherever it
+        ran. The first call also notes the remote's other files, so that the final push can remove
+        those an earlier run published and this one did not."""
+        listing = self.listing() if everything or self._listed is None else self.listing(".longforge")
+        if self._listed is None:
+            listing = listing if everything else self.listing()
+            self._listed = {rel for rel in listing if not rel.startswith(".longforge/")}
         n = 0
-        for rel in sorted(self.listing(".longforge")):
-            if rel == REMOTE_LOCK or _NOT_PUSHED.search(rel):
+        for rel in sorted(listing):
+            if rel == REMOTE_LOCK or _NOT_PUSHED.search(rel) or (skip is not None and skip.search(rel)):
                 continue
-            local = self.staging / rel
-            if not local.exists():
-                local.parent.mkdir(parents=True, exist_ok=True)
-                tmp = local.with_name(f"{local.name}.tmp-{os.getpid()}")
-                self.fs.get_file(self._key(rel), str(tmp))
-                os.replace(tmp, local)
-                n += 1
-            st = local.stat()
-            self._known[rel] = (st.st_size, st.st_mtime_ns)
+            if not everything and not rel.startswith(".longforge/"):
+                continue
+            n += self._get(rel)
         return n
+
+    def fetch(self, files: list[str], folders: list[str] = ()) -> int:
+        """Fetch the named files and every file under the named folders (relative paths) that
+        staging lacks; names the remote does not have are left out (a task's reader then says so)."""
+        wanted = list(files)
+        for folder in folders:
+            wanted += [rel for rel in self.listing(folder) if rel.startswith(folder.rstrip("/") + "/")]
+        n = 0
+        for rel in wanted:
+            try:
+                n += self._get(rel)
+            except FileNotFoundError:
+                continue
+        return n
+
+    def _get(self, rel: str) -> int:
+        local = self.staging / rel
+        fetched = 0
+        if not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f"{local.name}.tmp-{os.getpid()}")
+            self.fs.get_file(self._key(rel), str(tmp))
+            os.replace(tmp, local)
+            fetched = 1
+        st = local.stat()
+        self._known[rel] = (st.st_size, st.st_mtime_ns)
+        return fetched
 
     def _staged(self) -> dict[str, tuple[int, int]]:
         out = {}
@@ -187,7 +215,7 @@ class Mirror:
     def push(self, final: bool = False) -> dict[str, int]:
         """Upload the staged files that changed since the last pull or push: the run's files first,
         then the completion markers, and (``final``) the run record last, once the remote copies of
-        files the run removed locally (stale outputs and work) are deleted."""
+        files the run removed (stale outputs and work) are deleted."""
         staged = self._staged()
         changed = [rel for rel, st in staged.items() if self._known.get(rel) != st]
         last = [_RUN_RECORD] if final and _RUN_RECORD in changed else []
@@ -197,7 +225,10 @@ class Mirror:
             self._upload(rel, staged[rel])
         deleted = 0
         if final:
-            gone = [rel for rel in self.listing() if rel not in staged and rel != REMOTE_LOCK
+            # What this process fetched or pushed and then removed (stale work), and what an earlier
+            # run published that this one did not: never a file some other process wrote.
+            seen = set(self._known) | (self._listed or set())
+            gone = [rel for rel in self.listing() if rel in seen and rel not in staged and rel != REMOTE_LOCK
                     and not _NOT_PUSHED.search(rel)]
             for rel in sorted(gone, key=lambda r: not _MARKER.search(r)):  # markers first: never vouch for a gap
                 self.fs.rm_file(self._key(rel))

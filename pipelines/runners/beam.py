@@ -32,7 +32,7 @@ import re
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import engine, layout, publish
+from pipelines import engine, layout, publish, worker_sync
 from pipelines.plan import Plan, Step, StepKind
 from pipelines.redaction import install_log_redaction, remember_secrets
 from pipelines.runners import beam_setup
@@ -44,31 +44,36 @@ class RunTask(beam.DoFn):
     """One shard of a segment step, or one partition of a group step, on a worker; yields its
     completion marker."""
 
-    def __init__(self, plan: Plan, step_index: int):
-        self.plan, self.step_index = plan, step_index
+    def __init__(self, plan: Plan, step_index: int, sync: bool = False):
+        self.plan, self.step_index, self.sync = plan, step_index, sync
 
     def process(self, i: int):
-        yield engine.run_task(self.plan, self.plan.steps[self.step_index], i)
+        if self.plan.remote_output and self.sync:
+            yield worker_sync.run_task(self.plan, self.step_index, i)
+        else:
+            yield engine.run_task(self.plan, self.plan.steps[self.step_index], i)
 
 
 class SpillShard(beam.DoFn):
     """Rewrite one shard's final records with one row group per output file."""
 
-    def __init__(self, plan: Plan, files: publish.OutputFiles):
-        self.plan, self.files = plan, files
+    def __init__(self, plan: Plan, files: publish.OutputFiles, sync: bool = False):
+        self.plan, self.files, self.sync = plan, files, sync
 
     def process(self, i: int):
-        yield i, publish.spill_shard(self.plan, i, self.files)
+        spill = worker_sync.spill_shard if self.sync else publish.spill_shard
+        yield i, spill(self.plan, i, self.files)
 
 
 class WriteOutputFile(beam.DoFn):
     """Assemble output file ``j`` from the spilled shards' row groups."""
 
-    def __init__(self, plan: Plan, files: publish.OutputFiles):
-        self.plan, self.files = plan, files
+    def __init__(self, plan: Plan, files: publish.OutputFiles, sync: bool = False):
+        self.plan, self.files, self.sync = plan, files, sync
 
     def process(self, j: int, index):
-        publish.write_output_file(self.plan, j, self.files, dict(index))
+        write = worker_sync.write_output_file if self.sync else publish.write_output_file
+        write(self.plan, j, self.files, dict(index))
         yield j
 
 
@@ -81,16 +86,16 @@ def task_label(step: Step) -> str:
     return f"Run {step.name} [{', '.join(parts) or 'read'}]"
 
 
-def build_task_graph(p: beam.Pipeline, plan: Plan, step: Step, todo: list[int]) -> None:
+def build_task_graph(p: beam.Pipeline, plan: Plan, step: Step, todo: list[int], sync: bool = False) -> None:
     _ = (p | "Shards" >> beam.Create(todo) | "Spread" >> beam.Reshuffle()
-         | task_label(step) >> beam.ParDo(RunTask(plan, step.index)))
+         | task_label(step) >> beam.ParDo(RunTask(plan, step.index, sync)))
 
 
-def build_publish_graph(p: beam.Pipeline, plan: Plan, files: publish.OutputFiles) -> None:
+def build_publish_graph(p: beam.Pipeline, plan: Plan, files: publish.OutputFiles, sync: bool = False) -> None:
     index = (p | "Shards" >> beam.Create(list(range(len(plan.shards)))) | "Spread" >> beam.Reshuffle()
-             | "Spill shards by output file" >> beam.ParDo(SpillShard(plan, files)))
+             | "Spill shards by output file" >> beam.ParDo(SpillShard(plan, files, sync)))
     _ = (p | "Files" >> beam.Create(list(range(files.count))) | "SpreadFiles" >> beam.Reshuffle()
-         | "Write output files" >> beam.ParDo(WriteOutputFile(plan, files), beam.pvalue.AsList(index)))
+         | "Write output files" >> beam.ParDo(WriteOutputFile(plan, files, sync), beam.pvalue.AsList(index)))
 
 
 class BeamRunner(ShardedRunner):
@@ -110,17 +115,27 @@ class BeamRunner(ShardedRunner):
             return
         if self.progress is not None:
             self.progress.log(f"beam: {step.name}: {len(todo)} of {len(plan.shards)} tasks to run")
+        sync = worker_sync.wanted(plan, self.beam_args)
         with self._pipeline() as p:
-            build_task_graph(p, plan, step, todo)
+            build_task_graph(p, plan, step, todo, sync)
+        if sync:  # the workers' markers and small files, for the checks and the driver's steps
+            worker_sync.fetch_for_driver(self.mirror)
         missing = [i for i in todo if not layout.shard_done(plan, step, i)]
         if missing:
             raise RuntimeError(f"beam finished {step.name} without shards {missing}")
 
     def publish_files(self, plan: Plan, files: publish.OutputFiles) -> None:
+        sync = worker_sync.wanted(plan, self.beam_args)
         with self._pipeline() as p:
-            build_publish_graph(p, plan, files)
+            build_publish_graph(p, plan, files, sync)
+        if sync:
+            worker_sync.fetch_for_driver(self.mirror)
 
     def execute(self, plan: Plan):
+        if beam_setup.is_cluster(self.beam_args) and not plan.remote_output:
+            raise RuntimeError(f"the workers of {beam_setup.runner_name(self.beam_args)} cannot reach the local folder "
+                               f"'{plan.output_dir}' -> give --output a folder on storage they share "
+                               "(gs://bucket/path, s3://bucket/path)")
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
         install_log_redaction()  # Beam warns about options it does not know, values and all
         remember_secrets(self.beam_args)

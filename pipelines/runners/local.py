@@ -37,6 +37,7 @@ class ShardedRunner:
     output's push)."""
 
     after_step = None
+    mirror = None  # the remote output's staging copy, when the output is remote
 
     def run_tasks(self, plan: Plan, step: Step) -> None:
         raise NotImplementedError

@@ -128,3 +128,28 @@ def test_s3_run_killed_then_resumed_on_a_fresh_machine(product, s3_server, tmp_p
         s3.get_file(f, str(local / f.rsplit("/", 1)[1]))
     ds = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in local.iterdir()), split="train")
     assert len(ds) == record["records"] == sum(pq.read_metadata(p).num_rows for p in local.iterdir())
+
+
+def test_s3_beam_workers_fetch_and_push_their_own_files(product, s3_server, tmp_path):
+    """As on a cluster, whose machines share no disk: each Beam worker process fetches what its
+    tasks read from S3 into a folder of its own and pushes what they wrote; the launching machine
+    never fetches the records between steps, and the output matches the local run's."""
+    s3 = _s3(s3_server)
+    if not s3.exists("lf-bucket"):
+        s3.mkdir("lf-bucket")
+    s3.put_file(str(product["input"]), "lf-bucket/in2/docs.jsonl")
+    staging, workers = tmp_path / "driver", tmp_path / "workers"
+    workers.mkdir()
+    r = run_cli("run", str(product["pipe"]), "--input", "s3://lf-bucket/in2/docs.jsonl", "--output",
+                "s3://lf-bucket/out2/dec", "--catalog", str(tmp_path / "c.duckdb"), "--quiet", "--runner", "beam",
+                "--workers", "2", env={**s3_server, "LONGFORGE_STAGING": str(staging), "TMPDIR": str(workers),
+                                       "LONGFORGE_WORKER_SYNC": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    s3.invalidate_cache()
+    record = json.loads(s3.cat_file("lf-bucket/out2/dec/.longforge/run.json"))
+    assert record["fingerprint"] == product["fingerprint"]
+    assert not list(staging.rglob("records-*.parquet")), "the launching machine fetched records between steps"
+    worker_dirs = list((workers / "longforge-worker").iterdir())
+    assert worker_dirs, "no worker staged anything"
+    assert sum(len(list(d.rglob("records-*.parquet"))) for d in worker_dirs) > 0, "the workers ran the tasks"
+    assert not s3.exists("lf-bucket/out2/dec/.longforge/lock.json")
