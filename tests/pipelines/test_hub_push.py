@@ -59,6 +59,8 @@ def _catalog_text(catalog) -> str:
 
 
 def test_push_loads_with_datasets_and_the_card_holds_the_catalog(built, tmp_path):
+    # (datasets caches a local repo's configs by folder name, not content: each test loads into a
+    # cache of its own, or an earlier test's rows could be read back)
     with HubServer(tmp_path / "hub", TOKEN) as hub:
         r = _push(built, hub, tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -75,11 +77,13 @@ def test_push_loads_with_datasets_and_the_card_holds_the_catalog(built, tmp_path
                          [commits[-1]["oid"]]).fetchall()
     con.close()
 
-    ds = datasets.load_dataset(str(repo), "decomposition", split="train")
+    ds = datasets.load_dataset(str(repo), "decomposition", split="train", cache_dir=tmp_path / "hf-cache")
     assert len(ds) == n
     assert ds.column_names[:3] == ["id", "doc_id", "bucket"]
     for name, n_side in sides:  # every side table is a config of its own
-        assert len(datasets.load_dataset(str(repo), f"decomposition-{name.split(':')[1]}", split="train")) == n_side
+        side = datasets.load_dataset(str(repo), f"decomposition-{name.split(':')[1]}", split="train",
+                                     cache_dir=tmp_path / "hf-cache")
+        assert len(side) == n_side
 
     card = (repo / "README.md").read_text()
     assert f"| decomposition | {n:,} |" in card and f"`{fp[:16]}`" in card
@@ -114,8 +118,8 @@ def test_push_killed_midway_resumes_without_sending_finished_files(built, tmp_pa
         repo = hub.state.files("lab/decomposition-demo", "main")
     assert not set(first) & set(again), "files committed before the kill were sent again"
     assert "README.md" in again and any(p.startswith("decomposition-") for p in again)
-    assert len(datasets.load_dataset(str(repo), "decomposition", split="train")) == sum(
-        pq.read_metadata(p).num_rows for p in (built["out"] / "data").glob("*.parquet"))
+    ds = datasets.load_dataset(str(repo), "decomposition", split="train", cache_dir=tmp_path / "hf-cache")
+    assert len(ds) == sum(pq.read_metadata(p).num_rows for p in (built["out"] / "data").glob("*.parquet"))
     for where in (out.decode(), err.decode(), r.stdout, r.stderr):
         assert TOKEN not in where
 

@@ -126,7 +126,8 @@ def test_s3_run_killed_then_resumed_on_a_fresh_machine(product, s3_server, tmp_p
     local.mkdir()
     for f in files:
         s3.get_file(f, str(local / f.rsplit("/", 1)[1]))
-    ds = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in local.iterdir()), split="train")
+    ds = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in local.iterdir()), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
     assert len(ds) == record["records"] == sum(pq.read_metadata(p).num_rows for p in local.iterdir())
 
 
