@@ -79,6 +79,19 @@ def rejects_plot(by_reason: list[tuple]) -> str:
     return _png(fig)
 
 
+def local_output(path: str | None) -> Path | None:
+    """The run's output folder on this machine: itself, or the staging copy of a remote one (the
+    machine that ran it has it; elsewhere the report goes without the output's plots)."""
+    from pipelines import storage
+
+    if not path:
+        return None
+    if storage.is_remote(path):
+        staged = storage.staging_dir(path)
+        return staged if staged.is_dir() else None
+    return Path(path)
+
+
 def length_histogram(data_dir: Path) -> tuple[str, str] | None:
     """(PNG, what was measured) of the output's lengths: a token or length column when there is
     one, else characters of ``text``; read one column, batch by batch."""
@@ -163,7 +176,7 @@ def build_report(catalog, run_id: str) -> str:
     if reasons:
         parts += ["<h2>Rejects by reason</h2>", _img(rejects_plot(reasons), "rejects by reason"),
                   _table(["stage", "reason", "kind", "records"], reasons)]
-    output = Path(run["output_path"]) if run["output_path"] else None
+    output = local_output(run["output_path"])
     if output is not None and (output / "data").is_dir():
         hist = length_histogram(output / "data")
         if hist:

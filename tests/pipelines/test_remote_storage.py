@@ -119,6 +119,11 @@ def test_s3_run_killed_then_resumed_on_a_fresh_machine(product, s3_server, tmp_p
     con.close()
     assert reused == len(markers), "every task finished before the kill was taken from S3, none redone"
 
+    report = run_cli("report", "latest", "--output", str(tmp_path / "r.html"), "--catalog", str(catalog),
+                     env={"LONGFORGE_STAGING": str(tmp_path / "machine-b")})
+    assert report.returncode == 0, report.stderr
+    assert "Output lengths" in (tmp_path / "r.html").read_text(), "the report reads the staged copy"
+
     import datasets
 
     files = sorted(s3.glob("lf-bucket/out/dec/data/*.parquet"))
