@@ -266,7 +266,7 @@ class Catalog:
         rows = con.execute("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ? AND pid IS NOT NULL",
                            [host]).fetchall()
         for run_id, pid in rows:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 con.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, error = coalesce(error, "
                             "'the driver process ended without recording a result') WHERE run_id = ?", [now(), run_id])
 
@@ -477,7 +477,7 @@ class Catalog:
         return out
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

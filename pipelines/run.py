@@ -383,16 +383,6 @@ def _remove_stale_work(plan: Plan) -> None:
                 shutil.rmtree(d, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _artifact(run_id: str, name: str, path: str, n: int, n_bytes: int, fingerprint: str, schema) -> dict:
     return {"artifact_id": _artifact_id(run_id, name), "name": name, "kind": "output",
             "path": storage.public_path(path), "n_records": n, "n_bytes": n_bytes, "fingerprint": fingerprint,

@@ -21,6 +21,8 @@ import re
 import socket
 from pathlib import Path
 
+from catalog import pid_alive
+
 #: Where remote outputs are staged; one folder per remote URL.
 STAGING_ENV = "LONGFORGE_STAGING"
 _LOCAL_PROTOCOLS = ("file", "local")
@@ -262,7 +264,8 @@ class Mirror:
                 raise RemoteLockError(
                     f"run {other.get('run_id')} on host {other.get('host')} holds {self.url} "
                     f"({REMOTE_LOCK}) -> wait for it; if that run is gone, delete {self.url}/{REMOTE_LOCK}")
-            if other.get("pid") != me["pid"] and _alive(other.get("pid")):
+            pid = other.get("pid")
+            if pid != me["pid"] and isinstance(pid, int) and pid_alive(pid):
                 raise RemoteLockError(f"another run (pid {other.get('pid')}) is writing to {self.url}; "
                                       "wait for it or stop it")
         self.fs.makedirs(self._key(".longforge"), exist_ok=True)
@@ -274,14 +277,3 @@ class Mirror:
         except FileNotFoundError:
             pass
 
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

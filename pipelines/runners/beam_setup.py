@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,8 +75,12 @@ def _built() -> tuple[str, str]:
     wheels = sorted(out.glob("longforge-*.whl"))
     if not wheels:
         out.mkdir(parents=True, exist_ok=True)
+        build_dir = root / "build"
+        had_build_dir = build_dir.exists()
         r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                             "-w", str(out), str(root)], capture_output=True, text=True)
+        if not had_build_dir:  # setuptools' scratch folder in the checkout: ours to remove, not the user's
+            shutil.rmtree(build_dir, ignore_errors=True)
         wheels = sorted(out.glob("longforge-*.whl"))
         if r.returncode != 0 or not wheels:
             raise RuntimeError(f"could not build a wheel of longforge for the workers: {r.stderr[-500:]}")
