@@ -83,6 +83,9 @@ class EmbedParams(StageParams):
         "510 Contriever tokens; MiniLM was trained on 128, and longer windows blur documents of one genre)")
     batch_size: int = Field(32, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch", description="torch (sentence-transformers, CPU or CUDA), or ONNX Runtime on the CPU: onnx, or "
+        "onnx-int8 (quantised weights; vectors within cosine 0.99 of torch's)")
 
 
 @register
@@ -109,7 +112,7 @@ class IcpEmbed(RecordStage):
         from gpu_jobs.embed import EmbedSettings
 
         p: EmbedParams = self.params
-        return EmbedSettings(p.model, p.max_tokens, p.batch_size, p.device)
+        return EmbedSettings(p.model, p.max_tokens, p.batch_size, p.device, p.backend)
 
     def setup(self) -> None:
         from gpu_jobs.embed import Encoder

@@ -68,3 +68,33 @@ def test_unknown_encoder_is_a_clear_error(tmp_path):
         Encoder(EmbedSettings(str(tmp_path / "nope")))
     with pytest.raises(ModelNotAvailable, match="never downloads"):
         Encoder(EmbedSettings("someone/not-cached-model"))
+
+
+@pytest.fixture(scope="module")
+def mixed_texts(real_docs):
+    """Real documents of three kinds, cut to lengths from a few words to past the window, so each
+    batch pads: what the ONNX path's pooling must get right."""
+    out = []
+    for source in ("paul_graham", "kjv", "python_docs"):
+        docs = [d["text"] for d in real_docs if d["source"] == source][:40]
+        out += [t[: 40 + (i * 97) % 1800] for i, t in enumerate(docs)]
+    return out
+
+
+@pytest.mark.parametrize("backend,floor", [("onnx", 0.9999), ("onnx-int8", 0.99)])
+def test_onnx_backends_agree_with_sentence_transformers(mixed_texts, backend, floor):
+    """Issue 19: the optional ONNX Runtime backends against the reference (sentence-transformers on
+    torch), per document: fp32 is the same model (cosine 0.9999), int8 within the stated 0.99."""
+    ref, ref_tok = Encoder(EmbedSettings("minilm", max_tokens=128, batch_size=16, device="cpu")).encode(mixed_texts)
+    vecs, tok = Encoder(EmbedSettings("minilm", max_tokens=128, batch_size=16, device="cpu",
+                                      backend=backend)).encode(mixed_texts)
+    cos = (vecs * ref).sum(axis=1)
+    assert cos.min() >= floor, (backend, float(cos.min()), int(cos.argmin()))
+    assert (tok == ref_tok).all()
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+def test_backends_keep_their_own_caches():
+    keys = {EmbedSettings("minilm", backend=b).cache_key() for b in ("torch", "onnx", "onnx-int8")}
+    assert len(keys) == 3
+    assert EmbedSettings("minilm").cache_key() == EmbedSettings("minilm", backend="torch").cache_key()

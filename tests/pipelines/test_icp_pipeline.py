@@ -69,7 +69,9 @@ def test_order_is_a_permutation_of_the_kept_documents(icp_run):
     assert sorted(r["id"] for r in order) == sorted(kept)
 
 
-def _graph(out: Path):
+def _knn_lists(out: Path):
+    """The run's kNN lists over the kept documents, as row-index arrays (-1 / NaN where a neighbour
+    was dropped), and the kept ids in index order."""
     order = sorted(_table(out / "order"), key=lambda r: r["pos"])
     kept = sorted(r["id"] for r in order)
     index = {d: i for i, d in enumerate(kept)}
@@ -81,11 +83,34 @@ def _graph(out: Path):
         row = [(index[v], s) for v, s in zip(knn[d]["nbr_ids"], knn[d]["nbr_sims"], strict=True) if v in index]
         for j, (v, s) in enumerate(row):
             ids[index[d], j], sims[index[d], j] = v, s
+    return ids, sims, kept
+
+
+def _graph(out: Path):
+    ids, sims, kept = _knn_lists(out)
+    order = sorted(_table(out / "order"), key=lambda r: r["pos"])
+    index = {d: i for i, d in enumerate(kept)}
     graph = core.union_graph(ids, sims)
     walk = core.Walk(np.array([index[r["id"]] for r in order]), np.array([r["run"] for r in order]),
                      np.array([r["via_jump"] for r in order]),
                      np.array([np.nan if r["sim_prev"] is None else r["sim_prev"] for r in order], dtype=np.float32))
     return graph, walk, kept
+
+
+def test_union_graph_build_matches_the_previous_one_on_real_lists(icp_run, tmp_path):
+    """Issue 19: the chunked in-place build, from arrays and from .npy files, gives the previous
+    implementation's graph bit for bit on the real corpora's kNN lists."""
+    from tests.stages.test_icp_union_graph import assert_same, old_union_graph
+
+    (out, _), _ = icp_run
+    ids, sims, _ = _knn_lists(out)
+    expected = old_union_graph(ids, sims)
+    assert expected.indices.size > 0
+    assert_same(core.union_graph(ids, sims, chunk_rows=64), expected)
+    np.save(tmp_path / "ids.npy", ids.astype(np.int32))
+    np.save(tmp_path / "sims.npy", sims)
+    assert_same(core.union_graph(core.KnnLists(str(tmp_path / "ids.npy"), str(tmp_path / "sims.npy")), None,
+                                 chunk_rows=100), expected)
 
 
 def test_every_step_obeys_the_greedy_rule_and_jumps_land_on_min_degree(icp_run):
