@@ -241,8 +241,13 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
         ensure_setup(feeds, services(plan))
         seconds = (write_keys(plan, step, i, rows) if isinstance(feeds, CollectionStage)
                    else global_step.write_summaries(plan, step, i, rows))
-        # The cost belongs to the stage fed, whose counts are taken where its answer is applied.
-        fed = StageCounter(step.index + 2, step.feeds.label, step.feeds.shape)
+        # The cost belongs to the stage fed, whose counts are taken where its answer is applied;
+        # a stage that only observes is applied nowhere: its records are these, unchanged.
+        if getattr(feeds, "observes", False):
+            fed = StageCounter(step.index + 1, step.feeds.label, step.feeds.shape, n_in=len(rows), n_out=len(rows),
+                               inputs_with_output=len(rows))
+        else:
+            fed = StageCounter(step.index + 2, step.feeds.label, step.feeds.shape)
         fed.seconds = seconds
         counters.append(fed)
     elif isinstance(feeds, GroupStage):

@@ -68,6 +68,9 @@ def run_global(plan: Plan, step: Step, files_dir: Path | None = None) -> dict:
     stage.setup()
     ctx = GlobalContext(seed=plan.spec.seed, files_dir=files_dir, output_dir=Path(plan.output_dir), work_dir=work)
     result = stage.decide(table.drop_columns(["row"]), ctx)
+    if stage.observes and result.dropped:
+        raise RuntimeError(f"stage {step.central.label} observes only (no pass applies its answer) but dropped "
+                           f"{len(result.dropped)} records: a stage that drops must not set 'observes'")
     added = list(stage.added_fields())
     columns = {f.name: pa.array(result.columns[f.name], f.type) if not isinstance(result.columns[f.name], pa.Array)
                else result.columns[f.name].cast(f.type) for f in added}

@@ -231,13 +231,18 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
         else:  # collection, global, group: the segment before writes what its step reads
             kind = (StepKind.DECIDE if isinstance(ps.stage, CollectionStage) else
                     StepKind.GLOBAL if isinstance(ps.stage, GlobalStage) else StepKind.GROUP)
-            segment.feeds = ps
-            steps.append(segment)
+            if not segment.stages and segment.gate is None and steps and steps[-1].kind is StepKind.GROUP:
+                steps[-1].feeds = ps  # a group step's partitions write it: no pass that only feeds
+            else:
+                segment.feeds = ps
+                steps.append(segment)
             steps.append(Step(len(steps), kind, central=ps))
             # After a decision or global columns, the next segment applies them; after a group
-            # step, its partitions are the records.
-            segment = Step(len(steps), StepKind.SEGMENT, gate=ps if kind is not StepKind.GROUP else None)
-    if segment.stages or segment.gate or not steps or steps[-1].kind is not StepKind.GROUP:
+            # step, its partitions are the records; after a global stage that only observes, the
+            # records are those it saw.
+            applies = kind is not StepKind.GROUP and not getattr(ps.stage, "observes", False)
+            segment = Step(len(steps), StepKind.SEGMENT, gate=ps if applies else None)
+    if segment.stages or segment.gate or not any(s.kind in (StepKind.SEGMENT, StepKind.GROUP) for s in steps):
         steps.append(segment)
     # Chain fingerprints: a step's output depends on the inputs and every stage up to it.
     upstream = _hash(base_identity)

@@ -246,6 +246,9 @@ class GlobalStage(Stage):
     workers join its columns back onto the records by place."""
 
     shape = "global"
+    #: True for a stage whose answer never drops a record nor adds a column (it computes artifacts
+    #: and metrics: a schedule): its records pass as they are, so no pass over them applies it.
+    observes = False
 
     def summary_fields(self, upstream: RecordSchema) -> tuple[pa.Field, ...]:
         """Fields of the summary besides ``id`` (by default, the record's own fields named ``reads``)."""

@@ -235,6 +235,7 @@ class VslSchedule(GlobalStage):
     name = "vsl_schedule"
     Params = ScheduleParams
     input_schema = SEQUENCE
+    observes = True  # a schedule beside the buckets; the sequences are kept as they are
 
     def reads(self) -> tuple[str, ...]:
         return ("bucket", "length")
