@@ -158,7 +158,7 @@ def _table(header: list[str], rows: list) -> str:
     return "\n".join(out)
 
 
-def render_card(art: dict, facts: dict, configs: list[dict], pipeline_yaml: str) -> str:
+def render_card(repo: str, art: dict, facts: dict, configs: list[dict], pipeline_yaml: str) -> str:
     """The README.md of the repo: the Hub's YAML header (configs, tags), then the catalog's figures."""
     header = {"configs": [{"config_name": c["config"], "data_files": [{"split": "train",
                                                                        "path": f"{c['config']}/*.parquet"}],
@@ -172,7 +172,7 @@ def render_card(art: dict, facts: dict, configs: list[dict], pipeline_yaml: str)
              _table(["config", "records", "schema", "content fingerprint"],
                     [(c["config"], c["n_records"], c["schema"] or "", f"`{c['fingerprint'][:16]}`") for c in configs]),
              "", "```python", "import datasets",
-             f'ds = datasets.load_dataset("REPO", "{configs[0]["config"]}", split="train")', "```", ""]
+             f'ds = datasets.load_dataset("{repo}", "{configs[0]["config"]}", split="train")', "```", ""]
     fields = configs[0].get("fields") or []
     if fields:
         lines += ["## Fields", "", _table(["field", "type"], [(f"`{n}`", f"`{t}`") for n, t in fields]), ""]
@@ -265,9 +265,9 @@ def push(catalog: Catalog, what: str, repo: str, *, private: bool = False, revis
                 if a.get("schema_name") else None
             configs.append({"config": _config_name(a["name"], art["name"], config), "folder": folder, "files": files,
                             "n_records": a["n_records"], "fingerprint": a["fingerprint"],
-                            "schema": f"{a['schema_name']}" if a.get("schema_name") else None,
+                            "schema": a.get("schema_name"),
                             "fields": [(f.name, str(f.type)) for f in schema.arrow] if schema else []})
-        card = render_card(art, card_facts(catalog, art), configs, pipeline_text(art)).replace("REPO", repo)
+        card = render_card(repo, art, card_facts(catalog, art), configs, pipeline_text(art))
         try:
             api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
             if revision:

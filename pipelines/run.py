@@ -74,12 +74,13 @@ def check_output_folder(output_dir: str, spec_fingerprint: str, overwrite: bool 
     or interrupted run (resume), or, with ``overwrite``, a finished run of another spec. A remote
     folder (``s3://...``) is checked where it lies."""
     if storage.is_remote(output_dir):
-        listing = storage.Mirror(output_dir).listing()
-        if storage.remote_exists(output_dir) and not listing and not storage.remote_isdir(output_dir):
+        remote = storage.Mirror(output_dir)
+        listing = remote.listing()
+        if not listing and storage.remote_exists(output_dir) and not storage.remote_isdir(output_dir):
             raise OutputFolderError(f"output '{output_dir}' is a file", "give a folder for the output")
         entries = sorted({rel.split("/", 1)[0] for rel in listing})
         ours = ".longforge" in entries
-        run_record = storage.Mirror(output_dir).read_text(".longforge/run.json") if ours else None
+        run_record = remote.read_text(".longforge/run.json") if ours else None
     else:
         out = Path(output_dir)
         if not out.exists():
@@ -204,7 +205,6 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     _export_generations(plan, catalog)
     try:
         executor = make_runner(runner, workers=workers, beam_args=beam_args, progress=progress)
-        executor.after_step = mirror.push if mirror is not None else None
         executor.mirror = mirror
         execution = executor.execute(plan)
     finally:  # what the workers generated reaches the catalog even when the run dies

@@ -165,7 +165,6 @@ class Mirror:
         those an earlier run published and this one did not."""
         listing = self.listing() if everything or self._listed is None else self.listing(".longforge")
         if self._listed is None:
-            listing = listing if everything else self.listing()
             self._listed = {rel for rel in listing if not rel.startswith(".longforge/")}
         n = 0
         for rel in sorted(listing):

@@ -48,7 +48,7 @@ class RunTask(beam.DoFn):
         self.plan, self.step_index, self.sync = plan, step_index, sync
 
     def process(self, i: int):
-        if self.plan.remote_output and self.sync:
+        if self.sync:
             yield worker_sync.run_task(self.plan, self.step_index, i)
         else:
             yield engine.run_task(self.plan, self.plan.steps[self.step_index], i)
@@ -105,6 +105,7 @@ class BeamRunner(ShardedRunner):
         self.workers = workers
         self.beam_args = (beam_args or []) + beam_setup.worker_dependencies(beam_args or [])
         self.progress = progress
+        self.sync = False
 
     def _pipeline(self) -> beam.Pipeline:
         return new_pipeline(self.workers, self.beam_args)
@@ -115,20 +116,18 @@ class BeamRunner(ShardedRunner):
             return
         if self.progress is not None:
             self.progress.log(f"beam: {step.name}: {len(todo)} of {len(plan.shards)} tasks to run")
-        sync = worker_sync.wanted(plan, self.beam_args)
         with self._pipeline() as p:
-            build_task_graph(p, plan, step, todo, sync)
-        if sync:  # the workers' markers and small files, for the checks and the driver's steps
+            build_task_graph(p, plan, step, todo, self.sync)
+        if self.sync:  # the workers' markers and small files, for the checks and the driver's steps
             worker_sync.fetch_for_driver(self.mirror)
         missing = [i for i in todo if not layout.shard_done(plan, step, i)]
         if missing:
             raise RuntimeError(f"beam finished {step.name} without shards {missing}")
 
     def publish_files(self, plan: Plan, files: publish.OutputFiles) -> None:
-        sync = worker_sync.wanted(plan, self.beam_args)
         with self._pipeline() as p:
-            build_publish_graph(p, plan, files, sync)
-        if sync:
+            build_publish_graph(p, plan, files, self.sync)
+        if self.sync:
             worker_sync.fetch_for_driver(self.mirror)
 
     def execute(self, plan: Plan):
@@ -136,6 +135,8 @@ class BeamRunner(ShardedRunner):
             raise RuntimeError(f"the workers of {beam_setup.runner_name(self.beam_args)} cannot reach the local folder "
                                f"'{plan.output_dir}' -> give --output a folder on storage they share "
                                "(gs://bucket/path, s3://bucket/path)")
+        # On a cluster with a remote output, each task fetches what it reads and pushes what it wrote.
+        self.sync = worker_sync.wanted(plan, self.beam_args)
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
         install_log_redaction()  # Beam warns about options it does not know, values and all
         remember_secrets(self.beam_args)

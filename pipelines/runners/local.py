@@ -33,11 +33,10 @@ def run_tasks(plan: Plan, step: Step, workers: int, progress: Progress) -> None:
 class ShardedRunner:
     """Runs the workers' steps task by task (how is up to ``run_tasks``: a segment's shards, a
     group step's partitions), decide and global steps on the driver, then publishes: the part
-    every runner shares. ``after_step``, when set, is called once each step is finished (a remote
-    output's push)."""
+    every runner shares. With a remote output (``mirror``, its staging copy), each finished step
+    is pushed to it."""
 
-    after_step = None
-    mirror = None  # the remote output's staging copy, when the output is remote
+    mirror = None
 
     def run_tasks(self, plan: Plan, step: Step) -> None:
         raise NotImplementedError
@@ -52,8 +51,8 @@ class ShardedRunner:
             elif step.kind is StepKind.GLOBAL:
                 global_step.run_global(plan, step, Path(plan.output_dir) / "plots")
                 engine.fault_point(f"global:{step.index}:0")
-            if self.after_step is not None:
-                self.after_step()
+            if self.mirror is not None:
+                self.mirror.push()
         files = publish.output_files(plan)
         self.publish_files(plan, files)
         paths = publish.finish_publish(plan, files)
