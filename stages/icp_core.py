@@ -149,12 +149,22 @@ class KnnLists:
             self.n, self.k = ids.shape
 
     def chunks(self, rows: int = 1 << 20):
-        for a in range(0, self.n, rows):
-            b = min(self.n, a + rows)
-            if self._files:
-                yield a, _read_rows(self._ids, self._ids_meta, a, b), _read_rows(self._sims, self._sims_meta, a, b)
-            else:
-                yield a, self._ids[a:b], self._sims[a:b]
+        """(first row, ids, sims) per chunk. From files, every chunk is read into the same two
+        buffers (fresh memory costs a first touch, 2 s a GB on a VM), so a chunk is valid only
+        until the next is yielded."""
+        if not self._files:
+            for a in range(0, self.n, rows):
+                yield a, self._ids[a:a + rows], self._sims[a:a + rows]
+            return
+        rows = max(1, min(rows, self.n))
+        ids_buf = np.empty((rows, self.k), dtype=self._ids_meta[1])
+        sims_buf = np.empty((rows, self.k), dtype=self._sims_meta[1])
+        with open(self._ids, "rb") as fi, open(self._sims, "rb") as fs:
+            fi.seek(self._ids_meta[2])
+            fs.seek(self._sims_meta[2])
+            for a in range(0, self.n, rows):
+                m = min(rows, self.n - a)
+                yield a, _read_into(fi, ids_buf[:m], self._ids), _read_into(fs, sims_buf[:m], self._sims)
 
 
 def _npy_meta(path) -> tuple[str, tuple]:
@@ -168,22 +178,28 @@ def _npy_meta(path) -> tuple[str, tuple]:
         return str(path), (shape, np.dtype(dtype), f.tell())
 
 
-def _read_rows(path: str, meta: tuple, a: int, b: int) -> np.ndarray:
-    (n, k), dtype, offset = meta
-    with open(path, "rb") as f:
-        f.seek(offset + a * k * dtype.itemsize)
-        return np.fromfile(f, dtype=dtype, count=(b - a) * k).reshape(b - a, k)
+def _read_into(f, buf: np.ndarray, path: str) -> np.ndarray:
+    view = memoryview(buf).cast("B")
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise ValueError(f"{path}: the file ends early (truncated .npy?)")
+        got += n
+    return buf
 
 
 def union_graph(nbr_ids, nbr_sims, keep: np.ndarray | None = None, directed: bool = False,
-                use_top: int | None = None, chunk_rows: int = 1 << 20) -> Graph:
+                use_top: int | None = None, chunk_rows: int = 1 << 20, batch_rows: int = 1 << 18,
+                block_rows_log2: int = 14) -> Graph:
     """Edge (u, v) if v in N(u) or u in N(v), weight = similarity (the larger if both) [paper].
     ``directed=True`` with ``use_top`` gives the reference code's view: only u's own top lists.
 
     O(N k) time and memory in three compiled passes over the lists, chunk by chunk: count each
     row's half-edges, fill them into one int32 id array and one float32 weight array, then sort
     and merge each row in place (its result never outgrows its slot). Peak memory is those two
-    arrays (8 bytes a half-edge) plus one chunk of the lists; the lists may be ``.npy`` paths."""
+    arrays (8 bytes a half-edge) plus one chunk of the lists; the lists may be ``.npy`` paths.
+    ``batch_rows`` and ``block_rows_log2`` tune the fill (see :func:`_fill_edges`), not the graph."""
     lists = nbr_ids if isinstance(nbr_ids, KnnLists) else KnnLists(nbr_ids, nbr_sims)
     n = lists.n
     if n >= 2**31:
@@ -201,14 +217,22 @@ def union_graph(nbr_ids, nbr_sims, keep: np.ndarray | None = None, directed: boo
     indptr = np.cumsum(counts)
     width = int(counts.max()) if n else 0
     del counts
-    indices = np.empty(indptr[-1], dtype=np.int32)  # int32: n < 2^31; halves the edge arrays
-    weights = np.empty(indptr[-1], dtype=np.float32)
+    # One uint64 a half-edge, (neighbour id, weight) packed as a sort key: the fill's random writes
+    # touch one array, not two, and the merge sorts the keys where they lie.
+    edges = np.empty(indptr[-1], dtype=np.uint64)
     fill = indptr[:-1].copy()
+    # The reverse half-edges of one batch of rows, bucketed by destination block.
+    batch_rows = max(1, min(batch_rows, chunk_rows, n))
+    buf_dest = np.empty(batch_rows * top if not directed else 0, dtype=np.int32)
+    buf_key = np.empty(len(buf_dest), dtype=np.uint64)
     for a, ids, sims in prepared():
-        _fill_edges(ids, sims, a, keep_arr, directed, fill, indices, weights)
-    del fill
-    nnz = _finish_rows(indptr, indices, weights, width)
-    return Graph(indptr, indices[:nnz], weights[:nnz])  # views: no second copy of the edge arrays
+        _fill_edges(ids, sims, a, keep_arr, directed, fill, edges, buf_dest, buf_key, batch_rows, block_rows_log2)
+    del fill, buf_dest, buf_key
+    nnz = _finish_rows(indptr, edges, width)
+    # Each merged edge is an (int32 id, float32 weight) pair in its uint64 slot: the graph's arrays
+    # are strided views of it (no second copy; a row's ids and weights share cache lines).
+    pairs = edges[:nnz].view(np.int32)
+    return Graph(indptr, pairs[0::2], pairs[1::2].view(np.float32))
 
 
 @njit(cache=True)
@@ -228,23 +252,51 @@ def _count_edges(ids, sims, first, keep, directed, counts):
 
 
 @njit(cache=True)
-def _fill_edges(ids, sims, first, keep, directed, fill, indices, weights):
+def _fill_edges(ids, sims, first, keep, directed, fill, edges, buf_dest, buf_key, batch, block_log2):
+    """Each half-edge as the key (id, weight descending) in its row's next free slot. A row's own
+    list goes straight to its slots (sequential writes); the reverse half-edges of ``batch`` rows,
+    bound for random rows, are first bucketed by destination block (2^block_log2 rows: their
+    counters fit a core's L2), then written a block at a time: 7.8 s -> 4.8 s at 10M."""
     rows, k = ids.shape
-    for r in range(rows):
-        u = first + r
-        if not keep[u]:
-            continue
-        for j in range(k):
-            v = ids[r, j]
-            if v < 0 or v == u or not keep[v] or sims[r, j] != sims[r, j]:
+    bits = sims.view(np.uint32)
+    n_blocks = ((len(fill) - 1) >> block_log2) + 1
+    starts = np.empty(n_blocks + 1, dtype=np.int64)
+    for r0 in range(0, rows, batch):
+        r1 = min(rows, r0 + batch)
+        starts[:] = 0
+        for r in range(r0, r1):
+            u = first + r
+            if not keep[u]:
                 continue
-            indices[fill[u]] = np.int32(v)
-            weights[fill[u]] = sims[r, j]
-            fill[u] += 1
-            if not directed:
-                indices[fill[v]] = np.int32(u)
-                weights[fill[v]] = sims[r, j]
-                fill[v] += 1
+            for j in range(k):
+                v = ids[r, j]
+                if v < 0 or v == u or not keep[v] or sims[r, j] != sims[r, j]:
+                    continue
+                edges[fill[u]] = (np.uint64(v) << np.uint64(32)) | (_desc_key(bits[r, j], 0) >> np.uint64(32))
+                fill[u] += 1
+                if not directed:
+                    starts[(v >> block_log2) + 1] += 1
+        if directed:
+            continue
+        for blk in range(n_blocks):
+            starts[blk + 1] += starts[blk]
+        put = starts[:-1].copy()
+        for r in range(r0, r1):
+            u = first + r
+            if not keep[u]:
+                continue
+            for j in range(k):
+                v = ids[r, j]
+                if v < 0 or v == u or not keep[v] or sims[r, j] != sims[r, j]:
+                    continue
+                blk = v >> block_log2
+                buf_dest[put[blk]] = v
+                buf_key[put[blk]] = (np.uint64(u) << np.uint64(32)) | (_desc_key(bits[r, j], 0) >> np.uint64(32))
+                put[blk] += 1
+        for t in range(starts[n_blocks]):
+            v = buf_dest[t]
+            edges[fill[v]] = buf_key[t]
+            fill[v] += 1
 
 
 @njit(cache=True, inline="always")
@@ -279,37 +331,46 @@ def _sort_small(a, m):
 
 
 @njit(cache=True)
-def _finish_rows(indptr, indices, weights, width):
-    """Per row, in place: sort packed (id, weight desc) keys to merge duplicate neighbours keeping
-    the heavier edge, then packed (weight desc, id) keys for the final order, written back from
-    the row's start, which the rows before never pass (a merged row is no longer than its slot).
-    ``indptr`` becomes the merged rows' offsets; returns the number of edges kept."""
+def _finish_rows(indptr, edges, width):
+    """Per row, in place: one sort of its (weight desc, id) keys, then each neighbour's first
+    (heaviest) edge kept, found with a small hash table of the row's ids, written back from the
+    row's start as (int32 id, float32 weight) pairs; the rows before never pass it (a merged row
+    is no longer than its slot). ``indptr`` becomes the merged rows' offsets; returns the number
+    of edges kept."""
     n = len(indptr) - 1
-    by_id = np.empty(width, dtype=np.uint64)
     by_w = np.empty(width, dtype=np.uint64)
-    bits = weights.view(np.uint32)
+    size = 64
+    while size < 2 * width:
+        size *= 2
+    slot_id = np.empty(size, dtype=np.uint32)
+    slot_row = np.full(size, -1, dtype=np.int64)  # a slot is taken in row u iff slot_row == u
     mask32 = np.uint64(0xFFFFFFFF)
     at = 0
     a = indptr[0]
     for u in range(n):
         b = indptr[u + 1]
         d = b - a
-        for t in range(a, b):
-            dk = _desc_key(bits[t], 0) >> np.uint64(32)
-            by_id[t - a] = (np.uint64(indices[t]) << np.uint64(32)) | dk
-        _sort_small(by_id, d)
+        for t in range(d):
+            key = edges[a + t]
+            by_w[t] = ((key & mask32) << np.uint64(32)) | (key >> np.uint64(32))
+        _sort_small(by_w, d)
         m = 0
-        last = np.uint64(0xFFFFFFFFFFFFFFFF)
         for j in range(d):
-            v = by_id[j] >> np.uint64(32)
-            if v != last:
-                by_w[m] = ((by_id[j] & mask32) << np.uint64(32)) | v
-                m += 1
-                last = v
-        _sort_small(by_w, m)
-        for j in range(m):
-            indices[at + j] = np.int32(by_w[j] & mask32)
-            bits[at + j] = np.uint32(_bits_of(by_w[j]))
+            v = np.uint32(by_w[j] & mask32)
+            h = (v * np.uint32(2654435769)) & np.uint32(size - 1)
+            seen = False
+            while slot_row[h] == u:
+                if slot_id[h] == v:
+                    seen = True
+                    break
+                h = (h + np.uint32(1)) & np.uint32(size - 1)
+            if seen:
+                continue  # a lighter (or equal) copy of an edge already kept
+            slot_row[h] = u
+            slot_id[h] = v
+            # little-endian pair: id in the low half, weight bits in the high
+            edges[at + m] = (np.uint64(_bits_of(by_w[j])) << np.uint64(32)) | np.uint64(v)
+            m += 1
         at += m
         a = b
         indptr[u + 1] = at
@@ -369,12 +430,35 @@ class Walk:
 
 
 def start_order(degree: np.ndarray, seed: int, start: str) -> np.ndarray:
-    """The order in which run starts are tried: by static degree, ties in a seeded random order."""
+    """The order in which run starts are tried: by static degree, ties in a seeded random order
+    (a stable counting sort by degree of the nodes in that order: O(N), where a lexsort took
+    3 s at 10M documents)."""
     n = len(degree)
     if start == "first_unvisited":
         return np.arange(n, dtype=np.int64)
     tiebreak = np.random.default_rng(seed).permutation(n)
-    return np.lexsort((tiebreak, degree)).astype(np.int64)
+    by_tiebreak = np.empty(n, dtype=np.int64)
+    by_tiebreak[tiebreak] = np.arange(n, dtype=np.int64)
+    return _stable_by_degree(np.ascontiguousarray(degree, dtype=np.int64), by_tiebreak)
+
+
+@njit(cache=True)
+def _stable_by_degree(degree, nodes):
+    n = len(nodes)
+    top = 0
+    for u in range(n):
+        top = max(top, degree[u])
+    first = np.zeros(top + 2, dtype=np.int64)
+    for u in range(n):
+        first[degree[u] + 1] += 1
+    for d in range(top + 1):
+        first[d + 1] += first[d]
+    out = np.empty(n, dtype=np.int64)
+    for t in range(n):
+        u = nodes[t]
+        out[first[degree[u]]] = u
+        first[degree[u]] += 1
+    return out
 
 
 def greedy_walk(graph: Graph, s: WalkSettings = WalkSettings()) -> Walk:
@@ -387,25 +471,34 @@ def greedy_walk(graph: Graph, s: WalkSettings = WalkSettings()) -> Walk:
     return walk
 
 
+@njit(cache=True, inline="always")
+def _is_set(bitset, v):
+    return (bitset[v >> 6] >> np.uint64(v & 63)) & np.uint64(1)
+
+
 @njit(cache=True)
 def _walk(indptr, indices, weights, starts, max_run_len):
     n = len(indptr) - 1
-    visited = np.zeros(n, dtype=np.bool_)
+    # A bitset, not a bool per node: 1.25 MB at 10M documents stays in cache for the random checks.
+    visited = np.zeros((n >> 6) + 1, dtype=np.uint64)
     order = np.empty(n, dtype=np.int64)
     run = np.empty(n, dtype=np.int64)
     jump = np.zeros(n, dtype=np.bool_)
     sim = np.full(n, np.nan, dtype=np.float32)
-    # Per node, the first neighbour slot not yet known to be visited: each slot is passed once.
-    cursor = indptr[:-1].copy()
+    # Per node, the first neighbour slot not yet known to be visited (each slot is passed once),
+    # beside the row's end: the walk chases pointers, and one cache line holds both.
+    cursor = np.empty((n, 2), dtype=np.int64)
+    cursor[:, 0] = indptr[:-1]
+    cursor[:, 1] = indptr[1:]
     next_start = 0
     pos = 0
     r = -1
     while pos < n:
-        while visited[starts[next_start]]:
+        while _is_set(visited, starts[next_start]):
             next_start += 1
         u = starts[next_start]
         r += 1
-        visited[u] = True
+        visited[u >> 6] |= np.uint64(1) << np.uint64(u & 63)
         order[pos] = u
         run[pos] = r
         jump[pos] = pos > 0
@@ -414,15 +507,15 @@ def _walk(indptr, indices, weights, starts, max_run_len):
         while True:
             if max_run_len > 0 and length >= max_run_len:
                 break
-            j = cursor[u]
-            end = indptr[u + 1]
-            while j < end and visited[indices[j]]:
+            j = cursor[u, 0]
+            end = cursor[u, 1]
+            while j < end and _is_set(visited, indices[j]):
                 j += 1
-            cursor[u] = j
+            cursor[u, 0] = j
             if j == end:
                 break
             v = indices[j]  # rows are sorted by weight desc: the first unvisited is the most similar
-            visited[v] = True
+            visited[v >> 6] |= np.uint64(1) << np.uint64(v & 63)
             order[pos] = v
             run[pos] = r
             sim[pos] = weights[j]

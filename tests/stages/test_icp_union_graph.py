@@ -127,6 +127,19 @@ def test_same_graph_as_before_on_random_lists(n, k, seed):
     assert_same(core.union_graph(ids, sims, directed=True, use_top=max(1, k // 2)),
                 old_union_graph(ids, sims, directed=True, use_top=max(1, k // 2)))
     assert_same(core.union_graph(ids.astype(np.int32), sims), old_union_graph(ids, sims))  # narrow ids
+    # many fill batches per chunk and many destination blocks: the bucketed fill's edge cases
+    assert_same(core.union_graph(ids, sims, keep=keep, chunk_rows=29, batch_rows=7, block_rows_log2=2),
+                old_union_graph(ids, sims, keep=keep))
+
+
+@pytest.mark.parametrize("n,seed", [(1, 0), (9, 1), (5000, 2)])
+def test_start_order_is_the_degree_lexsort(n, seed):
+    """The O(N) start order is the paper's: degree ascending, ties in a seeded random order."""
+    degree = np.random.default_rng(seed).integers(0, 6, size=n)
+    degree[: n // 50] = 4000  # a few hubs
+    tiebreak = np.random.default_rng(seed + 10).permutation(n)
+    expected = np.lexsort((tiebreak, degree))
+    assert np.array_equal(core.start_order(degree, seed + 10, "min_degree"), expected)
 
 
 def test_lists_read_from_npy_files_chunk_by_chunk(tmp_path):
@@ -136,6 +149,10 @@ def test_lists_read_from_npy_files_chunk_by_chunk(tmp_path):
     lists = core.KnnLists(str(tmp_path / "ids.npy"), str(tmp_path / "sims.npy"))
     assert (lists.n, lists.k) == (3000, 16)
     assert_same(core.union_graph(lists, None, chunk_rows=256), old_union_graph(ids, sims))
+    truncated = tmp_path / "truncated.npy"
+    truncated.write_bytes((tmp_path / "sims.npy").read_bytes()[:-100])
+    with pytest.raises(ValueError, match="ends early"):
+        core.union_graph(core.KnnLists(str(tmp_path / "ids.npy"), str(truncated)), None)
     np.save(tmp_path / "short.npy", sims[:10])
     with pytest.raises(ValueError, match="disagree"):
         core.KnnLists(str(tmp_path / "ids.npy"), str(tmp_path / "short.npy"))
