@@ -54,6 +54,30 @@ def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield batch
 
 
+def _computed_ahead(stage, batches: Iterator[list[dict]], counter: StageCounter) -> Iterator[tuple]:
+    """(batch, results) in order, batch k + 1 computed in a thread while the caller consumes batch
+    k's records; the batches themselves are read here, in the caller's thread. ``counter.seconds``
+    gets the time spent waiting for results, what the stage cost the step."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="longforge-ahead") as pool:
+        pending = None
+        for batch in batches:
+            job = (batch, pool.submit(stage.process_batch, batch))
+            if pending is not None:
+                yield _wait(pending, counter)
+            pending = job
+        if pending is not None:
+            yield _wait(pending, counter)
+
+
+def _wait(job: tuple, counter: StageCounter) -> tuple:
+    t0 = time.perf_counter()
+    results = job[1].result()
+    counter.seconds += time.perf_counter() - t0
+    return job[0], results
+
+
 def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: StageCounter,
                        removed: list[dict], checkpoints: BatchCheckpoints | None = None,
                        sides: dict[str, list[dict]] | None = None) -> Iterator[dict]:
@@ -62,14 +86,20 @@ def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: Stage
     computed again. Side-table rows go to ``sides`` (table -> rows)."""
     stage = ps.stage
     res = stage.resources()
-    for k, batch in enumerate(_batches(records, res.batch_size)):
-        t0 = time.perf_counter()
-        results = checkpoints.load(ps.label, k, batch) if checkpoints is not None and res.model else None
-        if results is None:
-            results = stage.process_batch(batch)
-            if checkpoints is not None and res.model:
-                checkpoints.save(ps.label, k, batch, results)
-        counter.seconds += time.perf_counter() - t0
+    batches = _batches(records, res.batch_size)
+    if res.ahead and not res.model:
+        batches = _computed_ahead(stage, batches, counter)
+    for k, batch in enumerate(batches):
+        if isinstance(batch, tuple):  # (batch, results) from the thread
+            batch, results = batch
+        else:
+            t0 = time.perf_counter()
+            results = checkpoints.load(ps.label, k, batch) if checkpoints is not None and res.model else None
+            if results is None:
+                results = stage.process_batch(batch)
+                if checkpoints is not None and res.model:
+                    checkpoints.save(ps.label, k, batch, results)
+            counter.seconds += time.perf_counter() - t0
         for rec, outcomes in zip(batch, results, strict=True):
             counter.n_in += 1
             before = counter.n_out
@@ -232,11 +262,13 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
     for name, schema in step_side_tables(step).items():
         write_parquet_atomic(cast_table((sides or {}).get(name, []), schema.arrow), side_file(plan, step, name, i),
                              compression="zstd")
-    write_parquet_atomic(cast_table(rows, step.out_schema.arrow), files["records"], compression="lz4")
+    feeds = step.feeds.stage if step.feeds is not None else None
+    table = cast_table(rows, step.out_schema.arrow)
+    if not isinstance(feeds, GroupStage):  # a group step reads its parts, never these records
+        write_parquet_atomic(table, files["records"], compression="lz4")
     write_parquet_atomic(pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA), files["removed"], compression="lz4")
     counters = list(counters)
     extra: dict = {}
-    feeds = step.feeds.stage if step.feeds is not None else None
     if isinstance(feeds, CollectionStage | GlobalStage):
         ensure_setup(feeds, services(plan))
         seconds = (write_keys(plan, step, i, rows) if isinstance(feeds, CollectionStage)
@@ -252,7 +284,7 @@ def finish_segment_shard(plan: Plan, step: Step, i: int, rows: list[dict], count
         counters.append(fed)
     elif isinstance(feeds, GroupStage):
         ensure_setup(feeds, services(plan))
-        parts, seconds = group_step.write_parts(plan, step, i, rows)
+        parts, seconds = group_step.write_parts(plan, step, i, rows, table)
         extra["parts"] = {str(p): g for p, g in parts.items()}
         fed = StageCounter(step.index + 1, step.feeds.label, step.feeds.shape)
         fed.seconds = seconds

@@ -20,7 +20,7 @@ from pipelines.layout import read_marker, shard_files, side_file, side_tables, s
 from pipelines.plan import Plan
 from schemas import RecordSchema, cast_table
 from schemas.files import write_parquet_atomic
-from schemas.tables import is_numeric_list, sort_by_id
+from schemas.tables import is_numeric_list, sort_by_id, take_rows
 
 
 def record_digest(rec: dict) -> bytes:
@@ -131,7 +131,7 @@ def spill_shard(plan: Plan, i: int, files: OutputFiles) -> dict[int, int]:
     table = pq.read_table(shard_files(plan, plan.record_steps[-1], i)["records"])
     which = files.files_of(file_labels(plan, table), table.column("id").to_pylist())
     order = np.argsort(which, kind="stable")
-    table, which = table.take(pa.array(order)), which[order]
+    table, which = take_rows(table, order), which[order]
     return write_row_groups(table, which, files.count, publish_dir(plan) / f"spill-{i:05d}.parquet")
 
 

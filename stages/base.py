@@ -106,6 +106,10 @@ class Resources:
     batch_size: int = 256
     device: str = "cpu"
     model: bool = False
+    #: ``process_batch`` spends its time in a library that releases the GIL (a Rust tokenizer):
+    #: the engine computes the next batch in a thread while this one's records go down the
+    #: stages after it, so those stages cost no wall time on a machine with a second core.
+    ahead: bool = False
 
 
 @dataclass(frozen=True)
@@ -291,6 +295,9 @@ class GroupStage(Stage):
 
     shape = "per-group"
     expands = True
+    #: True: numeric list fields (token ids) reach ``build`` as numpy views of the gathered
+    #: partition, not lists of Python ints (a stage that only slices, copies or writes them).
+    arrays: bool = False
 
     def group_of(self, record: dict) -> tuple[str, int]:
         """(group key, place of the record within its group)."""

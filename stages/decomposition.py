@@ -32,6 +32,7 @@ from stages.base import (
     Measured,
     Outcome,
     RecordStage,
+    Resources,
     SideRow,
     StageParams,
 )
@@ -69,6 +70,10 @@ class TokenizeIds(RecordStage):
             return schema
         return RecordSchema(schema.name.replace("+ids", "+ids-text"), schema.version,
                             tuple(f for f in schema.fields if f.name != "text"), schema.doc, schema.key)
+
+    def resources(self) -> Resources:
+        # The Rust tokenizer releases the GIL: the next batch is encoded while this one is cut.
+        return Resources(batch_size=256, ahead=True)
 
     def process(self, record: dict):
         return iter(self.process_batch([record])[0])
@@ -186,6 +191,7 @@ class BucketFiles(GroupStage):
     name = "bucket_files"
     Params = BucketFilesParams
     input_schema = SEQUENCE
+    arrays = True
 
     def group_of(self, record: dict) -> tuple[str, int]:
         return f"D{int(record['bucket']):02d}", 0
@@ -207,7 +213,7 @@ def write_bucket_files(records: list[dict], folder: Path) -> None:
     tmp = folder / f"tokens.bin.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         for r in records:
-            f.write(np.asarray(r["input_ids"], dtype="<i4").tobytes())
+            np.asarray(r["input_ids"], dtype="<i4").tofile(f)
     os.replace(tmp, folder / "tokens.bin")
     index = pa.table({"seq_id": [r["id"] for r in records], "start": ends - lengths, "end": ends,
                       "doc_id": [r["doc_id"] for r in records], "doc_offset": [r["doc_offset"] for r in records]},
@@ -309,6 +315,7 @@ class ConcatChunk(GroupStage):
     name = "concat_chunk"
     Params = ConcatChunkParams
     input_schema = TOKEN_IDS_RECORD
+    arrays = True
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         from schemas import CHUNK
