@@ -19,7 +19,7 @@ from pipelines.accounting import jsonable
 from pipelines.layout import read_marker, shard_files, side_file, side_tables, step_dir
 from pipelines.plan import Plan
 from schemas import RecordSchema, cast_table
-from schemas.files import write_parquet_atomic
+from schemas.files import dictionary_columns, write_parquet_atomic
 from schemas.tables import is_numeric_list, sort_by_id, take_rows
 
 
@@ -204,7 +204,8 @@ def write_row_groups(table: pa.Table, which: np.ndarray, n: int, path: Path) -> 
     groups: dict[int, int] = {}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with pq.ParquetWriter(str(tmp), table.schema, compression="lz4") as writer:
+    with pq.ParquetWriter(str(tmp), table.schema, compression="lz4",
+                          use_dictionary=dictionary_columns(table.schema)) as writer:
         for j in range(n):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             if hi > lo:
