@@ -189,6 +189,8 @@ class DedupParams(StageParams):
         0.95, gt=0, le=1.0,
         description="drop a document at least this similar to an earlier kept neighbour "
         "[UNVERIFIED: the paper gives no value]")
+    graph_threads: int = Field(1, ge=0, description="threads that build the union graph (0: every core); "
+                               "the graph is the same for any number")
 
 
 @register
@@ -206,7 +208,7 @@ class IcpDedup(GlobalStage):
         sorted_, order = _by_id(summaries)
         ids = sorted_.column("id").to_pylist()
         idx, sims = _neighbours(sorted_, ids)
-        graph = core.union_graph(idx, sims)
+        graph = core.union_graph(idx, sims, threads=self.params.graph_threads)
         keep, dup_of, dup_sim = core.semantic_dedup(graph, self.params.threshold)
         row_of = order.tolist()
         dropped = {row_of[i]: Dropped(ids[i], "semantic duplicate", f"cosine {dup_sim[i]:.4f} with {ids[dup_of[i]]}")
@@ -232,6 +234,8 @@ class OrderParams(StageParams):
                               "have character-3-gram Jaccard > ngram_threshold with the previous kept one [code]")
     ngram_threshold: float = Field(0.85, gt=0, le=1.0)
     random_baseline_seed: int = Field(1, description="seed of the random order the metrics compare against")
+    graph_threads: int = Field(1, ge=0, description="threads that build the union graph (0: every core); "
+                               "the graph is the same for any number")
 
 
 @register
@@ -263,7 +267,8 @@ class IcpOrder(GlobalStage):
         sorted_, row_of = _by_id(summaries)
         ids = sorted_.column("id").to_pylist()
         idx, sims = _neighbours(sorted_, ids)
-        graph = core.union_graph(idx, sims, directed=p.use_top is not None, use_top=p.use_top)
+        graph = core.union_graph(idx, sims, directed=p.use_top is not None, use_top=p.use_top,
+                                 threads=p.graph_threads)
         walk = core.greedy_walk(graph, core.WalkSettings(self.seed, p.start, p.max_run_len, p.merge_short_runs))
         order = walk.order
         dropped: dict[int, Dropped] = {}

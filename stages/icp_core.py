@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 
 try:  # numba makes the sequential walk fast; the pure-Python fallback gives the same answer
-    from numba import njit
+    from numba import njit, prange
 except ImportError:  # pragma: no cover - numba is a declared dependency
     def njit(*args, **kwargs):
         return args[0] if args and callable(args[0]) else (lambda f: f)
+
+    prange = range
 
 
 # -- kNN ---------------------------------------------------------------------------------------
@@ -191,14 +193,16 @@ def _read_into(f, buf: np.ndarray, path: str) -> np.ndarray:
 
 def union_graph(nbr_ids, nbr_sims, keep: np.ndarray | None = None, directed: bool = False,
                 use_top: int | None = None, chunk_rows: int = 1 << 20, batch_rows: int = 1 << 18,
-                block_rows_log2: int = 14) -> Graph:
+                block_rows_log2: int = 14, threads: int = 1) -> Graph:
     """Edge (u, v) if v in N(u) or u in N(v), weight = similarity (the larger if both) [paper].
     ``directed=True`` with ``use_top`` gives the reference code's view: only u's own top lists.
 
     O(N k) time and memory in three compiled passes over the lists, chunk by chunk: count each
-    row's half-edges, fill them into one int32 id array and one float32 weight array, then sort
-    and merge each row in place (its result never outgrows its slot). Peak memory is those two
-    arrays (8 bytes a half-edge) plus one chunk of the lists; the lists may be ``.npy`` paths.
+    row's half-edges, fill them as packed (id, weight) keys into one uint64 array, then sort and
+    merge each row in place (its result never outgrows its slot). Peak memory is that array (8
+    bytes a half-edge) plus one chunk of the lists; the lists may be ``.npy`` paths. ``threads``
+    (0: every core) split the rows into ranges, each counted, filled and merged by one thread
+    (which reads every list, writes only its rows); the graph is the same for any number.
     ``batch_rows`` and ``block_rows_log2`` tune the fill (see :func:`_fill_edges`), not the graph."""
     lists = nbr_ids if isinstance(nbr_ids, KnnLists) else KnnLists(nbr_ids, nbr_sims)
     n = lists.n
@@ -206,6 +210,7 @@ def union_graph(nbr_ids, nbr_sims, keep: np.ndarray | None = None, directed: boo
         raise ValueError("more than 2^31 documents: partition the corpus (spec 6) and walk the parts")
     top = lists.k if use_top is None else min(use_top, lists.k)
     keep_arr = np.ones(n, dtype=np.bool_) if keep is None else np.ascontiguousarray(keep, dtype=np.bool_)
+    ranges = row_ranges(n, threads)
 
     def prepared():
         for a, ids, sims in lists.chunks(chunk_rows):
@@ -213,7 +218,7 @@ def union_graph(nbr_ids, nbr_sims, keep: np.ndarray | None = None, directed: boo
 
     counts = np.zeros(n + 1, dtype=np.int64)
     for a, ids, sims in prepared():
-        _count_edges(ids, sims, a, keep_arr, directed, counts)
+        _count_edges(ids, sims, a, keep_arr, directed, counts, ranges)
     indptr = np.cumsum(counts)
     width = int(counts.max()) if n else 0
     del counts
@@ -221,82 +226,106 @@ def union_graph(nbr_ids, nbr_sims, keep: np.ndarray | None = None, directed: boo
     # touch one array, not two, and the merge sorts the keys where they lie.
     edges = np.empty(indptr[-1], dtype=np.uint64)
     fill = indptr[:-1].copy()
-    # The reverse half-edges of one batch of rows, bucketed by destination block.
+    # Per thread, the reverse half-edges of one batch of rows, bucketed by destination block.
     batch_rows = max(1, min(batch_rows, chunk_rows, n))
-    buf_dest = np.empty(batch_rows * top if not directed else 0, dtype=np.int32)
-    buf_key = np.empty(len(buf_dest), dtype=np.uint64)
+    buf_dest = np.empty((len(ranges) - 1, batch_rows * top if not directed else 0), dtype=np.int32)
+    buf_key = np.empty(buf_dest.shape, dtype=np.uint64)
     for a, ids, sims in prepared():
-        _fill_edges(ids, sims, a, keep_arr, directed, fill, edges, buf_dest, buf_key, batch_rows, block_rows_log2)
+        _fill_edges(ids, sims, a, keep_arr, directed, fill, edges, buf_dest, buf_key, batch_rows, block_rows_log2,
+                    ranges)
     del fill, buf_dest, buf_key
-    nnz = _finish_rows(indptr, edges, width)
+    nnz = _finish_rows(indptr, edges, width, ranges)
     # Each merged edge is an (int32 id, float32 weight) pair in its uint64 slot: the graph's arrays
     # are strided views of it (no second copy; a row's ids and weights share cache lines).
     pairs = edges[:nnz].view(np.int32)
     return Graph(indptr, pairs[0::2], pairs[1::2].view(np.float32))
 
 
-@njit(cache=True)
-def _count_edges(ids, sims, first, keep, directed, counts):
+def row_ranges(n: int, threads: int) -> np.ndarray:
+    """Bounds of ``threads`` contiguous row ranges (0: as many as numba has threads)."""
+    import numba
+
+    t = numba.get_num_threads() if threads <= 0 else min(threads, numba.config.NUMBA_NUM_THREADS)
+    t = max(1, min(t, n))
+    return np.linspace(0, n, t + 1).astype(np.int64)
+
+
+@njit(cache=True, parallel=True)
+def _count_edges(ids, sims, first, keep, directed, counts, ranges):
     rows, k = ids.shape
-    for r in range(rows):
-        u = first + r
-        if not keep[u]:
-            continue
-        for j in range(k):
-            v = ids[r, j]
-            if v < 0 or v == u or not keep[v] or sims[r, j] != sims[r, j]:
+    for t in prange(len(ranges) - 1):
+        lo, hi = ranges[t], ranges[t + 1]
+        for r in range(rows):
+            u = first + r
+            if not keep[u]:
                 continue
-            counts[u + 1] += 1
-            if not directed:
-                counts[v + 1] += 1
+            own = lo <= u < hi
+            if directed and not own:
+                continue
+            for j in range(k):
+                v = ids[r, j]
+                if v < 0 or v == u or not keep[v] or sims[r, j] != sims[r, j]:
+                    continue
+                if own:
+                    counts[u + 1] += 1
+                if not directed and lo <= v < hi:
+                    counts[v + 1] += 1
 
 
-@njit(cache=True)
-def _fill_edges(ids, sims, first, keep, directed, fill, edges, buf_dest, buf_key, batch, block_log2):
-    """Each half-edge as the key (id, weight descending) in its row's next free slot. A row's own
-    list goes straight to its slots (sequential writes); the reverse half-edges of ``batch`` rows,
-    bound for random rows, are first bucketed by destination block (2^block_log2 rows: their
-    counters fit a core's L2), then written a block at a time: 7.8 s -> 4.8 s at 10M."""
+@njit(cache=True, parallel=True)
+def _fill_edges(ids, sims, first, keep, directed, fill, edges, buf_dest, buf_key, batch, block_log2, ranges):
+    """Each half-edge as the key (id, weight descending) in its row's next free slot, by the
+    thread that owns the row. A row's own list goes straight to its slots (sequential writes);
+    the reverse half-edges of ``batch`` rows, bound for random rows, are first bucketed by
+    destination block (2^block_log2 rows: their counters fit a core's L2), then written a block
+    at a time: 7.8 s -> 4.8 s at 10M on one thread."""
     rows, k = ids.shape
     bits = sims.view(np.uint32)
-    n_blocks = ((len(fill) - 1) >> block_log2) + 1
-    starts = np.empty(n_blocks + 1, dtype=np.int64)
-    for r0 in range(0, rows, batch):
-        r1 = min(rows, r0 + batch)
-        starts[:] = 0
-        for r in range(r0, r1):
-            u = first + r
-            if not keep[u]:
-                continue
-            for j in range(k):
-                v = ids[r, j]
-                if v < 0 or v == u or not keep[v] or sims[r, j] != sims[r, j]:
+    for t in prange(len(ranges) - 1):
+        lo, hi = ranges[t], ranges[t + 1]
+        first_block = lo >> block_log2
+        n_blocks = ((hi - 1) >> block_log2) - first_block + 1 if hi > lo else 0
+        starts = np.empty(n_blocks + 1, dtype=np.int64)
+        for r0 in range(0, rows, batch):
+            r1 = min(rows, r0 + batch)
+            starts[:] = 0
+            for r in range(r0, r1):
+                u = first + r
+                if not keep[u]:
                     continue
-                edges[fill[u]] = (np.uint64(v) << np.uint64(32)) | (_desc_key(bits[r, j], 0) >> np.uint64(32))
-                fill[u] += 1
-                if not directed:
-                    starts[(v >> block_log2) + 1] += 1
-        if directed:
-            continue
-        for blk in range(n_blocks):
-            starts[blk + 1] += starts[blk]
-        put = starts[:-1].copy()
-        for r in range(r0, r1):
-            u = first + r
-            if not keep[u]:
-                continue
-            for j in range(k):
-                v = ids[r, j]
-                if v < 0 or v == u or not keep[v] or sims[r, j] != sims[r, j]:
+                own = lo <= u < hi
+                if directed and not own:
                     continue
-                blk = v >> block_log2
-                buf_dest[put[blk]] = v
-                buf_key[put[blk]] = (np.uint64(u) << np.uint64(32)) | (_desc_key(bits[r, j], 0) >> np.uint64(32))
-                put[blk] += 1
-        for t in range(starts[n_blocks]):
-            v = buf_dest[t]
-            edges[fill[v]] = buf_key[t]
-            fill[v] += 1
+                for j in range(k):
+                    v = ids[r, j]
+                    if v < 0 or v == u or not keep[v] or sims[r, j] != sims[r, j]:
+                        continue
+                    if own:
+                        edges[fill[u]] = (np.uint64(v) << np.uint64(32)) | (_desc_key(bits[r, j], 0) >> np.uint64(32))
+                        fill[u] += 1
+                    if not directed and lo <= v < hi:
+                        starts[(v >> block_log2) - first_block + 1] += 1
+            if directed:
+                continue
+            for blk in range(n_blocks):
+                starts[blk + 1] += starts[blk]
+            put = starts[:-1].copy()
+            for r in range(r0, r1):
+                u = first + r
+                if not keep[u]:
+                    continue
+                for j in range(k):
+                    v = ids[r, j]
+                    if v < lo or v >= hi or v == u or not keep[v] or sims[r, j] != sims[r, j]:
+                        continue
+                    blk = (v >> block_log2) - first_block
+                    buf_dest[t, put[blk]] = v
+                    buf_key[t, put[blk]] = (np.uint64(u) << np.uint64(32)) | (_desc_key(bits[r, j], 0) >> np.uint64(32))
+                    put[blk] += 1
+            for q in range(starts[n_blocks]):
+                v = buf_dest[t, q]
+                edges[fill[v]] = buf_key[t, q]
+                fill[v] += 1
 
 
 @njit(cache=True, inline="always")
@@ -330,50 +359,65 @@ def _sort_small(a, m):
         a[j + 1] = x
 
 
-@njit(cache=True)
-def _finish_rows(indptr, edges, width):
+@njit(cache=True, parallel=True)
+def _finish_rows(indptr, edges, width, ranges):
     """Per row, in place: one sort of its (weight desc, id) keys, then each neighbour's first
     (heaviest) edge kept, found with a small hash table of the row's ids, written back from the
     row's start as (int32 id, float32 weight) pairs; the rows before never pass it (a merged row
-    is no longer than its slot). ``indptr`` becomes the merged rows' offsets; returns the number
-    of edges kept."""
-    n = len(indptr) - 1
-    by_w = np.empty(width, dtype=np.uint64)
+    is no longer than its slot). Each thread compacts its range of rows within the range; the
+    ranges are then moved together. ``indptr`` becomes the merged rows' offsets; returns the
+    number of edges kept."""
+    n_ranges = len(ranges) - 1
+    begin = np.empty(n_ranges, dtype=np.int64)
+    for t in range(n_ranges):
+        begin[t] = indptr[ranges[t]]  # before any thread rewrites its rows' offsets
+    ends = np.empty(n_ranges, dtype=np.int64)
     size = 64
     while size < 2 * width:
         size *= 2
-    slot_id = np.empty(size, dtype=np.uint32)
-    slot_row = np.full(size, -1, dtype=np.int64)  # a slot is taken in row u iff slot_row == u
     mask32 = np.uint64(0xFFFFFFFF)
-    at = 0
-    a = indptr[0]
-    for u in range(n):
-        b = indptr[u + 1]
-        d = b - a
-        for t in range(d):
-            key = edges[a + t]
-            by_w[t] = ((key & mask32) << np.uint64(32)) | (key >> np.uint64(32))
-        _sort_small(by_w, d)
-        m = 0
-        for j in range(d):
-            v = np.uint32(by_w[j] & mask32)
-            h = (v * np.uint32(2654435769)) & np.uint32(size - 1)
-            seen = False
-            while slot_row[h] == u:
-                if slot_id[h] == v:
-                    seen = True
-                    break
-                h = (h + np.uint32(1)) & np.uint32(size - 1)
-            if seen:
-                continue  # a lighter (or equal) copy of an edge already kept
-            slot_row[h] = u
-            slot_id[h] = v
-            # little-endian pair: id in the low half, weight bits in the high
-            edges[at + m] = (np.uint64(_bits_of(by_w[j])) << np.uint64(32)) | np.uint64(v)
-            m += 1
-        at += m
-        a = b
-        indptr[u + 1] = at
+    for t in prange(n_ranges):
+        by_w = np.empty(width, dtype=np.uint64)
+        slot_id = np.empty(size, dtype=np.uint32)
+        slot_row = np.full(size, -1, dtype=np.int64)  # a slot is taken in row u iff slot_row == u
+        at = begin[t]
+        a = begin[t]
+        for u in range(ranges[t], ranges[t + 1]):
+            b = indptr[u + 1]
+            d = b - a
+            for q in range(d):
+                key = edges[a + q]
+                by_w[q] = ((key & mask32) << np.uint64(32)) | (key >> np.uint64(32))
+            _sort_small(by_w, d)
+            m = 0
+            for j in range(d):
+                v = np.uint32(by_w[j] & mask32)
+                h = (v * np.uint32(2654435769)) & np.uint32(size - 1)
+                seen = False
+                while slot_row[h] == u:
+                    if slot_id[h] == v:
+                        seen = True
+                        break
+                    h = (h + np.uint32(1)) & np.uint32(size - 1)
+                if seen:
+                    continue  # a lighter (or equal) copy of an edge already kept
+                slot_row[h] = u
+                slot_id[h] = v
+                # little-endian pair: id in the low half, weight bits in the high
+                edges[at + m] = (np.uint64(_bits_of(by_w[j])) << np.uint64(32)) | np.uint64(v)
+                m += 1
+            at += m
+            a = b
+            indptr[u + 1] = at
+        ends[t] = at
+    at = ends[0] if n_ranges else 0
+    for t in range(1, n_ranges):  # move each range's rows down to the end of the one before
+        shift = begin[t] - at
+        for q in range(begin[t], ends[t]):
+            edges[q - shift] = edges[q]
+        for u in range(ranges[t], ranges[t + 1]):
+            indptr[u + 1] -= shift
+        at += ends[t] - begin[t]
     return at
 
 
@@ -434,11 +478,12 @@ def start_order(degree: np.ndarray, seed: int, start: str) -> np.ndarray:
     (a stable counting sort by degree of the nodes in that order: O(N), where a lexsort took
     3 s at 10M documents)."""
     n = len(degree)
+    dtype = np.int32 if n < 2**31 else np.int64  # the walk holds it: the narrowest that fits
     if start == "first_unvisited":
-        return np.arange(n, dtype=np.int64)
+        return np.arange(n, dtype=dtype)
     tiebreak = np.random.default_rng(seed).permutation(n)
-    by_tiebreak = np.empty(n, dtype=np.int64)
-    by_tiebreak[tiebreak] = np.arange(n, dtype=np.int64)
+    by_tiebreak = np.empty(n, dtype=dtype)
+    by_tiebreak[tiebreak] = np.arange(n, dtype=dtype)
     return _stable_by_degree(np.ascontiguousarray(degree, dtype=np.int64), by_tiebreak)
 
 
@@ -453,7 +498,7 @@ def _stable_by_degree(degree, nodes):
         first[degree[u] + 1] += 1
     for d in range(top + 1):
         first[d + 1] += first[d]
-    out = np.empty(n, dtype=np.int64)
+    out = np.empty(n, dtype=nodes.dtype)
     for t in range(n):
         u = nodes[t]
         out[first[degree[u]]] = u

@@ -130,6 +130,12 @@ def test_same_graph_as_before_on_random_lists(n, k, seed):
     # many fill batches per chunk and many destination blocks: the bucketed fill's edge cases
     assert_same(core.union_graph(ids, sims, keep=keep, chunk_rows=29, batch_rows=7, block_rows_log2=2),
                 old_union_graph(ids, sims, keep=keep))
+    # rows split among threads (ranges that start mid-block, more threads than rows for tiny n)
+    for threads in (2, 3):
+        assert_same(core.union_graph(ids, sims, keep=keep, chunk_rows=31, batch_rows=5, block_rows_log2=3,
+                                     threads=threads), old_union_graph(ids, sims, keep=keep))
+        assert_same(core.union_graph(ids, sims, directed=True, use_top=max(1, k // 2), threads=threads),
+                    old_union_graph(ids, sims, directed=True, use_top=max(1, k // 2)))
 
 
 @pytest.mark.parametrize("n,seed", [(1, 0), (9, 1), (5000, 2)])
