@@ -250,12 +250,76 @@ def row_ranges(n: int, threads: int) -> np.ndarray:
     return np.linspace(0, n, t + 1).astype(np.int64)
 
 
+# Each pass is a plain compiled function over one range of rows, called directly for one thread
+# and from a prange over the ranges for more: numba's parallel lowering of the same loop body
+# inline ran a quarter slower on one thread.
+
+
+def _count_edges(ids, sims, first, keep, directed, counts, ranges) -> None:
+    if len(ranges) == 2:
+        _count_range(ids, sims, first, keep, directed, counts, ranges[0], ranges[1])
+    else:
+        _count_parallel(ids, sims, first, keep, directed, counts, ranges)
+
+
 @njit(cache=True, parallel=True)
-def _count_edges(ids, sims, first, keep, directed, counts, ranges):
-    rows, k = ids.shape
+def _count_parallel(ids, sims, first, keep, directed, counts, ranges):
     for t in prange(len(ranges) - 1):
-        lo, hi = ranges[t], ranges[t + 1]
-        for r in range(rows):
+        _count_range(ids, sims, first, keep, directed, counts, ranges[t], ranges[t + 1])
+
+
+def _fill_edges(ids, sims, first, keep, directed, fill, edges, buf_dest, buf_key, batch, block_log2, ranges) -> None:
+    if len(ranges) == 2:
+        _fill_range(ids, sims, first, keep, directed, fill, edges, buf_dest[0], buf_key[0], batch, block_log2,
+                    ranges[0], ranges[1])
+    else:
+        _fill_parallel(ids, sims, first, keep, directed, fill, edges, buf_dest, buf_key, batch, block_log2, ranges)
+
+
+@njit(cache=True, parallel=True)
+def _fill_parallel(ids, sims, first, keep, directed, fill, edges, buf_dest, buf_key, batch, block_log2, ranges):
+    for t in prange(len(ranges) - 1):
+        _fill_range(ids, sims, first, keep, directed, fill, edges, buf_dest[t], buf_key[t], batch, block_log2,
+                    ranges[t], ranges[t + 1])
+
+
+@njit(cache=True)
+def _count_range(ids, sims, first, keep, directed, counts, lo, hi):
+    """Half-edges per row (into ``counts[u + 1]``) of the rows lo..hi-1."""
+    rows, k = ids.shape
+    for r in range(rows):
+        u = first + r
+        if not keep[u]:
+            continue
+        own = lo <= u < hi
+        if directed and not own:
+            continue
+        for j in range(k):
+            v = ids[r, j]
+            if v < 0 or v == u or not keep[v] or sims[r, j] != sims[r, j]:
+                continue
+            if own:
+                counts[u + 1] += 1
+            if not directed and lo <= v < hi:
+                counts[v + 1] += 1
+
+
+@njit(cache=True)
+def _fill_range(ids, sims, first, keep, directed, fill, edges, buf_dest, buf_key, batch, block_log2, lo, hi):
+    """Each half-edge of the rows lo..hi-1 as the key (id, weight descending) in its row's next
+    free slot. A row's own list goes straight to its slots (sequential writes); the reverse
+    half-edges of ``batch`` rows, bound for random rows, are first bucketed by destination block
+    (2^block_log2 rows: their counters fit a core's L2), then written a block at a time: 7.8 s ->
+    4.8 s at 10M on one thread."""
+    rows, k = ids.shape
+    bits = sims.view(np.uint32)
+    first_block = lo >> block_log2
+    n_blocks = ((hi - 1) >> block_log2) - first_block + 1 if hi > lo else 0
+    starts = np.empty(n_blocks + 1, dtype=np.int64)
+    for r0 in range(0, rows, batch):
+        r1 = min(rows, r0 + batch)
+        starts[:] = 0
+        for r in range(r0, r1):
             u = first + r
             if not keep[u]:
                 continue
@@ -267,65 +331,31 @@ def _count_edges(ids, sims, first, keep, directed, counts, ranges):
                 if v < 0 or v == u or not keep[v] or sims[r, j] != sims[r, j]:
                     continue
                 if own:
-                    counts[u + 1] += 1
+                    edges[fill[u]] = (np.uint64(v) << np.uint64(32)) | (_desc_key(bits[r, j], 0) >> np.uint64(32))
+                    fill[u] += 1
                 if not directed and lo <= v < hi:
-                    counts[v + 1] += 1
-
-
-@njit(cache=True, parallel=True)
-def _fill_edges(ids, sims, first, keep, directed, fill, edges, buf_dest, buf_key, batch, block_log2, ranges):
-    """Each half-edge as the key (id, weight descending) in its row's next free slot, by the
-    thread that owns the row. A row's own list goes straight to its slots (sequential writes);
-    the reverse half-edges of ``batch`` rows, bound for random rows, are first bucketed by
-    destination block (2^block_log2 rows: their counters fit a core's L2), then written a block
-    at a time: 7.8 s -> 4.8 s at 10M on one thread."""
-    rows, k = ids.shape
-    bits = sims.view(np.uint32)
-    for t in prange(len(ranges) - 1):
-        lo, hi = ranges[t], ranges[t + 1]
-        first_block = lo >> block_log2
-        n_blocks = ((hi - 1) >> block_log2) - first_block + 1 if hi > lo else 0
-        starts = np.empty(n_blocks + 1, dtype=np.int64)
-        for r0 in range(0, rows, batch):
-            r1 = min(rows, r0 + batch)
-            starts[:] = 0
-            for r in range(r0, r1):
-                u = first + r
-                if not keep[u]:
-                    continue
-                own = lo <= u < hi
-                if directed and not own:
-                    continue
-                for j in range(k):
-                    v = ids[r, j]
-                    if v < 0 or v == u or not keep[v] or sims[r, j] != sims[r, j]:
-                        continue
-                    if own:
-                        edges[fill[u]] = (np.uint64(v) << np.uint64(32)) | (_desc_key(bits[r, j], 0) >> np.uint64(32))
-                        fill[u] += 1
-                    if not directed and lo <= v < hi:
-                        starts[(v >> block_log2) - first_block + 1] += 1
-            if directed:
+                    starts[(v >> block_log2) - first_block + 1] += 1
+        if directed:
+            continue
+        for blk in range(n_blocks):
+            starts[blk + 1] += starts[blk]
+        put = starts[:-1].copy()
+        for r in range(r0, r1):
+            u = first + r
+            if not keep[u]:
                 continue
-            for blk in range(n_blocks):
-                starts[blk + 1] += starts[blk]
-            put = starts[:-1].copy()
-            for r in range(r0, r1):
-                u = first + r
-                if not keep[u]:
+            for j in range(k):
+                v = ids[r, j]
+                if v < lo or v >= hi or v == u or not keep[v] or sims[r, j] != sims[r, j]:
                     continue
-                for j in range(k):
-                    v = ids[r, j]
-                    if v < lo or v >= hi or v == u or not keep[v] or sims[r, j] != sims[r, j]:
-                        continue
-                    blk = (v >> block_log2) - first_block
-                    buf_dest[t, put[blk]] = v
-                    buf_key[t, put[blk]] = (np.uint64(u) << np.uint64(32)) | (_desc_key(bits[r, j], 0) >> np.uint64(32))
-                    put[blk] += 1
-            for q in range(starts[n_blocks]):
-                v = buf_dest[t, q]
-                edges[fill[v]] = buf_key[t, q]
-                fill[v] += 1
+                blk = (v >> block_log2) - first_block
+                buf_dest[put[blk]] = v
+                buf_key[put[blk]] = (np.uint64(u) << np.uint64(32)) | (_desc_key(bits[r, j], 0) >> np.uint64(32))
+                put[blk] += 1
+        for q in range(starts[n_blocks]):
+            v = buf_dest[q]
+            edges[fill[v]] = buf_key[q]
+            fill[v] += 1
 
 
 @njit(cache=True, inline="always")
@@ -359,59 +389,76 @@ def _sort_small(a, m):
         a[j + 1] = x
 
 
-@njit(cache=True, parallel=True)
-def _finish_rows(indptr, edges, width, ranges):
+def _finish_rows(indptr, edges, width, ranges) -> int:
     """Per row, in place: one sort of its (weight desc, id) keys, then each neighbour's first
-    (heaviest) edge kept, found with a small hash table of the row's ids, written back from the
-    row's start as (int32 id, float32 weight) pairs; the rows before never pass it (a merged row
-    is no longer than its slot). Each thread compacts its range of rows within the range; the
-    ranges are then moved together. ``indptr`` becomes the merged rows' offsets; returns the
-    number of edges kept."""
-    n_ranges = len(ranges) - 1
-    begin = np.empty(n_ranges, dtype=np.int64)
-    for t in range(n_ranges):
-        begin[t] = indptr[ranges[t]]  # before any thread rewrites its rows' offsets
-    ends = np.empty(n_ranges, dtype=np.int64)
+    (heaviest) edge kept, written back from the row's start as (int32 id, float32 weight) pairs.
+    Each range of rows is compacted within itself (by its own thread), then the ranges are moved
+    together. ``indptr`` becomes the merged rows' offsets; returns the number of edges kept."""
+    begin = indptr[ranges[:-1]].copy()  # before any range rewrites its rows' offsets
+    if len(ranges) == 2:
+        ends = np.array([_finish_range(indptr, edges, width, ranges[0], ranges[1], begin[0])], dtype=np.int64)
+    else:
+        ends = _finish_parallel(indptr, edges, width, ranges, begin)
+    return _close_gaps(indptr, edges, ranges, begin, ends)
+
+
+@njit(cache=True, parallel=True)
+def _finish_parallel(indptr, edges, width, ranges, begin):
+    ends = np.empty(len(ranges) - 1, dtype=np.int64)
+    for t in prange(len(ranges) - 1):
+        ends[t] = _finish_range(indptr, edges, width, ranges[t], ranges[t + 1], begin[t])
+    return ends
+
+
+@njit(cache=True)
+def _finish_range(indptr, edges, width, lo, hi, begin):
+    """Rows lo..hi-1, compacted from ``begin`` (the first row's slot); returns where they end.
+    Duplicate neighbours are found with a small hash table of the row's ids; a merged row is no
+    longer than its slot, so the rows before never pass it."""
     size = 64
     while size < 2 * width:
         size *= 2
     mask32 = np.uint64(0xFFFFFFFF)
-    for t in prange(n_ranges):
-        by_w = np.empty(width, dtype=np.uint64)
-        slot_id = np.empty(size, dtype=np.uint32)
-        slot_row = np.full(size, -1, dtype=np.int64)  # a slot is taken in row u iff slot_row == u
-        at = begin[t]
-        a = begin[t]
-        for u in range(ranges[t], ranges[t + 1]):
-            b = indptr[u + 1]
-            d = b - a
-            for q in range(d):
-                key = edges[a + q]
-                by_w[q] = ((key & mask32) << np.uint64(32)) | (key >> np.uint64(32))
-            _sort_small(by_w, d)
-            m = 0
-            for j in range(d):
-                v = np.uint32(by_w[j] & mask32)
-                h = (v * np.uint32(2654435769)) & np.uint32(size - 1)
-                seen = False
-                while slot_row[h] == u:
-                    if slot_id[h] == v:
-                        seen = True
-                        break
-                    h = (h + np.uint32(1)) & np.uint32(size - 1)
-                if seen:
-                    continue  # a lighter (or equal) copy of an edge already kept
-                slot_row[h] = u
-                slot_id[h] = v
-                # little-endian pair: id in the low half, weight bits in the high
-                edges[at + m] = (np.uint64(_bits_of(by_w[j])) << np.uint64(32)) | np.uint64(v)
-                m += 1
-            at += m
-            a = b
-            indptr[u + 1] = at
-        ends[t] = at
-    at = ends[0] if n_ranges else 0
-    for t in range(1, n_ranges):  # move each range's rows down to the end of the one before
+    by_w = np.empty(width, dtype=np.uint64)
+    slot_id = np.empty(size, dtype=np.uint32)
+    slot_row = np.full(size, -1, dtype=np.int64)  # a slot is taken in row u iff slot_row == u
+    at = begin
+    a = begin
+    for u in range(lo, hi):
+        b = indptr[u + 1]
+        d = b - a
+        for q in range(d):
+            key = edges[a + q]
+            by_w[q] = ((key & mask32) << np.uint64(32)) | (key >> np.uint64(32))
+        _sort_small(by_w, d)
+        m = 0
+        for j in range(d):
+            v = np.uint32(by_w[j] & mask32)
+            h = (v * np.uint32(2654435769)) & np.uint32(size - 1)
+            seen = False
+            while slot_row[h] == u:
+                if slot_id[h] == v:
+                    seen = True
+                    break
+                h = (h + np.uint32(1)) & np.uint32(size - 1)
+            if seen:
+                continue  # a lighter (or equal) copy of an edge already kept
+            slot_row[h] = u
+            slot_id[h] = v
+            # little-endian pair: id in the low half, weight bits in the high
+            edges[at + m] = (np.uint64(_bits_of(by_w[j])) << np.uint64(32)) | np.uint64(v)
+            m += 1
+        at += m
+        a = b
+        indptr[u + 1] = at
+    return at
+
+
+@njit(cache=True)
+def _close_gaps(indptr, edges, ranges, begin, ends):
+    """Move each range's compacted rows down to the end of the range before; returns the total."""
+    at = ends[0] if len(ends) else 0
+    for t in range(1, len(ends)):
         shift = begin[t] - at
         for q in range(begin[t], ends[t]):
             edges[q - shift] = edges[q]
