@@ -86,6 +86,9 @@ class EmbedParams(StageParams):
     backend: Literal["torch", "onnx", "onnx-int8"] = Field(
         "torch", description="torch (sentence-transformers, CPU or CUDA), or ONNX Runtime on the CPU: onnx, or "
         "onnx-int8 (quantised weights; vectors within cosine 0.99 of torch's)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="torch backend: bf16 on CUDA and fp32 on the CPU (auto), or either by name; bf16 "
+        "vectors are within cosine 0.99 of fp32's and have an embedding cache of their own")
 
 
 @register
@@ -112,7 +115,7 @@ class IcpEmbed(RecordStage):
         from gpu_jobs.embed import EmbedSettings
 
         p: EmbedParams = self.params
-        return EmbedSettings(p.model, p.max_tokens, p.batch_size, p.device, p.backend)
+        return EmbedSettings(p.model, p.max_tokens, p.batch_size, p.device, p.backend, p.precision)
 
     def setup(self) -> None:
         from gpu_jobs.embed import Encoder

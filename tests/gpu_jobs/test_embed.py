@@ -98,3 +98,27 @@ def test_backends_keep_their_own_caches():
     keys = {EmbedSettings("minilm", backend=b).cache_key() for b in ("torch", "onnx", "onnx-int8")}
     assert len(keys) == 3
     assert EmbedSettings("minilm").cache_key() == EmbedSettings("minilm", backend="torch").cache_key()
+
+
+def test_bf16_agrees_with_fp32(mixed_texts):
+    """The CUDA path's precision (bf16, the default on a GPU), run here on the CPU with the same code:
+    per document within cosine 0.99 of fp32, the same token counts, its own cache."""
+    ref, ref_tok = Encoder(EmbedSettings("minilm", max_tokens=128, batch_size=16, device="cpu")).encode(mixed_texts)
+    enc = Encoder(EmbedSettings("minilm", max_tokens=128, batch_size=16, device="cpu", precision="bf16"))
+    assert enc.precision == "bf16"
+    vecs, tok = enc.encode(mixed_texts)
+    cos = (vecs * ref).sum(axis=1)
+    assert cos.min() >= 0.99, (float(cos.min()), int(cos.argmin()))
+    assert cos.mean() < 1.0 - 1e-6  # bf16 really ran: the vectors are not fp32's
+    assert (tok == ref_tok).all()
+    assert EmbedSettings("minilm", device="cpu", precision="bf16").cache_key() != EmbedSettings("minilm").cache_key()
+
+
+def test_precision_defaults_to_bf16_on_cuda_only():
+    from gpu_jobs.embed import torch_precision
+
+    assert torch_precision("auto", "cuda") == "bf16"
+    assert torch_precision("auto", "cpu") == "fp32"
+    assert torch_precision("fp32", "cuda") == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        torch_precision("fp16", "cpu")
