@@ -3,11 +3,11 @@ whole and in the stage's order.
 
 The segment before a group step writes each shard's records as ``parts-i.parquet`` (and no records
 file, which nothing would read), with the group key, the place in the group and the row, sorted by
-(partition, group, place, row) and one row group per partition (its marker says which). Task ``p`` of the group step reads partition
-``p``'s row group of every shard, so a worker holds one partition at a time, and calls ``build``
-for each group in key order. Partitions are the group step's shards: its records, removed records,
-side tables and markers have the layout of a segment's, and a killed run redoes only the
-partitions without a marker.
+(partition, group, place, row) and one row group per partition (its marker says which). Task ``p``
+of the group step reads partition ``p``'s row group of every shard, so a worker holds one partition
+at a time, and calls ``build`` for each group in key order. Partitions are the group step's
+shards: its records, removed records, side tables and markers have the layout of a segment's, and
+a killed run redoes only the partitions without a marker.
 """
 
 from __future__ import annotations
