@@ -54,6 +54,21 @@ def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield batch
 
 
+def _computed_here(ps: PlannedStage, batches: Iterator[list[dict]], counter: StageCounter,
+                   checkpoints: BatchCheckpoints | None) -> Iterator[tuple]:
+    """(batch, results) in order, computed in this thread; with ``checkpoints`` (a model stage), a
+    finished batch is read back, never computed again."""
+    for k, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        results = checkpoints.load(ps.label, k, batch) if checkpoints is not None else None
+        if results is None:
+            results = ps.stage.process_batch(batch)
+            if checkpoints is not None:
+                checkpoints.save(ps.label, k, batch, results)
+        counter.seconds += time.perf_counter() - t0
+        yield batch, results
+
+
 def _computed_ahead(stage, batches: Iterator[list[dict]], counter: StageCounter) -> Iterator[tuple]:
     """(batch, results) in order, batch k + 1 computed in a thread while the caller consumes batch
     k's records; the batches themselves are read here, in the caller's thread. ``counter.seconds``
@@ -84,22 +99,11 @@ def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: Stage
     """Run one per-record stage over a stream, in batches of the size it asks for, counting what it
     removes. A model stage's batches go through ``checkpoints``: a finished batch is read back, never
     computed again. Side-table rows go to ``sides`` (table -> rows)."""
-    stage = ps.stage
-    res = stage.resources()
+    res = ps.stage.resources()
     batches = _batches(records, res.batch_size)
-    if res.ahead and not res.model:
-        batches = _computed_ahead(stage, batches, counter)
-    for k, batch in enumerate(batches):
-        if isinstance(batch, tuple):  # (batch, results) from the thread
-            batch, results = batch
-        else:
-            t0 = time.perf_counter()
-            results = checkpoints.load(ps.label, k, batch) if checkpoints is not None and res.model else None
-            if results is None:
-                results = stage.process_batch(batch)
-                if checkpoints is not None and res.model:
-                    checkpoints.save(ps.label, k, batch, results)
-            counter.seconds += time.perf_counter() - t0
+    computed = (_computed_ahead(ps.stage, batches, counter) if res.ahead and not res.model
+                else _computed_here(ps, batches, counter, checkpoints if res.model else None))
+    for batch, results in computed:
         for rec, outcomes in zip(batch, results, strict=True):
             counter.n_in += 1
             before = counter.n_out

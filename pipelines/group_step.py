@@ -24,7 +24,7 @@ from pipelines.accounting import StageCounter, route_outcomes
 from pipelines.layout import previous_records, read_marker, shard_files
 from pipelines.plan import Plan, Step
 from pipelines.publish import bucket_of, write_row_groups
-from schemas.tables import is_numeric_list, take_rows
+from schemas.tables import is_numeric_list, list_row_views, sort_rows
 from stages.base import GroupStage
 
 _GROUP, _ORDER, _ROW, _SHARD = "__group", "__order", "__row", "__shard"
@@ -42,9 +42,8 @@ def write_parts(plan: Plan, step: Step, i: int, rows: list[dict], table: pa.Tabl
              .append_column(_ROW, pa.array(np.arange(len(rows)), pa.int64())))
     part = np.fromiter((bucket_of(k, n) for k, _ in keys), dtype=np.int64, count=len(keys))
     table = table.append_column("__part", pa.array(part, pa.int64()))
-    order = pc.sort_indices(table, [("__part", "ascending"), (_GROUP, "ascending"), (_ORDER, "ascending"),
-                                    (_ROW, "ascending")]).to_numpy()
-    table = take_rows(table, order)
+    table = sort_rows(table, [("__part", "ascending"), (_GROUP, "ascending"), (_ORDER, "ascending"),
+                              (_ROW, "ascending")])
     part = table.column("__part").to_numpy()
     groups = write_row_groups(table.drop_columns(["__part"]), part, n, shard_files(plan, step, i)["parts"])
     return groups, time.perf_counter() - t0
@@ -63,9 +62,8 @@ def gather(plan: Plan, step: Step, p: int) -> pa.Table:
     if not pieces:
         return pa.table({})
     table = pa.concat_tables(pieces)
-    order = pc.sort_indices(table, [(_GROUP, "ascending"), (_ORDER, "ascending"), (_SHARD, "ascending"),
-                                    (_ROW, "ascending")]).to_numpy()
-    return take_rows(table, order)
+    return sort_rows(table, [(_GROUP, "ascending"), (_ORDER, "ascending"), (_SHARD, "ascending"),
+                             (_ROW, "ascending")])
 
 
 def build_groups(stage: GroupStage, label: str, table: pa.Table, counter: StageCounter, removed: list[dict],
@@ -93,14 +91,8 @@ def build_groups(stage: GroupStage, label: str, table: pa.Table, counter: StageC
 def _rows_with_arrays(table: pa.Table) -> list[dict]:
     """``table.to_pylist()``, but numeric list fields without nulls as numpy views of the column's
     values: 19M token ids as Python ints cost seconds to make and seconds more to write back."""
-    arrays = {}
-    for name in table.column_names:
-        col = table.column(name)
-        if is_numeric_list(col.type) and col.null_count == 0:
-            arr = col.combine_chunks()
-            offsets = arr.offsets.to_numpy()
-            values = arr.values.to_numpy(zero_copy_only=False)
-            arrays[name] = [values[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
+    arrays = {name: list_row_views(col) for name, col in zip(table.column_names, table.columns, strict=True)
+              if is_numeric_list(col.type) and col.null_count == 0}
     rows = table.drop_columns(list(arrays)).to_pylist()
     for name, values in arrays.items():
         for r, v in zip(rows, values, strict=True):

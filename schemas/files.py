@@ -1,6 +1,6 @@
 """Atomic file writes: a reader never sees a half-written file.
 
-A leaf module (pyarrow only), so that the engine, the stages and the scoring jobs share one writer
+A leaf module (pyarrow and schemas.tables only), so that the engine, the stages and the scoring jobs share one writer
 without importing each other.
 """
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from schemas.tables import is_numeric_list
 
 
 def write_parquet_atomic(table: pa.Table, path: str | Path, compression: str = "zstd") -> None:
@@ -28,10 +30,7 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     """The columns a work file dictionary-encodes: all but numeric lists (token ids), whose
     dictionary costs more to build and to read than it saves on a file read once (a tenth of a
     second each way per 20M tokens)."""
-    def numeric_list(t: pa.DataType) -> bool:
-        return pa.types.is_list(t) and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type))
-
-    return [f.name for f in schema if not numeric_list(f.type)]
+    return [f.name for f in schema if not is_numeric_list(f.type)]
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:

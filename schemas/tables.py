@@ -42,6 +42,19 @@ def take_rows(table: pa.Table, indices) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=table.schema)
 
 
+def sort_rows(table: pa.Table, keys: list[tuple[str, str]]) -> pa.Table:
+    """``table.sort_by(keys)`` (stable), with the rows gathered by :func:`take_rows`."""
+    return take_rows(table, pc.sort_indices(table, keys).to_numpy())
+
+
+def list_row_views(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """Each row of a numeric list column without nulls as a numpy view of the column's values."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = arr.offsets.to_numpy()
+    values = arr.values.to_numpy(zero_copy_only=False)
+    return [values[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
+
+
 def sort_by_id(table: pa.Table) -> pa.Table:
     """Rows in ascending ``id`` order; a table already in that order is returned as it is."""
     ids = table.column("id")
