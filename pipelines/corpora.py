@@ -71,6 +71,20 @@ def fetch(name: str) -> str:
     return f"{name}: fetched"
 
 
+def fetch_all(names: list[str]) -> Iterator[str]:
+    """Download several packages at once (each is a wait on a registry, not work): the PyPI ones
+    each in a thread, the Debian ones one after another in a thread of their own (one apt at a
+    time). Lines in the order of ``names``; the first failure is raised after the others finish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    debs = [n for n in names if PACKAGES[n].kind == "deb"]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = {n: pool.submit(fetch, n) for n in names if n not in debs}
+        deb_lines = pool.submit(lambda: [fetch(n) for n in debs])
+        for n in names:
+            yield deb_lines.result()[debs.index(n)] if n in debs else futures[n].result()
+
+
 def _package_file(name: str) -> Path:
     found = sorted(glob.glob(str(raw_dir() / PACKAGES[name].pattern)))
     if not found:
@@ -462,6 +476,28 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
     Corpus("python_docs", "en", PSF, "CPython's reference topics (pydoc_data), one document per topic",
            python_docs),
 ]}
+
+
+def build_all(names: list[str], output: str | None = None
+              ) -> Iterator[tuple[str, tuple[str, int] | CorpusNotAvailable]]:
+    """Build several corpora, in parallel processes (one per core) when there are several: each
+    name with its (folder, documents), or the CorpusNotAvailable that stopped it."""
+    if len(names) == 1:
+        yield names[0], _build_or_error(names[0], output)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+        futures = [(n, pool.submit(_build_or_error, n, output)) for n in names]
+        for n, fut in futures:
+            yield n, fut.result()
+
+
+def _build_or_error(name: str, output: str | None) -> tuple[str, int] | CorpusNotAvailable:
+    try:
+        return build(name, output)
+    except CorpusNotAvailable as e:
+        return e
 
 
 def build(name: str, output: str | None = None) -> tuple[str, int]:
