@@ -13,6 +13,7 @@ rerun with new kNN or dedup settings never re-embeds, and a changed text is embe
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -261,6 +262,22 @@ def embed_documents(ids: list[str], texts: list[str], settings: EmbedSettings,
     Returns (embeddings float32[n, d], tokens embedded int32[n], number newly embedded)."""
     folder = cache_dir(settings, cache_root)
     folder.mkdir(parents=True, exist_ok=True)
+    # One process at a time embeds into a cache folder (parallel test workers, two runs at once):
+    # the second waits and then finds the first one's vectors instead of computing them again.
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            cached, done = _embed_missing(folder, ids, texts, settings, chunk)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    hashes = [text_hash(t) for t in texts]
+    emb = np.stack([cached[(r, h)][0] for r, h in zip(ids, hashes, strict=True)]).astype(np.float32)
+    ntok = np.array([cached[(r, h)][1] for r, h in zip(ids, hashes, strict=True)], dtype=np.int32)
+    return emb, ntok, done
+
+
+def _embed_missing(folder: Path, ids: list[str], texts: list[str], settings: EmbedSettings, chunk: int):
+    """The cache with every (id, text) of the call in it, and how many were embedded now."""
     cached = _load_cache(folder)
     hashes = [text_hash(t) for t in texts]
     todo = [i for i, key in enumerate(zip(ids, hashes, strict=True)) if key not in cached]
@@ -285,9 +302,7 @@ def embed_documents(ids: list[str], texts: list[str], settings: EmbedSettings,
             for j, i in enumerate(part_rows):
                 cached[(ids[i], hashes[i])] = (vecs[j], int(ntok[j]))
         (folder / "settings.json").write_text(json.dumps(asdict(settings), sort_keys=True))
-    emb = np.stack([cached[(r, h)][0] for r, h in zip(ids, hashes, strict=True)]).astype(np.float32)
-    ntok = np.array([cached[(r, h)][1] for r, h in zip(ids, hashes, strict=True)], dtype=np.int32)
-    return emb, ntok, len(todo)
+    return cached, len(todo)
 
 
 def main(argv: list[str] | None = None) -> int:
