@@ -143,6 +143,11 @@ def _hack_of(entry) -> core.Hack:
     return core.Hack(entry["name"], **flags)
 
 
+@functools.lru_cache(maxsize=64)
+def _hacks_json(hack: core.Hack) -> str:
+    return json.dumps(hack.as_dict(), sort_keys=True)
+
+
 class HacksParams(StageParams):
     hacks: list[str | dict] = Field(["none", "stopwords"], description="presets (none, stopwords, punctuation, "
                                     "low_freq, recurring) or mappings {name, punctuation/stopwords/low_freq/"
@@ -209,7 +214,7 @@ class TextHacks(RecordStage):
         return Resources(batch_size=64)
 
     @functools.cached_property
-    def _tokenizer(self):
+    def _encoder(self) -> core.PieceEncoder:
         from tokenizers import Tokenizer
 
         from gpu_jobs.models import tokenizer_path
@@ -217,7 +222,25 @@ class TextHacks(RecordStage):
         tok = Tokenizer.from_file(str(tokenizer_path(self.params.tokenizer)))
         tok.no_truncation()
         tok.no_padding()
-        return tok
+        return core.PieceEncoder(tok)
+
+    @functools.cached_property
+    def _word_info(self) -> dict[str, tuple[str, bool]]:
+        """word -> (lower-cased, content word): computed once per distinct word."""
+        return {}
+
+    def _lowered_and_content(self, ws: list[str], stops: frozenset[str]) -> tuple[list[str], list[bool]]:
+        info = self._word_info
+        lowered, content = [], []
+        for w in ws:
+            found = info.get(w)
+            if found is None:
+                found = (w.lower(), core.is_content(w, stops))
+                if len(info) < 1_000_000:
+                    info[w] = found
+            lowered.append(found[0])
+            content.append(found[1])
+        return lowered, content
 
     def process(self, record: dict) -> Iterator[Outcome]:
         p: HacksParams = self.params
@@ -231,26 +254,34 @@ class TextHacks(RecordStage):
         rare = record.get("rare_words") or ()
         lengths = sorted(p.lengths, reverse=True)
         measured: dict[str, float] = {"documents": 1, "words in": len(ws)}
-        content = [i for i, w in enumerate(ws) if core.is_content(w, stops)]
+        lowered, is_content = self._lowered_and_content(ws, stops)
+        n_content = sum(is_content)
+        n_content_types = len({w for w, c in zip(lowered, is_content, strict=True) if c})
         for hack in p.hack_list():
-            done = core.apply_hack(ws, hack, stops, rare, p.min_words)
-            out_words = [ws[i].lower() if p.lowercase else ws[i] for i in done.kept]
+            done = core.apply_hack(ws, hack, stops, rare, p.min_words, lowered)
+            out_words = [lowered[i] if p.lowercase else ws[i] for i in done.kept]
             hacked = " ".join(out_words)
-            cuts = core.truncations(self._tokenizer, hacked, lengths)
+            cuts = core.truncations(self._encoder, hacked, lengths)
+            occ_upto, types_upto = core.content_kept_prefixes(lowered, is_content, done.kept)
             h = hack.name
+            hacks_json = _hacks_json(hack)
             measured |= {f"words out:{h}": len(done.kept), f"fallback:{h}": int(done.fallback),
                          f"subtokens full:{h}": cuts[lengths[0]].n_full,
                          **{f"removed {step}:{h}": n for step, n in done.removed.items()}}
             for length in lengths:
                 cut = cuts[length]
-                occ, types = core.content_kept(ws, done.kept, cut.words_kept, stops, content)
+                if n_content:
+                    occ = occ_upto[cut.words_kept] / n_content
+                    types = types_upto[cut.words_kept] / n_content_types
+                else:
+                    occ = types = 1.0
                 measured |= {f"content kept sum:{h}:{length}": occ, f"content types kept sum:{h}:{length}": types,
                              f"subtokens kept:{h}:{length}": len(cut.ids),
                              f"truncated:{h}:{length}": int(cut.n_full > length)}
                 yield {
                     "id": f"{record['id']}/{h}/{length}", "doc_id": record["id"], "label": label,
                     "label_id": record.get("label_id"), "split": split, "hack": h,
-                    "hacks": json.dumps(hack.as_dict(), sort_keys=True), "stopword_list": list_name,
+                    "hacks": hacks_json, "stopword_list": list_name,
                     "min_freq": self._min_freq if hack.low_freq else None, "max_len": length,
                     "tokenizer": p.tokenizer, "text": hacked[:cut.chars_kept], "n_words_in": len(ws),
                     "n_words_out": len(done.kept), "n_words_kept": cut.words_kept, "n_subtokens_full": cut.n_full,

@@ -29,6 +29,9 @@ def words(text: str) -> list[str]:
     a token; inner hyphens and apostrophes stay (``anak-anak``, ``firman-Nya``)."""
     out: list[str] = []
     for piece in text.split():
+        if piece[0].isalnum() and piece[-1].isalnum():  # letters and digits (L*, N*) are never P or S
+            out.append(piece)
+            continue
         start, end = 0, len(piece)
         while start < end and is_punct(piece[start]):
             start += 1
@@ -109,9 +112,11 @@ class Hacked:
 
 
 def apply_hack(ws: Sequence[str], hack: Hack, stops: frozenset[str], rare: Iterable[str] = (),
-               min_words: int = 16) -> Hacked:
+               min_words: int = 16, lowered: Sequence[str] | None = None) -> Hacked:
     """Spec 4.2-4.6: the removals in order, each on the previous one's output; fewer than
-    ``min_words`` left: the unmodified words, flagged."""
+    ``min_words`` left: the unmodified words, flagged. ``lowered``: the words lower-cased, when the
+    caller has them already."""
+    low = lowered if lowered is not None else [w.lower() for w in ws]
     rare_set = set(rare)
     kept = list(range(len(ws)))
     removed = {}
@@ -122,14 +127,14 @@ def apply_hack(ws: Sequence[str], hack: Hack, stops: frozenset[str], rare: Itera
         if step == "punctuation":
             kept = [i for i in kept if not is_punct(ws[i])]
         elif step == "stopwords":
-            kept = [i for i in kept if ws[i].lower() not in stops]
+            kept = [i for i in kept if low[i] not in stops]
         elif step == "low_freq":
-            kept = [i for i in kept if is_punct(ws[i]) or ws[i].lower() not in rare_set]
+            kept = [i for i in kept if is_punct(ws[i]) or low[i] not in rare_set]
         else:
             seen: set[str] = set()
             out = []
             for i in kept:
-                w = ws[i].lower()
+                w = low[i]
                 if is_punct(w) or w not in seen:
                     out.append(i)
                     seen.add(w)
@@ -171,12 +176,132 @@ def truncations(tokenizer, text: str, lengths: Sequence[int]) -> dict[int, Trunc
     return out
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """What :func:`truncations` reads of an encoding (the fields of a ``tokenizers.Encoding``)."""
+
+    ids: list[int]
+    special_tokens_mask: list[int]
+    offsets: Sequence[tuple[int, int]]
+
+
+# Tokenizers whose encoding of a text is the encodings of its space-separated pieces, one after
+# another: the normalizer maps characters one by one, the pre-tokenizer splits at every space (and
+# inside a piece only), and the model sees one pre-token at a time. BERT's WordPiece is one.
+_PER_PIECE_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
+_PER_PIECE_PRE_TOKENIZERS = {"BertPreTokenizer", "WhitespaceSplit", "Whitespace"}
+
+
+def encodes_per_piece(tokenizer) -> bool:
+    """Whether ``tokenizer`` (a ``tokenizers.Tokenizer``) is one of those, from its own JSON."""
+    import json
+
+    config = json.loads(tokenizer.to_str())
+    norm = config.get("normalizer") or {"type": "Sequence", "normalizers": []}
+    norms = norm.get("normalizers", []) if norm.get("type") == "Sequence" else [norm]
+    pre = config.get("pre_tokenizer") or {}
+    return (config.get("model", {}).get("type") == "WordPiece" and pre.get("type") in _PER_PIECE_PRE_TOKENIZERS
+            and all(n.get("type") in _PER_PIECE_NORMALIZERS for n in norms))
+
+
+class PieceEncoder:
+    """Encodes a text piece by piece, each distinct piece once: the same ids, special-token mask and
+    offsets as ``tokenizer.encode(text)`` for a tokenizer that :func:`encodes_per_piece`, at the
+    cost of a dictionary lookup per word (words repeat: a corpus has far fewer distinct ones than
+    occurrences). Other tokenizers are passed through to their own ``encode``."""
+
+    def __init__(self, tokenizer, max_cached: int = 1_000_000):
+        self.tokenizer = tokenizer
+        self.per_piece = encodes_per_piece(tokenizer)
+        self.max_cached = max_cached
+        self._pieces: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+        probe = tokenizer.encode("a")
+        mask = probe.special_tokens_mask
+        first = mask.index(0)
+        last = len(mask) - 1 - mask[::-1].index(0)
+        self._head, self._tail = probe.ids[:first], probe.ids[last + 1:]
+        self._head_offsets, self._tail_offsets = probe.offsets[:first], probe.offsets[last + 1:]
+
+    def _piece(self, piece: str) -> tuple[list[int], list[tuple[int, int]]]:
+        found = self._pieces.get(piece)
+        if found is None:
+            enc = self.tokenizer.encode(piece, add_special_tokens=False)
+            found = (enc.ids, enc.offsets)
+            if len(self._pieces) < self.max_cached:
+                self._pieces[piece] = found
+        return found
+
+    def encode(self, text: str):
+        if not self.per_piece:
+            return self.tokenizer.encode(text)
+        ids = list(self._head)
+        ends: list[int] = []  # tokens up to the end of each piece
+        pieces: list[tuple[int, list[tuple[int, int]]]] = []  # (start in text, offsets within the piece)
+        pos = 0
+        for piece in text.split(" "):
+            if piece:
+                piece_ids, piece_offsets = self._piece(piece)
+                if piece_ids:
+                    ids += piece_ids
+                    ends.append(len(ids))
+                    pieces.append((pos, piece_offsets))
+            pos += len(piece) + 1
+        n_content = len(ids) - len(self._head)
+        ids += self._tail
+        mask = [1] * len(self._head) + [0] * n_content + [1] * len(self._tail)
+        return Encoded(ids, mask, _PieceOffsets(self._head_offsets, ends, pieces, self._tail_offsets, len(ids)))
+
+
+class _PieceOffsets(Sequence):
+    """The offsets of a piece-by-piece encoding, each made when asked for (truncation reads three)."""
+
+    def __init__(self, head, ends, pieces, tail, n):
+        self._head, self._ends, self._pieces, self._tail, self._n = head, ends, pieces, tail, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self._n))]
+        if k < 0:
+            k += self._n
+        if not 0 <= k < self._n:
+            raise IndexError(k)
+        if k < len(self._head):
+            return self._head[k]
+        content_end = self._ends[-1] if self._ends else len(self._head)
+        if k >= content_end:
+            return self._tail[k - content_end]
+        p = bisect.bisect_right(self._ends, k)
+        start, offsets = self._pieces[p]
+        a, b = offsets[k - (self._ends[p - 1] if p else len(self._head))]
+        return (a + start, b + start)
+
+
 def _word_starts(text: str) -> list[int]:
     starts, pos = [], 0
     for w in text.split(" "):
         starts.append(pos)
         pos += len(w) + 1
     return starts if text else []
+
+
+def content_kept_prefixes(lowered: Sequence[str], content: Sequence[bool], kept: Sequence[int]
+                          ) -> tuple[list[int], list[int]]:
+    """For every k, the content-word occurrences and the distinct content words among the first k
+    kept words: one pass serves every truncation length (what :func:`content_kept` counts, for
+    each ``words_kept`` at once)."""
+    occ, types = [0], [0]
+    seen: set[str] = set()
+    n_occ = 0
+    for i in kept:
+        if content[i]:
+            n_occ += 1
+            seen.add(lowered[i])
+        occ.append(n_occ)
+        types.append(len(seen))
+    return occ, types
 
 
 def content_kept(ws: Sequence[str], kept: Sequence[int], words_kept: int, stops: frozenset[str],

@@ -15,19 +15,76 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LONGFORGE = [sys.executable, "-m", "pipelines.cli"]
 
+# Running on both cores (`make test`: pytest-xdist, --dist loadgroup). Each test module is one group,
+# so its module fixtures (a product built once, checked by many tests) are built once, on one
+# worker; the modules below instead spread their tests over the workers (their fixtures are cheap
+# and each test is long). The longest modules are handed out first, so no worker is left alone
+# with a long module at the end (figures: `make test`'s --durations; 2026-12-03).
+SPREAD = {"tests/pipelines/test_products_on_runners.py", "tests/pipelines/test_dataflow_graph.py"}
+LONG_FIRST = ["tests/pipelines/test_products_on_runners.py", "tests/gpu_jobs/test_scoring.py",
+              "tests/pipelines/test_resume.py", "tests/pipelines/test_icp_pipeline.py",
+              "tests/pipelines/test_safety.py", "tests/pipelines/test_gateau_pipeline.py",
+              "tests/pipelines/test_longalign_pipeline.py", "tests/pipelines/test_runners.py"]
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One thread per worker for torch, BLAS and the Rust tokenizers (and the processes a test
+        # starts, which inherit it): two workers on two cores, each with its own thread pool, fight.
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    def module(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    rank = {m: k for k, m in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(module(item), len(rank)))  # stable: file order otherwise
+    for item in items:
+        if module(item) not in SPREAD:
+            item.add_marker(pytest.mark.xdist_group(module(item)))
+
+
+def shared_dir(tmp_path_factory, name: str, build) -> Path:
+    """A folder that ``build(folder)`` fills once per test session, whichever worker asks first:
+    the parallel workers of one session share it (the others wait for it), so a session fixture
+    costs its work once, not once per worker. A folder that holds ``.done`` is complete."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / f"shared-{name}"
+    with open(root / f"shared-{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (folder / ".done").exists():
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                build(folder)
+                (folder / ".done").touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
+
 
 @pytest.fixture(scope="session")
 def corpora_dir(tmp_path_factory) -> Path:
     """Paul Graham essays, KJV chapters and Python docs as Parquet document datasets."""
     from pipelines import corpora
 
-    root = tmp_path_factory.mktemp("corpora")
-    for name in ("paul_graham", "kjv_chapters", "python_docs"):
-        try:
-            corpora.build(name, str(root / name))
-        except corpora.CorpusNotAvailable as e:  # pragma: no cover - set-up problem, say how to fix
-            pytest.fail(f"{e} (make test runs the set-up that fetches the corpora)")
-    return root
+    def build(root: Path) -> None:
+        for name in ("paul_graham", "kjv_chapters", "python_docs"):
+            try:
+                corpora.build(name, str(root / name))
+            except corpora.CorpusNotAvailable as e:  # pragma: no cover - set-up problem, say how to fix
+                pytest.fail(f"{e} (make test runs the set-up that fetches the corpora)")
+
+    return shared_dir(tmp_path_factory, "corpora", build)
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +127,15 @@ def tokenized_docs(corpora_dir, tmp_path_factory) -> dict[str, list[int]]:
     """The three corpora's documents as token ids (SmolLM2, EOS appended), by document id, from a
     pipeline of `tokenize_ids` alone: what decomposition and UtK cut up, produced independently of
     them."""
-    base = tmp_path_factory.mktemp("tokens")
+    def build(base: Path) -> None:
+        _tokenize_corpora(corpora_dir, base)
+
+    base = shared_dir(tmp_path_factory, "tokens", build)
+    t = pq.read_table(str(base / "out" / "data"), columns=["id", "input_ids"])
+    return dict(zip(t.column("id").to_pylist(), t.column("input_ids").to_pylist(), strict=True))
+
+
+def _tokenize_corpora(corpora_dir: Path, base: Path) -> None:
     spec = write_pipeline(base / "tokens.yaml", """
         name: tokens
         seed: 0
@@ -84,8 +149,6 @@ def tokenized_docs(corpora_dir, tmp_path_factory) -> dict[str, list[int]]:
         args += ["--input", str(corpora_dir / name)]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
-    t = pq.read_table(str(base / "out" / "data"), columns=["id", "input_ids"])
-    return dict(zip(t.column("id").to_pylist(), t.column("input_ids").to_pylist(), strict=True))
 
 
 def build_corpus(name: str, parent: Path) -> str:

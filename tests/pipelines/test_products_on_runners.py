@@ -59,7 +59,7 @@ def _corpus(name: str, n: int, step: int = 1):
 
 # pipeline file -> (how to make its input from the real documents, edits to the file for small inputs)
 PRODUCTS = {
-    "icp": (lambda d: [{"id": r["id"], "text": r["text"][:1500]} for r in d if r["source"] == "kjv"][:150],
+    "icp": (lambda d: [{"id": r["id"], "text": r["text"][:1500]} for r in d if r["source"] == "kjv"][:60],
             [("context_length: 8192", "context_length: 1024")]),
     "decomposition": (lambda d: [{"id": r["id"], "text": r["text"]} for r in d if r["source"] == "python_docs"][:60],
                       []),

@@ -152,3 +152,83 @@ def test_content_kept_counts_occurrences_and_types():
     # content: buku, pena, buku, meja (4 occurrences, 3 words); the first 3 words hold buku and pena
     assert core.content_kept(ws, list(range(7)), 3, stops) == (2 / 4, 2 / 3)
     assert core.content_kept(ws, [0, 2, 4, 6], 3, stops) == (3 / 4, 2 / 3)  # stop words out: buku, pena, buku
+
+
+# The piece-by-piece encoder (PieceEncoder) must be the tokenizer's own encoding, bit for bit: the
+# oracle is tokenizers' `encode` of the whole text.
+def _assert_same_encoding(encoder: core.PieceEncoder, tokenizer, text: str) -> None:
+    mine, theirs = encoder.encode(text), tokenizer.encode(text)
+    assert mine.ids == theirs.ids, text
+    assert mine.special_tokens_mask == theirs.special_tokens_mask, text
+    assert list(mine.offsets) == theirs.offsets, text
+    assert [mine.offsets[k] for k in range(-len(theirs.ids), 0)] == theirs.offsets
+
+
+def test_piece_encoder_is_the_tokenizers_own_encoding_on_real_text(texts, tokenizer):
+    encoder = core.PieceEncoder(tokenizer)
+    assert encoder.per_piece == (tokenizer.token_to_id("[CLS]") is not None)  # WordPiece yes, SmolLM2's BPE no
+    for text in texts:
+        _assert_same_encoding(encoder, tokenizer, " ".join(core.words(text)))
+        _assert_same_encoding(encoder, tokenizer, text)  # newlines, runs of spaces: still the same
+    for text in texts[:40]:
+        assert core.truncations(encoder, text, [512, 128]) == core.truncations(tokenizer, text, [512, 128])
+
+
+def test_piece_encoder_matches_on_hostile_text():
+    """Random Unicode (combining marks, CJK, controls, zero-width, long words past WordPiece's 100
+    characters, leading and trailing spaces) fuzzed against the whole-text encoding."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    tok = Tokenizer.from_file(str(tokenizer_path("minilm")))
+    tok.no_truncation()
+    tok.no_padding()
+    encoder = core.PieceEncoder(tok)
+    alphabet = st.one_of(st.characters(), st.sampled_from(list(" \t\n\u00a0\u200b\u0301é中,.-'")))
+    word = st.one_of(st.text(alphabet, max_size=12), st.text(st.sampled_from("ab"), min_size=95, max_size=110))
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(st.lists(word, max_size=12), st.sampled_from([" ", "  ", "\n"]))
+    def check(parts, sep):
+        _assert_same_encoding(encoder, tok, sep.join(parts))
+
+    check()
+
+
+def test_words_fast_path_is_the_spec_rule():
+    """Spec 4.1 applied character by character (no fast path) on pieces that start or end with
+    letters, digits, marks and symbols of many scripts."""
+    def by_rule(text):
+        out = []
+        for piece in text.split():
+            start, end = 0, len(piece)
+            while start < end and core.is_punct(piece[start]):
+                start += 1
+            while end > start and core.is_punct(piece[end - 1]):
+                end -= 1
+            out += list(piece[:start]) + ([piece[start:end]] if start < end else []) + list(piece[end:])
+        return out
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=500, deadline=None, database=None)
+    @given(st.text(st.one_of(st.characters(), st.sampled_from(list(" .,-'\"()½²٣Ⅻ€$a1"))), max_size=40))
+    def check(text):
+        assert core.words(text) == by_rule(text)
+
+    check()
+
+
+def test_content_prefixes_give_content_kept_for_every_cut(texts):
+    stops, _ = core.stopword_list("spacy")
+    for text in texts[:40]:
+        ws = core.words(text)
+        lowered = [w.lower() for w in ws]
+        content = [core.is_content(w, stops) for w in ws]
+        n, n_types = sum(content), len({w for w, c in zip(lowered, content, strict=True) if c})
+        for hack in ("none", "stopwords", "recurring"):
+            kept = core.apply_hack(ws, core.PRESETS[hack], stops, min_words=0).kept
+            occ, types = core.content_kept_prefixes(lowered, content, kept)
+            for k in sorted({0, 1, len(kept) // 3, len(kept)}):
+                assert core.content_kept(ws, kept, k, stops) == (occ[k] / n, types[k] / n_types)
