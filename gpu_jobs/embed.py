@@ -264,12 +264,17 @@ def embed_documents(ids: list[str], texts: list[str], settings: EmbedSettings,
     folder.mkdir(parents=True, exist_ok=True)
     # One process at a time embeds into a cache folder (parallel test workers, two runs at once):
     # the second waits and then finds the first one's vectors instead of computing them again.
-    with open(folder / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            cached, done = _embed_missing(folder, ids, texts, settings, chunk)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    try:
+        lock = open(folder / ".lock", "a")  # noqa: SIM115 - closed below
+    except OSError:  # a read-only cache: nothing will be written to it, no lock needed
+        lock = None
+    try:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        cached, done = _embed_missing(folder, ids, texts, settings, chunk)
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
     hashes = [text_hash(t) for t in texts]
     emb = np.stack([cached[(r, h)][0] for r, h in zip(ids, hashes, strict=True)]).astype(np.float32)
     ntok = np.array([cached[(r, h)][1] for r, h in zip(ids, hashes, strict=True)], dtype=np.int32)

@@ -8,11 +8,12 @@ with `uv pip sync --require-hashes`: no resolution at set-up, the same bytes eve
 Commands (`python lock/lock.py COMMAND`; only the standard library and `packaging`):
 
 - ``compile UV``: resolve and write the lock (what `make lock` runs). Torch is the CPU wheel this
-  machine provides (``/opt/wheels``), hence the ``torch==X+cpu`` override.
+  machine provides (``/opt/wheels``), hence the ``torch==X+cpu`` of ``lock/overrides.txt``.
 - ``check``: the lock was made from the current inputs (their digest is in its header) and pins a
   version that satisfies every requirement of `pyproject.toml`; exit 1 naming what differs.
 - ``check-env PYTHON``: the environment of PYTHON holds exactly the locked versions (`pip freeze`
-  equals the lock; the editable longforge itself left out); exit 1 with the difference.
+  equals the lock; the editable longforge itself left out) and `pip check` finds every installed
+  package's requirements met; exit 1 with the difference.
 - ``pin NAME``: the lock's requirement line for one package, hashes included (set-up bootstraps uv
   with it before anything else).
 """
@@ -23,17 +24,14 @@ import hashlib
 import re
 import subprocess
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LOCK = HERE / "requirements.txt"
-INPUTS = [ROOT / "pyproject.toml", HERE / "models.in", HERE / "tools.in", HERE / "models-nodeps.in"]
-# The CPU torch wheel lies in /opt/wheels on these machines; PyPI's torch of the same version is the
-# CUDA build (several GB of nvidia-* packages).
-TORCH_OVERRIDE = "torch==2.13.0+cpu"
+OVERRIDES = HERE / "overrides.txt"  # torch's CPU wheel of /opt/wheels
+INPUTS = [ROOT / "pyproject.toml", HERE / "models.in", HERE / "tools.in", HERE / "models-nodeps.in", OVERRIDES]
 FIND_LINKS = "/opt/wheels"
 DIGEST_LINE = "# inputs-sha256: "
 
@@ -52,7 +50,6 @@ def inputs_digest() -> str:
         h.update(repr((extra, sorted(reqs))).encode())
     for path in INPUTS[1:]:
         h.update(path.read_bytes())
-    h.update(TORCH_OVERRIDE.encode())
     return h.hexdigest()
 
 
@@ -67,17 +64,21 @@ def pins(lock_text: str | None = None) -> dict[str, str]:
     return out
 
 
+def pins_of_inputs(path: Path) -> list[str]:
+    """The normalised package names listed in a ``lock/*.in`` file."""
+    return [_norm(re.split(r"[\s=<>!~\[;]", ln.strip())[0]) for ln in path.read_text().splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def compile_lock(uv: str) -> None:
+    links = ["--find-links", FIND_LINKS] if Path(FIND_LINKS).is_dir() else []
     common = [uv, "pip", "compile", "--quiet", "--python-version", "3.11", "--python-platform",
-              "x86_64-manylinux_2_28", "--find-links", FIND_LINKS, "--generate-hashes", "--no-header"]
-    with tempfile.TemporaryDirectory() as tmp:
-        override = Path(tmp) / "override.txt"
-        override.write_text(TORCH_OVERRIDE + "\n")
-        main = subprocess.run([*common, "--all-extras", "--override", str(override),
-                               str(ROOT / "pyproject.toml"), str(HERE / "models.in"), str(HERE / "tools.in")],
-                              check=True, capture_output=True, text=True, cwd=ROOT).stdout
-        nodeps = subprocess.run([*common, "--no-deps", str(HERE / "models-nodeps.in")],
-                                check=True, capture_output=True, text=True, cwd=ROOT).stdout
+              "x86_64-manylinux_2_28", *links, "--generate-hashes", "--no-header"]
+    main = subprocess.run([*common, "--all-extras", "--override", "lock/overrides.txt", "pyproject.toml",
+                           "lock/models.in", "lock/tools.in"], check=True, capture_output=True, text=True,
+                          cwd=ROOT).stdout
+    nodeps = subprocess.run([*common, "--no-deps", "lock/models-nodeps.in"], check=True, capture_output=True,
+                            text=True, cwd=ROOT).stdout
     header = ("# The exact environment of `make setup` (resolved by `make lock`; do not edit by hand).\n"
               f"{DIGEST_LINE}{inputs_digest()}\n")
     LOCK.write_text(header + main + "# installed without their dependencies (lock/models-nodeps.in)\n" + nodeps)
@@ -112,7 +113,8 @@ def check() -> list[str]:
 
 
 def check_env(python: str) -> list[str]:
-    """Differences between the environment of ``python`` and the lock."""
+    """Differences between the environment of ``python`` and the lock, and any installed package
+    whose own requirements are not met (`pip check`: a lock edited by hand that lost a dependency)."""
     frozen = subprocess.run([python, "-m", "pip", "freeze", "--all", "--exclude-editable"], check=True,
                             capture_output=True, text=True).stdout
     have = pins(frozen)
@@ -121,6 +123,10 @@ def check_env(python: str) -> list[str]:
     problems = [f"{n}: locked {want[n]}, installed {have.get(n, 'nothing')}" for n in sorted(want)
                 if have.get(n) != want[n]]
     problems += [f"{n}=={have[n]} is installed but not locked" for n in sorted(set(have) - set(want))]
+    broken = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
+    nodeps = set(pins_of_inputs(HERE / "models-nodeps.in"))  # installed without their requirements, by design
+    problems += [f"pip check: {line}" for line in broken.stdout.splitlines()
+                 if line.strip() and _norm(line.split()[0]) not in nodeps]
     return problems
 
 

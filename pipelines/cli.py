@@ -407,6 +407,11 @@ def _corpus(args) -> int:
         print(format_table(["name", "language", "license", "description"], rows))
         return 0
     if args.corpus_command == "fetch":
+        for name in args.name:
+            if name not in corpora.PACKAGES:
+                from pipelines.spec import did_you_mean
+
+                raise UsageError(f"unknown package '{name}': {did_you_mean(name, corpora.PACKAGES)}")
         for line in corpora.fetch_all(args.name or list(corpora.PACKAGES)):
             print(line)
         return 0

@@ -77,12 +77,34 @@ def fetch_all(names: list[str]) -> Iterator[str]:
     time). Lines in the order of ``names``; the first failure is raised after the others finish."""
     from concurrent.futures import ThreadPoolExecutor
 
+    unknown = [n for n in names if n not in PACKAGES]
+    if unknown:
+        raise CorpusNotAvailable(f"unknown package(s) {', '.join(unknown)}: one of {', '.join(PACKAGES)}")
+    names = list(dict.fromkeys(names))
     debs = [n for n in names if PACKAGES[n].kind == "deb"]
+
+    def fetch_debs() -> dict[str, str | Exception]:
+        done: dict[str, str | Exception] = {}
+        for n in debs:
+            try:
+                done[n] = fetch(n)
+            except Exception as e:  # noqa: BLE001 - the next package is still fetched; raised below
+                done[n] = e
+        return done
+
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = {n: pool.submit(fetch, n) for n in names if n not in debs}
-        deb_lines = pool.submit(lambda: [fetch(n) for n in debs])
-        for n in names:
-            yield deb_lines.result()[debs.index(n)] if n in debs else futures[n].result()
+        deb_done = pool.submit(fetch_debs)
+        results = {n: (futures[n].exception() or futures[n].result()) if n in futures else deb_done.result()[n]
+                   for n in names}
+    failed = None
+    for n in names:
+        if isinstance(results[n], Exception):
+            failed = failed or results[n]
+        else:
+            yield results[n]
+    if failed is not None:
+        raise failed
 
 
 def _package_file(name: str) -> Path:
@@ -482,22 +504,29 @@ def build_all(names: list[str], output: str | None = None
               ) -> Iterator[tuple[str, tuple[str, int] | CorpusNotAvailable]]:
     """Build several corpora, in parallel processes (one per core) when there are several: each
     name with its (folder, documents), or the CorpusNotAvailable that stopped it."""
+    names = list(dict.fromkeys(names))
     if len(names) == 1:
         yield names[0], _build_or_error(names[0], output)
         return
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+    with ProcessPoolExecutor(max_workers=min(len(names), len(os.sched_getaffinity(0)))) as pool:
         futures = [(n, pool.submit(_build_or_error, n, output)) for n in names]
         for n, fut in futures:
-            yield n, fut.result()
+            try:
+                yield n, fut.result()
+            except Exception as e:  # noqa: BLE001 - a dead worker: say which corpus, go on with the rest
+                yield n, CorpusNotAvailable(f"{n}: building it failed: {type(e).__name__}: {e}")
 
 
 def _build_or_error(name: str, output: str | None) -> tuple[str, int] | CorpusNotAvailable:
+    """The build's result, or what stopped it as a CorpusNotAvailable with the reason."""
     try:
         return build(name, output)
     except CorpusNotAvailable as e:
         return e
+    except Exception as e:  # noqa: BLE001 - reported per corpus by the caller
+        return CorpusNotAvailable(f"{name}: {type(e).__name__}: {e}")
 
 
 def build(name: str, output: str | None = None) -> tuple[str, int]:
@@ -508,6 +537,11 @@ def build(name: str, output: str | None = None) -> tuple[str, int]:
     corpus = CORPORA[name]
     out = output or os.path.join("out", "corpora", name)
     card_path = Path(out, "README.md")
+    leftovers = [p for p in Path(out).rglob("*") if p.is_file()] if Path(out).is_dir() else []
+    if leftovers and not card_path.exists() and all(
+            p.parent == Path(out, "data") and ".tmp-" in p.name for p in leftovers):
+        for p in leftovers:  # a build of ours killed before its card: only its temporary files
+            p.unlink()
     if Path(out).exists() and any(Path(out).iterdir()) and not (
             card_path.exists() and f"built by `longforge corpus build {name}`" in card_path.read_text("utf-8")):
         raise CorpusNotAvailable(f"'{out}' already holds files that are not corpus {name}; "

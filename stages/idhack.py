@@ -236,7 +236,7 @@ class TextHacks(RecordStage):
             found = info.get(w)
             if found is None:
                 found = (w.lower(), core.is_content(w, stops))
-                if len(info) < 1_000_000:
+                if len(info) < 200_000:
                     info[w] = found
             lowered.append(found[0])
             content.append(found[1])
@@ -271,8 +271,9 @@ class TextHacks(RecordStage):
             for length in lengths:
                 cut = cuts[length]
                 if n_content:
-                    occ = occ_upto[cut.words_kept] / n_content
-                    types = types_upto[cut.words_kept] / n_content_types
+                    upto = min(cut.words_kept, len(done.kept))
+                    occ = occ_upto[upto] / n_content
+                    types = types_upto[upto] / n_content_types
                 else:
                     occ = types = 1.0
                 measured |= {f"content kept sum:{h}:{length}": occ, f"content types kept sum:{h}:{length}": types,

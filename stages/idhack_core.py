@@ -29,7 +29,9 @@ def words(text: str) -> list[str]:
     a token; inner hyphens and apostrophes stay (``anak-anak``, ``firman-Nya``)."""
     out: list[str] = []
     for piece in text.split():
-        if piece[0].isalnum() and piece[-1].isalnum():  # letters and digits (L*, N*) are never P or S
+        # A piece that starts and ends with an alphanumeric character (str.isalnum) has no punctuation
+        # to split off: no such character is of category P* or S* (checked over every code point).
+        if piece[0].isalnum() and piece[-1].isalnum():
             out.append(piece)
             continue
         start, end = 0, len(piece)
@@ -200,8 +202,12 @@ def encodes_per_piece(tokenizer) -> bool:
     norm = config.get("normalizer") or {"type": "Sequence", "normalizers": []}
     norms = norm.get("normalizers", []) if norm.get("type") == "Sequence" else [norm]
     pre = config.get("pre_tokenizer") or {}
+    # Added tokens are matched in the raw text before anything else: one holding a space spans two
+    # pieces, and one that strips the space beside it moves the offsets of its neighbours.
+    added_local = all(not t.get("lstrip") and not t.get("rstrip") and not any(c.isspace() for c in t["content"])
+                      for t in config.get("added_tokens") or [])
     return (config.get("model", {}).get("type") == "WordPiece" and pre.get("type") in _PER_PIECE_PRE_TOKENIZERS
-            and all(n.get("type") in _PER_PIECE_NORMALIZERS for n in norms))
+            and all(n.get("type") in _PER_PIECE_NORMALIZERS for n in norms) and added_local)
 
 
 class PieceEncoder:
@@ -210,11 +216,13 @@ class PieceEncoder:
     cost of a dictionary lookup per word (words repeat: a corpus has far fewer distinct ones than
     occurrences). Other tokenizers are passed through to their own ``encode``."""
 
-    def __init__(self, tokenizer, max_cached: int = 1_000_000):
+    def __init__(self, tokenizer, max_cached: int = 200_000):  # about 1.4 KB a piece: ~300 MB at most
         self.tokenizer = tokenizer
         self.per_piece = encodes_per_piece(tokenizer)
         self.max_cached = max_cached
         self._pieces: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+        if not self.per_piece:
+            return
         probe = tokenizer.encode("a")
         mask = probe.special_tokens_mask
         first = mask.index(0)

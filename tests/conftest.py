@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker for torch, BLAS and the Rust tokenizers (and the processes a test starts,
+    # which inherit it): two workers on two cores, each with its own thread pool, fight. Set before
+    # this file imports numpy (through pyarrow), whose BLAS reads it once.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
 import subprocess
 import sys
 import textwrap
@@ -28,12 +37,7 @@ LONG_FIRST = ["tests/pipelines/test_products_on_runners.py", "tests/gpu_jobs/tes
 
 
 def pytest_configure(config):
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        # One thread per worker for torch, BLAS and the Rust tokenizers (and the processes a test
-        # starts, which inherit it): two workers on two cores, each with its own thread pool, fight.
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
-            os.environ.setdefault(var, "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    config.addinivalue_line("markers", "xdist_group(name): tests run on one pytest-xdist worker together")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -120,3 +120,45 @@ def test_a_low_frequency_hack_without_the_vocabulary_stage_fails_before_work(tmp
                    str(tmp_path / "out"), "--catalog", str(tmp_path / "c.duckdb"))
     assert done.returncode != 0 and "rare_words" in done.stderr and "hack_vocabulary" in done.stderr
     assert not (tmp_path / "out" / "data").exists()
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_every_record_agrees_with_the_hack_applied_by_hand(quran, lowercase):
+    """The stage's wiring (its piece encoder, cached word facts and prefix counts) against the hack
+    done by hand from the spec's parts: words, each of the 16 removal combinations, the tokenizer's
+    own encoding, and content kept counted over the kept words."""
+    from stages.idhack import HacksParams, TextHacks
+
+    _, rows, _ = quran
+    stage = TextHacks(HacksParams(grid=True, lowercase=lowercase, lengths=[512, 64]))
+    stops, _ = core.stopword_list("spacy")
+    tok = Tokenizer.from_file(str(tokenizer_path("minilm")))
+    tok.no_truncation()
+    tok.no_padding()
+    hacks = {h.name: h for h in core.grid()}
+    for src in rows[:12]:
+        ws = core.words(src["text"])
+        for r in [o for o in stage.process(src) if isinstance(o, dict)]:
+            kept = core.apply_hack(ws, hacks[r["hack"]], stops).kept
+            hacked = " ".join(ws[i].lower() if lowercase else ws[i] for i in kept)
+            cut = core.truncations(tok, hacked, [r["max_len"]])[r["max_len"]]
+            assert r["input_ids"] == cut.ids and r["text"] == hacked[:cut.chars_kept]
+            assert (r["content_kept"], r["content_types_kept"]) == core.content_kept(ws, kept, cut.words_kept, stops)
+
+
+def test_a_tokenizer_with_multi_word_added_tokens_is_encoded_whole(tmp_path):
+    """An added token spanning a space, or stripping the space beside it, is matched across pieces:
+    such a tokenizer is encoded whole, as the tokenizer itself does."""
+    from tokenizers import AddedToken
+
+    tok = Tokenizer.from_file(str(tokenizer_path("minilm")))
+    tok.no_truncation()
+    tok.no_padding()
+    assert core.PieceEncoder(tok).per_piece
+    for added in (AddedToken("baca juga", normalized=True), AddedToken("<tanda>", rstrip=True)):
+        custom = Tokenizer.from_str(tok.to_str())
+        custom.add_tokens([added])
+        encoder = core.PieceEncoder(custom)
+        assert not encoder.per_piece
+        text = "kata <tanda> lagi baca juga ini"
+        assert encoder.encode(text).ids == custom.encode(text).ids
