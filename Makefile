@@ -131,7 +131,7 @@ demo-eval: setup corpora
 	  $(LONGFORGE) eval score out/demo/eval/$$s-smollm2.jsonl --set out/demo/eval/$$s --model smollm2-135m || exit 1; done
 
 # GATEAU on 8 chat samples made from the essays (a passage to repeat: the answer depends on the
-# context), SmolLM2 as both the short and the long model (gateau-smollm2.yaml), half selected.
+# context), SmolLM2 as both the short and the long model (gateau-smollm2.yaml), the top 10 % selected.
 demo-gateau: setup corpora
 	mkdir -p out/demo
 	test -f out/demo/gateau-samples.jsonl || $(PY) -c "import json, pyarrow.parquet as pq; \
