@@ -155,7 +155,7 @@ demo-longalign: setup corpora
 	$(LONGFORGE) catalog query "SELECT stage, name, round(value, 4) AS value FROM metrics \
 	  WHERE run_id = (SELECT max(run_id) FROM runs WHERE pipeline = 'longalign') ORDER BY stage, name"
 
-# Every product's demo, one after another, each timed (what the README's table shows).
+# Every product's demo, one after another, from an empty out/demo, each timed; logs in out/DEMO.log.
 DEMOS := demo demo-icp demo-dd demo-utk demo-longwriter demo-longalign demo-gateau demo-longpo demo-eval \
 	demo-chft demo-idhack
 demo-all: setup corpora

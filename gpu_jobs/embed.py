@@ -271,18 +271,18 @@ def embed_documents(ids: list[str], texts: list[str], settings: EmbedSettings,
     try:
         if lock is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
-        cached, done = _embed_missing(folder, ids, texts, settings, chunk)
+        cached, hashes, done = _embed_missing(folder, ids, texts, settings, chunk)
     finally:
         if lock is not None:
             lock.close()  # releases the flock
-    hashes = [text_hash(t) for t in texts]
     emb = np.stack([cached[(r, h)][0] for r, h in zip(ids, hashes, strict=True)]).astype(np.float32)
     ntok = np.array([cached[(r, h)][1] for r, h in zip(ids, hashes, strict=True)], dtype=np.int32)
     return emb, ntok, done
 
 
 def _embed_missing(folder: Path, ids: list[str], texts: list[str], settings: EmbedSettings, chunk: int):
-    """The cache with every (id, text) of the call in it, and how many were embedded now."""
+    """The cache with every (id, text) of the call in it, the texts' hashes, and how many were
+    embedded now."""
     cached = _load_cache(folder)
     hashes = [text_hash(t) for t in texts]
     todo = [i for i, key in enumerate(zip(ids, hashes, strict=True)) if key not in cached]
@@ -307,7 +307,7 @@ def _embed_missing(folder: Path, ids: list[str], texts: list[str], settings: Emb
             for j, i in enumerate(part_rows):
                 cached[(ids[i], hashes[i])] = (vecs[j], int(ntok[j]))
         (folder / "settings.json").write_text(json.dumps(asdict(settings), sort_keys=True))
-    return cached, len(todo)
+    return cached, hashes, len(todo)
 
 
 def main(argv: list[str] | None = None) -> int:

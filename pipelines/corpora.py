@@ -83,20 +83,10 @@ def fetch_all(names: list[str]) -> Iterator[str]:
     names = list(dict.fromkeys(names))
     debs = [n for n in names if PACKAGES[n].kind == "deb"]
 
-    def fetch_debs() -> dict[str, str | Exception]:
-        done: dict[str, str | Exception] = {}
-        for n in debs:
-            try:
-                done[n] = fetch(n)
-            except Exception as e:  # noqa: BLE001 - the next package is still fetched; raised below
-                done[n] = e
-        return done
-
     with ThreadPoolExecutor(max_workers=8) as pool:
-        futures = {n: pool.submit(fetch, n) for n in names if n not in debs}
-        deb_done = pool.submit(fetch_debs)
-        results = {n: (futures[n].exception() or futures[n].result()) if n in futures else deb_done.result()[n]
-                   for n in names}
+        futures = {n: pool.submit(_fetch_or_error, n) for n in names if n not in debs}
+        deb_done = pool.submit(lambda: {n: _fetch_or_error(n) for n in debs})
+        results = {n: futures[n].result() if n in futures else deb_done.result()[n] for n in names}
     failed = None
     for n in names:
         if isinstance(results[n], Exception):
@@ -105,6 +95,13 @@ def fetch_all(names: list[str]) -> Iterator[str]:
             yield results[n]
     if failed is not None:
         raise failed
+
+
+def _fetch_or_error(name: str) -> str | Exception:
+    try:
+        return fetch(name)
+    except Exception as e:  # noqa: BLE001 - the other packages are still fetched; fetch_all raises it after
+        return e
 
 
 def _package_file(name: str) -> Path:

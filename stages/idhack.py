@@ -200,6 +200,7 @@ class TextHacks(RecordStage):
 
     def __init__(self, params: HacksParams | None = None, seed: int = 0):
         super().__init__(params, seed)
+        self._word_info: dict[str, tuple[str, bool]] = {}  # word -> (lower-cased, content word), once each
         if any(h.low_freq for h in self.params.hack_list()):  # checked before work: hack_vocabulary first
             self.input_schema = DOCUMENT_IN.extended("document+rare_words", 1, (_RARE,))
 
@@ -223,11 +224,6 @@ class TextHacks(RecordStage):
         tok.no_truncation()
         tok.no_padding()
         return core.PieceEncoder(tok)
-
-    @functools.cached_property
-    def _word_info(self) -> dict[str, tuple[str, bool]]:
-        """word -> (lower-cased, content word): computed once per distinct word."""
-        return {}
 
     def _lowered_and_content(self, ws: list[str], stops: frozenset[str]) -> tuple[list[str], list[bool]]:
         info = self._word_info
