@@ -201,11 +201,11 @@ demo-idhack: setup corpora
 	  JOIN runs r USING (run_id) WHERE r.pipeline = 'indonesian-hack' AND m.name LIKE 'content kept (mean)%' \
 	  ORDER BY r.started_at, m.name"
 
-# On every core (pytest-xdist; tests/conftest.py groups each module's tests on one worker), the 30
+# On every core (pytest-xdist; tests/conftest.py schedules each module on one worker), the 30
 # longest tests listed at the end.
 TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=30
 
 lint: $(SETUP_STAMP)
 	$(VENV)/bin/ruff check .

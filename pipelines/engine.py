@@ -215,13 +215,17 @@ def run_task(plan: Plan, step: Step, i: int) -> dict:
 
 
 def fault_point(where: str) -> None:
-    """Testing hook: ``LONGFORGE_KILL_AT=<kind>:<step>:<task>`` (``global:3:0`` for a driver step)
-    SIGKILLs this process right after that piece of work is finished, so tests can show what a
-    rerun after a crash redoes. Unset, it does nothing."""
+    """Testing hooks, at ``<kind>:<step>:<task>`` (``global:3:0`` for a driver step), right after
+    that piece of work is finished: ``LONGFORGE_KILL_AT`` SIGKILLs this process, so tests can show
+    what a rerun after a crash redoes; ``LONGFORGE_PAUSE_AT`` makes it wait there (at most 10
+    minutes) for the signal a test sends, so a Ctrl-C lands mid-run however loaded the machine is.
+    Unset, they do nothing."""
     if os.environ.get("LONGFORGE_KILL_AT") == where:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("LONGFORGE_PAUSE_AT") == where:
+        time.sleep(600)
 
 
 def collect_resume(plan: Plan) -> dict[str, int]:

@@ -24,11 +24,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LONGFORGE = [sys.executable, "-m", "pipelines.cli"]
 
-# Running on both cores (`make test`: pytest-xdist, --dist loadgroup). Each test module is one group,
-# so its module fixtures (a product built once, checked by many tests) are built once, on one
-# worker; the modules below instead spread their tests over the workers (their fixtures are cheap
-# and each test is long). The longest modules are handed out first, so no worker is left alone
-# with a long module at the end (figures: `make test`'s --durations; 2026-12-03).
+# Running on both cores (`make test`: pytest-xdist). Each test module is one unit of work, so its
+# module fixtures (a product built once, checked by many tests) are built once, on one worker; the
+# modules in SPREAD instead hand out their tests one by one (their fixtures are cheap and each test
+# is long). The longest modules are handed out first, so no worker is left alone with a long module
+# at the end (figures: `make test`'s --durations; 2026-12-03).
 SPREAD = {"tests/pipelines/test_products_on_runners.py", "tests/pipelines/test_dataflow_graph.py"}
 LONG_FIRST = ["tests/pipelines/test_products_on_runners.py", "tests/gpu_jobs/test_scoring.py",
               "tests/pipelines/test_resume.py", "tests/pipelines/test_icp_pipeline.py",
@@ -36,20 +36,39 @@ LONG_FIRST = ["tests/pipelines/test_products_on_runners.py", "tests/gpu_jobs/tes
               "tests/pipelines/test_longalign_pipeline.py", "tests/pipelines/test_runners.py"]
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "xdist_group(name): tests run on one pytest-xdist worker together")
+def _module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    def module(item) -> str:
-        return item.nodeid.split("::")[0]
-
     rank = {m: k for k, m in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(module(item), len(rank)))  # stable: file order otherwise
-    for item in items:
-        if module(item) not in SPREAD:
-            item.add_marker(pytest.mark.xdist_group(module(item)))
+    items.sort(key=lambda item: rank.get(_module(item.nodeid), len(rank)))  # stable: file order otherwise
+
+
+def _module_scheduling():
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """xdist's scope scheduler with a module as the scope (a module of SPREAD: each test), in
+        collection order. Not ``--dist loadgroup``: its groups are a suffix xdist writes into
+        ``item._nodeid``, which pytest 9 no longer reads, so every module fixture was built on both
+        workers."""
+
+        def __init__(self, config, log=None, spread: set[str] = frozenset()):
+            super().__init__(config, log)
+            self.spread = spread
+
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if _module(nodeid) in self.spread else _module(nodeid)
+
+    return ModuleScheduling
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    config.option.loadscopereorder = False  # keep LONG_FIRST's order, not "most tests first"
+    return _module_scheduling()(config, log, spread=SPREAD)
 
 
 def shared_dir(tmp_path_factory, name: str, build) -> Path:

@@ -308,10 +308,14 @@ def _slow_run(real_docs, tmp_path: Path) -> tuple[Path, Path]:
 def test_sigterm_and_ctrl_c_leave_the_run_interrupted_and_resumable(real_docs, tmp_path, sig, code):
     src, p = _slow_run(real_docs, tmp_path)
     out = tmp_path / "out"
-    proc = _popen_run(p, tmp_path, "--input", str(src), "--output", str(out))
+    # The run waits after its second shard (engine.fault_point), so the signal lands mid-run even
+    # when a loaded machine starves this loop for longer than the rest of the run takes.
+    proc = _popen_run(p, tmp_path, "--input", str(src), "--output", str(out),
+                      env={"LONGFORGE_PAUSE_AT": "segment:0:1"})
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob(".longforge/work/*/shard-00001.done.json")):
         time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
