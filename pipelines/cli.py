@@ -498,7 +498,7 @@ def _catalog(args) -> int:
         if args.catalog_command == "show":
             return _show_run(cat, args.run_id)
         sql = args.sql if args.catalog_command == "query" else QUERIES[args.catalog_command]
-        columns, rows = cat.query(sql)
+        columns, rows = cat.query(sql, files=args.catalog_command == "query")
     except (FileNotFoundError, QueryRefused) as e:
         raise UsageError(str(e)) from None
     except Exception as e:  # duckdb errors: bad SQL is a usage error
