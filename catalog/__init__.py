@@ -166,6 +166,11 @@ class QueryRefused(ValueError):
     """A catalog query that would do more than read."""
 
 
+class CatalogTooNew(RuntimeError):
+    """The catalog was written by a newer longforge (a higher schema version): this one would
+    misread it, and a write would stamp it with the older version."""
+
+
 class CatalogUnavailable(RuntimeError):
     """The catalog could not be written (held by another process past the wait, disk full)."""
 
@@ -223,6 +228,7 @@ class Catalog:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         con = self._open(read_only, config)
         try:
+            self._check_schema_version(con)
             if not read_only:
                 con.execute(DDL)
                 con.execute(
@@ -233,15 +239,54 @@ class Catalog:
         finally:
             con.close()
 
+    def check_version(self) -> None:
+        """Raise CatalogTooNew if the catalog exists with a schema version this longforge cannot
+        read or write (a run checks before it starts working)."""
+        if Path(self.path).exists():
+            with self.connect(read_only=True):
+                pass
+
+    def _check_schema_version(self, con) -> None:
+        has_meta = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'catalog_meta' "
+                               "AND table_schema = 'main'").fetchone()[0]
+        row = con.execute("SELECT value FROM catalog_meta WHERE key = 'schema_version'").fetchone() if has_meta \
+            else None
+        if row is None:
+            return
+        try:
+            version = int(row[0])
+        except ValueError:
+            version = -1
+        if version > SCHEMA_VERSION or version < 1:
+            raise CatalogTooNew(
+                f"the catalog {self.path} has schema version {row[0]!r}; this longforge reads version "
+                f"{SCHEMA_VERSION} -> use the longforge that wrote it, or give --catalog another file")
+
     def _apply_pending(self, con) -> None:
+        """Final run states journalled when the catalog could not be written. A line cut short
+        (the disk filled while it was written) is skipped with a warning: the run it named stays
+        'running' until the next run on this host finds its process gone and marks it."""
+        import sys
+
         pending = self.pending_path
         if not pending.exists():
             return
-        for line in pending.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+        with open(pending, "rb") as f:
+            raw = f.read(64 << 20)  # a journal line is ~300 bytes; nothing real comes near this
+        for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
                 e = json.loads(line)
-                con.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ? AND status = "
-                            "'running'", [e["status"], e["error"], datetime.fromisoformat(e["at"]), e["run_id"]])
+                values = [e["status"], e["error"], datetime.fromisoformat(e["at"]), e["run_id"]]
+                if e["status"] not in ("succeeded", "failed", "interrupted"):
+                    raise ValueError(f"status {e['status']!r}")
+            except (ValueError, KeyError, TypeError) as err:
+                print(f"warning: {pending} line {n} is damaged ({type(err).__name__}: {err}); skipped",
+                      file=sys.stderr)
+                continue
+            con.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ? AND status = "
+                        "'running'", values)
         pending.unlink()
 
     # -- writes (driver only) ----------------------------------------------------------------------

@@ -213,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if type(e).__name__ == "Terminated" else 130
     except BrokenPipeError:  # `longforge stages | head`
         return 0
+    except RuntimeError as e:
+        if "catalog" in sys.modules and isinstance(e, sys.modules["catalog"].CatalogTooNew):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 def _push(args) -> int:
@@ -334,6 +339,7 @@ def _run(args) -> int:
     except OutputFolderError as e:
         raise UsageError(str(e)) from None
     catalog = Catalog(args.catalog)
+    catalog.check_version()  # a catalog this longforge cannot write is refused before any work
     try:
         result = run_pipeline(plan, runner=runner, workers=workers, beam_args=beam_args, catalog=catalog,
                               progress=Progress(enabled=not args.quiet), overwrite=args.overwrite)
