@@ -8,11 +8,12 @@ fix, and is raised before any work starts.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class PipelineError(Exception):
@@ -55,10 +56,29 @@ class RunnerSpec(_Strict):
     beam_args: list[str] = Field(default_factory=list)
 
 
+#: A pipeline's name and a stage's label become folder names (out/<name>), catalog rows and dataset
+#: card headers: letters, digits, '.', '_' and '-', starting with a letter or digit (no '..', no
+#: '/', no newline, nothing YAML or Markdown reads as syntax).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _plain_name(value: str | None, what: str) -> str | None:
+    if value is not None and not NAME_PATTERN.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is not a plain name: use letters, digits, '.', '_' and '-', starting "
+                         "with a letter or digit, at most 100 characters (it names folders, catalog rows and the "
+                         "dataset card)")
+    return value
+
+
 class StageSpec(_Strict):
     stage: str
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
+
+    @field_validator("label")
+    @classmethod
+    def _label_is_plain(cls, v: str | None) -> str | None:
+        return _plain_name(v, "label")
 
 
 #: Seeds are stored as DuckDB BIGINT and fed to numpy; negative or larger ones fail later, not here.
@@ -78,6 +98,11 @@ class PipelineSpec(_Strict):
     output: OutputSpec = Field(default_factory=OutputSpec)
     runner: RunnerSpec = Field(default_factory=RunnerSpec)
     stages: list[StageSpec] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_plain(cls, v: str) -> str:
+        return _plain_name(v, "name")
 
 
 class LoadedSpec:

@@ -117,3 +117,29 @@ def test_the_planner_checks_the_order_of_the_icp_stages(tmp_path, stages, line, 
     with pytest.raises(PipelineError) as e:
         resolve_stages(load_pipeline(path))
     assert f"{path}:{line}:" in str(e.value) and needs in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["../../../x", "/abs/x", "a/b", "..", ".hidden", "a\nconfigs:\n- config_name: x",
+                                  "a b", "x" * 101, "é", "a`b", "a|b"])
+def test_a_pipeline_name_or_label_that_is_not_a_plain_name_is_refused_before_any_work(tmp_path, name):
+    """Issue 32, points 6 and 12: the name becomes out/<name> and the card's YAML header."""
+    import json
+
+    path = write_pipeline(tmp_path / "p.yaml", f"name: {json.dumps(name)}\nstages:\n  - stage: normalize\n")
+    with pytest.raises(PipelineError, match=r"p.yaml:1: name: .*not a plain name"):
+        load_pipeline(path)
+    path = write_pipeline(tmp_path / "q.yaml", f"name: ok\nstages:\n  - stage: normalize\n    label: {json.dumps(name)}\n")
+    with pytest.raises(PipelineError, match=r"q.yaml:4: stages\[0\]\.label: .*not a plain name"):
+        load_pipeline(path)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "a", "text": "x"}\n')
+    r = run_cli("run", str(tmp_path / "p.yaml"), "--input", str(src), "--catalog", str(tmp_path / "c.duckdb"),
+                cwd=tmp_path)
+    assert r.returncode == 2 and "not a plain name" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "p.yaml", "q.yaml"]
+
+
+@pytest.mark.parametrize("name", ["icp", "gateau-smollm2", "v1.2_run", "A9"])
+def test_plain_names_are_accepted(tmp_path, name):
+    path = write_pipeline(tmp_path / "p.yaml", f"name: {name}\nstages:\n  - stage: normalize\n    label: {name}\n")
+    assert load_pipeline(path).spec.name == name
