@@ -128,7 +128,8 @@ def test_a_pipeline_name_or_label_that_is_not_a_plain_name_is_refused_before_any
     path = write_pipeline(tmp_path / "p.yaml", f"name: {json.dumps(name)}\nstages:\n  - stage: normalize\n")
     with pytest.raises(PipelineError, match=r"p.yaml:1: name: .*not a plain name"):
         load_pipeline(path)
-    path = write_pipeline(tmp_path / "q.yaml", f"name: ok\nstages:\n  - stage: normalize\n    label: {json.dumps(name)}\n")
+    path = write_pipeline(tmp_path / "q.yaml",
+                          f"name: ok\nstages:\n  - stage: normalize\n    label: {json.dumps(name)}\n")
     with pytest.raises(PipelineError, match=r"q.yaml:4: stages\[0\]\.label: .*not a plain name"):
         load_pipeline(path)
     src = tmp_path / "in.jsonl"
