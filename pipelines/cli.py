@@ -189,7 +189,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: True when longforge runs as a command (its arguments from the command line), False when called
+#: from Python with an argument list (tests, notebooks: a memory:// store outlives the call there).
+_COMMAND_LINE = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _COMMAND_LINE
+    _COMMAND_LINE = argv is None
     from pipelines.redaction import install_log_redaction
 
     install_log_redaction()
@@ -315,6 +322,11 @@ def _run(args) -> int:
 
     loaded = load_pipeline(args.pipeline)
     plan = build_plan(loaded, inputs=args.input or None, output=args.output, seed=args.seed)
+    from pipelines import storage
+
+    if _COMMAND_LINE and storage.is_ephemeral(plan.output_dir):
+        raise UsageError(f"output '{plan.output_dir}' is a store that ends with this process: the records would be "
+                         "gone when the command exits -> give a folder or a lasting store (s3://, gs://, hf://)")
     runner = args.runner or plan.spec.runner.name
     workers = args.workers or plan.spec.runner.workers
     beam_args = list(plan.spec.runner.beam_args) + list(args.beam_args)

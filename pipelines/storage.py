@@ -35,6 +35,35 @@ REMOTE_LOCK = ".longforge/lock.json"
 _public: dict[str, str] = {}  # staging folder -> the remote URL it mirrors
 
 
+#: Stores that live in the process that made them: a command's output there is gone when it exits.
+EPHEMERAL_PROTOCOLS = ("memory",)
+
+
+def is_ephemeral(path: str | os.PathLike) -> bool:
+    s = str(path)
+    return "://" in s and s.split("://", 1)[0] in EPHEMERAL_PROTOCOLS
+
+
+def local_path(value: str) -> str:
+    """A ``file://`` (or ``local://``) URL as the local path it names (``file:///abs/x`` and
+    ``file://localhost/abs/x``, percent-escapes decoded); any other value unchanged. A URL naming
+    another host is refused: this process cannot reach that host's disk."""
+    from urllib.parse import unquote, urlsplit
+
+    s = str(value)
+    if "://" not in s or s.split("://", 1)[0].lower() not in _LOCAL_PROTOCOLS:
+        return s
+    parts = urlsplit(s)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"'{s}' names a file on host '{parts.netloc}'; a file:// URL must be file:///absolute/path")
+    if parts.query or parts.fragment:
+        raise ValueError(f"'{s}': a file:// URL takes no '?' or '#' part")
+    path = unquote(parts.path)
+    if not path.startswith("/"):
+        raise ValueError(f"'{s}': a file:// URL must be file:///absolute/path")
+    return path
+
+
 def is_remote(path: str | os.PathLike) -> bool:
     s = str(path)
     return "://" in s and s.split("://", 1)[0] not in _LOCAL_PROTOCOLS
