@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -126,6 +127,30 @@ def _eos_ids(model, tok) -> set[int]:
     return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
 
 
+#: Variables that hold a Hugging Face token: never sent to a generation server.
+HUB_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN", "HUGGINGFACE_TOKEN", "HF_HUB_TOKEN")
+#: Set by `longforge run --api-key-env NAME` for a key variable outside the allowed names.
+ALLOW_KEY_ENV = "LONGFORGE_ALLOW_KEY_ENV"
+
+
+def key_env_allowed(name: str) -> bool:
+    """The variables a pipeline file may send to a generation server as its API key: OPENAI_API_KEY,
+    LONGFORGE_<ANYTHING>_API_KEY, or the one named on the command line (`--api-key-env`); never a
+    Hub token's. Anything else would let a pipeline file mail any secret of the environment to any
+    host it names."""
+    if name in HUB_TOKEN_VARS:
+        return False
+    return (name == "OPENAI_API_KEY" or re.fullmatch(r"LONGFORGE_[A-Z0-9_]+_API_KEY", name) is not None
+            or name == os.environ.get(ALLOW_KEY_ENV))
+
+
+def _is_hub_token(value: str) -> bool:
+    """A Hub token by its value: the value of a Hub token variable, or the hf_ shape."""
+    if re.fullmatch(r"hf_[A-Za-z0-9]{16,}", value.strip()):
+        return True
+    return any(os.environ.get(v) and os.environ[v] == value for v in HUB_TOKEN_VARS)
+
+
 class OpenAIGenerator:
     """An OpenAI-compatible chat endpoint (``base_url`` ends before ``/chat/completions``)."""
 
@@ -134,7 +159,13 @@ class OpenAIGenerator:
     def __init__(self, model: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY",
                  timeout: float = 120.0, retries: int = 4, backoff: float = 1.0):
         self.model, self.base_url = model, base_url.rstrip("/")
+        if api_key_env and not key_env_allowed(api_key_env):
+            raise GenerationError(f"api_key_env '{api_key_env}' is not a key this server may be sent: use "
+                                  "OPENAI_API_KEY or LONGFORGE_<NAME>_API_KEY, or name it with --api-key-env")
         self._key = os.environ.get(api_key_env) if api_key_env else None  # never logged, never stored
+        if self._key and _is_hub_token(self._key):
+            raise GenerationError(f"the value of {api_key_env} is a Hugging Face token: it is never sent to a "
+                                  "generation server -> put the server's own key in that variable")
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
 
     def generate(self, messages: list[dict], params: GenParams | None = None) -> str:

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop; with --runner beam, "
                      "also the Beam jobs' graphs, built (by Dataflow's runner, if named) but not submitted")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--api-key-env", metavar="NAME",
+                     help="let the pipeline's generation stages send this environment variable as their API key "
+                     "(OPENAI_API_KEY and LONGFORGE_*_API_KEY are allowed without it; a Hub token never is)")
 
     val = sub.add_parser("validate", help="check a pipeline file without running it")
     val.add_argument("pipeline")
@@ -320,6 +323,13 @@ def _run(args) -> int:
     from pipelines.run import run_pipeline, summary_table
     from pipelines.spec import load_pipeline
 
+    if args.api_key_env:  # read by the generation stages' validation, here and in the workers
+        from gpu_jobs.generate import ALLOW_KEY_ENV, HUB_TOKEN_VARS
+
+        if args.api_key_env in HUB_TOKEN_VARS:
+            raise UsageError(f"--api-key-env {args.api_key_env}: a Hugging Face token is never sent to a "
+                             "generation server")
+        os.environ[ALLOW_KEY_ENV] = args.api_key_env
     loaded = load_pipeline(args.pipeline)
     plan = build_plan(loaded, inputs=args.input or None, output=args.output, seed=args.seed)
     from pipelines import storage

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from stages.base import Measured, Outcome, Services, StageParams
 
@@ -31,6 +31,17 @@ class GeneratorParams(StageParams):
     refusal_patterns: tuple[str, ...] = Field(
         REFUSAL_PATTERNS, description="regular expressions (case-insensitive) that mark a reply as a refusal "
         "when they match its first 200 characters [ours]")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env_allowed(cls, v: str | None) -> str | None:
+        from gpu_jobs.generate import key_env_allowed
+
+        if v is not None and not key_env_allowed(v):
+            raise ValueError(f"'{v}' may not be sent to a generation server: use OPENAI_API_KEY or "
+                             "LONGFORGE_<NAME>_API_KEY, or allow it with `longforge run --api-key-env " + v + "`; "
+                             "a Hugging Face token is never sent")
+        return v
 
     @property
     def device(self) -> str:
