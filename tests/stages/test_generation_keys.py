@@ -20,6 +20,9 @@ stages:
 """
 
 
+PREDICTION = {"id": "a", "text": "x", "prompt": "Write 10 words.", "response": "x", "length": 10}
+
+
 class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: list = []
 
@@ -45,7 +48,7 @@ def server():
 @pytest.mark.parametrize("env", ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "HOME"])
 def test_a_pipeline_file_cannot_send_any_variable_to_any_host(tmp_path, server, env):
     pipe = write_pipeline(tmp_path / "p.yaml", PIPE.format(port=server, env=env))
-    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "x", "prompt": "Write 10 words.", "response": "x", "length": 10}])
+    src = write_jsonl(tmp_path / "in.jsonl", [PREDICTION])
     secret = {env: "hf_" + "S" * 30 if "TOKEN" in env else "s3cr3t-value"}
     for args in (["validate", str(pipe)],
                  ["run", str(pipe), "--input", str(src), "--output", str(tmp_path / "out"), "--catalog",
@@ -62,7 +65,7 @@ def test_a_pipeline_file_cannot_send_any_variable_to_any_host(tmp_path, server, 
 
 def test_a_variable_named_on_the_command_line_is_sent(tmp_path, server):
     pipe = write_pipeline(tmp_path / "p.yaml", PIPE.format(port=server, env="MY_SERVER_KEY"))
-    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "x", "prompt": "Write 10 words.", "response": "x", "length": 10}])
+    src = write_jsonl(tmp_path / "in.jsonl", [PREDICTION])
     r = run_cli("run", str(pipe), "--input", str(src), "--output", str(tmp_path / "out"), "--catalog",
                 str(tmp_path / "c.duckdb"), "--api-key-env", "MY_SERVER_KEY", "--quiet",
                 env={"MY_SERVER_KEY": "key-for-this-server"})
