@@ -92,6 +92,8 @@ def _walk(root: str) -> tuple[list[str], int, list[str]]:
                 continue
             path = os.path.join(dirpath, f)
             if not os.path.isfile(path):
+                if os.path.lexists(path):  # a FIFO, socket or device (or a dangling link): never read
+                    repeats.append(f"{path} ({_kind_of_entry(path)}, not read)")
                 continue
             rp = os.path.realpath(path)
             if rp in seen_files:
@@ -100,6 +102,42 @@ def _walk(root: str) -> tuple[list[str], int, list[str]]:
             seen_files.add(rp)
             files.append(path)
     return sorted(files), hidden, repeats
+
+
+def _kind_of_entry(path: str) -> str:
+    """What a path that is not a regular file is, in words."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a dangling link"
+    if stat.S_ISFIFO(mode):
+        return "a pipe or FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+def check_input_file(path: str, fmt: str) -> None:
+    """Refuse, before any work, what cannot be read as a file: a pipe (``<(cmd)``, /dev/stdin, a
+    FIFO would block), a device (/dev/zero never ends), and an empty or blank JSONL file.
+    A run plans from a file, reads it, and resumes from it: all three need a regular file."""
+    if storage.is_remote(path):
+        return
+    if not os.path.isfile(path):
+        raise ValueError(f"input '{path}' is {_kind_of_entry(path)}, not a file (a run plans from its input, "
+                         "reads it, and rereads it to resume)", "save it to a file first (cmd > in.jsonl)")
+    if fmt == "jsonl" and not path.endswith((".gz", ".zst")):
+        with open(path, "rb") as f:  # the first non-blank byte: at once for any real file
+            while chunk := f.read(MB):
+                if chunk.strip():
+                    return
+        raise ValueError(f"input '{path}' is empty (no record in it)", "give a file with records in it")
 
 
 def _remote_format(path: str) -> str:
@@ -170,14 +208,24 @@ def expand_paths(inp: InputSpec, fmt: str, notes: list[str] | None = None) -> li
                              + ", ".join(others[:5]) + (" ..." if len(others) > 5 else ""))
         if hidden:
             notes.append(f"input '{inp.path}': {hidden} hidden entries (names starting with '.') not read")
+        repeats, special = _split_walk_notes(repeats)
         if repeats:
             notes.append(f"input '{inp.path}': {len(repeats)} link(s) lead to files or folders already read "
                          f"(e.g. {repeats[0]}); each file is read once")
+        if special:
+            notes.append(f"input '{inp.path}': {len(special)} entries are not files and were not read: "
+                         + "; ".join(special[:5]) + (" ..." if len(special) > 5 else ""))
     else:
         found = [path] if os.path.exists(path) else []
     if not found:
         raise FileNotFoundError(f"input '{inp.path}' matches no files")
     return found
+
+
+def _split_walk_notes(repeats: list[str]) -> tuple[list[str], list[str]]:
+    """(links to files already read, entries that are not files) of _walk's third list."""
+    special = [r for r in repeats if r.endswith(", not read)")]
+    return [r for r in repeats if r not in special], special
 
 
 def _expand_remote(inp: InputSpec, fmt: str, notes: list[str]) -> list[str]:
@@ -229,6 +277,11 @@ def plan_shards(inputs: list[InputSpec], read: ReadSpec, notes: list[str] | None
                              f"'{inp.path.rstrip('/')}/**/*.jsonl' as two inputs, or set 'format:'")
         paths = expand_paths(inp, fmt, notes)
         for path in paths:
+            if fmt != "hf":
+                try:
+                    check_input_file(path, fmt)
+                except ValueError as e:
+                    raise InputError(ii, *e.args) from None
             rp = path if storage.is_remote(path) else os.path.realpath(path)
             if rp in owner:
                 k, given = owner[rp]
@@ -408,6 +461,8 @@ def _iter_jsonl(shard: Shard, inp: InputSpec, read: ReadSpec) -> Iterator[dict |
                 yield Rejected(locator, "record too large", f"{line[1]} bytes > max_record_bytes "
                                f"({read.max_record_bytes}); payload keeps the first 4 KiB", line[2])
                 continue
+            if locator.endswith("@0") and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]  # a UTF-8 byte-order mark (editors on Windows write one) is not JSON
             if not data.strip():
                 continue
             try:
