@@ -205,8 +205,15 @@ def build_report(catalog, run_id: str) -> str:
 
 def write_report(catalog, run_id: str, path: Path) -> Path:
     """Write the page; never over a file that is not a report of ours."""
-    if path.exists() and MARK not in path.read_text(encoding="utf-8", errors="replace")[:200]:
-        raise ReportError(f"'{path}' exists and is not a longforge report; give another --output")
+    if path.is_dir():
+        raise ReportError(f"'{path}' is a folder; give --output a file name (report.html)")
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise ReportError(f"'{path}' exists and is not a regular file; give another --output")
+        with open(path, "rb") as f:  # the first bytes only, whatever the file's size
+            head = f.read(400).decode("utf-8", errors="replace")
+        if MARK not in head:
+            raise ReportError(f"'{path}' exists and is not a longforge report; give another --output")
     page = build_report(catalog, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -248,15 +248,24 @@ def _check_expansion(root: yaml.Node, file: str) -> None:
 def load_pipeline(path: str | Path) -> LoadedSpec:
     """Read and validate a pipeline file (structure and stage parameters, not yet schemas)."""
     file = str(path)
+    too_big = PipelineError(file, None, "(file)", f"larger than {MAX_PIPELINE_BYTES >> 10} KiB",
+                            "a pipeline file describes stages; put data in an input file")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        if Path(path).is_dir():
+            raise PipelineError(file, None, "(file)", "a folder, not a pipeline file",
+                                "give the YAML file (e.g. pipelines/icp.yaml)")
+        with open(path, "rb") as f:  # at most one byte past the limit is read, whatever the file is
+            raw = f.read(MAX_PIPELINE_BYTES + 1)
     except FileNotFoundError:
         raise PipelineError(file, None, "(file)", "no such pipeline file", "check the path") from None
+    except OSError as e:
+        raise PipelineError(file, None, "(file)", f"cannot be read ({e.strerror})", "check the path") from None
+    if len(raw) > MAX_PIPELINE_BYTES:
+        raise too_big
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PipelineError(file, None, "(file)", f"not UTF-8 ({e.reason})", "save the file as UTF-8") from None
-    if len(text.encode("utf-8")) > MAX_PIPELINE_BYTES:
-        raise PipelineError(file, None, "(file)", f"larger than {MAX_PIPELINE_BYTES >> 10} KiB",
-                            "a pipeline file describes stages; put data in an input file")
     try:
         loader = _StrictLoader(text)
         try:

@@ -83,3 +83,54 @@ def test_a_report_never_overwrites_a_file_of_someone_else(report, tmp_path):
     assert again.returncode == 0  # its own page is replaced
     missing = run_cli("report", "run-nope", "--catalog", str(base / "c.duckdb"), "--output", str(tmp_path / "x.html"))
     assert missing.returncode == 2 and "no run 'run-nope'" in missing.stderr
+
+
+def _limited(gib: float):
+    """A child process limited to ``gib`` GiB of address space: a whole-file read of a bigger file
+    fails there instead of taking the machine's memory."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (int(gib * (1 << 30)), int(gib * (1 << 30))))
+    return limit
+
+
+def test_report_output_is_checked_for_kind_and_size_before_it_is_read(report, tmp_path):
+    """Issue 32, points 14 and 15: a folder, a device, a FIFO and a 3 GB file as --output."""
+    import os
+    import subprocess
+
+    from tests.conftest import LONGFORGE
+
+    base, _ = report
+    big = tmp_path / "big.html"
+    with open(big, "wb") as f:  # sparse: 3 GB that take no disk
+        f.truncate(3 << 30)
+    os.mkfifo(tmp_path / "fifo.html")
+    (tmp_path / "folder").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for target, said in ((big, "not a longforge report"), ("/dev/zero", "not a regular file"),
+                         (tmp_path / "fifo.html", "not a regular file"), (tmp_path / "folder", "is a folder")):
+        done = subprocess.run([*LONGFORGE, "report", "latest", "--catalog", str(base / "c.duckdb"), "--output",
+                               str(target)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+                              preexec_fn=_limited(2.5))
+        assert done.returncode == 2 and said in done.stderr, (target, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr
+    assert big.stat().st_size == 3 << 30 and sorted(p.name for p in (tmp_path / "folder").iterdir()) == []
+
+
+def test_a_data_file_given_as_the_pipeline_is_refused_after_reading_one_mebibyte(tmp_path):
+    import os
+    import subprocess
+
+    from tests.conftest import LONGFORGE
+
+    big = tmp_path / "BIG.jsonl"
+    with open(big, "wb") as f:
+        f.truncate(3 << 30)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for pipeline in (big, "/dev/zero", tmp_path):
+        done = subprocess.run([*LONGFORGE, "run", str(pipeline), "--input", str(big)], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120, preexec_fn=_limited(2.5))
+        assert done.returncode == 2, (pipeline, done.stderr[-2000:])
+        assert "larger than 1024 KiB" in done.stderr or "a folder, not a pipeline file" in done.stderr, done.stderr
