@@ -76,6 +76,26 @@ def _named_tokenizer_files() -> dict[str, tuple[Path | None, str]]:
 
 
 TOKENIZER_NAMES = ("smollm2", "minilm")
+#: A tokenizer.json larger than this is not one (the largest real ones are a few tens of MB).
+MAX_TOKENIZER_BYTES = 256 << 20
+
+
+def check_tokenizer_ref(name: str) -> str:
+    """What a pipeline may name as a tokenizer, checked while validating: a known name, a
+    ``*.json`` file of plausible size, or a folder holding ``tokenizer.json`` (/etc/passwd or a
+    3 GB file is refused here, not when a worker first loads it)."""
+    if name in TOKENIZER_NAMES:
+        return name
+    p = Path(name).expanduser()
+    if p.is_dir():
+        p = p / "tokenizer.json"
+    if not p.is_file():
+        raise ValueError(f"tokenizer '{name}' is neither a known name ({', '.join(TOKENIZER_NAMES)}) nor a "
+                         "tokenizer.json file or a folder holding one")
+    if p.suffix.lower() != ".json" or p.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise ValueError(f"tokenizer '{name}' is not a tokenizer.json (a .json file under "
+                         f"{MAX_TOKENIZER_BYTES >> 20} MiB)")
+    return name
 
 
 def tokenizer_path(name: str) -> Path:

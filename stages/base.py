@@ -22,10 +22,10 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from schemas import RecordSchema
 
@@ -37,6 +37,17 @@ def metadata_of(record: dict) -> dict:
     except ValueError:
         return {}
     return m if isinstance(m, dict) else {}
+
+
+def _tokenizer_ref(name: str) -> str:
+    from gpu_jobs.models import check_tokenizer_ref
+
+    return check_tokenizer_ref(name)
+
+
+#: A stage parameter naming a tokenizer (smollm2, minilm, a tokenizer.json or its folder), checked
+#: while the pipeline file is validated.
+TokenizerRef = Annotated[str, AfterValidator(_tokenizer_ref)]
 
 
 class StageParams(BaseModel):

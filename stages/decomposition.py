@@ -10,6 +10,7 @@ the spec leaves open are parameters; the run's parameters are in the catalog and
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas import DROP_LOG, SCHEDULE, SEQUENCE, TEXT_RECORD, TOKEN_IDS_FIELDS, TOKEN_IDS_RECORD, RecordSchema
 from schemas.files import write_parquet_atomic
@@ -35,6 +36,7 @@ from stages.base import (
     Resources,
     SideRow,
     StageParams,
+    TokenizerRef,
 )
 from stages.plots import new_figure, save_figure
 
@@ -44,7 +46,7 @@ INDEX_SCHEMA = pa.schema([pa.field("seq_id", pa.string()), pa.field("start", pa.
 
 
 class TokenizeIdsParams(StageParams):
-    tokenizer: str = Field("smollm2", description="short name (smollm2, minilm), a tokenizer.json or a folder")
+    tokenizer: TokenizerRef = Field("smollm2", description="short name (smollm2, minilm), a tokenizer.json or a folder")
     append_eos: bool = Field(True, description="append the end-of-text token to every document [code]")
     keep_text: bool = Field(True, description="keep the text next to its token ids; false when only token-level "
                             "stages follow: the input keeps the text, and the documents are half the size")
@@ -107,6 +109,12 @@ class DecomposeParams(StageParams):
         "deterministic", description="parts above 2^max_exp: cut into 2^max pieces [olmo], or sizes drawn "
         "with P(i) ~ 2^(max-i) [code's randomize], each document's from a generator seeded by (seed, its id) [ours]")
 
+    @model_validator(mode="after")
+    def _exponents_in_order(self):
+        if self.min_exp > self.max_exp:
+            raise ValueError(f"min_exp ({self.min_exp}) must not exceed max_exp ({self.max_exp})")
+        return self
+
 
 @register
 class Decompose(RecordStage):
@@ -128,10 +136,6 @@ class Decompose(RecordStage):
 
     def file_label(self, value) -> str:
         return f"D{int(value):02d}"
-
-    def setup(self) -> None:
-        if self.params.min_exp > self.params.max_exp:
-            raise ValueError("min_exp must not exceed max_exp")
 
     def overflow_rng(self, doc_id: str) -> np.random.Generator | None:
         """Random overflow draws from a generator of (seed, document id) alone, so a document's
@@ -225,11 +229,24 @@ class ScheduleParams(StageParams):
     curriculum: Literal["uniform", "grow_linear", "grow_p2", "grow_p100", "custom"] = Field(
         "grow_p2", description="bucket odds, shortest first [paper: Grow-P2 with 8 cycles was best]")
     odds: list[float] | None = Field(None, description="custom odds, one per bucket min_exp..max_exp")
-    cycles: int = Field(8, ge=1, description="times the short-to-long pattern repeats [paper: 8]")
-    budget_tokens: int = Field(2**19, gt=0, description="tokens per step; a batch of D_i holds budget / 2^i "
-                               "sequences [code: 64 x 8192 = 524,288]")
-    min_exp: int = Field(8, ge=0)
-    max_exp: int = Field(13, ge=0)
+    cycles: int = Field(8, ge=1, le=100_000, description="times the short-to-long pattern repeats [paper: 8]")
+    budget_tokens: int = Field(2**19, gt=0, le=2**40, description="tokens per step; a batch of D_i holds "
+                               "budget / 2^i sequences [code: 64 x 8192 = 524,288]")
+    min_exp: int = Field(8, ge=0, le=30)
+    max_exp: int = Field(13, ge=0, le=30)
+
+    @model_validator(mode="after")
+    def _exponents_in_order(self):
+        if self.min_exp > self.max_exp:
+            raise ValueError(f"min_exp ({self.min_exp}) must not exceed max_exp ({self.max_exp}): the schedule "
+                             "would have no bucket")
+        n = self.max_exp - self.min_exp + 1
+        if self.curriculum == "custom" and (
+                self.odds is None or len(self.odds) != n
+                or not all(math.isfinite(x) and x >= 0 for x in self.odds) or not sum(self.odds) > 0):
+            raise ValueError(f"custom odds: {n} numbers (one per bucket {self.min_exp}..{self.max_exp}), each "
+                             "finite and at least 0, not all 0")
+        return self
 
 
 @register

@@ -10,7 +10,7 @@ import random
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from stages.base import StageParams
+from stages.base import StageParams, TokenizerRef
 
 # LongBench v1's fields (eval-formats.md 1) and the project's extras (3)
 LONGBENCH_FIELDS = (
@@ -67,7 +67,7 @@ class LengthParams(StageParams):
     and the window an item must land in."""
 
     settings: tuple[int, ...] = Field((2048, 8192, 32768), description="nominal prompt lengths in tokens")
-    tokenizer: str = Field("smollm2", description="counts every length: the evaluated model's tokenizer "
+    tokenizer: TokenizerRef = Field("smollm2", description="counts every length: the evaluated model's tokenizer "
                            "[Ada-LEval's helper: cl100k_base]")
     tolerance: float = Field(0.8, gt=0, le=1, description="an item's prompt tokens lie in [tolerance x setting, "
                              "setting] [ours]")

@@ -29,6 +29,7 @@ from stages.base import (
     RecordStage,
     Resources,
     StageParams,
+    TokenizerRef,
     Truncated,
 )
 from stages.plots import new_figure, save_figure
@@ -334,7 +335,7 @@ def plot_adjacent(icp: np.ndarray, rand: np.ndarray, path) -> None:
 
 
 class PackParams(StageParams):
-    tokenizer: str = Field("smollm2", description="the LM tokenizer: smollm2, minilm, or a tokenizer.json")
+    tokenizer: TokenizerRef = Field("smollm2", description="the LM tokenizer: smollm2, minilm, or a tokenizer.json")
     context_length: int = Field(8192, gt=0, description="tokens per context [paper: 8192]")
     separator: Literal["eos", "none"] = Field(
         "eos", description="token between documents [ours: the paper does not say]")

@@ -29,6 +29,7 @@ from stages.base import (
     Rejected,
     Resources,
     StageParams,
+    TokenizerRef,
     metadata_of,
 )
 
@@ -154,7 +155,7 @@ class HacksParams(StageParams):
                                     "recurring: remove|keep}; none = plain truncation [none, stopwords]")
     grid: bool = Field(False, description="all 16 remove/keep combinations instead (spec 4.8, ablations)")
     lengths: list[int] = Field([512, 256, 128], description="first L subword tokens, special tokens included")
-    tokenizer: str = Field("minilm", description="a tokenizer name (minilm: BERT WordPiece with [CLS]/[SEP], "
+    tokenizer: TokenizerRef = Field("minilm", description="a tokenizer name (minilm: BERT WordPiece with [CLS]/[SEP], "
                            "smollm2) or a tokenizer.json [UNVERIFIED: the paper's is unknown]")
     stopwords: str = Field("spacy", description="spacy (757 words), stopwordsiso, sastrawi, or a file "
                            "[spec: sastrawi; ours: spacy, the client's list]")
@@ -173,8 +174,8 @@ class HacksParams(StageParams):
     @field_validator("lengths")
     @classmethod
     def _lengths_positive(cls, v):
-        if not v or any(x < 3 for x in v) or len(set(v)) != len(v):
-            raise ValueError("lengths: distinct numbers of tokens, each at least 3")
+        if not v or any(x < 3 or x > 1_000_000 for x in v) or len(set(v)) != len(v):
+            raise ValueError("lengths: distinct numbers of tokens, each from 3 to 1,000,000")
         return v
 
     @field_validator("stopwords")

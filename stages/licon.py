@@ -89,6 +89,9 @@ class LiconParams(LengthParams):
             raise ValueError(f"selection: one of {', '.join(core.SELECTIONS)}")
         if not self.orders or set(self.orders) - set(core.ORDERS):
             raise ValueError(f"orders: one or more of {', '.join(core.ORDERS)}")
+        if len(set(self.orders)) != len(self.orders):
+            raise ValueError(f"orders: each at most once (got {list(self.orders)}): a repeated order repeats its "
+                             "items under the same ids")
         if self.fit not in ("demos", "rounds"):
             raise ValueError("fit: demos or rounds")
         if self.test_selection not in ("label_cycled", "file_order"):

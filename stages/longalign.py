@@ -26,6 +26,7 @@ from stages.base import (
     Resources,
     SideRow,
     StageParams,
+    TokenizerRef,
 )
 from stages.generation import GeneratorParams, open_generator, refusal, refused, with_call_counts
 
@@ -81,7 +82,7 @@ class SelfInstructParams(GeneratorParams):
     min_questions: int = Field(5, ge=1, description="questions a reply must list [spec: five]")
     reask_temperature: float = Field(0.7, gt=0, description="sampling temperature of the re-asks when "
                                      "temperature is 0 (greedy would repeat the same reply) [ours]")
-    length_tokenizer: str = Field("smollm2", description="the tokenizer that counts a row's `length` (the "
+    length_tokenizer: TokenizerRef = Field("smollm2", description="the tokenizer that counts a row's `length` (the "
                                   "trainer's, ideally) [LongAlign: ChatGLM3's]")
     batch_records: int = Field(4, gt=0, description="documents per checkpointed batch: a killed run never "
                                "generates for a finished batch again")

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from schemas import MESSAGE, RecordSchema
 from stages import longpo_core as core
 from stages import register
-from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources
+from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, TokenizerRef
 from stages.generation import GeneratorParams, open_generator, refused, with_call_counts
 
 LONGPO_PAIR = RecordSchema("longpo_pair", 1, (
@@ -57,7 +57,7 @@ class LongPOParams(GeneratorParams):
     long_rope: Literal["none", "linear", "dynamic", "yarn"] = Field(
         "none", description="local backend: the RoPE extension of the long answers [paper: theta raised]")
     long_rope_factor: float | None = Field(None, gt=1, description="the long window over the trained one")
-    tokenizer: str = Field("smollm2", description="counts chunk and context tokens: the generator's tokenizer "
+    tokenizer: TokenizerRef = Field("smollm2", description="counts chunk and context tokens: the generator's tokenizer "
                            "(a name or a tokenizer.json)")
     domain: Literal["book", "arxiv", "code"] = Field("book", description="paragraph rule when a record has no "
                                                      "`domain`: blank lines (book, code) or LaTeX headings (arxiv)")

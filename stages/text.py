@@ -11,7 +11,7 @@ from pydantic import Field
 
 from schemas import LANGUAGE_FIELDS, SENTENCE_FIELDS, TEXT_RECORD, TOKEN_FIELDS, RecordSchema
 from stages import register
-from stages.base import Dropped, Outcome, RecordStage, Rejected, StageParams
+from stages.base import Dropped, Outcome, RecordStage, Rejected, StageParams, TokenizerRef
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
 _SPACES = re.compile(r"[ \t\u00a0\u3000]+")
@@ -103,7 +103,7 @@ class LanguageId(RecordStage):
 
 
 class TokenizeParams(StageParams):
-    tokenizer: str = Field(
+    tokenizer: TokenizerRef = Field(
         "smollm2", description="short name (smollm2, minilm), a tokenizer.json, or a folder holding one"
     )
     add_special_tokens: bool = Field(False, description="count the tokenizer's special tokens too")

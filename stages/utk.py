@@ -22,7 +22,7 @@ from schemas import TOKEN_IDS_RECORD, UTK_MARKER, UTK_SAMPLE, UTK_TEXT_VIEW, Rec
 from schemas.files import write_text_atomic
 from stages import register
 from stages import utk_core as core
-from stages.base import Dropped, GlobalContext, GroupStage, Outcome, SideRow, StageParams, Truncated
+from stages.base import Dropped, GlobalContext, GroupStage, Outcome, SideRow, StageParams, TokenizerRef, Truncated
 
 
 class MarkerText(StageParams):
@@ -38,7 +38,8 @@ class MarkerText(StageParams):
 
 
 class UtkParams(StageParams):
-    tokenizer: str = Field("smollm2", description="the tokenizer of tokenize_ids (labels and text markers use it)")
+    tokenizer: TokenizerRef = Field("smollm2",
+                                    description="the tokenizer of tokenize_ids (labels and text markers use it)")
     context_length: int = Field(32768, gt=8, description="L: tokens per sample [paper: 131072 or 196608]")
     p: float = Field(0.8, ge=0, le=1, description="share of samples knotted [paper: 0.8; 0.3 'low']; 0 = plain "
                      "packing")
