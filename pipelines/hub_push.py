@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from catalog import Catalog
-from pipelines import storage
+from pipelines import markdown, storage
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CONFIG = re.compile(r"^[A-Za-z0-9][\w.-]*$")
@@ -150,11 +150,25 @@ def source_license(path: str) -> str:
     return "not recorded"
 
 
+class _Code(str):
+    """A table value shown as inline code (escaped by markdown.code, not as a plain cell)."""
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return markdown.code(v) if isinstance(v, _Code) else markdown.cell(v)
+
+
 def _table(header: list[str], rows: list) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join("" if v is None else f"{v:,}" if isinstance(v, int) else
-                              f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "\\|") for v in r) + " |"
-            for r in rows]
+    out += ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
     return "\n".join(out)
 
 
@@ -165,17 +179,19 @@ def render_card(repo: str, art: dict, facts: dict, configs: list[dict], pipeline
                            **({"default": True} if i == 0 else {})} for i, c in enumerate(configs)],
               "tags": ["longforge", art["pipeline"]]}
     lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
-             f"# {configs[0]['config']}", "",
-             f"Built by longforge pipeline `{art['pipeline']}` (run `{art['run_id']}`, "
-             f"{art['runner']} runner, seed {art['seed']}, code {art['code_version']}).", "",
+             f"# {markdown.cell(configs[0]['config'])}", "",
+             f"Built by longforge pipeline {markdown.code(art['pipeline'])} (run {markdown.code(art['run_id'])}, "
+             f"{markdown.cell(art['runner'])} runner, seed {markdown.cell(art['seed'])}, code "
+             f"{markdown.cell(art['code_version'])}).", "",
              "## Configs", "",
              _table(["config", "records", "schema", "content fingerprint"],
-                    [(c["config"], c["n_records"], c["schema"] or "", f"`{c['fingerprint'][:16]}`") for c in configs]),
-             "", "```python", "import datasets",
-             f'ds = datasets.load_dataset("{repo}", "{configs[0]["config"]}", split="train")', "```", ""]
+                    [(c["config"], c["n_records"], c["schema"] or "", _Code(c["fingerprint"][:16])) for c in configs]),
+             "", *markdown.fenced("import datasets\n"
+                                  f"ds = datasets.load_dataset({markdown.python_string(repo)}, "
+                                  f"{markdown.python_string(configs[0]['config'])}, split=\"train\")", "python"), ""]
     fields = configs[0].get("fields") or []
     if fields:
-        lines += ["## Fields", "", _table(["field", "type"], [(f"`{n}`", f"`{t}`") for n, t in fields]), ""]
+        lines += ["## Fields", "", _table(["field", "type"], [(_Code(n), _Code(t)) for n, t in fields]), ""]
     lines += ["## Record accounting (per stage)", "",
               _table(["step", "stage", "shape", "in", "out", "rejected", "dropped"], facts["stats"]), ""]
     if facts["rejects"]:
@@ -193,7 +209,7 @@ def render_card(repo: str, art: dict, facts: dict, configs: list[dict], pipeline
     if facts["metrics"]:
         lines += ["## Metrics", "", _table(["stage", "metric", "value"], facts["metrics"]), ""]
     if pipeline_yaml:
-        lines += ["## Pipeline", "", "```yaml", pipeline_yaml.strip(), "```", ""]
+        lines += ["## Pipeline", "", *markdown.fenced(pipeline_yaml.strip(), "yaml"), ""]
     return "\n".join(lines)
 
 

@@ -419,9 +419,15 @@ def _write_card(plan: Plan, run_id: str, runner: str, n: int, fingerprint: str, 
                 seconds: float, metrics: dict | None = None) -> None:
     """A dataset card in the Hub's layout, so the folder can be pushed as it stands."""
     schema = plan.final_schema
-    fields = "\n".join(f"| `{f.name}` | `{f.type}` |" for f in schema.fields)
-    stages = "\n".join(f"{i + 1}. `{s.name}` {json.dumps(s.stage.params.model_dump(), sort_keys=True)}"
+    from pipelines import markdown
+
+    fields = "\n".join(f"| {markdown.code(f.name)} | {markdown.code(f.type)} |" for f in schema.fields)
+    stages = "\n".join(f"{i + 1}. {markdown.code(s.name)} "
+                       f"{markdown.code(json.dumps(s.stage.params.model_dump(), sort_keys=True))}"
                        for i, s in enumerate(plan.stages))
+    description = markdown.prose(plan.spec.description.strip() or "Built with longforge.")
+    accounting = "\n".join(markdown.fenced(summary_table(stats)))
+    load = f"ds = datasets.load_dataset({markdown.python_string(os.path.abspath(plan.output_dir))}, split=\"train\")"
     card = f"""---
 configs:
 - config_name: default
@@ -435,7 +441,7 @@ tags:
 
 # {plan.spec.name}
 
-{plan.spec.description.strip() or 'Built with longforge.'}
+{description}
 
 - records: {n:,}
 - schema: `{schema.ref}`
@@ -456,15 +462,13 @@ tags:
 
 ## Record accounting
 
-```
-{summary_table(stats)}
-```
+{accounting}
 
 Rejected and dropped records, with reasons, are in `.longforge/rejects.parquet` and in the catalog.
 {_metrics_section(metrics)}
 ```python
 import datasets
-ds = datasets.load_dataset("{os.path.abspath(plan.output_dir)}", split="train")
+{load}
 ```
 """
     write_text_atomic(card, Path(plan.output_dir) / "README.md")
@@ -476,11 +480,14 @@ ds = datasets.load_dataset("{os.path.abspath(plan.output_dir)}", split="train")
 
 
 def _metrics_section(metrics: dict | None) -> str:
+    from pipelines import markdown
+
     if not metrics:
         return ""
     lines = ["", "## Quality metrics", "", "| stage | metric | value |", "|---|---|---|"]
     for stage, values in metrics.items():
-        lines += [f"| {stage} | {k} | {v:.4f} |" if isinstance(v, float) else f"| {stage} | {k} | {v} |"
+        lines += [f"| {markdown.cell(stage)} | {markdown.cell(k)} | {v:.4f} |" if isinstance(v, float)
+                  else f"| {markdown.cell(stage)} | {markdown.cell(k)} | {markdown.cell(v)} |"
                   for k, v in sorted(values.items())]
     return "\n".join(lines) + "\n"
 
