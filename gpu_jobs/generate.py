@@ -158,6 +158,20 @@ class OpenAIGenerator:
 
     def __init__(self, model: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY",
                  timeout: float = 120.0, retries: int = 4, backoff: float = 1.0):
+        # user:password@ in the URL becomes HTTP basic auth, and the URL kept (for requests and every
+        # message, cache key and file) is the one without it.
+        from urllib.parse import unquote, urlsplit, urlunsplit
+
+        parts = urlsplit(base_url)
+        self._basic = None
+        if parts.username is not None or parts.password is not None:
+            import base64
+
+            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+            self._basic = base64.b64encode(pair.encode()).decode()
+            name = parts.hostname or ""
+            host = (f"[{name}]" if ":" in name else name) + (f":{parts.port}" if parts.port else "")
+            base_url = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
         self.model, self.base_url = model, base_url.rstrip("/")
         if api_key_env and not key_env_allowed(api_key_env):
             raise GenerationError(f"api_key_env '{api_key_env}' is not a key this server may be sent: use "
@@ -180,6 +194,8 @@ class OpenAIGenerator:
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
+        elif self._basic:
+            headers["Authorization"] = f"Basic {self._basic}"
         req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
                                      headers=headers, method="POST")
         last = None

@@ -200,9 +200,11 @@ _COMMAND_LINE = False
 def main(argv: list[str] | None = None) -> int:
     global _COMMAND_LINE
     _COMMAND_LINE = argv is None
-    from pipelines.redaction import install_log_redaction
+    from pipelines.redaction import install_log_redaction, install_stderr_redaction, remember_secrets
 
     install_log_redaction()
+    install_stderr_redaction()  # error messages and tracebacks too
+    remember_secrets(list(argv if argv is not None else sys.argv[1:]))  # --beam-arg=--hftoken=... by value
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: runs and scoring jobs end 'interrupted'
     parser = _parser()

@@ -53,7 +53,10 @@ def longbench_write(args) -> int:
                     sums[name] = sums.get(name, 0) + v
             else:
                 rejected.append({"id": o.record_id, "reason": o.reason, "detail": o.detail})
-    summary = {**stage.summarize_metrics(sums), "rejected": len(rejected), "params": params}
+    from pipelines.redaction import redact, redact_text
+
+    rejected = [{**r, "detail": redact_text(str(r["detail"]))} for r in rejected]  # a URL's key is no detail
+    summary = {**stage.summarize_metrics(sums), "rejected": len(rejected), "params": redact(params)}
     write_text_atomic("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows + rejected),
                       out / "scores.jsonl")
     write_text_atomic(json.dumps(summary, indent=2, sort_keys=True) + "\n", out / "summary.json")

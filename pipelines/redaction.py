@@ -11,17 +11,23 @@ from __future__ import annotations
 import logging
 import re
 
-# A whole word of a key or option (hf_token, api-key, password), not a part of one (max_tokens, tokenizer).
-_SECRET_WORD = r"(?<![a-z])(?:token|secret|password|passwd|api[_-]?key|credentials?|auth|access[_-]?key)(?![a-z])"
+# A key or option that holds a secret, wherever the word sits in its name (hf_token, hftoken,
+# accesstoken, api-key, passphrase, private_key, azure_connection_string), but not the parameters
+# that merely count or cut tokens (max_tokens, tokenizer, tokenize_ids) or name an author.
+_SECRET_WORD = (r"token(?!s|iz|_budget)|secret|passw|passphrase|api[_-]?key|credential|(?<![a-z])auth(?!or)|"
+                r"access[_-]?key|private[_-]?key|connection[_-]?string|account[_-]?key|signature|sas[_-]?token")
 _SECRET = re.compile(_SECRET_WORD, re.IGNORECASE)
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^/@\s]+)@")
 _TOKEN_LIKE = re.compile(r"\b(hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{16,})")
+# key=value pairs inside a value (an Azure connection string's AccountKey=..., SharedAccessSignature=...)
+_INNER_SECRET = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|SharedAccessKey|sig|password|pwd)=([^;&\s'\"]+)")
 
 
 def redact_text(text: str) -> str:
     """A string with credentials hidden: URL user-info, well-known token shapes, --secret=VALUE."""
     text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
     text = _TOKEN_LIKE.sub("***", text)
+    text = _INNER_SECRET.sub(lambda m: m.group(1) + "=***", text)
     if text.startswith("-") and "=" in text and _SECRET.search(text.split("=")[0]):
         text = text.split("=")[0] + "=***"
     return text
@@ -69,7 +75,13 @@ def secret_values(args: list[str]) -> list[str]:
 
 
 def remember_secrets(args: list[str]) -> None:
+    """Remember the secret values of an argument list (secret options' values, a URL's user-info),
+    so they are hidden wherever they show up later, in whatever form a library quotes them."""
     _KNOWN_SECRETS.update(secret_values(args))
+    for a in args:
+        for m in _USERINFO.finditer(str(a)):
+            info = m.group("info")
+            _KNOWN_SECRETS.update(x for x in (info, info.split(":", 1)[-1]) if len(x) >= 4)
 
 
 class RedactingFilter:
@@ -115,3 +127,34 @@ def install_log_redaction() -> None:
 
     factory.longforge_redacting = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
+
+
+def redact_known(text: str) -> str:
+    """redact_text, and the values known to be secret in this process hidden wherever they appear."""
+    cleaned = redact_text(text)
+    for word in [*_secret_words(text), *_KNOWN_SECRETS]:
+        cleaned = cleaned.replace(word, "***")
+    return cleaned
+
+
+class RedactingStream:
+    """A text stream (the process's stderr) that hides credentials in what is written to it: error
+    messages that quote a URL with ``user:password@`` (a botocore traceback included) and values
+    of secret-looking options never reach the screen."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact_known(text))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def install_stderr_redaction() -> None:
+    import sys
+
+    if not isinstance(sys.stderr, RedactingStream):
+        sys.stderr = RedactingStream(sys.stderr)

@@ -235,7 +235,9 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     artifacts = [output] + [a for a, _ in sides]
     input_ids = []
     for k, inp in enumerate(plan.spec.inputs):
-        path = inp.path if storage.is_remote(inp.path) else os.path.abspath(os.path.expanduser(inp.path))
+        # What the catalog records: a URL's user:password@ is never among it (storage.public_path).
+        path = storage.public_path(inp.path if storage.is_remote(inp.path)
+                                   else os.path.abspath(os.path.expanduser(inp.path)))
         parent = catalog.latest_output_artifact(path)
         if parent is None:
             parent = _artifact_id(run_id, f"input{k}")

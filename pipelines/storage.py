@@ -134,12 +134,15 @@ def remote_glob(pattern: str) -> list[str]:
 
 
 def public_path(path: str | os.PathLike) -> str:
-    """What the catalog records for ``path``: the remote URL where it is a staged copy of one."""
+    """What the catalog records for ``path``: the remote URL where it is a staged copy of one, with
+    any ``user:password@`` of a URL hidden."""
+    from pipelines.redaction import redact_text
+
     s = os.path.abspath(str(path)) if not is_remote(path) else str(path)
     for staging, url in _public.items():
         if s == staging or s.startswith(staging + os.sep):
-            return url + s[len(staging):].replace(os.sep, "/")
-    return s
+            return redact_text(url + s[len(staging):].replace(os.sep, "/"))
+    return redact_text(s) if is_remote(s) else s
 
 
 def staging_dir(url: str) -> Path:

@@ -82,3 +82,15 @@ def test_an_allowed_variable_holding_a_hub_token_is_not_sent(monkeypatch, server
     with pytest.raises(GenerationError, match="is a Hugging Face token"):
         OpenAIGenerator("m", f"http://127.0.0.1:{server}/v1")
     assert _Recorder.seen == []
+
+
+def test_a_urls_user_and_password_go_as_basic_auth_and_nowhere_else(monkeypatch, server):
+    import base64
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    gen = OpenAIGenerator("m", f"http://judge:pa%40ss@127.0.0.1:{server}/v1", retries=0)
+    assert gen.base_url == f"http://127.0.0.1:{server}/v1"
+    with pytest.raises(GenerationError) as e:
+        gen.generate([{"role": "user", "content": "hi"}])
+    assert "pa@ss" not in str(e.value) and "pa%40ss" not in str(e.value)
+    assert _Recorder.seen == ["Basic " + base64.b64encode(b"judge:pa@ss").decode()]
