@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     remember_secrets(list(argv if argv is not None else sys.argv[1:]))  # --beam-arg=--hftoken=... by value
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: runs and scoring jobs end 'interrupted'
+        # Ctrl-C works even when the process started with SIGINT ignored (a background job of a
+        # script, a test runner's worker): Python would otherwise keep ignoring it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = _parser()
     try:
         args = parser.parse_args(argv)

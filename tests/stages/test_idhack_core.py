@@ -154,6 +154,14 @@ def test_content_kept_counts_occurrences_and_types():
     assert core.content_kept(ws, [0, 2, 4, 6], 3, stops) == (3 / 4, 2 / 3)  # stop words out: buku, pena, buku
 
 
+def _no_surrogates():
+    """Characters without lone surrogates: tokenizers cannot take them (the oracle has no answer),
+    and the reader rejects them before a stage sees a record."""
+    from hypothesis import strategies as st
+
+    return st.characters(blacklist_categories=("Cs",))
+
+
 # The piece-by-piece encoder (PieceEncoder) must be the tokenizer's own encoding, bit for bit: the
 # oracle is tokenizers' `encode` of the whole text.
 def _assert_same_encoding(encoder: core.PieceEncoder, tokenizer, text: str) -> None:
@@ -185,7 +193,7 @@ def test_piece_encoder_matches_on_hostile_text():
     tok.no_truncation()
     tok.no_padding()
     encoder = core.PieceEncoder(tok)
-    alphabet = st.one_of(st.characters(), st.sampled_from(list(" \t\n\u00a0\u200b\u0301é中,.-'")))
+    alphabet = st.one_of(_no_surrogates(), st.sampled_from(list(" \t\n\u00a0\u200b\u0301é中,.-'")))
     word = st.one_of(st.text(alphabet, max_size=12), st.text(st.sampled_from("ab"), min_size=95, max_size=110))
 
     @settings(max_examples=300, deadline=None, database=None)
@@ -214,7 +222,7 @@ def test_words_fast_path_is_the_spec_rule():
     from hypothesis import strategies as st
 
     @settings(max_examples=500, deadline=None, database=None)
-    @given(st.text(st.one_of(st.characters(), st.sampled_from(list(" .,-'\"()½²٣Ⅻ€$a1"))), max_size=40))
+    @given(st.text(st.one_of(_no_surrogates(), st.sampled_from(list(" .,-'\"()½²٣Ⅻ€$a1"))), max_size=40))
     def check(text):
         assert core.words(text) == by_rule(text)
 
