@@ -277,6 +277,16 @@ def push(catalog: Catalog, what: str, repo: str, *, private: bool = False, revis
             if not files:
                 raise PushError(f"artifact {a['name']} has no Parquet files under {a['path']}/data "
                                 "(moved or deleted since the run?)")
+            # What is sent is what the card describes: the folder may have been rebuilt since by another
+            # run (--overwrite), and its records would go out under this run's card and counts.
+            from pipelines.publish import dataset_fingerprint
+
+            n_now, _, fingerprint_now = dataset_fingerprint(str(folder.parent))
+            if fingerprint_now != a["fingerprint"]:
+                raise PushError(f"{a['path']} no longer holds the records of run {art['run_id']} (now {n_now:,} "
+                                f"records, fingerprint {fingerprint_now[:12]}; the catalog says {a['n_records']:,}, "
+                                f"{a['fingerprint'][:12]}): another run rebuilt it -> push that run's artifact "
+                                "(`longforge catalog artifacts`), or rerun this one")
             schema = REGISTRY.schemas.get(f"{a['schema_name']}@{a.get('schema_version') or 1}") \
                 if a.get("schema_name") else None
             configs.append({"config": _config_name(a["name"], art["name"], config), "folder": folder, "files": files,
@@ -291,8 +301,11 @@ def push(catalog: Catalog, what: str, repo: str, *, private: bool = False, revis
             commit = None
             for c in configs:
                 progress(f"pushing config {c['config']}: {len(c['files'])} files")
+                # One commit per config: its new files, and the Parquet files an earlier push left there
+                # removed (a config holds one run's records, never a mix).
                 info = api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=str(c["folder"]),
                                          path_in_repo=c["config"], revision=revision, allow_patterns=["*.parquet"],
+                                         delete_patterns=["*.parquet"],
                                          commit_message=f"longforge: {c['config']} from run {art['run_id']}")
                 commit = getattr(info, "oid", None) or commit
             card_file = Path(scratch) / "README.md"

@@ -144,3 +144,50 @@ def test_push_says_why_when_refused_offline_or_without_a_token(built, tmp_path):
     assert offline.returncode == 1 and "HF_HUB_OFFLINE" in offline.stderr
     assert no_token.returncode == 1 and "HF_TOKEN" in no_token.stderr
     assert _n_pushes(built["catalog"]) == before, "a failed push records nothing"
+
+
+def _run_documents(base, name: str, rows: list, per_file: int, *extra: str):
+    """A plain documents pipeline (normalize) into base/out, ``per_file`` records per Parquet file."""
+    pq.write_table(pa.Table.from_pylist(rows), base / f"{name}.parquet")
+    pipe = base / "docs.yaml"
+    pipe.write_text(f"name: docs\noutput:\n  records_per_file: {per_file}\nstages:\n  - stage: normalize\n")
+    r = run_cli("run", str(pipe), "--input", str(base / f"{name}.parquet"), "--output", str(base / "out"),
+                "--catalog", str(base / "c.duckdb"), "--quiet", *extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+    con = duckdb.connect(str(base / "c.duckdb"), read_only=True)
+    art = con.execute("SELECT artifact_id FROM artifacts WHERE kind = 'output' ORDER BY created_at DESC LIMIT 1"
+                      ).fetchone()[0]
+    con.close()
+    return art
+
+
+def test_a_push_replaces_what_an_earlier_push_left_in_its_config(real_docs, tmp_path):
+    """Issue 32, point 2: run A (5 files) then run B (1 file) pushed to one config give B's records."""
+    docs = [{"id": r["id"], "text": r["text"]} for r in sorted(real_docs, key=lambda r: r["id"])][:250]
+    a_base, b_base = tmp_path / "a", tmp_path / "b"
+    a_base.mkdir()
+    b_base.mkdir()
+    art_a = _run_documents(a_base, "a", docs, 50)
+    art_b = _run_documents(b_base, "b", docs[:200], 20000)
+    with HubServer(tmp_path / "hub", TOKEN) as hub:
+        for base, art in ((a_base, art_a), (b_base, art_b)):
+            r = run_cli("push", art, "--repo", "lab/replaced", "--config", "docs", "--catalog", str(base / "c.duckdb"),
+                        env=_env(hub, tmp_path))
+            assert r.returncode == 0, r.stderr[-3000:]
+        repo = hub.state.files("lab/replaced", "main")
+    assert len(list((repo / "docs").glob("*.parquet"))) == 1
+    ds = datasets.load_dataset(str(repo), "docs", split="train", cache_dir=tmp_path / "hf-cache")
+    assert len(ds) == 200 and "| docs | 200 |" in (repo / "README.md").read_text()
+
+
+def test_a_push_refuses_a_folder_another_run_rebuilt(real_docs, tmp_path):
+    """Issue 32, point 3: run A, then run B over the same folder with --overwrite; pushing A sends nothing."""
+    docs = [{"id": r["id"], "text": r["text"]} for r in sorted(real_docs, key=lambda r: r["id"])][:250]
+    art_a = _run_documents(tmp_path, "a", docs[:50], 20000)
+    _run_documents(tmp_path, "b", docs[50:250], 20000, "--overwrite")
+    with HubServer(tmp_path / "hub", TOKEN) as hub:
+        r = run_cli("push", art_a, "--repo", "lab/stale", "--catalog", str(tmp_path / "c.duckdb"),
+                    env=_env(hub, tmp_path))
+        assert not hub.state.commits
+    assert r.returncode == 1 and "no longer holds the records of run" in r.stderr, r.stderr[-2000:]
+    assert "200 records" in r.stderr and "the catalog says 50" in r.stderr
