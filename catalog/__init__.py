@@ -166,9 +166,10 @@ class QueryRefused(ValueError):
     """A catalog query that would do more than read."""
 
 
-class CatalogTooNew(RuntimeError):
-    """The catalog was written by a newer longforge (a higher schema version): this one would
-    misread it, and a write would stamp it with the older version."""
+class CatalogUnusable(RuntimeError):
+    """A catalog this longforge cannot use: written by a newer one (a higher schema version: this
+    one would misread it, and a write would stamp it with the older version), or not a DuckDB
+    catalog at all (empty, damaged, another file)."""
 
 
 class CatalogUnavailable(RuntimeError):
@@ -215,7 +216,11 @@ class Catalog:
             try:
                 return duckdb.connect(self.path, read_only=read_only, config=config or {})
             except duckdb.Error as e:
-                if not _is_lock_conflict(e) or time.monotonic() >= deadline:
+                if not _is_lock_conflict(e):
+                    raise CatalogUnusable(f"the catalog {self.path} cannot be opened ({type(e).__name__}: "
+                                        f"{' '.join(str(e).split())[:300]}) -> give --catalog another file, or "
+                                        "move this one away") from None
+                if time.monotonic() >= deadline:
                     raise
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
@@ -240,7 +245,7 @@ class Catalog:
             con.close()
 
     def check_version(self) -> None:
-        """Raise CatalogTooNew if the catalog exists with a schema version this longforge cannot
+        """Raise CatalogUnusable if the catalog exists with a schema version this longforge cannot
         read or write (a run checks before it starts working)."""
         if Path(self.path).exists():
             with self.connect(read_only=True):
@@ -258,7 +263,7 @@ class Catalog:
         except ValueError:
             version = -1
         if version > SCHEMA_VERSION or version < 1:
-            raise CatalogTooNew(
+            raise CatalogUnusable(
                 f"the catalog {self.path} has schema version {row[0]!r}; this longforge reads version "
                 f"{SCHEMA_VERSION} -> use the longforge that wrote it, or give --catalog another file")
 

@@ -228,11 +228,24 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if type(e).__name__ == "Terminated" else 130
     except BrokenPipeError:  # `longforge stages | head`
         return 0
-    except RuntimeError as e:
-        if "catalog" in sys.modules and isinstance(e, sys.modules["catalog"].CatalogTooNew):
+    except FileNotFoundError as e:  # a missing catalog, input or file named on the command line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the last net: a message, never a traceback
+        if "catalog" in sys.modules and isinstance(e, sys.modules["catalog"].CatalogUnusable):
             print(f"error: {e}", file=sys.stderr)
             return 2
-        raise
+        if os.environ.get("LONGFORGE_DEBUG"):
+            raise
+        print(f"error: {type(e).__name__}: {_one_paragraph(e)}", file=sys.stderr)
+        print("(not a failure longforge foresaw: LONGFORGE_DEBUG=1 shows where it happened; please report it)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_paragraph(e: Exception) -> str:
+    text = " ".join(str(e).split()) or repr(e)
+    return text if len(text) <= 600 else text[:600] + " ..."
 
 
 def _push(args) -> int:

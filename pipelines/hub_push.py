@@ -225,6 +225,22 @@ def pipeline_text(art: dict) -> str:
 # -- the upload ------------------------------------------------------------------------------------
 
 
+def _check_repo_id(repo: str) -> None:
+    """OWNER/NAME as the Hub takes it (its own validator), in ASCII, before anything is read or sent."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    ok = bool(_REPO_ID.match(repo)) and repo.isascii()
+    if ok:
+        try:
+            validate_repo_id(repo)
+        except HFValidationError:
+            ok = False
+    if not ok:
+        raise PushError(f"'{repo}' is not a Hub repo id: give OWNER/NAME, letters, digits, '-', '_' and '.', "
+                        "starting and ending with a letter or digit, no '--' or '..'")
+
+
 def hub_token() -> str:
     from huggingface_hub import get_token
 
@@ -249,8 +265,7 @@ def _local_copy(path: str, scratch: Path) -> Path:
 
 def push(catalog: Catalog, what: str, repo: str, *, private: bool = False, revision: str | None = None,
          config: str | None = None, endpoint: str | None = None, progress=print) -> Pushed:
-    if not _REPO_ID.match(repo):
-        raise PushError(f"'{repo}' is not a repo id: give OWNER/NAME")
+    _check_repo_id(repo)
     art = resolve_artifact(catalog, what)
     config = config or art["pipeline"]
     if not _CONFIG.match(config):

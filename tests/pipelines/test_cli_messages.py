@@ -1,0 +1,77 @@
+"""Hostile command lines end in a message, never a traceback (issue 32, point 14): each case is
+a command a careless user types; the answer names what is wrong, with exit code 1 or 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli, write_jsonl
+
+
+def _cases(tmp_path) -> dict[str, tuple[list[str], str]]:
+    (tmp_path / "empty.duckdb").write_bytes(b"")
+    (tmp_path / "corrupt.duckdb").write_bytes(b"not a database" * 100)
+    (tmp_path / "bad-utf8.jsonl").write_bytes(b'{"id": "a", "answer": "\xff\xfe"}\n')
+    (tmp_path / "str.jsonl").write_text('"str"\n')
+    (tmp_path / "int.jsonl").write_text("123\n")
+    (tmp_path / "a-file").write_text("x")
+    folder = tmp_path / "not-gateau"
+    folder.mkdir()
+    (folder / "README.md").write_text("hello")
+    preds = {"negative": write_jsonl(tmp_path / "negative.jsonl",
+                                     [{"id": "a", "prompt": "p", "response": "r", "length": -5}])}
+    c = str(tmp_path / "c.duckdb")
+    return {
+        "report on a missing catalog": (["report", "latest", "--catalog", c], "no catalog"),
+        "report on an empty catalog": (["report", "latest", "--catalog", str(tmp_path / "empty.duckdb")],
+                                       "cannot be opened"),
+        "report on a corrupt catalog": (["report", "latest", "--catalog", str(tmp_path / "corrupt.duckdb")],
+                                        "cannot be opened"),
+        "push with a missing catalog": (["push", "latest", "--repo", "lab/x", "--catalog", c], "no catalog"),
+        "push to lab/..": (["push", "latest", "--repo", "lab/..", "--catalog", c], "not a Hub repo id"),
+        "push to lab/a--b": (["push", "latest", "--repo", "lab/a--b", "--catalog", c], "not a Hub repo id"),
+        "push to lab/-x": (["push", "latest", "--repo", "lab/-x", "--catalog", c], "not a Hub repo id"),
+        "push to lab/é": (["push", "latest", "--repo", "lab/é", "--catalog", c], "not a Hub repo id"),
+        "longbench-write --output a file": (["longbench-write", str(preds["negative"]), "--output",
+                                             str(tmp_path / "a-file"), "--length-only"], "a-file"),
+        "select on a folder that is not a GATEAU output": (["select", str(folder), "--output", str(tmp_path / "o6")],
+                                                           "not-gateau"),
+        "validate a folder": (["validate", str(folder)], "a folder"),
+        "run a folder": (["run", str(folder)], "a folder"),
+    }
+
+
+CASES = ["report on a missing catalog", "report on an empty catalog", "report on a corrupt catalog",
+         "push with a missing catalog", "push to lab/..", "push to lab/a--b", "push to lab/-x", "push to lab/é",
+         "longbench-write --output a file", "select on a folder that is not a GATEAU output", "validate a folder",
+         "run a folder"]
+
+
+@pytest.mark.parametrize("case", ["nan", "negative", "inf", "huge", "list"])
+def test_a_prediction_with_an_unusable_length_is_rejected_with_its_reason(tmp_path, case):
+    """Bad records go to the rejects with a reason; the good ones are scored; the command says so."""
+    bad = {"nan": {"length": float("nan")}, "negative": {"length": -5}, "inf": {"length": float("inf")},
+           "huge": {"length": 1e308}, "list": None}[case]
+    good = {"id": "good", "prompt": "Write 5 words.", "response": "one two three four five", "length": 5}
+    with open(tmp_path / "p.jsonl", "w") as f:
+        f.write(json.dumps(good) + "\n")
+        f.write((json.dumps([1, 2]) if bad is None else json.dumps({"id": "bad", "prompt": "p", "response": "r",
+                                                                    **bad})) + "\n")
+    r = run_cli("longbench-write", str(tmp_path / "p.jsonl"), "--output", str(tmp_path / "out"), "--length-only")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "1 record(s) rejected" in r.stderr
+    rows = [json.loads(x) for x in (tmp_path / "out" / "scores.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in rows if "score_length" in x] == ["good"]
+    assert [x["reason"] for x in rows if "reason" in x] == ["not a JSON object" if bad is None else "invalid length"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rejected"] == 1
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_hostile_command_line_ends_in_a_message(tmp_path, case):
+    args, said = _cases(tmp_path)[case]
+    r = run_cli(*args, timeout=120)
+    assert r.returncode in (1, 2), (case, r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and said in r.stderr, (case, r.stderr[-2000:])
+    assert "not a failure longforge foresaw" not in r.stderr, (case, r.stderr[-2000:])
