@@ -360,6 +360,32 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def _remote_overlap(output: str, inputs: list[InputSpec]) -> str | None:
+    """The same rule for URLs (s3://bucket/a/b): by their text, '/' separating folders."""
+    def norm(url: str) -> str:
+        return url.rstrip("/")
+
+    def inside(a: str, b: str) -> bool:
+        return a == b or a.startswith(b + "/")
+
+    out = norm(output)
+    for k, inp in enumerate(inputs):
+        if storage.is_remote(inp.path) != storage.is_remote(output):
+            continue
+        parts = []
+        for part in inp.path.split("/"):
+            if any(ch in part for ch in "*?["):
+                break
+            parts.append(part)
+        root = norm("/".join(parts))
+        if inside(out, root):
+            return (f"output '{output}' is inside input {k} ('{inp.path}'): the run would write into its input, "
+                    "and the next run would read its own output back")
+        if inside(root, out):
+            return f"input {k} ('{inp.path}') is inside output '{output}': the run would overwrite what it reads"
+    return None
+
+
 def _input_root(inp: InputSpec) -> str:
     """The folder an input names: itself, or a glob's fixed leading part."""
     path = os.path.expanduser(inp.path)
@@ -375,6 +401,8 @@ def _input_root(inp: InputSpec) -> str:
 
 def output_overlaps_input(output: str, inputs: list[InputSpec], shards: list[Shard]) -> str | None:
     """Why writing to ``output`` would overwrite an input or be read back as one, or None."""
+    if storage.is_remote(output) or any(storage.is_remote(inp.path) for inp in inputs):
+        return _remote_overlap(output, inputs)
     out = os.path.realpath(output)
     for k, inp in enumerate(inputs):
         root = _input_root(inp)

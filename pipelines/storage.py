@@ -129,8 +129,13 @@ def remote_files(url: str) -> list[str]:
 
 
 def remote_glob(pattern: str) -> list[str]:
+    """A remote glob's files, hidden ones left out as a local glob leaves them out: no path part
+    starting with '.' that the pattern does not name (an output's .longforge/ work files and rejects
+    are never read back as input)."""
     fs, p = filesystem(pattern)
-    return sorted(_url(fs, f) for f in fs.glob(p) if fs.isfile(f))
+    named = {part for part in p.split("/") if part.startswith(".")}
+    return sorted(_url(fs, f) for f in fs.glob(p) if fs.isfile(f)
+                  and not any(part.startswith(".") and part not in named for part in f.split("/")))
 
 
 def public_path(path: str | os.PathLike) -> str:

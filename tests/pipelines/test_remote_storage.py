@@ -159,3 +159,44 @@ def test_s3_beam_workers_fetch_and_push_their_own_files(product, s3_server, tmp_
     assert worker_dirs, "no worker staged anything"
     assert sum(len(list(d.rglob("records-*.parquet"))) for d in worker_dirs) > 0, "the workers ran the tasks"
     assert not s3.exists("lf-bucket/out2/dec/.longforge/lock.json")
+
+
+def test_a_remote_output_inside_its_remote_input_is_refused(product, tmp_path, monkeypatch):
+    """Issue 32, point 7: the local guards hold for URLs too (in-process: memory:// lives here)."""
+    import fsspec
+
+    from pipelines.cli import main
+
+    fs = fsspec.filesystem("memory")
+    fs.put_file(str(product["input"]), "/lf-guard/in/docs.jsonl")
+    monkeypatch.setenv("LONGFORGE_STAGING", str(tmp_path / "staging"))
+    try:
+        for inp, out in (("memory://lf-guard/in/", "memory://lf-guard/in/sub"),
+                         ("memory://lf-guard/in/**/*.jsonl", "memory://lf-guard/in/out"),
+                         ("memory://lf-guard/in/docs.jsonl", "memory://lf-guard/in/docs.jsonl/out")):
+            rc = main(["run", str(product["pipe"]), "--input", inp, "--output", out, "--catalog",
+                       str(tmp_path / "c.duckdb"), "--quiet"])
+            assert rc == 2, (inp, out)
+            assert not fs.exists(out.split("://", 1)[1]), (inp, out)
+    finally:
+        fs.rm("/lf-guard", recursive=True)
+
+
+def test_a_remote_glob_leaves_hidden_files_out_as_a_local_glob_does():
+    import fsspec
+
+    from pipelines import storage
+
+    fs = fsspec.filesystem("memory")
+    for path in ("/lf-glob/in/a.parquet", "/lf-glob/in/x/.longforge/work/b.parquet",
+                 "/lf-glob/in/.hidden.parquet", "/lf-glob/in/x/.longforge/rejects.parquet", "/lf-glob/in/x/c.parquet"):
+        fs.pipe_file(path, b"x")
+    try:
+        def tails(urls):  # memory:// URLs come back with the store's root slash
+            return [u.split("lf-glob/", 1)[1] for u in urls]
+
+        assert tails(storage.remote_glob("memory://lf-glob/in/**/*.parquet")) == ["in/a.parquet", "in/x/c.parquet"]
+        named = storage.remote_glob("memory://lf-glob/in/x/.longforge/*.parquet")
+        assert tails(named) == ["in/x/.longforge/rejects.parquet"]  # named in the pattern: read
+    finally:
+        fs.rm("/lf-glob", recursive=True)
