@@ -28,7 +28,17 @@ def read_set(path: str) -> dict[str, dict]:
     if not target.exists():
         raise EvalInputError(f"--set '{path}': no such folder or file (give a pipeline's output folder or a Parquet "
                              "file of its records)")
-    table = pq.read_table(str(target))
+    if target.is_dir() and not any(target.rglob("*.parquet")):
+        raise EvalInputError(f"--set '{path}': holds no Parquet files (give a pipeline's output folder or a Parquet "
+                             "file of its records)")
+    if target.is_file() and target.suffix.lower() != ".parquet":
+        raise EvalInputError(f"--set '{path}': not a Parquet file (give a pipeline's output folder or a Parquet "
+                             "file of its records; the predictions go to --predictions)")
+    try:
+        table = pq.read_table(str(target))
+    except Exception as e:  # noqa: BLE001 - Arrow's many error types: the file is not a readable set
+        raise EvalInputError(f"--set '{path}': cannot be read as Parquet ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]})") from None
     missing = {"id", "dataset", "answers"} - set(table.column_names)
     if missing:
         raise EvalInputError(f"--set '{path}': not an evaluation set (no {', '.join(sorted(missing))} column)")
@@ -41,13 +51,22 @@ def read_predictions(path: str) -> dict[str, str]:
     if not p.is_file():
         raise EvalInputError(f"predictions file '{path}' does not exist")
     out: dict[str, str] = {}
-    for k, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    with open(p, "rb") as f:
+        lines = [(k, raw_line) for k, raw_line in enumerate(f, 1)]
+    for k, raw_line in lines:
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise EvalInputError(f"{path}:{k}: not UTF-8 (byte {e.start}: {e.reason}); save the file as UTF-8") \
+                from None
         if not line.strip():
             continue
         try:
             raw = json.loads(line)
         except ValueError as e:
             raise EvalInputError(f"{path}:{k}: not JSON ({e}); fix or remove the line") from None
+        if not isinstance(raw, dict):
+            raise EvalInputError(f"{path}:{k}: a {type(raw).__name__}, not an object with 'id' and 'answer'")
         answer = next((raw[key] for key in ("answer", "prediction", "pred", "response") if key in raw), None)
         if "id" not in raw or not isinstance(answer, str):
             raise EvalInputError(f"{path}:{k}: needs an 'id' and the reply as a string in 'answer'")

@@ -22,6 +22,11 @@ def _cases(tmp_path) -> dict[str, tuple[list[str], str]]:
     (folder / "README.md").write_text("hello")
     preds = {"negative": write_jsonl(tmp_path / "negative.jsonl",
                                      [{"id": "a", "prompt": "p", "response": "r", "length": -5}])}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a"], "dataset": ["tsort"], "answers": [["[1, 2, 3, 4]"]]}),
+                   tmp_path / "set.parquet")
     c = str(tmp_path / "c.duckdb")
     return {
         "report on a missing catalog": (["report", "latest", "--catalog", c], "no catalog"),
@@ -38,6 +43,16 @@ def _cases(tmp_path) -> dict[str, tuple[list[str], str]]:
                                              str(tmp_path / "a-file"), "--length-only"], "a-file"),
         "select on a folder that is not a GATEAU output": (["select", str(folder), "--output", str(tmp_path / "o6")],
                                                            "not-gateau"),
+        "eval score on invalid UTF-8": (["eval", "score", str(tmp_path / "bad-utf8.jsonl"), "--set",
+                                         str(tmp_path / "set.parquet"), "--catalog", c], "not UTF-8"),
+        "eval score on a line that is a string": (["eval", "score", str(tmp_path / "str.jsonl"), "--set",
+                                                   str(tmp_path / "set.parquet"), "--catalog", c], "a str, not an"),
+        "eval score on a line that is a number": (["eval", "score", str(tmp_path / "int.jsonl"), "--set",
+                                                   str(tmp_path / "set.parquet"), "--catalog", c], "a int, not an"),
+        "eval score with a JSONL as the set": (["eval", "score", str(tmp_path / "str.jsonl"), "--set",
+                                                str(tmp_path / "str.jsonl"), "--catalog", c], "not a Parquet file"),
+        "eval score with a folder of a README as the set": (["eval", "score", str(tmp_path / "str.jsonl"), "--set",
+                                                             str(folder), "--catalog", c], "holds no Parquet files"),
         "validate a folder": (["validate", str(folder)], "a folder"),
         "run a folder": (["run", str(folder)], "a folder"),
     }
@@ -46,7 +61,9 @@ def _cases(tmp_path) -> dict[str, tuple[list[str], str]]:
 CASES = ["report on a missing catalog", "report on an empty catalog", "report on a corrupt catalog",
          "push with a missing catalog", "push to lab/..", "push to lab/a--b", "push to lab/-x", "push to lab/é",
          "longbench-write --output a file", "select on a folder that is not a GATEAU output", "validate a folder",
-         "run a folder"]
+         "run a folder", "eval score on invalid UTF-8", "eval score on a line that is a string",
+         "eval score on a line that is a number", "eval score with a JSONL as the set",
+         "eval score with a folder of a README as the set"]
 
 
 @pytest.mark.parametrize("case", ["nan", "negative", "inf", "huge", "list"])
