@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="where a job's fields are: text, prompt, response, context, instruction")
     sc.add_argument("--segment-tokens", type=positive_int, default=128)
     sc.add_argument("--max-segments", type=positive_int, default=500)
-    sc.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    sc.add_argument("--device", default="auto", type=device_name, help="auto (CUDA when present), cpu or cuda[:N]")
     sc.add_argument("--rope", metavar="KIND:FACTOR[:TRAINED]",
                     help="a training-free RoPE extension (linear, dynamic or yarn), e.g. dynamic:2; the default "
                          "window becomes FACTOR x the model's trained positions (or TRAINED)")
@@ -195,6 +195,15 @@ def _parser() -> argparse.ArgumentParser:
 #: True when longforge runs as a command (its arguments from the command line), False when called
 #: from Python with an argument list (tests, notebooks: a memory:// store outlives the call there).
 _COMMAND_LINE = False
+
+
+def device_name(value: str) -> str:
+    """auto, cpu, cuda or cuda:N: what a scoring job can run on (checked before a model loads)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", value):
+        raise argparse.ArgumentTypeError(f"'{value}' is not a device: auto, cpu, cuda or cuda:N")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -338,6 +338,16 @@ def build_plan(loaded: LoadedSpec, *, inputs: list[str] | None = None, output: s
         if inputs and e.index < len(inputs):
             raise PipelineError(loaded.file, None, f"--input {inputs[e.index]}", str(e), e.fix) from None
         raise loaded.error(("inputs", e.index, "path"), str(e), e.fix) from None
+    except Exception as e:  # noqa: BLE001 - a remote store unreachable, refusing, or without credentials
+        remote = [i.path for i in spec.inputs if storage.is_remote(i.path)]
+        if not remote:
+            raise
+        from pipelines.redaction import redact_text
+
+        raise PipelineError(loaded.file, None, "--input" if inputs else "inputs",
+                            redact_text(f"cannot list the remote input(s) {', '.join(remote)}: {type(e).__name__}: "
+                                        f"{' '.join(str(e).split())[:300]}"),
+                            "check the URL, the network and the store's credentials") from None
     base = {
         "code": CODE_VERSION,
         "seed": spec.seed,

@@ -27,6 +27,8 @@ def _cases(tmp_path) -> dict[str, tuple[list[str], str]]:
 
     pq.write_table(pa.table({"id": ["a"], "dataset": ["tsort"], "answers": [["[1, 2, 3, 4]"]]}),
                    tmp_path / "set.parquet")
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("name: p\nstages:\n  - stage: normalize\n")
     c = str(tmp_path / "c.duckdb")
     return {
         "report on a missing catalog": (["report", "latest", "--catalog", c], "no catalog"),
@@ -53,6 +55,12 @@ def _cases(tmp_path) -> dict[str, tuple[list[str], str]]:
                                                 str(tmp_path / "str.jsonl"), "--catalog", c], "not a Parquet file"),
         "eval score with a folder of a README as the set": (["eval", "score", str(tmp_path / "str.jsonl"), "--set",
                                                              str(folder), "--catalog", c], "holds no Parquet files"),
+        "score --device tpu:7": (["score", "perplexity", "--input", str(tmp_path / "str.jsonl"), "--model",
+                                  "smollm2-135m", "--device", "tpu:7", "--catalog", c], "is not a device"),
+        "an unreachable http input, even with --dry-run": (["run", str(pipe), "--input", "http://127.0.0.1:9/x.jsonl",
+                                                            "--dry-run"], "cannot list the remote input"),
+        "an S3 input without credentials": (["run", str(pipe), "--input", "s3://no-such-bucket-lf/x.jsonl",
+                                             "--dry-run"], "cannot list the remote input"),
         "validate a folder": (["validate", str(folder)], "a folder"),
         "run a folder": (["run", str(folder)], "a folder"),
     }
@@ -63,7 +71,8 @@ CASES = ["report on a missing catalog", "report on an empty catalog", "report on
          "longbench-write --output a file", "select on a folder that is not a GATEAU output", "validate a folder",
          "run a folder", "eval score on invalid UTF-8", "eval score on a line that is a string",
          "eval score on a line that is a number", "eval score with a JSONL as the set",
-         "eval score with a folder of a README as the set"]
+         "eval score with a folder of a README as the set", "score --device tpu:7",
+         "an unreachable http input, even with --dry-run", "an S3 input without credentials"]
 
 
 @pytest.mark.parametrize("case", ["nan", "negative", "inf", "huge", "list"])
