@@ -268,8 +268,9 @@ def push(catalog: Catalog, what: str, repo: str, *, private: bool = False, revis
     _check_repo_id(repo)
     art = resolve_artifact(catalog, what)
     config = config or art["pipeline"]
-    if not _CONFIG.match(config):
-        raise PushError(f"config name '{config}' may hold letters, digits, '_', '-' and '.' only")
+    if not _CONFIG.match(config) or config.lower() in ("readme.md", ".gitattributes") or len(config) > 96:
+        raise PushError(f"config name '{config}' may hold letters, digits, '_', '-' and '.' only (at most 96), and "
+                        "may not be a file the repo keeps (README.md)")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise PushError("HF_HUB_OFFLINE is set: nothing can be pushed while offline (unset it to push)")
     token = hub_token()
@@ -338,7 +339,9 @@ def push(catalog: Catalog, what: str, repo: str, *, private: bool = False, revis
                                 "there (`hf auth whoami`), or set another in HF_TOKEN") from None
             raise PushError(f"the Hub answered HTTP {status} for {repo}: {_first_line(e)}; "
                             "rerun the same command to resume (finished files are not sent again)") from None
-        except OSError as e:  # connection refused, DNS: no network
+        except Exception as e:  # connection refused, DNS, timeouts: no network
+            if not _is_network_error(e):
+                raise
             raise PushError(f"cannot reach the Hub at {api.endpoint}: {type(e).__name__}; "
                             "rerun when online (finished files are not sent again)") from None
         n_files = sum(len(c["files"]) for c in configs) + 1
@@ -349,6 +352,14 @@ def push(catalog: Catalog, what: str, repo: str, *, private: bool = False, revis
                         commit=pushed.commit, configs=pushed.configs, files=n_files, n_bytes=n_bytes,
                         private=private, endpoint=api.endpoint, pushed_at=datetime.now(UTC).replace(tzinfo=None))
     return pushed
+
+
+def _is_network_error(e: Exception) -> bool:
+    """OSError, or the transport errors of whichever HTTP client the Hub library uses (httpx, its
+    forks, requests), known by their class names rather than by importing each client."""
+    names = {"TransportError", "ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError",
+             "ConnectionError", "Timeout", "ProxyError"}
+    return isinstance(e, OSError) or any(c.__name__ in names for c in type(e).__mro__)
 
 
 def _first_line(e: Exception) -> str:

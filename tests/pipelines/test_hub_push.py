@@ -191,3 +191,16 @@ def test_a_push_refuses_a_folder_another_run_rebuilt(real_docs, tmp_path):
         assert not hub.state.commits
     assert r.returncode == 1 and "no longer holds the records of run" in r.stderr, r.stderr[-2000:]
     assert "200 records" in r.stderr and "the catalog says 50" in r.stderr
+
+
+def test_push_to_an_unreachable_hub_or_into_the_cards_name_says_why(built, tmp_path):
+    """Issue 32, point 14: the Hub down (httpx's ConnectError) and --config README.md."""
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home"),
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    down = run_cli("push", "latest", "--repo", "lab/x", "--catalog", str(built["catalog"]), env=env, timeout=300)
+    assert down.returncode == 1 and "cannot reach the Hub" in down.stderr, down.stderr[-2000:]
+    readme = run_cli("push", "latest", "--repo", "lab/x", "--config", "README.md", "--catalog", str(built["catalog"]),
+                     env=env)
+    assert readme.returncode == 1 and "may not be a file the repo keeps" in readme.stderr, readme.stderr[-2000:]
+    for r in (down, readme):
+        assert "Traceback" not in r.stderr and TOKEN not in r.stderr + r.stdout
