@@ -156,7 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     ep = evsub.add_parser("predict", help="a local model's replies to a built set, as a predictions file")
     ep.add_argument("--set", required=True, help="the built set: a pipeline's output folder or a Parquet file")
     ep.add_argument("--model", default="smollm2-135m", help="a local model: smollm2-135m, gemma3-270m, a folder")
-    ep.add_argument("--limit", type=int, help="items per dataset (and demonstration order), in the set's order")
+    ep.add_argument("--limit", type=positive_int,
+                    help="items per dataset (and demonstration order), in the set's order")
     ep.add_argument("--datasets", nargs="*", help="only datasets whose name starts with one of these")
     ep.add_argument("--output", "-o", required=True, help="JSONL to append to (items already there are skipped)")
     ep.add_argument("--target", choices=["text", "json"], default="text",

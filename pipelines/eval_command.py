@@ -208,7 +208,7 @@ def eval_import(args) -> int:
     """A published source set (LIConBench's six, a StackExchange Posts.xml) to JSONL records the
     pipelines read: labelled examples (text, and label, split, task in the record) or one post a
     line. Streams; never overwrites a file."""
-    from stages.licon_formats import FormatError, read_labelled
+    from stages.licon_formats import read_labelled
 
     out = Path(args.output).expanduser()
     if out.exists():
@@ -224,10 +224,14 @@ def eval_import(args) -> int:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
                 counts[row.get("split") or row.get("post_type") or "rows"] += 1
-    except (FormatError, OSError, KeyError, IndexError, ValueError) as e:
-        tmp.unlink(missing_ok=True)
-        print(f"error: {args.format} from '{args.source}': {type(e).__name__}: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - malformed XML, a CSV's open quote, a missing field: say which
+        tmp.unlink(missing_ok=True)  # nothing half-written is left behind
+        print(f"error: {args.format} from '{args.source}': {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+              "(nothing was written)", file=sys.stderr)
         return 2
+    except BaseException:  # Ctrl-C: no .partial file either
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(out)
     print(f"{out}: " + ", ".join(f"{n:,} {k}" for k, n in sorted(counts.items())))
     return 0
@@ -278,7 +282,14 @@ def eval_predict(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.output).expanduser()
-    done = set(read_predictions(str(out))) if out.exists() else set()
+    try:
+        if out.exists() and not out.is_file():
+            raise EvalInputError(f"'{out}' is not a file")
+        done = set(read_predictions(str(out))) if out.exists() else set()
+    except EvalInputError as e:
+        print(f"error: --output {out}: {e} -> give a new file, or the JSONL predictions file of an earlier "
+              "`eval predict` to go on where it stopped", file=sys.stderr)
+        return 2
     per_group: dict[str, int] = defaultdict(int)
     chosen = []
     for rid in sorted(items, key=lambda r: (group_of(items[r]), r)):

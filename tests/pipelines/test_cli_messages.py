@@ -27,6 +27,11 @@ def _cases(tmp_path) -> dict[str, tuple[list[str], str]]:
 
     pq.write_table(pa.table({"id": ["a"], "dataset": ["tsort"], "answers": [["[1, 2, 3, 4]"]]}),
                    tmp_path / "set.parquet")
+    (tmp_path / "Posts.xml").write_text('<?xml version="1.0"?>\n<posts><row Id="1" PostTypeId="1" Body="x"')
+    (tmp_path / "bomb.xml").write_text('<?xml version="1.0"?>\n<!DOCTYPE p [<!ENTITY a "aaaaaaaaaa">'
+                                      + "".join(f'<!ENTITY {chr(98 + k)} "' + f"&{chr(97 + k)};" * 10 + '">'
+                                                for k in range(8))
+                                      + ']>\n<posts><row Id="1" PostTypeId="1" Body="&i;"/></posts>')
     pipe = tmp_path / "p.yaml"
     pipe.write_text("name: p\nstages:\n  - stage: normalize\n")
     c = str(tmp_path / "c.duckdb")
@@ -61,6 +66,14 @@ def _cases(tmp_path) -> dict[str, tuple[list[str], str]]:
                                                             "--dry-run"], "cannot list the remote input"),
         "an S3 input without credentials": (["run", str(pipe), "--input", "s3://no-such-bucket-lf/x.jsonl",
                                              "--dry-run"], "cannot list the remote input"),
+        "eval import a Posts.xml cut short": (["eval", "import", "stackexchange", str(tmp_path / "Posts.xml"),
+                                               "--output", str(tmp_path / "posts.jsonl")], "nothing was written"),
+        "eval import a Posts.xml of entities": (["eval", "import", "stackexchange", str(tmp_path / "bomb.xml"),
+                                                 "--output", str(tmp_path / "posts2.jsonl")], "nothing was written"),
+        "eval predict --output a Parquet file": (["eval", "predict", "--set", str(tmp_path / "set.parquet"),
+                                                  "--output", str(tmp_path / "set.parquet")], "--output"),
+        "eval predict --limit -3": (["eval", "predict", "--set", str(tmp_path / "set.parquet"), "--limit", "-3",
+                                     "--output", str(tmp_path / "p.jsonl")], "--limit"),
         "validate a folder": (["validate", str(folder)], "a folder"),
         "run a folder": (["run", str(folder)], "a folder"),
     }
@@ -72,7 +85,9 @@ CASES = ["report on a missing catalog", "report on an empty catalog", "report on
          "run a folder", "eval score on invalid UTF-8", "eval score on a line that is a string",
          "eval score on a line that is a number", "eval score with a JSONL as the set",
          "eval score with a folder of a README as the set", "score --device tpu:7",
-         "an unreachable http input, even with --dry-run", "an S3 input without credentials"]
+         "an unreachable http input, even with --dry-run", "an S3 input without credentials",
+         "eval import a Posts.xml cut short", "eval import a Posts.xml of entities",
+         "eval predict --output a Parquet file", "eval predict --limit -3"]
 
 
 @pytest.mark.parametrize("case", ["nan", "negative", "inf", "huge", "list"])
@@ -101,3 +116,4 @@ def test_a_hostile_command_line_ends_in_a_message(tmp_path, case):
     assert r.returncode in (1, 2), (case, r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr and said in r.stderr, (case, r.stderr[-2000:])
     assert "not a failure longforge foresaw" not in r.stderr, (case, r.stderr[-2000:])
+    assert not list(tmp_path.glob("*.partial")), case  # nothing half-written left behind
