@@ -1,4 +1,4 @@
-"""Arbitrary input to the readers, the pipeline-file loader and the reply parsers of every
+"""Arbitrary input to the readers (JSONL, Parquet, text), the pipeline-file loader and the reply parsers of every
 evaluation set gives a result or a clear refusal, never a traceback (issue 32, the property battery;
 the card writer's properties are in test_markdown.py). hypothesis draws the inputs; its example
 database (.hypothesis/) is git-ignored, so every run starts from the strategies alone."""
@@ -91,3 +91,32 @@ def test_every_reply_parser_answers_for_any_reply(reply, n):
     licon_core.reply_block(reply)
     for task in licon_core.TASKS:
         licon_core.score_reply(task, reply, ["joy"], ["joy", "anger"])
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=300), st.just(b"PAR1"), st.just(b"PAR1" + b"\x00" * 20 + b"PAR1")))
+def test_any_bytes_named_parquet_are_refused_or_read_never_a_traceback(data):
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "in.parquet"
+        path.write_bytes(data)
+        inputs = [InputSpec(path=str(path))]
+        try:
+            shards = plan_shards(inputs, ReadSpec())
+        except InputError as e:  # not Parquet, or damaged: refused before any work, naming the file
+            assert "in.parquet" in str(e)
+            return
+        for x in (x for s in shards for x in read_shard(s, inputs, ReadSpec())):
+            assert isinstance(x, (dict, Rejected))
+
+
+@SETTINGS
+@given(st.binary(max_size=300))
+def test_any_bytes_of_a_text_file_are_one_record_or_a_reject(data):
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "docs").mkdir()
+        path = Path(d) / "docs" / "a.txt"
+        path.write_bytes(data)
+        inputs = [InputSpec(path=str(Path(d) / "docs"))]
+        shards = plan_shards(inputs, ReadSpec())
+        out = [x for s in shards for x in read_shard(s, inputs, ReadSpec())]
+        assert len(out) == 1 and isinstance(out[0], (dict, Rejected))
