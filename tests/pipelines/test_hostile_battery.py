@@ -1,5 +1,5 @@
-"""Arbitrary input to the readers (JSONL, Parquet, text), the pipeline-file loader and the reply parsers of every
-evaluation set gives a result or a clear refusal, never a traceback (issue 32, the property battery;
+"""Arbitrary input to the readers (JSONL, Parquet, text), the pipeline-file loader and the reply
+parsers of every evaluation set gives a result or a clear refusal, never a traceback (issue 32, the property battery;
 the card writer's properties are in test_markdown.py). hypothesis draws the inputs; its example
 database (.hypothesis/) is git-ignored, so every run starts from the strategies alone."""
 
