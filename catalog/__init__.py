@@ -542,7 +542,8 @@ class Catalog:
         deadline = time.monotonic() + _wait_seconds()
         delay = 0.05
         while True:
-            done = subprocess.run([sys.executable, "-m", "catalog.sandboxed_query"], input=request.encode(),
+            # -P: nothing from the working directory is imported (a json.py there would run unfiltered)
+            done = subprocess.run([sys.executable, "-P", "-m", "catalog.sandboxed_query"], input=request.encode(),
                                   capture_output=True, env=env, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"the sandboxed catalog query died: {done.stderr.decode(errors='replace')[-2000:]}")

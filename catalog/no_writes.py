@@ -34,6 +34,8 @@ _SECCOMP_RET_KILL_PROCESS = 0x80000000
 _BPF_LD_W_ABS = 0x20
 _BPF_JEQ_K = 0x15
 _BPF_JSET_K = 0x45
+_BPF_JGE_K = 0x35
+_X32_SYSCALL_BIT = 0x40000000
 _BPF_RET_K = 0x06
 
 # open(2) flags that write: O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND (and O_TMPFILE, which
@@ -70,7 +72,9 @@ def _filter(arch: str) -> list[tuple[int, int, int, int]]:
     prog = [(_BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
             (_BPF_JEQ_K, 1, 0, _AUDIT_ARCH[arch]),
             (_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS),  # another ABI (x32, 32-bit): never
-            (_BPF_LD_W_ABS, 0, 0, 0)]  # seccomp_data.nr
+            (_BPF_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
+            (_BPF_JGE_K, 0, 1, _X32_SYSCALL_BIT),  # x32 calls carry x86_64's arch with this bit set: never
+            (_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS)]
     for nr in _CHANGES[arch]:
         prog += [(_BPF_JEQ_K, 0, 1, nr), (_BPF_RET_K, 0, 0, deny)]
     for nr, arg in _OPENS[arch].items():

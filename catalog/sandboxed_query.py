@@ -27,6 +27,7 @@ def run(request: dict) -> tuple:
     try:
         con = duckdb.connect(request["catalog"], read_only=True, config=request["config"])
         try:
+            con.execute("SET enable_progress_bar = false")  # never on the answer's way, whatever it takes
             con.execute("SET allowed_directories = ?", [request["dirs"]])
             con.execute("SET allowed_paths = ?", [request["files"]])
             for key, value in request["sandbox"].items():
@@ -41,10 +42,16 @@ def run(request: dict) -> tuple:
 
 
 def main() -> int:
-    answer = run(json.loads(sys.stdin.read()))
-    out = sys.stdout.buffer
-    pickle.dump(answer, out)
-    out.flush()
+    import os
+
+    # The answer goes out on the original stdout alone: fd 1 now points at stderr, so nothing else
+    # (DuckDB's progress bar, a library's print) can mix into it.
+    answer_fd = os.dup(1)
+    os.dup2(2, 1)
+    request = json.loads(sys.stdin.read())
+    answer = run(request)
+    with os.fdopen(answer_fd, "wb") as out:
+        pickle.dump(answer, out)
     return 0
 
 

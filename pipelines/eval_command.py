@@ -55,7 +55,7 @@ def read_predictions(path: str) -> dict[str, str]:
         lines = [(k, raw_line) for k, raw_line in enumerate(f, 1)]
     for k, raw_line in lines:
         try:
-            line = raw_line.decode("utf-8")
+            line = raw_line.decode("utf-8-sig" if k == 1 else "utf-8")  # a byte-order mark is no part of it
         except UnicodeDecodeError as e:
             raise EvalInputError(f"{path}:{k}: not UTF-8 (byte {e.start}: {e.reason}); save the file as UTF-8") \
                 from None

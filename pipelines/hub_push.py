@@ -289,7 +289,9 @@ def push(catalog: Catalog, what: str, repo: str, *, private: bool = False, revis
     with tempfile.TemporaryDirectory(prefix="longforge-push-") as scratch:
         for a in [art] + side_artifacts(catalog, art):
             folder = _local_copy(a["path"], Path(scratch) / a["artifact_id"]) / "data"
-            files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+            # exactly the files the fingerprint covers (publish.dataset_fingerprint): a stray Parquet
+            # file in the folder is not the run's and is not sent
+            files = sorted(folder.glob("train-*.parquet")) if folder.is_dir() else []
             if not files:
                 raise PushError(f"artifact {a['name']} has no Parquet files under {a['path']}/data "
                                 "(moved or deleted since the run?)")
@@ -320,8 +322,8 @@ def push(catalog: Catalog, what: str, repo: str, *, private: bool = False, revis
                 # One commit per config: its new files, and the Parquet files an earlier push left there
                 # removed (a config holds one run's records, never a mix).
                 info = api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=str(c["folder"]),
-                                         path_in_repo=c["config"], revision=revision, allow_patterns=["*.parquet"],
-                                         delete_patterns=["*.parquet"],
+                                         path_in_repo=c["config"], revision=revision,
+                                         allow_patterns=["train-*.parquet"], delete_patterns=["*.parquet"],
                                          commit_message=f"longforge: {c['config']} from run {art['run_id']}")
                 commit = getattr(info, "oid", None) or commit
             card_file = Path(scratch) / "README.md"

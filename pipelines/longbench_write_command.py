@@ -27,7 +27,7 @@ def longbench_write(args) -> int:
     with open(path, "rb") as f:
         for k, raw_line in enumerate(f, start=1):
             try:
-                line = raw_line.decode("utf-8")
+                line = raw_line.decode("utf-8-sig" if k == 1 else "utf-8")  # a byte-order mark is no part of it
                 raw = json.loads(line) if line.strip() else None
             except ValueError as e:  # not UTF-8 (UnicodeDecodeError is a ValueError) or not JSON
                 print(f"error: {path}:{k}: {'not UTF-8' if isinstance(e, UnicodeDecodeError) else 'not JSON'} "

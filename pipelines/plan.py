@@ -371,16 +371,23 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def _remote_overlap(output: str, inputs: list[InputSpec]) -> str | None:
-    """The same rule for URLs (s3://bucket/a/b): by their text, '/' separating folders."""
-    def norm(url: str) -> str:
-        return url.rstrip("/")
+    """The same rule for URLs (s3://bucket/a/b), each resolved by fsspec to its filesystem and path
+    (s3a:// and s3://, gcs:// and gs://, a caching chain's target are one place), '/' separating
+    folders."""
+    def norm(url: str) -> tuple[str, str]:
+        try:
+            fs, path = storage.filesystem(url)
+        except Exception:  # noqa: BLE001 - an unknown protocol: compare the text
+            return url.split("://", 1)[0], url.split("://", 1)[-1].rstrip("/")
+        fs = getattr(fs, "fs", fs)  # the store behind simplecache:: and friends
+        return type(fs).__name__, path.rstrip("/")
 
-    def inside(a: str, b: str) -> bool:
-        return a == b or a.startswith(b + "/")
+    def inside(a: tuple[str, str], b: tuple[str, str]) -> bool:
+        return a[0] == b[0] and (a[1] == b[1] or a[1].startswith(b[1] + "/"))
 
     out = norm(output)
     for k, inp in enumerate(inputs):
-        if storage.is_remote(inp.path) != storage.is_remote(output):
+        if not storage.is_remote(inp.path):
             continue
         parts = []
         for part in inp.path.split("/"):
@@ -411,10 +418,12 @@ def _input_root(inp: InputSpec) -> str:
 
 def output_overlaps_input(output: str, inputs: list[InputSpec], shards: list[Shard]) -> str | None:
     """Why writing to ``output`` would overwrite an input or be read back as one, or None."""
-    if storage.is_remote(output) or any(storage.is_remote(inp.path) for inp in inputs):
+    if storage.is_remote(output):  # a remote output can only overlap remote inputs
         return _remote_overlap(output, inputs)
     out = os.path.realpath(output)
     for k, inp in enumerate(inputs):
+        if storage.is_remote(inp.path):
+            continue
         root = _input_root(inp)
         if os.path.isdir(root) and _inside(out, root):
             return (f"output '{output}' is inside input {k} ('{inp.path}'): the run would write into its input, "
@@ -423,7 +432,7 @@ def output_overlaps_input(output: str, inputs: list[InputSpec], shards: list[Sha
             return f"input {k} ('{inp.path}') is inside output '{output}': the run would overwrite what it reads"
     for s in shards:
         for p in s.paths:
-            if _inside(os.path.realpath(p), out):
+            if not storage.is_remote(p) and _inside(os.path.realpath(p), out):
                 return f"input file '{p}' is inside output '{output}': the run would overwrite what it reads"
     return None
 

@@ -14,8 +14,13 @@ import re
 # A key or option that holds a secret, wherever the word sits in its name (hf_token, hftoken,
 # accesstoken, api-key, passphrase, private_key, azure_connection_string), but not the parameters
 # that merely count or cut tokens (max_tokens, tokenizer, tokenize_ids) or name an author.
-_SECRET_WORD = (r"token(?!s|iz|_budget)|secret|passw|passphrase|api[_-]?key|credential|(?<![a-z])auth(?!or)|"
-                r"access[_-]?key|private[_-]?key|connection[_-]?string|account[_-]?key|signature|sas[_-]?token")
+_SECRET_WORD = (r"token(?!s|iz|[_-]budget|[_-]len|[_-]limit)|secret|passw|passphrase|api[_-]?key(?![_-]env)|"
+                r"credential|(?<![a-z])auth(?!or(?!iz))|"
+                r"access[_-]?key|private[_-]?key|connection[_-]?string|account[_-]?key|signature(?![_-]len)|"
+                r"sas[_-]?token")
+#: A value is hidden wherever it appears (a library quoting it alone) only from this length on: a
+#: short one ("1", "on") would blank out ordinary text.
+MIN_SECRET_LEN = 8
 _SECRET = re.compile(_SECRET_WORD, re.IGNORECASE)
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^/@\s]+)@")
 _TOKEN_LIKE = re.compile(r"\b(hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{16,})")
@@ -77,11 +82,11 @@ def secret_values(args: list[str]) -> list[str]:
 def remember_secrets(args: list[str]) -> None:
     """Remember the secret values of an argument list (secret options' values, a URL's user-info),
     so they are hidden wherever they show up later, in whatever form a library quotes them."""
-    _KNOWN_SECRETS.update(secret_values(args))
+    _KNOWN_SECRETS.update(v for v in secret_values(args) if len(v) >= MIN_SECRET_LEN)
     for a in args:
         for m in _USERINFO.finditer(str(a)):
             info = m.group("info")
-            _KNOWN_SECRETS.update(x for x in (info, info.split(":", 1)[-1]) if len(x) >= 4)
+            _KNOWN_SECRETS.update(x for x in (info, info.split(":", 1)[-1]) if len(x) >= MIN_SECRET_LEN)
 
 
 class RedactingFilter:
@@ -93,9 +98,7 @@ class RedactingFilter:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a malformed record is logging's problem, not a leak
             return True
-        cleaned = redact_text(message)
-        for word in [*_secret_words(message), *_KNOWN_SECRETS]:
-            cleaned = cleaned.replace(word, "***")
+        cleaned = redact_known(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
@@ -133,7 +136,8 @@ def redact_known(text: str) -> str:
     """redact_text, and the values known to be secret in this process hidden wherever they appear."""
     cleaned = redact_text(text)
     for word in [*_secret_words(text), *_KNOWN_SECRETS]:
-        cleaned = cleaned.replace(word, "***")
+        if len(word) >= MIN_SECRET_LEN:
+            cleaned = cleaned.replace(word, "***")
     return cleaned
 
 

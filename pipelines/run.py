@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from catalog import Catalog
 from pipelines import accounting, engine, layout, publish, storage
@@ -425,20 +426,16 @@ def _write_card(plan: Plan, run_id: str, runner: str, n: int, fingerprint: str, 
 
     fields = "\n".join(f"| {markdown.code(f.name)} | {markdown.code(f.type)} |" for f in schema.fields)
     stages = "\n".join(f"{i + 1}. {markdown.code(s.name)} "
-                       f"{markdown.code(json.dumps(s.stage.params.model_dump(), sort_keys=True))}"
+                       f"{markdown.code(json.dumps(redact(s.stage.params.model_dump()), sort_keys=True))}"
                        for i, s in enumerate(plan.stages))
+    header = yaml.safe_dump({"configs": [{"config_name": "default", "data_files": [
+        {"split": "train", "path": "data/train-*.parquet"}]}], "tags": ["longforge", plan.spec.name]},
+        sort_keys=False).strip()  # a name such as 1.5 or null stays a string
     description = markdown.prose(plan.spec.description.strip() or "Built with longforge.")
     accounting = "\n".join(markdown.fenced(summary_table(stats)))
     load = f"ds = datasets.load_dataset({markdown.python_string(os.path.abspath(plan.output_dir))}, split=\"train\")"
     card = f"""---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data/train-*.parquet
-tags:
-- longforge
-- {plan.spec.name}
+{header}
 ---
 
 # {plan.spec.name}

@@ -20,7 +20,13 @@ class ScoreInputError(ValueError):
 
 def read_records(path: str, columns: list[str], optional: tuple[str, ...] = ()) -> list[dict]:
     """Records of a Parquet / JSONL file, a folder of them, or a longforge output (its data/)."""
-    p = Path(path).expanduser()
+    from pipelines import storage
+    from pipelines.io import check_input_file
+
+    try:
+        p = Path(storage.local_path(str(path))).expanduser()  # file:///abs/x names /abs/x
+    except ValueError as e:
+        raise ScoreInputError(str(e)) from None
     if p.is_dir():
         data = p / "data" if (p / "data").is_dir() else p
         parquet, jsonl = sorted(data.glob("*.parquet")), sorted(data.glob("*.jsonl")) + sorted(data.glob("*.jsonl.gz"))
@@ -28,7 +34,11 @@ def read_records(path: str, columns: list[str], optional: tuple[str, ...] = ()) 
             raise ScoreInputError(f"'{data}' holds both Parquet ({len(parquet)}) and JSONL ({len(jsonl)}) files; "
                                   "give one file, or a folder of one format")
         files = parquet or jsonl
-    elif p.exists():
+    elif p.exists() or p.is_symlink():
+        try:  # a pipe, FIFO or device is refused before it is opened (a FIFO would block)
+            check_input_file(str(p), "parquet" if p.suffix == ".parquet" else "jsonl")
+        except ValueError as e:
+            raise ScoreInputError(f"{e.args[0]} -> {e.args[1]}") from None
         files = [p]
     else:
         raise ScoreInputError(f"input '{path}' does not exist")

@@ -40,8 +40,10 @@ EPHEMERAL_PROTOCOLS = ("memory",)
 
 
 def is_ephemeral(path: str | os.PathLike) -> bool:
+    """A store that ends with the process, anywhere in an fsspec chain (``simplecache::memory://x``)."""
     s = str(path)
-    return "://" in s and s.split("://", 1)[0] in EPHEMERAL_PROTOCOLS
+    return any("://" in link and link.split("://", 1)[0] in EPHEMERAL_PROTOCOLS for link in s.split("::")) \
+        or any(link in EPHEMERAL_PROTOCOLS for link in s.split("::")[:-1])
 
 
 def local_path(value: str) -> str:

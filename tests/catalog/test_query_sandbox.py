@@ -120,3 +120,20 @@ def test_a_process_that_forbade_writes_reads_but_cannot_write_from_any_thread(tm
     assert results and all(v == 1 for v in results.values()), results  # EPERM, every one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"]
     assert target.read_text() == "kept" and oct(target.stat().st_mode)[-3:] != "777"
+
+
+def test_the_query_child_imports_nothing_from_the_working_folder_and_answers_long_queries(finished_run, tmp_path):
+    """Review findings: a json.py where the user stands must not run before the filter (python -P),
+    and DuckDB's progress bar (printed to stdout after ~2 s) must not spoil the answer."""
+    base, _ = finished_run
+    (tmp_path / "json.py").write_text("open(__file__ + '.PWNED', 'w').close()\n")
+    # the command as its console script runs it: nothing of the working folder on its own path (-P)
+    r = subprocess.run([sys.executable, "-P", "-m", "pipelines.cli", "catalog", "--catalog", str(base / "c.duckdb"),
+                        "query", "SELECT 1 AS one", "--format", "csv"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ["one", "1"], r.stderr
+    assert not list(tmp_path.glob("*.PWNED"))
+    r = run_cli("catalog", "--catalog", str(base / "c.duckdb"), "query",
+                "SELECT count(*) AS n FROM range(400000000) WHERE hash(range) % 7 = 0", "--format", "csv",
+                env={"DUCKDB_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0 and r.stdout.split()[0] == "n", r.stderr[-2000:]

@@ -117,3 +117,11 @@ def test_a_hostile_command_line_ends_in_a_message(tmp_path, case):
     assert "Traceback" not in r.stderr and said in r.stderr, (case, r.stderr[-2000:])
     assert "not a failure longforge foresaw" not in r.stderr, (case, r.stderr[-2000:])
     assert not list(tmp_path.glob("*.partial")), case  # nothing half-written left behind
+
+
+def test_a_byte_order_mark_does_not_spoil_the_first_prediction(tmp_path):
+    """Review finding: the BOM fix reached `run` only; eval and longbench-write read predictions too."""
+    line = json.dumps({"id": "a", "prompt": "Write 5 words.", "response": "one two three four five", "length": 5})
+    (tmp_path / "p.jsonl").write_bytes(b"\xef\xbb\xbf" + line.encode() + b"\n")
+    r = run_cli("longbench-write", str(tmp_path / "p.jsonl"), "--output", str(tmp_path / "out"), "--length-only")
+    assert r.returncode == 0 and "rejected" not in r.stderr, r.stderr[-2000:]

@@ -60,3 +60,23 @@ def test_a_memory_store_is_refused_as_the_output_of_a_command(tmp_path):
                 str(tmp_path / "c.duckdb"), "--quiet", cwd=tmp_path)
     assert r.returncode == 2 and "ends with this process" in r.stderr, r.stderr
     assert not (tmp_path / "c.duckdb").exists()  # refused before a run was recorded
+
+
+def test_a_memory_store_inside_an_fsspec_chain_is_refused_too(tmp_path):
+    src, pipe = _setup(tmp_path)
+    for out in ("simplecache::memory://lf/out", "dir::memory://lf/out"):
+        r = run_cli("run", str(pipe), "--input", str(src), "--output", out, "--catalog", str(tmp_path / "c.duckdb"),
+                    "--quiet", cwd=tmp_path)
+        assert r.returncode == 2 and "ends with this process" in r.stderr, (out, r.stderr)
+
+
+def test_a_remote_input_beside_local_ones_keeps_the_local_overlap_check(tmp_path):
+    from pipelines.plan import output_overlaps_input
+    from pipelines.spec import InputSpec
+
+    out = tmp_path / "o"
+    found = output_overlaps_input(str(out), [InputSpec(path="s3://b/x.jsonl"), InputSpec(path=str(out / "in.jsonl"))],
+                                  [])
+    assert found and "inside output" in found
+    assert "inside input" in output_overlaps_input("s3a://b/in/sub", [InputSpec(path="s3://b/in/")], [])
+    assert output_overlaps_input("s3://b/other", [InputSpec(path="s3://b/in/")], []) is None

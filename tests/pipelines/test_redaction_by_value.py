@@ -79,3 +79,30 @@ def test_longbench_write_base_url_credentials_stay_out_of_its_files(tmp_path):
                 "--base-url", "http://judge:JUDGEKEY98765@127.0.0.1:9/v1", "--judge-asks", "1")
     everything = r.stdout + r.stderr + "".join(p.read_text() for p in (tmp_path / "out").glob("*") if p.is_file())
     assert "JUDGEKEY98765" not in everything
+
+
+def test_short_or_ordinary_option_values_are_not_taken_for_secrets(tmp_path):
+    """Review finding: --token-budget 1 made every '1' on stderr '***'."""
+    r = run_cli("score", "perplexity", "--input", str(tmp_path / "nope10.jsonl"), "--model", "smollm2-135m",
+                "--token-budget", "1", "--catalog", str(tmp_path / "c.duckdb"))
+    assert r.returncode == 2 and "nope10.jsonl" in r.stderr, r.stderr
+
+
+def test_the_local_card_holds_no_credentials_of_a_stage_parameter_and_keeps_a_numeric_name_a_string(tmp_path):
+    import yaml
+
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "x", "prompt": "Write 10 words.",
+                                               "response": "one two", "length": 10}])
+    pipe = write_pipeline(tmp_path / "p.yaml", """
+        name: "1.5"
+        stages:
+          - stage: longbench_write_score
+            params: {backend: openai, model: m, base_url: "http://judge:CARDKEY98765@127.0.0.1:9/v1", retries: 0}
+        """)
+    r = run_cli("run", str(pipe), "--input", str(src), "--output", str(tmp_path / "out"), "--catalog",
+                str(tmp_path / "c.duckdb"), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "CARDKEY98765" not in card + r.stdout + r.stderr
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["tags"] == ["longforge", "1.5"]
