@@ -499,6 +499,8 @@ def _select(args) -> int:
     if not 0 <= args.alpha <= 1 or not 0 < args.ratio <= 1:
         raise UsageError("--alpha must be in [0, 1] and --ratio in (0, 1]")
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output '{out}' is a file; give a new or empty folder")
     if out.exists() and any(out.iterdir()) and not (out / "selection.json").exists():
         raise UsageError(f"--output '{out}' already holds files that are not a selection; "
                          "give a new or empty folder")

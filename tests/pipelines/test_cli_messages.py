@@ -74,6 +74,7 @@ def _cases(tmp_path) -> dict[str, tuple[list[str], str]]:
                                                   "--output", str(tmp_path / "set.parquet")], "--output"),
         "eval predict --limit -3": (["eval", "predict", "--set", str(tmp_path / "set.parquet"), "--limit", "-3",
                                      "--output", str(tmp_path / "p.jsonl")], "--limit"),
+        "select --output a file": (["select", str(folder), "--output", str(tmp_path / "a-file")], "is a file"),
         "validate a folder": (["validate", str(folder)], "a folder"),
         "run a folder": (["run", str(folder)], "a folder"),
     }
@@ -87,7 +88,7 @@ CASES = ["report on a missing catalog", "report on an empty catalog", "report on
          "eval score with a folder of a README as the set", "score --device tpu:7",
          "an unreachable http input, even with --dry-run", "an S3 input without credentials",
          "eval import a Posts.xml cut short", "eval import a Posts.xml of entities",
-         "eval predict --output a Parquet file", "eval predict --limit -3"]
+         "eval predict --output a Parquet file", "eval predict --limit -3", "select --output a file"]
 
 
 @pytest.mark.parametrize("case", ["nan", "negative", "inf", "huge", "list"])
