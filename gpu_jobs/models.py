@@ -91,7 +91,8 @@ def check_tokenizer_ref(name: str) -> str:
         p = p / "tokenizer.json"
     if not p.is_file():
         raise ValueError(f"tokenizer '{name}' is neither a known name ({', '.join(TOKENIZER_NAMES)}) nor a "
-                         "tokenizer.json file or a folder holding one")
+                         "tokenizer.json file or a folder holding one; longforge never downloads models at run "
+                         "time (`make models` installs the known ones)")
     if p.suffix.lower() != ".json" or p.stat().st_size > MAX_TOKENIZER_BYTES:
         raise ValueError(f"tokenizer '{name}' is not a tokenizer.json (a .json file under "
                          f"{MAX_TOKENIZER_BYTES >> 20} MiB)")

@@ -33,21 +33,26 @@ def test_corpus_list_and_unknown():
 def test_usage_error_exit_2_and_run_failure_exit_1(tmp_path):
     assert run_cli("run").returncode == 2
     assert run_cli("frobnicate").returncode == 2
-    # A run that fails while working (the tokenizer does not exist) exits 1 and says why.
+    # A tokenizer that does not exist is refused before any work (2); one that cannot be loaded fails the
+    # run while working (1), which says why and is recorded 'failed'.
     (tmp_path / "d.jsonl").write_text('{"id": "a", "text": "hello"}\n')
-    p = write_pipeline(tmp_path / "p.yaml", f"""
-        name: fails
-        inputs: [{{path: {tmp_path / 'd.jsonl'}}}]
-        stages:
-          - stage: tokenize
-            params: {{tokenizer: {tmp_path / 'no-such-tokenizer'}}}
-        """)
-    r = run_cli("run", str(p), "--output", str(tmp_path / "out"), "--catalog", str(tmp_path / "c.duckdb"),
-                "--quiet")
-    assert r.returncode == 1 and "never downloads models" in r.stderr
+    (tmp_path / "broken-tokenizer.json").write_text('{"not": "a tokenizer"}')
+    for tokenizer, code, said in ((tmp_path / "no-such-tokenizer", 2, "never downloads models"),  # validation
+                                  (tmp_path / "broken-tokenizer.json", 1, "run failed")):  # the run's setup
+        p = write_pipeline(tmp_path / "p.yaml", f"""
+            name: fails
+            inputs: [{{path: {tmp_path / 'd.jsonl'}}}]
+            stages:
+              - stage: tokenize
+                params: {{tokenizer: {tokenizer}}}
+            """)
+        r = run_cli("run", str(p), "--output", str(tmp_path / "out"), "--catalog", str(tmp_path / "c.duckdb"),
+                    "--quiet")
+        assert r.returncode == code and said in r.stderr, (tokenizer, r.stderr[-2000:])
     status = run_cli("catalog", "--catalog", str(tmp_path / "c.duckdb"), "query",
                      "SELECT status, error FROM runs", "--format", "csv")
-    assert "failed" in status.stdout and "ModelNotAvailable" in status.stdout
+    # the refused one never started a run; the failed one is recorded with its reason
+    assert status.stdout.split("\n", 1)[1].startswith("failed,") and "expected" in status.stdout
 
 
 def test_missing_input_is_exit_2(tmp_path):

@@ -81,9 +81,10 @@ def test_tokenize_counts_tokens_of_the_named_tokenizer(real_docs):
 
 
 def test_missing_tokenizer_says_how_to_install(tmp_path):
-    from gpu_jobs.models import ModelNotAvailable
+    """Refused while the parameters are validated (before any work), saying how models arrive."""
+    from pydantic import ValidationError
 
-    with pytest.raises(ModelNotAvailable, match="never downloads"):
+    with pytest.raises(ValidationError, match="never downloads"):
         run("tokenize", {"id": "x", "text": "hi"}, tokenizer=str(tmp_path / "nope"))
 
 
