@@ -41,6 +41,17 @@ def _split_files(root: Path, names: dict[str, tuple[str, ...]]) -> Iterator[tupl
         raise FormatError(f"{root}: none of the split files ({want})")
 
 
+def _complete_rows(reader: csv.DictReader, path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    """(n, row) of a CSV/TSV reader; a row that lacks a column (an unterminated quote ran to the end
+    of the file, or a short row) is a FormatError naming the file and the line."""
+    for n, r in enumerate(reader):
+        missing = [c for c in columns if r.get(c) is None]
+        if missing:
+            raise FormatError(f"{path}: record {n + 1} (ending on line {reader.line_num}) has no "
+                              f"{', '.join(missing)}: an unterminated quote, or a short row")
+        yield n, r
+
+
 def banking77(root: Path) -> Iterator[dict]:
     """PolyAI's ``train.csv`` / ``test.csv`` with a header ``text,category`` (the HF copy saved as
     CSV has the same columns)."""
@@ -49,7 +60,7 @@ def banking77(root: Path) -> Iterator[dict]:
             reader = csv.DictReader(f)
             if not {"text", "category"} <= set(reader.fieldnames or ()):
                 raise FormatError(f"{path}: needs the columns text,category (has {reader.fieldnames})")
-            for n, r in enumerate(reader):
+            for n, r in _complete_rows(reader, path, ("text", "category")):
                 yield _row("banking77", split, n, r["text"].strip(), r["category"].strip())
 
 
@@ -153,7 +164,7 @@ def discovery(root: Path) -> Iterator[dict]:
             reader = csv.DictReader(f, delimiter="\t")
             if not {"sentence1", "sentence2", "label"} <= set(reader.fieldnames or ()):
                 raise FormatError(f"{path}: needs the columns sentence1, sentence2, label (has {reader.fieldnames})")
-            for n, r in enumerate(reader):
+            for n, r in _complete_rows(reader, path, ("sentence1", "sentence2", "label")):
                 label = r["label"]
                 if label.isdigit() and names:
                     label = names[int(label)]

@@ -32,6 +32,7 @@ def _cases(tmp_path) -> dict[str, tuple[list[str], str]]:
                                       + "".join(f'<!ENTITY {chr(98 + k)} "' + f"&{chr(97 + k)};" * 10 + '">'
                                                 for k in range(8))
                                       + ']>\n<posts><row Id="1" PostTypeId="1" Body="&i;"/></posts>')
+    (tmp_path / "bad.csv").write_text('text,category\n"unterminated,card_arrival\nok,x\n')
     pipe = tmp_path / "p.yaml"
     pipe.write_text("name: p\nstages:\n  - stage: normalize\n")
     c = str(tmp_path / "c.duckdb")
@@ -75,6 +76,8 @@ def _cases(tmp_path) -> dict[str, tuple[list[str], str]]:
         "eval predict --limit -3": (["eval", "predict", "--set", str(tmp_path / "set.parquet"), "--limit", "-3",
                                      "--output", str(tmp_path / "p.jsonl")], "--limit"),
         "select --output a file": (["select", str(folder), "--output", str(tmp_path / "a-file")], "is a file"),
+        "eval import a CSV with an open quote": (["eval", "import", "banking77", str(tmp_path / "bad.csv"),
+                                                  "--output", str(tmp_path / "b77.jsonl")], "unterminated quote"),
         "validate a folder": (["validate", str(folder)], "a folder"),
         "run a folder": (["run", str(folder)], "a folder"),
     }
@@ -88,7 +91,8 @@ CASES = ["report on a missing catalog", "report on an empty catalog", "report on
          "eval score with a folder of a README as the set", "score --device tpu:7",
          "an unreachable http input, even with --dry-run", "an S3 input without credentials",
          "eval import a Posts.xml cut short", "eval import a Posts.xml of entities",
-         "eval predict --output a Parquet file", "eval predict --limit -3", "select --output a file"]
+         "eval predict --output a Parquet file", "eval predict --limit -3", "select --output a file",
+         "eval import a CSV with an open quote"]
 
 
 @pytest.mark.parametrize("case", ["nan", "negative", "inf", "huge", "list"])
@@ -126,3 +130,13 @@ def test_a_byte_order_mark_does_not_spoil_the_first_prediction(tmp_path):
     (tmp_path / "p.jsonl").write_bytes(b"\xef\xbb\xbf" + line.encode() + b"\n")
     r = run_cli("longbench-write", str(tmp_path / "p.jsonl"), "--output", str(tmp_path / "out"), "--length-only")
     assert r.returncode == 0 and "rejected" not in r.stderr, r.stderr[-2000:]
+
+
+def test_an_s3_endpoint_that_is_down_is_named_with_the_fix(tmp_path):
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("name: p\nstages:\n  - stage: normalize\n")
+    r = run_cli("run", str(pipe), "--input", "s3://bucket/x.jsonl", "--dry-run", timeout=120,
+                env={"AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE", "AWS_SECRET_ACCESS_KEY": "fake-secret-value-123",
+                     "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert r.returncode == 2 and "cannot list the remote input" in r.stderr and "Traceback" not in r.stderr
+    assert "fake-secret-value-123" not in r.stderr

@@ -48,6 +48,7 @@ def test_any_jsonl_bytes_read_as_records_or_rejects_never_a_traceback(lines, eol
             assert isinstance(x, (dict, Rejected))
             if isinstance(x, dict):
                 assert isinstance(x["id"], str) and isinstance(x["text"], str) and x["text"]
+        assert [p.name for p in Path(d).iterdir()] == ["in.jsonl"]  # reading wrote nothing
 
 
 _yaml_piece = st.sampled_from(["name: x\n", "stages:\n", "  - stage: normalize\n", "  - stage: nope\n",
@@ -107,6 +108,7 @@ def test_any_bytes_named_parquet_are_refused_or_read_never_a_traceback(data):
             return
         for x in (x for s in shards for x in read_shard(s, inputs, ReadSpec())):
             assert isinstance(x, (dict, Rejected))
+        assert [p.name for p in Path(d).iterdir()] == ["in.parquet"]  # reading wrote nothing
 
 
 @SETTINGS

@@ -106,3 +106,14 @@ def test_the_local_card_holds_no_credentials_of_a_stage_parameter_and_keeps_a_nu
     assert "CARDKEY98765" not in card + r.stdout + r.stderr
     header = yaml.safe_load(card.split("---")[1])
     assert header["tags"] == ["longforge", "1.5"]
+
+
+def test_beam_and_its_workers_never_echo_a_secret_option(tmp_path):
+    """Beam warns about options it does not know, value and all ('Unparseable argument: --hftoken=...'),
+    in the driver and in its worker processes."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"d{k}", "text": f"text {k}"} for k in range(20)])
+    pipe = write_pipeline(tmp_path / "p.yaml", PIPE)
+    r = run_cli("run", str(pipe), "--input", str(src), "--output", str(tmp_path / "out"), "--runner", "beam",
+                "--workers", "2", "--beam-arg=--hftoken=BEAMSECRET12345", "--catalog", str(tmp_path / "c.duckdb"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "BEAMSECRET12345" not in r.stdout + r.stderr + (tmp_path / "c.duckdb").read_bytes().decode("latin-1")
