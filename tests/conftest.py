@@ -192,3 +192,18 @@ def run_twice(spec: Path, inp: str, base: Path) -> list[Path]:
         assert done.returncode == 0, done.stderr[-3000:]
         outs.append(base / f"out{k}")
     return outs
+
+
+def normalized_run(real_docs: list[dict], base: Path, n: int) -> tuple[Path, Path, Path]:
+    """(pipeline, input, output) of a finished one-stage run (normalize) over the first ``n`` real
+    documents, catalogued in ``base/c.duckdb``: the smallest real run a catalog or safety test needs."""
+    src = write_jsonl(base / "in.jsonl", [{"id": r["id"], "text": r["text"]} for r in real_docs[:n]])
+    pipe = write_pipeline(base / "p.yaml", """
+        name: small
+        stages:
+          - stage: normalize
+        """)
+    r = run_cli("run", str(pipe), "--input", str(src), "--output", str(base / "out"), "--catalog",
+                str(base / "c.duckdb"), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return pipe, src, base / "out"

@@ -10,21 +10,13 @@ import duckdb
 import pytest
 
 from catalog import Catalog
-from tests.conftest import run_cli, write_jsonl, write_pipeline
+from tests.conftest import normalized_run, run_cli
 
 
 @pytest.fixture(scope="module")
 def one_run(real_docs, tmp_path_factory):
     base = tmp_path_factory.mktemp("damage")
-    src = write_jsonl(base / "in.jsonl", [{"id": r["id"], "text": r["text"]} for r in real_docs[:10]])
-    pipe = write_pipeline(base / "p.yaml", """
-        name: damage
-        stages:
-          - stage: normalize
-        """)
-    r = run_cli("run", str(pipe), "--input", str(src), "--output", str(base / "out"), "--catalog",
-                str(base / "c.duckdb"), "--quiet")
-    assert r.returncode == 0, r.stderr[-2000:]
+    pipe, src, _ = normalized_run(real_docs, base, 10)
     return base, pipe, src
 
 

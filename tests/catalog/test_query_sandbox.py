@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli, write_jsonl, write_pipeline
+from tests.conftest import REPO, normalized_run, run_cli
 
 
 def _digest_tree(folder: Path) -> dict[str, str]:
@@ -26,16 +26,7 @@ def _digest_tree(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def finished_run(real_docs, tmp_path_factory):
     base = tmp_path_factory.mktemp("sandbox")
-    src = write_jsonl(base / "in.jsonl", [{"id": r["id"], "text": r["text"]} for r in real_docs[:20]])
-    pipe = write_pipeline(base / "p.yaml", """
-        name: sandboxed
-        stages:
-          - stage: normalize
-        """)
-    out = base / "out"
-    r = run_cli("run", str(pipe), "--input", str(src), "--output", str(out), "--catalog", str(base / "c.duckdb"),
-                "--quiet")
-    assert r.returncode == 0, r.stderr[-2000:]
+    _, _, out = normalized_run(real_docs, base, 20)
     return base, out
 
 
