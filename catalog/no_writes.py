@@ -71,7 +71,7 @@ def _filter(arch: str) -> list[tuple[int, int, int, int]]:
     deny = _SECCOMP_RET_ERRNO | errno.EPERM
     prog = [(_BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
             (_BPF_JEQ_K, 1, 0, _AUDIT_ARCH[arch]),
-            (_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS),  # another ABI (x32, 32-bit): never
+            (_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS),  # another ABI (32-bit calls): never
             (_BPF_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
             (_BPF_JGE_K, 0, 1, _X32_SYSCALL_BIT),  # x32 calls carry x86_64's arch with this bit set: never
             (_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS)]

@@ -242,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - the last net: a message, never a traceback
-        if "catalog" in sys.modules and isinstance(e, sys.modules["catalog"].CatalogUnusable):
+        from catalog import CatalogUnusable
+
+        if isinstance(e, CatalogUnusable):
             print(f"error: {e}", file=sys.stderr)
             return 2
         if os.environ.get("LONGFORGE_DEBUG"):

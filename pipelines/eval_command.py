@@ -52,7 +52,7 @@ def read_predictions(path: str) -> dict[str, str]:
         raise EvalInputError(f"predictions file '{path}' does not exist")
     out: dict[str, str] = {}
     with open(p, "rb") as f:
-        lines = [(k, raw_line) for k, raw_line in enumerate(f, 1)]
+        lines = list(enumerate(f, 1))
     for k, raw_line in lines:
         try:
             line = raw_line.decode("utf-8-sig" if k == 1 else "utf-8")  # a byte-order mark is no part of it

@@ -70,13 +70,15 @@ def _kind_of(name: str) -> str:
     return "other"
 
 
-def _walk(root: str) -> tuple[list[str], int, list[str]]:
+def _walk(root: str) -> tuple[list[str], int, list[str], list[str]]:
     """Visible files under ``root`` (symlinks followed, each real file once, loops cut), the number
-    of hidden entries left out, and the paths that reached a file already listed."""
+    of hidden entries left out, the paths that reached a file already listed, and the entries that
+    are not files (FIFOs, devices, dangling links: never read), each with what it is."""
     files: list[str] = []
     seen_files: set[str] = set()
     seen_dirs: set[str] = set()
     repeats: list[str] = []
+    special: list[str] = []
     hidden = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -93,7 +95,7 @@ def _walk(root: str) -> tuple[list[str], int, list[str]]:
             path = os.path.join(dirpath, f)
             if not os.path.isfile(path):
                 if os.path.lexists(path):  # a FIFO, socket or device (or a dangling link): never read
-                    repeats.append(f"{path} ({_kind_of_entry(path)}, not read)")
+                    special.append(f"{path} ({_kind_of_entry(path)})")
                 continue
             rp = os.path.realpath(path)
             if rp in seen_files:
@@ -101,7 +103,7 @@ def _walk(root: str) -> tuple[list[str], int, list[str]]:
                 continue
             seen_files.add(rp)
             files.append(path)
-    return sorted(files), hidden, repeats
+    return sorted(files), hidden, repeats, special
 
 
 def _kind_of_entry(path: str) -> str:
@@ -197,7 +199,7 @@ def expand_paths(inp: InputSpec, fmt: str, notes: list[str] | None = None) -> li
             seen.add(rp)
             found.append(f)
     elif os.path.isdir(path) and fmt != "hf":
-        files, hidden, repeats = _walk(path)
+        files, hidden, repeats, special = _walk(path)
         if fmt == "text":
             found = files
         else:
@@ -208,7 +210,6 @@ def expand_paths(inp: InputSpec, fmt: str, notes: list[str] | None = None) -> li
                              + ", ".join(others[:5]) + (" ..." if len(others) > 5 else ""))
         if hidden:
             notes.append(f"input '{inp.path}': {hidden} hidden entries (names starting with '.') not read")
-        repeats, special = _split_walk_notes(repeats)
         if repeats:
             notes.append(f"input '{inp.path}': {len(repeats)} link(s) lead to files or folders already read "
                          f"(e.g. {repeats[0]}); each file is read once")
@@ -221,11 +222,6 @@ def expand_paths(inp: InputSpec, fmt: str, notes: list[str] | None = None) -> li
         raise FileNotFoundError(f"input '{inp.path}' matches no files")
     return found
 
-
-def _split_walk_notes(repeats: list[str]) -> tuple[list[str], list[str]]:
-    """(links to files already read, entries that are not files) of _walk's third list."""
-    special = [r for r in repeats if r.endswith(", not read)")]
-    return [r for r in repeats if r not in special], special
 
 
 def _expand_remote(inp: InputSpec, fmt: str, notes: list[str]) -> list[str]:

@@ -290,30 +290,12 @@ def build_plan(loaded: LoadedSpec, *, inputs: list[str] | None = None, output: s
     updates: dict = {}
     from pipelines.spec import PipelineError
 
-    try:  # file:// URLs are local paths (a URL naming another host is refused)
+    try:  # file:// URLs are local paths, as in the pipeline file (spec.py's validators)
         inputs = [storage.local_path(p) for p in inputs] if inputs else inputs
         output = storage.local_path(output) if output else output
     except ValueError as e:
         raise PipelineError(loaded.file, None, "--input/--output", str(e), "give a local path or file:///abs/path") \
             from None
-    for k, inp in enumerate(spec.inputs):
-        try:
-            local = storage.local_path(inp.path)
-        except ValueError as e:
-            raise loaded.error(("inputs", k, "path"), str(e), "give a local path or file:///abs/path") from None
-        if local != inp.path:
-            updates.setdefault("inputs", list(spec.inputs))[k] = inp.model_copy(update={"path": local})
-    if spec.output.path:
-        try:
-            local = storage.local_path(spec.output.path)
-        except ValueError as e:
-            raise loaded.error(("output", "path"), str(e), "give a local path or file:///abs/path") from None
-        if local != spec.output.path:
-            updates["output"] = spec.output.model_copy(update={"path": local})
-    if updates:
-        spec = spec.model_copy(update=updates)
-        loaded = LoadedSpec(spec, loaded.file, loaded.lines)
-        updates = {}
     if inputs:
         first = spec.inputs[0] if spec.inputs else InputSpec(path=inputs[0])
         new_inputs = [first.model_copy(update={"path": inputs[0]})]

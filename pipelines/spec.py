@@ -32,8 +32,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _local_path(value: str | None) -> str | None:
+    """A ``file://`` URL as the local path it names (storage.local_path); a URL of another host is
+    refused while the file is validated, naming its line."""
+    from pipelines.storage import local_path
+
+    return local_path(value) if value is not None else None
+
+
 class InputSpec(_Strict):
     path: str = Field(description="file, folder or glob; JSONL (.jsonl, .gz, .zst), Parquet, text, HF")
+
+    _local = field_validator("path")(_local_path)
     format: Literal["auto", "jsonl", "parquet", "text", "hf"] = "auto"
     id_field: str = "id"
     text_field: str = "text"
@@ -48,6 +58,8 @@ class ReadSpec(_Strict):
 class OutputSpec(_Strict):
     path: str | None = Field(None, description="output folder (default: out/<pipeline name>)")
     records_per_file: int = Field(100_000, gt=0, description="records per output Parquet file")
+
+    _local = field_validator("path")(_local_path)
 
 
 class RunnerSpec(_Strict):
