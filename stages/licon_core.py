@@ -175,26 +175,31 @@ class Template:
 # -- scoring (spec 5) ------------------------------------------------------------------------------
 
 
+def _answer(reply: str, template: Template) -> str:
+    """Spec 5's parse (clarified 2026-12-03). A reply that begins by echoing the query (its input
+    marker) is read from after that echo's label marker; then the text is cut at the first new
+    demonstration (a line that opens with the input marker). A label written after the model starts
+    inventing a demonstration is never its answer, so the *first* label marker counts, not the last."""
+    text = reply.lstrip()
+    opens, label = f"{template.input_name}:", f"{template.label_name}:"
+    if text.startswith(opens):
+        _, found, text = text.partition(label)
+        if not found:
+            return ""
+    elif text.startswith(label):
+        text = text[len(label):]
+    return re.split(rf"(?m)^[ \t]*{re.escape(opens)}", text, maxsplit=1)[0]
+
+
 def reply_line(reply: str, template: Template = Template()) -> str:
-    """Spec 5's parse: the text after the last label marker if the model echoed one, cut at the next
-    demonstration, first line."""
-    text = reply
-    marker = f"{template.label_name}:"
-    if marker in text:
-        text = text.rsplit(marker, 1)[1]
-    text = text.split(f"\n{template.input_name}:", 1)[0]
-    lines = [x for x in text.strip().splitlines() if x.strip()]
+    """The answer's first non-empty line (classification, relation and dialogue relation items)."""
+    lines = [x for x in _answer(reply, template).strip().splitlines() if x.strip()]
     return lines[0].strip() if lines else ""
 
 
 def reply_block(reply: str, template: Template = Template()) -> list[str]:
     """Every line of the answer (NER lists one entity a line), the same cuts as :func:`reply_line`."""
-    text = reply
-    marker = f"{template.label_name}:"
-    if marker in text:
-        text = text.rsplit(marker, 1)[1]
-    text = text.split(f"\n{template.input_name}:", 1)[0]
-    return [x.strip() for x in text.strip().splitlines() if x.strip()]
+    return [x.strip() for x in _answer(reply, template).strip().splitlines() if x.strip()]
 
 
 _EDGE = re.compile(r"^[\s\"'`]+|[\s\"'`.,]+$")
@@ -205,12 +210,15 @@ def normalize(label: str) -> str:
     return _EDGE.sub("", label.lower())
 
 
+DIALOGRE_MAX_LABELS = 500  # spec 5: the reference stops at 500 labels
+
+
 @dataclass
 class Tally:
     """Counts that micro P/R/F1 and accuracy are made of; they add over items."""
 
     correct: int = 0  # gold answers matched
-    made: int = 0  # predictions that name a valid label
+    made: int = 0  # predictions made (spec 5 says, per task, which count)
     gold: int = 0  # gold answers
 
     def __add__(self, other: Tally) -> Tally:
@@ -224,23 +232,26 @@ class Tally:
 
 def score_reply(task: str, reply: str, answers: Sequence[str], classes: Sequence[str],
                 template: Template = Template()) -> Tally:
-    """One item's tally. A prediction that is not a valid label is not "made" and matches nothing:
-    no label is ever substituted for it."""
+    """One item's tally (spec 5). No label is ever substituted for a prediction, and a correct
+    prediction is always a made one, so precision and recall stay within [0, 1]."""
     valid = {normalize(c) for c in classes}
     if task in ("classification", "relation"):
         got = normalize(reply_line(reply, template))
         made = int(got in valid)
         return Tally(int(made and got == normalize(answers[0])), made, 1)
     if task == "ner":
+        # every parsed "entity: type" line is a prediction made; an invalid type is a wrong one
         gold = {_entity(a) for a in answers} - {None}
-        pred = {e for e in (_entity(x) for x in reply_block(reply, template)) if e is not None and e[1] in valid}
+        pred = {e for e in (_entity(x) for x in reply_block(reply, template)) if e is not None}
         return Tally(len(gold & pred), len(pred), len(gold))
     if task == "dialogre":
-        pred = [normalize(x) for x in reply_line(reply, template).split(",") if x.strip()]
-        gold = [normalize(a) for a in answers]
-        made = [p for p in pred if any(v in p for v in valid)]
-        correct = sum(1 for p, g in zip(pred, gold, strict=False) if p and (g in p or p in g))
-        return Tally(correct, len(made), len(gold))
+        # position by position; right when the gold relation is inside the predicted item (the
+        # reference's `gold in pred`, never the reverse); made when the item holds a valid relation
+        pred = [normalize(x) for x in reply_line(reply, template).split(",") if x.strip()][:DIALOGRE_MAX_LABELS]
+        gold = [normalize(a) for a in answers][:DIALOGRE_MAX_LABELS]
+        made = [any(v in p for v in valid) for p in pred]
+        correct = sum(1 for p, g, m in zip(pred, gold, made, strict=False) if m and g and g in p)
+        return Tally(correct, sum(made), len(gold))
     raise ValueError(f"task {task!r}: one of {', '.join(TASKS)}")
 
 

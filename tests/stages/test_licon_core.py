@@ -7,6 +7,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stages import licon_core as core
 
@@ -92,7 +94,7 @@ def test_ner_and_dialogue_relations_are_scored_item_by_item():
     classes = ["person-actor", "location-GPE"]
     gold = ["Tom Hanks: person-actor", "Paris: location-GPE"]
     reply = "Tom Hanks: person-actor\nParis: location-city\nfoo"  # one right, one invalid type, one not a pair
-    assert core.score_reply("ner", reply, gold, classes) == core.Tally(1, 1, 2)
+    assert core.score_reply("ner", reply, gold, classes) == core.Tally(1, 2, 2)
     rel = ["per:friends", "per:boss", "per:siblings"]
     assert core.score_reply("dialogre", "per:friends, per:siblings, unanswerable", ["per:friends", "per:boss"],
                             rel) == core.Tally(1, 2, 2)
@@ -110,3 +112,46 @@ def test_tacred_test_side_keeps_file_order_and_at_most_cap_per_relation():
     kept = core.file_order_capped(labels, 2)
     assert kept == [0, 1, 2, 4, 5, 7]  # the third "a" and "c" onwards are left out, order kept
     assert core.file_order_capped(labels, 100) == list(range(len(labels)))
+
+
+# -- issue 33, points 1-3: spec 5 as clarified on 2026-12-03 ----------------------------------------
+
+
+def test_dialogre_counts_a_position_only_when_the_gold_relation_is_inside_the_prediction():
+    """The reference's rule: gold inside prediction, never prediction inside gold. ``per`` is inside
+    every gold name, so the old two-way test scored three correct out of zero made."""
+    rel = ["per:alumni", "per:age", "per:siblings"]
+    assert core.score_reply("dialogre", "per, a, s", rel, rel) == core.Tally(0, 0, 3)
+    total = core.score_reply("dialogre", "per, a, s", rel, rel) + core.score_reply("dialogre", "per:age", ["per:age"],
+                                                                                     rel)
+    p, r, f1 = total.f1()
+    assert (p, r) == (1.0, 0.25) and 0 <= f1 <= 1
+    # a longer prediction that holds the gold name is right (the reference's `in`)
+    assert core.score_reply("dialogre", "relation per:age.", ["per:age"], rel) == core.Tally(1, 1, 1)
+
+
+def test_the_first_answer_is_the_reply_and_a_label_after_a_new_demonstration_is_not():
+    classes = ["joy", "anger"]
+    reply = "joy\n\nText: I lost my keys again\nLabel: anger"
+    assert core.reply_line(reply) == "joy"
+    assert core.score_reply("classification", reply, ["joy"], classes) == core.Tally(1, 1, 1)
+    # an echo of the query: its own label marker is skipped, the answer after it is the reply
+    assert core.reply_line("Text: the query again\nLabel: anger\nText: more\nLabel: joy") == "anger"
+    assert core.reply_line("Label: joy") == "joy"
+    assert core.reply_block("Paris: city\nRome: town\n\nText: x\nLabel: Oslo: city") == ["Paris: city", "Rome: town"]
+
+
+def test_every_ner_line_is_a_prediction_made_whatever_its_type():
+    classes = ["city"]
+    assert core.score_reply("ner", "Paris: city\nRome: town", ["Paris: city"], classes) == core.Tally(1, 2, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(task=st.sampled_from(["classification", "relation", "ner", "dialogre"]),
+       reply=st.text(alphabet=st.sampled_from(list("per:asgoTxLbl, \n")), max_size=60),
+       gold=st.lists(st.sampled_from(["per:age", "per:alumni", "org:x", "a: per", "s: org"]), min_size=1, max_size=4))
+def test_no_item_has_more_correct_than_made_or_gold(task, reply, gold):
+    """What makes precision > 100 % impossible: per item, correct <= made and correct <= gold."""
+    classes = ["per:age", "per:alumni", "org:x", "per", "org"]
+    t = core.score_reply(task, reply, gold, classes)
+    assert t.correct <= t.made and t.correct <= t.gold
