@@ -15,7 +15,16 @@ from schemas import RecordSchema
 from stages import adaleval_core as core
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected
-from stages.eval_view import LONGBENCH_FIELDS, LengthParams, TokenCounter, bucket_name, english_words, item_hash, seeded
+from stages.eval_view import (
+    LONGBENCH_FIELDS,
+    LengthParams,
+    TokenCounter,
+    bucket_name,
+    is_unspaced,
+    item_hash,
+    longbench_length,
+    seeded,
+)
 
 TSORT_ITEM = RecordSchema("tsort_item", 1, LONGBENCH_FIELDS + (
     pa.field("book_id", pa.string()),
@@ -107,12 +116,13 @@ class TSortItems(TokenCounter, RecordStage):
         instruction, material = prompt.split("\n\nBeginning of the passage:\n", 1)
         context = "Beginning of the passage:\n" + material
         answers = [json.dumps(answer)]
+        language = record.get("language") or ("zh" if is_unspaced(None, record["text"]) else "en")
         return {
             "id": f"{key}@{setting}", "_id": item_hash(f"{key}@{setting}"),
             "input": instruction, "context": context, "answers": answers,
-            "length": english_words(instruction, context, *answers), "dataset": f"tsort_{bucket_name(setting)}",
-            "language": record.get("language") or "en", "all_classes": None, "length_bucket": setting,
-            "length_tokens": tokens,
+            "length": longbench_length(language, instruction, context, *answers),
+            "dataset": f"tsort_{bucket_name(setting)}", "language": language, "all_classes": None,
+            "length_bucket": setting, "length_tokens": tokens,
             "meta": json.dumps({"tokenizer": p.tokenizer, "seed": self.seed, "setting": setting,
                                 "block_tokens": block, "fill": p.fill, "tolerance": p.tolerance,
                                 "source": record.get("source")}, sort_keys=True),

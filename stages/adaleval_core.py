@@ -18,33 +18,50 @@ from html.parser import HTMLParser
 
 N_SEGMENTS = 4  # verified indirectly: the evaluator enumerates permutations of 1..4
 
-# Lines that name a chapter, book, act, scene or part by its number, or hold only a (roman) numeral:
-# they would give the order away (spec 4.1). A keyword must be followed by a numeral, so that "Part
-# of the design ..." stays.
-_NUMERAL = r"(?:[ivxlcdm]+|\d+|one|two|three|four|five|six|seven|eight|nine|ten|first|second|third|last)"
-_HEADING = re.compile(
-    rf"^\s*(?:(?:chapter|book|act|scene|part|canto|volume)\s+{_NUMERAL}\b[\w .:,'-]{{0,60}}|[ivxlcdm]+\.?|\d+\.?)\s*$",
-    re.IGNORECASE)
+# Lines that name a chapter, book, act, scene or part by its number would give the order away (spec
+# 4.1). A keyword must be followed by a numeral, so that "Part of the design ..." stays; a numeral alone
+# is a heading only as a paragraph of its own (alone between blank lines), so that a manual page's
+# option line "v" or a changelog's wrapped "did." stays.
+_ROMAN = r"(?=[ivxlcdm])m{0,4}(?:cm|cd|d?c{0,3})(?:xc|xl|l?x{0,3})(?:ix|iv|v?i{0,3})"  # a valid one only
+_NUMERAL = rf"(?:{_ROMAN}|\d+|one|two|three|four|five|six|seven|eight|nine|ten|first|second|third|last)"
+_KEYWORD_HEADING = re.compile(
+    rf"^\s*(?:chapter|book|act|scene|part|canto|volume)\s+{_NUMERAL}\b[\w .:,'-]{{0,60}}\s*$", re.IGNORECASE)
+_NUMERAL_HEADING = re.compile(rf"^\s*(?:{_ROMAN}|\d+)\.?\s*$", re.IGNORECASE)
 _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")  # the next line keeps its indentation
 
 
 def is_heading(line: str) -> bool:
-    return bool(_HEADING.match(line)) and len(line.split()) <= 8
+    """A heading line on its own (a keyword heading, or a valid numeral alone): what a paragraph that
+    is this one line is left out for."""
+    return len(line.split()) <= 8 and bool(_KEYWORD_HEADING.match(line) or _NUMERAL_HEADING.match(line))
 
 
 def clean_paragraphs(text: str, count: Callable[[str], int], min_tokens: int = 20,
                      split_over: int | None = None) -> list[str]:
-    """A book's paragraphs (blank-line runs) without heading-like lines, each of ``min_tokens`` or
-    more (spec 4.1): shorter ones (titles, dialogue tags, separators) are left out. A paragraph of
-    more than ``split_over`` tokens is taken line by line (a text with one verse or one wrapped line
-    per line and no blank lines, as the KJV and the essays are stored) [ours]."""
-    kept = []
+    """A book's paragraphs (blank-line runs) without headings (spec 4.1). A paragraph of fewer than
+    ``min_tokens`` tokens (a line of dialogue, a title) joins the paragraph after it (the last one
+    joins the one before), so the paragraphs read in order restore the text but for its headings. A
+    paragraph of more than ``split_over`` tokens is taken line by line (a text with one verse or one
+    wrapped line per line and no blank lines, as the KJV and the essays are stored) [ours]."""
+    units: list[str] = []
     for para in _BLANK_LINES.split(text):
-        lines = [ln for ln in para.split("\n") if ln.strip() and not is_heading(ln)]  # verbatim
+        lines = [ln for ln in para.split("\n") if ln.strip()]  # verbatim
+        if len(lines) == 1 and is_heading(lines[0]):
+            continue
+        lines = [ln for ln in lines if not _KEYWORD_HEADING.match(ln) or len(ln.split()) > 8]
         joined = "\n".join(lines)
-        units = lines if split_over is not None and count(joined) > split_over else [joined]
-        # the lines of a cut paragraph are all kept: leaving one out would open a gap in the text
-        kept += [u for u in units if u and (len(units) > 1 or count(u) >= min_tokens)]
+        if joined:
+            units += lines if split_over is not None and count(joined) > split_over else [joined]
+    kept: list[str] = []
+    pending: list[str] = []
+    for unit in units:
+        pending.append(unit)
+        merged = "\n".join(pending)
+        if count(merged) >= min_tokens:
+            kept.append(merged)
+            pending = []
+    if pending and kept:
+        kept[-1] = "\n".join([kept[-1], *pending])
     return kept
 
 
@@ -165,7 +182,7 @@ def parse_best_answer_strict(reply: str, n: int) -> str | None:
     for m in re.finditer(r"\bA(\d+)(?!\d)", text):
         if 1 <= int(m.group(1)) <= n:
             return f"A{int(m.group(1))}"
-    for m in re.finditer(r"(?<![\d.])(\d+)(?![\d.])", text):
+    for m in re.finditer(r"(?<!\d)(?<!\d\.)(\d+)(?!\d|\.\d)", text):  # not part of a decimal
         if 1 <= int(m.group(1)) <= n:
             return f"A{int(m.group(1))}"
     return None

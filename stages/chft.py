@@ -23,7 +23,7 @@ from schemas import RecordSchema
 from stages import chft_core as core
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams, metadata_of
-from stages.eval_view import LONGBENCH_FIELDS, item_hash, seeded
+from stages.eval_view import LONGBENCH_FIELDS, item_hash, longbench_length, seeded
 
 SPLITS = ("train", "test_homogeneous", "test_up_to_date", "test_hard")
 
@@ -349,8 +349,7 @@ class ChftPairs(RecordStage):
         prompt_text = f"{words['text']}\n\n{body}"
         prompt_json = f"{words['json']}\n\n{body}"
         rid = record["id"] if setting == "full_text" else f"{record['id']}#{extra['segment_index']}"
-        length = len(re.sub(r"\s", "", context + ask + ref)) if lang in ("zh", "ja") else \
-            len((context + " " + ask + " " + ref).split())
+        length = longbench_length(lang, context, ask, ref)
         row = {
             "id": rid, "_id": item_hash(rid), "input": f"{words['text']}" + (f"\n{ask}" if ask else ""),
             "context": context, "answers": [ref], "length": length, "dataset": f"chft_{setting}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
+import re
 
 import pyarrow as pa
 from pydantic import Field, field_validator
@@ -19,7 +20,7 @@ LONGBENCH_FIELDS = (
     pa.field("input", pa.string()),
     pa.field("context", pa.string()),
     pa.field("answers", pa.list_(pa.string())),
-    pa.field("length", pa.int64()),  # words of input, context and answers (English)
+    pa.field("length", pa.int64()),  # words of input, context and answers; characters for Chinese
     pa.field("dataset", pa.string()),
     pa.field("language", pa.string()),
     pa.field("all_classes", pa.list_(pa.string())),
@@ -32,6 +33,28 @@ LONGBENCH_FIELDS = (
 def english_words(*texts: str) -> int:
     """LongBench's ``length`` for a space-delimited language: whitespace words."""
     return sum(len(t.split()) for t in texts)
+
+
+# CJK ideographs, kana and hangul: scripts written without spaces between words
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+UNSPACED_LANGUAGES = ("zh", "ja", "ko")
+
+
+def is_unspaced(language: str | None, *texts: str) -> bool:
+    """Whether a text is in a language written without spaces: its ``language`` when given (``zh``,
+    ``zh-CN``, ``ja``...), else read off the script (at least a third of the non-space characters)."""
+    if language:
+        return language.split("-")[0].split("_")[0].lower() in UNSPACED_LANGUAGES
+    chars = sum(len(t) - sum(c.isspace() for c in t) for t in texts)
+    return chars > 0 and sum(len(_UNSPACED.findall(t)) for t in texts) * 3 >= chars
+
+
+def longbench_length(language: str | None, *texts: str) -> int:
+    """LongBench's ``length``: characters (spaces not counted) for Chinese and the other unspaced
+    scripts, whitespace words for the rest."""
+    if is_unspaced(language, *texts):
+        return sum(len(t) - sum(c.isspace() for c in t) for t in texts)
+    return english_words(*texts)
 
 
 def item_hash(key: str) -> str:

@@ -35,7 +35,16 @@ from stages.base import (
     Rejected,
     metadata_of,
 )
-from stages.eval_view import LONGBENCH_FIELDS, LengthParams, TokenCounter, bucket_name, english_words, item_hash, seeded
+from stages.eval_view import (
+    LONGBENCH_FIELDS,
+    LengthParams,
+    TokenCounter,
+    bucket_name,
+    is_unspaced,
+    item_hash,
+    longbench_length,
+    seeded,
+)
 
 LABELLED = RecordSchema("labelled", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
                                         pa.field("metadata", pa.string())))
@@ -283,12 +292,14 @@ class LiconItems(TokenCounter, GroupStage):
                     gold = set(f["labels"])
                     positions = [i for i, d in enumerate(shown, 1) if gold & set(d.labels)]
                     dataset = f"licon_{key}_{bucket}"
+                    language = t.get("language") or ("zh" if is_unspaced(None, query, context) else "en")
                     rid = f"{dataset}/{order}/{t['id']}"
                     made += 1
                     yield {
                         "id": rid, "_id": item_hash(rid), "input": query, "context": f"{instruction}\n\n{context}",
-                        "answers": f["answers"], "length": english_words(query, instruction, context, *f["answers"]),
-                        "dataset": dataset, "language": t.get("language") or "en", "all_classes": classes,
+                        "answers": f["answers"], "language": language, "all_classes": classes,
+                        "length": longbench_length(language, query, instruction, context, *f["answers"]),
+                        "dataset": dataset,
                         "length_bucket": setting, "length_tokens": n_tokens,
                         "meta": json.dumps({"tokenizer": p.tokenizer, "seed": self.seed, "selection": p.selection,
                                             "setting": setting, "tolerance": p.tolerance, "fit": p.fit,

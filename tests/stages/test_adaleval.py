@@ -60,3 +60,14 @@ def test_same_seed_same_items_and_a_short_document_gives_none(books):
     assert first == again and first != other
     outs = list(TSortItems(TSortItems.Params(settings=(32768,)), seed=0).process(books[2]))  # Jude: ~1K tokens
     assert [type(o) for o in outs if not isinstance(o, Measured)] == [Dropped]
+
+
+def test_longbench_length_counts_characters_for_chinese():
+    """LongBench's ``length``: words for English, characters for Chinese (issue 33, point 15)."""
+    from stages.eval_view import longbench_length
+
+    zh = "段落结构决定了文章的可读性。" * 10
+    assert longbench_length("zh", zh) == len(zh)
+    assert longbench_length(None, zh) == len(zh)  # no language given: read off the script
+    assert longbench_length("en", "three plain words") == 3
+    assert longbench_length(None, "three plain words", "and two") == 5
