@@ -159,6 +159,7 @@ class LiconSelect(TokenCounter, GlobalStage):
         dropped: dict[int, Dropped] = {}
         metrics: dict[str, float] = {}
         by_set: dict[str, list[int]] = {}
+        undemonstrated: set[int] = set()
         for k in range(n):
             if data["dataset"][k] is None or not data["labels"][k]:
                 role[k] = "invalid"
@@ -181,6 +182,7 @@ class LiconSelect(TokenCounter, GlobalStage):
                 if want is not None and tokens > want:
                     break  # the longest setting is filled: more rounds would never be shown
             seen = {data["text_hash"][k] for k in demo_rows}
+            demonstrated = {label for k in demo_rows for label in data["labels"][k]}
             tests, leaked = [], 0
             first_labels = [data["labels"][k][0] for k in test]
             candidates = (core.file_order_capped(first_labels, p.test_per_label) if p.test_selection == "file_order"
@@ -191,18 +193,25 @@ class LiconSelect(TokenCounter, GlobalStage):
                 if data["text_hash"][test[i]] in seen:
                     leaked += 1
                     continue
+                if not set(data["labels"][test[i]]) <= demonstrated:
+                    # a gold label with no demonstration is in neither the prompt nor all_classes: the
+                    # item could not be answered (issue 33, point 16)
+                    undemonstrated.add(test[i])
+                    continue
                 role[test[i]], place[test[i]] = "test", len(tests)
                 tests.append(test[i])
             metrics |= {f"demonstrations:{name}": len(demo_rows), f"demonstration tokens:{name}": tokens,
                         f"labels:{name}": len(core.label_order([data["labels"][k] for k in train])),
-                        f"test items:{name}": len(tests), f"test texts also in train:{name}": leaked}
+                        f"test items:{name}": len(tests), f"test texts also in train:{name}": leaked,
+                        f"test items with an undemonstrated label:{name}": len(undemonstrated & set(test))}
         demo_texts = {data["text_hash"][j] for j in range(n) if role[j] == "demo"}
         for k in range(n):
             if role[k] is None:
                 leak = data["split"][k] == "test" and data["text_hash"][k] in demo_texts
-                dropped[k] = Dropped(data["id"][k], "not chosen", "a test text that is also a demonstration" if leak
-                                     else f"{data['split'][k]} example beyond the rounds and test items the settings "
-                                     "need")
+                why = ("a test text that is also a demonstration" if leak
+                       else "a gold label that no demonstration shows" if k in undemonstrated
+                       else f"{data['split'][k]} example beyond the rounds and test items the settings need")
+                dropped[k] = Dropped(data["id"][k], "not chosen", why)
         return GlobalResult(columns={"licon_role": role, "licon_place": place, "licon_round": rnd},
                             dropped=dropped, metrics=metrics)
 
@@ -280,9 +289,13 @@ class LiconItems(TokenCounter, GroupStage):
                 shown = core.ordered(chosen, order, seeded(self.seed, key, setting, rounds, "order"))
                 context = tpl.context(shown)
                 instruction = tpl.instruction(shown_classes)
-                made = outside = 0
+                made = outside = unshown = 0
+                shown_labels = {label for d in shown for label in d.labels}
                 for t in tests:
                     f = fields[t["id"]]
+                    if not set(f["labels"]) <= shown_labels:
+                        unshown += 1  # a setting too short to show the gold label once: unanswerable
+                        continue
                     query = tpl.query(t["text"])
                     prompt = f"{instruction}\n\n{context}\n\n{query}"
                     n_tokens = self.count(prompt)
@@ -311,5 +324,6 @@ class LiconItems(TokenCounter, GroupStage):
                 label = f"{key}:{bucket}:{order}"
                 metrics[f"items:{label}"] = metrics.get(f"items:{label}", 0) + made
                 metrics[f"outside window:{label}"] = metrics.get(f"outside window:{label}", 0) + outside
+                metrics[f"gold label not shown:{label}"] = metrics.get(f"gold label not shown:{label}", 0) + unshown
                 metrics[f"rounds:{key}:{bucket}"] = rounds
                 metrics[f"demonstrations:{key}:{bucket}"] = len(chosen)

@@ -64,7 +64,10 @@ def test_items_fit_their_windows_and_orders_permute_one_demonstration_list(built
     tok = load_tokenizer("smollm2")
     assert {i["length_bucket"] for i in items} == set(SETTINGS)
     assert {i["demo_order"] for i in items} == {"scattered", "grouped", "shuffled"}
-    assert len({i["_id"] for i in items}) == len(items) == len(SETTINGS) * 3 * 12
+    assert len({i["_id"] for i in items}) == len(items)
+    # every test item in every (setting, order), but those whose gold label the setting cannot show
+    unshown = _items_metric(built[0], "gold label not shown:")
+    assert len(items) + sum(unshown.values()) == len(SETTINGS) * 3 * 12 and len(items) >= len(SETTINGS) * 3 * 10
     by = {}
     for it in items:
         s = it["length_bucket"]
@@ -76,6 +79,7 @@ def test_items_fit_their_windows_and_orders_permute_one_demonstration_list(built
         demos = re.findall(r"^Text: (.*)\nLabel: (.*)$", it["context"], flags=re.M)
         assert len(demos) == it["n_demos"]
         assert it["gold_label_positions"] == [k for k, (_, label) in enumerate(demos, 1) if label == it["answers"][0]]
+        assert it["gold_label_positions"]  # the gold label is demonstrated: the item can be answered
         assert it["input"].removeprefix("Text: ").removesuffix("\nLabel:") not in {t for t, _ in demos}
         by.setdefault((s, it["test_id"]), {})[it["demo_order"]] = demos
     for orders in by.values():
@@ -104,7 +108,15 @@ def test_same_input_and_seed_give_the_same_bytes_and_the_catalog_counts_everythi
     assert select[1] == 4390 and select[1] == select[2] + select[3] + select[4]
     m = dict(cat.query("SELECT name, value FROM metrics WHERE stage = 'licon_items' AND run_id = "
                        "(SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1)")[1])
-    assert m["items:python_module:1k:scattered"] == 12 and m["outside window:python_module:4k:grouped"] == 0
+    assert m["items:python_module:1k:scattered"] + m["gold label not shown:python_module:1k:scattered"] == 12
+    assert m["outside window:python_module:4k:grouped"] == 0
+
+
+def _items_metric(base, prefix: str) -> dict[str, float]:
+    cat = Catalog(str(base / "c.duckdb"))
+    rows = cat.query("SELECT name, value FROM metrics WHERE stage = 'licon_items' AND run_id = "
+                     "(SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1)")[1]
+    return {name: value for name, value in rows if name.startswith(prefix)}
 
 
 def test_file_order_test_selection_caps_each_relation():
@@ -130,3 +142,30 @@ def test_file_order_test_selection_caps_each_relation():
     roles = result.columns["licon_role"]
     tests = [table["id"][k].as_py() for k in range(len(roles)) if roles[k] == "test"]
     assert tests == ["x0", "x1", "x5", "x6"]  # two r1 then two r2, in file order
+
+
+def test_a_test_item_whose_gold_label_has_no_demonstration_is_not_chosen():
+    """Issue 33, point 16: a label with no train example is never shown, so its test item could not be
+    answered; it is dropped with that reason and the next answerable item takes its place."""
+    from stages.base import GlobalContext
+    from stages.licon import LiconSelect
+
+    test_labels = ["r1", "r9", "r2", "r9", "r1", "r2"]
+    n_train = 4
+    table = pa.table({
+        "id": [f"t{k}" for k in range(n_train)] + [f"x{k}" for k in range(len(test_labels))],
+        "dataset": ["set"] * (n_train + len(test_labels)),
+        "labels": [["r1"], ["r2"]] * 2 + [[x] for x in test_labels],
+        "split": ["train"] * n_train + ["test"] * len(test_labels),
+        "tokens": [10] * (n_train + len(test_labels)),
+        "text_hash": [f"h{k}" for k in range(n_train + len(test_labels))],
+    })
+    stage = LiconSelect(LiconSelect.Params(test_items=4, settings=(512,)), seed=0)  # every answerable one
+    result = stage.decide(table, GlobalContext())
+    roles = result.columns["licon_role"]
+    chosen = {table["id"][k].as_py() for k in range(len(roles)) if roles[k] == "test"}
+    assert chosen and all(test_labels[int(i[1:])] != "r9" for i in chosen)
+    assert len(chosen) == 4
+    unanswerable = [d for k, d in result.dropped.items() if table["labels"][k].as_py() == ["r9"]]
+    assert len(unanswerable) == 2 and all("no demonstration" in d.detail for d in unanswerable)
+    assert result.metrics["test items with an undemonstrated label:set"] == 2
