@@ -12,12 +12,24 @@ from pydantic import Field, field_validator
 
 from stages.base import Measured, Outcome, Services, StageParams
 
-# Replies that decline the task (ours; matched case-insensitively against a reply's first 200 characters).
+# Replies that decline the task (ours), matched case-insensitively against a reply's first 200
+# characters. A refusal is the model declining the request where its reply starts: the patterns are
+# anchored there, and only markdown decoration may come first, never a quote mark, so a story that
+# opens with '"I'm sorry," she whispered' or a shop sign's 'Sorry, the shop is closed' is real text.
+_OPENING = r"^[\s*_#>`~-]*"
+_I_DECLINE = (r"i (?:can ?not|can't|cannot|won't|will not|am unable to|'m unable to|am not able to|'m not able to|"
+              r"must decline to|have to decline to)")
 REFUSAL_PATTERNS = (
-    r"^\W*(i'?m|i am) sorry\b",
-    r"^\W*(sorry|apologies)[,.!]",
-    r"\bi (can ?not|can't|cannot|won't|am unable to|'m unable to) (help|assist|answer|comply|provide|do that)",
-    r"\bas an ai( language model)?\b",
+    # an apology followed, in its first line, by declining: "I'm sorry, but I can't ..."
+    rf"{_OPENING}(?:i'?m sorry|i am sorry|sorry|apologies|my apologies|i apologi[sz]e|unfortunately)\b"
+    rf"[^\n]{{0,80}}?\b(?:{_I_DECLINE}|i must decline|i have to decline)\b",
+    # declining outright: "I cannot assist with ...", but not "I cannot help but think ..."
+    rf"{_OPENING}(?:unfortunately,? )?{_I_DECLINE} (?:help|assist|answer|comply|provide|do|write|fulfil|fulfill|"
+    r"create|complete|continue|generate|produce)\b(?! but\b)",
+    # "As an AI (language model), I ..." but not "As an AI ethics researcher, Dr. Lee ..."
+    rf"{_OPENING}as an ai(?: language model| assistant| model)?,? i\b",
+    rf"{_OPENING}(?:很抱歉|非常抱歉|抱歉|对不起)[^\n]{{0,40}}?我(?:无法|不能|不可以|没办法)",
+    rf"{_OPENING}作为(?:一[个名])?(?:ai|人工智能)(?:语言模型|助手|模型)?[，,]?\s*我",
 )
 
 
@@ -30,7 +42,7 @@ class GeneratorParams(StageParams):
     retries: int = Field(4, ge=0, description="openai backend: retries on connection errors, 429 and 5xx")
     refusal_patterns: tuple[str, ...] = Field(
         REFUSAL_PATTERNS, description="regular expressions (case-insensitive) that mark a reply as a refusal "
-        "when they match its first 200 characters [ours]")
+        "when they match its first 200 characters; anchor them at the reply's start (^) [ours]")
 
     @field_validator("api_key_env")
     @classmethod

@@ -194,11 +194,32 @@ def repeated_word_ratio(text: str) -> float:
     return sum(1 for w in words if counts[w] > 1) / len(words)
 
 
+REFUSAL_MATCHES = ("start", "anywhere")
+_OPENING_DECORATION = re.compile(r"^[\s*_#>`~-]*")
+_QUOTE_MARKS = "\"'“‘「『«"
+
+
+def refusal_phrase(text: str, phrases: Sequence[str] = REFUSAL_PHRASES, match: str = "start") -> str | None:
+    """The refusal phrase an answer holds, or None. ``start`` (default): the phrase opens the answer
+    (after markdown decoration; an answer that opens with a quote mark is a quotation, not the model
+    declining), so an answer that quotes a character ("I cannot go back") or discusses a company
+    (OpenAI) is kept. ``anywhere``: the reference's substring test (spec 3.6)."""
+    if match not in REFUSAL_MATCHES:
+        raise ValueError(f"refusal match {match!r}: one of {', '.join(REFUSAL_MATCHES)}")
+    low = text.lower()
+    if match == "anywhere":
+        return next((ph for ph in phrases if ph.lower() in low), None)
+    opening = _OPENING_DECORATION.sub("", low, count=1)
+    if opening[:1] in _QUOTE_MARKS:
+        return None
+    return next((ph for ph in phrases if opening.startswith(ph.lower())), None)
+
+
 def answer_problem(text: str, max_repeat: float, min_long_words: int = 2,
-                   phrases: Sequence[str] = REFUSAL_PHRASES) -> tuple[str, str] | None:
+                   phrases: Sequence[str] = REFUSAL_PHRASES, match: str = "start") -> tuple[str, str] | None:
     """(category, detail) of why an answer fails the pair filters (spec 3.7), or None: empty;
     repeated-word ratio above ``max_repeat``; fewer than ``min_long_words`` words of 3 or more
-    characters; a refusal phrase."""
+    characters; a refusal phrase (see :func:`refusal_phrase` for ``match``)."""
     if not text.strip():
         return "empty", ""
     ratio = repeated_word_ratio(text)
@@ -206,6 +227,5 @@ def answer_problem(text: str, max_repeat: float, min_long_words: int = 2,
         return "repeated words", f"{ratio:.2f} > {max_repeat:g}"
     if sum(1 for w in _WORD.findall(text) if len(w) >= 3) < min_long_words:
         return "too few words", f"fewer than {min_long_words} words of 3+ characters"
-    low = text.lower()
-    hit = next((ph for ph in phrases if ph.lower() in low), None)
+    hit = refusal_phrase(text, phrases, match)
     return ("refusal phrase", repr(hit)) if hit else None
