@@ -75,7 +75,16 @@ def _chinese_number(s: str) -> int | None:
 
 
 _NUM = r"\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?"
+_ZH_NUM = r"[零一二三四五六七八九两俩十百千万]+"
+_EITHER = rf"(?:{_NUM}|{_ZH_NUM})"
 _BETTER_PATTERNS = (
+    # a length after its label: "字数在三千到五千之间", "字数五千左右", "Word count: 1500" (a range: its upper bound)
+    (re.compile(rf"(?:字数|字數)(?:要求)?\s*[:：]?\s*(?:在|为|為|是|约|大约|大概|控制在|不少于|不低于|不超过|至少|最少)?"
+                rf"\s*({_EITHER})\s*(万|千)?(?:\s*(?:到|至|-|–|~)\s*({_EITHER})\s*(万|千)?)?"), "label"),
+    (re.compile(rf"\b(?:word count|word limit|number of words)\s*(?:[:：]|is|of|should be)?\s*"
+                rf"(?:about|around|approximately|roughly|at least|at most|~)?\s*({_NUM})"
+                rf"(?:\s*(?:-|–|to)\s*({_NUM}))?(?![\d.,]*\s*(?:%|percent|characters|tokens|pages))", re.I),
+     "label_en"),
     # ranges first: "3000-5000字", "3,000 to 5,000 words" -> the upper bound, as the reference reads ranges
     (re.compile(rf"(?:{_NUM})\s*(?:-|–|~|到|至|to)\s*({_NUM})\s*(万)?\s*(?:个)?(?:字|汉字|words?\b)", re.I), "range"),
     (re.compile(rf"({_NUM})\s*(万|千)?\s*(?:个)?(?:字|汉字)"), "zh"),
@@ -91,7 +100,14 @@ def _better_candidates(text: str) -> set[int]:
         for m in pattern.finditer(text):
             if any(a < m.end() and m.start() < b for a, b in taken):
                 continue  # part of a longer match already read (a range's bounds)
-            if kind == "zh_numeral":
+            if kind in ("label", "label_en"):
+                upper = (m.group(3), m.group(4)) if kind == "label" and m.group(3) else \
+                    (m.group(2), None) if kind == "label_en" and m.group(2) else \
+                    (m.group(1), m.group(2) if kind == "label" else None)
+                n = _number(*upper)
+                if not n:
+                    continue
+            elif kind == "zh_numeral":
                 n = _chinese_number(m.group(1))
                 if n is None or n == 0 or m.group(1) in ("十", "百", "千", "万"):
                     continue  # "数千字", "千字文": no number given
@@ -102,6 +118,16 @@ def _better_candidates(text: str) -> set[int]:
             values.add(int(round(n)))
             taken.append((m.start(), m.end()))
     return values
+
+
+def _number(value: str, scale: str | None = None) -> int | None:
+    """An Arabic ("1,500", "1.5") or Chinese ("三千五百") number, times a 万/千 after it; None for a
+    bare unit ("千") or a numeral that does not parse."""
+    if value[0].isdigit():
+        n = float(value.replace(",", ""))
+    elif value in ("十", "百", "千", "万") or (n := _chinese_number(value)) is None:
+        return None
+    return int(round(n * {"万": 10000, "千": 1000}.get(scale or "", 1)))
 
 
 def required_length(text: str, mode: str = "reference") -> int | None:
@@ -134,13 +160,24 @@ class Plan:
         return not self.problems
 
 
+_STEP = re.compile(r"^\W*(?:(?:paragraph|section|step|part|段落|段|步骤|部分)\s*\d+|第\s*\d+|\d{1,2}\s*[.)、:：-])",
+                   re.I)
+
+
+def is_preamble(line: str) -> bool:
+    """A line that introduces the plan: it ends in a colon and names no step and no word target
+    ("Here is the plan:"). A first step without a word count is a step, not a preamble."""
+    bare = line.strip().strip("*_#` ")
+    return bare.endswith((":", "：")) and not _TARGET.search(line) and not _STEP.match(line)
+
+
 def parse_plan(raw: str, max_steps: int = MAX_STEPS, require_targets: bool = True) -> Plan:
-    """Every non-empty line is a step (the reference). A preamble (a first line without a word
-    target, ending in a colon or naming no target) is dropped; with ``require_targets`` any other
-    line without one makes the plan unusable; more than ``max_steps`` steps too."""
+    """Every non-empty line is a step (the reference). A preamble (:func:`is_preamble`) is dropped;
+    with ``require_targets`` any other line without a word target makes the plan unusable (it is
+    never silently shortened); more than ``max_steps`` steps too."""
     lines = [ln.strip() for ln in re.sub(r"\n\s*\n", "\n", raw.strip()).split("\n") if ln.strip()]
     problems = []
-    if lines and not _TARGET.search(lines[0]) and (lines[0].endswith(":") or len(lines) > 1):
+    if lines and is_preamble(lines[0]):
         lines = lines[1:]  # "Here is the plan:"
     targets = []
     for ln in lines:
@@ -192,7 +229,11 @@ def write_prompt(instruction: str, plan: list[str], written: list[str], step: in
         "ongoing writing task, there is no need to add a concluding summary at the end.")}]
 
 
-_LABEL = re.compile(r"^\s*(?:#+\s*)?(?:paragraph|section|段落|第\s*\d+\s*段)\s*\d*\s*[:：.-]?\s*(?=\S)", re.I)
+# A leftover label: "Paragraph 3:", "## Section 2 -", "第2段：", "段落3：": a label word with its number and
+# a separator, so that "Sectional rivalries", "Section 230 of the act" and "段落结构" keep their words.
+_LABEL = re.compile(r"^\s*(?:#+\s*)?[*_]*\s*(?:(?:paragraph|section|part|段落)\s*(?:\d+|[一二三四五六七八九十]+)|"
+                    r"第\s*(?:\d+|[一二三四五六七八九十]+)\s*(?:段|部分))\s*[*_]*\s*(?:[:：.\-–—]|\n)[*_]*\s*(?=\S)",
+                    re.I)
 
 
 def assemble(sections: list[str], strip_labels: bool = True) -> str:

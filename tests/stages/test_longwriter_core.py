@@ -102,3 +102,47 @@ def test_quality_and_overall_scores():
     s_q, per = core.quality_score([{"Relevance": 1}])
     assert per["Relevance"] == 0 and per["Clarity"] == 50  # unrated: 3
     assert core.overall_score(48.92, 85.87) == pytest.approx(67.4, abs=0.01)  # minimum tuning's Qwen2 row
+
+
+# -- issue 33, points 6, 7, 17 ----------------------------------------------------------------------
+
+
+def test_a_first_step_without_a_word_count_is_a_step_not_a_preamble():
+    raw = ("Paragraph 1 - Main Point: introduce the history of the town\n"
+           "Paragraph 2 - Main Point: the mills - Word Count: 500 words")
+    plan = core.parse_plan(raw, require_targets=False)
+    assert plan.ok and len(plan.steps) == 2 and plan.steps[0].startswith("Paragraph 1")
+    assert plan.word_targets == [None, 500]
+    # with targets required, the step is kept and the plan is unusable (never silently shortened)
+    strict = core.parse_plan(raw)
+    assert not strict.ok and "[1]" in strict.problems[0]
+    # a line that introduces the plan (ends in a colon, names no step) is still a preamble
+    for intro in ("Here is the plan:", "以下是写作计划：", "**Plan:**"):
+        assert core.parse_plan(f"{intro}\nParagraph 1 - x - 300 words").steps == ["Paragraph 1 - x - 300 words"]
+    assert len(core.parse_plan("Paragraph 1 - Main Point: the setting:\nParagraph 2 - y - 300 words",
+                               require_targets=False).steps) == 2
+
+
+@pytest.mark.parametrize("section, expected", [
+    ("Sectional rivalries shaped the vote.", "Sectional rivalries shaped the vote."),
+    ("Section 230 of the act protects platforms.", "Section 230 of the act protects platforms."),
+    ("段落结构决定了文章的可读性。", "段落结构决定了文章的可读性。"),
+    ("Paragraphs are the unit of thought.", "Paragraphs are the unit of thought."),
+    ("Paragraph 3: The mills opened in 1820.", "The mills opened in 1820."),
+    ("**Section 2 -** The river.", "The river."),
+    ("第2段：河流的源头。", "河流的源头。"),
+    ("段落3：三角洲。", "三角洲。"),
+])
+def test_a_label_is_a_label_only_with_its_number_and_separator(section, expected):
+    assert core.assemble([section]) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("写一篇文章，字数在三千到五千之间", 5000),
+    ("写一篇文章，字数五千左右", 5000),
+    ("Write an essay on rivers. Word count: 1500.", 1500),
+    ("写一篇游记，字数：3000", 3000),
+    ("Write a report. Word count: 1,200-1,500", 1500),
+])
+def test_better_mode_reads_a_length_stated_after_its_label(text, expected):
+    assert core.required_length(text, "better") == expected
