@@ -157,16 +157,28 @@ def question_prompt(chunk: str, n_questions: int = 4) -> list[dict]:
     return [{"role": "user", "content": f"{chunk}{CONTEXT_SEPARATOR}{request}"}]
 
 
+_ENDS = ("?", ".", "!", "？", "。", "！")  # what closes a question
+
+
 def parse_questions(text: str) -> list[str]:
     """The numbered items of a reply (a number, then ':', '.', '!', '?' or '-'; spec 3.3), stripped
-    of decoration (bold, quotes, list marks), in order."""
-    out = []
+    of decoration (bold, quotes, list marks), in order. A question wrapped over lines keeps its end:
+    a line right after an item that has not ended (no closing ?, ., !) continues it; a blank line
+    or a new number ends it."""
+    out: list[str] = []
+    open_item = False
     for line in text.splitlines():
         m = _NUMBERED.match(line)
         if m:
             q = _DECORATION.sub("", m.group(2))
             if q:
                 out.append(q)
+            open_item = bool(q) and not q.endswith(_ENDS)
+        elif open_item and line.strip():
+            out[-1] = _DECORATION.sub("", f"{out[-1]} {line.strip()}")
+            open_item = not out[-1].endswith(_ENDS)
+        else:
+            open_item = False
     return out
 
 

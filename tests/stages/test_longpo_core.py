@@ -86,3 +86,13 @@ def test_a_paragraph_over_the_band_is_cut_at_its_line_breaks_and_nothing_is_lost
     # 5 + 9 lines = 95, then 10 lines, 10 lines, and the last line alone (10 < 50: lost)
     assert [ch.tokens for ch in c.chunks] == [95, 100, 100] and c.lost_tokens == 10
     assert all(ch.text in "\n\n".join(p.strip() for p in paras) for ch in c.chunks)
+
+
+def test_a_question_wrapped_over_two_lines_keeps_its_end():
+    """Issue 33, point 9: the line after a numbered question that has not ended yet continues it."""
+    reply = ("1. How does the text connect the early history of the company\n   with its later failures?\n"
+             "2. What did the founders want?\nThis one is easy.\n\n"
+             "3. Which year\nis named first?\n\nThese questions cover the text.")
+    assert core.parse_questions(reply) == [
+        "How does the text connect the early history of the company with its later failures?",
+        "What did the founders want?", "Which year is named first?"]
