@@ -199,7 +199,11 @@ class ChftTranscribe(RecordStage):
                 yield Rejected(record["id"], "no channel", f"the homophone channel is for Chinese, not {lang}")
                 return
             ch = p.channel(hard)
-            hyp = core.noisy_hypothesis(record["reference"], ch, seeded(self.seed, record["id"], "channel"))
+            try:
+                hyp = core.noisy_hypothesis(record["reference"], ch, seeded(self.seed, record["id"], "channel"))
+            except ValueError as e:  # one document the channel cannot read is rejected, not the run
+                yield Rejected(record["id"], "channel failed", str(e)[:500])
+                return
             asr = {"engine": "homophone-channel", **ch.__dict__}
             yield {**record, "hypothesis_raw": hyp, "tts": json.dumps(None), "asr": json.dumps(asr, sort_keys=True),
                    "audio_seconds": 0.0}

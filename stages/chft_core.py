@@ -132,16 +132,60 @@ def pairs_between(hypothesis: str, reference: str, language: str) -> list[Pair]:
 
 
 def pair_type(hyp_span: str, ref_span: str) -> str:
-    """Spec 4.9: punctuation, inverse text normalisation (the same number written otherwise),
-    homophone (the same toneless pinyin), else lexical."""
+    """Spec 4.9: punctuation, inverse text normalisation (the same number written otherwise: digits,
+    Chinese numerals, English number words, a percent sign), homophone (the same toneless pinyin),
+    else lexical. A pair with no number on either side is never ``itn`` ("to day" -> "today")."""
     if is_punct(hyp_span) and is_punct(ref_span):
         return "punctuation"
     a, b = number_value(hyp_span), number_value(ref_span)
-    if (a is not None and a == b) or "".join(numbers_read(hyp_span).split()) == "".join(numbers_read(ref_span).split()):
+    if (a is not None and a == b) or (
+            (has_number(hyp_span) or has_number(ref_span)) and number_form(hyp_span) == number_form(ref_span)):
         return "itn"
     if _CJK_CHAR.search(hyp_span) and _CJK_CHAR.search(ref_span) and toneless(hyp_span) == toneless(ref_span):
         return "homophone"
     return "lexical"
+
+
+_EN_NUMBERS = {w: k for k, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split())} | {w: 10 * k for k, w in enumerate(
+        "twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+_EN_SCALES = {"hundred": 100, "thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
+_EN_WORD = "|".join(sorted([*_EN_NUMBERS, *_EN_SCALES], key=len, reverse=True))
+_EN_RUN = re.compile(rf"\b(?:{_EN_WORD})(?:(?:[\s-]+|[\s-]+and[\s-]+)(?:{_EN_WORD}))*\b", re.IGNORECASE)
+_PERCENT = re.compile(r"(\d)\s*(?:percent|per cent)\b", re.IGNORECASE)
+_NUMERAL_CHAR = re.compile(r"[0-9零〇一二两三四五六七八九十百千万亿]")
+
+
+def english_number(words: str) -> int | None:
+    """The value of English number words ("one hundred and twenty" -> 120), None if not one."""
+    total = current = 0
+    parts = [w for w in re.split(r"[\s-]+", words.lower().strip()) if w and w != "and"]
+    if not parts:
+        return None
+    for w in parts:
+        if w in _EN_NUMBERS:
+            current += _EN_NUMBERS[w]
+        elif w == "hundred":
+            current = (current or 1) * 100
+        elif w in _EN_SCALES:
+            total += (current or 1) * _EN_SCALES[w]
+            current = 0
+        else:
+            return None
+    return total + current
+
+
+def has_number(text: str) -> bool:
+    return bool(_NUMERAL_CHAR.search(text) or _EN_RUN.search(text))
+
+
+def number_form(text: str) -> str:
+    """The text with every number in digits (Chinese numerals, English number words, "percent" as %)
+    and no spaces or thousands separators: two spans that differ only in number form read the same."""
+    text = _EN_RUN.sub(lambda m: str(english_number(m.group(0))), text)
+    text = _PERCENT.sub(r"\1%", numbers_read(text))
+    return re.sub(r"(?<=\d)[,，](?=\d{3})|\s", "", text)
 
 
 def number_value(text: str) -> float | None:
@@ -308,15 +352,30 @@ class Channel:
     verbalize_numbers: bool = True
 
 
+_DIGIT_ZH = dict(zip("0123456789", "零一二三四五六七八九", strict=True))
+
+
+def read_numbers_aloud(text: str) -> str:
+    """Digits as Mandarin speech writes them, the way the speech path's ASR output is read back
+    (``cn2an.transform``): a year digit by digit (2024年 -> 二零二四年), 5% as 百分之五, 123 as 一百二十三.
+    A run of more than 16 digits (an id, a constant in a manual page) is read digit by digit: cn2an
+    has no reading for it."""
+    import cn2an
+
+    text = re.sub(r"\d{17,}", lambda m: "".join(_DIGIT_ZH[c] for c in m.group(0)), text)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cn2an.transform(text, "an2cn")
+    except (ValueError, KeyError, IndexError):  # what cn2an cannot read stays a digit string, read out
+        return re.sub(r"\d", lambda m: _DIGIT_ZH[m.group(0)], text)
+
+
 def noisy_hypothesis(reference: str, channel: Channel, rng: random.Random) -> str:
     """A hypothesis of ``reference`` as a noisy ASR would write it (Chinese)."""
     from pypinyin import lazy_pinyin
 
-    text = reference
-    if channel.verbalize_numbers:
-        import cn2an
-
-        text = re.sub(r"\d+(?:\.\d+)?", lambda m: cn2an.an2cn(m.group(0)), text)
+    text = read_numbers_aloud(reference) if channel.verbalize_numbers else reference
     table = _homophones()
     out = []
     for ch in text:

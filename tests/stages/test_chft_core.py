@@ -231,3 +231,31 @@ def test_a_looped_transcript_compresses_far_better_than_its_reference(zh_docs):
     assert core.compression_ratio(looped) / core.compression_ratio(ref) > 2
     noisy = core.noisy_hypothesis(ref, core.Channel(), random.Random(0))
     assert core.compression_ratio(noisy) / core.compression_ratio(ref) < 1.2
+
+
+# -- issue 33, points 10, 11 -------------------------------------------------------------------------
+
+
+def test_the_channel_reads_numbers_as_speech_does():
+    """A year is read digit by digit and a percentage as 百分之..., as cn2an.transform (the speech
+    path's reading) does; a run of more than 16 digits is no error."""
+    quiet = core.Channel(homophone=0, deletion=0, insertion=0, punctuation=0, verbalize_numbers=True)
+    hyp = core.noisy_hypothesis("2024年的增长是5%。", quiet, random.Random(0))
+    assert hyp == "二零二四年的增长是百分之五。"
+    long_run = "最大值是9223372036854775807。"
+    assert core.noisy_hypothesis(long_run, quiet, random.Random(0))  # no ValueError: 超出数据范围
+    pairs = core.pairs_between(core.noisy_hypothesis(long_run, quiet, random.Random(0)), long_run, "zh")
+    assert core.apply_pairs(core.noisy_hypothesis(long_run, quiet, random.Random(0)), pairs) == long_run
+
+
+@pytest.mark.parametrize(("hyp", "ref", "kind"), [
+    ("to day", "today", "lexical"),  # a word boundary is not a number form
+    ("three", "3", "itn"),
+    ("twenty five", "25", "itn"),
+    ("five percent", "5%", "itn"),
+    ("one hundred and twenty", "120", "itn"),
+    ("three", "4", "lexical"),
+    ("an", "1", "lexical"),
+])
+def test_pair_types_of_english_numbers_and_word_boundaries(hyp, ref, kind):
+    assert core.pair_type(hyp, ref) == kind
