@@ -86,7 +86,8 @@ def score_item(item: dict, reply: str, target: str = "text") -> dict[str, float]
     if dataset.startswith("chft"):
         from stages import chft_core
 
-        return chft_core.score_correction(item["hypothesis"], item["reference"], reply, target)
+        return chft_core.score_correction(item["hypothesis"], item["reference"], reply, target,
+                                          item.get("pairs") or ())
     if dataset.startswith("tsort"):
         answer = list(item.get("answer") or json.loads(item["answers"][0]))
         n = len(answer)
@@ -137,6 +138,15 @@ def summarize(items: dict[str, dict], scored: dict[str, dict[str, float]]) -> di
         if (group, "cer_after") in values:  # ChFT, spec 5: mean CER in %, and the relative reduction
             for name in ("cer_before", "cer_after", "cer_before_nopunct", "cer_after_nopunct", "json_valid"):
                 metrics[f"{name}:{group}"] = 100 * sum(values[(group, name)]) / len(values[(group, name)])
+            correct, made, gold = (sum(values[(group, k)]) for k in ("punct_correct", "punct_made", "punct_gold"))
+            p = correct / made if made else 0.0
+            r = correct / gold if gold else 0.0
+            metrics |= {f"punct_precision:{group}": 100 * p, f"punct_recall:{group}": 100 * r,
+                        f"punct_f1:{group}": 100 * (2 * p * r / (p + r) if p + r else 0.0)}
+            itn = sum(values[(group, "itn_pairs")])
+            metrics[f"itn_pairs:{group}"] = itn
+            if itn:  # spec 5d: of the itn pairs, the share the correction writes as the reference
+                metrics[f"itn_accuracy:{group}"] = 100 * sum(values[(group, "itn_right")]) / itn
             before = metrics[f"cer_before:{group}"]
             metrics[f"cer_reduction:{group}"] = 100 * (before - metrics[f"cer_after:{group}"]) / before if before \
                 else 0.0

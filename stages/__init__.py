@@ -35,6 +35,7 @@ def _load_builtin() -> None:
         hmg,
         icp,
         idhack,
+        idhack_classifier,
         licon,
         longalign,
         longpo,

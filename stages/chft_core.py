@@ -443,17 +443,57 @@ def apply_predicted_pairs(hypothesis: str, predicted: list[dict]) -> str:
     return out
 
 
-def score_correction(hypothesis: str, reference: str, reply: str, target: str = "text") -> dict[str, float]:
-    """Spec 5: CER before and after a model's correction, also with punctuation removed. ``target``
-    json: the reply's pairs applied to the hypothesis, an invalid reply being no correction."""
+def score_correction(hypothesis: str, reference: str, reply: str, target: str = "text",
+                     pairs: Sequence[Pair | dict] = ()) -> dict[str, float]:
+    """Spec 5: CER before and after a model's correction, also with punctuation removed (a, b); the
+    punctuation counts that P/R/F1 add up over items (c); and of the item's ``itn`` pairs, how many
+    the correction writes as the reference does (d). ``target`` json: the reply's pairs applied to
+    the hypothesis, an invalid reply being no correction."""
     if target == "json":
         predicted = parse_predicted_pairs(reply)
         corrected = apply_predicted_pairs(hypothesis, predicted) if predicted is not None else hypothesis
         valid = float(predicted is not None)
     else:
         corrected, valid = reply, 1.0
+    itn = [x for x in (q if isinstance(q, dict) else q.as_dict() for q in pairs) if x["type"] == "itn"]
+    itn_right = sum(1 for x in itn if span_restored(reference, x["ref_start"], x["ref_end"], canonical(corrected)))
     # all three canonical: a segment may begin with the space a reply would not repeat
     hypothesis, reference, corrected = canonical(hypothesis), canonical(reference), canonical(corrected)
+    tp, made, gold = punctuation_counts(corrected, reference)
     return {"cer_before": cer(hypothesis, reference), "cer_after": cer(corrected, reference),
             "cer_before_nopunct": cer(without_punct(hypothesis), without_punct(reference)),
-            "cer_after_nopunct": cer(without_punct(corrected), without_punct(reference)), "json_valid": valid}
+            "cer_after_nopunct": cer(without_punct(corrected), without_punct(reference)), "json_valid": valid,
+            "punct_correct": tp, "punct_made": made, "punct_gold": gold, "itn_right": itn_right,
+            "itn_pairs": len(itn)}
+
+
+def _matched(reference: str, output: str) -> list[int | None]:
+    """For each character of ``reference``, the character of ``output`` the character alignment
+    (Levenshtein, rapidfuzz) matches it to, or None where it is substituted or deleted."""
+    from rapidfuzz.distance import Levenshtein
+
+    at: list[int | None] = [None] * len(reference)
+    for op in Levenshtein.opcodes(reference, output):
+        if op.tag == "equal":
+            for k in range(op.src_end - op.src_start):
+                at[op.src_start + k] = op.dest_start + k
+    return at
+
+
+def _is_mark(ch: str) -> bool:
+    return not ch.isspace() and is_punct(ch)
+
+
+def punctuation_counts(output: str, reference: str) -> tuple[int, int, int]:
+    """(correct, made, gold) punctuation marks (spec 5c): a reference mark is correct when the
+    alignment matches it to the same mark in the output; made = the output's marks."""
+    at = _matched(reference, output)
+    gold = [i for i, ch in enumerate(reference) if _is_mark(ch)]
+    return sum(1 for i in gold if at[i] is not None), sum(1 for ch in output if _is_mark(ch)), len(gold)
+
+
+def span_restored(reference: str, start: int, end: int, output: str) -> bool:
+    """Whether ``output`` writes ``reference[start:end]`` as the reference does (spec 5d): every
+    character of the span matched, in one run, by the character alignment."""
+    at = _matched(reference, output)[start:end]
+    return bool(at) and all(x is not None for x in at) and at[-1] - at[0] == end - start - 1

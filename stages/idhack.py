@@ -157,8 +157,9 @@ class HacksParams(StageParams):
     lengths: list[int] = Field([512, 256, 128], description="first L subword tokens, special tokens included")
     tokenizer: TokenizerRef = Field("minilm", description="a tokenizer name (minilm: BERT WordPiece with [CLS]/[SEP], "
                            "smollm2) or a tokenizer.json [UNVERIFIED: the paper's is unknown]")
-    stopwords: str = Field("spacy", description="spacy (757 words), stopwordsiso, sastrawi, or a file "
-                           "[spec: sastrawi; ours: spacy, the client's list]")
+    stopwords: str = Field("sastrawi", description="sastrawi (123 words, the default), spacy (757: it also "
+                           "removes negations such as bukan, jangan and content words such as tahun, besar), "
+                           "stopwordsiso (758), or a file [spec: sastrawi]")
     min_words: int = Field(16, ge=0, description="fewer words left: the unmodified words, flagged fallback [16]")
     lowercase: bool = Field(False, description="lower-case the output words [false]")
     keep_ids: bool = Field(True, description="write the kept token ids (input_ids)")

@@ -184,6 +184,12 @@ def test_eval_score_gives_cer_before_and_after_per_split(channel_run, tmp_path):
         assert before > 0 and results["none"][f"cer_after:{group}"] == pytest.approx(before)
         assert results["perfect"][f"cer_after:{group}"] == 0 and results["perfect"][f"cer_reduction:{group}"] == 100
         assert results["pairs"][f"cer_after:{group}"] == 0 and results["pairs"][f"json_valid:{group}"] == 100
+        # spec 5c, 5d: a perfect correction restores every mark and every number form; none restores
+        # no number form the channel changed, and the channel dropped or changed some marks
+        assert results["perfect"][f"punct_f1:{group}"] == 100 and results["pairs"][f"punct_f1:{group}"] == 100
+        assert results["none"][f"punct_recall:{group}"] < 100
+        assert results["perfect"][f"itn_pairs:{group}"] > 0
+        assert results["perfect"][f"itn_accuracy:{group}"] == 100 and results["none"][f"itn_accuracy:{group}"] == 0
 
 
 def test_a_looped_transcript_is_flagged_and_dropped_when_asked():

@@ -259,3 +259,27 @@ def test_the_channel_reads_numbers_as_speech_does():
 ])
 def test_pair_types_of_english_numbers_and_word_boundaries(hyp, ref, kind):
     assert core.pair_type(hyp, ref) == kind
+
+
+# -- issue 33, point 20: punctuation P/R/F1 and ITN accuracy (spec 5c, 5d), known answers ------------
+
+
+@pytest.mark.parametrize(("output", "counts"), [
+    ("今天，下雨了。", (2, 2, 2)),
+    ("今天下雨了。", (1, 1, 2)),  # the comma missed: recall 1/2, precision 1/1
+    ("今天。下雨了，", (0, 2, 2)),  # both marks in place but the wrong ones
+    ("今天，下，雨了。", (2, 3, 2)),  # one mark too many: precision 2/3
+    ("明天，刮风了。", (2, 2, 2)),  # the words wrong, the marks right
+])
+def test_punctuation_counts_on_known_cases(output, counts):
+    assert core.punctuation_counts(output, "今天，下雨了。") == counts
+
+
+def test_an_itn_pair_is_right_only_when_the_correction_writes_the_reference_form():
+    hyp, ref = "二零二四年发布了。", "2024年发布了。"
+    (pair,) = core.pairs_between(hyp, ref, "zh")
+    assert pair.type == "itn"
+    right = core.score_correction(hyp, ref, ref, pairs=[pair])
+    assert (right["itn_right"], right["itn_pairs"]) == (1, 1)
+    for wrong in (hyp, "2025年发布了。", "202年发布了。"):
+        assert core.score_correction(hyp, ref, wrong, pairs=[pair])["itn_right"] == 0, wrong
