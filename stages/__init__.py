@@ -39,6 +39,7 @@ def _load_builtin() -> None:
         licon,
         longalign,
         longpo,
+        longpo_train,
         longwriter,
         scoring,
         text,
