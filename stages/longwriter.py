@@ -58,6 +58,77 @@ class AgentWriteParams(GeneratorParams):
     batch_records: int = Field(2, gt=0, description="instructions per checkpointed batch")
 
 
+class PoolParams(GeneratorParams):
+    method: Literal["rule", "llm"] = Field("rule", description="rule: a stated length or a long form asked for "
+                                           "at length [ours]; llm: a yes/no call per request [paper: GPT-4o]")
+    prompt_field: str = Field("text", description="the request's field")
+    min_required_words: int = Field(2000, gt=0, description="the answer a kept request needs [paper: 2000]")
+    asks: int = Field(2, ge=1, description="llm: calls (another seed each) before an unreadable reply drops "
+                      "the request")
+
+
+@register
+class LongOutputPool(RecordStage):
+    """Spec 3.1: from a general pool of requests, the ones that need a multi-thousand-word answer.
+    Kept requests gain ``pool_reason``; the others are dropped with the reason, so the catalog's
+    drop table gives the rule's figures (kept, and dropped by reason)."""
+
+    name = "long_output_pool"
+    Params = PoolParams
+    input_schema = RecordSchema("instruction", 1, (pa.field("id", pa.string(), nullable=False),
+                                                   pa.field("text", pa.string())))
+    uses_generations = True
+
+    def __init__(self, params: PoolParams | None = None, seed: int = 0):
+        super().__init__(params, seed)
+        self.input_schema = RecordSchema("instruction", 1, (pa.field("id", pa.string(), nullable=False),
+                                                            pa.field(self.params.prompt_field, pa.string())))
+
+    def output_schema(self, upstream: RecordSchema) -> RecordSchema:
+        return self.adding(upstream, "long_output_pool", (pa.field("pool_reason", pa.string()),))
+
+    def resources(self) -> Resources:
+        p: PoolParams = self.params
+        return Resources(batch_size=16, device=p.device, model=p.method == "llm")
+
+    def setup(self) -> None:
+        self._gen = open_generator(self.params, self.services) if self.params.method == "llm" else None
+
+    def process(self, record: dict) -> Iterator[Outcome]:
+        return with_call_counts(self._decide(record), self._gen)
+
+    def _decide(self, record: dict) -> Iterator[Outcome]:
+        p: PoolParams = self.params
+        rid, text = record["id"], record.get(p.prompt_field)
+        if not isinstance(text, str) or not text.strip():
+            yield Rejected(rid, "empty instruction", f"'{p.prompt_field}' is empty or missing")
+            return
+        if p.method == "rule":
+            keep, why = core.needs_long_output(text, p.min_required_words)
+        else:
+            from gpu_jobs.generate import GenerationError, GenParams
+
+            keep, why = None, ""
+            for attempt in range(p.asks):
+                try:
+                    g = self._gen.generate_full(core.pool_prompt(text, p.min_required_words),
+                                                GenParams(max_new_tokens=8, temperature=0.0, seed=self.seed + attempt))
+                except GenerationError as e:
+                    yield Rejected(rid, "generation failed", f"pool: {str(e)[:400]}")
+                    return
+                keep = core.parse_yes_no(g.text)
+                if keep is not None:
+                    why = f"the model said {g.text.strip()[:20]!r}"
+                    break
+            if keep is None:
+                yield Dropped(rid, "no yes or no", f"{p.asks} replies without one")
+                return
+        if keep:
+            yield {**record, "pool_reason": why}
+        else:
+            yield Dropped(rid, "short answer enough", why)
+
+
 @register
 class AgentWrite(RecordStage):
     """Plan, then write each section in order conditioned on the plan and all text so far; one

@@ -142,6 +142,53 @@ def required_length(text: str, mode: str = "reference") -> int | None:
     raise ValueError(f"required-length mode '{mode}' (reference, better)")
 
 
+# -- the instruction pool (spec 3.1) ----------------------------------------------------------------
+
+# A request for a long piece: a long form named with a word that asks for length or depth, or a
+# length of its own. [ours: the paper's selection was a GPT-4o call, its prompt unpublished]
+_LONG_FORMS = re.compile(
+    r"\b(?:essay|novel|novella|story|report|article|paper|thesis|dissertation|chapter|book|guide|manual|"
+    r"tutorial|proposal|white ?paper|screenplay|script|review|analysis|biography|plan)s?\b|"
+    r"(?:论文|小说|报告|文章|故事|剧本|教程|指南|方案|综述|传记|章节|书)", re.I)
+_LONG_ASKS = re.compile(
+    r"\b(?:long|lengthy|detailed|in-depth|in depth|comprehensive|thorough|extensive|full-length|complete|"
+    r"multi-chapter|several chapters|exhaustive)\b|(?:长篇|详细|深入|全面|完整|详尽|万字|数千字|几千字)", re.I)
+POOL_RULE_VERSION = "longforge-pool-1"
+
+
+def needs_long_output(instruction: str, min_required_words: int = 2000) -> tuple[bool, str]:
+    """(keep, why) for the instruction pool's rule: a request that states a length of at least
+    ``min_required_words`` (the better parser), or that names a long form (essay, novel, report...)
+    together with a word asking for length or depth (long, detailed, comprehensive, 长篇, 详细...).
+    A stated length below the bound decides against it, whatever the words."""
+    stated = required_length(instruction, "better")
+    if stated is not None:
+        return stated >= min_required_words, f"states {stated} words"
+    form, ask = _LONG_FORMS.search(instruction), _LONG_ASKS.search(instruction)
+    if form and ask:
+        return True, f"asks for a {ask.group(0)} {form.group(0)}"
+    return False, "no length stated and no long form asked for"
+
+
+def pool_prompt(instruction: str, min_required_words: int) -> list[dict]:
+    """Spec 3.1's classification call (ours, paraphrased): does the request need an answer of
+    thousands of words? One word back."""
+    return [{"role": "user", "content": (
+        f"Does the following request need an answer of at least {min_required_words} words to be fulfilled well? "
+        "Answer with one word, yes or no.\n\n"
+        f"Request:\n{instruction}")}]
+
+
+def parse_yes_no(reply: str) -> bool | None:
+    """True for a reply that opens with yes (是, 需要), False for no (否, 不), None otherwise."""
+    head = reply.strip().lstrip("*_\"'`“「").lower()
+    if re.match(r"(?:yes\b|是|需要)", head):
+        return True
+    if re.match(r"(?:no\b|否|不)", head):
+        return False
+    return None
+
+
 # -- AgentWrite (spec 3.2-3.5) ------------------------------------------------------------------------
 
 MAX_STEPS = 50  # [reference: over-planned samples crash the writer]

@@ -134,3 +134,69 @@ def test_longbench_write_scores_length_and_asks_the_judge_again_when_its_reply_i
     m = stage.summarize_metrics(sums)
     assert m["S_l"] == 100.0 and m["S_q"] == (100 + 75 + 100 + 75 + 50 + 50) / 6
     assert m["S"] == (m["S_l"] + m["S_q"]) / 2
+
+
+# -- issue 33, point 19: the instruction pool (spec 3.1) ---------------------------------------------
+
+# A known-answer table written here (hand-labelled requests; WildChat and GLM-4's SFT data are not
+# offline): True = the request needs a multi-thousand-word answer.
+POOL = [
+    ("Write a 5000-word essay on the history of the printing press.", True),
+    ("写一篇关于长江的长篇小说，至少三万字。", True),
+    ("Please write a detailed report on renewable energy policy in the EU, covering every member state.", True),
+    ("写一篇详细的报告，分析人工智能对就业市场的影响。", True),
+    ("Write a comprehensive guide to setting up a home network, from buying the router onwards.", True),
+    ("Draft a long story about a lighthouse keeper who finds a message in a bottle.", True),
+    ("Word count: 3000. Topic: the causes of the First World War.", True),
+    ("What is the capital of Australia?", False),
+    ("Translate 'good morning' into French.", False),
+    ("Write a haiku about autumn rain.", False),
+    ("Summarise this paragraph in one sentence: The rain fell all day.", False),
+    ("Write a 200-word product description for a steel water bottle.", False),
+    ("给我讲个笑话。", False),
+    ("Fix the bug in this function: def add(a, b): return a - b", False),
+    ("Write an essay.", False),  # a long form, but nothing asks for length: a short essay serves
+]
+
+
+def test_the_pool_rule_on_a_known_answer_table():
+    wrong = [text for text, want in POOL if core.needs_long_output(text)[0] != want]
+    assert not wrong, wrong
+    assert core.needs_long_output("Write a 1500-word essay.", 2000) == (False, "states 1500 words")
+
+
+def test_the_pool_stage_keeps_what_needs_long_output_and_drops_the_rest_with_the_reason():
+    from stages.longwriter import LongOutputPool
+
+    stage = LongOutputPool(LongOutputPool.Params(), seed=0)
+    stage.setup()
+    outs = [o for k, (text, _) in enumerate(POOL) for o in stage.process({"id": f"r{k}", "text": text})]
+    kept = {o["id"] for o in outs if isinstance(o, dict)}
+    assert kept == {f"r{k}" for k, (_, want) in enumerate(POOL) if want}
+    drops = [o for o in outs if isinstance(o, Dropped)]
+    assert len(drops) == sum(1 for _, want in POOL if not want)
+    assert all(d.reason == "short answer enough" for d in drops)
+
+
+class ScriptedClassifier:
+    model = "scripted"
+
+    def __init__(self, replies):
+        self.replies, self.calls, self.hits = list(replies), 0, 0
+
+    def generate_full(self, messages, params):
+        self.calls += 1
+        assert "at least 2000 words" in messages[-1]["content"]
+        return Generation(self.replies.pop(0))
+
+
+def test_the_llm_method_asks_once_per_request_and_again_only_for_an_unreadable_reply():
+    from stages.longwriter import LongOutputPool
+
+    stage = LongOutputPool(LongOutputPool.Params(method="llm"), seed=0)
+    stage._gen = ScriptedClassifier(["Yes.", "no", "Well, it depends", "**No**", "maybe", "perhaps"])
+    outs = [list(stage.process({"id": f"r{k}", "text": "Write something."})) for k in range(4)]
+    assert isinstance(outs[0][0], dict) and isinstance(outs[1][0], Dropped)
+    assert isinstance(outs[2][0], Dropped) and outs[2][0].reason == "short answer enough"  # asked again: No
+    assert isinstance(outs[3][0], Dropped) and outs[3][0].reason == "no yes or no"
+    assert stage._gen.calls == 6
