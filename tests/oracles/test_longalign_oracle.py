@@ -1,9 +1,10 @@
 """LongAlign packing and loss weighting (spec longalign.md 3.3, 3.4, 6), re-derived here, on chat
 rows made from KJV chapters (the product's tests use the essays), through the product's
 chat_tokenize and longalign_batches stages. Each row is its chat under the chat template, its
-labels the assistant's tokens; packs cut greedily, a new pack when the next row would reach L; a sequence's target tokens weigh 1/N_i; and with K packs per step and M sequences in them, the
-packed loss sum_t w_t K/M l_t / K equals the paper's (1/M) sum_i mean loss_i (Eq. 2 through Eq. 4),
-where the plain per-pack mean does not. Written apart from stages/longalign*."""
+labels the assistant's tokens; packs are cut greedily, a new one when the next row would reach L;
+a sequence's target tokens weigh 1/N_i; and with K packs per step and M sequences in them, the
+packed loss sum_t w_t K/M l_t / K equals the paper's (1/M) sum_i mean loss_i (Eq. 2 through Eq. 4).
+Written apart from stages/longalign*."""
 
 from __future__ import annotations
 

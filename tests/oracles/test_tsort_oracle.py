@@ -36,3 +36,21 @@ def test_segments_in_the_answers_order_restore_a_passage_of_the_book(tmp_path):
         assert passage in text_of[it["book_id"]], it["id"]
         # LongBench's length: whitespace words of input, context and answer (English)
         assert it["length"] == sum(len(x.split()) for x in (it["input"], it["context"], *it["answers"]))
+    # both scorers on the same items (spec 6): the whole answer is right for both; the answer's first
+    # label alone is right for the reference's evaluator only (it compares the positions given)
+    import json
+
+    from catalog import Catalog
+
+    for name, reply in (("whole", lambda a: f"Answer: {json.dumps(a)}"), ("first", lambda a: f"Answer: [{a[0]}]")):
+        write_jsonl(tmp_path / f"{name}.jsonl", [{"id": it["id"], "answer": reply(it["answer"])} for it in items])
+        done = run_cli("eval", "score", str(tmp_path / f"{name}.jsonl"), "--set", str(tmp_path / "out"),
+                       "--catalog", str(tmp_path / "c.duckdb"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        m = dict(Catalog(str(tmp_path / "c.duckdb")).query(
+            "SELECT name, value FROM metrics WHERE stage = 'eval' AND run_id = "
+            "(SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1)")[1])
+        strict = [v for k, v in m.items() if k.startswith("accuracy:") and k.endswith(":strict")]
+        reference = [v for k, v in m.items() if k.startswith("accuracy:") and k.endswith(":reference")]
+        assert strict and reference and all(v == 100 for v in reference)
+        assert all(v == (100 if name == "whole" else 0) for v in strict), (name, m)
