@@ -17,18 +17,27 @@ from stages.base import Measured, Outcome, Services, StageParams
 # anchored there, and only markdown decoration may come first, never a quote mark, so a story that
 # opens with '"I'm sorry," she whispered' or a shop sign's 'Sorry, the shop is closed' is real text.
 _OPENING = r"^[\s*_#>`~-]*"
-_I_DECLINE = (r"i (?:can ?not|can't|cannot|won't|will not|am unable to|'m unable to|am not able to|'m not able to|"
-              r"must decline to|have to decline to)")
+_I_DECLINE = (r"i(?: can ?not| can't| cannot| won't(?: be able to)?| will not(?: be able to)?| am unable to|"
+              r"'m unable to| am not able to|'m not able to| must decline to| have to decline to)")
+# what is declined: the request, not a wedding ("I am sorry that I cannot attend"), a belief ("I can't
+# believe") or a feeling ("I can't help thinking")
+_WHAT = (r"(?:help(?= (?:you|with|on|here)\b|[.!,]|$)|assist|answer|comply|provide(?! for)|fulfil|fulfill|"
+         r"create|complete|continue|generate|produce|write|do that|do this(?! any)|engage|support that|"
+         r"share|give you)")
+_OTHER_DECLINES = (r"i must decline|i have to decline|(?:that's|that is|this is) not something i can|"
+                   r"(?:i'm|i am) not comfortable|i don't think i (?:should|can)|"
+                   r"against (?:my|the) (?:guidelines|policies|policy|programming|principles)|"
+                   r"violates? (?:the |my |our |openai's )?(?:content |usage )?(?:polic(?:y|ies)|guidelines)")
 REFUSAL_PATTERNS = (
-    # an apology followed, in its first line, by declining: "I'm sorry, but I can't ..."
+    # an apology followed, in its first line, by declining: "I'm sorry, but I can't help with that"
     rf"{_OPENING}(?:i'?m sorry|i am sorry|sorry|apologies|my apologies|i apologi[sz]e|unfortunately)\b"
-    rf"[^\n]{{0,80}}?\b(?:{_I_DECLINE}|i must decline|i have to decline)\b",
-    # declining outright: "I cannot assist with ...", but not "I cannot help but think ..."
-    rf"{_OPENING}(?:unfortunately,? )?{_I_DECLINE} (?:help|assist|answer|comply|provide|do|write|fulfil|fulfill|"
-    r"create|complete|continue|generate|produce)\b(?! but\b)",
+    rf"[^\n]{{0,80}}?\b(?:{_I_DECLINE} {_WHAT}|{_OTHER_DECLINES})",
+    # declining outright: "I cannot assist with ...", "I must decline this request"
+    rf"{_OPENING}(?:unfortunately,? )?(?:{_I_DECLINE} {_WHAT}|i must decline\b|i have to decline\b)",
     # "As an AI (language model), I ..." but not "As an AI ethics researcher, Dr. Lee ..."
     rf"{_OPENING}as an ai(?: language model| assistant| model)?,? i\b",
-    rf"{_OPENING}(?:很抱歉|非常抱歉|抱歉|对不起)[^\n]{{0,40}}?我(?:无法|不能|不可以|没办法)",
+    rf"{_OPENING}(?:很抱歉|非常抱歉|抱歉|对不起)[^\n]{{0,40}}?我(?:无法|不能|不可以|没办法)"
+    r"(?:提供|完成|回答|帮助|协助|满足|处理|生成|撰写|写|继续|执行|参与讨论)",
     rf"{_OPENING}作为(?:一[个名])?(?:ai|人工智能)(?:语言模型|助手|模型)?[，,]?\s*我",
 )
 
@@ -83,7 +92,7 @@ def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
 
 def refusal(text: str, patterns: tuple[str, ...]) -> str | None:
     """The pattern a reply's start matches, or None."""
-    head = text.strip()[:200]
+    head = text.strip()[:200].replace("\u2019", "'")  # a curly apostrophe, as most chat models write it
     return next((r.pattern for r in _compiled(tuple(patterns)) if r.search(head)), None)
 
 

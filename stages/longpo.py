@@ -93,9 +93,10 @@ class LongPOParams(GeneratorParams):
     max_repeat_rejected: float = Field(0.95, gt=0, le=1, description="[code: 0.95]")
     refusal_phrases: tuple[str, ...] = Field(core.REFUSAL_PHRASES, description="answers holding one are dropped "
                                              "(case-insensitive) [ours; the code's list has ~37]")
-    refusal_match: Literal["start", "anywhere"] = Field(
-        "start", description="where a refusal phrase counts: 'start' = it opens the answer, outside quotes (a "
-        "refusal is the model declining) [ours]; 'anywhere' = a substring anywhere [code, spec 3.6]")
+    refusal_match: Literal["declining", "anywhere"] = Field(
+        "declining", description="what a refused answer is: 'declining' = the model declining where its answer "
+        "starts, outside quotes (refusal_patterns; the phrase list is not read) [ours, issue 33]; 'anywhere' = a "
+        "phrase of refusal_phrases anywhere in the answer [code, spec 3.6]")
     batch_records: int = Field(1, gt=0, description="documents per checkpointed batch")
 
     @model_validator(mode="after")
@@ -191,7 +192,8 @@ class LongPOPairs(RecordStage):
             return None, f"{what.split()[0]} refused"
         if g.finish_reason == "length" and not p.keep_cut_answers:
             return None, f"{what.split()[0]} cut by answer_tokens"
-        problem = core.answer_problem(g.text, max_repeat, phrases=p.refusal_phrases, match=p.refusal_match)
+        problem = core.answer_problem(g.text, max_repeat, phrases=p.refusal_phrases, match=p.refusal_match,
+                                      patterns=p.refusal_patterns)
         if problem:
             return None, f"{what.split()[0]} {problem[0]}"
         return g.text.strip(), ""

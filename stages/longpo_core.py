@@ -206,29 +206,29 @@ def repeated_word_ratio(text: str) -> float:
     return sum(1 for w in words if counts[w] > 1) / len(words)
 
 
-REFUSAL_MATCHES = ("start", "anywhere")
-_OPENING_DECORATION = re.compile(r"^[\s*_#>`~-]*")
-_QUOTE_MARKS = "\"'“‘「『«"
+REFUSAL_MATCHES = ("declining", "anywhere")
 
 
-def refusal_phrase(text: str, phrases: Sequence[str] = REFUSAL_PHRASES, match: str = "start") -> str | None:
-    """The refusal phrase an answer holds, or None. ``start`` (default): the phrase opens the answer
-    (after markdown decoration; an answer that opens with a quote mark is a quotation, not the model
-    declining), so an answer that quotes a character ("I cannot go back") or discusses a company
-    (OpenAI) is kept. ``anywhere``: the reference's substring test (spec 3.6)."""
+def refusal_phrase(text: str, phrases: Sequence[str] = REFUSAL_PHRASES, match: str = "declining",
+                   patterns: Sequence[str] | None = None) -> str | None:
+    """Why an answer is a refusal, or None. ``declining`` (default): the model declining the request
+    where its answer starts, outside quotes (the shared patterns of :mod:`stages.generation`), so an
+    answer that quotes a character ("I cannot go back") or discusses a company (OpenAI) is kept and
+    the phrase list is not read. ``anywhere``: the reference's test, a phrase of the list anywhere
+    in the answer (spec 3.6)."""
     if match not in REFUSAL_MATCHES:
         raise ValueError(f"refusal match {match!r}: one of {', '.join(REFUSAL_MATCHES)}")
-    low = text.lower()
     if match == "anywhere":
+        low = text.lower().replace("\u2019", "'")
         return next((ph for ph in phrases if ph.lower() in low), None)
-    opening = _OPENING_DECORATION.sub("", low, count=1)
-    if opening[:1] in _QUOTE_MARKS:
-        return None
-    return next((ph for ph in phrases if opening.startswith(ph.lower())), None)
+    from stages.generation import REFUSAL_PATTERNS, refusal
+
+    return refusal(text, tuple(patterns) if patterns is not None else REFUSAL_PATTERNS)
 
 
 def answer_problem(text: str, max_repeat: float, min_long_words: int = 2,
-                   phrases: Sequence[str] = REFUSAL_PHRASES, match: str = "start") -> tuple[str, str] | None:
+                   phrases: Sequence[str] = REFUSAL_PHRASES, match: str = "declining",
+                   patterns: Sequence[str] | None = None) -> tuple[str, str] | None:
     """(category, detail) of why an answer fails the pair filters (spec 3.7), or None: empty;
     repeated-word ratio above ``max_repeat``; fewer than ``min_long_words`` words of 3 or more
     characters; a refusal phrase (see :func:`refusal_phrase` for ``match``)."""
@@ -239,5 +239,5 @@ def answer_problem(text: str, max_repeat: float, min_long_words: int = 2,
         return "repeated words", f"{ratio:.2f} > {max_repeat:g}"
     if sum(1 for w in _WORD.findall(text) if len(w) >= 3) < min_long_words:
         return "too few words", f"fewer than {min_long_words} words of 3+ characters"
-    hit = refusal_phrase(text, phrases, match)
+    hit = refusal_phrase(text, phrases, match, patterns)
     return ("refusal phrase", repr(hit)) if hit else None

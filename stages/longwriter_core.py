@@ -56,7 +56,10 @@ def _reference_candidates(text: str) -> list:
 
 
 def _chinese_number(s: str) -> int | None:
-    """A Chinese numeral up to the ten-thousands (三千五百, 两万, 一万二千), else None."""
+    """A Chinese numeral up to the ten-thousands (三千五百, 两万, 一万二千), or digits read one by one
+    (二〇〇〇), else None."""
+    if len(s) > 1 and all(ch in _DIGIT_OF or ch == "〇" for ch in s):
+        return int("".join(str(_DIGIT_OF.get(ch, 0)) for ch in s))
     total, section, digit = 0, 0, None
     for ch in s:
         if ch in _DIGIT_OF:
@@ -75,18 +78,24 @@ def _chinese_number(s: str) -> int | None:
 
 
 _NUM = r"\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?"
-_ZH_NUM = r"[零一二三四五六七八九两俩十百千万]+"
+_ZH_NUM = r"[零〇一二两三四五六七八九十百千万]+"
 _EITHER = rf"(?:{_NUM}|{_ZH_NUM})"
+_RANGE = r"(?:到|至|-|–|—|~|～)"
+# what may follow a length after its label: a unit, a range, an "about", or the clause's end (so that
+# "字数一定要多" or "字数千万别太少" read no number)
+_ZH_END = r"(?=\s*(?:万|千)?\s*(?:个)?(?:字|汉字|词|左右|以上|以内|之间|上下|到|至|-|–|—|~|～|[，。,.;；!！?？]|$))"
 _BETTER_PATTERNS = (
     # a length after its label: "字数在三千到五千之间", "字数五千左右", "Word count: 1500" (a range: its upper bound)
-    (re.compile(rf"(?:字数|字數)(?:要求)?\s*[:：]?\s*(?:在|为|為|是|约|大约|大概|控制在|不少于|不低于|不超过|至少|最少)?"
-                rf"\s*({_EITHER})\s*(万|千)?(?:\s*(?:到|至|-|–|~)\s*({_EITHER})\s*(万|千)?)?"), "label"),
+    (re.compile(rf"(?:字数|字數)(?:要求)?\s*[:：]?\s*(?:一般)?(?:在|为|為|是|约|大约|大概|控制在|不少于|不低于|不超过|至少|最少)?"
+                rf"\s*({_EITHER}){_ZH_END}\s*(万|千)?(?:\s*{_RANGE}\s*({_EITHER}){_ZH_END}\s*(万|千)?)?"), "label"),
     (re.compile(rf"\b(?:word count|word limit|number of words)\s*(?:[:：]|is|of|should be)?\s*"
-                rf"(?:about|around|approximately|roughly|at least|at most|~)?\s*({_NUM})"
-                rf"(?:\s*(?:-|–|to)\s*({_NUM}))?(?![\d.,]*\s*(?:%|percent|characters|tokens|pages))", re.I),
+                rf"(?:about|around|approximately|roughly|at least|at most|~)?\s*({_NUM})\s*(k\b|thousand\b)?"
+                rf"(?>(?:\s*(?:-|–|—|to)\s*({_NUM})\s*(k\b|thousand\b)?)?)"
+                r"(?!\s*(?:%|percent|characters|tokens|pages|paragraphs|sentences|lines|minutes|\d))", re.I),
      "label_en"),
     # ranges first: "3000-5000字", "3,000 to 5,000 words" -> the upper bound, as the reference reads ranges
-    (re.compile(rf"(?:{_NUM})\s*(?:-|–|~|到|至|to)\s*({_NUM})\s*(万)?\s*(?:个)?(?:字|汉字|words?\b)", re.I), "range"),
+    (re.compile(rf"(?:{_NUM})\s*(?:-|–|—|~|～|到|至|to)\s*({_NUM})\s*(万)?\s*(?:个)?(?:字|汉字|words?\b)", re.I),
+     "range"),
     (re.compile(rf"({_NUM})\s*(万|千)?\s*(?:个)?(?:字|汉字)"), "zh"),
     (re.compile(rf"({_NUM})[\s-]*(?:words?)\b", re.I), "en"),
     (re.compile(r"([零一二三四五六七八九两俩十百千万]+)(?:个)?(?:字|汉字)"), "zh_numeral"),
@@ -101,10 +110,10 @@ def _better_candidates(text: str) -> set[int]:
             if any(a < m.end() and m.start() < b for a, b in taken):
                 continue  # part of a longer match already read (a range's bounds)
             if kind in ("label", "label_en"):
-                upper = (m.group(3), m.group(4)) if kind == "label" and m.group(3) else \
-                    (m.group(2), None) if kind == "label_en" and m.group(2) else \
-                    (m.group(1), m.group(2) if kind == "label" else None)
-                n = _number(*upper)
+                value, scale = (m.group(3), m.group(4)) if m.group(3) else (m.group(1), m.group(2))
+                if kind == "label_en":
+                    scale = "千" if scale else None  # "2k", "2 thousand"
+                n = _number(value, scale)
                 if not n:
                     continue
             elif kind == "zh_numeral":
@@ -112,22 +121,29 @@ def _better_candidates(text: str) -> set[int]:
                 if n is None or n == 0 or m.group(1) in ("十", "百", "千", "万"):
                     continue  # "数千字", "千字文": no number given
             else:
-                n = float(m.group(1).replace(",", ""))
-                scale = m.group(2) if m.lastindex and m.lastindex >= 2 else None
-                n = n * {"万": 10000, "千": 1000}.get(scale or "", 1)
+                n = _number(m.group(1), m.group(2) if m.lastindex and m.lastindex >= 2 else None)
+                if n is None:
+                    continue
             values.add(int(round(n)))
             taken.append((m.start(), m.end()))
     return values
 
 
+MAX_LENGTH = 10 ** 8  # a stated length beyond this is no length (and no float overflow)
+
+
 def _number(value: str, scale: str | None = None) -> int | None:
-    """An Arabic ("1,500", "1.5") or Chinese ("三千五百") number, times a 万/千 after it; None for a
-    bare unit ("千") or a numeral that does not parse."""
+    """An Arabic ("1,500", "1.5") or Chinese ("三千五百", "二〇〇〇") number, times a 万/千 after it;
+    None for a bare unit ("千"), a numeral that does not parse, or one past ``MAX_LENGTH``."""
     if value[0].isdigit():
-        n = float(value.replace(",", ""))
+        digits = value.replace(",", "")
+        if len(digits.split(".")[0]) > 9:
+            return None
+        n = float(digits)
     elif value in ("十", "百", "千", "万") or (n := _chinese_number(value)) is None:
         return None
-    return int(round(n * {"万": 10000, "千": 1000}.get(scale or "", 1)))
+    n = n * {"万": 10000, "千": 1000}.get(scale or "", 1)
+    return int(round(n)) if 0 < n <= MAX_LENGTH else None
 
 
 def required_length(text: str, mode: str = "reference") -> int | None:
@@ -144,29 +160,52 @@ def required_length(text: str, mode: str = "reference") -> int | None:
 
 # -- the instruction pool (spec 3.1) ----------------------------------------------------------------
 
-# A request for a long piece: a long form named with a word that asks for length or depth, or a
-# length of its own. [ours: the paper's selection was a GPT-4o call, its prompt unpublished]
+# A request for a long piece [ours: the paper's selection was a GPT-4o call, its prompt unpublished]:
+# a long form asked for with a word that asks for length, a book-length form (a novel, a thesis),
+# or a report asked for in detail; never a question about length ("How long is a novel?") nor a
+# request that names a short size ("in three sentences", "a tweet").
 _LONG_FORMS = re.compile(
     r"\b(?:essay|novel|novella|story|report|article|paper|thesis|dissertation|chapter|book|guide|manual|"
-    r"tutorial|proposal|white ?paper|screenplay|script|review|analysis|biography|plan)s?\b|"
-    r"(?:论文|小说|报告|文章|故事|剧本|教程|指南|方案|综述|传记|章节|书)", re.I)
+    r"tutorial|proposal|white ?paper|screenplay|biography)s?\b|(?:论文|小说|报告|文章|故事|剧本|教程|指南|综述|传记)",
+    re.I)
+_BOOK_LENGTH = re.compile(r"\b(?:novel|novella|thesis|dissertation|screenplay)s?\b|(?:小说|论文|剧本|一本书)", re.I)
+_DEPTH_FORMS = re.compile(r"\b(?:report|white ?paper|biography|literature review)s?\b|(?:报告|综述|传记)", re.I)
 _LONG_ASKS = re.compile(
-    r"\b(?:long|lengthy|detailed|in-depth|in depth|comprehensive|thorough|extensive|full-length|complete|"
-    r"multi-chapter|several chapters|exhaustive)\b|(?:长篇|详细|深入|全面|完整|详尽|万字|数千字|几千字)", re.I)
+    r"\b(?:long|lengthy|in-depth|in depth|comprehensive|thorough|extensive|full-length|multi-chapter|"
+    r"several chapters|exhaustive)\b|(?:长篇|深入|全面|详尽|万字|数千字|几千字)", re.I)
+_DEPTH_ASKS = re.compile(r"\bdetailed\b|详细", re.I)
+_SHORT_SIZE = re.compile(
+    r"\b(?:in (?:one|two|three|four|five|a few|\d+) (?:sentences?|lines?|paragraphs?|bullet points?|words?)|"
+    r"(?:one|a single|a) paragraph|one sentence|briefly|brief|short|concise|tweet|haiku|limerick)\b|"
+    r"(?:一句话|一段话|简短|简要|简单地|几句话)", re.I)
+_QUESTION = re.compile(r"[?？]\s*$")
+_ASKS_TO_WRITE = re.compile(r"\b(?:write|draft|compose|create|produce|generate)\b|(?:写|撰写|创作|编写)", re.I)
 POOL_RULE_VERSION = "longforge-pool-1"
 
 
 def needs_long_output(instruction: str, min_required_words: int = 2000) -> tuple[bool, str]:
-    """(keep, why) for the instruction pool's rule: a request that states a length of at least
-    ``min_required_words`` (the better parser), or that names a long form (essay, novel, report...)
-    together with a word asking for length or depth (long, detailed, comprehensive, 长篇, 详细...).
-    A stated length below the bound decides against it, whatever the words."""
+    """(keep, why) for the instruction pool's rule. Never a request that names a short size, nor a
+    question that asks for no writing. Else: a stated length of at least ``min_required_words`` (the
+    better parser; a smaller one decides against it, whatever the words); a long form (essay, story,
+    report...) with a word asking for length (long, comprehensive, 长篇...); a book-length form
+    (novel, thesis, 小说, 论文...); or a report asked for in detail."""
+    short = _SHORT_SIZE.search(instruction)
+    if short:  # before the stated length: "summarise this 10,000-word report in a paragraph"
+        return False, f"asks for a short answer ({short.group(0)})"
+    if _QUESTION.search(instruction) and not _ASKS_TO_WRITE.search(instruction):
+        return False, "a question, not a request to write"
     stated = required_length(instruction, "better")
     if stated is not None:
         return stated >= min_required_words, f"states {stated} words"
     form, ask = _LONG_FORMS.search(instruction), _LONG_ASKS.search(instruction)
     if form and ask:
         return True, f"asks for a {ask.group(0)} {form.group(0)}"
+    book = _BOOK_LENGTH.search(instruction)
+    if book:
+        return True, f"asks for a {book.group(0)}"
+    report, depth = _DEPTH_FORMS.search(instruction), _DEPTH_ASKS.search(instruction)
+    if report and depth:
+        return True, f"asks for a {depth.group(0)} {report.group(0)}"
     return False, "no length stated and no long form asked for"
 
 
@@ -184,7 +223,7 @@ def parse_yes_no(reply: str) -> bool | None:
     head = reply.strip().lstrip("*_\"'`“「").lower()
     if re.match(r"(?:yes\b|是|需要)", head):
         return True
-    if re.match(r"(?:no\b|否|不)", head):
+    if re.match(r"(?:no\b|否|不(?!确定|清楚|知道|一定|好说))", head):
         return False
     return None
 
@@ -211,11 +250,19 @@ _STEP = re.compile(r"^\W*(?:(?:paragraph|section|step|part|段落|段|步骤|部
                    re.I)
 
 
+_INTRO = re.compile(r"(?:sure|certainly|okay|ok|of course|here is|here's|here are|below is|below are|the following|"
+                    r"title\s*[:：]|以下|好的|当然|下面|标题)", re.I)
+
+
 def is_preamble(line: str) -> bool:
-    """A line that introduces the plan: it ends in a colon and names no step and no word target
-    ("Here is the plan:"). A first step without a word count is a step, not a preamble."""
+    """A line that introduces the plan and names no step and no word target: one that ends in a
+    colon ("Here is the plan:"), a Markdown heading or bold line ("### Plan", "**Writing Plan**"), or
+    one that opens as an introduction does ("Sure! Here is the breakdown ...", "以下是...", "Title: ...").
+    A first step without a word count ("Paragraph 1 - Main Point: ...") is a step, not a preamble."""
+    if _TARGET.search(line) or _STEP.match(line):
+        return False
     bare = line.strip().strip("*_#` ")
-    return bare.endswith((":", "：")) and not _TARGET.search(line) and not _STEP.match(line)
+    return bare.endswith((":", "：")) or line.lstrip().startswith(("#", "**")) or bool(_INTRO.match(bare))
 
 
 def parse_plan(raw: str, max_steps: int = MAX_STEPS, require_targets: bool = True) -> Plan:
@@ -279,7 +326,7 @@ def write_prompt(instruction: str, plan: list[str], written: list[str], step: in
 # A leftover label: "Paragraph 3:", "## Section 2 -", "第2段：", "段落3：": a label word with its number and
 # a separator, so that "Sectional rivalries", "Section 230 of the act" and "段落结构" keep their words.
 _LABEL = re.compile(r"^\s*(?:#+\s*)?[*_]*\s*(?:(?:paragraph|section|part|段落)\s*(?:\d+|[一二三四五六七八九十]+)|"
-                    r"第\s*(?:\d+|[一二三四五六七八九十]+)\s*(?:段|部分))\s*[*_]*\s*(?:[:：.\-–—]|\n)[*_]*\s*(?=\S)",
+                    r"第\s*(?:\d+|[一二三四五六七八九十]+)\s*(?:段|部分))\s*[*_]*\s*(?:[:：\-–—]|\.(?!\d)|\n)[*_]*\s*(?=\S)",
                     re.I)
 
 

@@ -156,6 +156,17 @@ POOL = [
     ("给我讲个笑话。", False),
     ("Fix the bug in this function: def add(a, b): return a - b", False),
     ("Write an essay.", False),  # a long form, but nothing asks for length: a short essay serves
+    # the review's cases
+    ("Write a complete Python script that parses a CSV file.", False),
+    ("Give me a detailed plan for my trip tomorrow.", False),
+    ("请详细描述你的书包。", False),
+    ("Write a detailed review of the film in three sentences.", False),
+    ("How long is a typical novel?", False),
+    ("一本长篇小说一般多少字？", False),
+    ("Summarize this 10,000-word report in a paragraph.", False),
+    ("Write a tweet about my 5,000-word thesis.", False),
+    ("Write a novel about a family of lighthouse keepers.", True),
+    ("写一本书，讲述长江沿岸的城市。", True),
 ]
 
 

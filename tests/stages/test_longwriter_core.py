@@ -146,3 +146,39 @@ def test_a_label_is_a_label_only_with_its_number_and_separator(section, expected
 ])
 def test_better_mode_reads_a_length_stated_after_its_label(text, expected):
     assert core.required_length(text, "better") == expected
+
+
+# -- review of issue 33 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("字数一定要多，写一篇长篇小说", None),  # no number after the label
+    ("写一篇长篇小说，字数一般在五千以上", 5000),
+    ("字数一定要够，写一篇五千字的文章", 5000),
+    ("字数千万别太少", None),
+    ("字数二〇〇〇字", 2000),
+    ("字数3000～5000字", 5000),
+    ("字数：3000—5000字", 5000),
+    ("Word count: 2k", 2000),
+    ("Word count: 1.5k words", 1500),
+    ("word count: 3 paragraphs", None),
+    ("Word count: 1500 to 2000 characters", None),
+    ("字数" + "9" * 400, None),  # no overflow, no length
+    ("Write a " + "9" * 50 + " word essay", None),
+])
+def test_better_mode_on_the_reviews_cases(text, expected):
+    assert core.required_length(text, "better") == expected
+
+
+@pytest.mark.parametrize("first", [
+    "Sure! Here is the breakdown of the writing instruction into subtasks.", "好的，以下是分解后的写作子任务",
+    "**Writing Plan**", "### Plan", "Title: The History of Oakville"])
+def test_common_preambles_without_a_colon_are_preambles(first):
+    plan = core.parse_plan(f"{first}\nParagraph 1 - Main Point: the mills - Word Count: 500 words")
+    assert plan.ok and plan.steps == ["Paragraph 1 - Main Point: the mills - Word Count: 500 words"]
+
+
+def test_a_section_number_with_a_decimal_point_is_not_a_label():
+    assert core.assemble(["Section 1.2 of the standard defines the header."]) == \
+        "Section 1.2 of the standard defines the header."
+    assert core.assemble(["Section 3. The end."]) == "The end."

@@ -48,6 +48,11 @@ def test_a_reply_that_declines_is_a_refusal(text):
     'The narrator admits: "I cannot go back to that house."',
     "According to the text above, OpenAI was founded as a research laboratory in 2015.",
     "Based on the preceding text, the firm acted as an assistant to the ministry during the war.",
+    "OpenAI was founded in 2015 as a research laboratory.",
+    "I cannot overstate how much the firm grew in those years.",
+    "As an assistant professor, the narrator teaches history.",
+    "It is not appropriate, the author argues, to judge the past by today's rules.",
+    "Content policy at the firm changed in 2019.",
 ])
 def test_longpo_keeps_answers_that_quote_a_character_or_discuss_a_company(text):
     assert longpo_core.answer_problem(text, 0.95) is None
@@ -61,5 +66,40 @@ def test_longpo_keeps_answers_that_quote_a_character_or_discuss_a_company(text):
     "I cannot answer that based on the text.",
 ])
 def test_longpo_drops_answers_that_open_by_declining(text):
-    for match in ("start", "anywhere"):
+    for match in ("declining", "anywhere"):
         assert longpo_core.answer_problem(text, 0.95, match=match)[0] == "refusal phrase"
+
+
+# -- review of issue 33: contractions, curly apostrophes, other ways of declining; letters and fiction
+
+
+@pytest.mark.parametrize("text", [
+    "I'm unable to help with that request.",
+    "I'm not able to provide that.",
+    "I'm sorry, but I'm unable to write that.",
+    "Apologies, but I'm unable to assist.",
+    "I’m sorry, but I can’t help with that.",
+    "I can’t assist with that.",
+    "I'm sorry, but that request is against my guidelines.",
+    "Sorry, but that's not something I can help with.",
+    "I'm sorry, but I'm not comfortable writing that.",
+    "I'm sorry, I don't think I should write that.",
+    "I'm sorry, this request violates the content policy.",
+    "I must decline this request.",
+])
+def test_more_ways_of_declining_are_refusals(text):
+    assert refusal(text, REFUSAL_PATTERNS) is not None
+
+
+@pytest.mark.parametrize("text", [
+    "I am sorry that I cannot attend your wedding on Saturday.",
+    "对不起，我不能回家过年了。",
+    "抱歉，我无法参加明天的会议。",
+    "I apologize for the delay; I can't thank you enough for your patience.",
+    "Sorry, I can't believe how fast the year went.",
+    "I can't help thinking about that summer.",
+    "I cannot provide for my family, said the farmer, and walked away.",
+    "I cannot do this anymore, she thought.",
+])
+def test_letters_and_narration_are_not_refusals(text):
+    assert refusal(text, REFUSAL_PATTERNS) is None
