@@ -18,37 +18,52 @@ from html.parser import HTMLParser
 
 N_SEGMENTS = 4  # verified indirectly: the evaluator enumerates permutations of 1..4
 
-# Lines that name a chapter, book, act, scene or part by its number would give the order away (spec
-# 4.1). A keyword must be followed by a numeral, so that "Part of the design ..." stays; a numeral alone
-# is a heading only as a paragraph of its own (alone between blank lines), so that a manual page's
-# option line "v" or a changelog's wrapped "did." stays.
+# Headings would give the order away (spec 4.1): a keyword with its number ("CHAPTER IV", "Chapter the
+# Second", "Chapter I—Loomings", "PART 2 — WINTER", "Letter 4", "Stave Three"), a Chinese chapter
+# ("第二章", "第2章 风雪"), or a numeral alone ("XIV.", "12", "二"). A heading is left out when it is a
+# paragraph of its own or opens one; a line inside a paragraph is never cut ("Part two of the plan
+# was simple.", a manual page's option line "v" or a changelog's wrapped "did." stay).
 _ROMAN = r"(?=[ivxlcdm])m{0,4}(?:cm|cd|d?c{0,3})(?:xc|xl|l?x{0,3})(?:ix|iv|v?i{0,3})"  # a valid one only
-_NUMERAL = rf"(?:{_ROMAN}|\d+|one|two|three|four|five|six|seven|eight|nine|ten|first|second|third|last)"
+_UNITS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_ORDINALS = ("first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth "
+             "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth thirtieth last").split()
+_WORD_NUMBER = (rf"(?:(?:{'|'.join(_TENS)})(?:[- ](?:{'|'.join(_UNITS[:9])}|{'|'.join(_ORDINALS[:9])}))?|"
+                rf"{'|'.join(sorted(_UNITS + _ORDINALS, key=len, reverse=True))})")
+_NUMERAL = rf"(?:the\s+)?(?:{_WORD_NUMBER}|{_ROMAN}|\d+)"
 _KEYWORD_HEADING = re.compile(
-    rf"^\s*(?:chapter|book|act|scene|part|canto|volume)\s+{_NUMERAL}\b[\w .:,'-]{{0,60}}\s*$", re.IGNORECASE)
-_NUMERAL_HEADING = re.compile(rf"^\s*(?:{_ROMAN}|\d+)\.?\s*$", re.IGNORECASE)
+    rf"^\s*(?:chapter|book|act|scene|part|canto|volume|letter|stave|section)\s+{_NUMERAL}(?![\w'])"
+    r"[^\n]{0,60}$", re.IGNORECASE)
+_ZH_HEADING = re.compile(r"^\s*第\s*[0-9零〇一二两三四五六七八九十百千]+\s*[章回节卷部篇幕集]"
+                         r"\s*(?:[:：·—\-\s]\s*\S.{0,20})?$")
+_NUMERAL_HEADING = re.compile(rf"^\s*(?:{_ROMAN}|\d+|[零〇一二两三四五六七八九十百千]+)\.?\s*$", re.IGNORECASE)
 _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")  # the next line keeps its indentation
 
 
 def is_heading(line: str) -> bool:
-    """A heading line on its own (a keyword heading, or a valid numeral alone): what a paragraph that
-    is this one line is left out for."""
-    return len(line.split()) <= 8 and bool(_KEYWORD_HEADING.match(line) or _NUMERAL_HEADING.match(line))
+    """A heading line (see above): at most 8 words, and a line of more than 3 words that ends as a
+    sentence does ("Chapter 5 explains the API.") is text."""
+    words = line.split()
+    if not words or len(words) > 8 or (len(words) > 3 and line.rstrip().endswith((".", "!", "?", ";"))):
+        return False
+    return bool(_KEYWORD_HEADING.match(line) or _ZH_HEADING.match(line) or _NUMERAL_HEADING.match(line))
 
 
 def clean_paragraphs(text: str, count: Callable[[str], int], min_tokens: int = 20,
                      split_over: int | None = None) -> list[str]:
-    """A book's paragraphs (blank-line runs) without headings (spec 4.1). A paragraph of fewer than
-    ``min_tokens`` tokens (a line of dialogue, a title) joins the paragraph after it (the last one
-    joins the one before), so the paragraphs read in order restore the text but for its headings. A
-    paragraph of more than ``split_over`` tokens is taken line by line (a text with one verse or one
-    wrapped line per line and no blank lines, as the KJV and the essays are stored) [ours]."""
+    """A book's paragraphs (blank-line runs; CRLF read as LF) without headings (spec 4.1): a heading
+    that is a paragraph of its own, or the opening lines of one, is left out. A paragraph of fewer
+    than ``min_tokens`` tokens (a line of dialogue, a title) joins the paragraph after it (the last
+    one joins the one before), so the paragraphs read in order restore the text but for its
+    headings. A paragraph of more than ``split_over`` tokens is taken line by line (a text with one
+    verse or one wrapped line per line and no blank lines, as the KJV and the essays are stored) [ours]."""
     units: list[str] = []
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     for para in _BLANK_LINES.split(text):
         lines = [ln for ln in para.split("\n") if ln.strip()]  # verbatim
-        if len(lines) == 1 and is_heading(lines[0]):
-            continue
-        lines = [ln for ln in lines if not _KEYWORD_HEADING.match(ln) or len(ln.split()) > 8]
+        while lines and is_heading(lines[0]):
+            lines = lines[1:]
         joined = "\n".join(lines)
         if joined:
             units += lines if split_over is not None and count(joined) > split_over else [joined]

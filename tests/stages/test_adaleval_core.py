@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
 from stages import adaleval_core as core
 
 
@@ -127,3 +129,26 @@ def test_only_a_valid_roman_numeral_alone_between_blank_lines_is_a_heading():
     book = "The rain had stopped by the time they reached the house on the hill.\n\nXIV.\n\nThe next day came."
     assert "XIV." not in " ".join(core.clean_paragraphs(book, words, min_tokens=3))
     assert not core.is_heading("did.") and not core.is_heading("vv") and core.is_heading("XIV.")
+
+
+# -- review of issue 33: headings of other forms, at a paragraph's head; lines inside are text ------
+
+
+BODY = "The rain had stopped by the time they reached the old house on the hill above the river."
+
+
+@pytest.mark.parametrize("heading", [
+    "第二章", "二", "第2章 风雪", "Chapter Eleven", "CHAPTER TWENTY-ONE", "Chapter the Second", "Chapter I—Loomings",
+    "PART 2 — WINTER", "Letter 4", "Stave Three", "Section 3", "BOOK THE SECOND", "CHAPTER II.", "XIV."])
+def test_a_heading_of_its_own_or_at_a_paragraphs_head_is_left_out(heading):
+    for text in (f"{BODY}\n\n{heading}\n\n{BODY}", f"{BODY}\n\n{heading}\n{BODY}",
+                 f"{BODY}\r\n\r\n{heading}\r\n\r\n{BODY}"):
+        paras = core.clean_paragraphs(text, words, min_tokens=5)
+        assert heading not in "\n".join(paras) and " ".join(paras).split() == f"{BODY} {BODY}".split(), text
+
+
+@pytest.mark.parametrize("line", ["Part two of the plan was simple.", "Scene 3 takes place at night.",
+                                  "Chapter 5 explains the API.", "v", "did."])
+def test_a_heading_like_line_inside_a_paragraph_stays(line):
+    text = f"{BODY}\n{line}\n{BODY}"
+    assert " ".join(core.clean_paragraphs(text, words, min_tokens=5)).split() == text.split()
