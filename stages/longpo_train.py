@@ -13,8 +13,9 @@ conversational form, so TRL's own tokenisation reads the same rows.
 ``longpo_reference`` runs the reference model (the original model, original RoPE: the paper's
 short-to-long constraint is "reference conditioned on the short context") over the short chats and
 stores each turn's summed log-probability of the answer tokens (``reference_chosen_logps``,
-``reference_rejected_logps``, spec 3.10) and their sums over turns (``ref_chosen_logps``,
-``ref_rejected_logps``: the columns TRL's DPOTrainer takes as precomputed reference log-probs).
+``reference_rejected_logps``, spec 3.10: a LongPO trainer sums them over turns). Stock TRL has no
+use for them: its DPOTrainer computes its own reference on the long sequences (plain DPO), and its
+precomputed mode adds columns named ``ref_chosen_logps`` itself, so the rows carry none of that name.
 
 A turn's assistant tokens are found by prefix difference: the conversation up to that turn with
 the generation prompt is a prefix of the conversation through the answer, and the tokens after it
@@ -51,8 +52,6 @@ FORMAT_FIELDS = (
 REFERENCE_FIELDS = (
     pa.field("reference_chosen_logps", pa.list_(pa.float64())),  # one per turn (spec 3.10)
     pa.field("reference_rejected_logps", pa.list_(pa.float64())),
-    pa.field("ref_chosen_logps", pa.float64()),  # summed over turns: TRL's precomputed reference column
-    pa.field("ref_rejected_logps", pa.float64()),
     pa.field("reference_model", pa.string()),  # JSON: model, revision, RoPE
 )
 
@@ -119,12 +118,17 @@ class LongPOFormat(RecordStage):
     def process(self, record: dict) -> Iterator[Outcome]:
         p: FormatParams = self.params
         tok = self._tokenizer
+        try:
+            yield self._format(record, tok, p)
+        except ValueError as e:  # a chat template that does not render turns as prefixes: this pair only
+            yield Rejected(record["id"], "chat template", str(e)[:500])
+
+    def _format(self, record: dict, tok, p: FormatParams) -> Outcome:
         out = dict(record)
         for side in ("chosen", "rejected"):
             ids, labels = conversation_tokens(tok, list(record["prompt"]) + list(record[side]))
             if p.max_length is not None and len(ids) > p.max_length:
-                yield Rejected(record["id"], "too long", f"{side}: {len(ids)} tokens > max_length {p.max_length}")
-                return
+                return Rejected(record["id"], "too long", f"{side}: {len(ids)} tokens > max_length {p.max_length}")
             out |= {f"{side}_input_ids": ids, f"{side}_attention_mask": [1] * len(ids), f"{side}_labels": labels}
             answers = record["chosens"] if side == "chosen" else record["rejecteds"]
             short = [conversation_tokens(tok, [{"role": "user", "content": prompt},
@@ -132,7 +136,7 @@ class LongPOFormat(RecordStage):
                      for prompt, answer in zip(record["short_prompts"], answers, strict=True)]
             out |= {f"ref_{side}_input_ids": [s[0] for s in short], f"ref_{side}_labels": [s[1] for s in short]}
         out["chat_template"] = self._template_json
-        yield out
+        return out
 
 
 class ReferenceParams(StageParams):
@@ -173,7 +177,6 @@ class LongPOReference(RecordStage):
             chosen = labelled_logps(self._lm, r["ref_chosen_input_ids"], r["ref_chosen_labels"])
             rejected = labelled_logps(self._lm, r["ref_rejected_input_ids"], r["ref_rejected_labels"])
             out.append([{**r, "reference_chosen_logps": chosen, "reference_rejected_logps": rejected,
-                         "ref_chosen_logps": float(sum(chosen)), "ref_rejected_logps": float(sum(rejected)),
                          "reference_model": self._model_json}])
         return out
 

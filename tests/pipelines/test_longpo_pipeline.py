@@ -76,7 +76,7 @@ def test_longpo_pairs_from_real_essays_direction_accounting_reruns_and_runners(t
     assert all(r[2] == len(rows) for r in acc[-3:])
     for row in rows:  # the training rows of spec 3.8 / 3.10 beside every pair
         assert len(row["reference_chosen_logps"]) == len(row["ref_chosen_input_ids"]) == row["n_turns"]
-        assert row["ref_chosen_logps"] == sum(row["reference_chosen_logps"]) < 0
+        assert all(x < 0 for x in row["reference_chosen_logps"] + row["reference_rejected_logps"])
         assert len(row["chosen_input_ids"]) > max(len(x) for x in row["ref_chosen_input_ids"])
     m = dict(cat.query(f"SELECT name, value FROM metrics WHERE run_id = '{run_id}' AND stage = 'longpo_pairs'")[1])
     assert m["generations_made"] == made and m["turns"] == sum(r["n_turns"] for r in rows)
