@@ -355,14 +355,41 @@ class Channel:
 _DIGIT_ZH = dict(zip("0123456789", "零一二三四五六七八九", strict=True))
 
 
-def read_numbers_aloud(text: str) -> str:
-    """Digits as Mandarin speech writes them, the way the speech path's ASR output is read back
-    (``cn2an.transform``): a year digit by digit (2024年 -> 二零二四年), 5% as 百分之五, 123 as 一百二十三.
-    A run of more than 16 digits (an id, a constant in a manual page) is read digit by digit: cn2an
-    has no reading for it."""
+def _digits(s: str) -> str:
+    return "".join(_DIGIT_ZH[c] for c in s)
+
+
+def _number_read(m: re.Match) -> str:
+    whole, frac = m.group(1), m.group(2)
+    if len(whole) > 6 or (len(whole) > 1 and whole[0] == "0"):  # an id, a phone number, "007": digit by digit
+        whole = _digits(whole)
+    if frac and len(frac) > 8:
+        return f"{whole}点{_digits(frac)}"
+    return whole + (f".{frac}" if frac else "")
+
+
+def _spoken_forms(text: str) -> str:
+    """What cn2an would misread, put as speech says it first: a date 2024-01-05 (or 2024/1/5) as
+    2024年1月5日, a range 50-60 as 50到60, an amount with thousands separators as a number (一百万), an
+    id or phone number of more than 6 digits (or with a leading zero) digit by digit, a long
+    decimal's digits one by one."""
     import cn2an
 
-    text = re.sub(r"\d{17,}", lambda m: "".join(_DIGIT_ZH[c] for c in m.group(0)), text)
+    text = re.sub(r"\b(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})\b", lambda m: f"{m[1]}年{int(m[2])}月{int(m[3])}日", text)
+    amount = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3}){1,4}(?:\.\d+)?(?![\d,])")  # 1,000,000 and 12,345.6
+    text = amount.sub(lambda m: cn2an.an2cn(m.group(0).replace(",", "")), text)
+    text = re.sub(r"\d+(?:-\d+){2,}", lambda m: _digits(m.group(0).replace("-", "")), text)  # 138-0013-8000
+    text = re.sub(r"(?<=\d)\s*[-~～](?=\d)", "到", text)
+    return re.sub(r"(\d+)(?:\.(\d+))?", _number_read, text)
+
+
+def read_numbers_aloud(text: str) -> str:
+    """Digits as Mandarin speech writes them, the way the speech path's ASR output is read back
+    (``cn2an.transform``): a year digit by digit (2024年 -> 二零二四年), 5% as 百分之五, 123 as 一百二十三;
+    dates, ranges, ids and long decimals first put as speech says them (:func:`_spoken_forms`)."""
+    import cn2an
+
+    text = _spoken_forms(text)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -456,7 +483,8 @@ def score_correction(hypothesis: str, reference: str, reply: str, target: str = 
     else:
         corrected, valid = reply, 1.0
     itn = [x for x in (q if isinstance(q, dict) else q.as_dict() for q in pairs) if x["type"] == "itn"]
-    itn_right = sum(1 for x in itn if span_restored(reference, x["ref_start"], x["ref_end"], canonical(corrected)))
+    at = _matched(reference, canonical(corrected)) if itn else []  # one alignment for all the pairs
+    itn_right = sum(1 for x in itn if _restored(at, x["ref_start"], x["ref_end"]))
     # all three canonical: a segment may begin with the space a reply would not repeat
     hypothesis, reference, corrected = canonical(hypothesis), canonical(reference), canonical(corrected)
     tp, made, gold = punctuation_counts(corrected, reference)
@@ -495,5 +523,9 @@ def punctuation_counts(output: str, reference: str) -> tuple[int, int, int]:
 def span_restored(reference: str, start: int, end: int, output: str) -> bool:
     """Whether ``output`` writes ``reference[start:end]`` as the reference does (spec 5d): every
     character of the span matched, in one run, by the character alignment."""
-    at = _matched(reference, output)[start:end]
-    return bool(at) and all(x is not None for x in at) and at[-1] - at[0] == end - start - 1
+    return _restored(_matched(reference, output), start, end)
+
+
+def _restored(at: list[int | None], start: int, end: int) -> bool:
+    part = at[start:end]
+    return bool(part) and all(x is not None for x in part) and part[-1] - part[0] == end - start - 1

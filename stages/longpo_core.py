@@ -163,8 +163,9 @@ _ENDS = ("?", ".", "!", "？", "。", "！")  # what closes a question
 def parse_questions(text: str) -> list[str]:
     """The numbered items of a reply (a number, then ':', '.', '!', '?' or '-'; spec 3.3), stripped
     of decoration (bold, quotes, list marks), in order. A question wrapped over lines keeps its end:
-    a line right after an item that has not ended (no closing ?, ., !) continues it; a blank line
-    or a new number ends it."""
+    a line right after an item that has not ended (no closing ?, ., !) continues it when it goes on
+    in lower case, as a wrapped sentence does ("...of the company" / "with its later failures?");
+    anything else (a blank line, a new number, "I hope these help!", "**Answer:**") ends it."""
     out: list[str] = []
     open_item = False
     for line in text.splitlines():
@@ -174,7 +175,7 @@ def parse_questions(text: str) -> list[str]:
             if q:
                 out.append(q)
             open_item = bool(q) and not q.endswith(_ENDS)
-        elif open_item and line.strip():
+        elif open_item and line.strip()[:1].islower():
             out[-1] = _DECORATION.sub("", f"{out[-1]} {line.strip()}")
             open_item = not out[-1].endswith(_ENDS)
         else:

@@ -283,3 +283,18 @@ def test_an_itn_pair_is_right_only_when_the_correction_writes_the_reference_form
     assert (right["itn_right"], right["itn_pairs"]) == (1, 1)
     for wrong in (hyp, "2025年发布了。", "202年发布了。"):
         assert core.score_correction(hyp, ref, wrong, pairs=[pair])["itn_right"] == 0, wrong
+
+
+@pytest.mark.parametrize(("text", "spoken"), [  # review of issue 33: what cn2an alone misreads
+    ("2024-01-05", "二零二四年一月五日"),
+    ("2024/1/5", "二零二四年一月五日"),
+    ("138-0013-8000", "一三八零零一三八零零零"),
+    ("13800138000", "一三八零零一三八零零零"),
+    ("007", "零零七"),
+    ("1,000,000", "一百万"),
+    ("12,345.6元", "一万二千三百四十五点六元"),
+    ("50-60%", "五十到百分之六十"),
+    ("0.12345678901234567", "零点一二三四五六七八九零一二三四五六七"),
+])
+def test_numbers_are_read_as_speech_says_them(text, spoken):
+    assert core.read_numbers_aloud(text) == spoken

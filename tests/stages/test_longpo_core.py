@@ -96,3 +96,10 @@ def test_a_question_wrapped_over_two_lines_keeps_its_end():
     assert core.parse_questions(reply) == [
         "How does the text connect the early history of the company with its later failures?",
         "What did the founders want?", "Which year is named first?"]
+
+
+def test_chatter_after_an_unfinished_question_is_not_joined_to_it():
+    """Review of issue 33: only a line that goes on in lower case continues a question."""
+    assert core.parse_questions("1. What was the main idea\nI hope these questions help!") == ["What was the main idea"]
+    assert core.parse_questions("1. Why did the war start\n**Answer:** because") == ["Why did the war start"]
+    assert core.parse_questions("1. Describe the plot\nQuestions:\n2. Who?") == ["Describe the plot", "Who?"]
