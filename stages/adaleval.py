@@ -20,9 +20,9 @@ from stages.eval_view import (
     LengthParams,
     TokenCounter,
     bucket_name,
-    is_unspaced,
     item_hash,
     longbench_length,
+    script_language,
     seeded,
 )
 
@@ -116,7 +116,7 @@ class TSortItems(TokenCounter, RecordStage):
         instruction, material = prompt.split("\n\nBeginning of the passage:\n", 1)
         context = "Beginning of the passage:\n" + material
         answers = [json.dumps(answer)]
-        language = record.get("language") or ("zh" if is_unspaced(None, record["text"]) else "en")
+        language = record.get("language") or script_language(record["text"])
         return {
             "id": f"{key}@{setting}", "_id": item_hash(f"{key}@{setting}"),
             "input": instruction, "context": context, "answers": answers,

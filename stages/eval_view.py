@@ -35,9 +35,10 @@ def english_words(*texts: str) -> int:
     return sum(len(t.split()) for t in texts)
 
 
-# CJK ideographs, kana and hangul: scripts written without spaces between words
-_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
-UNSPACED_LANGUAGES = ("zh", "ja", "ko")
+# CJK ideographs and kana: scripts written without spaces between words (Korean is spaced)
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_KANA = re.compile(r"[\u3040-\u30ff]")
+UNSPACED_LANGUAGES = ("zh", "ja")
 
 
 def is_unspaced(language: str | None, *texts: str) -> bool:
@@ -47,6 +48,14 @@ def is_unspaced(language: str | None, *texts: str) -> bool:
         return language.split("-")[0].split("_")[0].lower() in UNSPACED_LANGUAGES
     chars = sum(len(t) - sum(c.isspace() for c in t) for t in texts)
     return chars > 0 and sum(len(_UNSPACED.findall(t)) for t in texts) * 3 >= chars
+
+
+def script_language(*texts: str) -> str:
+    """The language a text without a ``language`` field is taken for: ``ja`` with kana, ``zh`` for
+    other unspaced text, else ``en``."""
+    if not is_unspaced(None, *texts):
+        return "en"
+    return "ja" if any(_KANA.search(t) for t in texts) else "zh"
 
 
 def longbench_length(language: str | None, *texts: str) -> int:

@@ -53,6 +53,9 @@ class HackClassifier(GlobalStage):
         table = summaries.sort_by([("hack", "ascending"), ("max_len", "ascending"), ("id", "ascending")])
         cols = {n: table.column(n).to_pylist() for n in ("label_id", "split", "hack", "max_len")}
         ids = table.column("input_ids").to_pylist()
+        if any(x is None for x in ids):
+            raise ValueError("hack_classifier reads the token ids text_hacks writes: set keep_ids: true in "
+                             "text_hacks (or leave hack_classifier out)")
         groups: dict[tuple[str, int], list[int]] = {}
         for k, (hack, length) in enumerate(zip(cols["hack"], cols["max_len"], strict=True)):
             groups.setdefault((hack, length), []).append(k)
@@ -63,8 +66,8 @@ class HackClassifier(GlobalStage):
             key = f"{hack}:{length}"
             metrics[f"train documents:{key}"] = len(train)
             metrics[f"test documents:{key}"] = len(test)
-            if not test or len({cols["label_id"][k] for k in train}) < 2:
-                metrics[f"not scored:{key}"] = 1  # no test split, or fewer than two labels to learn
+            if not test or len({cols["label_id"][k] for k in train}) < 2 or not any(ids[k] for k in train):
+                metrics[f"not scored:{key}"] = 1  # no test split, fewer than two labels, or no token to learn from
                 continue
             accuracy, macro_f1 = fit_and_score([ids[k] for k in train], [cols["label_id"][k] for k in train],
                                                [ids[k] for k in test], [cols["label_id"][k] for k in test], p)

@@ -40,9 +40,9 @@ from stages.eval_view import (
     LengthParams,
     TokenCounter,
     bucket_name,
-    is_unspaced,
     item_hash,
     longbench_length,
+    script_language,
     seeded,
 )
 
@@ -305,7 +305,7 @@ class LiconItems(TokenCounter, GroupStage):
                     gold = set(f["labels"])
                     positions = [i for i, d in enumerate(shown, 1) if gold & set(d.labels)]
                     dataset = f"licon_{key}_{bucket}"
-                    language = t.get("language") or ("zh" if is_unspaced(None, query, context) else "en")
+                    language = t.get("language") or script_language(query, context)
                     rid = f"{dataset}/{order}/{t['id']}"
                     made += 1
                     yield {

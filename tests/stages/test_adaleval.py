@@ -71,3 +71,12 @@ def test_longbench_length_counts_characters_for_chinese():
     assert longbench_length(None, zh) == len(zh)  # no language given: read off the script
     assert longbench_length("en", "three plain words") == 3
     assert longbench_length(None, "three plain words", "and two") == 5
+
+
+def test_a_text_without_a_language_is_read_off_its_script():
+    from stages.eval_view import longbench_length, script_language
+
+    assert script_language("段落结构决定了文章的可读性。") == "zh"
+    assert script_language("これは日本語の文章です。") == "ja"
+    korean = "한국어는 띄어쓰기를 합니다"  # a spaced script: words, not characters
+    assert script_language(korean) == "en" and longbench_length(None, korean) == 3
