@@ -33,7 +33,11 @@ def test_the_rule_on_the_specs_worked_examples(length, expected, dropped):
     assert pieces(length) == expected and length - sum(expected) == dropped
 
 
-def test_every_document_is_cut_by_the_rule_and_its_pieces_are_its_token_prefix(tmp_path):
+@pytest.mark.parametrize("overflow", ["deterministic", "random"])
+def test_every_document_is_cut_by_the_rule_and_its_pieces_are_its_token_prefix(tmp_path, overflow):
+    """``deterministic`` (ours, the default) is checked against the rule piece by piece; ``random``
+    (the reference code's default: a part over 2^max drawn from the buckets) against what both share:
+    powers of two in range, the token prefix in order, a dropped tail under 2^min."""
     from tokenizers import Tokenizer
 
     from gpu_jobs.models import tokenizer_path
@@ -41,7 +45,10 @@ def test_every_document_is_cut_by_the_rule_and_its_pieces_are_its_token_prefix(t
     docs = pq.read_table(f"{build_corpus('python_sources', tmp_path)}/data").to_pylist()
     docs = sorted(docs, key=lambda d: d["id"])[::12][:40]
     src = write_jsonl(tmp_path / "src.jsonl", docs)
-    done = run_cli("run", str(REPO / "pipelines" / "decomposition.yaml"), "--input", str(src), "--output",
+    spec = (REPO / "pipelines" / "decomposition.yaml").read_text()
+    assert "overflow: deterministic" in spec
+    (tmp_path / "dd.yaml").write_text(spec.replace("overflow: deterministic", f"overflow: {overflow}"))
+    done = run_cli("run", str(tmp_path / "dd.yaml"), "--input", str(src), "--output",
                    str(tmp_path / "out"), "--catalog", str(tmp_path / "c.duckdb"), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = pq.read_table(str(tmp_path / "out" / "data")).to_pylist()
@@ -55,8 +62,11 @@ def test_every_document_is_cut_by_the_rule_and_its_pieces_are_its_token_prefix(t
     for d in docs:
         ids = tok.encode(d["text"], add_special_tokens=False).ids + [eos]
         mine = sorted(by_doc.get(d["id"], []), key=lambda r: r["doc_offset"])
-        assert [len(r["input_ids"]) for r in mine] == pieces(len(ids)), d["id"]
-        assert [x for r in mine for x in r["input_ids"]] == ids[:sum(pieces(len(ids)))]
+        sizes = [len(r["input_ids"]) for r in mine]
+        if overflow == "deterministic":
+            assert sizes == pieces(len(ids)), d["id"]
+        assert all(MIN <= n <= MAX and n & (n - 1) == 0 for n in sizes) and len(ids) - sum(sizes) < MIN
+        assert [x for r in mine for x in r["input_ids"]] == ids[:sum(sizes)]
         assert all(r["length"] == len(r["input_ids"]) == 1 << r["bucket"] for r in mine)
         checked += bool(mine)
     assert checked >= 20

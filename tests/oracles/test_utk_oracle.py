@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import REPO, build_corpus, run_cli, write_jsonl
 
@@ -68,7 +69,10 @@ def read_documents(seq: list[int], ids: dict[str, int], eos: int) -> tuple[list[
     return split_docs, plain_docs
 
 
-def test_samples_read_back_into_the_input_documents(tmp_path):
+@pytest.mark.parametrize("preserve_order", [True, False])
+def test_samples_read_back_into_the_input_documents(tmp_path, preserve_order):
+    """PreserveOrder (the paper's, our default) and the reference code's default (off): the
+    backtrace names the order either way."""
     from tokenizers import Tokenizer
 
     from gpu_jobs.models import tokenizer_path
@@ -77,6 +81,8 @@ def test_samples_read_back_into_the_input_documents(tmp_path):
                   key=lambda d: d["id"])[::8][:60]
     src = write_jsonl(tmp_path / "src.jsonl", docs)
     spec = (REPO / "pipelines" / "utk.yaml").read_text().replace("context_length: 32768", "context_length: 8192")
+    assert "preserve_order: true" in spec
+    spec = spec.replace("preserve_order: true", f"preserve_order: {str(preserve_order).lower()}")
     (tmp_path / "utk.yaml").write_text(spec)
     done = run_cli("run", str(tmp_path / "utk.yaml"), "--input", str(src), "--output", str(tmp_path / "out"),
                    "--catalog", str(tmp_path / "c.duckdb"), "--quiet")
