@@ -175,20 +175,31 @@ class Template:
 # -- scoring (spec 5) ------------------------------------------------------------------------------
 
 
+def _marker(name: str) -> str:
+    """A field marker as models write it: any case, in bold or not, an ASCII or full-width colon."""
+    return rf"[*_]*{re.escape(name)}[*_]*\s*[:：][*_]*"
+
+
 def _answer(reply: str, template: Template) -> str:
     """Spec 5's parse (clarified 2026-12-03). A reply that begins by echoing the query (its input
     marker) is read from after that echo's label marker; then the text is cut at the first new
-    demonstration (a line that opens with the input marker). A label written after the model starts
-    inventing a demonstration is never its answer, so the *first* label marker counts, not the last."""
+    demonstration (the input marker at a line's start, or after the answer on its line). A label
+    written after the model starts inventing a demonstration is never its answer, so the *first*
+    label marker counts, not the last. Markers match in any case, in bold, with either colon."""
     text = reply.lstrip()
-    opens, label = f"{template.input_name}:", f"{template.label_name}:"
-    if text.startswith(opens):
-        _, found, text = text.partition(label)
+    opens = re.compile(_marker(template.input_name), re.IGNORECASE)
+    label = re.compile(_marker(template.label_name), re.IGNORECASE)
+    if opens.match(text):
+        found = label.search(text)
         if not found:
             return ""
-    elif text.startswith(label):
-        text = text[len(label):]
-    return re.split(rf"(?m)^[ \t]*{re.escape(opens)}", text, maxsplit=1)[0]
+        text = text[found.end():]
+    else:
+        found = label.match(text)
+        if found:
+            text = text[found.end():]
+    cut = re.search(rf"(?:^|\s){_marker(template.input_name)}", text, re.IGNORECASE | re.MULTILINE)
+    return text[:cut.start()] if cut else text
 
 
 def reply_line(reply: str, template: Template = Template()) -> str:

@@ -155,3 +155,10 @@ def test_no_item_has_more_correct_than_made_or_gold(task, reply, gold):
     classes = ["per:age", "per:alumni", "org:x", "per", "org"]
     t = core.score_reply(task, reply, gold, classes)
     assert t.correct <= t.made and t.correct <= t.gold
+
+
+@pytest.mark.parametrize("reply", [
+    "label: joy", "**Label:** joy", "Label：joy", "joy Text: I lost my keys Label: anger",
+    "Text: the query\r\nLabel: joy\r\nText: another\r\nLabel: anger"])
+def test_markers_in_any_case_bold_or_full_width_and_a_demonstration_on_the_answers_line(reply):
+    assert core.reply_line(reply) == "joy"
