@@ -73,7 +73,8 @@ def licon_set(tmp_path, corpora_dir) -> Path:
 def test_licon_replies_are_scored_by_exact_match_and_micro_f1_without_substituted_labels(tmp_path, corpora_dir):
     built = licon_set(tmp_path, corpora_dir)
     items = pq.read_table(str(built / "data")).to_pylist()
-    assert len(items) == 12
+    # 12 test items, but those whose gold label 1K tokens of demonstrations cannot show (issue 33, 16)
+    assert 6 <= len(items) <= 12 and all(it["gold_label_positions"] for it in items)
     replies, right, invalid = {}, 0, 0
     for k, it in enumerate(items):
         gold = it["answers"][0]
@@ -110,4 +111,5 @@ def test_predict_asks_a_real_model_once_per_item_and_goes_on_where_it_stopped(tm
     assert len(preds.read_text().splitlines()) == 3
     scored = run_cli("eval", "score", str(preds), "--set", str(built), "--catalog", str(tmp_path / "c.duckdb"),
                      "--model", "smollm2-135m")
-    assert scored.returncode == 0 and "3/12 predicted" in scored.stdout
+    n = pq.read_table(str(built / "data")).num_rows
+    assert scored.returncode == 0 and f"3/{n} predicted" in scored.stdout
