@@ -43,7 +43,7 @@ def test_the_ranking_follows_the_formulas_on_kjv_samples(tmp_path):
             samples.append({"id": f"{where}-{b['id']}", "messages": [
                 {"role": "user", "content": f"{text}\n\nRepeat the verse that begins with \"{lead}\"."},
                 {"role": "assistant", "content": verse}]})
-        if len(samples) >= 12:
+        if len(samples) >= 8:
             break
     src = write_jsonl(tmp_path / "sft.jsonl", samples)
     done = run_cli("run", str(REPO / "pipelines" / "gateau-smollm2.yaml"), "--input", str(src), "--output",
