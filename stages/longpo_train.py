@@ -1,5 +1,5 @@
 """LongPO's training rows (spec ../shared/specs/longpo.md 2, 3.8, 3.10; issue 33, point 18): what a
-LongPO or TRL DPO trainer reads without more code.
+LongPO trainer reads without more code, beside the conversational columns TRL's DPOTrainer reads.
 
 ``longpo_format`` applies the policy's chat template to every pair: the long multi-turn chosen and
 rejected conversations (turn 1 = long context + question, later turns the question alone) as
