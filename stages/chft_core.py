@@ -520,12 +520,8 @@ def punctuation_counts(output: str, reference: str) -> tuple[int, int, int]:
     return sum(1 for i in gold if at[i] is not None), sum(1 for ch in output if _is_mark(ch)), len(gold)
 
 
-def span_restored(reference: str, start: int, end: int, output: str) -> bool:
-    """Whether ``output`` writes ``reference[start:end]`` as the reference does (spec 5d): every
-    character of the span matched, in one run, by the character alignment."""
-    return _restored(_matched(reference, output), start, end)
-
-
 def _restored(at: list[int | None], start: int, end: int) -> bool:
+    """Whether the output writes ``reference[start:end]`` as the reference does (spec 5d): every
+    character of the span matched, in one run, by the alignment ``at`` (:func:`_matched`)."""
     part = at[start:end]
     return bool(part) and all(x is not None for x in part) and part[-1] - part[0] == end - start - 1

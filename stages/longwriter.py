@@ -58,6 +58,11 @@ class AgentWriteParams(GeneratorParams):
     batch_records: int = Field(2, gt=0, description="instructions per checkpointed batch")
 
 
+def instruction_schema(field: str) -> RecordSchema:
+    """What a stage that reads one request per record needs: an id and the request's field."""
+    return RecordSchema("instruction", 1, (pa.field("id", pa.string(), nullable=False), pa.field(field, pa.string())))
+
+
 class PoolParams(GeneratorParams):
     method: Literal["rule", "llm"] = Field("rule", description="rule: a stated length or a long form asked for "
                                            "at length [ours]; llm: a yes/no call per request [paper: GPT-4o]")
@@ -75,14 +80,12 @@ class LongOutputPool(RecordStage):
 
     name = "long_output_pool"
     Params = PoolParams
-    input_schema = RecordSchema("instruction", 1, (pa.field("id", pa.string(), nullable=False),
-                                                   pa.field("text", pa.string())))
+    input_schema = instruction_schema("text")
     uses_generations = True
 
     def __init__(self, params: PoolParams | None = None, seed: int = 0):
         super().__init__(params, seed)
-        self.input_schema = RecordSchema("instruction", 1, (pa.field("id", pa.string(), nullable=False),
-                                                            pa.field(self.params.prompt_field, pa.string())))
+        self.input_schema = instruction_schema(self.params.prompt_field)
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return self.adding(upstream, "long_output_pool", (pa.field("pool_reason", pa.string()),))
@@ -138,14 +141,12 @@ class AgentWrite(RecordStage):
 
     name = "agent_write"
     Params = AgentWriteParams
-    input_schema = RecordSchema("instruction", 1, (pa.field("id", pa.string(), nullable=False),
-                                                   pa.field("text", pa.string())))
+    input_schema = instruction_schema("text")
     uses_generations = True
 
     def __init__(self, params: AgentWriteParams | None = None, seed: int = 0):
         super().__init__(params, seed)
-        self.input_schema = RecordSchema("instruction", 1, (pa.field("id", pa.string(), nullable=False),
-                                                            pa.field(self.params.prompt_field, pa.string())))
+        self.input_schema = instruction_schema(self.params.prompt_field)
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return LONGWRITER_ROW
