@@ -84,10 +84,10 @@ def score_item(item: dict, reply: str, target: str = "text") -> dict[str, float]
 
     dataset = item["dataset"]
     if dataset.startswith("chft"):
-        from stages import chft_core
+        from stages import chft_scoring
 
-        return chft_core.score_correction(item["hypothesis"], item["reference"], reply, target,
-                                          item.get("pairs") or ())
+        return chft_scoring.score_correction(item["hypothesis"], item["reference"], reply, target,
+                                             item.get("pairs") or ())
     if dataset.startswith("tsort"):
         answer = list(item.get("answer") or json.loads(item["answers"][0]))
         n = len(answer)

@@ -5,13 +5,13 @@ segments that no pair straddles, CER, and the homophone noisy channel. Chinese a
 from __future__ import annotations
 
 import functools
-import json
 import random
 import re
 import unicodedata
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+
+from stages.chft_numbers import has_number, number_form, number_value, read_numbers_aloud
 
 PAIR_TYPES = ("lexical", "homophone", "punctuation", "itn", "insertion", "deletion")
 
@@ -146,81 +146,6 @@ def pair_type(hyp_span: str, ref_span: str) -> str:
     return "lexical"
 
 
-_EN_NUMBERS = {w: k for k, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen".split())} | {w: 10 * k for k, w in enumerate(
-        "twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
-_EN_SCALES = {"hundred": 100, "thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
-_EN_WORD = "|".join(sorted([*_EN_NUMBERS, *_EN_SCALES], key=len, reverse=True))
-_EN_RUN = re.compile(rf"\b(?:{_EN_WORD})(?:(?:[\s-]+|[\s-]+and[\s-]+)(?:{_EN_WORD}))*\b", re.IGNORECASE)
-_PERCENT = re.compile(r"(\d)\s*(?:percent|per cent)\b", re.IGNORECASE)
-_NUMERAL_CHAR = re.compile(r"[0-9零〇一二两三四五六七八九十百千万亿]")
-
-
-def english_number(words: str) -> int | None:
-    """The value of English number words ("one hundred and twenty" -> 120), None if not one."""
-    total = current = 0
-    parts = [w for w in re.split(r"[\s-]+", words.lower().strip()) if w and w != "and"]
-    if not parts:
-        return None
-    for w in parts:
-        if w in _EN_NUMBERS:
-            current += _EN_NUMBERS[w]
-        elif w == "hundred":
-            current = (current or 1) * 100
-        elif w in _EN_SCALES:
-            total += (current or 1) * _EN_SCALES[w]
-            current = 0
-        else:
-            return None
-    return total + current
-
-
-def has_number(text: str) -> bool:
-    return bool(_NUMERAL_CHAR.search(text) or _EN_RUN.search(text))
-
-
-def number_form(text: str) -> str:
-    """The text with every number in digits (Chinese numerals, English number words, "percent" as %)
-    and no spaces or thousands separators: two spans that differ only in number form read the same."""
-    text = _EN_RUN.sub(lambda m: str(english_number(m.group(0))), text)
-    text = _PERCENT.sub(r"\1%", numbers_read(text))
-    return re.sub(r"(?<=\d)[,，](?=\d{3})|\s", "", text)
-
-
-def number_value(text: str) -> float | None:
-    """The number a span writes, in digits or in Chinese numerals; None when it is not one."""
-    t = text.strip().replace(",", "").replace("，", "")
-    if not t:
-        return None
-    try:
-        return float(t)
-    except ValueError:
-        pass
-    if not re.fullmatch(r"[零〇一二两三四五六七八九十百千万亿点负]+", t):
-        return None
-    try:
-        import cn2an
-
-        with warnings.catch_warnings():  # cn2an warns, then raises, on what is not a number
-            warnings.simplefilter("ignore")
-            return float(cn2an.cn2an(t, "smart"))
-    except (ValueError, KeyError, IndexError):
-        return None
-
-
-def numbers_read(text: str) -> str:
-    """The text with its Chinese numerals written in digits (``二零二四年五月`` -> ``2024年5月``)."""
-    if not re.search(r"[零〇一二两三四五六七八九十百千万亿]", text):
-        return text
-    try:
-        import cn2an
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cn2an.transform(text, "cn2an")
-    except (ValueError, KeyError, IndexError):
-        return text
 
 
 def toneless(text: str) -> tuple[str, ...]:
@@ -352,50 +277,6 @@ class Channel:
     verbalize_numbers: bool = True
 
 
-_DIGIT_ZH = dict(zip("0123456789", "零一二三四五六七八九", strict=True))
-
-
-def _digits(s: str) -> str:
-    return "".join(_DIGIT_ZH[c] for c in s)
-
-
-def _number_read(m: re.Match) -> str:
-    whole, frac = m.group(1), m.group(2)
-    if len(whole) > 6 or (len(whole) > 1 and whole[0] == "0"):  # an id, a phone number, "007": digit by digit
-        whole = _digits(whole)
-    if frac and len(frac) > 8:
-        return f"{whole}点{_digits(frac)}"
-    return whole + (f".{frac}" if frac else "")
-
-
-def _spoken_forms(text: str) -> str:
-    """What cn2an would misread, put as speech says it first: a date 2024-01-05 (or 2024/1/5) as
-    2024年1月5日, a range 50-60 as 50到60, an amount with thousands separators as a number (一百万), an
-    id or phone number of more than 6 digits (or with a leading zero) digit by digit, a long
-    decimal's digits one by one."""
-    import cn2an
-
-    text = re.sub(r"\b(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})\b", lambda m: f"{m[1]}年{int(m[2])}月{int(m[3])}日", text)
-    amount = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3}){1,4}(?:\.\d+)?(?![\d,])")  # 1,000,000 and 12,345.6
-    text = amount.sub(lambda m: cn2an.an2cn(m.group(0).replace(",", "")), text)
-    text = re.sub(r"\d+(?:-\d+){2,}", lambda m: _digits(m.group(0).replace("-", "")), text)  # 138-0013-8000
-    text = re.sub(r"(?<=\d)\s*[-~～](?=\d)", "到", text)
-    return re.sub(r"(\d+)(?:\.(\d+))?", _number_read, text)
-
-
-def read_numbers_aloud(text: str) -> str:
-    """Digits as Mandarin speech writes them, the way the speech path's ASR output is read back
-    (``cn2an.transform``): a year digit by digit (2024年 -> 二零二四年), 5% as 百分之五, 123 as 一百二十三;
-    dates, ranges, ids and long decimals first put as speech says them (:func:`_spoken_forms`)."""
-    import cn2an
-
-    text = _spoken_forms(text)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cn2an.transform(text, "an2cn")
-    except (ValueError, KeyError, IndexError):  # what cn2an cannot read stays a digit string, read out
-        return re.sub(r"\d", lambda m: _DIGIT_ZH[m.group(0)], text)
 
 
 def noisy_hypothesis(reference: str, channel: Channel, rng: random.Random) -> str:
@@ -424,104 +305,3 @@ def noisy_hypothesis(reference: str, channel: Channel, rng: random.Random) -> st
         else:
             out.append(ch)
     return "".join(out)
-
-
-# -- scoring a corrector (spec 5) --------------------------------------------------------------------
-
-
-def without_punct(text: str) -> str:
-    return "".join(c for c in text if not is_punct(c))
-
-
-def parse_predicted_pairs(reply: str) -> list[dict] | None:
-    """A JSON list of ``{"wrong", "right", "hyp_start"}`` from a model's reply (a fenced block is
-    unwrapped); None when the reply is not such a list."""
-    text = reply.strip()
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
-    if fenced:
-        text = fenced.group(1).strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(data, list) or not all(isinstance(x, dict) and isinstance(x.get("wrong"), str)
-                                             and isinstance(x.get("right"), str) for x in data):
-        return None
-    return data
-
-
-def apply_predicted_pairs(hypothesis: str, predicted: list[dict]) -> str:
-    """The hypothesis with each predicted pair applied where it is found: at its ``hyp_start`` when
-    the text there is its ``wrong`` span, else at the first occurrence; a pair found nowhere, or
-    overlapping one already placed, is left out (a model's slip costs that pair, not the rest)."""
-    placed: list[tuple[int, int, str]] = []
-    for x in predicted:
-        wrong, start = x["wrong"], x.get("hyp_start")
-        if not wrong:
-            continue
-        if not (isinstance(start, int) and hypothesis[start:start + len(wrong)] == wrong):
-            start = hypothesis.find(wrong)
-        if start < 0 or any(start < e and s < start + len(wrong) for s, e, _ in placed):
-            continue
-        placed.append((start, start + len(wrong), x["right"]))
-    out = hypothesis
-    for s, e, right in sorted(placed, reverse=True):
-        out = out[:s] + right + out[e:]
-    return out
-
-
-def score_correction(hypothesis: str, reference: str, reply: str, target: str = "text",
-                     pairs: Sequence[Pair | dict] = ()) -> dict[str, float]:
-    """Spec 5: CER before and after a model's correction, also with punctuation removed (a, b); the
-    punctuation counts that P/R/F1 add up over items (c); and of the item's ``itn`` pairs, how many
-    the correction writes as the reference does (d). ``target`` json: the reply's pairs applied to
-    the hypothesis, an invalid reply being no correction."""
-    if target == "json":
-        predicted = parse_predicted_pairs(reply)
-        corrected = apply_predicted_pairs(hypothesis, predicted) if predicted is not None else hypothesis
-        valid = float(predicted is not None)
-    else:
-        corrected, valid = reply, 1.0
-    itn = [x for x in (q if isinstance(q, dict) else q.as_dict() for q in pairs) if x["type"] == "itn"]
-    at = _matched(reference, canonical(corrected)) if itn else []  # one alignment for all the pairs
-    itn_right = sum(1 for x in itn if _restored(at, x["ref_start"], x["ref_end"]))
-    # all three canonical: a segment may begin with the space a reply would not repeat
-    hypothesis, reference, corrected = canonical(hypothesis), canonical(reference), canonical(corrected)
-    tp, made, gold = punctuation_counts(corrected, reference)
-    return {"cer_before": cer(hypothesis, reference), "cer_after": cer(corrected, reference),
-            "cer_before_nopunct": cer(without_punct(hypothesis), without_punct(reference)),
-            "cer_after_nopunct": cer(without_punct(corrected), without_punct(reference)), "json_valid": valid,
-            "punct_correct": tp, "punct_made": made, "punct_gold": gold, "itn_right": itn_right,
-            "itn_pairs": len(itn)}
-
-
-def _matched(reference: str, output: str) -> list[int | None]:
-    """For each character of ``reference``, the character of ``output`` the character alignment
-    (Levenshtein, rapidfuzz) matches it to, or None where it is substituted or deleted."""
-    from rapidfuzz.distance import Levenshtein
-
-    at: list[int | None] = [None] * len(reference)
-    for op in Levenshtein.opcodes(reference, output):
-        if op.tag == "equal":
-            for k in range(op.src_end - op.src_start):
-                at[op.src_start + k] = op.dest_start + k
-    return at
-
-
-def _is_mark(ch: str) -> bool:
-    return not ch.isspace() and is_punct(ch)
-
-
-def punctuation_counts(output: str, reference: str) -> tuple[int, int, int]:
-    """(correct, made, gold) punctuation marks (spec 5c): a reference mark is correct when the
-    alignment matches it to the same mark in the output; made = the output's marks."""
-    at = _matched(reference, output)
-    gold = [i for i, ch in enumerate(reference) if _is_mark(ch)]
-    return sum(1 for i in gold if at[i] is not None), sum(1 for ch in output if _is_mark(ch)), len(gold)
-
-
-def _restored(at: list[int | None], start: int, end: int) -> bool:
-    """Whether the output writes ``reference[start:end]`` as the reference does (spec 5d): every
-    character of the span matched, in one run, by the alignment ``at`` (:func:`_matched`)."""
-    part = at[start:end]
-    return bool(part) and all(x is not None for x in part) and part[-1] - part[0] == end - start - 1

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pipelines.io import InputError, Rejected, plan_shards, read_shard
 from pipelines.spec import InputSpec, PipelineError, ReadSpec, load_pipeline
-from stages import adaleval_core, chft_core, licon_core
+from stages import adaleval_core, chft_scoring, licon_core
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -85,9 +85,9 @@ def test_every_reply_parser_answers_for_any_reply(reply, n):
     adaleval_core.parse_tsort_strict(reply, n)
     adaleval_core.parse_best_answer_reference(reply, n)
     adaleval_core.parse_best_answer_strict(reply, n)
-    pairs = chft_core.parse_predicted_pairs(reply)
+    pairs = chft_scoring.parse_predicted_pairs(reply)
     assert pairs is None or isinstance(pairs, list)
-    chft_core.score_correction("ni hao shi jie", "你好世界", reply)
+    chft_scoring.score_correction("ni hao shi jie", "你好世界", reply)
     licon_core.reply_line(reply)
     licon_core.reply_block(reply)
     for task in licon_core.TASKS:

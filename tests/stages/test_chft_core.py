@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages import chft_core as core
+from stages import chft_numbers
+from stages import chft_scoring as scoring
 from tests.conftest import build_corpus
 
 ALNUM_OR_CJK = re.compile(r"[0-9A-Za-z\u3400-\u9fff]")
@@ -139,7 +141,7 @@ def test_itn_pairs_write_the_same_number(zh_docs):
                 seen += 1
                 a, b = core.number_value(p.hyp_span), core.number_value(p.ref_span)
                 assert (a is not None and a == b) or \
-                    "".join(core.numbers_read(p.hyp_span).split()) == "".join(p.ref_span.split())
+                    "".join(chft_numbers.numbers_read(p.hyp_span).split()) == "".join(p.ref_span.split())
     assert seen > 20
 
 
@@ -210,19 +212,19 @@ def test_homophone_substitutes_read_the_same(zh_docs):
 
 def test_a_corrector_is_scored_by_cer_after_its_correction():
     ref, hyp = "他们今天去了北京。", "她们今天去了背景，"
-    perfect = core.score_correction(hyp, ref, ref)
+    perfect = scoring.score_correction(hyp, ref, ref)
     assert perfect["cer_after"] == 0 and perfect["cer_before"] == pytest.approx(4 / 9)
     assert perfect["cer_before_nopunct"] == pytest.approx(3 / 8) and perfect["cer_after_nopunct"] == 0
-    assert core.score_correction(hyp, ref, hyp)["cer_after"] == pytest.approx(4 / 9)  # no correction
+    assert scoring.score_correction(hyp, ref, hyp)["cer_after"] == pytest.approx(4 / 9)  # no correction
     pairs = json.dumps([{"wrong": "背景", "right": "北京", "hyp_start": 6}], ensure_ascii=False)
-    half = core.score_correction(hyp, ref, f"```json\n{pairs}\n```", "json")
+    half = scoring.score_correction(hyp, ref, f"```json\n{pairs}\n```", "json")
     assert half["json_valid"] == 1 and half["cer_after"] == pytest.approx(2 / 9)
     moved = json.dumps([{"wrong": "她们", "right": "他们", "hyp_start": 40}], ensure_ascii=False)  # offset off: found
-    assert core.score_correction(hyp, ref, moved, "json")["cer_after"] == pytest.approx(3 / 9)
-    invalid = core.score_correction(hyp, ref, "我认为应该改成北京", "json")
+    assert scoring.score_correction(hyp, ref, moved, "json")["cer_after"] == pytest.approx(3 / 9)
+    invalid = scoring.score_correction(hyp, ref, "我认为应该改成北京", "json")
     assert invalid["json_valid"] == 0 and invalid["cer_after"] == invalid["cer_before"]
     clash = [{"wrong": "今天去", "right": "X", "hyp_start": 2}, {"wrong": "天去了", "right": "Y", "hyp_start": 3}]
-    assert core.apply_predicted_pairs(hyp, clash) == "她们X了背景，"  # the overlapping second is left out
+    assert scoring.apply_predicted_pairs(hyp, clash) == "她们X了背景，"  # the overlapping second is left out
 
 
 def test_a_looped_transcript_compresses_far_better_than_its_reference(zh_docs):
@@ -272,17 +274,17 @@ def test_pair_types_of_english_numbers_and_word_boundaries(hyp, ref, kind):
     ("明天，刮风了。", (2, 2, 2)),  # the words wrong, the marks right
 ])
 def test_punctuation_counts_on_known_cases(output, counts):
-    assert core.punctuation_counts(output, "今天，下雨了。") == counts
+    assert scoring.punctuation_counts(output, "今天，下雨了。") == counts
 
 
 def test_an_itn_pair_is_right_only_when_the_correction_writes_the_reference_form():
     hyp, ref = "二零二四年发布了。", "2024年发布了。"
     (pair,) = core.pairs_between(hyp, ref, "zh")
     assert pair.type == "itn"
-    right = core.score_correction(hyp, ref, ref, pairs=[pair])
+    right = scoring.score_correction(hyp, ref, ref, pairs=[pair])
     assert (right["itn_right"], right["itn_pairs"]) == (1, 1)
     for wrong in (hyp, "2025年发布了。", "202年发布了。"):
-        assert core.score_correction(hyp, ref, wrong, pairs=[pair])["itn_right"] == 0, wrong
+        assert scoring.score_correction(hyp, ref, wrong, pairs=[pair])["itn_right"] == 0, wrong
 
 
 @pytest.mark.parametrize(("text", "spoken"), [  # review of issue 33: what cn2an alone misreads
