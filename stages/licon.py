@@ -256,9 +256,7 @@ class LiconItems(TokenCounter, GroupStage):
         task = fields[tests[0]["id"]]["task"] or p.task
         classes = core.label_order([d.labels for _, d in demos])
         shown_classes = classes if p.instruct else None
-        ends = {}  # rounds -> demonstrations in them
-        for i, (r, _) in enumerate(demos):
-            ends[int(r["licon_round"])] = i + 1
+        ends = {int(r["licon_round"]): i + 1 for i, (r, _) in enumerate(demos)}  # rounds -> demonstrations in them
         available = max(ends)
         longest = max((t["text"] for t in tests), key=self.count)
 
@@ -302,8 +300,7 @@ class LiconItems(TokenCounter, GroupStage):
                     if setting and not p.tolerance * setting <= n_tokens <= setting:
                         outside += 1
                         continue
-                    gold = set(f["labels"])
-                    positions = [i for i, d in enumerate(shown, 1) if gold & set(d.labels)]
+                    positions = [i for i, d in enumerate(shown, 1) if set(f["labels"]) & set(d.labels)]
                     dataset = f"licon_{key}_{bucket}"
                     language = t.get("language") or script_language(query, context)
                     rid = f"{dataset}/{order}/{t['id']}"
@@ -312,8 +309,7 @@ class LiconItems(TokenCounter, GroupStage):
                         "id": rid, "_id": item_hash(rid), "input": query, "context": f"{instruction}\n\n{context}",
                         "answers": f["answers"], "language": language, "all_classes": classes,
                         "length": longbench_length(language, query, instruction, context, *f["answers"]),
-                        "dataset": dataset,
-                        "length_bucket": setting, "length_tokens": n_tokens,
+                        "dataset": dataset, "length_bucket": setting, "length_tokens": n_tokens,
                         "meta": json.dumps({"tokenizer": p.tokenizer, "seed": self.seed, "selection": p.selection,
                                             "setting": setting, "tolerance": p.tolerance, "fit": p.fit,
                                             "source": t.get("source"), "test_items": p.test_items}, sort_keys=True),
@@ -321,9 +317,7 @@ class LiconItems(TokenCounter, GroupStage):
                         "n_demos": len(shown), "prompt_tokens": n_tokens, "gold_label_positions": positions,
                         "gold_label_count": len(positions), "test_id": t["id"],
                     }
-                label = f"{key}:{bucket}:{order}"
-                metrics[f"items:{label}"] = metrics.get(f"items:{label}", 0) + made
-                metrics[f"outside window:{label}"] = metrics.get(f"outside window:{label}", 0) + outside
-                metrics[f"gold label not shown:{label}"] = metrics.get(f"gold label not shown:{label}", 0) + unshown
+                for name, n in (("items", made), ("outside window", outside), ("gold label not shown", unshown)):
+                    metrics[f"{name}:{key}:{bucket}:{order}"] = metrics.get(f"{name}:{key}:{bucket}:{order}", 0) + n
                 metrics[f"rounds:{key}:{bucket}"] = rounds
                 metrics[f"demonstrations:{key}:{bucket}"] = len(chosen)
