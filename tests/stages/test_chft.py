@@ -130,7 +130,10 @@ def test_a_real_speech_run_speaks_hears_and_keeps_its_audio(language, tmp_path):
     spec = (REPO / "pipelines" / ("chft.yaml" if language == "zh" else "chft-en.yaml")).read_text()
     spec = spec.replace("min_chars: 200", "min_chars: 20").replace("min_chars: 500", "min_chars: 20")
     spec = spec.replace("hard_snr_db: 10}", "hard_snr_db: 10, keep_audio: true}")
-    (tmp_path / "p.yaml").write_text(spec)
+    # the chain's plumbing, not its quality: a looped Mandarin transcript (the shipped files drop it,
+    # and whether Whisper loops on this one document varies between machines) is kept here
+    assert ", max_repetition: 1.5" in spec
+    (tmp_path / "p.yaml").write_text(spec.replace(", max_repetition: 1.5", ""))
     src = write_jsonl(tmp_path / "docs.jsonl", [{"id": name, "text": text}])
     done = run_cli("run", str(tmp_path / "p.yaml"), "--input", str(src), "--output", str(tmp_path / "out"),
                    "--catalog", str(tmp_path / "c.duckdb"), "--quiet")
