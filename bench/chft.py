@@ -27,12 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.fresh_process import cpu_and_wall  # noqa: E402
-from pipelines.progress import format_table  # noqa: E402
+from pipelines.engine.progress import format_table  # noqa: E402
 
 
 def documents(language: str, n: int, chars: int) -> list[dict]:
-    from pipelines import corpora
-    from stages import chft_core as core
+    from pipelines.cli import corpora
+    from stages.chft import core
 
     name = "peoples_daily_docs" if language == "zh" else "kjv_chapters"
     out = []
@@ -56,7 +56,7 @@ def plain_loop(src: Path, language: str) -> dict:
     import numpy as np
 
     from gpu_jobs import speech
-    from stages import chft_core as core
+    from stages.chft import core
 
     tts = speech.EspeakTts(language=language, rate=160)
     asr = speech.WhisperAsr(language=language, beam_size=5)
@@ -89,7 +89,8 @@ def bench(language: str, n: int, chars: int, work: Path) -> list[list]:
     text = text.replace("up_to_date_from: 0.9", "up_to_date_from: null")
     (work / f"chft-{language}.yaml").write_text(text)
     catalog = work / f"c-{language}.duckdb"
-    cpu_l, wall_l, _ = cpu_and_wall([sys.executable, "-m", "pipelines.cli", "run", str(work / f"chft-{language}.yaml"),
+    cpu_l, wall_l, _ = cpu_and_wall([sys.executable, "-m", "pipelines.cli.main", "run",
+                                     str(work / f"chft-{language}.yaml"),
                                  "--input", str(src), "--output", str(work / f"out-{language}"), "--catalog",
                                      str(catalog), "--quiet", "--workers", "1"], REPO)
     metrics = dict(Catalog(str(catalog)).query("SELECT name, value FROM metrics WHERE stage = 'chft_transcribe'")[1])

@@ -20,11 +20,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines.progress import format_table  # noqa: E402
+from pipelines.engine.progress import format_table  # noqa: E402
 
 
 def samples(n: int) -> list[dict]:
-    from pipelines import corpora
+    from pipelines.cli import corpora
     from tests.fixtures.gateau_samples import early_late_samples
 
     return early_late_samples(sorted(corpora.CORPORA["paul_graham"].build(), key=lambda d: d["id"]), n)
@@ -36,13 +36,13 @@ def main() -> None:
     args = ap.parse_args()
     from scipy.stats import spearmanr
 
-    from stages.gateau import reselect
-    from stages.gateau_core import SelectOptions
+    from stages.gateau.core import SelectOptions
+    from stages.gateau.stages import reselect
 
     work = Path(tempfile.mkdtemp(prefix="longforge-gateau-terms-"))
     inp = work / "long_sft.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in samples(args.samples)))
-    subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(REPO / "pipelines" / "gateau-smollm2.yaml"),
+    subprocess.run([sys.executable, "-m", "pipelines.cli.main", "run", str(REPO / "pipelines" / "gateau-smollm2.yaml"),
                     "--input", str(inp), "--output", str(work / "out"), "--catalog", str(work / "c.duckdb"),
                     "--quiet"], check=True, cwd=REPO)
     rows = []

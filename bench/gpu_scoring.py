@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from pipelines.progress import format_table  # noqa: E402
+from pipelines.engine.progress import format_table  # noqa: E402
 
 SIZES = {
     # ~1.1B parameters: Llama-style, grouped-query attention, 32k positions

@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.progress import format_table  # noqa: E402
-from stages import icp_core as core  # noqa: E402
+from pipelines.engine.progress import format_table  # noqa: E402
+from stages.icp.stages import core  # noqa: E402
 
 REFERENCE_DOCS_PER_CPU_S = 235_266_464 / (12 * 3600) / 20
 
@@ -209,7 +209,7 @@ def embed(n_docs: int, max_tokens: int, batch_size: int) -> None:
     from sentence_transformers import SentenceTransformer
 
     from gpu_jobs.embed import EmbedSettings, Encoder, embed_documents
-    from pipelines import corpora
+    from pipelines.cli import corpora
 
     docs = [d for name in ("paul_graham", "kjv_chapters", "python_docs") for d in corpora.CORPORA[name].build()]
     docs = (docs * (n_docs // len(docs) + 1))[:n_docs]

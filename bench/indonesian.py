@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.fresh_process import cpu_and_wall  # noqa: E402
-from pipelines.progress import format_table  # noqa: E402
+from pipelines.engine.progress import format_table  # noqa: E402
 
 LENGTHS = [512, 256, 128]
 
@@ -39,7 +39,7 @@ def plain_loop(src: Path, out: Path) -> None:
     from tokenizers import Tokenizer
 
     from gpu_jobs.models import tokenizer_path
-    from stages import idhack_core as core
+    from stages.idhack import core
 
     tok = Tokenizer.from_file(str(tokenizer_path("minilm")))
     tok.no_truncation()
@@ -67,7 +67,7 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines import corpora
+    from pipelines.cli import corpora
 
     with tempfile.TemporaryDirectory(prefix="bench-id-") as tmp:
         work = Path(tmp)
@@ -81,7 +81,7 @@ def main() -> None:
         (work / "p.yaml").write_text(spec)
         cpu_p, wall_p, _ = cpu_and_wall([sys.executable, __file__, "--plain", str(src), str(work / "plain.parquet")],
                                         REPO)
-        cpu_l, wall_l, _ = cpu_and_wall([sys.executable, "-m", "pipelines.cli", "run", str(work / "p.yaml"),
+        cpu_l, wall_l, _ = cpu_and_wall([sys.executable, "-m", "pipelines.cli.main", "run", str(work / "p.yaml"),
                                          "--input", str(src), "--output", str(work / "out"), "--catalog",
                                          str(work / "c.duckdb"), "--quiet", "--workers", str(args.workers)], REPO)
         n = len(docs)

@@ -54,9 +54,9 @@ def measure(which: str, src: Path, work: Path) -> dict:
                               tasks=1, workers=1, logging_dir=str(work / "logs")).run()
     else:
         from catalog import Catalog
-        from pipelines.plan import build_plan
-        from pipelines.progress import Progress
-        from pipelines.run import run_pipeline
+        from pipelines.driver import run_pipeline
+        from pipelines.engine.plan import build_plan
+        from pipelines.engine.progress import Progress
         from pipelines.spec import load_pipeline
 
         runner, workers = which.split(":")
@@ -89,7 +89,7 @@ def main() -> None:
         print(json.dumps(measure(args.measure, Path(args.src), Path(args.work))))
         return
     from bench.engine import make_documents
-    from pipelines.progress import format_table
+    from pipelines.engine.progress import format_table
 
     root = Path(tempfile.mkdtemp(prefix="longforge-light-"))
     rows = []

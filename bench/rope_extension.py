@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from pipelines.progress import format_table  # noqa: E402
+from pipelines.engine.progress import format_table  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
 
     from gpu_jobs.lm import RopeExtension, load_causal_lm
     from gpu_jobs.scoring import Row, row_nll
-    from pipelines import corpora
+    from pipelines.cli import corpora
 
     logging.disable_progress_bar()
     torch.set_num_threads(args.threads)

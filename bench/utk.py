@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.decomposition import make_documents  # noqa: E402
 from bench.fresh_process import add_child_options, measure_in_fresh_process  # noqa: E402
 from catalog import Catalog  # noqa: E402
-from pipelines.plan import build_plan  # noqa: E402
-from pipelines.progress import Progress, format_table  # noqa: E402
-from pipelines.run import run_pipeline  # noqa: E402
+from pipelines.driver import run_pipeline  # noqa: E402
+from pipelines.engine.plan import build_plan  # noqa: E402
+from pipelines.engine.progress import Progress, format_table  # noqa: E402
 from pipelines.spec import load_pipeline  # noqa: E402
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "utk.yaml"

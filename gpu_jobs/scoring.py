@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from catalog.scores import score_rows
 from gpu_jobs.lm import RopeExtension
 
 JOBS = ("perplexity", "response-loglik", "segment-ppl", "segment-attention")
@@ -577,12 +578,10 @@ def run_scoring(lm, settings: ScoreSettings, records: list[dict], *, catalog, ou
         name = hashlib.sha256("\n".join(f"{r['id']}:{hashes[r['id']]}" for r in todo).encode()).hexdigest()[:16]
         write_parquet_atomic(new, output / f"part-{name}.parquet")
         n = new.num_rows
-        catalog.add_scores(pa.table({
-            "sample_id": new.column("sample_id"), "artifact_id": pa.array([artifact_id] * n, pa.string()),
-            "job": pa.array([settings.job] * n), "model": pa.array([lm.name] * n),
-            "revision": pa.array([lm.revision] * n), "metric": new.column("metric"), "value": new.column("value"),
-            "run_id": pa.array([run_id] * n), "settings": pa.array([settings_json] * n),
-            "content_hash": pa.array([hashes[i] for i in new.column("sample_id").to_pylist()], pa.string())}))
+        per_row = new.select(["sample_id", "metric", "value"]).append_column(
+            "content_hash", pa.array([hashes[i] for i in new.column("sample_id").to_pylist()], pa.string()))
+        catalog.add_scores(score_rows(per_row, artifact_id=artifact_id, job=settings.job, model=lm.name,
+                                      revision=lm.revision, run_id=run_id, settings=settings_json))
         rows_written += n
         scored += len(todo)
         if bar:

@@ -22,18 +22,18 @@ import pyarrow.parquet as pq
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LONGFORGE = [sys.executable, "-m", "pipelines.cli"]
+LONGFORGE = [sys.executable, "-m", "pipelines.cli.main"]
 
 # Running on both cores (`make test`: pytest-xdist). Each test module is one unit of work, so its
 # module fixtures (a product built once, checked by many tests) are built once, on one worker; the
 # modules in SPREAD instead hand out their tests one by one (their fixtures are cheap and each test
 # is long). The longest modules are handed out first, so no worker is left alone with a long module
 # at the end (figures: `make test`'s --durations; 2026-12-03).
-SPREAD = {"tests/pipelines/test_products_on_runners.py", "tests/pipelines/test_dataflow_graph.py"}
+SPREAD = {"tests/pipelines/test_products_on_runners.py", "tests/pipelines/runners/test_dataflow_graph.py"}
 LONG_FIRST = ["tests/pipelines/test_products_on_runners.py", "tests/gpu_jobs/test_scoring.py",
               "tests/pipelines/test_resume.py", "tests/pipelines/test_icp_pipeline.py",
               "tests/pipelines/test_safety.py", "tests/pipelines/test_gateau_pipeline.py",
-              "tests/pipelines/test_longalign_pipeline.py", "tests/pipelines/test_runners.py"]
+              "tests/pipelines/test_longalign_pipeline.py", "tests/pipelines/runners/test_runners.py"]
 
 
 def _module(nodeid: str) -> str:
@@ -98,7 +98,7 @@ def shared_dir(tmp_path_factory, name: str, build) -> Path:
 @pytest.fixture(scope="session")
 def corpora_dir(tmp_path_factory) -> Path:
     """Paul Graham essays, KJV chapters and Python docs as Parquet document datasets."""
-    from pipelines import corpora
+    from pipelines.cli import corpora
 
     def build(root: Path) -> None:
         for name in ("paul_graham", "kjv_chapters", "python_docs"):
@@ -176,7 +176,7 @@ def _tokenize_corpora(corpora_dir: Path, base: Path) -> None:
 
 def build_corpus(name: str, parent: Path) -> str:
     """Corpus ``name`` (OFFLINE.md's packages) built into ``parent/name``; returns the folder."""
-    from pipelines import corpora
+    from pipelines.cli import corpora
 
     folder, _ = corpora.build(name, str(parent / name))
     return folder

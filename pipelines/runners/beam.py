@@ -32,12 +32,13 @@ import re
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import engine, layout, publish, worker_sync
-from pipelines.plan import Plan, Step, StepKind
-from pipelines.redaction import install_log_redaction, remember_secrets
+from pipelines.engine import task
+from pipelines.engine.task import OutputFiles, Plan, Step
 from pipelines.runners import beam_setup
-from pipelines.runners.local import ShardedRunner
-from stages.beam_pipeline import new_pipeline
+from pipelines.runners.base import ShardedRunner
+from pipelines.storage import worker_sync
+from pipelines.storage.redaction import install_log_redaction, remember_secrets
+from stages.shared.beam_pipeline import new_pipeline
 
 
 class RunTask(beam.DoFn):
@@ -51,28 +52,28 @@ class RunTask(beam.DoFn):
         if self.sync:
             yield worker_sync.run_task(self.plan, self.step_index, i)
         else:
-            yield engine.run_task(self.plan, self.plan.steps[self.step_index], i)
+            yield task.run_task(self.plan, self.plan.steps[self.step_index], i)
 
 
 class SpillShard(beam.DoFn):
     """Rewrite one shard's final records with one row group per output file."""
 
-    def __init__(self, plan: Plan, files: publish.OutputFiles, sync: bool = False):
+    def __init__(self, plan: Plan, files: OutputFiles, sync: bool = False):
         self.plan, self.files, self.sync = plan, files, sync
 
     def process(self, i: int):
-        spill = worker_sync.spill_shard if self.sync else publish.spill_shard
+        spill = worker_sync.spill_shard if self.sync else task.spill_shard
         yield i, spill(self.plan, i, self.files)
 
 
 class WriteOutputFile(beam.DoFn):
     """Assemble output file ``j`` from the spilled shards' row groups."""
 
-    def __init__(self, plan: Plan, files: publish.OutputFiles, sync: bool = False):
+    def __init__(self, plan: Plan, files: OutputFiles, sync: bool = False):
         self.plan, self.files, self.sync = plan, files, sync
 
     def process(self, j: int, index):
-        write = worker_sync.write_output_file if self.sync else publish.write_output_file
+        write = worker_sync.write_output_file if self.sync else task.write_output_file
         write(self.plan, j, self.files, dict(index))
         yield j
 
@@ -80,10 +81,7 @@ class WriteOutputFile(beam.DoFn):
 def task_label(step: Step) -> str:
     """The transform's name: the step and every stage it runs (the answer it applies first, its
     stages, what it writes for the next step's stage), so a job graph names every stage."""
-    parts = ([f"apply {step.gate.label}"] if step.gate is not None else [])
-    parts += [ps.label for ps in step.stages] + ([step.central.label] if step.central is not None else [])
-    parts += [f"feed {step.feeds.label}"] if step.feeds is not None else []
-    return f"Run {step.name} [{', '.join(parts) or 'read'}]"
+    return f"Run {step.name} [{', '.join(step.labels()) or 'read'}]"
 
 
 def build_task_graph(p: beam.Pipeline, plan: Plan, step: Step, todo: list[int], sync: bool = False) -> None:
@@ -91,7 +89,7 @@ def build_task_graph(p: beam.Pipeline, plan: Plan, step: Step, todo: list[int], 
          | task_label(step) >> beam.ParDo(RunTask(plan, step.index, sync)))
 
 
-def build_publish_graph(p: beam.Pipeline, plan: Plan, files: publish.OutputFiles, sync: bool = False) -> None:
+def build_publish_graph(p: beam.Pipeline, plan: Plan, files: OutputFiles, sync: bool = False) -> None:
     index = (p | "Shards" >> beam.Create(list(range(len(plan.shards)))) | "Spread" >> beam.Reshuffle()
              | "Spill shards by output file" >> beam.ParDo(SpillShard(plan, files, sync)))
     _ = (p | "Files" >> beam.Create(list(range(files.count))) | "SpreadFiles" >> beam.Reshuffle()
@@ -111,7 +109,7 @@ class BeamRunner(ShardedRunner):
         return new_pipeline(self.workers, self.beam_args)
 
     def run_tasks(self, plan: Plan, step: Step) -> None:
-        todo = [i for i in range(len(plan.shards)) if not layout.shard_done(plan, step, i)]
+        todo = task.todo(plan, step)
         if not todo:
             return
         if self.progress is not None:
@@ -120,11 +118,11 @@ class BeamRunner(ShardedRunner):
             build_task_graph(p, plan, step, todo, self.sync)
         if self.sync:  # the workers' markers and small files, for the checks and the driver's steps
             worker_sync.fetch_for_driver(self.mirror)
-        missing = [i for i in todo if not layout.shard_done(plan, step, i)]
+        missing = [i for i in todo if i in task.todo(plan, step)]
         if missing:
             raise RuntimeError(f"beam finished {step.name} without shards {missing}")
 
-    def publish_files(self, plan: Plan, files: publish.OutputFiles) -> None:
+    def publish_files(self, plan: Plan, files: OutputFiles) -> None:
         with self._pipeline() as p:
             build_publish_graph(p, plan, files, self.sync)
         if self.sync:
@@ -141,7 +139,7 @@ class BeamRunner(ShardedRunner):
         install_log_redaction()  # Beam warns about options it does not know, values and all
         remember_secrets(self.beam_args)
         if self.progress is not None:
-            from pipelines.redaction import redact
+            from pipelines.storage.redaction import redact
 
             how = redact(self.beam_args) if self.beam_args else f"FnApiRunner x{self.workers}"
             self.progress.log(f"beam: {len(plan.shards)} shards, {len(plan.stages)} stages, {how}")
@@ -159,14 +157,14 @@ def render_jobs(plan: Plan, workers: int, beam_args: list[str]) -> list[dict]:
     dataflow = beam_setup.runner_name(args) == "DataflowRunner"
     jobs: list[dict] = []
     for step in plan.steps:
-        if step.kind in (StepKind.SEGMENT, StepKind.GROUP):
+        if step.on_workers:
             jobs.append(_render(lambda p, s=step: build_task_graph(p, plan, s, list(range(len(plan.shards)))),
                                 step.name, workers, args, dataflow))
-        elif step.kind in (StepKind.DECIDE, StepKind.GLOBAL):
+        else:
             jobs.append({"job": step.name, "runs_on": "driver", "transforms": [
                 f"{step.kind.value} {step.central.label} (on the launching machine, from the workers' "
-                f"{'keys' if step.kind is StepKind.DECIDE else 'summaries'})"]})
-    files = publish.OutputFiles((("", 1),))  # the real count is known once the records are
+                f"{step.adapter.fed_with})"]})
+    files = OutputFiles((("", 1),))  # the real count is known once the records are
     jobs.append(_render(lambda p: build_publish_graph(p, plan, files), "publish", workers, args, dataflow))
     return jobs
 

@@ -24,6 +24,8 @@ USER_PROVIDED = ("--setup_file", "--extra_package", "--extra_packages", "--requi
                  "--sdk_container_image", "--worker_harness_container_image")
 #: Extras installed on workers by default: reading remote stores, the analysis stages, the models.
 WORKER_EXTRAS = ("remote", "analysis", "models")
+# The source the workers run: every package of the distribution (pyproject.toml's packages).
+PACKAGES = ("pipelines", "stages", "schemas", "catalog", "gpu_jobs")
 
 
 def runner_name(beam_args: list[str]) -> str | None:
@@ -68,7 +70,7 @@ def _built() -> tuple[str, str]:
                            "workers -> pass --beam-arg=--sdk_container_image=IMAGE (an image with longforge "
                            "installed) or --beam-arg=--extra_package=WHEEL")
     digest = hashlib.sha256()
-    for f in sorted([root / "pyproject.toml"] + [p for d in ("pipelines", "stages", "schemas", "catalog", "gpu_jobs")
+    for f in sorted([root / "pyproject.toml"] + [p for d in PACKAGES
                                                   for p in (root / d).rglob("*") if p.suffix in (".py", ".yaml")]):
         digest.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
     out = cache_dir() / digest.hexdigest()[:16]

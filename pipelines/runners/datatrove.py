@@ -16,17 +16,15 @@ keeps the outputs byte-identical across runners.
 from __future__ import annotations
 
 import logging
-import time
 
 import datatrove.executor.base as _executor_base
 from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines import accounting, checkpoints, engine, layout
-from pipelines.plan import Plan, PlannedStage, Step, StepKind
-from pipelines.runners import Execution
-from pipelines.runners.local import ShardedRunner
+from pipelines.engine import task
+from pipelines.engine.task import Execution, Plan, PlannedStage, SegmentTask, Step
+from pipelines.runners.base import ShardedRunner
 
 _add_task_logger = _executor_base.add_task_logger
 
@@ -60,17 +58,11 @@ def from_document(doc: Document) -> dict:
 
 
 class ShardState:
-    """What the steps of one task share: per-stage counters and removed records of the shard."""
+    """What the steps of one datatrove task share: the engine's task for its shard. The writer's
+    body runs first (it pulls from the steps before it), so it starts the task."""
 
     def __init__(self):
-        self.reset()
-
-    def reset(self, checkpoints: checkpoints.BatchCheckpoints | None = None):
-        self.counters: list[accounting.StageCounter] = []
-        self.removed: list[dict] = []
-        self.sides: dict[str, list[dict]] = {}
-        self.checkpoints = checkpoints
-        self.t0 = time.time()
+        self.task: SegmentTask | None = None
 
 
 class ShardReader(PipelineStep):
@@ -82,9 +74,7 @@ class ShardReader(PipelineStep):
         self.plan, self.step_index, self.state = plan, step.index, state
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        step = self.plan.steps[self.step_index]
-        for record in engine.iter_segment_input(self.plan, step, rank, self.state.counters, self.state.removed,
-                                                self.state.sides):
+        for record in self.state.task.records():
             self.stat_update("documents")
             yield to_document(record)
 
@@ -100,12 +90,8 @@ class StageStep(PipelineStep):
         self.plan, self.ps, self.step_index, self.state = plan, ps, step.index, state
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        engine.ensure_setup(self.ps.stage, engine.services(self.plan))
-        counter = accounting.StageCounter(self.step_index, self.ps.label, self.ps.shape)
-        self.state.counters.append(counter)
-        records = (from_document(d) for d in data)
-        for record in engine.apply_record_stage(self.ps, records, counter, self.state.removed,
-                                                 self.state.checkpoints, self.state.sides):
+        records, counter = self.state.task.through(self.ps, (from_document(d) for d in data))
+        for record in records:
             self.stat_update("kept")
             yield to_document(record)
         self.stat_update("removed", value=counter.rejected + counter.dropped)
@@ -120,12 +106,9 @@ class ShardWriter(PipelineStep):
         self.plan, self.step_index, self.state = plan, step.index, state
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        # The writer's body runs first (it pulls from the steps before it), so it starts the shard.
-        step = self.plan.steps[self.step_index]
-        self.state.reset(engine.shard_checkpoints(self.plan, step, rank))
+        self.state.task = SegmentTask(self.plan, self.plan.steps[self.step_index], rank)
         rows = [from_document(d) for d in data]
-        engine.finish_segment_shard(self.plan, step, rank, rows, self.state.counters, self.state.removed,
-                                    self.state.t0, self.state.checkpoints.tally(), self.state.sides)
+        self.state.task.finish(rows)
         self.stat_update("written", value=len(rows))
         return
         yield  # a generator, as datatrove expects
@@ -142,7 +125,7 @@ class GroupTask(PipelineStep):
         self.plan, self.step_index = plan, step.index
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        marker = engine.run_group_partition(self.plan, self.plan.steps[self.step_index], rank)
+        marker = task.run_task(self.plan, self.plan.steps[self.step_index], rank)
         self.stat_update("written", value=marker["records"])
         return
         yield  # a generator, as datatrove expects
@@ -156,22 +139,22 @@ class DatatroveRunner(ShardedRunner):
         self.progress = progress
 
     def run_tasks(self, plan: Plan, step: Step) -> None:
-        if all(layout.shard_done(plan, step, i) for i in range(len(plan.shards))):
+        if not task.todo(plan, step):
             return
-        if step.kind is StepKind.GROUP:
+        if not step.composable:  # a group step: the engine runs the whole task
             pipeline = [GroupTask(plan, step)]
         else:
             state = ShardState()
             pipeline = [ShardReader(plan, step, state)]
             pipeline += [StageStep(plan, ps, step, state) for ps in step.stages]
             pipeline.append(ShardWriter(plan, step, state))
-        logs = layout.step_dir(plan, step) / "datatrove-logs"
+        logs = task.work_folder(plan, step) / "datatrove-logs"
         executor = LocalPipelineExecutor(pipeline=pipeline, tasks=len(plan.shards), workers=self.workers,
                                          logging_dir=str(logs), skip_completed=True)
         if self.progress is not None:
             self.progress.log(f"datatrove: {step.name}: {len(plan.shards)} tasks, {self.workers} workers")
         executor.run()
-        missing = [i for i in range(len(plan.shards)) if not layout.shard_done(plan, step, i)]
+        missing = task.todo(plan, step)
         if missing:
             raise RuntimeError(f"datatrove finished {step.name} without shards {missing}; see {logs}")
 

@@ -82,7 +82,7 @@ def test_minimum_tuning_keeps_what_the_reference_parse_and_s_l_say_in_both_modes
         size = int([300, 10000, 500, 500, 5000, 3000, 500, 100][k % 8] * (0.5, 1.0, 1.7)[k // 8])
         rows.append({"id": f"r{k:02d}", "messages": [{"role": "user", "content": prompt},
                                                      {"role": "assistant", "content": " ".join(words[:size])}]})
-    from stages.longwriter import LengthCuration  # the product's stage, run here; its rule is not used
+    from stages.longwriter.stages import LengthCuration  # the product's stage, run here; its rule is not used
 
     kept = {}
     for mode in ("reference", "better"):

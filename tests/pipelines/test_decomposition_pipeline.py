@@ -70,7 +70,7 @@ def test_schedule_batches_are_single_bucket_with_the_budget(dd_run):
 def test_sampler_replays_every_scheduled_sequence_once_per_cycle(dd_run):
     import torch
 
-    from stages.vsl_replay import VslScheduleDataset
+    from stages.decomposition.vsl_replay import VslScheduleDataset
 
     (out, _), _ = dd_run
     seqs = {s["id"]: s for s in _rows(out)}

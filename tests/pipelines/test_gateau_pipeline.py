@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog import Catalog
-from stages import gateau_core as core
+from stages.gateau import core
 from tests.conftest import REPO, run_cli, write_jsonl
 from tests.fixtures.gateau_samples import early_late_samples
 
@@ -73,7 +73,7 @@ def test_selected_set_is_the_top_ceil_k_n_in_messages_format(gateau_run, samples
 
 def test_reselection_reads_stored_scores_only(gateau_run, monkeypatch, tmp_path):
     import gpu_jobs.lm
-    from stages.gateau import reselect
+    from stages.gateau.stages import reselect
 
     def no_model(*a, **k):
         raise AssertionError("a model was loaded during re-selection")

@@ -12,9 +12,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.io import InputError, Rejected, plan_shards, read_shard
 from pipelines.spec import InputSpec, PipelineError, ReadSpec, load_pipeline
-from stages import adaleval_core, chft_scoring, licon_core
+from pipelines.storage.readers import InputError, Rejected, plan_shards, read_shard
+from stages.adaleval import core as adaleval_core
+from stages.chft import scoring as chft_scoring
+from stages.licon import core as licon_core
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

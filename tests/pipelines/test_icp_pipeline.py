@@ -12,9 +12,9 @@ import pytest
 
 from catalog import Catalog
 from gpu_jobs.models import load_tokenizer
-from stages import icp_core as core
+from stages.icp import core
 from tests.conftest import REPO, run_cli
-from tests.stages.test_icp_core import replay
+from tests.stages.icp.test_core import replay
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,9 @@ def _table(folder: Path):
 def normalised(corpora_dir):
     """The documents as icp.yaml's first stage hands them on (id -> record), read and normalised
     here with the pipeline's own reader and stage: contexts are checked against these texts."""
-    from pipelines.io import read_shard
-    from pipelines.plan import build_plan
+    from pipelines.engine.plan import build_plan
     from pipelines.spec import load_pipeline
+    from pipelines.storage.readers import read_shard
 
     plan = build_plan(load_pipeline(REPO / "pipelines" / "icp.yaml"),
                       inputs=[str(corpora_dir / c) for c in ("paul_graham", "kjv_chapters", "python_docs")])
@@ -100,7 +100,7 @@ def _graph(out: Path):
 def test_union_graph_build_matches_the_previous_one_on_real_lists(icp_run, tmp_path):
     """Issue 19: the chunked in-place build, from arrays and from .npy files, gives the previous
     implementation's graph bit for bit on the real corpora's kNN lists."""
-    from tests.stages.test_icp_union_graph import assert_same, old_union_graph
+    from tests.stages.icp.test_union_graph import assert_same, old_union_graph
 
     (out, _), _ = icp_run
     ids, sims, _ = _knn_lists(out)
@@ -188,7 +188,7 @@ def test_same_seed_same_bytes(icp_run):
 
 def test_beam_ivf_knn_with_two_workers_matches_exact_search(normalised, tmp_path):
     """The Beam path (sampled quantizer, cells assigned and searched in parallel, top-k merged)."""
-    from stages.icp_beam_knn import beam_knn
+    from stages.icp.beam_knn import beam_knn
 
     docs, plan = normalised
     embed = next(ps.stage for ps in plan.stages if ps.name == "icp_embed")

@@ -71,7 +71,7 @@ def test_a_memory_store_inside_an_fsspec_chain_is_refused_too(tmp_path):
 
 
 def test_a_remote_input_beside_local_ones_keeps_the_local_overlap_check(tmp_path):
-    from pipelines.plan import output_overlaps_input
+    from pipelines.engine.plan import output_overlaps_input
     from pipelines.spec import InputSpec
 
     out = tmp_path / "o"

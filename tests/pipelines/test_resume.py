@@ -80,7 +80,7 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(real_docs, tmp_path, runne
 
 
 def _count_shards(pipeline, src) -> int:
-    from pipelines.plan import build_plan
+    from pipelines.engine.plan import build_plan
     from pipelines.spec import load_pipeline
 
     return len(build_plan(load_pipeline(pipeline)).shards)
@@ -184,7 +184,7 @@ stages:
 def shapes_setup(real_docs, tmp_path_factory):
     """A small ICP pipeline, which has every shape: per-record (a model stage), global (kNN, dedup,
     order) and per-group (contexts over ranges of the order); its clean run's fingerprint."""
-    from pipelines.plan import build_plan
+    from pipelines.engine.plan import build_plan
     from pipelines.spec import load_pipeline
 
     base = tmp_path_factory.mktemp("shapes")
@@ -215,7 +215,7 @@ def test_sigkill_during_each_shape_redoes_only_unfinished_work(shapes_setup, sha
     the model stage's segment, the dedup global step, a partition of the pack group step); the same
     command then gives the clean run's fingerprint, and the catalog says what it found finished
     (the markers carry the run that did each piece) and that no embedding was computed twice."""
-    from pipelines.plan import StepKind
+    from pipelines.engine.plan import StepKind
 
     base, pipeline, plan = shapes_setup
     catalog = base / "c.duckdb"

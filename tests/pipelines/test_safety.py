@@ -349,9 +349,9 @@ def test_two_runs_on_one_output_cannot_both_take_the_lock(real_docs, tmp_path):
 def test_a_catalog_that_cannot_be_written_at_the_end_gets_the_final_state_later(docs, tmp_path, monkeypatch):
     """The disk under the catalog fills mid-run: the run's end cannot be written. Its state waits in a
     journal beside the catalog and lands at the next write, so no row stays 'running'."""
-    from pipelines.plan import build_plan
-    from pipelines.progress import Progress
-    from pipelines.run import run_pipeline
+    from pipelines.driver import run_pipeline
+    from pipelines.engine.plan import build_plan
+    from pipelines.engine.progress import Progress
     from pipelines.spec import load_pipeline
 
     src = write_jsonl(tmp_path / "a.jsonl", docs)
@@ -495,8 +495,9 @@ def test_corpus_build_and_select_never_write_over_someone_elses_folder(tmp_path)
 
 
 def test_the_output_lock_is_held_by_the_kernel_not_by_a_check_then_write(docs, pipeline, tmp_path):
-    from pipelines.plan import build_plan
-    from pipelines.run import _release_lock, _take_output_lock
+    from pipelines.engine.output_guard import release_lock as _release_lock
+    from pipelines.engine.output_guard import take_output_lock as _take_output_lock
+    from pipelines.engine.plan import build_plan
     from pipelines.spec import load_pipeline
 
     src = write_jsonl(tmp_path / "a.jsonl", docs)

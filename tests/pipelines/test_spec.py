@@ -45,7 +45,7 @@ def test_four_broken_pipelines_give_four_distinct_messages(tmp_path):
     for case, (stages, _line, _expected) in BROKEN.items():
         path = write_pipeline(tmp_path / f"{case}.yaml", HEADER + stages)
         with pytest.raises(PipelineError) as e:
-            from pipelines.plan import resolve_stages
+            from pipelines.engine.plan import resolve_stages
 
             resolve_stages(load_pipeline(path))
         messages.add(str(e.value).split(":", 2)[2])  # drop file and line
@@ -111,7 +111,7 @@ def test_dry_run_prints_plan_without_writing(tmp_path, corpora_dir):
 def test_the_planner_checks_the_order_of_the_icp_stages(tmp_path, stages, line, needs):
     """Each ICP stage declares what it reads (vectors, neighbours, positions): out of order, the
     pipeline fails before any work, naming the line."""
-    from pipelines.plan import resolve_stages
+    from pipelines.engine.plan import resolve_stages
 
     path = write_pipeline(tmp_path / "icp.yaml", HEADER + stages)
     with pytest.raises(PipelineError) as e:

@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from catalog import Catalog
-from stages import utk_core as core
+from stages.utk import core
 from tests.conftest import REPO, run_cli
 
 CORPORA = ("paul_graham", "kjv_chapters", "python_docs")

@@ -1,0 +1,5 @@
+"""``python -m cli``: the ``longforge`` command."""
+
+from pipelines.cli.main import main
+
+main()

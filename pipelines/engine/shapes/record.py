@@ -1,0 +1,211 @@
+"""The per-record shape: consecutive per-record stages fused into a segment, run shard by shard
+on the workers (model stages batch by batch, checkpointed), and the files every worker task leaves
+(:func:`finish_task`: records, removed records, side tables, what the next step reads, marker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.engine.accounting import REMOVED_SCHEMA, StageCounter, removed_row, route_outcomes
+from pipelines.engine.checkpoints import BatchCheckpoints
+from pipelines.engine.layout import (
+    gate_step_before,
+    previous_records,
+    shard_files,
+    side_file,
+    step_dir,
+    step_side_tables,
+)
+from pipelines.engine.shapes.base import Shape, ensure_setup, services
+from pipelines.engine.steps import Plan, PlannedStage, Step
+from pipelines.storage.readers import read_shard
+from schemas import cast_table
+from schemas.files import write_parquet_atomic, write_text_atomic
+from stages.base import Rejected
+
+
+class RecordShape(Shape):
+    """Per-record stages (flat-maps too): fused into the segment they stand in."""
+
+    name = "per-record"
+    expanding_name = "per-record-expanding"
+
+    def run_task(self, plan: Plan, step: Step, i: int) -> dict:
+        return run_segment_shard(plan, step, i)
+
+    def task_reads(self, plan: Plan, step: Step, i: int) -> tuple[list[Path], list[Path]]:
+        prev = previous_records(plan, step)
+        files = [shard_files(plan, prev, i)["records"]] if prev is not None else []
+        gate = gate_step_before(plan, step) if step.gate is not None else None
+        return files, [step_dir(plan, gate)] if gate is not None else []
+
+    def where(self, step: Step, on_workers: str) -> dict:
+        shape = "per-record" if not step.gate else f"{step.gate.shape} answer applied + per-record"
+        return {"step": step.name, "shape": shape, "runs_on": on_workers,
+                "driver_holds": ["completion markers (counts per shard)"]}
+
+
+def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for rec in records:
+        batch.append(rec)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _computed_here(ps: PlannedStage, batches: Iterator[list[dict]], counter: StageCounter,
+                   checkpoints: BatchCheckpoints | None) -> Iterator[tuple]:
+    """(batch, results) in order, computed in this thread; with ``checkpoints`` (a model stage), a
+    finished batch is read back, never computed again."""
+    for k, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        results = checkpoints.load(ps.label, k, batch) if checkpoints is not None else None
+        if results is None:
+            results = ps.stage.process_batch(batch)
+            if checkpoints is not None:
+                checkpoints.save(ps.label, k, batch, results)
+        counter.seconds += time.perf_counter() - t0
+        yield batch, results
+
+
+def _computed_ahead(stage, batches: Iterator[list[dict]], counter: StageCounter) -> Iterator[tuple]:
+    """(batch, results) in order, batch k + 1 computed in a thread while the caller consumes batch
+    k's records; the batches themselves are read here, in the caller's thread. ``counter.seconds``
+    gets the time spent waiting for results, what the stage cost the step."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="longforge-ahead") as pool:
+        pending = None
+        for batch in batches:
+            job = (batch, pool.submit(stage.process_batch, batch))
+            if pending is not None:
+                yield _wait(pending, counter)
+            pending = job
+        if pending is not None:
+            yield _wait(pending, counter)
+
+
+def _wait(job: tuple, counter: StageCounter) -> tuple:
+    t0 = time.perf_counter()
+    results = job[1].result()
+    counter.seconds += time.perf_counter() - t0
+    return job[0], results
+
+
+def apply_record_stage(ps: PlannedStage, records: Iterable[dict], counter: StageCounter,
+                       removed: list[dict], checkpoints: BatchCheckpoints | None = None,
+                       sides: dict[str, list[dict]] | None = None) -> Iterator[dict]:
+    """Run one per-record stage over a stream, in batches of the size it asks for, counting what it
+    removes. A model stage's batches go through ``checkpoints``: a finished batch is read back, never
+    computed again. Side-table rows go to ``sides`` (table -> rows)."""
+    res = ps.stage.resources()
+    batches = _batches(records, res.batch_size)
+    computed = (_computed_ahead(ps.stage, batches, counter) if res.ahead and not res.model
+                else _computed_here(ps, batches, counter, checkpoints if res.model else None))
+    for batch, results in computed:
+        for rec, outcomes in zip(batch, results, strict=True):
+            counter.n_in += 1
+            before = counter.n_out
+            yield from route_outcomes(ps.label, outcomes, counter, removed, sides, source=rec)
+            if counter.n_out > before:
+                counter.inputs_with_output += 1
+
+
+def shard_checkpoints(plan: Plan, step: Step, i: int) -> BatchCheckpoints:
+    return BatchCheckpoints(step_dir(plan, step) / "batches" / f"shard-{i:05d}")
+
+
+def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCounter],
+                       removed: list[dict], sides: dict[str, list[dict]] | None = None) -> Iterator[dict]:
+    """The records entering a segment's stages for shard ``i``: read input, or the records of the
+    step before, with the drops (and columns) of the decide or global step between them applied."""
+    prev = previous_records(plan, step)
+    if prev is None:
+        counter = StageCounter(step.index, "read", "per-record")
+        counters.append(counter)
+        for item in read_shard(plan.shards[i], plan.spec.inputs, plan.spec.read):
+            counter.n_in += 1
+            if isinstance(item, Rejected):
+                counter.rejected += 1
+                removed.append(removed_row("read", item))
+            else:
+                counter.n_out += 1
+                yield item
+        return
+    records = pq.read_table(shard_files(plan, prev, i)["records"]).to_pylist()
+    if step.gate is None:
+        yield from records
+        return
+    gate = gate_step_before(plan, step)
+    counter = StageCounter.of(step.index, step.gate)
+    counters.append(counter)
+    yield from step.gate.adapter.apply(plan, gate, i, records, counter, removed, sides)
+
+
+def run_segment_shard(plan: Plan, step: Step, i: int) -> dict:
+    """Process shard ``i`` of a segment step and leave its files and completion marker."""
+    t0 = time.time()
+    counters: list[StageCounter] = []
+    removed: list[dict] = []
+    sides: dict[str, list[dict]] = {}
+    stream = iter_segment_input(plan, step, i, counters, removed, sides)
+    checkpoints = shard_checkpoints(plan, step, i)
+    for ps in step.stages:
+        counter = StageCounter.of(step.index, ps)
+        counters.append(counter)
+        ensure_setup(ps.stage, services(plan))
+        stream = apply_record_stage(ps, stream, counter, removed, checkpoints, sides)
+    return finish_task(plan, step, i, list(stream), counters, removed, t0, checkpoints.tally(), sides)
+
+
+def finish_task(plan: Plan, step: Step, i: int, rows: list[dict], counters: list[StageCounter],
+                         removed: list[dict], t0: float, batches: dict | None = None,
+                         sides: dict[str, list[dict]] | None = None) -> dict:
+    """Write a shard's records, removed records, side-table rows and what the next step reads
+    (keys, summaries or parts), then its completion marker (last)."""
+    files = shard_files(plan, step, i)
+    for name, schema in step_side_tables(step).items():
+        write_parquet_atomic(cast_table((sides or {}).get(name, []), schema.arrow), side_file(plan, step, name, i),
+                             compression="zstd")
+    feeds = step.feeds
+    table = cast_table(rows, step.out_schema.arrow)
+    if feeds is None or feeds.adapter.feeds_records_file():  # a group step reads its parts, not these
+        write_parquet_atomic(table, files["records"], compression="lz4")
+    write_parquet_atomic(pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA), files["removed"], compression="lz4")
+    counters = list(counters)
+    extra: dict = {}
+    if feeds is not None:
+        ensure_setup(feeds.stage, services(plan))
+        seconds, extra = feeds.adapter.feed(plan, step, i, rows, table)
+        fed = feeds.adapter.fed_counter(feeds, step.feeds_counted_at, len(rows))
+        fed.seconds = seconds
+        counters.append(fed)
+    if step is plan.record_steps[-1] and plan.file_labeller is not None:
+        from pipelines.engine.publish import file_labels
+
+        counts: dict[str, int] = defaultdict(int)
+        for label in file_labels(plan, pa.table({plan.file_labeller.stage.file_label_field:
+                                                 [r[plan.file_labeller.stage.file_label_field] for r in rows]})):
+            counts[label] += 1
+        extra["labels"] = dict(sorted(counts.items()))
+    # pid: which process ran the shard (a Beam or pool worker, or the driver), for the record.
+    marker = {"fingerprint": step.fingerprint, "shard": i, "records": len(rows), "pid": os.getpid(),
+              "run_id": plan.run_id,
+              "batches": batches or {}, **extra,
+              "metrics": {c.stage: c.metrics for c in counters if c.metrics},
+              "stats": [c.to_json() for c in counters], "seconds": round(time.time() - t0, 3)}
+    write_text_atomic(json.dumps(marker), files["done"])
+    shutil.rmtree(shard_checkpoints(plan, step, i).folder, ignore_errors=True)  # the shard's files hold them now
+    return marker

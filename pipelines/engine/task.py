@@ -1,0 +1,127 @@
+"""The engine's one entry point for runners: what a runner may call, and nothing else.
+
+A runner decides *where* tasks run (this process, a pool, Beam workers, datatrove tasks); the
+engine decides *what* a task is. Every runner goes through :func:`execute` with its own way of
+running a worker step's tasks and of publishing, so every runner produces the same bytes:
+
+- :func:`run_task` runs task ``i`` of a worker step (a segment's shard, a group step's partition);
+- :class:`SegmentTask` is the same task split at its stages, for an engine that composes steps
+  itself (datatrove's pipeline of ``PipelineStep``);
+- :func:`spill_shard`, :func:`write_output_file` publish on workers;
+- the plan's types (:class:`Plan`, :class:`Step`) and :class:`Progress` are re-exported here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.engine import harvest, publish
+from pipelines.engine.accounting import StageCounter
+from pipelines.engine.layout import shard_done, step_dir
+from pipelines.engine.progress import Progress
+from pipelines.engine.publish import OutputFiles, publish_local, spill_shard, write_output_file
+from pipelines.engine.shapes.base import ensure_setup, services
+from pipelines.engine.shapes.record import apply_record_stage, finish_task, iter_segment_input, shard_checkpoints
+from pipelines.engine.steps import Plan, PlannedStage, Step
+
+
+@dataclass
+class Execution:
+    stats: list[dict]  # one row per (step, stage): in, out, rejected, dropped, inputs_with_output, seconds
+    removed: list[str]  # files of every rejected, dropped or truncated record, with stage, reason and detail
+    files: list[str]  # the output Parquet files
+    input_counts: dict[int, int] | None = None  # records read per input
+
+
+def todo(plan: Plan, step: Step) -> list[int]:
+    """The tasks of a worker step that no run has finished (their markers are missing)."""
+    return [i for i in range(len(plan.shards)) if not shard_done(plan, step, i)]
+
+
+def run_task(plan: Plan, step: Step, i: int) -> dict:
+    """Task ``i`` of a step that runs on the workers; returns its completion marker."""
+    marker = step.adapter.run_task(plan, step, i)
+    fault_point(f"{step.kind.value}:{step.index}:{i}")
+    return marker
+
+
+def task_reads(plan: Plan, step: Step, i: int) -> tuple[list[Path], list[Path], list[Path]]:
+    """What task ``i`` reads, for a worker that must fetch it first: markers to fetch before the
+    rest can be known, then files and folders."""
+    return (step.adapter.task_markers(plan, step),) + step.adapter.task_reads(plan, step, i)
+
+
+def work_folder(plan: Plan, step: Step) -> Path:
+    return step_dir(plan, step)
+
+
+def execute(plan: Plan, run_tasks: Callable[[Plan, Step], None],
+            publish_files: Callable[[Plan, OutputFiles], None] = publish_local,
+            after_step: Callable[[], None] | None = None) -> Execution:
+    """Every step in order: a worker step's tasks by ``run_tasks`` (the runner's way), a driver
+    step here; then the output files, written by ``publish_files``; then what the markers add up to."""
+    for step in plan.steps:
+        if step.on_workers:
+            run_tasks(plan, step)
+        else:
+            step.adapter.run_driver(plan, step)
+            fault_point(f"{step.kind.value}:{step.index}:0")
+        if after_step is not None:
+            after_step()
+    files = publish.output_files(plan)
+    publish_files(plan, files)
+    paths = publish.finish_publish(plan, files)
+    return Execution(stats=harvest.collect_stats(plan), removed=[str(f) for f in harvest.removed_files(plan)],
+                     files=[str(p) for p in paths], input_counts=harvest.input_counts(plan))
+
+
+class SegmentTask:
+    """Task ``i`` of a segment step, split at its stages: :meth:`records` (the input, with the
+    answer before applied), :meth:`through` (one stage), :meth:`finish` (the task's files and
+    marker). The same work as :func:`run_task`, for engines that chain the stages themselves."""
+
+    def __init__(self, plan: Plan, step: Step, i: int):
+        self.plan, self.step, self.i = plan, step, i
+        self.counters: list[StageCounter] = []
+        self.removed: list[dict] = []
+        self.sides: dict[str, list[dict]] = {}
+        self.checkpoints = shard_checkpoints(plan, step, i)
+        self.t0 = time.time()
+
+    def records(self) -> Iterator[dict]:
+        return iter_segment_input(self.plan, self.step, self.i, self.counters, self.removed, self.sides)
+
+    def through(self, ps: PlannedStage, records: Iterable[dict]) -> tuple[Iterator[dict], StageCounter]:
+        ensure_setup(ps.stage, services(self.plan))
+        counter = StageCounter.of(self.step.index, ps)
+        self.counters.append(counter)
+        return apply_record_stage(ps, records, counter, self.removed, self.checkpoints, self.sides), counter
+
+    def finish(self, rows: list[dict]) -> dict:
+        marker = finish_task(self.plan, self.step, self.i, rows, self.counters, self.removed, self.t0,
+                             self.checkpoints.tally(), self.sides)
+        fault_point(f"{self.step.kind.value}:{self.step.index}:{self.i}")
+        return marker
+
+
+def fault_point(where: str) -> None:
+    """Testing hooks, at ``<kind>:<step>:<task>`` (``global:3:0`` for a driver step), right after
+    that piece of work is finished: ``LONGFORGE_KILL_AT`` SIGKILLs this process, so tests can show
+    what a rerun after a crash redoes; ``LONGFORGE_PAUSE_AT`` makes it wait there (at most 10
+    minutes) for the signal a test sends, so a Ctrl-C lands mid-run however loaded the machine is.
+    Unset, they do nothing."""
+    if os.environ.get("LONGFORGE_KILL_AT") == where:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("LONGFORGE_PAUSE_AT") == where:
+        time.sleep(600)
+
+
+__all__ = ["Execution", "OutputFiles", "Plan", "PlannedStage", "Progress", "SegmentTask", "Step", "execute",
+           "fault_point", "publish_local", "run_task", "spill_shard", "task_reads", "todo", "work_folder",
+           "write_output_file"]

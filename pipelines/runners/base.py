@@ -1,0 +1,45 @@
+"""What every runner shares, and the registry of runners. A runner decides where a worker step's
+tasks run; it reaches the engine only through :mod:`pipelines.engine.task`."""
+
+from __future__ import annotations
+
+import importlib
+
+from pipelines.engine import task
+from pipelines.engine.task import Execution, OutputFiles, Plan, Step
+
+# The registry: a runner's name -> where its class lives (imported when chosen, so that Beam and
+# datatrove load only for the runs that use them).
+REGISTRY = {"local": "pipelines.runners.local:LocalRunner", "beam": "pipelines.runners.beam:BeamRunner",
+            "datatrove": "pipelines.runners.datatrove:DatatroveRunner"}
+RUNNERS = tuple(REGISTRY)
+
+
+def make_runner(name: str, *, workers: int = 1, beam_args: list[str] | None = None, progress=None):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown runner '{name}' (expected one of {', '.join(RUNNERS)})")
+    module, _, cls = REGISTRY[name].partition(":")
+    runner = getattr(importlib.import_module(module), cls)
+    return runner(workers, beam_args or [], progress) if name == "beam" else runner(workers, progress)
+
+
+class ShardedRunner:
+    """Runs the workers' steps task by task (how is up to ``run_tasks``: a segment's shards, a
+    group step's partitions), decide and global steps on the driver, then publishes: the part
+    every runner shares. With a remote output (``mirror``, its staging copy), each finished step
+    is pushed to it."""
+
+    mirror = None
+
+    def run_tasks(self, plan: Plan, step: Step) -> None:
+        raise NotImplementedError
+
+    def execute(self, plan: Plan) -> Execution:
+        return task.execute(plan, self.run_tasks, self.publish_files, self._pushed)
+
+    def _pushed(self) -> None:
+        if self.mirror is not None:
+            self.mirror.push()
+
+    def publish_files(self, plan: Plan, files: OutputFiles) -> None:
+        task.publish_local(plan, files)

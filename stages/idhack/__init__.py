@@ -1,0 +1,2 @@
+"""The Indonesian simple hack (spec idhack.md): vocabulary, removals, truncation (`stages`, `core`) and
+its classifier figure (`classifier`)."""

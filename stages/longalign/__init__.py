@@ -1,0 +1,1 @@
+"""LongAlign data (spec longalign.md): self-instruct, packing, batching (`stages`, `core`)."""

@@ -1,0 +1,1 @@
+"""Untie the Knots (spec utk.md): packing, knotting and the parser (`core`), the stage (`stages`)."""
