@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,151 +18,19 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from catalog.ddl import DDL
+from catalog.queries import (  # noqa: F401 - QUERY_CONFIG, SANDBOX, QueryRefused: the catalog's API
+    QUERY_CONFIG,
+    SANDBOX,
+    CatalogReads,
+    QueryRefused,
+    is_lock_conflict,
+    wait_seconds,
+)
+
 DEFAULT_PATH = "longforge.duckdb"
 SCHEMA_VERSION = 1
 
-DDL = """
-CREATE TABLE IF NOT EXISTS catalog_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id VARCHAR PRIMARY KEY,
-    pipeline VARCHAR,
-    pipeline_file VARCHAR,
-    status VARCHAR,            -- running | succeeded | failed | interrupted
-    runner VARCHAR,
-    workers INTEGER,
-    spec_fingerprint VARCHAR,
-    seed BIGINT,
-    params JSON,               -- the resolved pipeline spec
-    code_version VARCHAR,
-    output_path VARCHAR,
-    error VARCHAR,
-    started_at TIMESTAMP,
-    finished_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    artifact_id VARCHAR PRIMARY KEY,
-    run_id VARCHAR,
-    name VARCHAR,
-    kind VARCHAR,              -- input | output
-    path VARCHAR,
-    n_records BIGINT,
-    n_bytes BIGINT,
-    fingerprint VARCHAR,       -- hash of the records' content, independent of paths and times
-    schema_name VARCHAR,
-    schema_version INTEGER,
-    created_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS stage_stats (
-    run_id VARCHAR,
-    step INTEGER,
-    stage VARCHAR,
-    shape VARCHAR,
-    records_in BIGINT,
-    records_out BIGINT,
-    records_rejected BIGINT,
-    records_dropped BIGINT,
-    inputs_with_output BIGINT, -- for stages that may emit several records per input
-    seconds DOUBLE
-);
-CREATE TABLE IF NOT EXISTS rejects (
-    run_id VARCHAR,
-    stage VARCHAR,
-    record_id VARCHAR,
-    reason VARCHAR,
-    detail VARCHAR,
-    kind VARCHAR               -- rejected (bad input) | dropped (by design)
-);
-CREATE TABLE IF NOT EXISTS lineage (
-    parent_artifact_id VARCHAR,
-    child_artifact_id VARCHAR,
-    run_id VARCHAR
-);
-CREATE TABLE IF NOT EXISTS scores (
-    sample_id VARCHAR,
-    artifact_id VARCHAR,
-    job VARCHAR,
-    model VARCHAR,
-    revision VARCHAR,
-    metric VARCHAR,
-    value DOUBLE,
-    run_id VARCHAR,
-    settings JSON
-);
-
-CREATE TABLE IF NOT EXISTS generations (
-    model VARCHAR,
-    prompt_hash VARCHAR,     -- sha256 of the messages (JSON, sorted keys)
-    params_hash VARCHAR,
-    backend VARCHAR,
-    params JSON,
-    text VARCHAR,
-    created_at TIMESTAMP
-);
-
-CREATE TABLE IF NOT EXISTS metrics (
-    run_id VARCHAR,
-    stage VARCHAR,
-    name VARCHAR,
-    value DOUBLE
-);
-
-CREATE TABLE IF NOT EXISTS pushes (  -- artifacts published to a Hub dataset repo (no token, ever)
-    artifact_id VARCHAR,
-    run_id VARCHAR,
-    repo VARCHAR,
-    revision VARCHAR,
-    commit_oid VARCHAR,
-    configs JSON,
-    files INTEGER,
-    n_bytes BIGINT,
-    private BOOLEAN,
-    endpoint VARCHAR,
-    pushed_at TIMESTAMP
-);
-
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;      -- the driver process, to tell a dead run
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
-ALTER TABLE scores ADD COLUMN IF NOT EXISTS content_hash VARCHAR;  -- hash of the fields scored
-
-CREATE OR REPLACE VIEW run_summary AS
-SELECT r.run_id, r.pipeline, r.status, r.runner, r.started_at,
-       round(epoch(r.finished_at) - epoch(r.started_at), 2) AS seconds,
-       (SELECT records_in FROM stage_stats s WHERE s.run_id = r.run_id ORDER BY step, rowid LIMIT 1)
-           AS records_read,
-       (SELECT sum(records_rejected) FROM stage_stats s WHERE s.run_id = r.run_id) AS rejected,
-       (SELECT sum(records_dropped) FROM stage_stats s WHERE s.run_id = r.run_id) AS dropped,
-       (SELECT sum(n_records) FROM artifacts a WHERE a.run_id = r.run_id AND a.kind = 'output')
-           AS records_out
-FROM runs r;
-
-CREATE OR REPLACE VIEW drops_by_reason AS
-SELECT run_id, stage, kind, reason, count(*) AS n
-FROM rejects GROUP BY ALL;
-
-CREATE OR REPLACE VIEW artifact_producers AS
-SELECT a.artifact_id, a.name, a.path, a.fingerprint, a.kind, r.run_id, r.pipeline, r.runner, r.status,
-       r.started_at
-FROM artifacts a JOIN runs r USING (run_id);
-
-CREATE OR REPLACE VIEW stage_accounting AS
-SELECT run_id, step, stage, records_in, records_out, records_rejected, records_dropped,
-       CASE WHEN shape IN ('per-record-expanding', 'per-group', 'whole-dataset')  -- whole-dataset: older runs
-            THEN records_in = inputs_with_output + records_rejected + records_dropped
-            ELSE records_in = records_out + records_rejected + records_dropped END AS reconciles
-FROM stage_stats;
-"""
-
-
-#: Settings of the connection behind `longforge catalog query`: one SELECT over this catalog and the
-#: files of its artifacts; nothing else is read (read_text('/etc/...')), nothing is written (COPY,
-#: ATTACH), no extension is installed or loaded, and the query cannot change these settings back.
-QUERY_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-#: Applied after the readable folders are set (DuckDB takes those only while access is open).
-SANDBOX = {"enable_external_access": "false", "lock_configuration": "true"}
-
-
-class QueryRefused(ValueError):
-    """A catalog query that would do more than read."""
 
 
 class CatalogUnusable(RuntimeError):
@@ -180,23 +47,11 @@ def catalog_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get("LONGFORGE_CATALOG") or DEFAULT_PATH
 
 
-def _wait_seconds() -> float:
-    """How long a writer waits for another process to let go of the catalog file."""
-    try:
-        return max(0.0, float(os.environ.get("LONGFORGE_CATALOG_WAIT", "60")))
-    except ValueError:
-        return 60.0
-
-
-def _is_lock_conflict(e: Exception) -> bool:
-    return "lock" in str(e).lower() and ("conflict" in str(e).lower() or "could not set" in str(e).lower())
-
-
 def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class Catalog:
+class Catalog(CatalogReads):
     """A handle on the catalog file; every method opens and closes its own connection."""
 
     def __init__(self, path: str | None = None):
@@ -210,13 +65,13 @@ class Catalog:
     def _open(self, read_only: bool, config: dict | None = None):
         """A connection; another process holding the file (a reader mid-run, another run) is waited
         for, up to LONGFORGE_CATALOG_WAIT seconds, rather than failing the run."""
-        deadline = time.monotonic() + _wait_seconds()
+        deadline = time.monotonic() + wait_seconds()
         delay = 0.05
         while True:
             try:
                 return duckdb.connect(self.path, read_only=read_only, config=config or {})
             except duckdb.Error as e:
-                if not _is_lock_conflict(e):
+                if not is_lock_conflict(e):
                     raise CatalogUnusable(f"the catalog {self.path} cannot be opened ({type(e).__name__}: "
                                         f"{' '.join(str(e).split())[:300]}) -> give --catalog another file, or "
                                         "move this one away") from None
@@ -358,9 +213,11 @@ class Catalog:
             con.execute("BEGIN")
             for s in stage_stats:
                 con.execute(
-                    "INSERT INTO stage_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO stage_stats (run_id, step, stage, shape, records_in, records_out, "
+                    "records_rejected, records_dropped, inputs_with_output, seconds, reconciles) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [run_id, s["step"], s["stage"], s["shape"], s["in"], s["out"], s["rejected"],
-                     s["dropped"], s["inputs_with_output"], s["seconds"]],
+                     s["dropped"], s["inputs_with_output"], s["seconds"], s.get("reconciles")],
                 )
             if isinstance(rejects, str):  # a Parquet file: DuckDB streams it, nobody holds it whole
                 con.execute("INSERT INTO rejects SELECT ?, stage, record_id, reason, detail, kind FROM read_parquet(?)",
@@ -483,94 +340,6 @@ class Catalog:
                 [path],
             ).fetchone()
         return row[0] if row else None
-
-    # -- reads ---------------------------------------------------------------------------------------
-
-    def query(self, sql: str, params: Sequence | None = None, *, files: bool = False
-              ) -> tuple[list[str], list[tuple]]:
-        """One read-only SELECT over the catalog's tables, on a connection that can open no file
-        but the catalog (``enable_external_access`` off, settings locked), so it writes nothing.
-
-        ``files=True`` (`longforge catalog query`: a user's SQL) lets it read the files of the
-        catalog's artifacts and runs too, to join scores with records. DuckDB's allowed folders
-        are writable folders, so that query runs in a child process the kernel forbids to write any
-        file (catalog/no_writes.py): a ``COPY ... TO`` into a dataset fails there, whatever the
-        statement looks like. Where that cannot be had (not Linux), the query reads no file."""
-        try:
-            statements = duckdb.extract_statements(sql)
-        except duckdb.Error as e:
-            raise QueryRefused(f"query failed: {e}") from None
-        kinds = [st.type.name for st in statements]
-        if len(statements) != 1 or kinds[0] not in ("SELECT", "EXPLAIN"):
-            # A clear answer for what is plainly not a read; the guard is the connection, not this.
-            raise QueryRefused(
-                f"only one SELECT statement is run here (got {', '.join(kinds) or 'nothing'}): "
-                "the catalog query reads; COPY, ATTACH, INSTALL, SET and writes are refused -> "
-                "to export, run the SELECT with --format csv or json and redirect it")
-        if self.pending_path.exists():
-            try:
-                with self.connect():
-                    pass  # applies the journal
-            except duckdb.Error:
-                pass  # still held: the rows show 'running' until the next write
-        if files:
-            answer = self._query_without_writes(sql, params)
-            if answer is not None:
-                return answer
-        with self.connect(read_only=True, config=QUERY_CONFIG) as con:
-            for key, value in SANDBOX.items():
-                con.execute(f"SET {key} = {value}")
-            cur = con.execute(sql, params or [])
-            columns = [d[0] for d in cur.description] if cur.description else []
-            return columns, cur.fetchall()
-
-    def _query_without_writes(self, sql: str, params: Sequence | None) -> tuple[list[str], list[tuple]] | None:
-        """The query in a child process that cannot write (catalog/sandboxed_query.py); None where
-        this machine cannot forbid writes. DuckDB's refusals are raised as duckdb.Error."""
-        import pickle
-        import subprocess
-        import sys
-
-        with self.connect(read_only=True, config=QUERY_CONFIG) as con:
-            readable = sorted(self._readable_paths(con))
-        request = json.dumps({
-            "catalog": self.path, "sql": sql, "params": list(params or []), "config": QUERY_CONFIG,
-            "sandbox": SANDBOX, "dirs": [p for p in readable if p.endswith(os.sep)],
-            "files": [p for p in readable if not p.endswith(os.sep)]})
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                          os.environ.get("PYTHONPATH")]))}
-        deadline = time.monotonic() + _wait_seconds()
-        delay = 0.05
-        while True:
-            # -P: nothing from the working directory is imported (a json.py there would run unfiltered)
-            done = subprocess.run([sys.executable, "-P", "-m", "catalog.sandboxed_query"], input=request.encode(),
-                                  capture_output=True, env=env, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"the sandboxed catalog query died: {done.stderr.decode(errors='replace')[-2000:]}")
-            answer = pickle.loads(done.stdout)  # noqa: S301 - our own child's answer
-            if answer[0] == "rows":
-                return answer[1], answer[2]
-            if answer[0] == "no-sandbox":
-                return None
-            message = answer[1]
-            if "Operation not permitted" in message:
-                raise QueryRefused(f"the catalog query writes no file ({message}) -> to export, run the SELECT "
-                                   "with --format csv or json and redirect it")
-            if not _is_lock_conflict(Exception(message)) or time.monotonic() >= deadline:
-                raise duckdb.Error(message)
-            time.sleep(delay)
-            delay = min(1.0, delay * 2)
-
-    @staticmethod
-    def _readable_paths(con) -> set[str]:
-        """Folders and files the catalog knows: artifacts (outputs and inputs) and run outputs."""
-        rows = con.execute("SELECT path FROM artifacts UNION SELECT output_path FROM runs "
-                           "UNION SELECT json_extract_string(params, '$.input') FROM runs").fetchall()
-        out = set()
-        for (p,) in rows:
-            if p and os.path.exists(p):  # a relative input of `score` is relative to where it ran: best effort
-                out.add(os.path.realpath(p) + (os.sep if os.path.isdir(p) else ""))
-        return out
 
 
 def pid_alive(pid: int) -> bool:

@@ -58,14 +58,27 @@ class RecordSchema:
 
 @dataclass
 class SchemaRegistry:
+    """The record schemas records are written with, each registered once, by ``schemas`` or by its
+    product's package (``stages/<product>/``). A stage's ``input_schema`` is a requirement (the
+    fields it needs), not a record schema, and is not registered."""
+
     schemas: dict[str, RecordSchema] = field(default_factory=dict)
 
     def register(self, schema: RecordSchema) -> RecordSchema:
+        if schema.ref in self.schemas:
+            raise ValueError(f"record schema {schema.ref} is registered twice: give the second a new name or "
+                             "version (a record schema has one definition)")
         self.schemas[schema.ref] = schema
         return schema
 
     def get(self, ref: str) -> RecordSchema:
         return self.schemas[ref]
+
+    def of_table(self, table: pa.Table) -> RecordSchema | None:
+        """The registered schema a table was written with: its Arrow metadata names it
+        (``longforge.schema``, set by :attr:`RecordSchema.arrow`); None for a table without it."""
+        ref = (table.schema.metadata or {}).get(b"longforge.schema")
+        return self.schemas.get(ref.decode()) if ref else None
 
 
 REGISTRY = SchemaRegistry()

@@ -8,7 +8,8 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-from stages.base import CollectionStage, Dropped, RecordStage, Rejected, Stage, StageParams
+from schemas import RecordSchema
+from stages.base import CollectionStage, Dropped, EvalScorer, RecordStage, Rejected, Stage, StageParams
 
 STAGES: dict[str, type[Stage]] = {}
 
@@ -18,6 +19,27 @@ def register(cls: type[Stage]) -> type[Stage]:
         raise ValueError(f"stage name '{cls.name}' registered twice")
     STAGES[cls.name] = cls
     return cls
+
+
+SCORERS: dict[str, EvalScorer] = {}
+
+
+def register_scorer(schema: RecordSchema):
+    """Class decorator: the scorer of evaluation sets whose records have ``schema``."""
+
+    def add(cls: type[EvalScorer]) -> type[EvalScorer]:
+        if schema.ref in SCORERS:
+            raise ValueError(f"a scorer for {schema.ref} is registered twice")
+        SCORERS[schema.ref] = cls()
+        return cls
+
+    return add
+
+
+def all_scorers() -> dict[str, EvalScorer]:
+    """Record schema ref -> the scorer of sets of such records."""
+    _load_builtin()
+    return dict(sorted(SCORERS.items()))
 
 
 def all_stages() -> dict[str, type[Stage]]:
@@ -34,8 +56,8 @@ _loaded = False
 
 
 def _load_builtin() -> None:
-    """Import every module under ``stages/`` that registers a stage (a line starting ``@register``):
-    a product's folder is found by being there, with no list to keep by hand. Modules without
+    """Import every module under ``stages/`` that registers a stage or a scorer (a line starting
+    ``@register``): a product's folder is found by being there, with no list to keep by hand. Modules without
     stages (cores, Beam jobs) are not imported here, so listing stages stays cheap."""
     global _loaded
     if _loaded:
@@ -61,4 +83,6 @@ __all__ = [
     "all_stages",
     "get_stage",
     "register",
+    "register_scorer",
+    "all_scorers",
 ]

@@ -327,3 +327,24 @@ def merge_decisions(decisions: Iterable[Dropped]) -> dict[str, Dropped]:
         if old is None or (d.reason, d.detail) < (old.reason, old.detail):
             merged[d.record_id] = d
     return merged
+
+
+class EvalScorer:
+    """How an evaluation set's replies are scored: one per record schema of a set a product builds,
+    in the product's package, registered with :func:`stages.register_scorer`. ``longforge eval``
+    finds it by the set's record schema (its Parquet files name it), never by a dataset's name."""
+
+    max_tokens: ClassVar[int] = 32  # new tokens of a reply, for ``eval predict``
+
+    def score(self, item: dict, reply: str, target: str = "text") -> dict[str, float]:
+        """Per parser 1.0 or 0.0 for one item (``strict``, ``reference``), and any counts the set's
+        summary adds up (LIConBench's ``correct``/``made``/``gold``, ChFT's CER)."""
+        raise NotImplementedError
+
+    def group(self, item: dict) -> str:
+        """What accuracies are reported per: the dataset, and its demonstration order if any."""
+        return f"{item['dataset']}/{item['demo_order']}" if item.get("demo_order") else item["dataset"]
+
+    def max_new_tokens(self, item: dict) -> int:
+        return self.max_tokens
+

@@ -13,6 +13,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from stages.base import EvalScorer
+
 SCORERS = ("strict", "reference")
 
 
@@ -76,54 +78,33 @@ def read_predictions(path: str) -> dict[str, str]:
     return out
 
 
-def score_item(item: dict, reply: str, target: str = "text") -> dict[str, float]:
-    """Per parser, 1.0 or 0.0 for one item, by the task its ``dataset`` names; LIConBench items also
-    give the counts micro-F1 adds up (``correct``, ``made``, ``gold``); ChFT items their CER before
-    and after the correction."""
-    from stages.adaleval import core
+def set_scorer(path: str) -> EvalScorer:
+    """The scorer of a built set, found through the product that made it: its Parquet files name
+    their record schema (``tsort_item@1``, ...), and the product registered a scorer for it."""
+    import pyarrow.parquet as pq
 
-    dataset = item["dataset"]
-    if dataset.startswith("chft"):
-        from stages.chft import scoring as chft_scoring
+    from stages import all_scorers
 
-        return chft_scoring.score_correction(item["hypothesis"], item["reference"], reply, target,
-                                             item.get("pairs") or ())
-    if dataset.startswith("tsort"):
-        answer = list(item.get("answer") or json.loads(item["answers"][0]))
-        n = len(answer)
-        return {"strict": float(core.tsort_correct_strict(answer, core.parse_tsort_strict(reply, n))),
-                "reference": float(core.tsort_correct_reference(answer, core.parse_tsort_reference(reply, n)))}
-    if dataset.startswith("bestanswer"):
-        n = len(item.get("all_classes") or [])
-        gold = item["answers"][0]
-        return {"strict": float(core.parse_best_answer_strict(reply, n) == gold),
-                "reference": float(core.parse_best_answer_reference(reply, n) == gold)}
-    if dataset.startswith("licon"):
-        from stages.licon import core as licon_core
-
-        tally = licon_core.score_reply(item.get("task") or "classification", reply, item["answers"],
-                                       item.get("all_classes") or [])
-        exact = tally.correct == tally.gold == tally.made
-        return {"strict": float(exact), "correct": tally.correct, "made": tally.made, "gold": tally.gold}
-    raise EvalInputError(f"item {item['id']!r}: dataset {dataset!r} has no scorer here (tsort_*, bestanswer_*, "
-                         "licon_*, chft_*)")
+    p = Path(path).expanduser()
+    target = p / "data" if (p / "data").is_dir() else p
+    first = next(iter(sorted(target.rglob("*.parquet"))), None) if target.is_dir() else target
+    ref = (pq.read_schema(str(first)).metadata or {}).get(b"longforge.schema", b"").decode() if first else ""
+    scorer = all_scorers().get(ref)
+    if scorer is None:
+        raise EvalInputError(f"--set '{path}': its records are {ref or 'of no longforge record schema'}, which no "
+                             f"product scores (sets with a scorer: {', '.join(all_scorers())}) -> give the output "
+                             "folder of tsort, bestanswer, licon or chft")
+    return scorer
 
 
-def group_of(item: dict) -> str:
-    """What accuracies are reported per: the dataset, and for LIConBench the demonstration order, for
-    ChFT the split."""
-    if item["dataset"].startswith("chft") and item.get("split"):
-        return f"{item['dataset']}/{item['split']}"
-    return f"{item['dataset']}/{item['demo_order']}" if item.get("demo_order") else item["dataset"]
-
-
-def summarize(items: dict[str, dict], scored: dict[str, dict[str, float]]) -> dict[str, float]:
+def summarize(items: dict[str, dict], scored: dict[str, dict[str, float]],
+              scorer: EvalScorer) -> dict[str, float]:
     """Accuracy per group and parser (%), micro precision/recall/F1 where items give counts, and
     how many items each group has and how many were predicted."""
     values: dict[tuple[str, str], list[float]] = defaultdict(list)
     for rid, s in scored.items():
         for name, v in s.items():
-            values[(group_of(items[rid]), name)].append(v)
+            values[(scorer.group(items[rid]), name)].append(v)
     metrics: dict[str, float] = {}
     for (group, name), v in sorted(values.items()):
         if name in SCORERS:
@@ -152,7 +133,7 @@ def summarize(items: dict[str, dict], scored: dict[str, dict[str, float]]) -> di
                 else 0.0
     per_set: dict[str, int] = defaultdict(int)
     for it in items.values():
-        per_set[group_of(it)] += 1
+        per_set[scorer.group(it)] += 1
     metrics |= {f"items:{g}": n for g, n in per_set.items()}
     metrics |= {f"predicted:{g}": len(values[(g, "strict")] or values[(g, "cer_after")]) for g in per_set}
     return metrics
@@ -171,11 +152,12 @@ def eval_score(args) -> int:
         if unknown:
             raise EvalInputError(f"{len(unknown)} predictions name no item of the set, e.g. {unknown[:3]}: "
                                  "are they for another set?")
-        scored = {rid: score_item(items[rid], reply, args.target) for rid, reply in sorted(preds.items())}
+        scorer = set_scorer(args.set)
+        scored = {rid: scorer.score(items[rid], reply, args.target) for rid, reply in sorted(preds.items())}
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    metrics = summarize(items, scored)
+    metrics = summarize(items, scored, scorer)
     catalog = Catalog(args.catalog)
     run_id = new_run_id()
     settings = {"set": os.path.abspath(args.set), "predictions": os.path.abspath(args.predictions),
@@ -184,7 +166,8 @@ def eval_score(args) -> int:
                       spec_fingerprint="", seed=0, params=settings, code_version="",
                       output_path=os.path.abspath(args.set))
     try:
-        rows = [(rid, f"{group_of(items[rid])}:{name}", float(v)) for rid, s in scored.items() for name, v in s.items()]
+        rows = [(rid, f"{scorer.group(items[rid])}:{name}", float(v))
+                for rid, s in scored.items() for name, v in s.items()]
         catalog.add_scores(score_rows({"sample_id": [r[0] for r in rows], "metric": [r[1] for r in rows],
                                        "value": [r[2] for r in rows]}, job="eval", model=args.model, run_id=run_id,
                                       settings=json.dumps(settings, sort_keys=True)))
@@ -271,14 +254,6 @@ def read_posts_rows(path: str):
 
 # -- eval predict -------------------------------------------------------------------------------------
 
-MAX_NEW_TOKENS = {"tsort": 32, "bestanswer": 16, "licon": 32}
-
-
-def chft_budget(item: dict) -> int:
-    """New tokens for a ChFT reply: the transcript again, with room (a character can take two tokens)."""
-    return min(2 * len(item["hypothesis"]) + 32, 4096)
-
-
 def eval_predict(args) -> int:
     """A local model's replies to a built set's prompts, greedy, appended to a JSONL file (id,
     answer); items already in the file are not asked again, so a killed run goes on where it
@@ -299,10 +274,15 @@ def eval_predict(args) -> int:
         print(f"error: --output {out}: {e} -> give a new file, or the JSONL predictions file of an earlier "
               "`eval predict` to go on where it stopped", file=sys.stderr)
         return 2
+    try:
+        scorer = set_scorer(args.set)
+    except EvalInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     per_group: dict[str, int] = defaultdict(int)
     chosen = []
-    for rid in sorted(items, key=lambda r: (group_of(items[r]), r)):
-        g = group_of(items[rid])
+    for rid in sorted(items, key=lambda r: (scorer.group(items[r]), r)):
+        g = scorer.group(items[rid])
         if args.datasets and not any(g.startswith(d) for d in args.datasets):
             continue
         if args.limit is None or per_group[g] < args.limit:
@@ -321,8 +301,7 @@ def eval_predict(args) -> int:
         for k, rid in enumerate(todo, 1):
             item = items[rid]
             prompt = item.get("prompt") or item.get(f"prompt_{args.target}") or f"{item['context']}\n\n{item['input']}"
-            task = item["dataset"].split("_")[0]
-            budget = chft_budget(item) if task == "chft" else MAX_NEW_TOKENS.get(task, 32)
+            budget = scorer.max_new_tokens(item)
             try:
                 reply = gen.generate([{"role": "user", "content": prompt}], GenParams(max_new_tokens=budget))
             except GenerationError as e:

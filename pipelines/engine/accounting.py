@@ -69,6 +69,8 @@ def merge_stats(items: Iterable[dict], plan: Plan) -> list[dict]:
             for f in ("in", "out", "rejected", "dropped", "inputs_with_output", "seconds"):
                 total[k][f] += s[f]
     position = {ps.label: ps.index for ps in plan.stages}
+    for row in total.values():
+        row["reconciles"] = reconciles(row)
     return sorted(total.values(), key=lambda s: (s["step"], position.get(s["stage"], -1)))
 
 

@@ -80,7 +80,7 @@ def publish_global_artifacts(plan: Plan, run_id: str) -> list[tuple[dict, list[P
         folder = Path(plan.output_dir) / name
         paths = publish.write_ordered(table, folder, plan.spec.output.records_per_file)
         a_n, a_bytes, a_fp = publish.dataset_fingerprint(str(folder), table)
-        schema = next((s for s in REGISTRY.schemas.values() if s.arrow.names == table.schema.names), None)
+        schema = REGISTRY.of_table(table)  # the table names its schema; it is never guessed from columns
         out.append((artifact(run_id, f"{plan.spec.name}:{name}", str(folder), a_n, a_bytes, a_fp, schema), paths))
     return out
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 from pydantic import Field
 
-from schemas import RecordSchema
+from schemas import REGISTRY, RecordSchema
 from stages import register
 from stages.adaleval import core
 from stages.base import Dropped, GlobalContext, GlobalResult, GlobalStage, GroupStage, Outcome, Rejected, metadata_of
@@ -42,18 +42,18 @@ POST = RecordSchema("post", 1, (pa.field("id", pa.string(), nullable=False), pa.
 
 _ANSWER = pa.struct([pa.field("id", pa.string()), pa.field("text", pa.string()), pa.field("tokens", pa.int64()),
                      pa.field("hash", pa.string())])
-THREAD = RecordSchema("se_thread", 1, (
+THREAD = REGISTRY.register(RecordSchema("se_thread", 1, (
     pa.field("id", pa.string(), nullable=False),  # the question's post id
     pa.field("text", pa.string()),  # title and body, HTML stripped, code kept
     pa.field("tags", pa.list_(pa.string())),
     pa.field("accepted_answer_id", pa.string()),  # null when the thread can give distractors only
     pa.field("question_tokens", pa.int64()),
     pa.field("answers", pa.list_(_ANSWER)),  # in the dump's order
-), doc="A StackExchange question with its answers.")
+), doc="A StackExchange question with its answers."))
 
 _USE = pa.struct([pa.field("item", pa.string()), pa.field("slot", pa.int32()), pa.field("answer", pa.int32()),
                   pa.field("added", pa.int32()), pa.field("source", pa.string())])
-PIECE = RecordSchema("bestanswer_piece", 1, (
+PIECE = REGISTRY.register(RecordSchema("bestanswer_piece", 1, (
     pa.field("id", pa.string(), nullable=False),  # item#slot
     pa.field("item", pa.string()),
     pa.field("slot", pa.int32()),  # shown place, 1-based; 0 for the question
@@ -65,9 +65,9 @@ PIECE = RecordSchema("bestanswer_piece", 1, (
     pa.field("tags", pa.list_(pa.string())),  # the question's (question piece) or its thread's
     pa.field("accepted_answer_id", pa.string()),  # on the question piece
     pa.field("thread", pa.string()),
-), doc="One question or candidate of one BestAnswer item, on its way to the item.")
+), doc="One question or candidate of one BestAnswer item, on its way to the item."))
 
-BESTANSWER_ITEM = RecordSchema("bestanswer_item", 1, LONGBENCH_FIELDS + (
+BESTANSWER_ITEM = REGISTRY.register(RecordSchema("bestanswer_item", 1, LONGBENCH_FIELDS + (
     pa.field("question_id", pa.string()),
     pa.field("question", pa.string()),
     pa.field("all_answers", pa.list_(pa.string())),  # in shown order, A1 first
@@ -80,7 +80,7 @@ BESTANSWER_ITEM = RecordSchema("bestanswer_item", 1, LONGBENCH_FIELDS + (
     pa.field("candidate_sources", pa.list_(pa.string())),  # own | distractor, per shown candidate
     pa.field("prompt", pa.string()),
     pa.field("prompt_tokens", pa.int64()),
-), doc="An Ada-LEval BestAnswer item: a question and candidate answers; the accepted one is the answer.")
+), doc="An Ada-LEval BestAnswer item: a question and candidate answers; the accepted one is the answer."))
 
 
 class BestAnswerParams(LengthParams):

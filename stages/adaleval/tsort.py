@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 from pydantic import Field
 
-from schemas import RecordSchema
+from schemas import REGISTRY, RecordSchema
 from stages import register
 from stages.adaleval import core
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected
@@ -26,7 +26,7 @@ from stages.shared.eval_view import (
     seeded,
 )
 
-TSORT_ITEM = RecordSchema("tsort_item", 1, LONGBENCH_FIELDS + (
+TSORT_ITEM = REGISTRY.register(RecordSchema("tsort_item", 1, LONGBENCH_FIELDS + (
     pa.field("book_id", pa.string()),
     pa.field("para_offset", pa.list_(pa.int64())),  # first paragraph of each segment, in original order
     pa.field("answer", pa.list_(pa.int64())),  # per original segment, its shown label: a permutation of 1..n
@@ -36,7 +36,7 @@ TSORT_ITEM = RecordSchema("tsort_item", 1, LONGBENCH_FIELDS + (
     pa.field("context_after", pa.string()),
     pa.field("prompt", pa.string()),
     pa.field("prompt_tokens", pa.int64()),
-), doc="An Ada-LEval TSort item: shuffled consecutive segments of a book between their context.")
+), doc="An Ada-LEval TSort item: shuffled consecutive segments of a book between their context."))
 
 
 class TSortParams(LengthParams):

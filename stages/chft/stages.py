@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from schemas import RecordSchema
+from schemas import REGISTRY, RecordSchema
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams, metadata_of
 from stages.chft import core
@@ -27,26 +27,26 @@ from stages.shared.eval_view import LONGBENCH_FIELDS, item_hash, longbench_lengt
 
 SPLITS = ("train", "test_homogeneous", "test_up_to_date", "test_hard")
 
-DOCUMENT_IN = RecordSchema("document", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
+DOCUMENT_IN = RecordSchema("chft_input", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
                                            pa.field("language", pa.string()), pa.field("metadata", pa.string())))
-SELECTED = RecordSchema("chft_document", 1, (
+SELECTED = REGISTRY.register(RecordSchema("chft_document", 1, (
     pa.field("id", pa.string(), nullable=False),
     pa.field("reference_raw", pa.string()),
     pa.field("reference", pa.string()),  # canonical (spec 4.5)
     pa.field("language", pa.string()),
     pa.field("split", pa.string()),
     pa.field("source", pa.string()),
-), doc="A ChFT document: its reference text and split.")
-TRANSCRIBED = SELECTED.extended("chft_document+transcript", 1, (
+), doc="A ChFT document: its reference text and split."))
+TRANSCRIBED = REGISTRY.register(SELECTED.extended("chft_document+transcript", 1, (
     pa.field("hypothesis_raw", pa.string()),
     pa.field("tts", pa.string()),  # JSON: engine, voice, rate, noise, sample rate, spoken form, audio path
     pa.field("asr", pa.string()),  # JSON: engine, model, beam, language (or the channel and its rates)
     pa.field("audio_seconds", pa.float64()),
-))
+)))
 _PAIR = pa.struct([pa.field("hyp_span", pa.string()), pa.field("ref_span", pa.string()),
                    pa.field("hyp_start", pa.int64()), pa.field("hyp_end", pa.int64()),
                    pa.field("ref_start", pa.int64()), pa.field("ref_end", pa.int64()), pa.field("type", pa.string())])
-CHFT_RECORD = RecordSchema("chft_record", 1, LONGBENCH_FIELDS + (
+CHFT_RECORD = REGISTRY.register(RecordSchema("chft_record", 1, LONGBENCH_FIELDS + (
     pa.field("doc_id", pa.string()),
     pa.field("split", pa.string()),
     pa.field("setting", pa.string()),  # full_text | segment
@@ -71,7 +71,7 @@ CHFT_RECORD = RecordSchema("chft_record", 1, LONGBENCH_FIELDS + (
     pa.field("sentence_range", pa.list_(pa.int32())),  # hypothesis sentences [first, last)
     pa.field("hyp_offset", pa.int64()),  # where the segment starts in the full hypothesis
     pa.field("ref_offset", pa.int64()),  # and in the full reference
-), doc="A ChFT error-correction record: an ASR hypothesis, its reference and the pairs between them.")
+), doc="A ChFT error-correction record: an ASR hypothesis, its reference and the pairs between them."))
 
 
 def cpu_seconds() -> float:

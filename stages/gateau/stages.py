@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from schemas import DOCUMENT, MESSAGE, SCORE_FIELDS, RecordSchema
+from schemas import DOCUMENT, MESSAGE, REGISTRY, SCORE_FIELDS, RecordSchema
 from stages import register
 from stages.base import (
     Dropped,
@@ -37,7 +37,7 @@ GATEAU_FIELDS = (pa.field("context", pa.string()), pa.field("instruction", pa.st
                  pa.field("response", pa.string()), pa.field("prompt", pa.string()),
                  pa.field("messages", pa.list_(MESSAGE)))
 
-GATEAU_SCORES = RecordSchema("gateau_scores", 1, (
+GATEAU_SCORES = REGISTRY.register(RecordSchema("gateau_scores", 1, (
     pa.field("id", pa.string(), nullable=False),
     pa.field("messages", pa.list_(MESSAGE)),
     pa.field("ppl_short", pa.float64()),
@@ -57,15 +57,15 @@ GATEAU_SCORES = RecordSchema("gateau_scores", 1, (
     pa.field("score", pa.float64()),
     pa.field("rank", pa.int64()),
     pa.field("selected", pa.bool_()),
-), doc="Every GATEAU sample: the scores the ranking reads, and the ranking.")
+), doc="Every GATEAU sample: the scores the ranking reads, and the ranking."))
 
-SELECTED = RecordSchema("gateau_selected", 1, (
+SELECTED = REGISTRY.register(RecordSchema("gateau_selected", 1, (
     pa.field("id", pa.string(), nullable=False),
     pa.field("messages", pa.list_(MESSAGE)),
     pa.field("length", pa.int64()),  # tokens of the sample (prompt + response, the long model's tokenizer)
     pa.field("score", pa.float64()),
     pa.field("rank", pa.int64()),
-), doc="A selected long SFT sample in messages format, best first.")
+), doc="A selected long SFT sample in messages format, best first."))
 
 
 class FieldsParams(StageParams):

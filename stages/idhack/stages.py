@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from schemas import RecordSchema
+from schemas import REGISTRY, RecordSchema
 from stages import register
 from stages.base import (
     GlobalContext,
@@ -33,12 +33,12 @@ from stages.base import (
 )
 from stages.idhack import core
 
-DOCUMENT_IN = RecordSchema("document", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
-                                           pa.field("metadata", pa.string())))
+DOCUMENT_IN = RecordSchema("idhack_input", 1, (pa.field("id", pa.string(), nullable=False),
+                                               pa.field("text", pa.string()), pa.field("metadata", pa.string())))
 _RARE = pa.field("rare_words", pa.list_(pa.string()))
 _LABEL_ID = pa.field("label_id", pa.int32())
 
-HACKED = RecordSchema("hacked_text", 1, (
+HACKED = REGISTRY.register(RecordSchema("hacked_text", 1, (
     pa.field("id", pa.string(), nullable=False),  # <document id>/<hack>/<length>
     pa.field("doc_id", pa.string()),
     pa.field("label", pa.string()),
@@ -61,7 +61,7 @@ HACKED = RecordSchema("hacked_text", 1, (
     pa.field("content_kept", pa.float64()),  # share of the input's content-word occurrences kept
     pa.field("content_types_kept", pa.float64()),  # share of its distinct content words kept
     pa.field("input_ids", pa.list_(pa.int32())),
-), doc="An Indonesian document shortened by one hack and truncated to one length.")
+), doc="An Indonesian document shortened by one hack and truncated to one length."))
 
 
 def label_and_split(record: dict) -> tuple[str | None, str]:
@@ -204,7 +204,7 @@ class TextHacks(RecordStage):
         super().__init__(params, seed)
         self._word_info: dict[str, tuple[str, bool]] = {}  # word -> (lower-cased, content word), once each
         if any(h.low_freq for h in self.params.hack_list()):  # checked before work: hack_vocabulary first
-            self.input_schema = DOCUMENT_IN.extended("document+rare_words", 1, (_RARE,))
+            self.input_schema = DOCUMENT_IN.extended("idhack_input+rare_words", 1, (_RARE,))
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return HACKED

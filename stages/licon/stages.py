@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from schemas import RecordSchema
+from schemas import REGISTRY, RecordSchema
 from stages import register
 from stages.base import (
     Dropped,
@@ -49,7 +49,7 @@ from stages.shared.eval_view import (
 LABELLED = RecordSchema("labelled", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
                                         pa.field("metadata", pa.string())))
 
-LICON_ITEM = RecordSchema("licon_item", 1, LONGBENCH_FIELDS + (
+LICON_ITEM = REGISTRY.register(RecordSchema("licon_item", 1, LONGBENCH_FIELDS + (
     pa.field("rounds", pa.int32()),  # whole rounds among the demonstrations (fit: demos may add part of one)
     pa.field("demo_order", pa.string()),
     pa.field("instruct", pa.bool_()),
@@ -60,7 +60,7 @@ LICON_ITEM = RecordSchema("licon_item", 1, LONGBENCH_FIELDS + (
     pa.field("gold_label_positions", pa.list_(pa.int32())),  # 1-based demonstrations that show the gold label
     pa.field("gold_label_count", pa.int32()),
     pa.field("test_id", pa.string()),
-), doc="A LongICLBench item: rounds of labelled demonstrations, then one query.")
+), doc="A LongICLBench item: rounds of labelled demonstrations, then one query."))
 
 _ROLE = pa.field("licon_role", pa.string())  # demo | test | None (not chosen) | invalid
 _PLACE = pa.field("licon_place", pa.int64())  # demonstration index (scattered order) or test index

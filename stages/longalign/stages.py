@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from schemas import MESSAGE, TEXT_RECORD, RecordSchema
+from schemas import MESSAGE, REGISTRY, TEXT_RECORD, RecordSchema
 from stages import register
 from stages.base import (
     Dropped,
@@ -30,7 +30,7 @@ from stages.base import (
 from stages.longalign import core
 from stages.shared.generation import GeneratorParams, open_generator, refusal, refused, with_call_counts
 
-INSTRUCTION_ROW = RecordSchema("longalign_row", 1, (
+INSTRUCTION_ROW = REGISTRY.register(RecordSchema("longalign_row", 1, (
     pa.field("id", pa.string(), nullable=False),  # <document id>#q
     pa.field("messages", pa.list_(MESSAGE)),
     pa.field("source", pa.string()),
@@ -39,12 +39,12 @@ INSTRUCTION_ROW = RecordSchema("longalign_row", 1, (
     pa.field("question", pa.string()),
     pa.field("generator", pa.string()),
     pa.field("length", pa.int64()),  # tokens of the messages' contents (length_tokenizer)
-), doc="A long instruction row: the document and one question, answered by the generator.")
+), doc="A long instruction row: the document and one question, answered by the generator."))
 
 TOKEN_FIELDS = (pa.field("input_ids", pa.list_(pa.int32())), pa.field("labels", pa.list_(pa.int32())),
                 pa.field("n_target", pa.int32()), pa.field("len", pa.int32()))
 
-PACK = RecordSchema("longalign_pack", 1, (
+PACK = REGISTRY.register(RecordSchema("longalign_pack", 1, (
     pa.field("id", pa.string(), nullable=False),  # pack-<n>, in training order
     pa.field("input_ids", pa.list_(pa.int32())),  # L, padded after the last sequence
     pa.field("labels", pa.list_(pa.int32())),
@@ -56,16 +56,16 @@ PACK = RecordSchema("longalign_pack", 1, (
     pa.field("group", pa.int32()),  # which group of K packs (one optimizer step)
     pa.field("group_seq_count", pa.int32()),  # M of that group
     pa.field("group_pack_count", pa.int32()),  # K' of that group (K, or fewer for the last one)
-), doc="A LongAlign pack of sequences with per-token loss weights and boundaries.")
+), doc="A LongAlign pack of sequences with per-token loss weights and boundaries."))
 
-SORTED_ROW = RecordSchema("longalign_sorted_row", 1, (
+SORTED_ROW = REGISTRY.register(RecordSchema("longalign_sorted_row", 1, (
     pa.field("id", pa.string(), nullable=False),
     pa.field("input_ids", pa.list_(pa.int32())),
     pa.field("labels", pa.list_(pa.int32())),
     pa.field("len", pa.int32()),
     pa.field("batch", pa.int32()),  # consecutive rows with one batch number form one global batch
     pa.field("position", pa.int64()),  # the row's place in the training order
-), doc="A row of the sorted-batching stream, in training order.")
+), doc="A row of the sorted-batching stream, in training order."))
 
 
 def _seeded(seed: int, key: str) -> np.random.Generator:
@@ -205,7 +205,7 @@ class ChatTokenize(RecordStage):
 
     name = "chat_tokenize"
     Params = ChatTokenizeParams
-    input_schema = RecordSchema("chat_row", 1, (pa.field("id", pa.string(), nullable=False),))
+    input_schema = RecordSchema("longalign_chat_input", 1, (pa.field("id", pa.string(), nullable=False),))
 
     def setup(self) -> None:
         from transformers import AutoTokenizer

@@ -18,13 +18,13 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from schemas import MESSAGE, RecordSchema
+from schemas import MESSAGE, REGISTRY, RecordSchema
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, TokenizerRef
 from stages.longpo import core
 from stages.shared.generation import GeneratorParams, open_generator, refused, with_call_counts
 
-LONGPO_PAIR = RecordSchema("longpo_pair", 1, (
+LONGPO_PAIR = REGISTRY.register(RecordSchema("longpo_pair", 1, (
     pa.field("id", pa.string(), nullable=False),  # the document's id
     # TRL's conversational preference format: the first user turn holds the long context and question 1;
     # chosen and rejected continue it (answer 1, question 2, answer 2, ...)
@@ -45,7 +45,7 @@ LONGPO_PAIR = RecordSchema("longpo_pair", 1, (
     pa.field("domain", pa.string()),
     pa.field("source", pa.string()),
     pa.field("generator", pa.string()),  # JSON: models, RoPE, sampling, prompt version
-), doc="A LongPO multi-turn preference pair: chosen from short chunks, rejected from the long document.")
+), doc="A LongPO multi-turn preference pair: chosen from short chunks, rejected from the long document."))
 
 
 class LongPOParams(GeneratorParams):

@@ -12,13 +12,13 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from schemas import MESSAGE, RecordSchema
+from schemas import MESSAGE, REGISTRY, RecordSchema
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams
 from stages.longwriter import core
 from stages.shared.generation import GeneratorParams, open_generator, refused, with_call_counts
 
-LONGWRITER_ROW = RecordSchema("longwriter_row", 1, (
+LONGWRITER_ROW = REGISTRY.register(RecordSchema("longwriter_row", 1, (
     pa.field("id", pa.string(), nullable=False),
     pa.field("messages", pa.list_(MESSAGE)),  # exactly LongWriter-6k's long.jsonl; the rest is meta
     pa.field("prompt", pa.string()),
@@ -32,7 +32,7 @@ LONGWRITER_ROW = RecordSchema("longwriter_row", 1, (
     pa.field("response_length", pa.int64()),  # LongBench-Write words
     pa.field("generator", pa.string()),  # JSON: model, backend, sampling
     pa.field("status", pa.string()),
-), doc="A long-output SFT row written by AgentWrite, with its plan and sections.")
+), doc="A long-output SFT row written by AgentWrite, with its plan and sections."))
 
 CURATED_FIELDS = (pa.field("length", pa.int64()), pa.field("response_length", pa.int64()),
                   pa.field("score_length", pa.float64()))
@@ -238,7 +238,7 @@ class LengthCuration(RecordStage):
 
     name = "length_curation"
     Params = CurationParams
-    input_schema = RecordSchema("chat_row", 1, (pa.field("id", pa.string(), nullable=False),
+    input_schema = RecordSchema("longwriter_chat_input", 1, (pa.field("id", pa.string(), nullable=False),
                                                 pa.field("messages", pa.list_(MESSAGE))))
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:

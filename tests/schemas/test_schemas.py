@@ -28,3 +28,56 @@ def test_cast_table_is_exact():
     assert t.schema == DOCUMENT.arrow and t.column("source").to_pylist() == [None]
     with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
         cast_table([{"id": "a", "text": 5}], DOCUMENT.arrow)
+
+
+def test_a_record_schema_is_registered_once():
+    from schemas import REGISTRY, RecordSchema
+
+    name = "test_once_only"
+    REGISTRY.register(RecordSchema(name, 1, (pa.field("id", pa.string()),)))
+    try:
+        with pytest.raises(ValueError, match="registered twice"):
+            REGISTRY.register(RecordSchema(name, 1, (pa.field("id", pa.string()), pa.field("x", pa.int64()))))
+    finally:
+        REGISTRY.schemas.pop(f"{name}@1")
+
+
+def _schema_constants() -> list[tuple[str, object]]:
+    """Every RecordSchema held at module level in schemas/ and stages/ (record schemas and stages'
+    requirements alike), with where it is."""
+    import importlib
+    import pkgutil
+
+    import schemas
+    import stages
+    from schemas import RecordSchema
+
+    found = []
+    for pkg in (schemas, stages):
+        names = [pkg.__name__] + [m.name for m in pkgutil.walk_packages(pkg.__path__, prefix=pkg.__name__ + ".")]
+        for name in names:
+            module = importlib.import_module(name)
+            found += [(f"{name}.{k}", v) for k, v in vars(module).items() if isinstance(v, RecordSchema)]
+    return found
+
+
+def test_no_name_and_version_means_two_sets_of_fields():
+    """document@1 and chat_row@1 were once defined twice with other fields (issue 34)."""
+    by_ref: dict[str, set] = {}
+    where: dict[str, list[str]] = {}
+    for place, schema in _schema_constants():
+        by_ref.setdefault(schema.ref, set()).add(tuple((f.name, str(f.type)) for f in schema.fields))
+        where.setdefault(schema.ref, []).append(place)
+    assert {ref: where[ref] for ref, fields in by_ref.items() if len(fields) > 1} == {}
+
+
+def test_every_products_record_schemas_are_registered():
+    """The schemas products write their records with are in the registry (the catalog and the Hub
+    card read fields from it); only stages' input requirements stay out of it."""
+    from schemas import REGISTRY
+    from stages import all_stages
+
+    requirements = {cls.input_schema.ref for cls in all_stages().values()}
+    missing = sorted({f"{place} ({schema.ref})" for place, schema in _schema_constants()
+                      if schema.ref not in REGISTRY.schemas and schema.ref not in requirements})
+    assert missing == []

@@ -113,3 +113,27 @@ def test_predict_asks_a_real_model_once_per_item_and_goes_on_where_it_stopped(tm
                      "--model", "smollm2-135m")
     n = pq.read_table(str(built / "data")).num_rows
     assert scored.returncode == 0 and f"3/{n} predicted" in scored.stdout
+
+
+def test_a_sets_scorer_is_found_through_its_product_not_its_dataset_name(tmp_path):
+    """Issue 34: the scorer comes from the record schema the set's files name (the product that
+    built it registered a scorer for it). A TSort set renamed by its user is still TSort; a table
+    that only says "tsort" in a column is not a set any product built."""
+    from pipelines.cli.eval_command import EvalInputError, set_scorer
+    from schemas import cast_table
+    from stages.adaleval.tsort import TSORT_ITEM
+
+    item = {"id": "i1", "dataset": "my_renamed_set", "answers": ["[2, 1, 3]"], "answer": [2, 1, 3],
+            "input": "order them", "context": "x"}
+    (tmp_path / "set" / "data").mkdir(parents=True)
+    pq.write_table(cast_table([item], TSORT_ITEM.arrow), tmp_path / "set" / "data" / "train-00000.parquet")
+    scorer = set_scorer(str(tmp_path / "set"))
+    assert scorer.score(item, "Answer: [2, 1, 3]") == {"strict": 1.0, "reference": 1.0}
+    assert scorer.score(item, "Answer: [1, 2, 3]")["strict"] == 0.0
+
+    import pyarrow as pa
+
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.Table.from_pylist([{**item, "dataset": "tsort_2k"}]), plain)
+    with pytest.raises(EvalInputError, match="which no product scores"):
+        set_scorer(str(plain))

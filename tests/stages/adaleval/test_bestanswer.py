@@ -93,6 +93,12 @@ def test_posts_xml_imported_and_built_with_every_post_accounted_for(tmp_path):
         assert it["candidate_ids"].count(it["accepted_answer_id"]) == 1
         assert not {"2", "4"} <= set(it["candidate_ids"])  # answer 4 repeats answer 2 but for case and spaces
     assert any(it["question_id"] == "1" for it in items)
+    # the catalog's accounting is the driver's rule, stored: bestanswer_plan (global, expanding) reconciles
+    # (the catalog's own SQL copy of the rule did not know the shape and said it did not)
+    from catalog import Catalog
+
+    cols, acc = Catalog(str(tmp_path / "c.duckdb")).query("SELECT stage, reconciles FROM stage_accounting")
+    assert ("bestanswer_plan", True) in acc and all(ok is True for _, ok in acc), acc
     import datasets
 
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "data" / "*.parquet"), split="train")
