@@ -26,15 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from catalog.scores import score_rows
+from gpu_jobs.attention import segment_attention
 from gpu_jobs.lm import RopeExtension
 
 JOBS = ("perplexity", "response-loglik", "segment-ppl", "segment-attention")
@@ -269,96 +267,6 @@ def labelled_logps(lm, sequences: list[list[int]], labels: list[list[int]]) -> l
     return out
 
 
-# -- segment attention -------------------------------------------------------------------------------
-
-
-class _Capture:
-    """What the capturing attention function needs for the forward in progress, and what it leaves."""
-
-    active = False
-    q_start = 0  # first response position
-    q_end = 0
-    seg_of_key: object = None  # LongTensor [keys]: segment number, or -1 outside the kept segments
-    n_segments = 0
-    seg_tokens = 1
-    row_chunk_bytes = 256 << 20
-    per_layer: list = []
-
-
-CAPTURE = _Capture()
-_REGISTERED = "longforge_capture"
-
-
-def capturing_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """SDPA for the output; for the response queries, their attention rows chunk by chunk, reduced at
-    once to per-segment means (grouped-query key heads repeated to the query heads)."""
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                 **kwargs)
-    if not CAPTURE.active:
-        return out
-    heads, n_keys, d = query.shape[1], key.shape[2], query.shape[-1]
-    scale = scaling if scaling is not None else 1 / math.sqrt(d)
-    k = key[0].float()
-    if k.shape[0] != heads:
-        k = k.repeat_interleave(heads // k.shape[0], dim=0)
-    seg = CAPTURE.seg_of_key
-    onehot = torch.zeros((n_keys, CAPTURE.n_segments), dtype=torch.float32, device=k.device)
-    keep = seg >= 0
-    onehot[torch.nonzero(keep).squeeze(1), seg[keep]] = 1.0 / CAPTURE.seg_tokens
-    total = torch.zeros(CAPTURE.n_segments, dtype=torch.float64, device=k.device)
-    step = max(1, CAPTURE.row_chunk_bytes // (4 * heads * n_keys))
-    key_pos = torch.arange(n_keys, device=k.device)
-    for a in range(CAPTURE.q_start, CAPTURE.q_end, step):
-        b = min(a + step, CAPTURE.q_end)
-        q = query[0, :, a:b].float()
-        scores = torch.einsum("hqd,hkd->hqk", q, k) * scale
-        if attention_mask is not None and attention_mask.dim() == 4:
-            m = attention_mask[0, 0, a:b]
-            scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
-        else:
-            future = key_pos[None, :] > torch.arange(a, b, device=k.device)[:, None]
-            scores = scores.masked_fill(future[None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).mean(dim=0)  # [queries, keys], mean over heads
-        total += (probs @ onehot).sum(dim=0).double()
-    CAPTURE.per_layer.append((total / (CAPTURE.q_end - CAPTURE.q_start)).cpu().numpy())
-    return out
-
-
-def _register_capture() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(_REGISTERED, capturing_attention)
-    AttentionMaskInterface.register(_REGISTERED, sdpa_mask)
-
-
-def segment_attention(lm, ids: list[int], q_start: int, seg_starts: list[int], seg_tokens: int) -> np.ndarray:
-    """float64[layers, segments]: per layer, mean over response queries (positions q_start..end) of
-    the mean over heads of the attention to each segment's keys, averaged over its keys."""
-    import torch
-
-    _register_capture()
-    seg_of_key = torch.full((len(ids),), -1, dtype=torch.long)
-    for j, s in enumerate(seg_starts):
-        seg_of_key[s:s + seg_tokens] = j
-    CAPTURE.seg_of_key = seg_of_key.to(lm.device)
-    CAPTURE.n_segments, CAPTURE.seg_tokens = len(seg_starts), seg_tokens
-    CAPTURE.q_start, CAPTURE.q_end = q_start, len(ids)
-    CAPTURE.per_layer = []
-    previous = lm.model.config._attn_implementation
-    lm.model.set_attn_implementation(_REGISTERED)
-    CAPTURE.active = True
-    try:
-        with torch.inference_mode():
-            lm.model.base_model(input_ids=torch.tensor([ids], device=lm.device))
-    finally:
-        CAPTURE.active = False
-        lm.model.set_attn_implementation(previous)
-    return np.stack(CAPTURE.per_layer)
-
 
 # -- samples -> scores -------------------------------------------------------------------------------
 
@@ -382,6 +290,35 @@ def cam_layout(lm, s: ScoreSettings, context: list[int], instruction: list[int],
     return ids, len(head), len(head) + len(context) + len(middle)
 
 
+def _attention_scores(lm, s: ScoreSettings, records: list[dict], window: int, add, on_tokens) -> None:
+    """segment-attention: per sample, the response's mean attention to each chosen context segment."""
+    for i, r in enumerate(records):
+        ctx = _tok(lm, r.get(s.context_field) or "", False)
+        instr = _tok(lm, r.get(s.instruction_field) or "", False)[:s.max_instruction_tokens]
+        resp = _tok(lm, r[s.response_field], False)[:s.max_response_tokens]
+        seg = s.segment_tokens
+        # The same segments as segment-ppl (numbered over the whole context); a context longer
+        # than the window loses whole segments from its start, and those are not scored.
+        chosen = context_segments(len(ctx), seg, s.max_segments, s.seed, r["id"])
+        overhead = len(cam_layout(lm, s, [], instr, resp)[0])  # BOS, headers, instruction, response
+        room = max(0, window - overhead)
+        cut = 0 if len(ctx) <= room else math.ceil((len(ctx) - room) / seg) * seg
+        ctx = ctx[cut:]
+        chosen = [j for j in chosen if j * seg >= cut]
+        add(i, "segments", len(chosen))
+        add(i, "response_tokens", len(resp))  # after the max_response_tokens cut (CAM's, not HMG's)
+        if cut:
+            add(i, "segments_cut_by_window", cut // seg)
+        if not chosen or not resp:
+            continue
+        ids, c0, q0 = cam_layout(lm, s, ctx, instr, resp)
+        att = segment_attention(lm, ids, q0, [c0 + j * seg - cut for j in chosen], seg)
+        for j, v in zip(chosen, att.mean(axis=0), strict=True):
+            add(i, f"segment_attention:{j:04d}", v)
+        if on_tokens:
+            on_tokens(len(ids))
+
+
 def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[int], None] | None = None,
                batcher: Callable[[list[Row]], Iterator[list[Row]]] | None = None) -> list[dict]:
     """Scores of a part's samples as (sample_id, metric, value) rows, in sample order. ``batcher``
@@ -393,31 +330,7 @@ def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[i
         out.append({"sample_id": records[i]["id"], "metric": metric, "value": float(value)})
 
     if s.job == "segment-attention":
-        for i, r in enumerate(records):
-            ctx = _tok(lm, r.get(s.context_field) or "", False)
-            instr = _tok(lm, r.get(s.instruction_field) or "", False)[:s.max_instruction_tokens]
-            resp = _tok(lm, r[s.response_field], False)[:s.max_response_tokens]
-            seg = s.segment_tokens
-            # The same segments as segment-ppl (numbered over the whole context); a context longer
-            # than the window loses whole segments from its start, and those are not scored.
-            chosen = context_segments(len(ctx), seg, s.max_segments, s.seed, r["id"])
-            overhead = len(cam_layout(lm, s, [], instr, resp)[0])  # BOS, headers, instruction, response
-            room = max(0, window - overhead)
-            cut = 0 if len(ctx) <= room else math.ceil((len(ctx) - room) / seg) * seg
-            ctx = ctx[cut:]
-            chosen = [j for j in chosen if j * seg >= cut]
-            add(i, "segments", len(chosen))
-            add(i, "response_tokens", len(resp))  # after the max_response_tokens cut (CAM's, not HMG's)
-            if cut:
-                add(i, "segments_cut_by_window", cut // seg)
-            if not chosen or not resp:
-                continue
-            ids, c0, q0 = cam_layout(lm, s, ctx, instr, resp)
-            att = segment_attention(lm, ids, q0, [c0 + j * seg - cut for j in chosen], seg)
-            for j, v in zip(chosen, att.mean(axis=0), strict=True):
-                add(i, f"segment_attention:{j:04d}", v)
-            if on_tokens:
-                on_tokens(len(ids))
+        _attention_scores(lm, s, records, window, add, on_tokens)
         return out
     rows: list[Row] = []
     for i, r in enumerate(records):
@@ -467,135 +380,3 @@ def score_part(lm, s: ScoreSettings, records: list[dict], on_tokens: Callable[[i
     return sorted(out, key=lambda x: (position[x["sample_id"]], x["metric"]))
 
 
-# -- HMG: two homologous models over the same response tokens ------------------------------------------
-
-
-def same_tokenizer(a, b) -> bool:
-    """Homologous models share a tokenizer: the same vocabulary, ids and special tokens."""
-    return a.get_vocab() == b.get_vocab() and a.bos_token_id == b.bos_token_id
-
-
-def hmg_rows(k: int, prompt: list[int], response: list[int], windows: tuple[int, ...]) -> tuple[list[Row], int]:
-    """(one row per window, tokens scored). Each row keeps the last ``window`` tokens (left
-    truncation) and scores the same response tokens: the last ones that fit in every window, so the
-    two perplexities HMG subtracts are over one set of tokens (spec gateau.md 3.2, 5)."""
-    n_scored = min(len(response), min(windows) - 1)
-    full = prompt + response
-    rows = []
-    for w in windows:
-        ids = full[max(0, len(full) - w):]
-        t = np.zeros(len(ids), dtype=bool)
-        t[len(ids) - n_scored:] = True
-        rows.append(Row(k, ids, t))
-    return rows, n_scored
-
-
-def hmg_scores(short_lm, long_lm, records: list[dict], windows: tuple[int, int], prompt_field: str = "prompt",
-               response_field: str = "response", bos: bool = True, token_budget: int = 8192) -> list[dict]:
-    """Per record: the response perplexity under the short and the long model over the same
-    response tokens (``short``, ``long``: {response_ppl, response_nll_sum}), ``response_tokens``,
-    ``response_scored_tokens`` and ``prompt_tokens_cut`` (by the long window)."""
-    tok = long_lm.tokenizer
-    first = [int(tok.bos_token_id)] if bos and tok.bos_token_id is not None else []
-    out, short_rows, long_rows = [], [], []
-    for i, r in enumerate(records):
-        prompt = first + _tok(long_lm, r[prompt_field], False)
-        response = _tok(long_lm, r[response_field], False)
-        (short_row, long_row), n = hmg_rows(i, prompt, response, windows)
-        short_rows.append(short_row)
-        long_rows.append(long_row)
-        out.append({"response_tokens": len(response), "response_scored_tokens": n,
-                    "sample_tokens": len(prompt) + len(response),
-                    "prompt_tokens_cut": max(0, len(prompt) + len(response) - windows[1])})
-    for name, lm, rows in (("short", short_lm, short_rows), ("long", long_lm, long_rows)):
-        for batch in budget_batches([r for r in rows if r.targets.any()], token_budget):
-            for row, (nll, n) in zip(batch, row_nll(lm, batch), strict=True):
-                want = out[row.sample]["response_scored_tokens"]
-                if n != want:
-                    raise AssertionError(f"the {name} model scored {n} response tokens, not {want}")
-                out[row.sample][name] = {"response_nll_sum": nll, "response_ppl": math.exp(nll / n)}
-    return out
-
-
-def sample_length(r: dict, s: ScoreSettings) -> int:
-    """A cheap length to order samples by (characters), so parts hold samples of similar size."""
-    if s.job == "perplexity":
-        return len(r.get(s.text_field) or "")
-    if s.job == "response-loglik":
-        return len(r.get(s.prompt_field) or "") + len(r.get(s.response_field) or "")
-    return len(r.get(s.context_field) or "") + len(r.get(s.response_field) or "")
-
-
-@dataclass
-class JobResult:
-    scored: int  # samples scored by this run
-    skipped: int  # samples already in the catalog
-    rows: int  # score rows written to the catalog
-    tokens: int
-    seconds: float
-    output: Path
-    rejected: int = 0  # samples that cannot be scored (in the catalog's rejects, with the reason)
-
-
-def run_scoring(lm, settings: ScoreSettings, records: list[dict], *, catalog, output: Path, artifact_id: str | None,
-                run_id: str, part_size: int = 64, progress=None, stop_after_parts: int | None = None) -> JobResult:
-    """Score ``records`` (each with an ``id``), part by part, skipping samples already scored with
-    the same content. Records that cannot be scored go to the catalog's rejects with the reason."""
-    from schemas.files import write_parquet_atomic, write_text_atomic
-
-    t0 = time.time()
-    settings.check_window(settings.max_tokens or lm.max_positions)
-    label = f"score:{settings.job}"
-    bad = [(r["id"], *why) for r in records if (why := settings.invalid(r)) is not None]
-    bad_ids = {b[0] for b in bad}
-    records = [r for r in records if r["id"] not in bad_ids]
-    settings_json = json.dumps({**settings.identity(), "hash": settings.hash()}, sort_keys=True)
-    hashes = {r["id"]: settings.content_hash(r) for r in records}
-    done = {r["id"] for r in records if (r["id"], hashes[r["id"]]) in
-            catalog.scored_keys(settings.job, lm.name, lm.revision, settings.hash())}
-    ordered = sorted(records, key=lambda r: (sample_length(r, settings), r["id"]))
-    parts = [ordered[i:i + part_size] for i in range(0, len(ordered), part_size)]
-    output.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps({"job": settings.job, "model": lm.name, "revision": lm.revision,
-                                  "settings": json.loads(settings_json)}, indent=2, sort_keys=True) + "\n",
-                      output / "_job.json")  # "_": Parquet readers of the folder skip it
-    tokens = rows_written = scored = 0
-    bar = progress.bar(f"score {settings.job}", total=len(records), initial=len(done),
-                       unit="sample") if progress else None
-
-    def on_tokens(n):
-        nonlocal tokens
-        tokens += n
-
-    for k, part in enumerate(parts):  # noqa: B007 - k counts parts for stop_after_parts
-        todo = [r for r in part if r["id"] not in done]
-        if not todo:
-            continue
-        values = score_part(lm, settings, part, on_tokens)  # the whole part: the same batches every time
-        new = pa.Table.from_pylist([v for v in values if v["sample_id"] not in done], schema=SIDE_SCHEMA)
-        # Named by its samples and their content: a part recomputed after a kill (before its catalog
-        # insert) replaces itself; new content never overwrites the scores of the old.
-        name = hashlib.sha256("\n".join(f"{r['id']}:{hashes[r['id']]}" for r in todo).encode()).hexdigest()[:16]
-        write_parquet_atomic(new, output / f"part-{name}.parquet")
-        n = new.num_rows
-        per_row = new.select(["sample_id", "metric", "value"]).append_column(
-            "content_hash", pa.array([hashes[i] for i in new.column("sample_id").to_pylist()], pa.string()))
-        catalog.add_scores(score_rows(per_row, artifact_id=artifact_id, job=settings.job, model=lm.name,
-                                      revision=lm.revision, run_id=run_id, settings=settings_json))
-        rows_written += n
-        scored += len(todo)
-        if bar:
-            bar.advance(len(todo), f"{tokens / max(1e-9, time.time() - t0):,.0f} tok/s")
-        if stop_after_parts is not None and k + 1 >= stop_after_parts:
-            break
-    if bar:
-        bar.close()
-    n_in = len(records) + len(bad_ids)
-    rejects = pa.table({"stage": [label] * len(bad), "record_id": [b[0] for b in bad],
-                        "reason": [b[1] for b in bad], "detail": [b[2] for b in bad],
-                        "kind": ["rejected"] * len(bad)})
-    catalog.record_results(run_id, stage_stats=[{
-        "step": 0, "stage": label, "shape": "per-record", "in": n_in, "out": n_in - len(bad_ids),
-        "rejected": len(bad_ids), "dropped": 0, "inputs_with_output": n_in - len(bad_ids),
-        "seconds": round(time.time() - t0, 3)}], rejects=rejects, artifacts=[], lineage=[])
-    return JobResult(scored, len(done), rows_written, tokens, time.time() - t0, output, len(bad))

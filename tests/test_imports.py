@@ -95,3 +95,38 @@ def test_no_import_circles():
         if v not in index:
             visit(v)
     assert circles == []
+
+
+def _product(module: str) -> str | None:
+    """The product a module of stages/ belongs to (``stages.icp.core`` -> ``icp``); None for the
+    shared blocks, the contract and the registry."""
+    parts = module.split(".")
+    if parts[0] != "stages" or len(parts) < 3 or parts[1] == "shared":
+        return None
+    return parts[1]
+
+
+def test_products_do_not_import_each_other():
+    """A product's package uses the shared blocks (stages/shared), never another product: what two
+    products share moves to stages/shared (issue 34)."""
+    bad = sorted((a, b) for a, deps in _graph().items() for b in deps
+                 if _product(a) and _product(b) and _product(a) != _product(b))
+    assert bad == []
+
+
+def test_only_the_cli_imports_the_driver():
+    bad = sorted(a for a, deps in _graph().items() if "pipelines.driver" in deps and not a.startswith("pipelines.cli"))
+    assert bad == []
+
+
+def test_runners_reach_the_engine_only_through_its_task_entry_point():
+    """Runners decide where tasks run; what a task is belongs to the engine, behind one module."""
+    bad = sorted((a, b) for a, deps in _graph().items() if a.startswith("pipelines.runners") for b in deps
+                 if b.startswith("pipelines.engine") and b != "pipelines.engine.task")
+    assert bad == []
+
+
+def test_stages_never_import_the_engine_or_the_catalog():
+    bad = sorted((a, b) for a, deps in _graph().items() if a.startswith("stages") for b in deps
+                 if b.startswith(("pipelines", "catalog")))
+    assert bad == []

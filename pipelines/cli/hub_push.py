@@ -283,35 +283,9 @@ def push(catalog: Catalog, what: str, repo: str, *, private: bool = False, revis
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    from schemas import REGISTRY
-
     api = HfApi(endpoint=endpoint, token=token)
-    configs = []
     with tempfile.TemporaryDirectory(prefix="longforge-push-") as scratch:
-        for a in [art] + side_artifacts(catalog, art):
-            folder = _local_copy(a["path"], Path(scratch) / a["artifact_id"]) / "data"
-            # exactly the files the fingerprint covers (publish.dataset_fingerprint): a stray Parquet
-            # file in the folder is not the run's and is not sent
-            files = sorted(folder.glob("train-*.parquet")) if folder.is_dir() else []
-            if not files:
-                raise PushError(f"artifact {a['name']} has no Parquet files under {a['path']}/data "
-                                "(moved or deleted since the run?)")
-            # What is sent is what the card describes: the folder may have been rebuilt since by another
-            # run (--overwrite), and its records would go out under this run's card and counts.
-            from pipelines.engine.publish import dataset_fingerprint
-
-            n_now, _, fingerprint_now = dataset_fingerprint(str(folder.parent))
-            if fingerprint_now != a["fingerprint"]:
-                raise PushError(f"{a['path']} no longer holds the records of run {art['run_id']} (now {n_now:,} "
-                                f"records, fingerprint {fingerprint_now[:12]}; the catalog says {a['n_records']:,}, "
-                                f"{a['fingerprint'][:12]}): another run rebuilt it -> push that run's artifact "
-                                "(`longforge catalog artifacts`), or rerun this one")
-            schema = REGISTRY.schemas.get(f"{a['schema_name']}@{a.get('schema_version') or 1}") \
-                if a.get("schema_name") else None
-            configs.append({"config": _config_name(a["name"], art["name"], config), "folder": folder, "files": files,
-                            "n_records": a["n_records"], "fingerprint": a["fingerprint"],
-                            "schema": a.get("schema_name"),
-                            "fields": [(f.name, str(f.type)) for f in schema.arrow] if schema else []})
+        configs = [_config_of(a, art, config, Path(scratch)) for a in [art] + side_artifacts(catalog, art)]
         card = render_card(repo, art, card_facts(catalog, art), configs, pipeline_text(art))
         try:
             api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
@@ -355,6 +329,35 @@ def push(catalog: Catalog, what: str, repo: str, *, private: bool = False, revis
                         commit=pushed.commit, configs=pushed.configs, files=n_files, n_bytes=n_bytes,
                         private=private, endpoint=api.endpoint, pushed_at=datetime.now(UTC).replace(tzinfo=None))
     return pushed
+
+
+def _config_of(a: dict, art: dict, config: str, scratch: Path) -> dict:
+    """One artifact as a config of the push: exactly its fingerprinted files, checked to still be
+    the run's, with its fields from the registered schema."""
+    from schemas import REGISTRY
+
+    folder = _local_copy(a["path"], scratch / a["artifact_id"]) / "data"
+    # exactly the files the fingerprint covers (publish.dataset_fingerprint): a stray Parquet
+    # file in the folder is not the run's and is not sent
+    files = sorted(folder.glob("train-*.parquet")) if folder.is_dir() else []
+    if not files:
+        raise PushError(f"artifact {a['name']} has no Parquet files under {a['path']}/data "
+                        "(moved or deleted since the run?)")
+    # What is sent is what the card describes: the folder may have been rebuilt since by another
+    # run (--overwrite), and its records would go out under this run's card and counts.
+    from pipelines.engine.publish import dataset_fingerprint
+
+    n_now, _, fingerprint_now = dataset_fingerprint(str(folder.parent))
+    if fingerprint_now != a["fingerprint"]:
+        raise PushError(f"{a['path']} no longer holds the records of run {art['run_id']} (now {n_now:,} "
+                        f"records, fingerprint {fingerprint_now[:12]}; the catalog says {a['n_records']:,}, "
+                        f"{a['fingerprint'][:12]}): another run rebuilt it -> push that run's artifact "
+                        "(`longforge catalog artifacts`), or rerun this one")
+    schema = REGISTRY.schemas.get(f"{a['schema_name']}@{a.get('schema_version') or 1}") \
+        if a.get("schema_name") else None
+    return {"config": _config_name(a["name"], art["name"], config), "folder": folder, "files": files,
+            "n_records": a["n_records"], "fingerprint": a["fingerprint"], "schema": a.get("schema_name"),
+            "fields": [(f.name, str(f.type)) for f in schema.arrow] if schema else []}
 
 
 def _is_network_error(e: Exception) -> bool:

@@ -84,7 +84,8 @@ def score(args) -> int:
     from catalog import Catalog
     from gpu_jobs.lm import load_causal_lm
     from gpu_jobs.models import ModelNotAvailable
-    from gpu_jobs.scoring import ScoreSettings, run_scoring
+    from gpu_jobs.scoring import ScoreSettings
+    from gpu_jobs.scoring_job import run_scoring
     from pipelines.driver import new_run_id
     from pipelines.engine.progress import Progress
 

@@ -83,8 +83,8 @@ class Hmg(RecordStage):
         return {"scores-hmg": SCORE}
 
     def setup(self) -> None:
+        from gpu_jobs.hmg import same_tokenizer
         from gpu_jobs.lm import RopeExtension, open_causal_lm, trained_positions
-        from gpu_jobs.scoring import same_tokenizer
 
         p: HmgParams = self.params
         self._long = open_causal_lm(p.long_model, device=p.device)
@@ -107,7 +107,7 @@ class Hmg(RecordStage):
                           "bos": p.bos, "truncation": "left", "scored": "the response tokens inside both windows"}
 
     def process_batch(self, records: list[dict]) -> list[list[Outcome]]:
-        from gpu_jobs.scoring import hmg_scores
+        from gpu_jobs.hmg import hmg_scores
 
         p: HmgParams = self.params
         why = [self._invalid(r) for r in records]

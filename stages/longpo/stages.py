@@ -257,24 +257,7 @@ class LongPOPairs(RecordStage):
         rng = _rng(self.seed, rid)
         asked = sorted(rng.sample(chunks, min(p.max_chunks, len(chunks))), key=lambda c: c.index)
         dropped: Counter = Counter()
-        answered = []  # (chunk, question, chosen) in document order
-        for chunk in asked:
-            question = self._question(chunk, rng, dropped)
-            if question is None:
-                continue
-            short_tokens = self.count(chunk.text) + self.count(question) + p.template_tokens
-            if short_tokens > p.max_short_tokens:
-                dropped["short prompt over max_short_tokens"] += 1
-                continue
-            if long_tokens < p.min_ratio * self.count(chunk.text):
-                dropped[f"long/short ratio below {p.min_ratio:g}"] += 1
-                continue
-            chosen, why = self._answer(self._short, chunk.text, question, f"chosen of chunk {chunk.index}",
-                                       p.max_repeat_chosen)
-            if chosen is None:
-                dropped[why] += 1
-                continue
-            answered.append((chunk, question, chosen))
+        answered = self._short_turns(asked, long_tokens, rng, dropped)  # (chunk, question, chosen)
         # grouping (spec 3.5): the turn's chunk is in the long context and its question has a lead-in
         grouped = [t for t in answered if t[0].text[:100] in long_ctx and t[1].startswith(core.LEAD_INS)]
         kept = sorted(rng.sample(grouped, min(p.n_turns, len(grouped))), key=lambda t: t[0].index)
@@ -297,6 +280,36 @@ class LongPOPairs(RecordStage):
             yield Dropped(rid, "no pair left", "; ".join(f"{k} x{v}" for k, v in sorted(dropped.items()))
                           or "no turn")
             return
+        yield self._pair(record, turns, long_ctx, long_tokens, left_out, domain)
+
+    def _short_turns(self, asked: list, long_tokens: int, rng, dropped: Counter) -> list[tuple]:
+        """(chunk, question, chosen answer) for each asked chunk that yields a question and a usable
+        answer from the short context, in document order; what is lost is counted in ``dropped``."""
+        p: LongPOParams = self.params
+        answered = []
+        for chunk in asked:
+            question = self._question(chunk, rng, dropped)
+            if question is None:
+                continue
+            short_tokens = self.count(chunk.text) + self.count(question) + p.template_tokens
+            if short_tokens > p.max_short_tokens:
+                dropped["short prompt over max_short_tokens"] += 1
+                continue
+            if long_tokens < p.min_ratio * self.count(chunk.text):
+                dropped[f"long/short ratio below {p.min_ratio:g}"] += 1
+                continue
+            chosen, why = self._answer(self._short, chunk.text, question, f"chosen of chunk {chunk.index}",
+                                       p.max_repeat_chosen)
+            if chosen is None:
+                dropped[why] += 1
+                continue
+            answered.append((chunk, question, chosen))
+        return answered
+
+    def _pair(self, record: dict, turns: list[tuple], long_ctx: str, long_tokens: int, left_out: int,
+              domain: str) -> dict:
+        """The multi-turn pair: the first question after the long context, each later one a turn of
+        its own; chosen answers from the short contexts, rejected ones from the long."""
         first = turns[0]
         prompt = [{"role": "user", "content": long_ctx + core.CONTEXT_SEPARATOR + first[1]}]
         chosen_msgs, rejected_msgs = [], []
@@ -306,11 +319,11 @@ class LongPOPairs(RecordStage):
                 rejected_msgs.append({"role": "user", "content": question})
             chosen_msgs.append({"role": "assistant", "content": chosen})
             rejected_msgs.append({"role": "assistant", "content": rejected})
-        yield {"id": rid, "prompt": prompt, "chosen": chosen_msgs, "rejected": rejected_msgs,
-               "short_prompts": [c.text + core.CONTEXT_SEPARATOR + q for c, q, _, _ in turns],
-               "questions": [q for _, q, _, _ in turns], "chosens": [c for _, _, c, _ in turns],
-               "rejecteds": [r for _, _, _, r in turns], "chunk_indices": [c.index for c, *_ in turns],
-               "long_context": long_ctx, "long_tokens": long_tokens,
-               "short_tokens": [self.count(c.text + core.CONTEXT_SEPARATOR + q) for c, q, _, _ in turns],
-               "n_turns": len(turns), "chunks_left_out": left_out, "domain": domain,
-               "source": record.get("source"), "generator": self._generator_meta}
+        return {"id": record["id"], "prompt": prompt, "chosen": chosen_msgs, "rejected": rejected_msgs,
+                "short_prompts": [c.text + core.CONTEXT_SEPARATOR + q for c, q, _, _ in turns],
+                "questions": [q for _, q, _, _ in turns], "chosens": [c for _, _, c, _ in turns],
+                "rejecteds": [r for _, _, _, r in turns], "chunk_indices": [c.index for c, *_ in turns],
+                "long_context": long_ctx, "long_tokens": long_tokens,
+                "short_tokens": [self.count(c.text + core.CONTEXT_SEPARATOR + q) for c, q, _, _ in turns],
+                "n_turns": len(turns), "chunks_left_out": left_out, "domain": domain,
+                "source": record.get("source"), "generator": self._generator_meta}

@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from catalog import Catalog
-from stages.utk import core
+from stages.utk import core, parser
 from tests.conftest import REPO, run_cli
 
 CORPORA = ("paul_graham", "kjv_chapters", "python_docs")
@@ -53,7 +53,7 @@ def test_every_document_read_back_token_for_token_and_byte_for_byte(utk_run, rea
     assert samples.num_rows > 20
     lengths = {len(t) for t in samples.column("tokens").to_pylist()}
     assert lengths == {32768} == {len(x) for x in samples.column("labels").to_pylist()}
-    got = core.documents_from_samples(
+    got = parser.documents_from_samples(
         ((np.asarray(t, np.int32), np.asarray(lab, np.int32))
          for t, lab in zip(samples.column("tokens").to_pylist(), samples.column("labels").to_pylist(), strict=True)),
         markers, meta["eos_id"])
@@ -160,7 +160,7 @@ def test_several_streams_each_read_back_with_their_own_seeds(corpora_dir, tmp_pa
     rows = sorted(t.to_pylist(), key=lambda x: x["id"])  # stream by stream, each in sample order
     got = []
     for stream in streams:
-        got += core.documents_from_samples(
+        got += parser.documents_from_samples(
             ((np.asarray(x["tokens"], np.int32), np.asarray(x["labels"], np.int32))
              for x in rows if x["id"].split("-")[1] == stream), markers, meta["eos_id"])
     have = Counter(np.asarray(ids, np.int32).tobytes() for ids in tokenized_docs.values())

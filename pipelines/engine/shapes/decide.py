@@ -108,60 +108,8 @@ def run_decide(plan: Plan, step: Step) -> int:
         con.execute(f"""CREATE VIEW keys AS SELECT key, value, id, digest, row,
                         CAST(regexp_extract(filename, 'keys-([0-9]+)\\.parquet$', 1) AS BIGINT) AS shard
                         FROM read_parquet([{files}], filename = true)""")
-        # Sorted, not grouped: a sort spills to disk, list aggregates would not. Consecutive rows of
-        # one key form its group; the driver holds one batch and the group being read.
-        reader = con.sql("SELECT key, value, digest, shard, row FROM keys ORDER BY key, shard, row"
-                         ).to_arrow_reader(65_536)
-        decided, copies, n_part = [], [], 0
-
-        def flush(force: bool = False) -> None:
-            nonlocal decided, copies, n_part
-            if force or len(decided) + len(copies) >= 100_000:
-                write_parquet_atomic(pa.Table.from_pylist(decided, schema=_DECIDED_SCHEMA),
-                                     parts / f"decided-{n_part:05d}.parquet", compression="lz4")
-                write_parquet_atomic(pa.Table.from_pylist(copies, schema=_COPIES_SCHEMA),
-                                     parts / f"copies-{n_part:05d}.parquet", compression="lz4")
-                decided, copies, n_part = [], [], n_part + 1
-
-        def close_group(key: str, entries: list[tuple]) -> None:
-            nonlocal decided, copies
-            kept, drops = copy_drops(entries)
-            decided += [{"record_id": d.record_id, "reason": d.reason, "detail": d.detail}
-                        for d in stage.decide(key, kept)]
-            copies += [{"record_id": value_id(v), "shard": sh, "row": r} for v, _, sh, r in drops]
-            flush()
-
-        current, entries = None, []
-        for batch in reader:
-            cols = batch.to_pydict()
-            for key, v, d, sh, r in zip(cols["key"], cols["value"], cols["digest"], cols["shard"], cols["row"],
-                                        strict=True):
-                if key != current:
-                    if current is not None:
-                        close_group(current, entries)
-                    current, entries = key, []
-                entries.append((_tuplify(json.loads(v)), d, sh, r))
-        if current is not None:
-            close_group(current, entries)
-        flush(force=True)
-        detail = f"another copy with the same id and {step.central.label} key is kept".replace("'", "''")
-        tmp = f"{out}.tmp-{os.getpid()}".replace("'", "''")
-        parts_sql = str(parts).replace("'", "''")
-        # One decision per id (the smallest (reason, detail), as merge_decisions), at every place of
-        # the id; then the copies of ids not decided otherwise; by place, for the gates to read.
-        con.execute(f"""COPY (
-            WITH decided AS (
-                SELECT record_id, reason, detail FROM (
-                    SELECT *, row_number() OVER (PARTITION BY record_id ORDER BY reason, detail) AS k
-                    FROM read_parquet('{parts_sql}/decided-*.parquet')) WHERE k = 1),
-            places AS (SELECT DISTINCT id, shard, row FROM keys)
-            SELECT p.shard, p.row, d.reason, d.detail FROM places p JOIN decided d ON p.id = d.record_id
-            UNION ALL
-            SELECT DISTINCT c.shard, c.row, '{COPY_REASON}' AS reason, '{detail}' AS detail
-            FROM read_parquet('{parts_sql}/copies-*.parquet') c ANTI JOIN decided d ON c.record_id = d.record_id
-            ORDER BY shard, row
-        ) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)""")
-        os.replace(tmp, out)
+        _decide_groups(con, stage, parts)
+        _write_decisions(con, out, parts, step.central.label)
         n_dropped = pq.ParquetFile(out).metadata.num_rows
     finally:
         con.close()
@@ -172,6 +120,69 @@ def run_decide(plan: Plan, step: Step) -> int:
     write_text_atomic(json.dumps({"fingerprint": step.fingerprint, "dropped": n_dropped, "run_id": plan.run_id}),
                       marker)
     return n_dropped
+
+
+def _decide_groups(con, stage, parts) -> None:
+    """Every key group through the stage's ``decide``, in key order, its decisions and the copies
+    it drops written to ``parts`` in batches."""
+    # Sorted, not grouped: a sort spills to disk, list aggregates would not. Consecutive rows of
+    # one key form its group; the driver holds one batch and the group being read.
+    reader = con.sql("SELECT key, value, digest, shard, row FROM keys ORDER BY key, shard, row"
+                     ).to_arrow_reader(65_536)
+    decided, copies, n_part = [], [], 0
+
+    def flush(force: bool = False) -> None:
+        nonlocal decided, copies, n_part
+        if force or len(decided) + len(copies) >= 100_000:
+            write_parquet_atomic(pa.Table.from_pylist(decided, schema=_DECIDED_SCHEMA),
+                                 parts / f"decided-{n_part:05d}.parquet", compression="lz4")
+            write_parquet_atomic(pa.Table.from_pylist(copies, schema=_COPIES_SCHEMA),
+                                 parts / f"copies-{n_part:05d}.parquet", compression="lz4")
+            decided, copies, n_part = [], [], n_part + 1
+
+    def close_group(key: str, entries: list[tuple]) -> None:
+        nonlocal decided, copies
+        kept, drops = copy_drops(entries)
+        decided += [{"record_id": d.record_id, "reason": d.reason, "detail": d.detail}
+                    for d in stage.decide(key, kept)]
+        copies += [{"record_id": value_id(v), "shard": sh, "row": r} for v, _, sh, r in drops]
+        flush()
+
+    current, entries = None, []
+    for batch in reader:
+        cols = batch.to_pydict()
+        for key, v, d, sh, r in zip(cols["key"], cols["value"], cols["digest"], cols["shard"], cols["row"],
+                                    strict=True):
+            if key != current:
+                if current is not None:
+                    close_group(current, entries)
+                current, entries = key, []
+            entries.append((_tuplify(json.loads(v)), d, sh, r))
+    if current is not None:
+        close_group(current, entries)
+    flush(force=True)
+
+
+def _write_decisions(con, out, parts, label: str) -> None:
+    """The decisions by place (shard, row), for the gates to read, written to ``out``."""
+    detail = f"another copy with the same id and {label} key is kept".replace("'", "''")
+    tmp = f"{out}.tmp-{os.getpid()}".replace("'", "''")
+    parts_sql = str(parts).replace("'", "''")
+    # One decision per id (the smallest (reason, detail), as merge_decisions), at every place of
+    # the id; then the copies of ids not decided otherwise; by place, for the gates to read.
+    con.execute(f"""COPY (
+        WITH decided AS (
+            SELECT record_id, reason, detail FROM (
+                SELECT *, row_number() OVER (PARTITION BY record_id ORDER BY reason, detail) AS k
+                FROM read_parquet('{parts_sql}/decided-*.parquet')) WHERE k = 1),
+        places AS (SELECT DISTINCT id, shard, row FROM keys)
+        SELECT p.shard, p.row, d.reason, d.detail FROM places p JOIN decided d ON p.id = d.record_id
+        UNION ALL
+        SELECT DISTINCT c.shard, c.row, '{COPY_REASON}' AS reason, '{detail}' AS detail
+        FROM read_parquet('{parts_sql}/copies-*.parquet') c ANTI JOIN decided d ON c.record_id = d.record_id
+        ORDER BY shard, row
+    ) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)""")
+    os.replace(tmp, out)
 
 
 def _tuplify(v):

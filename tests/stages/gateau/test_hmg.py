@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from gpu_jobs.hmg import hmg_rows
 from gpu_jobs.lm import load_causal_lm, resolve_causal_lm
-from gpu_jobs.scoring import Row, hmg_rows, row_nll
+from gpu_jobs.scoring import Row, row_nll
 from stages import get_stage
 from stages.base import SideRow
 

@@ -12,7 +12,7 @@ from scipy.stats import binomtest, chisquare
 from tokenizers import Tokenizer
 
 from gpu_jobs.models import eos_token_id, tokenizer_path
-from stages.utk import core
+from stages.utk import core, parser
 from stages.utk.stages import UtkParams, build_markers
 
 
@@ -46,7 +46,7 @@ def test_documents_read_back_exactly_from_tokens_and_labels(setup, preserve_orde
     docs, markers, _, eos, _ = setup
     samples, cfg = _samples(setup, preserve_order=preserve_order)
     assert samples and all(len(s.tokens) == cfg.length + 1 for s in samples)
-    got = core.documents_from_samples((_io(s) for s in samples), markers, eos)
+    got = parser.documents_from_samples((_io(s) for s in samples), markers, eos)
     n_whole = samples[-1].pieces[-1].doc + (samples[-1].pieces[-1].end == len(docs[samples[-1].pieces[-1].doc]))
     assert len(got) == n_whole
     assert Counter(g.tobytes() for g in got) == Counter(d.tobytes() for d in docs[:n_whole])
@@ -57,7 +57,7 @@ def test_every_piece_once_order_preserved_and_one_backtrace_right_after_the_last
     samples, _ = _samples(setup)
     n_split = 0
     for s in samples:
-        parsed = core.parse_sample(*_io(s), markers, eos)
+        parsed = parser.parse_sample(*_io(s), markers, eos)
         # each piece exactly once: the chunks of a piece tile its source span
         by_piece: dict[int, list[dict]] = {}
         for c in s.chunks:
@@ -182,7 +182,7 @@ def test_text_markers_read_back_too(setup):
     clean = [d for d in docs[:400] if not any(_contains(d, ids) for ids, _, _ in markers.patterns())]
     cfg = core.KnotConfig(length=2048, seed=1)
     samples = list(core.pack_samples(clean, cfg, markers, labels))
-    got = core.documents_from_samples((_io(s) for s in samples), markers, eos)
+    got = parser.documents_from_samples((_io(s) for s in samples), markers, eos)
     assert Counter(g.tobytes() for g in got) == Counter(d.tobytes() for d in clean[:len(got)])
     assert sum(s.knotted for s in samples) > 0
 
