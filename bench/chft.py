@@ -31,7 +31,7 @@ from pipelines.engine.progress import format_table  # noqa: E402
 
 
 def documents(language: str, n: int, chars: int) -> list[dict]:
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
     from stages.chft import core
 
     name = "peoples_daily_docs" if language == "zh" else "kjv_chapters"
@@ -89,7 +89,7 @@ def bench(language: str, n: int, chars: int, work: Path) -> list[list]:
     text = text.replace("up_to_date_from: 0.9", "up_to_date_from: null")
     (work / f"chft-{language}.yaml").write_text(text)
     catalog = work / f"c-{language}.duckdb"
-    cpu_l, wall_l, _ = cpu_and_wall([sys.executable, "-m", "pipelines.cli.main", "run",
+    cpu_l, wall_l, _ = cpu_and_wall([sys.executable, "-m", "pipelines.commands.main", "run",
                                      str(work / f"chft-{language}.yaml"),
                                  "--input", str(src), "--output", str(work / f"out-{language}"), "--catalog",
                                      str(catalog), "--quiet", "--workers", "1"], REPO)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.fresh_process import add_child_options, measure_in_fresh_process  # noqa: E402
 from catalog import Catalog  # noqa: E402
 from gpu_jobs.models import load_tokenizer, tokenizer_path  # noqa: E402
-from pipelines.cli import corpora  # noqa: E402
+from pipelines.commands import corpora  # noqa: E402
 from pipelines.driver import run_pipeline  # noqa: E402
 from pipelines.engine.plan import build_plan  # noqa: E402
 from pipelines.engine.progress import Progress, format_table  # noqa: E402

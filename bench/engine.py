@@ -34,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from catalog import Catalog  # noqa: E402
-from pipelines.cli import corpora  # noqa: E402
+from pipelines.commands import corpora  # noqa: E402
 from pipelines.driver import run_pipeline  # noqa: E402
 from pipelines.engine.plan import build_plan  # noqa: E402
 from pipelines.engine.progress import Progress, format_table  # noqa: E402

@@ -2,7 +2,7 @@
 content fingerprint of its output, its side tables' and the records count. A refactoring that
 keeps behaviour prints the same lines before and after (issue 34's check).
 
-    .venv/bin/python bench/fingerprints.py OUT_DIR > fingerprints.txt
+    .venv/bin/python bench/fingerprints.py OUT_DIR [PIPELINE ...] > fingerprints.txt
 
 Model stages run SmolLM2-135M (and Whisper base for ChFT's speech chain) on two or three
 documents each; pipelines whose models are not offline (gateau.yaml's LLaMA-2, perplexity's
@@ -56,6 +56,24 @@ def _instructions(out: Path) -> Path:
     return path
 
 
+def _cli() -> list[str]:
+    """The command line of this checkout's longforge (its module moved with the house)."""
+    for module, marker in (("pipelines.commands.main", "pipelines/commands"),
+                           ("pipelines" + ".cli.main", "pipelines/cli"), ("pipelines" + ".cli", "pipelines/cli.py")):
+        if (REPO / marker).exists():
+            return [sys.executable, "-m", module]
+    raise SystemExit("no longforge command line in this checkout")
+
+
+def _posts(out: Path) -> Path:
+    """The StackExchange fixture (tests/fixtures/stackexchange/Posts.xml) imported as posts."""
+    path = out / "posts.jsonl"
+    subprocess.run([*_cli(), "eval", "import", "stackexchange", str(REPO / "tests" / "fixtures" / "stackexchange"
+                                                                      / "Posts.xml"), "-o", str(path)],
+                   check=True, capture_output=True, cwd=REPO)
+    return path
+
+
 def cases(work: Path) -> dict[str, list[str]]:
     c = CORPORA
     three = [str(c / "paul_graham"), str(c / "kjv_chapters"), str(c / "python_docs")]
@@ -76,7 +94,7 @@ def cases(work: Path) -> dict[str, list[str]]:
         "perplexity": [str(_slice("kjv_chapters", 4, work, chars=2000))],
         "chft": [str(_slice("peoples_daily_docs", 2, work, chars=300, min_chars=300))],
         "chft-en": [str(_slice("kjv_chapters", 2, work, chars=400, min_chars=400))],
-        "bestanswer": [],  # needs a StackExchange dump: python_qa_posts when built
+        "bestanswer": [str(_posts(work))],
         "gateau": [],  # LLaMA-2-7B and LongAlign-7B are not offline
     }
 
@@ -85,15 +103,17 @@ def main() -> None:
     out = Path(sys.argv[1]).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LONGFORGE_CATALOG": str(out / "catalog.duckdb")}
-    longforge = str(Path(sys.executable).parent / "longforge")
+    only = set(sys.argv[2:])  # names of pipelines to run (default: all)
     for name, inputs in cases(out).items():
+        if only and name not in only:
+            continue
         if not inputs:
             print(f"{name}\tskipped (no offline input)", flush=True)
             continue
         dest = out / name
-        cmd = [longforge, "run", str(REPO / "pipelines" / f"{name}.yaml"), "--output", str(dest), "--quiet"]
+        cmd = [*_cli(), "run", str(REPO / "pipelines" / f"{name}.yaml"), "--output", str(dest), "--quiet"]
         cmd += [a for p in inputs for a in ("--input", p)]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
         if done.returncode != 0:
             print(f"{name}\tfailed rc={done.returncode}: {done.stderr.strip().splitlines()[-1:]}", flush=True)
             continue

@@ -24,7 +24,7 @@ from pipelines.engine.progress import format_table  # noqa: E402
 
 
 def samples(n: int) -> list[dict]:
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
     from tests.fixtures.gateau_samples import early_late_samples
 
     return early_late_samples(sorted(corpora.CORPORA["paul_graham"].build(), key=lambda d: d["id"]), n)
@@ -42,7 +42,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="longforge-gateau-terms-"))
     inp = work / "long_sft.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in samples(args.samples)))
-    subprocess.run([sys.executable, "-m", "pipelines.cli.main", "run", str(REPO / "pipelines" / "gateau-smollm2.yaml"),
+    subprocess.run([sys.executable, "-m", "pipelines.commands.main", "run",
+                    str(REPO / "pipelines" / "gateau-smollm2.yaml"),
                     "--input", str(inp), "--output", str(work / "out"), "--catalog", str(work / "c.duckdb"),
                     "--quiet"], check=True, cwd=REPO)
     rows = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipelines", "stages", "schemas", "catalog", "gpu_jobs")
-ALLOWED_LONG = {"pipelines/cli/parser.py:build_parser"}  # the parser table: one argument a line
+ALLOWED_LONG = {"pipelines/commands/parser.py:build_parser"}  # the parser table: one argument a line
 
 
 def measure() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:

@@ -209,7 +209,7 @@ def embed(n_docs: int, max_tokens: int, batch_size: int) -> None:
     from sentence_transformers import SentenceTransformer
 
     from gpu_jobs.embed import EmbedSettings, Encoder, embed_documents
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     docs = [d for name in ("paul_graham", "kjv_chapters", "python_docs") for d in corpora.CORPORA[name].build()]
     docs = (docs * (n_docs // len(docs) + 1))[:n_docs]

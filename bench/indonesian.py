@@ -67,7 +67,7 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     with tempfile.TemporaryDirectory(prefix="bench-id-") as tmp:
         work = Path(tmp)
@@ -81,7 +81,7 @@ def main() -> None:
         (work / "p.yaml").write_text(spec)
         cpu_p, wall_p, _ = cpu_and_wall([sys.executable, __file__, "--plain", str(src), str(work / "plain.parquet")],
                                         REPO)
-        cpu_l, wall_l, _ = cpu_and_wall([sys.executable, "-m", "pipelines.cli.main", "run", str(work / "p.yaml"),
+        cpu_l, wall_l, _ = cpu_and_wall([sys.executable, "-m", "pipelines.commands.main", "run", str(work / "p.yaml"),
                                          "--input", str(src), "--output", str(work / "out"), "--catalog",
                                          str(work / "c.duckdb"), "--quiet", "--workers", str(args.workers)], REPO)
         n = len(docs)

@@ -39,7 +39,7 @@ def main() -> None:
 
     from gpu_jobs.lm import RopeExtension, load_causal_lm
     from gpu_jobs.scoring import Row, row_nll
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     logging.disable_progress_bar()
     torch.set_num_threads(args.threads)

@@ -26,7 +26,7 @@ from pipelines.engine.progress import format_table  # noqa: E402
 
 
 def mixed_texts(lm, n: int, lo: int, hi: int, seed: int = 0) -> list[dict]:
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     texts = [d["text"] for name in ("paul_graham", "kjv_books", "python_docs") for d in corpora.CORPORA[name].build()]
     ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts if len(t) > 4 * hi * 5]

@@ -27,6 +27,7 @@ from catalog.queries import (  # noqa: F401 - QUERY_CONFIG, SANDBOX, QueryRefuse
     is_lock_conflict,
     wait_seconds,
 )
+from catalog.scores import score_rows
 
 DEFAULT_PATH = "longforge.duckdb"
 SCHEMA_VERSION = 1
@@ -250,6 +251,11 @@ class Catalog(CatalogReads):
             con.execute("INSERT INTO pushes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [artifact_id, run_id, repo, revision, commit, json.dumps(configs), files, n_bytes, private,
                          endpoint, pushed_at])
+
+    def add_score_rows(self, per_row: pa.Table | dict, **same: str | None) -> int:
+        """Append scores built by the one builder (:func:`catalog.scores.score_rows`): per-row
+        columns, and the values every row shares (``run_id=...``, ``model=...``)."""
+        return self.add_scores(score_rows(per_row, **same))
 
     def add_scores(self, table: pa.Table) -> int:
         """Append scores (columns as in the ``scores`` table); returns the number of rows."""

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from catalog.scores import score_rows
 from gpu_jobs.scoring import SIDE_SCHEMA, ScoreSettings, score_part
 
 
@@ -79,8 +78,8 @@ def run_scoring(lm, settings: ScoreSettings, records: list[dict], *, catalog, ou
         n = new.num_rows
         per_row = new.select(["sample_id", "metric", "value"]).append_column(
             "content_hash", pa.array([hashes[i] for i in new.column("sample_id").to_pylist()], pa.string()))
-        catalog.add_scores(score_rows(per_row, artifact_id=artifact_id, job=settings.job, model=lm.name,
-                                      revision=lm.revision, run_id=run_id, settings=settings_json))
+        catalog.add_score_rows(per_row, artifact_id=artifact_id, job=settings.job, model=lm.name,
+                               revision=lm.revision, run_id=run_id, settings=settings_json)
         rows_written += n
         scored += len(todo)
         if bar:

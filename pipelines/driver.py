@@ -15,7 +15,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from catalog import Catalog
-from catalog.scores import score_rows
 from pipelines import storage
 from pipelines.engine import artifacts, card, harvest, interrupts, layout, output_guard, publish
 from pipelines.engine.plan import CODE_VERSION, Plan
@@ -185,7 +184,7 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     score_files = [p for a, paths in sides if a["schema_name"] == "score" for p in paths]
     for p in score_files:  # one file at a time
         t = pq.read_table(p, columns=["sample_id", "job", "model", "revision", "metric", "value", "settings"])
-        catalog.add_scores(score_rows(t, artifact_id=output_id, run_id=run_id))
+        catalog.add_score_rows(t, artifact_id=output_id, run_id=run_id)
     _remove_stale_work(plan)
     if mirror is not None:
         mirror.push(final=True)  # the stale work removed here goes there too

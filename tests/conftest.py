@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LONGFORGE = [sys.executable, "-m", "pipelines.cli.main"]
+LONGFORGE = [sys.executable, "-m", "pipelines.commands.main"]
 
 # Running on both cores (`make test`: pytest-xdist). Each test module is one unit of work, so its
 # module fixtures (a product built once, checked by many tests) are built once, on one worker; the
@@ -98,7 +98,7 @@ def shared_dir(tmp_path_factory, name: str, build) -> Path:
 @pytest.fixture(scope="session")
 def corpora_dir(tmp_path_factory) -> Path:
     """Paul Graham essays, KJV chapters and Python docs as Parquet document datasets."""
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     def build(root: Path) -> None:
         for name in ("paul_graham", "kjv_chapters", "python_docs"):
@@ -176,7 +176,7 @@ def _tokenize_corpora(corpora_dir: Path, base: Path) -> None:
 
 def build_corpus(name: str, parent: Path) -> str:
     """Corpus ``name`` (OFFLINE.md's packages) built into ``parent/name``; returns the folder."""
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     folder, _ = corpora.build(name, str(parent / name))
     return folder

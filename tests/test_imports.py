@@ -53,7 +53,7 @@ def _graph() -> dict[str, set[str]]:
 def test_the_walk_sees_real_imports():
     g = _graph()
     assert "pipelines.engine.task" in g["pipelines.runners.local"]  # a top-level import
-    assert "gpu_jobs.lm" in g["stages.shared.scoring"]  # one inside a function
+    assert "gpu_jobs.lm" in g["stages.blocks.scoring"]  # one inside a function
 
 
 def test_gpu_jobs_never_import_the_engine():
@@ -101,21 +101,22 @@ def _product(module: str) -> str | None:
     """The product a module of stages/ belongs to (``stages.icp.core`` -> ``icp``); None for the
     shared blocks, the contract and the registry."""
     parts = module.split(".")
-    if parts[0] != "stages" or len(parts) < 3 or parts[1] == "shared":
+    if parts[0] != "stages" or len(parts) < 3 or parts[1] == "blocks":
         return None
     return parts[1]
 
 
 def test_products_do_not_import_each_other():
-    """A product's package uses the shared blocks (stages/shared), never another product: what two
-    products share moves to stages/shared (issue 34)."""
+    """A product's package uses the shared blocks (stages/blocks), never another product: what two
+    products share moves to stages/blocks (issue 34)."""
     bad = sorted((a, b) for a, deps in _graph().items() for b in deps
                  if _product(a) and _product(b) and _product(a) != _product(b))
     assert bad == []
 
 
 def test_only_the_cli_imports_the_driver():
-    bad = sorted(a for a, deps in _graph().items() if "pipelines.driver" in deps and not a.startswith("pipelines.cli"))
+    bad = sorted(a for a, deps in _graph().items()
+                 if "pipelines.driver" in deps and not a.startswith("pipelines.commands"))
     assert bad == []
 
 
@@ -129,4 +130,14 @@ def test_runners_reach_the_engine_only_through_its_task_entry_point():
 def test_stages_never_import_the_engine_or_the_catalog():
     bad = sorted((a, b) for a, deps in _graph().items() if a.startswith("stages") for b in deps
                  if b.startswith(("pipelines", "catalog")))
+    assert bad == []
+
+
+def test_gpu_jobs_use_only_schemas_and_schemas_use_nothing_of_ours():
+    """DESIGN.md's directions: a scoring job runs without the engine, the catalog or a stage (it is
+    handed a catalog object), and the schemas stand alone."""
+    g = _graph()
+    bad = sorted((a, b) for a, deps in g.items() for b in deps
+                 if (a.startswith("gpu_jobs") and not b.startswith(("gpu_jobs", "schemas")))
+                 or (a.startswith("schemas") and not b.startswith("schemas")))
     assert bad == []

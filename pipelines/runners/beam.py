@@ -38,7 +38,7 @@ from pipelines.runners import beam_setup
 from pipelines.runners.base import ShardedRunner
 from pipelines.storage import worker_sync
 from pipelines.storage.redaction import install_log_redaction, remember_secrets
-from stages.shared.beam_pipeline import new_pipeline
+from stages.blocks.beam_pipeline import new_pipeline
 
 
 class RunTask(beam.DoFn):

@@ -27,7 +27,7 @@ from schemas import REGISTRY, RecordSchema
 from stages import register
 from stages.adaleval import core
 from stages.base import Dropped, GlobalContext, GlobalResult, GlobalStage, GroupStage, Outcome, Rejected, metadata_of
-from stages.shared.eval_view import (
+from stages.blocks.eval_view import (
     LONGBENCH_FIELDS,
     LengthParams,
     TokenCounter,

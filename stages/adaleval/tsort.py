@@ -15,7 +15,7 @@ from schemas import REGISTRY, RecordSchema
 from stages import register
 from stages.adaleval import core
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected
-from stages.shared.eval_view import (
+from stages.blocks.eval_view import (
     LONGBENCH_FIELDS,
     LengthParams,
     TokenCounter,

@@ -22,8 +22,8 @@ from pydantic import Field, model_validator
 from schemas import REGISTRY, RecordSchema
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams, metadata_of
+from stages.blocks.eval_view import LONGBENCH_FIELDS, item_hash, longbench_length, seeded
 from stages.chft import core
-from stages.shared.eval_view import LONGBENCH_FIELDS, item_hash, longbench_length, seeded
 
 SPLITS = ("train", "test_homogeneous", "test_up_to_date", "test_hard")
 

@@ -59,7 +59,7 @@ class ConcatChunk(GroupStage):
         return f"{int.from_bytes(h[:8], 'big') % p.groups:05d}", place
 
     def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
-        from stages.shared.packing import pack
+        from stages.blocks.packing import pack
 
         p: ConcatChunkParams = self.params
         ids = [r["id"] for r in records]

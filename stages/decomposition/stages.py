@@ -37,8 +37,8 @@ from stages.base import (
     StageParams,
     TokenizerRef,
 )
+from stages.blocks.plots import new_figure, save_figure
 from stages.decomposition import core
-from stages.shared.plots import new_figure, save_figure
 
 INDEX_SCHEMA = pa.schema([pa.field("seq_id", pa.string()), pa.field("start", pa.int64()),
                           pa.field("end", pa.int64()), pa.field("doc_id", pa.string()),

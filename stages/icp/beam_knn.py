@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.shared.beam_pipeline import new_pipeline
+from stages.blocks.beam_pipeline import new_pipeline
 
 EMB_SCHEMA = pa.schema([pa.field("row", pa.int64()), pa.field("emb", pa.list_(pa.float32()))])
 OUT_SCHEMA = pa.schema([pa.field("row", pa.int64()), pa.field("nbr_rows", pa.list_(pa.int64())),

@@ -26,8 +26,8 @@ from stages.base import (
     Resources,
     StageParams,
 )
+from stages.blocks.plots import new_figure, save_figure
 from stages.icp import core
-from stages.shared.plots import new_figure, save_figure
 
 
 def _matrix(col) -> np.ndarray:

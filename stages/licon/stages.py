@@ -34,8 +34,7 @@ from stages.base import (
     Rejected,
     metadata_of,
 )
-from stages.licon import core
-from stages.shared.eval_view import (
+from stages.blocks.eval_view import (
     LONGBENCH_FIELDS,
     LengthParams,
     TokenCounter,
@@ -45,6 +44,7 @@ from stages.shared.eval_view import (
     script_language,
     seeded,
 )
+from stages.licon import core
 
 LABELLED = RecordSchema("labelled", 1, (pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
                                         pa.field("metadata", pa.string())))

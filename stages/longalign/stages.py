@@ -27,8 +27,8 @@ from stages.base import (
     StageParams,
     TokenizerRef,
 )
+from stages.blocks.generation import GeneratorParams, open_generator, refusal, refused, with_call_counts
 from stages.longalign import core
-from stages.shared.generation import GeneratorParams, open_generator, refusal, refused, with_call_counts
 
 INSTRUCTION_ROW = REGISTRY.register(RecordSchema("longalign_row", 1, (
     pa.field("id", pa.string(), nullable=False),  # <document id>#q

@@ -213,7 +213,7 @@ REFUSAL_MATCHES = ("declining", "anywhere")
 def refusal_phrase(text: str, phrases: Sequence[str] = REFUSAL_PHRASES, match: str = "declining",
                    patterns: Sequence[str] | None = None) -> str | None:
     """Why an answer is a refusal, or None. ``declining`` (default): the model declining the request
-    where its answer starts, outside quotes (the shared patterns of :mod:`stages.shared.generation`), so an
+    where its answer starts, outside quotes (the shared patterns of :mod:`stages.blocks.generation`), so an
     answer that quotes a character ("I cannot go back") or discusses a company (OpenAI) is kept and
     the phrase list is not read. ``anywhere``: the reference's test, a phrase of the list anywhere
     in the answer (spec 3.6)."""
@@ -222,7 +222,7 @@ def refusal_phrase(text: str, phrases: Sequence[str] = REFUSAL_PHRASES, match: s
     if match == "anywhere":
         low = text.lower().replace("\u2019", "'")
         return next((ph for ph in phrases if ph.lower() in low), None)
-    from stages.shared.generation import REFUSAL_PATTERNS, refusal
+    from stages.blocks.generation import REFUSAL_PATTERNS, refusal
 
     return refusal(text, tuple(patterns) if patterns is not None else REFUSAL_PATTERNS)
 

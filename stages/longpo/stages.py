@@ -21,8 +21,8 @@ from pydantic import Field, model_validator
 from schemas import MESSAGE, REGISTRY, RecordSchema
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, TokenizerRef
+from stages.blocks.generation import GeneratorParams, open_generator, refused, with_call_counts
 from stages.longpo import core
-from stages.shared.generation import GeneratorParams, open_generator, refused, with_call_counts
 
 LONGPO_PAIR = REGISTRY.register(RecordSchema("longpo_pair", 1, (
     pa.field("id", pa.string(), nullable=False),  # the document's id

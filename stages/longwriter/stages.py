@@ -15,8 +15,8 @@ from pydantic import Field
 from schemas import MESSAGE, REGISTRY, RecordSchema
 from stages import register
 from stages.base import Dropped, Measured, Outcome, RecordStage, Rejected, Resources, StageParams
+from stages.blocks.generation import GeneratorParams, open_generator, refused, with_call_counts
 from stages.longwriter import core
-from stages.shared.generation import GeneratorParams, open_generator, refused, with_call_counts
 
 LONGWRITER_ROW = REGISTRY.register(RecordSchema("longwriter_row", 1, (
     pa.field("id", pa.string(), nullable=False),

@@ -114,3 +114,19 @@ def test_scores_side_table_accepts_scores(tmp_path):
                   "run_id": ["r", "r"]})
     assert cat.add_scores(t) == 2
     assert cat.query("SELECT sample_id FROM scores WHERE value > 5")[1] == [("b",)]
+
+
+def test_score_rows_are_built_one_way(tmp_path):
+    """The one builder of the scores table's rows (issue 34): per-row columns joined with what every
+    row shares, in the table's columns; a column the table lacks is an error, not a silent drop."""
+    from catalog.scores import score_rows
+
+    t = score_rows({"sample_id": ["a", "b"], "metric": ["ppl", "ppl"], "value": [1, 2.5]}, run_id="r", job="eval")
+    assert t.column_names == ["sample_id", "job", "metric", "value", "run_id"]
+    assert t.column("value").to_pylist() == [1.0, 2.5] and t.column("run_id").to_pylist() == ["r", "r"]
+    with pytest.raises(ValueError, match="no column"):
+        score_rows({"sample_id": ["a"], "metric": ["m"], "value": [1.0]}, run="r")
+    cat = Catalog(str(tmp_path / "c.duckdb"))
+    assert cat.add_score_rows(t) == 2
+    assert cat.query("SELECT sample_id, value, run_id FROM scores ORDER BY sample_id")[1] == [("a", 1.0, "r"),
+                                                                                            ("b", 2.5, "r")]

@@ -119,7 +119,7 @@ def test_the_query_child_imports_nothing_from_the_working_folder_and_answers_lon
     base, _ = finished_run
     (tmp_path / "json.py").write_text("open(__file__ + '.PWNED', 'w').close()\n")
     # the command as its console script runs it: nothing of the working folder on its own path (-P)
-    r = subprocess.run([sys.executable, "-P", "-m", "pipelines.cli.main", "catalog", "--catalog",
+    r = subprocess.run([sys.executable, "-P", "-m", "pipelines.commands.main", "catalog", "--catalog",
                         str(base / "c.duckdb"), "query", "SELECT 1 AS one", "--format", "csv"], cwd=tmp_path,
                        capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)

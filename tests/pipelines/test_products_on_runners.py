@@ -43,7 +43,7 @@ def _labelled_verses(docs):
 
 def _posts(_docs):
     """The Posts.xml fixture's posts (the StackExchange dumps are not offline), as eval import writes them."""
-    from pipelines.cli.eval_command import read_posts_rows
+    from pipelines.commands.eval_command import read_posts_rows
 
     return list(read_posts_rows(str(REPO / "tests" / "fixtures" / "stackexchange" / "Posts.xml")))
 
@@ -52,7 +52,7 @@ def _corpus(name: str, n: int, step: int = 1):
     """The first ``n`` documents (every ``step``-th) of a corpus that the session's real_docs lack."""
     from itertools import islice
 
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     return lambda _docs: list(islice(corpora.CORPORA[name].build(), 0, n * step, step))
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from pipelines.cli.hub_push import render_card
+from pipelines.commands.hub_push import render_card
 from pipelines.engine import markdown
 
 MD = MarkdownIt("commonmark").enable("table")

@@ -29,7 +29,7 @@ def tiny_input(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("pipeline", PRODUCT_PIPELINES)
 def test_dataflow_job_graph_names_every_stage(pipeline, tiny_input, tmp_path, capsys):
-    from pipelines.cli.main import main
+    from pipelines.commands.main import main
 
     args = ["run", str(REPO / "pipelines" / pipeline), "--input", str(tiny_input), "--output", str(tmp_path / "o"),
             "--runner", "beam", "--dry-run"] + [f"--beam-arg={a}" for a in DATAFLOW]

@@ -40,7 +40,7 @@ def test_memory_store_in_and_out_matches_local_paths(product, tmp_path, monkeypa
     """In-process (a ``memory://`` store lives in its process): the same records, byte for byte."""
     import fsspec
 
-    from pipelines.cli.main import main
+    from pipelines.commands.main import main
 
     fs = fsspec.filesystem("memory")
     fs.put_file(str(product["input"]), "/lf-test-in/docs.jsonl")
@@ -165,7 +165,7 @@ def test_a_remote_output_inside_its_remote_input_is_refused(product, tmp_path, m
     """Issue 32, point 7: the local guards hold for URLs too (in-process: memory:// lives here)."""
     import fsspec
 
-    from pipelines.cli.main import main
+    from pipelines.commands.main import main
 
     fs = fsspec.filesystem("memory")
     fs.put_file(str(product["input"]), "/lf-guard/in/docs.jsonl")

@@ -86,7 +86,7 @@ POSTS = Path(__file__).resolve().parents[2] / "fixtures" / "stackexchange" / "Po
 
 
 def test_posts_are_read_with_html_stripped_code_kept_and_both_tag_formats():
-    from pipelines.cli.eval_command import read_posts_rows
+    from pipelines.commands.eval_command import read_posts_rows
 
     rows = {r["post_id"]: r for r in read_posts_rows(str(POSTS))}
     questions = {k for k, r in rows.items() if r["post_type"] == "question"}

@@ -19,7 +19,7 @@ SETTINGS = (2048, 8192)
 
 @pytest.fixture(scope="module")
 def books(tmp_path_factory):
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     folder, _ = corpora.build("kjv_books", str(tmp_path_factory.mktemp("kjv") / "kjv_books"))
     rows = sorted(pq.read_table(f"{folder}/data").to_pylist(), key=lambda r: r["id"])
@@ -64,7 +64,7 @@ def test_same_seed_same_items_and_a_short_document_gives_none(books):
 
 def test_longbench_length_counts_characters_for_chinese():
     """LongBench's ``length``: words for English, characters for Chinese (issue 33, point 15)."""
-    from stages.shared.eval_view import longbench_length
+    from stages.blocks.eval_view import longbench_length
 
     zh = "段落结构决定了文章的可读性。" * 10
     assert longbench_length("zh", zh) == len(zh)
@@ -74,7 +74,7 @@ def test_longbench_length_counts_characters_for_chinese():
 
 
 def test_a_text_without_a_language_is_read_off_its_script():
-    from stages.shared.eval_view import longbench_length, script_language
+    from stages.blocks.eval_view import longbench_length, script_language
 
     assert script_language("段落结构决定了文章的可读性。") == "zh"
     assert script_language("これは日本語の文章です。") == "ja"

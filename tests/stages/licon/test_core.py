@@ -15,7 +15,7 @@ from stages.licon import core
 
 @pytest.fixture(scope="module")
 def kjv_train_labels() -> list[str]:
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     metas = [json.loads(d["metadata"]) for d in corpora.kjv_verses()]
     return [m["label"] for m in metas if m["split"] == "train"]

@@ -33,7 +33,7 @@ def built(tmp_path_factory):
 
 
 def test_selection_on_the_kjv_makes_rounds_that_each_show_every_book_once():
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     docs = list(corpora.kjv_verses())
     stage = LiconSelect(LiconSelect.Params(settings=(8192,), test_items=66 * 3), seed=0)

@@ -8,12 +8,12 @@ import io
 import json
 import sys
 
-from pipelines.cli.parser import UsageError
+from pipelines.commands.parser import UsageError
 
 
 def push(args) -> int:
     from catalog import Catalog
-    from pipelines.cli.hub_push import PushError, push
+    from pipelines.commands.hub_push import PushError, push
 
     catalog = Catalog(args.catalog)
     try:
@@ -32,7 +32,7 @@ def report(args) -> int:
     from pathlib import Path
 
     from catalog import Catalog
-    from pipelines.cli.report import ReportError, write_report
+    from pipelines.commands.report import ReportError, write_report
 
     catalog = Catalog(args.catalog)
     run_id = args.run_id
@@ -51,7 +51,7 @@ def report(args) -> int:
 
 
 def corpus(args) -> int:
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     if args.corpus_command == "list":
         rows = [(c.name, c.language, c.license, c.description) for c in corpora.CORPORA.values()]

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.cli.corpus_packages import PACKAGES, CorpusNotAvailable, Package, fetch, fetch_all, raw_dir  # noqa: F401
-from pipelines.cli.corpus_texts import (  # noqa: F401 - the builders, by name
+from pipelines.commands.corpus_packages import PACKAGES, CorpusNotAvailable, Package, fetch, fetch_all, raw_dir  # noqa: F401
+from pipelines.commands.corpus_texts import (  # noqa: F401 - the builders, by name
     KJV_LICENSE,
     PD_LICENSE,
     PG_LICENSE,

@@ -58,7 +58,7 @@ def test_minhash_is_deterministic_and_seeded(real_docs):
 
 
 def test_minhash_char_shingles_for_chinese():
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     docs = [d for d in corpora.peoples_daily() if len(d["text"]) > 200][:200]
     copy = {"id": "zz", "text": docs[5]["text"].replace("，", "、", 1)}

@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import corpora
+from pipelines.commands import corpora
 from schemas import DOCUMENT
 
 EXPECTED = {  # name: (minimum documents, language)

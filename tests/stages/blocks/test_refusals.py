@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from stages.blocks.generation import REFUSAL_PATTERNS, refusal
 from stages.longpo import core as longpo_core
-from stages.shared.generation import REFUSAL_PATTERNS, refusal
 
 REAL_TEXT = [
     '"I\'m sorry," she whispered, and the door closed behind her before anyone could answer.',

@@ -46,7 +46,7 @@ def test_normalize_rejects_text_that_becomes_empty():
 
 
 def test_language_id_on_real_corpora(real_docs):
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     zh = next(d for d in corpora.peoples_daily() if len(d["text"]) > 100)
     idn = next(corpora.debian_reference_id())
@@ -57,7 +57,7 @@ def test_language_id_on_real_corpora(real_docs):
 
 
 def test_language_id_candidate_languages():
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     title = next(corpora.peoples_daily())  # a short headline that py3langid alone calls Wu Chinese
     assert run("language_id", title)[0]["language"] != "zh"
@@ -111,7 +111,7 @@ def test_sentence_split_with_the_english_parser(real_docs):
 
 
 def test_sentence_split_chinese(real_docs):
-    from pipelines.cli import corpora
+    from pipelines.commands import corpora
 
     doc = next(d for d in corpora.peoples_daily() if d["text"].count("。") >= 3)
     sents = run("sentence_split", doc, language="zh")[0]["sentences"]

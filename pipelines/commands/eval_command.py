@@ -142,7 +142,6 @@ def summarize(items: dict[str, dict], scored: dict[str, dict[str, float]],
 def eval_score(args) -> int:
 
     from catalog import Catalog
-    from catalog.scores import score_rows
     from pipelines.driver import new_run_id
 
     try:
@@ -168,9 +167,9 @@ def eval_score(args) -> int:
     try:
         rows = [(rid, f"{scorer.group(items[rid])}:{name}", float(v))
                 for rid, s in scored.items() for name, v in s.items()]
-        catalog.add_scores(score_rows({"sample_id": [r[0] for r in rows], "metric": [r[1] for r in rows],
-                                       "value": [r[2] for r in rows]}, job="eval", model=args.model, run_id=run_id,
-                                      settings=json.dumps(settings, sort_keys=True)))
+        catalog.add_score_rows({"sample_id": [r[0] for r in rows], "metric": [r[1] for r in rows],
+                                "value": [r[2] for r in rows]}, job="eval", model=args.model, run_id=run_id,
+                               settings=json.dumps(settings, sort_keys=True))
         catalog.record_results(run_id, stage_stats=[], rejects=None, artifacts=[], lineage=[],
                                metrics={"eval": metrics})
     except BaseException as e:

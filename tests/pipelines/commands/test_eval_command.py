@@ -119,7 +119,7 @@ def test_a_sets_scorer_is_found_through_its_product_not_its_dataset_name(tmp_pat
     """Issue 34: the scorer comes from the record schema the set's files name (the product that
     built it registered a scorer for it). A TSort set renamed by its user is still TSort; a table
     that only says "tsort" in a column is not a set any product built."""
-    from pipelines.cli.eval_command import EvalInputError, set_scorer
+    from pipelines.commands.eval_command import EvalInputError, set_scorer
     from schemas import cast_table
     from stages.adaleval.tsort import TSORT_ITEM
 

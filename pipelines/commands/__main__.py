@@ -1,5 +1,5 @@
 """``python -m cli``: the ``longforge`` command."""
 
-from pipelines.cli.main import main
+from pipelines.commands.main import main
 
 main()

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from catalog import Catalog
-from pipelines.cli.report import build_report
+from pipelines.commands.report import build_report
 
 
 class _Tags(HTMLParser):

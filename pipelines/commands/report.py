@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.shared.plots import new_figure
+from stages.blocks.plots import new_figure
 
 MARK = "<!-- longforge run report -->"
 LENGTH_COLUMNS = ("length_tokens", "n_tokens", "num_tokens", "tokens", "length", "n_chars")

@@ -11,8 +11,8 @@ import signal
 import sys
 import threading
 
-from pipelines.cli import commands
-from pipelines.cli.parser import UsageError, build_parser
+from pipelines.commands import small_commands
+from pipelines.commands.parser import UsageError, build_parser
 from pipelines.spec import PipelineError
 
 #: True when longforge runs as a command (its arguments from the command line), False when called
@@ -81,28 +81,28 @@ def _dispatch(args) -> int:
     if args.command == "stages":
         return _stages(args)
     if args.command == "corpus":
-        return commands.corpus(args)
+        return small_commands.corpus(args)
     if args.command == "catalog":
-        return commands.catalog(args)
+        return small_commands.catalog(args)
     if args.command == "models":
-        return commands.models(args)
+        return small_commands.models(args)
     if args.command == "select":
-        return commands.select(args)
+        return small_commands.select(args)
     if args.command == "report":
-        return commands.report(args)
+        return small_commands.report(args)
     if args.command == "push":
-        return commands.push(args)
+        return small_commands.push(args)
     if args.command == "longbench-write":
-        from pipelines.cli.longbench_write_command import longbench_write
+        from pipelines.commands.longbench_write_command import longbench_write
 
         return longbench_write(args)
     if args.command == "eval":
-        from pipelines.cli import eval_command
+        from pipelines.commands import eval_command
 
         return {"score": eval_command.eval_score, "import": eval_command.eval_import,
                 "predict": eval_command.eval_predict}[args.eval_command](args)
     if args.command == "score":
-        from pipelines.cli.score_command import score
+        from pipelines.commands.score_command import score
 
         return score(args)
     raise UsageError(f"unknown command {args.command}")

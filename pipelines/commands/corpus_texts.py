@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree
 
-from pipelines.cli.corpus_packages import _extract_deb, _package_file, raw_dir
+from pipelines.commands.corpus_packages import _extract_deb, _package_file, raw_dir
 
 # -- builders --------------------------------------------------------------------------------------
 
