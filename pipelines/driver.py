@@ -77,7 +77,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
     try:
         if mirror is not None:
             mirror.take_lock(run_id)
-            from pipelines.storage import worker_sync
+            from pipelines.engine import worker_sync
 
             on_workers = runner == "beam" and worker_sync.wanted(plan, beam_args or [])
             n_pulled = mirror.pull(skip=worker_sync.PAYLOAD if on_workers else None)

@@ -1,5 +1,5 @@
 """Stage registry. A stage module registers its classes with :func:`register` on import; the
-registry imports every such module under ``stages/`` (one package per product, ``shared`` for the
+registry imports every such module under ``stages/`` (one package per product, ``blocks`` for the
 building blocks every product uses)."""
 
 from __future__ import annotations

@@ -348,3 +348,14 @@ class EvalScorer:
     def max_new_tokens(self, item: dict) -> int:
         return self.max_tokens
 
+    def summarize(self, group: str, values: dict[str, list[float]]) -> dict[str, float]:
+        """One group's figures from its items' scores (name -> one value per scored item): the
+        accuracy of each parser, in %."""
+        return {f"accuracy:{group}:{name}": 100 * sum(v) / len(v) for name, v in sorted(values.items())
+                if name in ("strict", "reference")}
+
+    def describe(self, group: str, metrics: dict[str, float]) -> str:
+        """One group's figures as ``eval score`` prints them."""
+        return "  ".join(f"{parser} {metrics[f'accuracy:{group}:{parser}']:5.1f}%" for parser in ("strict", "reference")
+                         if f"accuracy:{group}:{parser}" in metrics)
+

@@ -15,8 +15,6 @@ from pathlib import Path
 
 from stages.base import EvalScorer
 
-SCORERS = ("strict", "reference")
-
 
 class EvalInputError(ValueError):
     """A predictions file or a set that cannot be scored; the message says which line and how to fix it."""
@@ -99,43 +97,24 @@ def set_scorer(path: str) -> EvalScorer:
 
 def summarize(items: dict[str, dict], scored: dict[str, dict[str, float]],
               scorer: EvalScorer) -> dict[str, float]:
-    """Accuracy per group and parser (%), micro precision/recall/F1 where items give counts, and
-    how many items each group has and how many were predicted."""
-    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    """Per group, the figures the set's scorer makes of its items' scores (accuracy per parser,
+    and what the product adds: micro-F1, CER), and how many items each group has and how many
+    were predicted."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    predicted: dict[str, int] = defaultdict(int)
     for rid, s in scored.items():
+        group = scorer.group(items[rid])
+        predicted[group] += 1
         for name, v in s.items():
-            values[(scorer.group(items[rid]), name)].append(v)
+            values[group][name].append(v)
     metrics: dict[str, float] = {}
-    for (group, name), v in sorted(values.items()):
-        if name in SCORERS:
-            metrics[f"accuracy:{group}:{name}"] = 100 * sum(v) / len(v)
-    for group in sorted({g for g, _ in values}):
-        if (group, "gold") in values:
-            correct, made, gold = (sum(values[(group, k)]) for k in ("correct", "made", "gold"))
-            p = correct / made if made else 0.0
-            r = correct / gold if gold else 0.0
-            metrics |= {f"precision:{group}": 100 * p, f"recall:{group}": 100 * r,
-                        f"micro_f1:{group}": 100 * (2 * p * r / (p + r) if p + r else 0.0)}
-        if (group, "cer_after") in values:  # ChFT, spec 5: mean CER in %, and the relative reduction
-            for name in ("cer_before", "cer_after", "cer_before_nopunct", "cer_after_nopunct", "json_valid"):
-                metrics[f"{name}:{group}"] = 100 * sum(values[(group, name)]) / len(values[(group, name)])
-            correct, made, gold = (sum(values[(group, k)]) for k in ("punct_correct", "punct_made", "punct_gold"))
-            p = correct / made if made else 0.0
-            r = correct / gold if gold else 0.0
-            metrics |= {f"punct_precision:{group}": 100 * p, f"punct_recall:{group}": 100 * r,
-                        f"punct_f1:{group}": 100 * (2 * p * r / (p + r) if p + r else 0.0)}
-            itn = sum(values[(group, "itn_pairs")])
-            metrics[f"itn_pairs:{group}"] = itn
-            if itn:  # spec 5d: of the itn pairs, the share the correction writes as the reference
-                metrics[f"itn_accuracy:{group}"] = 100 * sum(values[(group, "itn_right")]) / itn
-            before = metrics[f"cer_before:{group}"]
-            metrics[f"cer_reduction:{group}"] = 100 * (before - metrics[f"cer_after:{group}"]) / before if before \
-                else 0.0
+    for group in sorted(values):
+        metrics |= scorer.summarize(group, dict(values[group]))
     per_set: dict[str, int] = defaultdict(int)
     for it in items.values():
         per_set[scorer.group(it)] += 1
     metrics |= {f"items:{g}": n for g, n in per_set.items()}
-    metrics |= {f"predicted:{g}": len(values[(g, "strict")] or values[(g, "cer_after")]) for g in per_set}
+    metrics |= {f"predicted:{g}": predicted[g] for g in per_set}
     return metrics
 
 
@@ -179,13 +158,7 @@ def eval_score(args) -> int:
     groups = sorted(k.split(":", 1)[1] for k in metrics if k.startswith("items:"))
     width = max(len(g) for g in groups)
     for g in groups:
-        line = "  ".join(f"{parser} {metrics[f'accuracy:{g}:{parser}']:5.1f}%" for parser in SCORERS
-                         if f"accuracy:{g}:{parser}" in metrics)
-        if f"micro_f1:{g}" in metrics:
-            line += f"  micro-F1 {metrics[f'micro_f1:{g}']:5.1f}%"
-        if f"cer_after:{g}" in metrics:
-            line += (f"CER {metrics[f'cer_before:{g}']:.2f}% -> {metrics[f'cer_after:{g}']:.2f}% "
-                     f"(reduction {metrics[f'cer_reduction:{g}']:.1f}%)")
+        line = scorer.describe(g, metrics)
         print(f"{g:<{width}}  {int(metrics[f'predicted:{g}'])}/{int(metrics[f'items:{g}'])} predicted  "
               f"{line or 'no prediction'}")
     print(f"catalog: {catalog.path} (run {run_id}: table scores, job = 'eval'; table metrics, stage = 'eval')")

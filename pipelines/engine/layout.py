@@ -70,11 +70,6 @@ def previous_records(plan: Plan, step: Step) -> Step | None:
     return before[-1] if before else None
 
 
-def gate_step_before(plan: Plan, step: Step) -> Step | None:
-    """The decide or global step whose answer ``step`` (a gated segment) applies first."""
-    return next((s for s in plan.steps if not s.on_workers and s.index == step.index - 1), None)
-
-
 def generation_cache_dir(plan: Plan) -> Path:
     return Path(plan.output_dir) / ".longforge" / "generations"
 

@@ -75,7 +75,7 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
     segment = SegmentStep(0, adapter=RECORD)
     fed: list[Step] = []  # steps that feed a stage whose counting step is not yet made
     for ps in stages:
-        if ps.adapter is RECORD:
+        if ps.adapter.fused:
             segment.stages.append(ps)
             continue
         if not segment.stages and segment.gate is None and steps and steps[-1].adapter.partitions_can_feed:
@@ -91,7 +91,8 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
         # its partitions are the records; after a global stage that only observes, the records are
         # those it saw.
         applies = ps.adapter.answer_applied(ps.stage)
-        segment = SegmentStep(len(steps), adapter=RECORD, gate=ps if applies else None)
+        segment = SegmentStep(len(steps), adapter=RECORD, gate=ps if applies else None,
+                              gate_step=central if applies else None)
         for step in fed:  # the fed stage is counted where its answer is applied, or at its own step
             step.feeds_counted_at = segment.index if applies else central.index
         fed = []
@@ -99,18 +100,12 @@ def build_steps(stages: list[PlannedStage], base_identity: dict) -> list[Step]:
         steps.append(segment)
     # Chain fingerprints: a step's output depends on the inputs and every stage up to it.
     upstream = fingerprint_of(base_identity)
+    before = None
     for step in steps:
         step.fingerprint = fingerprint_of({"upstream": upstream, "own": step.identity()})
         upstream = step.fingerprint
-        if step.adapter is RECORD:
-            if step.stages:
-                step.out_schema = step.stages[-1].output_schema
-            elif step.gate:
-                step.out_schema = step.gate.output_schema
-            elif step.index > 0:
-                step.out_schema = steps[step.index - 1].out_schema
-        else:
-            step.out_schema = step.central.adapter.step_out_schema(step.central)
+        step.out_schema = step.records_schema(before)
+        before = step
     return steps
 
 

@@ -77,6 +77,10 @@ class Step:
         """The stages whose side tables this step's tasks write."""
         return []
 
+    def records_schema(self, before: Step | None) -> RecordSchema:
+        """The schema of the records this step leaves (``before``: the step before it)."""
+        raise NotImplementedError
+
 
 def _stage_identity(ps: PlannedStage) -> tuple:
     return ps.name, ps.label, ps.stage.params.model_dump()
@@ -89,6 +93,7 @@ class SegmentStep(Step):
 
     stages: list[PlannedStage] = field(default_factory=list)
     gate: PlannedStage | None = None
+    gate_step: Step | None = field(default=None, repr=False, compare=False)  # the driver step answering the gate
     feeds: PlannedStage | None = None
     feeds_counted_at: int = -1  # the step whose statistics count the fed stage
     kind: ClassVar[StepKind] = StepKind.SEGMENT
@@ -115,6 +120,13 @@ class SegmentStep(Step):
         gate = [self.gate] if self.gate is not None and self.gate.adapter.answer_writes_side_tables else []
         return self.stages + gate
 
+    def records_schema(self, before: Step | None) -> RecordSchema:
+        if self.stages:
+            return self.stages[-1].output_schema
+        if self.gate:
+            return self.gate.output_schema
+        return before.out_schema if before is not None else DOCUMENT
+
 
 @dataclass
 class CentralStep(Step):
@@ -131,6 +143,9 @@ class CentralStep(Step):
 
     def identity(self) -> dict:
         return {"kind": self.kind, "gate": None, "feeds": None, "stages": [_stage_identity(self.central)]}
+
+    def records_schema(self, before: Step | None) -> RecordSchema:
+        return self.central.adapter.step_out_schema(self.central)
 
 
 @dataclass

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.engine import harvest, publish
+from pipelines.engine import harvest, publish, worker_sync
 from pipelines.engine.accounting import StageCounter
-from pipelines.engine.layout import shard_done, step_dir
+from pipelines.engine.layout import generation_cache_dir, shard_done, step_dir
 from pipelines.engine.progress import Progress
 from pipelines.engine.publish import OutputFiles, publish_local, spill_shard, write_output_file
 from pipelines.engine.shapes.base import ensure_setup, services
@@ -108,6 +108,30 @@ class SegmentTask:
         return marker
 
 
+def run_task_synced(plan: Plan, step_index: int, i: int) -> dict:
+    """Task ``i`` of a worker step: fetch what it reads, run it, push what it wrote."""
+    mirror = worker_sync.mirror_of(plan.remote_output)
+    local = worker_sync.local_plan(plan, mirror)
+    step = local.steps[step_index]
+    markers, files, folders = task_reads(local, step, i)
+    if markers:  # which files hold the task's input is known from these
+        mirror.fetch([worker_sync.relative(local, m) for m in markers])
+        markers, files, folders = task_reads(local, step, i)
+    folders = folders + [shard_checkpoints(local, step, i).folder, generation_cache_dir(local)]
+    mirror.fetch([worker_sync.relative(local, f) for f in files], [worker_sync.relative(local, f) for f in folders])
+    marker = run_task(local, step, i)
+    mirror.push()
+    return marker
+
+
+# On a cluster whose workers share only the remote output: each publishing task fetches what it
+# reads and pushes what it wrote; the driver fetches what it reads of theirs.
+spill_shard_synced = worker_sync.spill_shard
+write_output_file_synced = worker_sync.write_output_file
+fetch_for_driver = worker_sync.fetch_for_driver
+sync_wanted = worker_sync.wanted
+
+
 def fault_point(where: str) -> None:
     """Testing hooks, at ``<kind>:<step>:<task>`` (``global:3:0`` for a driver step), right after
     that piece of work is finished: ``LONGFORGE_KILL_AT`` SIGKILLs this process, so tests can show
@@ -123,5 +147,6 @@ def fault_point(where: str) -> None:
 
 
 __all__ = ["Execution", "OutputFiles", "Plan", "PlannedStage", "Progress", "SegmentTask", "Step", "execute",
-           "fault_point", "publish_local", "run_task", "spill_shard", "task_reads", "todo", "work_folder",
-           "write_output_file"]
+           "fault_point", "fetch_for_driver", "publish_local", "run_task", "run_task_synced", "spill_shard",
+           "spill_shard_synced", "sync_wanted", "task_reads", "todo", "work_folder", "write_output_file",
+           "write_output_file_synced"]

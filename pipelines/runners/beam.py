@@ -36,7 +36,6 @@ from pipelines.engine import task
 from pipelines.engine.task import OutputFiles, Plan, Step
 from pipelines.runners import beam_setup
 from pipelines.runners.base import ShardedRunner
-from pipelines.storage import worker_sync
 from pipelines.storage.redaction import install_log_redaction, remember_secrets
 from stages.blocks.beam_pipeline import new_pipeline
 
@@ -50,7 +49,7 @@ class RunTask(beam.DoFn):
 
     def process(self, i: int):
         if self.sync:
-            yield worker_sync.run_task(self.plan, self.step_index, i)
+            yield task.run_task_synced(self.plan, self.step_index, i)
         else:
             yield task.run_task(self.plan, self.plan.steps[self.step_index], i)
 
@@ -62,7 +61,7 @@ class SpillShard(beam.DoFn):
         self.plan, self.files, self.sync = plan, files, sync
 
     def process(self, i: int):
-        spill = worker_sync.spill_shard if self.sync else task.spill_shard
+        spill = task.spill_shard_synced if self.sync else task.spill_shard
         yield i, spill(self.plan, i, self.files)
 
 
@@ -73,7 +72,7 @@ class WriteOutputFile(beam.DoFn):
         self.plan, self.files, self.sync = plan, files, sync
 
     def process(self, j: int, index):
-        write = worker_sync.write_output_file if self.sync else task.write_output_file
+        write = task.write_output_file_synced if self.sync else task.write_output_file
         write(self.plan, j, self.files, dict(index))
         yield j
 
@@ -117,7 +116,7 @@ class BeamRunner(ShardedRunner):
         with self._pipeline() as p:
             build_task_graph(p, plan, step, todo, self.sync)
         if self.sync:  # the workers' markers and small files, for the checks and the driver's steps
-            worker_sync.fetch_for_driver(self.mirror)
+            task.fetch_for_driver(self.mirror)
         missing = [i for i in todo if i in task.todo(plan, step)]
         if missing:
             raise RuntimeError(f"beam finished {step.name} without shards {missing}")
@@ -126,7 +125,7 @@ class BeamRunner(ShardedRunner):
         with self._pipeline() as p:
             build_publish_graph(p, plan, files, self.sync)
         if self.sync:
-            worker_sync.fetch_for_driver(self.mirror)
+            task.fetch_for_driver(self.mirror)
 
     def execute(self, plan: Plan):
         if beam_setup.is_cluster(self.beam_args) and not plan.remote_output:
@@ -134,7 +133,7 @@ class BeamRunner(ShardedRunner):
                                f"'{plan.output_dir}' -> give --output a folder on storage they share "
                                "(gs://bucket/path, s3://bucket/path)")
         # On a cluster with a remote output, each task fetches what it reads and pushes what it wrote.
-        self.sync = worker_sync.wanted(plan, self.beam_args)
+        self.sync = task.sync_wanted(plan, self.beam_args)
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
         install_log_redaction()  # Beam warns about options it does not know, values and all
         remember_secrets(self.beam_args)

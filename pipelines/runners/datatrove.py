@@ -58,11 +58,20 @@ def from_document(doc: Document) -> dict:
 
 
 class ShardState:
-    """What the steps of one datatrove task share: the engine's task for its shard. The writer's
-    body runs first (it pulls from the steps before it), so it starts the task."""
+    """What the steps of one datatrove task share: the engine's task for its shard (rank), made by
+    whichever step asks first, so no step depends on datatrove's order of running them."""
 
-    def __init__(self):
-        self.task: SegmentTask | None = None
+    def __init__(self, plan: Plan, step: Step):
+        self.plan, self.step_index = plan, step.index
+        self.tasks: dict[int, SegmentTask] = {}
+
+    def task(self, rank: int) -> SegmentTask:
+        if rank not in self.tasks:
+            self.tasks[rank] = SegmentTask(self.plan, self.plan.steps[self.step_index], rank)
+        return self.tasks[rank]
+
+    def done(self, rank: int) -> None:
+        self.tasks.pop(rank, None)
 
 
 class ShardReader(PipelineStep):
@@ -74,7 +83,7 @@ class ShardReader(PipelineStep):
         self.plan, self.step_index, self.state = plan, step.index, state
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        for record in self.state.task.records():
+        for record in self.state.task(rank).records():
             self.stat_update("documents")
             yield to_document(record)
 
@@ -90,7 +99,7 @@ class StageStep(PipelineStep):
         self.plan, self.ps, self.step_index, self.state = plan, ps, step.index, state
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        records, counter = self.state.task.through(self.ps, (from_document(d) for d in data))
+        records, counter = self.state.task(rank).through(self.ps, (from_document(d) for d in data))
         for record in records:
             self.stat_update("kept")
             yield to_document(record)
@@ -106,9 +115,9 @@ class ShardWriter(PipelineStep):
         self.plan, self.step_index, self.state = plan, step.index, state
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        self.state.task = SegmentTask(self.plan, self.plan.steps[self.step_index], rank)
         rows = [from_document(d) for d in data]
-        self.state.task.finish(rows)
+        self.state.task(rank).finish(rows)
+        self.state.done(rank)
         self.stat_update("written", value=len(rows))
         return
         yield  # a generator, as datatrove expects
@@ -144,7 +153,7 @@ class DatatroveRunner(ShardedRunner):
         if not step.composable:  # a group step: the engine runs the whole task
             pipeline = [GroupTask(plan, step)]
         else:
-            state = ShardState()
+            state = ShardState(plan, step)
             pipeline = [ShardReader(plan, step, state)]
             pipeline += [StageStep(plan, ps, step, state) for ps in step.stages]
             pipeline.append(ShardWriter(plan, step, state))

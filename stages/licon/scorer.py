@@ -17,3 +17,21 @@ class LiconScorer(EvalScorer):
                                  item.get("all_classes") or [])
         exact = tally.correct == tally.gold == tally.made
         return {"strict": float(exact), "correct": tally.correct, "made": tally.made, "gold": tally.gold}
+
+    def summarize(self, group: str, values: dict[str, list[float]]) -> dict[str, float]:
+        """Accuracy, and micro precision/recall/F1 over the items' counts (spec 6)."""
+        metrics = super().summarize(group, values)
+        if "gold" in values:
+            correct, made, gold = (sum(values[k]) for k in ("correct", "made", "gold"))
+            p = correct / made if made else 0.0
+            r = correct / gold if gold else 0.0
+            metrics |= {f"precision:{group}": 100 * p, f"recall:{group}": 100 * r,
+                        f"micro_f1:{group}": 100 * (2 * p * r / (p + r) if p + r else 0.0)}
+        return metrics
+
+    def describe(self, group: str, metrics: dict[str, float]) -> str:
+        line = super().describe(group, metrics)
+        if f"micro_f1:{group}" in metrics:
+            line += f"  micro-F1 {metrics[f'micro_f1:{group}']:5.1f}%"
+        return line
+

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pytest
 
 from schemas import DOCUMENT, TEXT_RECORD, TOKEN_FIELDS, cast_table
+from tests.conftest import REPO
 
 
 def test_missing_from_names_missing_and_mistyped_fields():
@@ -81,3 +82,21 @@ def test_every_products_record_schemas_are_registered():
     missing = sorted({f"{place} ({schema.ref})" for place, schema in _schema_constants()
                       if schema.ref not in REGISTRY.schemas and schema.ref not in requirements})
     assert missing == []
+
+
+@pytest.mark.parametrize("pipeline", sorted(p.name for p in (REPO / "pipelines").glob("*.yaml")))
+def test_every_stage_of_every_product_writes_a_registered_schema_or_extends_one(pipeline):
+    """A stage writes a registered record schema, or adds fields to the one that reaches it
+    (``document+tokens@1``: not a definition of its own, its base is registered and its fields are
+    the base's and the stage's)."""
+    from pipelines.engine.plan import resolve_stages
+    from pipelines.spec import load_pipeline
+    from schemas import REGISTRY
+
+    registered = {s.name: s for s in REGISTRY.schemas.values()}
+    for ps in resolve_stages(load_pipeline(str(REPO / "pipelines" / pipeline))):
+        out = ps.output_schema
+        base = registered.get(out.name.split("+")[0])
+        assert base is not None, f"{ps.label} writes {out.ref}, whose base is no registered schema"
+        if "+" not in out.name:
+            assert out.fields == base.fields, f"{ps.label} writes {out.ref} with fields other than the registered"

@@ -36,6 +36,7 @@ def ensure_setup(stage: Stage, given: Services | None = None) -> None:
 class Shape:
     name: ClassVar[str]
     expanding_name: ClassVar[str | None] = None  # the name when the stage expands (per-record-expanding)
+    fused: ClassVar[bool] = False  # its stages join the segment they stand in (no step of their own)
     expands_always: ClassVar[bool] = False  # inputs make outputs (a group's records), never one to one
     answer_writes_side_tables: ClassVar[bool] = False  # applying its answer may write side-table rows
     partitions_can_feed: ClassVar[bool] = False  # its step's tasks can write what the next step reads

@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 from pipelines.engine.accounting import REMOVED_SCHEMA, StageCounter, removed_row, route_outcomes
 from pipelines.engine.checkpoints import BatchCheckpoints
 from pipelines.engine.layout import (
-    gate_step_before,
     previous_records,
     shard_files,
     side_file,
@@ -38,6 +37,7 @@ class RecordShape(Shape):
 
     name = "per-record"
     expanding_name = "per-record-expanding"
+    fused = True
 
     def run_task(self, plan: Plan, step: Step, i: int) -> dict:
         return run_segment_shard(plan, step, i)
@@ -45,7 +45,7 @@ class RecordShape(Shape):
     def task_reads(self, plan: Plan, step: Step, i: int) -> tuple[list[Path], list[Path]]:
         prev = previous_records(plan, step)
         files = [shard_files(plan, prev, i)["records"]] if prev is not None else []
-        gate = gate_step_before(plan, step) if step.gate is not None else None
+        gate = step.gate_step
         return files, [step_dir(plan, gate)] if gate is not None else []
 
     def where(self, step: Step, on_workers: str) -> dict:
@@ -148,7 +148,7 @@ def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCount
     if step.gate is None:
         yield from records
         return
-    gate = gate_step_before(plan, step)
+    gate = step.gate_step
     counter = StageCounter.of(step.index, step.gate)
     counters.append(counter)
     yield from step.gate.adapter.apply(plan, gate, i, records, counter, removed, sides)

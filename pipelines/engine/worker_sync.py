@@ -21,8 +21,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines import storage
-from pipelines.engine import layout, publish, task
-from pipelines.engine.shapes.record import shard_checkpoints
+from pipelines.engine import layout, publish
 from pipelines.engine.steps import Plan
 
 WORKER_SYNC_ENV = "LONGFORGE_WORKER_SYNC"
@@ -38,7 +37,7 @@ def wanted(plan: Plan, beam_args: list[str]) -> bool:
     return bool(plan.remote_output) and (is_cluster(beam_args) or os.environ.get(WORKER_SYNC_ENV) == "1")
 
 
-def _mirror(url: str) -> storage.Mirror:
+def mirror_of(url: str) -> storage.Mirror:
     """This worker process's staging copy of the remote output (one per process, kept for its tasks)."""
     if url not in _mirrors:
         key = hashlib.sha1(url.encode()).hexdigest()[:12]
@@ -47,45 +46,29 @@ def _mirror(url: str) -> storage.Mirror:
     return _mirrors[url]
 
 
-def _local(plan: Plan, mirror: storage.Mirror) -> Plan:
+def local_plan(plan: Plan, mirror: storage.Mirror) -> Plan:
     return dataclasses.replace(plan, output_dir=str(mirror.staging))
 
 
-def _rel(plan: Plan, path: Path) -> str:
+def relative(plan: Plan, path: Path) -> str:
     return Path(path).relative_to(plan.output_dir).as_posix()
 
 
-def run_task(plan: Plan, step_index: int, i: int) -> dict:
-    """Task ``i`` of a worker step: fetch what it reads, run it, push what it wrote."""
-    mirror = _mirror(plan.remote_output)
-    local = _local(plan, mirror)
-    step = local.steps[step_index]
-    markers, files, folders = task.task_reads(local, step, i)
-    if markers:  # which files hold the task's input is known from these
-        mirror.fetch([_rel(local, m) for m in markers])
-        markers, files, folders = task.task_reads(local, step, i)
-    folders = folders + [shard_checkpoints(local, step, i).folder, layout.generation_cache_dir(local)]
-    mirror.fetch([_rel(local, f) for f in files], [_rel(local, f) for f in folders])
-    marker = task.run_task(local, step, i)
-    mirror.push()
-    return marker
-
-
 def spill_shard(plan: Plan, i: int, files: publish.OutputFiles) -> dict[int, int]:
-    mirror = _mirror(plan.remote_output)
-    local = _local(plan, mirror)
-    mirror.fetch([_rel(local, layout.shard_files(local, local.record_steps[-1], i)["records"])])
+    mirror = mirror_of(plan.remote_output)
+    local = local_plan(plan, mirror)
+    mirror.fetch([relative(local, layout.shard_files(local, local.record_steps[-1], i)["records"])])
     out = publish.spill_shard(local, i, files)
     mirror.push()
     return out
 
 
 def write_output_file(plan: Plan, j: int, files: publish.OutputFiles, index: dict[int, dict[int, int]]) -> None:
-    mirror = _mirror(plan.remote_output)
-    local = _local(plan, mirror)
+    mirror = mirror_of(plan.remote_output)
+    local = local_plan(plan, mirror)
     final = local.record_steps[-1]
-    need = [_rel(local, layout.shard_files(local, final, i)["records"]) if index[i].get(j) == -1
-            else _rel(local, publish.publish_dir(local) / f"spill-{i:05d}.parquet")
+    need = [relative(local, layout.shard_files(local, final, i)["records"]) if index[i].get(j) == -1
+            else relative(local, publish.publish_dir(local) / f"spill-{i:05d}.parquet")
             for i in sorted(index) if index[i].get(j) is not None]
     mirror.fetch(need)
     publish.write_output_file(local, j, files, index)
