@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from catalog.accounting import LEGACY_EXPANDING_SHAPES, reconciles
 from catalog.ddl import DDL
 from catalog.queries import (  # noqa: F401 - QUERY_CONFIG, SANDBOX, QueryRefused: the catalog's API
     QUERY_CONFIG,
@@ -30,7 +31,7 @@ from catalog.queries import (  # noqa: F401 - QUERY_CONFIG, SANDBOX, QueryRefuse
 from catalog.scores import score_rows
 
 DEFAULT_PATH = "longforge.duckdb"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: stage_stats.reconciles (the accounting rule's answer, stored)
 
 
 
@@ -92,6 +93,7 @@ class Catalog(CatalogReads):
             self._check_schema_version(con)
             if not read_only:
                 con.execute(DDL)
+                _fill_in_reconciles(con)
                 con.execute(
                     "INSERT OR REPLACE INTO catalog_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
                 )
@@ -218,7 +220,8 @@ class Catalog(CatalogReads):
                     "records_rejected, records_dropped, inputs_with_output, seconds, reconciles) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [run_id, s["step"], s["stage"], s["shape"], s["in"], s["out"], s["rejected"],
-                     s["dropped"], s["inputs_with_output"], s["seconds"], s.get("reconciles")],
+                     s["dropped"], s["inputs_with_output"], s["seconds"],
+                     s["reconciles"] if "reconciles" in s else reconciles(s)],
                 )
             if isinstance(rejects, str):  # a Parquet file: DuckDB streams it, nobody holds it whole
                 con.execute("INSERT INTO rejects SELECT ?, stage, record_id, reason, detail, kind FROM read_parquet(?)",
@@ -346,6 +349,17 @@ class Catalog(CatalogReads):
                 [path],
             ).fetchone()
         return row[0] if row else None
+
+
+def _fill_in_reconciles(con) -> None:
+    """Rows an older longforge recorded (schema version 1) get the rule's answer, read off their
+    shape: they carry no ``expands`` flag."""
+    rows = con.execute("SELECT rowid, shape, records_in, records_out, records_rejected, records_dropped, "
+                       "inputs_with_output FROM stage_stats WHERE reconciles IS NULL").fetchall()
+    for rowid, shape, n_in, n_out, rejected, dropped, with_output in rows:
+        ok = reconciles({"in": n_in, "out": n_out, "rejected": rejected, "dropped": dropped,
+                         "inputs_with_output": with_output, "expands": shape in LEGACY_EXPANDING_SHAPES})
+        con.execute("UPDATE stage_stats SET reconciles = ? WHERE rowid = ?", [ok, rowid])
 
 
 def pid_alive(pid: int) -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+import sys
 from pathlib import Path
 
 from schemas import RecordSchema
@@ -53,21 +55,28 @@ def get_stage(name: str) -> type[Stage]:
 
 
 _loaded = False
+# A module that registers a stage or a scorer: a decorator or a call, at any indentation.
+_REGISTERS = re.compile(r"^\s*(@\s*)?(stages\.)?register(_scorer)?\b", re.M)
 
 
 def _load_builtin() -> None:
-    """Import every module under ``stages/`` that registers a stage or a scorer (a line starting
-    ``@register``): a product's folder is found by being there, with no list to keep by hand. Modules without
-    stages (cores, Beam jobs) are not imported here, so listing stages stays cheap."""
+    """Import every module under ``stages/`` that registers a stage or a scorer (a line that
+    starts with ``@register``, ``register(`` or ``@register_scorer``): a product's folder is found
+    by being there, with no list to keep by hand. Modules without stages (cores, Beam jobs) are not
+    imported here, so listing stages stays cheap."""
     global _loaded
     if _loaded:
         return
     root = Path(__file__).parent
-    for info in pkgutil.walk_packages([str(root)], prefix="stages."):
+
+    def broken(name: str) -> None:  # a product package that cannot be imported is an error, never skipped
+        raise ImportError(f"stage package {name} cannot be imported") from sys.exc_info()[1]
+
+    for info in pkgutil.walk_packages([str(root)], prefix="stages.", onerror=broken):
         if info.ispkg:
             continue
         source = root.joinpath(*info.name.split(".")[1:]).with_suffix(".py")
-        if "\n@register" in source.read_text(encoding="utf-8"):
+        if _REGISTERS.search(source.read_text(encoding="utf-8")):
             importlib.import_module(info.name)
     _loaded = True
 

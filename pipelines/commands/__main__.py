@@ -1,5 +1,7 @@
-"""``python -m cli``: the ``longforge`` command."""
+"""``python -m pipelines.commands``: the ``longforge`` command."""
+
+import sys
 
 from pipelines.commands.main import main
 
-main()
+sys.exit(main())

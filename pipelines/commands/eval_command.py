@@ -76,23 +76,41 @@ def read_predictions(path: str) -> dict[str, str]:
     return out
 
 
-def set_scorer(path: str) -> EvalScorer:
+def set_scorer(path: str, schema: str | None = None) -> EvalScorer:
     """The scorer of a built set, found through the product that made it: its Parquet files name
-    their record schema (``tsort_item@1``, ...), and the product registered a scorer for it."""
+    their record schema (``tsort_item@1``, or ``tsort_item+scores@1`` after a stage that added
+    fields), and the product registered a scorer for it. ``schema`` names it for files that do not
+    (a copy saved by ``datasets`` drops the name)."""
     import pyarrow.parquet as pq
 
     from stages import all_scorers
 
     p = Path(path).expanduser()
     target = p / "data" if (p / "data").is_dir() else p
-    first = next(iter(sorted(target.rglob("*.parquet"))), None) if target.is_dir() else target
-    ref = (pq.read_schema(str(first)).metadata or {}).get(b"longforge.schema", b"").decode() if first else ""
-    scorer = all_scorers().get(ref)
+    files = [target] if target.is_file() else \
+        [f for f in sorted(target.rglob("*.parquet"))
+         if not any(part.startswith(("_", ".")) for part in f.relative_to(target).parts)]  # as read_set reads
+    named = {(pq.read_schema(str(f)).metadata or {}).get(b"longforge.schema", b"").decode() for f in files}
+    if len(named - {""}) > 1:
+        raise EvalInputError(f"--set '{path}': its files hold records of {len(named - {''})} schemas "
+                             f"({', '.join(sorted(named - {''}))}) -> score one set at a time")
+    ref = schema or next(iter(named - {""}), "")
+    if schema and named - {"", schema} and _base(next(iter(named - {""}))) != _base(schema):
+        raise EvalInputError(f"--set '{path}': its files name {', '.join(sorted(named - {''}))}, not --schema {schema}")
+    scorers = all_scorers()
+    scorer = scorers.get(ref) or scorers.get(_base(ref))
     if scorer is None:
-        raise EvalInputError(f"--set '{path}': its records are {ref or 'of no longforge record schema'}, which no "
-                             f"product scores (sets with a scorer: {', '.join(all_scorers())}) -> give the output "
-                             "folder of tsort, bestanswer, licon or chft")
+        what = ref or "of no record schema its files name"
+        raise EvalInputError(f"--set '{path}': its records are {what}, which no product scores (sets with a "
+                             f"scorer: {', '.join(scorers)}) -> give the output folder of tsort, bestanswer, "
+                             "licon or chft" + ("" if ref else ", or name the schema with --schema"))
     return scorer
+
+
+def _base(ref: str) -> str:
+    """``tsort_item+scores@1`` -> ``tsort_item@1``: the registered schema a derived one extends."""
+    name, _, version = ref.partition("@")
+    return f"{name.split('+')[0]}@{version}" if version else ref
 
 
 def summarize(items: dict[str, dict], scored: dict[str, dict[str, float]],
@@ -130,7 +148,7 @@ def eval_score(args) -> int:
         if unknown:
             raise EvalInputError(f"{len(unknown)} predictions name no item of the set, e.g. {unknown[:3]}: "
                                  "are they for another set?")
-        scorer = set_scorer(args.set)
+        scorer = set_scorer(args.set, args.schema)
         scored = {rid: scorer.score(items[rid], reply, args.target) for rid, reply in sorted(preds.items())}
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -247,7 +265,7 @@ def eval_predict(args) -> int:
               "`eval predict` to go on where it stopped", file=sys.stderr)
         return 2
     try:
-        scorer = set_scorer(args.set)
+        scorer = set_scorer(args.set, args.schema)
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,6 +42,10 @@ def device_name(value: str) -> str:
     return value
 
 
+SCHEMA_HELP = ("the set's record schema (tsort_item@1, bestanswer_item@1, licon_item@1, chft_record@1), for "
+               "Parquet files that do not name theirs (a copy saved by `datasets`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longforge", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -139,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("predictions", help="JSONL: id and answer (the model's reply) per line")
     es.add_argument("--set", required=True, help="the built set: a pipeline's output folder or a Parquet file")
     es.add_argument("--model", default="unnamed", help="the model's name, recorded with the scores")
+    es.add_argument("--schema", help=SCHEMA_HELP)
     es.add_argument("--catalog", help="catalog file (default ./longforge.duckdb or $LONGFORGE_CATALOG)")
     es.add_argument("--target", choices=["text", "json"], default="text",
                     help="ChFT: the replies are corrected texts, or JSON lists of pairs applied to the hypothesis")
@@ -154,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep = evsub.add_parser("predict", help="a local model's replies to a built set, as a predictions file")
     ep.add_argument("--set", required=True, help="the built set: a pipeline's output folder or a Parquet file")
     ep.add_argument("--model", default="smollm2-135m", help="a local model: smollm2-135m, gemma3-270m, a folder")
+    ep.add_argument("--schema", help=SCHEMA_HELP)
     ep.add_argument("--limit", type=positive_int,
                     help="items per dataset (and demonstration order), in the set's order")
     ep.add_argument("--datasets", nargs="*", help="only datasets whose name starts with one of these")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from catalog.accounting import reconciles  # noqa: F401 - the rule, where the driver looks for it
 from pipelines.engine.steps import Plan
 from schemas import REJECT
 from stages.base import Dropped, Measured, Rejected, SideRow, Truncated
@@ -30,7 +31,6 @@ class StageCounter:
     dropped: int = 0
     inputs_with_output: int = 0
     seconds: float = 0.0
-    expands: bool = False  # one input may make several outputs: it counts inputs that made any
     metrics: dict[str, float] = field(default_factory=dict)  # sums of the stage's Measured outcomes
 
     def measure(self, values: dict[str, float]) -> None:
@@ -40,22 +40,12 @@ class StageCounter:
     @classmethod
     def of(cls, step: int, ps, **counts) -> StageCounter:
         """The counter of planned stage ``ps`` in step ``step``, named and shaped by its adapter."""
-        return cls(step, ps.label, ps.shape, expands=ps.adapter.expands(ps.stage), **counts)
+        return cls(step, ps.label, ps.shape, **counts)
 
     def to_json(self) -> dict:
         return {"step": self.step, "stage": self.stage, "shape": self.shape, "in": self.n_in,
                 "out": self.n_out, "rejected": self.rejected, "dropped": self.dropped,
-                "inputs_with_output": self.inputs_with_output, "expands": self.expands,
-                "seconds": round(self.seconds, 6)}
-
-
-def reconciles(row: dict) -> bool:
-    """The accounting rule, the one place it is written: every record a stage received is out,
-    rejected or dropped; for a stage whose one input may make several outputs (a flat-map, a
-    group), every input that made an output counts once. The driver checks it on every run and the
-    catalog stores its answer per stage."""
-    produced = row["inputs_with_output"] if row.get("expands") else row["out"]
-    return row["in"] == produced + row["rejected"] + row["dropped"]
+                "inputs_with_output": self.inputs_with_output, "seconds": round(self.seconds, 6)}
 
 
 def merge_stats(items: Iterable[dict], plan: Plan) -> list[dict]:
@@ -69,7 +59,9 @@ def merge_stats(items: Iterable[dict], plan: Plan) -> list[dict]:
             for f in ("in", "out", "rejected", "dropped", "inputs_with_output", "seconds"):
                 total[k][f] += s[f]
     position = {ps.label: ps.index for ps in plan.stages}
+    expands = {ps.label: ps.adapter.expands(ps.stage) for ps in plan.stages}  # the plan says, not the markers
     for row in total.values():
+        row["expands"] = expands.get(row["stage"], False)
         row["reconciles"] = reconciles(row)
     return sorted(total.values(), key=lambda s: (s["step"], position.get(s["stage"], -1)))
 

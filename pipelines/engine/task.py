@@ -42,10 +42,12 @@ def todo(plan: Plan, step: Step) -> list[int]:
     return [i for i in range(len(plan.shards)) if not shard_done(plan, step, i)]
 
 
-def run_task(plan: Plan, step: Step, i: int) -> dict:
-    """Task ``i`` of a step that runs on the workers; returns its completion marker."""
+def run_task(plan: Plan, step: Step, i: int, *, test_hooks: bool = True) -> dict:
+    """Task ``i`` of a step that runs on the workers; returns its completion marker. ``test_hooks``:
+    whether the task honours ``LONGFORGE_KILL_AT`` / ``LONGFORGE_PAUSE_AT`` (:func:`fault_point`)."""
     marker = step.adapter.run_task(plan, step, i)
-    fault_point(f"{step.kind.value}:{step.index}:{i}")
+    if test_hooks:
+        fault_point(f"{step.kind.value}:{step.index}:{i}")
     return marker
 
 
@@ -102,10 +104,8 @@ class SegmentTask:
         return apply_record_stage(ps, records, counter, self.removed, self.checkpoints, self.sides), counter
 
     def finish(self, rows: list[dict]) -> dict:
-        marker = finish_task(self.plan, self.step, self.i, rows, self.counters, self.removed, self.t0,
-                             self.checkpoints.tally(), self.sides)
-        fault_point(f"{self.step.kind.value}:{self.step.index}:{self.i}")
-        return marker
+        return finish_task(self.plan, self.step, self.i, rows, self.counters, self.removed, self.t0,
+                           self.checkpoints.tally(), self.sides)
 
 
 def run_task_synced(plan: Plan, step_index: int, i: int) -> dict:

@@ -117,7 +117,7 @@ class BeamRunner(ShardedRunner):
             build_task_graph(p, plan, step, todo, self.sync)
         if self.sync:  # the workers' markers and small files, for the checks and the driver's steps
             task.fetch_for_driver(self.mirror)
-        missing = [i for i in todo if i in task.todo(plan, step)]
+        missing = task.todo(plan, step)
         if missing:
             raise RuntimeError(f"beam finished {step.name} without shards {missing}")
 

@@ -134,7 +134,8 @@ class GroupTask(PipelineStep):
         self.plan, self.step_index = plan, step.index
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        marker = task.run_task(self.plan, self.plan.steps[self.step_index], rank)
+        # datatrove's tasks run without the kill/pause test hooks (its pool would wait on a killed worker)
+        marker = task.run_task(self.plan, self.plan.steps[self.step_index], rank, test_hooks=False)
         self.stat_update("written", value=marker["records"])
         return
         yield  # a generator, as datatrove expects

@@ -130,3 +130,29 @@ def test_score_rows_are_built_one_way(tmp_path):
     assert cat.add_score_rows(t) == 2
     assert cat.query("SELECT sample_id, value, run_id FROM scores ORDER BY sample_id")[1] == [("a", 1.0, "r"),
                                                                                             ("b", 2.5, "r")]
+
+
+def test_a_version_1_catalog_gets_the_rules_answer_for_its_old_rows(tmp_path):
+    """Schema version 2 stores the accounting rule's answer. A catalog an older longforge wrote
+    (no such column) gets it filled in, from each row's shape, when it is next written; the view
+    reads the stored answer and never a copy of the rule."""
+    import duckdb
+
+    path = tmp_path / "c.duckdb"
+    cat = Catalog(str(path))
+    cat.start_run("r0", pipeline="p", pipeline_file="", runner="local", workers=1, spec_fingerprint="", seed=0,
+                  params={}, code_version="", output_path=str(tmp_path))
+    con = duckdb.connect(str(path))
+    con.execute("DROP VIEW stage_accounting")
+    con.execute("ALTER TABLE stage_stats DROP COLUMN reconciles")
+    con.execute("UPDATE catalog_meta SET value = '1' WHERE key = 'schema_version'")
+    rows = [("bestanswer_plan", "global-expanding", 4, 9, 0, 0, 4), ("normalize", "per-record", 5, 4, 1, 0, 4),
+            ("broken", "per-record", 5, 3, 1, 0, 3)]
+    for stage, shape, n_in, n_out, rej, drop, with_out in rows:
+        con.execute("INSERT INTO stage_stats VALUES ('r0', 0, ?, ?, ?, ?, ?, ?, ?, 0.1)",
+                    [stage, shape, n_in, n_out, rej, drop, with_out])
+    con.close()
+    cat.finish_run("r0", "succeeded")  # a write: the catalog moves to version 2
+    got = dict(cat.query("SELECT stage, reconciles FROM stage_accounting")[1])
+    assert got == {"bestanswer_plan": True, "normalize": True, "broken": False}
+    assert cat.query("SELECT value FROM catalog_meta WHERE key = 'schema_version'")[1] == [("2",)]

@@ -135,5 +135,18 @@ def test_a_sets_scorer_is_found_through_its_product_not_its_dataset_name(tmp_pat
 
     plain = tmp_path / "plain.parquet"
     pq.write_table(pa.Table.from_pylist([{**item, "dataset": "tsort_2k"}]), plain)
-    with pytest.raises(EvalInputError, match="which no product scores"):
+    with pytest.raises(EvalInputError, match="which no product scores.*--schema"):
         set_scorer(str(plain))
+    # a copy that lost the name (datasets' to_parquet) is scored when the user names the schema
+    assert set_scorer(str(plain), "tsort_item@1").score(item, "Answer: [2, 1, 3]")["strict"] == 1.0
+    # a stage that added fields after the product's keeps its scorer (tsort_item+scores@1)
+    derived = TSORT_ITEM.extended("tsort_item+scores", 1, (pa.field("x", pa.int64()),))
+    (tmp_path / "derived").mkdir()
+    pq.write_table(cast_table([item], derived.arrow), tmp_path / "derived" / "train-00000.parquet")
+    assert type(set_scorer(str(tmp_path / "derived"))) is type(scorer)
+    # two record schemas in one folder are two sets
+    from stages.licon.stages import LICON_ITEM
+
+    pq.write_table(cast_table([], LICON_ITEM.arrow), tmp_path / "derived" / "train-00001.parquet")
+    with pytest.raises(EvalInputError, match="2 schemas"):
+        set_scorer(str(tmp_path / "derived"))
