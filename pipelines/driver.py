@@ -19,7 +19,7 @@ from pipelines import storage
 from pipelines.engine import artifacts, card, harvest, interrupts, layout, output_guard, publish
 from pipelines.engine.plan import CODE_VERSION, Plan
 from pipelines.engine.progress import Progress
-from pipelines.runners.base import make_runner
+from pipelines.runners.base import make_runner, runner_class
 from pipelines.storage.redaction import redact
 
 
@@ -79,7 +79,7 @@ def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_ar
             mirror.take_lock(run_id)
             from pipelines.engine import worker_sync
 
-            on_workers = runner == "beam" and worker_sync.wanted(plan, beam_args or [])
+            on_workers = runner_class(runner).tasks_fetch_their_files(plan, beam_args or [])
             n_pulled = mirror.pull(skip=worker_sync.PAYLOAD if on_workers else None)
             progress.log(f"remote output {mirror.url}: staged in {mirror.staging}"
                          + (f"; {n_pulled} files of an earlier run fetched" if n_pulled else ""))

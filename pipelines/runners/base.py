@@ -15,12 +15,15 @@ REGISTRY = {"local": "pipelines.runners.local:LocalRunner", "beam": "pipelines.r
 RUNNERS = tuple(REGISTRY)
 
 
-def make_runner(name: str, *, workers: int = 1, beam_args: list[str] | None = None, progress=None):
+def runner_class(name: str) -> type[ShardedRunner]:
     if name not in REGISTRY:
         raise ValueError(f"unknown runner '{name}' (expected one of {', '.join(RUNNERS)})")
     module, _, cls = REGISTRY[name].partition(":")
-    runner = getattr(importlib.import_module(module), cls)
-    return runner(workers, beam_args or [], progress) if name == "beam" else runner(workers, progress)
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_runner(name: str, *, workers: int = 1, beam_args: list[str] | None = None, progress=None):
+    return runner_class(name).create(workers, beam_args or [], progress)
 
 
 class ShardedRunner:
@@ -30,6 +33,16 @@ class ShardedRunner:
     is pushed to it."""
 
     mirror = None
+
+    @classmethod
+    def create(cls, workers: int, runner_args: list[str], progress) -> ShardedRunner:
+        return cls(workers, progress)
+
+    @classmethod
+    def tasks_fetch_their_files(cls, plan: Plan, runner_args: list[str]) -> bool:
+        """Whether, with a remote output, each task fetches what it reads (workers on a cluster)
+        rather than the driver pulling the payload of an earlier run."""
+        return False
 
     def run_tasks(self, plan: Plan, step: Step) -> None:
         raise NotImplementedError

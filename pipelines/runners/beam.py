@@ -104,6 +104,14 @@ class BeamRunner(ShardedRunner):
         self.progress = progress
         self.sync = False
 
+    @classmethod
+    def create(cls, workers: int, runner_args: list[str], progress) -> BeamRunner:
+        return cls(workers, runner_args, progress)
+
+    @classmethod
+    def tasks_fetch_their_files(cls, plan: Plan, runner_args: list[str]) -> bool:
+        return task.sync_wanted(plan, runner_args)
+
     def _pipeline(self) -> beam.Pipeline:
         return new_pipeline(self.workers, self.beam_args)
 
