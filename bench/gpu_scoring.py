@@ -42,6 +42,41 @@ def flops(n_params: int, lengths: list[int], layers: int, hidden: int) -> float:
     return sum(2.0 * n_params * n + 2.0 * layers * n * n * hidden for n in lengths)
 
 
+def _timed(lm, name: str, batches, values: dict, args, cuda: bool, n_params: int, cfg) -> dict:
+    """One method's batches through row_nll, timed, until done, out of memory or the time limit."""
+    import torch
+
+    from gpu_jobs.scoring import row_nll
+
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    done, padded, status = [], 0, "all"
+    for b in batches:
+        try:
+            for r, v in zip(b, row_nll(lm, b), strict=True):
+                values[r.sample] = v[0] / v[1]
+        except torch.OutOfMemoryError:
+            status = "out of memory"
+            break
+        done += [len(r.ids) for r in b]
+        padded += len(b) * max(len(r.ids) for r in b)
+        if time.perf_counter() - t0 > args.time_limit:
+            status = f"stopped at {args.time_limit:.0f} s"
+            break
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    tok_s = sum(done) / seconds if seconds else 0.0
+    mfu = flops(n_params, done, cfg.num_hidden_layers, cfg.hidden_size) / seconds / (args.peak_tflops * 1e12) \
+        if args.peak_tflops else None
+    return {"method": name, "samples": len(done), "tokens": sum(done), "padded_tokens": padded,
+            "seconds": round(seconds, 2), "tokens_per_s": round(tok_s), "peak_gib": peak, "mfu": mfu,
+            "status": status}
+
+
 def main() -> None:
     import torch
     from transformers import LlamaConfig
@@ -87,33 +122,7 @@ def main() -> None:
     values = {}
     for name, batches in ((f"naive: {args.naive_batch} per batch, padded", padded_batches(rows, args.naive_batch)),
                           (f"ours: length-sorted, {budget:,}-token budget", budget_batches(rows, budget))):
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        done, padded, status = [], 0, "all"
-        for b in batches:
-            try:
-                for r, v in zip(b, row_nll(lm, b), strict=True):
-                    values.setdefault(name, {})[r.sample] = v[0] / v[1]
-            except torch.OutOfMemoryError:
-                status = "out of memory"
-                break
-            done += [len(r.ids) for r in b]
-            padded += len(b) * max(len(r.ids) for r in b)
-            if time.perf_counter() - t0 > args.time_limit:
-                status = f"stopped at {args.time_limit:.0f} s"
-                break
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-        tok_s = sum(done) / seconds if seconds else 0.0
-        mfu = flops(n_params, done, cfg.num_hidden_layers, cfg.hidden_size) / seconds / (args.peak_tflops * 1e12) \
-            if args.peak_tflops else None
-        out.append({"method": name, "samples": len(done), "tokens": sum(done), "padded_tokens": padded,
-                    "seconds": round(seconds, 2), "tokens_per_s": round(tok_s), "peak_gib": peak, "mfu": mfu,
-                    "status": status})
+        out.append(_timed(lm, name, batches, values.setdefault(name, {}), args, cuda, n_params, cfg))
     common = set.intersection(*(set(v) for v in values.values())) if len(values) == 2 else set()
     a, b = (values[m["method"]] for m in out) if len(values) == 2 else ({}, {})
     worst = max((abs(a[k] - b[k]) / abs(b[k]) for k in common), default=float("nan"))

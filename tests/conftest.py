@@ -31,8 +31,10 @@ LONGFORGE = [sys.executable, "-m", "pipelines.commands.main"]
 # at the end (figures: `make test`'s --durations; 2026-12-03).
 SPREAD = {"tests/pipelines/test_products_on_runners.py", "tests/pipelines/runners/test_dataflow_graph.py"}
 LONG_FIRST = ["tests/pipelines/test_products_on_runners.py", "tests/gpu_jobs/test_scoring.py",
+              "tests/gpu_jobs/test_scoring_job.py",
               "tests/pipelines/test_resume.py", "tests/pipelines/test_icp_pipeline.py",
-              "tests/pipelines/test_safety.py", "tests/pipelines/test_gateau_pipeline.py",
+              "tests/pipelines/test_safety.py", "tests/pipelines/test_safety_runs.py",
+              "tests/pipelines/test_gateau_pipeline.py",
               "tests/pipelines/test_longalign_pipeline.py", "tests/pipelines/runners/test_runners.py"]
 
 
