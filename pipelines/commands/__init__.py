@@ -1,2 +1,3 @@
-"""The ``longforge`` command: ``main`` (the parser table and dispatch) and one module per command
-family (eval, score, longbench-write, push, report, corpus). The only importer of the driver."""
+"""The ``longforge`` command: ``main`` (dispatch), ``parser`` (the parser table) and one module per
+command family (eval, score, longbench-write, push, report, corpus; ``small_commands`` for the rest).
+The only importer of the driver."""
