@@ -354,6 +354,15 @@ class EvalScorer:
         return {f"accuracy:{group}:{name}": 100 * sum(v) / len(v) for name, v in sorted(values.items())
                 if name in ("strict", "reference")}
 
+    @staticmethod
+    def micro_prf(prefix: str, group: str, correct: float, made: float, gold: float) -> dict[str, float]:
+        """Micro precision, recall and F1 (%) from summed counts, named ``{prefix}precision:{group}``..."""
+        p = correct / made if made else 0.0
+        r = correct / gold if gold else 0.0
+        f1 = "micro_f1" if not prefix else f"{prefix}f1"
+        return {f"{prefix}precision:{group}": 100 * p, f"{prefix}recall:{group}": 100 * r,
+                f"{f1}:{group}": 100 * (2 * p * r / (p + r) if p + r else 0.0)}
+
     def describe(self, group: str, metrics: dict[str, float]) -> str:
         """One group's figures as ``eval score`` prints them."""
         return "  ".join(f"{parser} {metrics[f'accuracy:{group}:{parser}']:5.1f}%" for parser in ("strict", "reference")

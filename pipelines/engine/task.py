@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.engine import harvest, publish, worker_sync
-from pipelines.engine.accounting import StageCounter
 from pipelines.engine.layout import generation_cache_dir, shard_done, step_dir
 from pipelines.engine.progress import Progress
 from pipelines.engine.publish import OutputFiles, publish_local, spill_shard, write_output_file
-from pipelines.engine.shapes.base import ensure_setup, services
-from pipelines.engine.shapes.record import apply_record_stage, finish_task, iter_segment_input, shard_checkpoints
+from pipelines.engine.shapes.record import SegmentTask, shard_checkpoints
 from pipelines.engine.steps import Plan, PlannedStage, Step
 
 
@@ -79,33 +77,6 @@ def execute(plan: Plan, run_tasks: Callable[[Plan, Step], None],
     paths = publish.finish_publish(plan, files)
     return Execution(stats=harvest.collect_stats(plan), removed=[str(f) for f in harvest.removed_files(plan)],
                      files=[str(p) for p in paths], input_counts=harvest.input_counts(plan))
-
-
-class SegmentTask:
-    """Task ``i`` of a segment step, split at its stages: :meth:`records` (the input, with the
-    answer before applied), :meth:`through` (one stage), :meth:`finish` (the task's files and
-    marker). The same work as :func:`run_task`, for engines that chain the stages themselves."""
-
-    def __init__(self, plan: Plan, step: Step, i: int):
-        self.plan, self.step, self.i = plan, step, i
-        self.counters: list[StageCounter] = []
-        self.removed: list[dict] = []
-        self.sides: dict[str, list[dict]] = {}
-        self.checkpoints = shard_checkpoints(plan, step, i)
-        self.t0 = time.time()
-
-    def records(self) -> Iterator[dict]:
-        return iter_segment_input(self.plan, self.step, self.i, self.counters, self.removed, self.sides)
-
-    def through(self, ps: PlannedStage, records: Iterable[dict]) -> tuple[Iterator[dict], StageCounter]:
-        ensure_setup(ps.stage, services(self.plan))
-        counter = StageCounter.of(self.step.index, ps)
-        self.counters.append(counter)
-        return apply_record_stage(ps, records, counter, self.removed, self.checkpoints, self.sides), counter
-
-    def finish(self, rows: list[dict]) -> dict:
-        return finish_task(self.plan, self.step, self.i, rows, self.counters, self.removed, self.t0,
-                           self.checkpoints.tally(), self.sides)
 
 
 def run_task_synced(plan: Plan, step_index: int, i: int) -> dict:

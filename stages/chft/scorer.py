@@ -28,11 +28,8 @@ class ChftScorer(EvalScorer):
             return metrics
         for name in ("cer_before", "cer_after", "cer_before_nopunct", "cer_after_nopunct", "json_valid"):
             metrics[f"{name}:{group}"] = 100 * sum(values[name]) / len(values[name])
-        correct, made, gold = (sum(values[k]) for k in ("punct_correct", "punct_made", "punct_gold"))
-        p = correct / made if made else 0.0
-        r = correct / gold if gold else 0.0
-        metrics |= {f"punct_precision:{group}": 100 * p, f"punct_recall:{group}": 100 * r,
-                    f"punct_f1:{group}": 100 * (2 * p * r / (p + r) if p + r else 0.0)}
+        metrics |= self.micro_prf("punct_", group,
+                                  *(sum(values[k]) for k in ("punct_correct", "punct_made", "punct_gold")))
         itn = sum(values["itn_pairs"])
         metrics[f"itn_pairs:{group}"] = itn
         if itn:  # spec 5d: of the itn pairs, the share the correction writes as the reference

@@ -22,11 +22,7 @@ class LiconScorer(EvalScorer):
         """Accuracy, and micro precision/recall/F1 over the items' counts (spec 6)."""
         metrics = super().summarize(group, values)
         if "gold" in values:
-            correct, made, gold = (sum(values[k]) for k in ("correct", "made", "gold"))
-            p = correct / made if made else 0.0
-            r = correct / gold if gold else 0.0
-            metrics |= {f"precision:{group}": 100 * p, f"recall:{group}": 100 * r,
-                        f"micro_f1:{group}": 100 * (2 * p * r / (p + r) if p + r else 0.0)}
+            metrics |= self.micro_prf("", group, *(sum(values[k]) for k in ("correct", "made", "gold")))
         return metrics
 
     def describe(self, group: str, metrics: dict[str, float]) -> str:

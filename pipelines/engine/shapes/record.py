@@ -156,18 +156,39 @@ def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCount
 
 def run_segment_shard(plan: Plan, step: Step, i: int) -> dict:
     """Process shard ``i`` of a segment step and leave its files and completion marker."""
-    t0 = time.time()
-    counters: list[StageCounter] = []
-    removed: list[dict] = []
-    sides: dict[str, list[dict]] = {}
-    stream = iter_segment_input(plan, step, i, counters, removed, sides)
-    checkpoints = shard_checkpoints(plan, step, i)
+    task = SegmentTask(plan, step, i)
+    stream = task.records()
     for ps in step.stages:
-        counter = StageCounter.of(step.index, ps)
-        counters.append(counter)
-        ensure_setup(ps.stage, services(plan))
-        stream = apply_record_stage(ps, stream, counter, removed, checkpoints, sides)
-    return finish_task(plan, step, i, list(stream), counters, removed, t0, checkpoints.tally(), sides)
+        stream, _ = task.through(ps, stream)
+    return task.finish(list(stream))
+
+
+class SegmentTask:
+    """Task ``i`` of a segment step, split at its stages: :meth:`records` (the input, with the
+    answer before applied), :meth:`through` (one stage), :meth:`finish` (the task's files and
+    marker). :func:`run_segment_shard` chains them; an engine that composes steps itself (datatrove)
+    calls them from its own steps."""
+
+    def __init__(self, plan: Plan, step: Step, i: int):
+        self.plan, self.step, self.i = plan, step, i
+        self.counters: list[StageCounter] = []
+        self.removed: list[dict] = []
+        self.sides: dict[str, list[dict]] = {}
+        self.checkpoints = shard_checkpoints(plan, step, i)
+        self.t0 = time.time()
+
+    def records(self) -> Iterator[dict]:
+        return iter_segment_input(self.plan, self.step, self.i, self.counters, self.removed, self.sides)
+
+    def through(self, ps: PlannedStage, records: Iterable[dict]) -> tuple[Iterator[dict], StageCounter]:
+        ensure_setup(ps.stage, services(self.plan))
+        counter = StageCounter.of(self.step.index, ps)
+        self.counters.append(counter)
+        return apply_record_stage(ps, records, counter, self.removed, self.checkpoints, self.sides), counter
+
+    def finish(self, rows: list[dict]) -> dict:
+        return finish_task(self.plan, self.step, self.i, rows, self.counters, self.removed, self.t0,
+                           self.checkpoints.tally(), self.sides)
 
 
 def finish_task(plan: Plan, step: Step, i: int, rows: list[dict], counters: list[StageCounter],
