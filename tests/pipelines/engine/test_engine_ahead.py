@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.engine.accounting import StageCounter
 from pipelines.engine.plan import PlannedStage
-from pipelines.engine.task import apply_record_stage
+from pipelines.engine.shapes.record import apply_record_stage
 from schemas import TEXT_RECORD
 from stages.base import Dropped, RecordStage, Resources, StageParams
 
