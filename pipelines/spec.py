@@ -63,7 +63,7 @@ class OutputSpec(_Strict):
 
 
 class RunnerSpec(_Strict):
-    name: Literal["local", "beam", "datatrove"] = "local"
+    name: Literal["local", "beam", "datatrove", "ray"] = "local"
     workers: int = Field(1, ge=1)
     beam_args: list[str] = Field(default_factory=list)
 

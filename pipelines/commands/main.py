@@ -145,6 +145,10 @@ def _run(args) -> int:
     runner = args.runner or plan.spec.runner.name
     workers = args.workers or plan.spec.runner.workers
     beam_args = list(plan.spec.runner.beam_args) + list(args.beam_args)
+    if args.ray_address:
+        if runner != "ray":
+            raise UsageError(f"--ray-address is for --runner ray (this run's runner is '{runner}')")
+        beam_args.append(f"--ray-address={args.ray_address}")
     if args.dry_run:
         desc = plan.describe()
         from pipelines.storage.redaction import redact

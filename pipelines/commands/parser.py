@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", action="append", default=[], help="overrides the pipeline's first input")
     run.add_argument("--output", help="output folder")
     run.add_argument("--catalog", help="catalog file (default ./longforge.duckdb or $LONGFORGE_CATALOG)")
-    run.add_argument("--runner", choices=["local", "beam", "datatrove"])
+    run.add_argument("--runner", choices=["local", "beam", "datatrove", "ray"])
+    run.add_argument("--ray-address", metavar="ADDRESS",
+                     help="with --runner ray: the Ray cluster to join (host:port, or 'auto'); default $RAY_ADDRESS, "
+                     "else a local cluster started for the run")
     run.add_argument("--beam-arg", action="append", default=[], dest="beam_args",
                      help="a Beam pipeline option, e.g. --beam-arg=--runner=DataflowRunner")
     run.add_argument("--workers", type=positive_int, help="parallel workers (processes)")

@@ -246,7 +246,9 @@ class Plan:
         on_workers = {"local": f"the driver's process{'' if workers <= 1 else f' and {workers} pool processes'}",
                       "beam": f"Beam workers ({workers} process{'es' if workers > 1 else ''} locally, or the "
                               "cluster named by --beam-arg=--runner=...)",
-                      "datatrove": f"datatrove tasks ({workers} worker{'s' if workers > 1 else ''})"}[runner]
+                      "datatrove": f"datatrove tasks ({workers} worker{'s' if workers > 1 else ''})",
+                      "ray": "Ray tasks (the cluster of --ray-address, or one started for the run with "
+                             f"{workers} CPU{'s' if workers > 1 else ''})"}[runner]
         rows = [step.adapter.where(step, on_workers) for step in self.steps]
         publish_on = on_workers if runner == "beam" else "the driver's process"
         rows.append({"step": "publish", "shape": "per-output-file", "runs_on": publish_on,

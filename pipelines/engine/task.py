@@ -13,13 +13,12 @@ running a worker step's tasks and of publishing, so every runner produces the sa
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.engine import harvest, publish, worker_sync
+from pipelines.engine.faults import fault_point
 from pipelines.engine.layout import generation_cache_dir, shard_done, step_dir
 from pipelines.engine.progress import Progress
 from pipelines.engine.publish import OutputFiles, publish_local, spill_shard, write_output_file
@@ -33,6 +32,7 @@ class Execution:
     removed: list[str]  # files of every rejected, dropped or truncated record, with stage, reason and detail
     files: list[str]  # the output Parquet files
     input_counts: dict[int, int] | None = None  # records read per input
+    retries: dict[str, int] = field(default_factory=dict)  # tasks a cluster ran again, per step
 
 
 def todo(plan: Plan, step: Step) -> list[int]:
@@ -101,20 +101,6 @@ spill_shard_synced = worker_sync.spill_shard
 write_output_file_synced = worker_sync.write_output_file
 fetch_for_driver = worker_sync.fetch_for_driver
 sync_wanted = worker_sync.wanted
-
-
-def fault_point(where: str) -> None:
-    """Testing hooks, at ``<kind>:<step>:<task>`` (``global:3:0`` for a driver step), right after
-    that piece of work is finished: ``LONGFORGE_KILL_AT`` SIGKILLs this process, so tests can show
-    what a rerun after a crash redoes; ``LONGFORGE_PAUSE_AT`` makes it wait there (at most 10
-    minutes) for the signal a test sends, so a Ctrl-C lands mid-run however loaded the machine is.
-    Unset, they do nothing."""
-    if os.environ.get("LONGFORGE_KILL_AT") == where:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get("LONGFORGE_PAUSE_AT") == where:
-        time.sleep(600)
 
 
 __all__ = ["Execution", "OutputFiles", "Plan", "PlannedStage", "Progress", "SegmentTask", "Step", "execute",

@@ -11,7 +11,8 @@ from pipelines.engine.task import Execution, OutputFiles, Plan, Step
 # The registry: a runner's name -> where its class lives (imported when chosen, so that Beam and
 # datatrove load only for the runs that use them).
 REGISTRY = {"local": "pipelines.runners.local:LocalRunner", "beam": "pipelines.runners.beam:BeamRunner",
-            "datatrove": "pipelines.runners.datatrove:DatatroveRunner"}
+            "datatrove": "pipelines.runners.datatrove:DatatroveRunner",
+            "ray": "pipelines.runners.ray_cluster:RayRunner"}
 RUNNERS = tuple(REGISTRY)
 
 

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.engine.accounting import StageCounter, route_outcomes
+from pipelines.engine.faults import mid_task
 from pipelines.engine.layout import previous_records, read_marker, shard_files
 from pipelines.engine.publish import bucket_of, write_row_groups
 from pipelines.engine.shapes.base import Shape, ensure_setup, services
@@ -80,7 +81,7 @@ def build_groups(stage: GroupStage, label: str, table: pa.Table, counter: StageC
         zero_copy_only=False)) + 1
     bounds = [0, *change.tolist(), table.num_rows]
     as_rows = _rows_with_arrays if stage.arrays else (lambda t: t.to_pylist())
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for g, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
         records = as_rows(payload.slice(lo, hi - lo))
         t0 = time.perf_counter()
         outcomes = list(stage.build(keys[lo].as_py(), records, metrics))
@@ -89,6 +90,7 @@ def build_groups(stage: GroupStage, label: str, table: pa.Table, counter: StageC
         lost = counter.rejected + counter.dropped
         yield from route_outcomes(label, outcomes, counter, removed, sides)
         counter.inputs_with_output += len(records) - (counter.rejected + counter.dropped - lost)
+        mid_task(f"group:{label}:{g}")
 
 
 def _rows_with_arrays(table: pa.Table) -> list[dict]:

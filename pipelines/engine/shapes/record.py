@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from pipelines.engine.accounting import REMOVED_SCHEMA, StageCounter, removed_row, route_outcomes
 from pipelines.engine.checkpoints import BatchCheckpoints
+from pipelines.engine.faults import mid_task
 from pipelines.engine.layout import (
     previous_records,
     shard_files,
@@ -76,6 +77,7 @@ def _computed_here(ps: PlannedStage, batches: Iterator[list[dict]], counter: Sta
             results = ps.stage.process_batch(batch)
             if checkpoints is not None:
                 checkpoints.save(ps.label, k, batch, results)
+                mid_task(f"batch:{ps.label}:{k}")
         counter.seconds += time.perf_counter() - t0
         yield batch, results
 

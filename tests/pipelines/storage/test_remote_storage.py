@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
@@ -159,6 +160,36 @@ def test_s3_beam_workers_fetch_and_push_their_own_files(product, s3_server, tmp_
     assert worker_dirs, "no worker staged anything"
     assert sum(len(list(d.rglob("records-*.parquet"))) for d in worker_dirs) > 0, "the workers ran the tasks"
     assert not s3.exists("lf-bucket/out2/dec/.longforge/lock.json")
+
+
+@pytest.mark.slow
+def test_s3_ray_workers_fetch_and_push_their_own_files(product, s3_server, tmp_path):
+    """The Ray runner on a cluster started for the run: each Ray worker fetches what its task
+    reads from S3 and pushes what it wrote, the output files are written by Ray tasks, and the
+    launching machine never holds the records between steps; the local run's fingerprint."""
+    import shutil
+    import tempfile
+
+    s3 = _s3(s3_server)
+    if not s3.exists("lf-bucket"):
+        s3.mkdir("lf-bucket")
+    s3.put_file(str(product["input"]), "lf-bucket/in3/docs.jsonl")
+    staging = tmp_path / "driver"
+    workers = Path(tempfile.mkdtemp(prefix="lfw", dir="/tmp"))  # short: Ray's sockets live under TMPDIR too
+    try:
+        r = run_cli("run", str(product["pipe"]), "--input", "s3://lf-bucket/in3/docs.jsonl", "--output",
+                    "s3://lf-bucket/out3/dec", "--catalog", str(tmp_path / "c.duckdb"), "--quiet", "--runner", "ray",
+                    "--workers", "2", env={**s3_server, "LONGFORGE_STAGING": str(staging), "TMPDIR": str(workers)})
+        assert r.returncode == 0, r.stderr[-3000:]
+        s3.invalidate_cache()
+        record = json.loads(s3.cat_file("lf-bucket/out3/dec/.longforge/run.json"))
+        assert record["fingerprint"] == product["fingerprint"]
+        assert not list(staging.rglob("records-*.parquet")), "the launching machine fetched records between steps"
+        worker_dirs = list((workers / "longforge-worker").iterdir())
+        assert sum(len(list(d.rglob("records-*.parquet"))) for d in worker_dirs) > 0, "the workers ran the tasks"
+        assert sum(len(list(d.rglob("data/train-*.parquet"))) for d in worker_dirs) > 0, "workers wrote the output"
+    finally:
+        shutil.rmtree(workers, ignore_errors=True)
 
 
 def test_a_remote_output_inside_its_remote_input_is_refused(product, tmp_path, monkeypatch):
