@@ -2,6 +2,12 @@
 
     .venv/bin/python bench/engine.py [--docs 100000] [--repeat 1]
     .venv/bin/python bench/engine.py --memory [--docs 200000]
+    .venv/bin/python bench/engine.py --groups [--docs 100000]
+
+``--groups`` gives the group-step rows: UtK (``pipelines/utk.yaml``, one stream, as the paper) and
+Dataset Decomposition (``pipelines/decomposition.yaml``) at N and 4N documents on the local runner
+with two worker processes, each run in a fresh process: the driver's peak RSS and the largest peak
+RSS of a worker (from the tasks' markers), goal: 4N at most 1.3x N for every process.
 
 ``--memory`` gives the bounded-memory rows instead: the driver's peak RSS running
 ``pipelines/documents.yaml`` at N and 4N documents (goal: 4N at most 1.3x N), each in a fresh
@@ -120,6 +126,49 @@ def measure_documents(src: Path, work: Path) -> dict:
             "shards": len(plan.shards)}
 
 
+def measure_group_pipeline(name: str, src: Path, work: Path) -> dict:
+    """``pipelines/<name>.yaml`` over ``src`` in this (fresh) process, two worker processes:
+    seconds, the driver's peak RSS and the workers' (their tasks' markers say it)."""
+    import json
+
+    from bench.light import peak_rss_mb
+
+    work.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parents[1]
+    plan = build_plan(load_pipeline(repo / "pipelines" / f"{name}.yaml"), inputs=[str(src)],
+                      output=str(work / "out"))
+    t0 = time.perf_counter()
+    result = run_pipeline(plan, workers=2, catalog=Catalog(str(work / "c.duckdb")),
+                          progress=Progress(enabled=False))
+    seconds = time.perf_counter() - t0
+    markers = [json.loads(m.read_text()) for m in (work / "out" / ".longforge" / "work").glob("*/shard-*.done.json")]
+    return {"seconds": seconds, "driver_mb": peak_rss_mb(), "records": result.n_records, "shards": len(plan.shards),
+            "worker_mb": max((m.get("peak_rss_mb") or 0) for m in markers) if markers else 0}
+
+
+def group_rows(docs: int) -> None:
+    from bench.fresh_process import measure_in_fresh_process
+
+    root = Path(tempfile.mkdtemp(prefix="longforge-groups-"))
+    rows, peaks = [], {}
+    try:
+        for name in ("utk", "decomposition"):
+            for n in (docs, 4 * docs):
+                src = root / f"docs-{n}.parquet"
+                if not src.exists():
+                    make_documents(n, src)
+                r = measure_in_fresh_process(__file__, f"group:{name}", src, root / "work")
+                rows.append((f"{name}.yaml, {n:,} docs ({r['shards']} shards) -> {r['records']:,} records",
+                             round(r["seconds"], 1), round(r["driver_mb"]), round(r["worker_mb"])))
+                peaks.setdefault(name, []).append((r["driver_mb"], r["worker_mb"]))
+                print(f"  {rows[-1]}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(format_table(["what", "seconds", "driver peak RSS MB", "worker peak RSS MB"], rows))
+    for name, ((d1, w1), (d4, w4)) in peaks.items():
+        print(f"{name}: 4N / N peak RSS: driver {d4 / d1:.2f}, worker {w4 / max(w1, 1):.2f} (goal: at most 1.3)")
+
+
 def memory_rows(docs: int) -> None:
     from bench.fresh_process import measure_in_fresh_process
 
@@ -149,12 +198,19 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=1, help="take the best of N runs of each row")
     ap.add_argument("--memory", action="store_true", help="driver peak RSS at N and 4N (see above)")
+    ap.add_argument("--groups", action="store_true", help="UtK and decomposition peak RSS at N and 4N (see above)")
     add_child_options(ap)
     args = ap.parse_args()
     if args.measure:
         import json
 
-        print(json.dumps(measure_documents(Path(args.src), Path(args.work))))
+        if args.measure.startswith("group:"):
+            print(json.dumps(measure_group_pipeline(args.measure.split(":", 1)[1], Path(args.src), Path(args.work))))
+        else:
+            print(json.dumps(measure_documents(Path(args.src), Path(args.work))))
+        return
+    if args.groups:
+        group_rows(args.docs)
         return
     if args.memory:
         memory_rows(args.docs)

@@ -235,6 +235,7 @@ class GlobalContext:
     plots and files that trainers read directly (decomposition's schedule)."""
 
     seed: int = 0
+    tallies: Any = None  # pyarrow Table (key, n) sorted by key: the stage's tallies summed over every record
     files_dir: Path | None = None
     output_dir: Path | None = None
     work_dir: Path | None = None  # scratch space of the step (a Beam job's files)
@@ -251,6 +252,9 @@ class GlobalResult:
     dropped: dict[int, Dropped] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)  # name -> pyarrow Table
     metrics: dict[str, float] = field(default_factory=dict)
+    #: One table every worker gets before it applies the answer (``GlobalStage.receive_shared``):
+    #: what is the same for every record (a vocabulary), sent once instead of once per record.
+    shared: Any = None
 
 
 class GlobalStage(Stage):
@@ -279,6 +283,19 @@ class GlobalStage(Stage):
 
     def added_fields(self) -> tuple[pa.Field, ...]:
         return ()
+
+    #: True for a stage that sums counts over the collection (:meth:`tally`).
+    tallies: bool = False
+
+    def tally(self, record: dict) -> dict[str, int]:
+        """Counts this record adds (key -> n), on the worker. The workers sum them over their
+        shard, the driver merges the shards' sums into ``ctx.tallies``: a collection-wide count
+        (word frequencies) reaches the driver as one row per key, not as words per record."""
+        return {}
+
+    def receive_shared(self, shared: Any) -> None:
+        """On the worker, before ``apply``: the table the decision shares with every record
+        (``GlobalResult.shared``)."""
 
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return self.adding(upstream, self.name, self.added_fields()) if self.added_fields() else upstream
@@ -309,13 +326,19 @@ class GroupStage(Stage):
     #: True: numeric list fields (token ids) reach ``build`` as numpy views of the gathered
     #: partition, not lists of Python ints (a stage that only slices, copies or writes them).
     arrays: bool = False
+    #: The type of the place ``group_of`` gives (an int, or a string such as the record's id).
+    place_type: pa.DataType = pa.int64()
 
     def group_of(self, record: dict) -> tuple[str, int]:
-        """(group key, place of the record within its group)."""
+        """(group key, place of the record within its group): a group's records reach ``build``
+        in the order of their places."""
         raise NotImplementedError
 
-    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
-        """The outcomes of one group. Add to ``metrics`` what sums over groups (tokens, contexts)."""
+    def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
+        """The outcomes of one group. ``records`` is a stream (read once, in place order; the engine
+        never holds the group): a stage keeps only what it needs, or makes a list itself where its
+        rule needs the whole group. It must read every record. Add to ``metrics`` what sums over
+        groups (tokens, contexts)."""
         raise NotImplementedError
 
 

@@ -24,6 +24,7 @@ def shard_files(plan: Plan, step: Step, i: int) -> dict[str, Path]:
         "removed": d / f"removed-{i:05d}.parquet",
         "keys": d / f"keys-{i:05d}.parquet",  # for the next decide step
         "summaries": d / f"summaries-{i:05d}.parquet",  # for the next global step
+        "tallies": d / f"tallies-{i:05d}.parquet",  # the next global step's counts, summed over the shard
         "parts": d / f"parts-{i:05d}.parquet",  # for the next group step: one row group per partition
         "done": d / f"shard-{i:05d}.done.json",
     }

@@ -123,29 +123,57 @@ def publish_dir(plan: Plan) -> Path:
     return step_dir(plan, plan.record_steps[-1]) / "publish"
 
 
-def spill_shard(plan: Plan, i: int, files: OutputFiles) -> dict[int, int]:
-    """Shard ``i``'s final records, rewritten with one row group per output file (output file ->
-    row group), so that each output file can be assembled alone. One file: nothing to spill."""
+#: Rows of a shard's final records read at a time while spilling them by output file.
+SPILL_ROWS = 8192
+
+
+def spill_shard(plan: Plan, i: int, files: OutputFiles) -> dict[int, list[int]] | dict[int, int]:
+    """Shard ``i``'s final records, rewritten by output file, :data:`SPILL_ROWS` at a time (a group
+    step's partition can be larger than a worker's memory): each batch as one row group per output
+    file it touches. Returns output file -> the row groups holding its records. One output file:
+    nothing to spill (``{0: -1}``)."""
     if files.count == 1:
         return {0: -1}
-    table = pq.read_table(shard_files(plan, plan.record_steps[-1], i)["records"])
-    which = files.files_of(file_labels(plan, table), table.column("id").to_pylist())
-    order = np.argsort(which, kind="stable")
-    table, which = take_rows(table, order), which[order]
-    return write_row_groups(table, which, files.count, publish_dir(plan) / f"spill-{i:05d}.parquet")
+    path = publish_dir(plan) / f"spill-{i:05d}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    source = pq.ParquetFile(shard_files(plan, plan.record_steps[-1], i)["records"])
+    groups: dict[int, list[int]] = {}
+    written = 0
+    with pq.ParquetWriter(str(tmp), source.schema_arrow, compression="lz4",
+                          use_dictionary=dictionary_columns(source.schema_arrow)) as writer:
+        for batch in source.iter_batches(batch_size=SPILL_ROWS):
+            table = pa.Table.from_batches([batch])
+            which = files.files_of(file_labels(plan, table), table.column("id").to_pylist())
+            order = np.argsort(which, kind="stable")
+            table, which = take_rows(table, order), which[order]
+            bounds = np.searchsorted(which, np.arange(files.count + 1))
+            for j in np.unique(which).tolist():
+                lo, hi = int(bounds[j]), int(bounds[j + 1])
+                writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
+                groups.setdefault(j, []).append(written)
+                written += 1
+    os.replace(tmp, path)
+    return groups
 
 
-def write_output_file(plan: Plan, j: int, files: OutputFiles, index: dict[int, dict[int, int]]) -> Path:
+def _spilled_groups(where) -> list[int]:
+    """An index entry: a list of row groups, or one (an index made before spills were streamed)."""
+    return where if isinstance(where, list) else [where]
+
+
+def write_output_file(plan: Plan, j: int, files: OutputFiles, index: dict) -> Path:
     """Output file ``j`` from every shard's part of it (``index``: shard -> spill_shard's answer),
     in memory bounded by that one file."""
     final = plan.record_steps[-1]
     pieces = []
     for i in sorted(index):
-        group = index[i].get(j)
-        if group == -1:
+        where = index[i].get(j)
+        if where == -1:
             pieces.append(pq.read_table(shard_files(plan, final, i)["records"]))
-        elif group is not None:
-            pieces.append(pq.ParquetFile(publish_dir(plan) / f"spill-{i:05d}.parquet").read_row_group(group))
+        elif where is not None:
+            spill = pq.ParquetFile(publish_dir(plan) / f"spill-{i:05d}.parquet")
+            pieces += [spill.read_row_group(g) for g in _spilled_groups(where)]
     table = pa.concat_tables(pieces) if pieces else final.out_schema.arrow.empty_table()
     path = files.path(plan.output_dir, j)
     write_bucket_table(table, path, final.out_schema)
@@ -197,22 +225,28 @@ def publish_side_table(plan: Plan, name: str, folder: Path) -> list[Path]:
     return paths
 
 
-def write_row_groups(table: pa.Table, which: np.ndarray, n: int, path: Path) -> dict[int, int]:
-    """``table``, sorted by ``which`` (a bucket in 0..n-1 per row), as one row group per non-empty
-    bucket, so that a reader takes one bucket alone; returns bucket -> row group."""
+def write_row_group_runs(table: pa.Table, which: np.ndarray, n: int, path: Path, max_rows: int) -> dict[int, list[int]]:
+    """``table``, sorted by ``which`` (a bucket in 0..n-1 per row), each bucket in row groups of at
+    most ``max_rows`` rows, so that a reader streams one bucket alone, a row group at a time;
+    returns bucket -> [first row group, count]."""
     bounds = np.searchsorted(which, np.arange(n + 1))
-    groups: dict[int, int] = {}
+    runs: dict[int, list[int]] = {}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    written = 0
     with pq.ParquetWriter(str(tmp), table.schema, compression="lz4",
                           use_dictionary=dictionary_columns(table.schema)) as writer:
         for j in range(n):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             if hi > lo:
-                writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
-                groups[j] = len(groups)
+                runs[j] = [written, 0]
+                for start in range(lo, hi, max_rows):
+                    size = min(max_rows, hi - start)
+                    writer.write_table(table.slice(start, size), row_group_size=size)
+                    runs[j][1] += 1
+                    written += 1
     os.replace(tmp, path)
-    return groups
+    return runs
 
 
 def remove_stale_outputs(output_dir: str, keep: list[Path]) -> None:

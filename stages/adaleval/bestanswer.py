@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 from pydantic import Field
@@ -112,7 +112,8 @@ class SeThreads(TokenCounter, GroupStage):
             return str(m.get("post_id")), 0
         return str(m.get("parent_id")), 1  # answers after their question, in the dump's order
 
-    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+    def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+        records = list(records)  # this stage's rule reads its group more than once
         metas = [metadata_of(r) for r in records]
         bad = [(r, m) for r, m in zip(records, metas, strict=True) if m.get("post_type") not in ("question", "answer")
                or not isinstance(r.get("text"), str)]
@@ -253,7 +254,8 @@ class BestAnswerItems(TokenCounter, GroupStage):
     def group_of(self, record: dict) -> tuple[str, int]:
         return record["item"], int(record["slot"])
 
-    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+    def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+        records = list(records)  # this stage's rule reads its group more than once
         p: BestAnswerParams = self.params
         question, candidates = records[0], records[1:]
         setting = int(key.rsplit("@", 1)[1])

@@ -4,7 +4,7 @@ concatenated (or best-fit packed) and cut into fixed-length contexts, per group.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -58,7 +58,8 @@ class ConcatChunk(GroupStage):
         place = int.from_bytes(h[8:16], "big") >> 1 if p.shuffle and p.packing == "concat" else 0
         return f"{int.from_bytes(h[:8], 'big') % p.groups:05d}", place
 
-    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+    def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+        records = list(records)  # this stage's rule reads its group more than once
         from stages.blocks.packing import pack
 
         p: ConcatChunkParams = self.params

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from schemas import DROP_LOG, SCHEDULE, SEQUENCE, TEXT_RECORD, TOKEN_IDS_FIELDS, TOKEN_IDS_RECORD, RecordSchema
@@ -197,32 +198,73 @@ class BucketFiles(GroupStage):
     input_schema = SEQUENCE
     arrays = True
 
-    def group_of(self, record: dict) -> tuple[str, int]:
-        return f"D{int(record['bucket']):02d}", 0
+    place_type = pa.string()  # a bucket's sequences reach build in id order
 
-    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+    def group_of(self, record: dict) -> tuple[str, str]:
+        return f"D{int(record['bucket']):02d}", record["id"]
+
+    def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
         if self.services.output_dir is None:
             raise RuntimeError("bucket_files needs the run's output folder")
-        records = sorted(records, key=lambda r: r["id"])  # the order vsl_schedule's seq_rows count in
-        write_bucket_files(records, Path(self.services.output_dir) / self.params.folder / key)
-        metrics[f"sequences_{key}"] = len(records)
-        yield from records
+        # In id order (the order vsl_schedule's seq_rows count in), written as they pass.
+        n = 0
+        with BucketWriter(Path(self.services.output_dir) / self.params.folder / key) as writer:
+            for r in records:
+                writer.add(r)
+                n += 1
+                yield r
+        metrics[f"sequences_{key}"] = n
 
 
-def write_bucket_files(records: list[dict], folder: Path) -> None:
-    """``tokens.bin`` and ``index.parquet`` of one bucket, each written whole and renamed into place."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lengths = np.fromiter((len(r["input_ids"]) for r in records), dtype=np.int64, count=len(records))
-    ends = np.cumsum(lengths)
-    tmp = folder / f"tokens.bin.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        for r in records:
-            np.asarray(r["input_ids"], dtype="<i4").tofile(f)
-    os.replace(tmp, folder / "tokens.bin")
-    index = pa.table({"seq_id": [r["id"] for r in records], "start": ends - lengths, "end": ends,
-                      "doc_id": [r["doc_id"] for r in records], "doc_offset": [r["doc_offset"] for r in records]},
-                     schema=INDEX_SCHEMA)
-    write_parquet_atomic(index, folder / "index.parquet")
+class BucketWriter:
+    """``tokens.bin`` and ``index.parquet`` of one bucket, written as sequences come (a sequence's
+    tokens at a time, the index :data:`INDEX_ROWS` rows at a time), under temporary names renamed
+    into place when the bucket is complete."""
+
+    INDEX_ROWS = 10_000  # the row groups of a whole-table write: the same bytes as writing it at once
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._tokens_tmp = folder / f"tokens.bin.tmp-{os.getpid()}"
+        self._index_tmp = folder / f"index.parquet.tmp-{os.getpid()}"
+        self._tokens = open(self._tokens_tmp, "wb")
+        self._index = pq.ParquetWriter(str(self._index_tmp), INDEX_SCHEMA, compression="zstd", write_statistics=True)
+        self._rows: list[tuple] = []
+        self._end = 0
+        self._n = 0
+
+    def add(self, r: dict) -> None:
+        ids = np.asarray(r["input_ids"], dtype="<i4")
+        ids.tofile(self._tokens)
+        self._rows.append((r["id"], self._end, self._end + len(ids), r["doc_id"], r["doc_offset"]))
+        self._end += len(ids)
+        if len(self._rows) == self.INDEX_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows or self._n == 0:
+            cols = list(zip(*self._rows, strict=True)) if self._rows else [[] for _ in INDEX_SCHEMA]
+            self._index.write_table(pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(cols, INDEX_SCHEMA,
+                                                                                              strict=True)],
+                                                         schema=INDEX_SCHEMA), row_group_size=self.INDEX_ROWS)
+            self._n += len(self._rows)
+            self._rows = []
+
+    def __enter__(self) -> BucketWriter:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        self._tokens.close()
+        if kind is None:
+            self._flush()
+        self._index.close()
+        if kind is not None:
+            self._tokens_tmp.unlink(missing_ok=True)
+            self._index_tmp.unlink(missing_ok=True)
+            return
+        os.replace(self._tokens_tmp, self.folder / "tokens.bin")
+        os.replace(self._index_tmp, self.folder / "index.parquet")
 
 
 class ScheduleParams(StageParams):

@@ -4,7 +4,7 @@ the in-context similarity against a random order."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -66,7 +66,8 @@ class IcpPack(GroupStage):
         p: PackParams = self.params
         return (f"{record['pos'] // p.range_docs:010d}" if p.range_docs else "all"), record["pos"]
 
-    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
+    def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
+        records = list(records)  # this stage's rule reads its group more than once
         p: PackParams = self.params
         eos_id = self._eos
         ids = [r["id"] for r in records]

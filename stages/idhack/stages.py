@@ -11,7 +11,6 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
@@ -19,6 +18,7 @@ from pydantic import Field, field_validator
 from schemas import REGISTRY, RecordSchema
 from stages import register
 from stages.base import (
+    Dropped,
     GlobalContext,
     GlobalResult,
     GlobalStage,
@@ -81,47 +81,76 @@ class VocabularyParams(StageParams):
 @register
 class HackVocabulary(GlobalStage):
     """Word frequencies over the training split, and for each document its rare words (unseen in
-    training counts as 0) and its label's number among the sorted labels."""
+    training counts as 0) and its label's number among the sorted labels.
+
+    The frequencies are tallies: each worker counts its shard's training words, the driver merges
+    the counts (one row per word type, never words per document) and keeps the frequent words; that
+    vocabulary goes back to the workers once (``shared``), where each document's rare words are its
+    distinct words outside it. The driver's summaries are a label and a split per document."""
 
     name = "hack_vocabulary"
     Params = VocabularyParams
     input_schema = DOCUMENT_IN
+    tallies = True
+    _frequent: frozenset[str] | None = None
 
     def summary_fields(self, upstream: RecordSchema) -> tuple[pa.Field, ...]:
-        return (pa.field("words", pa.list_(pa.string())), pa.field("counts", pa.list_(pa.int32())),
-                pa.field("label", pa.string()), pa.field("split", pa.string()))
+        return (pa.field("label", pa.string()), pa.field("split", pa.string()))
 
     def summarize(self, record: dict) -> dict:
         label, split = label_and_split(record)
-        counts = Counter(w.lower() for w in core.words(record.get("text") or "") if not core.is_punct(w))
-        words = sorted(counts)
-        return {"words": words, "counts": [counts[w] for w in words], "label": label, "split": split}
+        return {"label": label, "split": split}
+
+    @staticmethod
+    def _distinct_words(record: dict) -> Counter:
+        return Counter(w.lower() for w in core.words(record.get("text") or "") if not core.is_punct(w))
+
+    def tally(self, record: dict) -> dict[str, int]:
+        """``n\t<word>``: occurrences in training documents; ``d\t<word>``: documents holding the
+        word, any split (for the mean of rare words per document)."""
+        counts = self._distinct_words(record)
+        out = {f"d\t{w}": 1 for w in counts}
+        if label_and_split(record)[1] == self.params.train_split:
+            out.update({f"n\t{w}": n for w, n in counts.items()})
+        return out
 
     def added_fields(self) -> tuple[pa.Field, ...]:
         return (_RARE, _LABEL_ID)
 
     def decide(self, summaries: pa.Table, ctx: GlobalContext) -> GlobalResult:
         p: VocabularyParams = self.params
-        words = summaries["words"].combine_chunks()
-        flat = pc.list_flatten(words)
-        parent = pc.list_parent_indices(words)
-        counts = pc.list_flatten(summaries["counts"].combine_chunks())
-        is_train = pc.fill_null(pc.equal(summaries["split"], p.train_split), False)
-        in_train = pc.take(is_train, parent)
-        train = pa.table({"w": pc.filter(flat, in_train), "n": pc.filter(counts, in_train)})
-        totals = train.group_by("w").aggregate([("n", "sum")])
-        frequent = pc.filter(totals["w"], pc.greater_equal(totals["n_sum"], p.min_freq))
-        rare_mask = pc.invert(pc.is_in(flat, value_set=frequent))
-        rare_parent = pc.filter(parent, rare_mask).to_numpy()
-        offsets = np.concatenate([[0], np.cumsum(np.bincount(rare_parent, minlength=len(summaries)))])
-        rare = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pc.filter(flat, rare_mask))
+        tallies = ctx.tallies
+        kind = pc.utf8_slice_codeunits(tallies["key"], 0, 2)
+        word = pc.utf8_slice_codeunits(tallies["key"], 2)
+        is_train = pc.equal(kind, "n\t")
+        train_words, train_n = pc.filter(word, is_train), pc.filter(tallies["n"], is_train)
+        frequent = pc.filter(train_words, pc.greater_equal(train_n, p.min_freq))
+        is_df = pc.equal(kind, "d\t")
+        df_words, df = pc.filter(word, is_df), pc.filter(tallies["n"], is_df)
+        rare_occurrences = pc.sum(pc.filter(df, pc.invert(pc.is_in(df_words, value_set=frequent)))).as_py() or 0
         labels = sorted({x for x in summaries["label"].to_pylist() if x is not None})
         index = {x: k for k, x in enumerate(labels)}
         label_id = pa.array([index.get(x) for x in summaries["label"].to_pylist()], pa.int32())
-        n_train = int(pc.sum(is_train.cast(pa.int64())).as_py() or 0)
-        return GlobalResult(columns={"rare_words": rare, "label_id": label_id}, metrics={
-            "train documents": n_train, "train word types": len(totals), "frequent word types": len(frequent),
-            "labels": len(labels), "rare words per document (mean)": len(rare_parent) / max(len(summaries), 1)})
+        n_train = int(pc.sum(pc.fill_null(pc.equal(summaries["split"], p.train_split), False).cast(pa.int64()))
+                      .as_py() or 0)
+        # rare_words are made on the workers from the shared vocabulary (receive_shared, apply)
+        rare = pa.nulls(len(summaries), _RARE.type)
+        return GlobalResult(columns={"rare_words": rare, "label_id": label_id},
+                            shared=pa.table({"word": frequent}), metrics={
+            "train documents": n_train, "train word types": len(train_words), "frequent word types": len(frequent),
+            "labels": len(labels), "rare words per document (mean)": rare_occurrences / max(len(summaries), 1)})
+
+    def receive_shared(self, shared) -> None:
+        self._frequent = frozenset(shared.column("word").to_pylist()) if shared is not None else frozenset()
+
+    def apply(self, record: dict, answer: dict, dropped: Dropped | None) -> Iterator[Outcome]:
+        if dropped is not None:
+            yield dropped
+            return
+        if self._frequent is None:
+            raise RuntimeError("hack_vocabulary: the vocabulary was not received before apply")
+        rare = sorted(w for w in self._distinct_words(record) if w not in self._frequent)
+        yield {**record, "rare_words": rare, "label_id": answer["label_id"]}
 
 
 def _hack_of(entry) -> core.Hack:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 from pydantic import Field, model_validator
@@ -242,7 +242,8 @@ class LiconItems(TokenCounter, GroupStage):
         offset = _TEST_OFFSET if record["licon_role"] == "test" else 0
         return f.get("dataset") or self.params.dataset, offset + int(record["licon_place"])
 
-    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+    def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+        records = list(records)  # this stage's rule reads its group more than once
         p: LiconParams = self.params
         tpl = p.template()
         fields = {r["id"]: labelled_fields(r) for r in records}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -278,7 +278,8 @@ class LongAlignBatches(GroupStage):
         place = int.from_bytes(h[8:16], "big") >> 1 if (p.shuffle and p.mode == "pack") else 0
         return f"{group:05d}", place  # place 0: the rows' own order (shard, row)
 
-    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+    def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+        records = list(records)  # this stage's rule reads its group more than once
         p: BatchesParams = self.params
         ids = [r["id"] for r in records]
         toks = [r["input_ids"] for r in records]

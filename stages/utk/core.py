@@ -21,7 +21,8 @@ sample's end is pinned last (its backtrace after it), so that documents read bac
 from __future__ import annotations
 
 import string
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,22 +136,62 @@ def draw_labels(rng: np.random.Generator, h: int, n_chars: int, used: set[str]) 
     return out
 
 
-def pack_samples(docs: Sequence[np.ndarray], cfg: KnotConfig, markers: Markers,
+class DocStream:
+    """A stream's documents by their index, read from ``items`` ((id, token ids) pairs) only when
+    asked for, and forgotten once :meth:`release` says no sample needs them: packing holds the
+    documents of one sample, not the stream."""
+
+    def __init__(self, items: Iterable[tuple[str, np.ndarray]]):
+        self._items = iter(items)
+        self._base = 0
+        self._docs: deque[np.ndarray] = deque()
+        self._ids: deque[str] = deque()
+
+    def has(self, k: int) -> bool:
+        while k >= self._base + len(self._docs):
+            nxt = next(self._items, None)
+            if nxt is None:
+                return False
+            self._ids.append(nxt[0])
+            self._docs.append(nxt[1])
+        return True
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if k < self._base or not self.has(k):
+            raise IndexError(f"document {k} is not in the window ({self._base}..)")
+        return self._docs[k - self._base]
+
+    def id_of(self, k: int) -> str:
+        self[k]
+        return self._ids[k - self._base]
+
+    def release(self, k: int) -> None:
+        """Documents before ``k`` are no longer needed."""
+        while self._base < k and self._docs:
+            self._docs.popleft()
+            self._ids.popleft()
+            self._base += 1
+
+
+def pack_samples(docs: Sequence[np.ndarray] | DocStream, cfg: KnotConfig, markers: Markers,
                  label_tokens: LabelTokenizer) -> Iterator[Sample]:
     """Samples of exactly L + 1 tokens from the documents in order; an incomplete last one is not
-    yielded (its tokens are the caller's to count)."""
+    yielded (its tokens are the caller's to count). ``docs`` as a :class:`DocStream` is read as the
+    samples need it, and each sample's finished documents are released after it is yielded."""
+    if not isinstance(docs, DocStream):
+        docs = DocStream((str(k), d) for k, d in enumerate(docs))
     hs = np.array(sorted(cfg.chunk_odds), dtype=np.int64)
     odds = np.array([cfg.chunk_odds[h] for h in hs], dtype=np.float64)
     odds = odds / odds.sum()
     k, off, index = 0, 0, 0
-    while k < len(docs):
+    while docs.has(k):
         rng = sample_rng(cfg.seed, index)
         knotted = bool(rng.random() < cfg.p)
         cap = cfg.length + 1
         pieces: list[Piece] = []
         used: set[str] = set()
         start_off = off
-        while cap > 0 and k < len(docs):
+        while cap > 0 and docs.has(k):
             avail = len(docs[k]) - off
             piece = Piece(k, off, off)
             take = min(avail, cap)
@@ -187,6 +228,7 @@ def pack_samples(docs: Sequence[np.ndarray], cfg: KnotConfig, markers: Markers,
                                "src_end": p.end, "out_start": at, "label": None})
                 at += p.end - p.start
             yield Sample(index, False, tokens, np.zeros(len(tokens), dtype=np.int8), pieces, chunks)
+        docs.release(k)  # the next sample starts at document k
         index += 1
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -160,76 +160,92 @@ class Utk(GroupStage):
         place = int.from_bytes(h[8:16], "big") >> 1 if p.shuffle_documents else 0
         return f"{int.from_bytes(h[:8], 'big') % p.groups:05d}", place
 
-    def build(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
+    def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
+        """One stream, packed as its records arrive: the packer holds one sample's documents."""
         p: UtkParams = self.params
         tok, markers, _, eos, _ = self._markers()
         patterns = [ids_ for ids_, _, _ in markers.patterns()] if p.markers == "text" else []
-        stream: list[np.ndarray] = []
-        stream_ids: list[str] = []
-        dropped: list[Dropped] = []
-        for r in records:
-            d = np.asarray(r["input_ids"], dtype=np.int32)
-            if len(d) == 0 or d[-1] != eos:
-                raise ValueError(f"document {r['id']!r} does not end with the end-of-text token of '{p.tokenizer}' "
-                                 f"(id {eos}): tokenise with tokenize_ids (append_eos: true) and the same tokenizer")
-            if (d[:-1] == eos).any():
-                dropped.append(Dropped(r["id"], "end-of-text token inside the document",
-                                       "its pieces could not be told apart after knotting"))
-                continue
-            hit = next((q for q in patterns if contains_pattern(d, q)), None)
-            if hit is not None:
-                dropped.append(Dropped(r["id"], "contains a marker's tokens", f"token ids {list(hit)}"))
-                continue
-            stream.append(d)
-            stream_ids.append(r["id"])
-        yield from dropped
+        dropped: list[Dropped] = []  # found while reading, said after the sample being packed
+        read = {"documents": 0, "tokens": 0}
+
+        def kept() -> Iterator[tuple[str, np.ndarray]]:
+            for r in records:
+                read["documents"] += 1
+                d = np.asarray(r["input_ids"], dtype=np.int32)
+                if len(d) == 0 or d[-1] != eos:
+                    raise ValueError(f"document {r['id']!r} does not end with the end-of-text token of "
+                                     f"'{p.tokenizer}' (id {eos}): tokenise with tokenize_ids (append_eos: true) "
+                                     "and the same tokenizer")
+                if (d[:-1] == eos).any():
+                    dropped.append(Dropped(r["id"], "end-of-text token inside the document",
+                                           "its pieces could not be told apart after knotting"))
+                    continue
+                hit = next((q for q in patterns if contains_pattern(d, q)), None)
+                if hit is not None:
+                    dropped.append(Dropped(r["id"], "contains a marker's tokens", f"token ids {list(hit)}"))
+                    continue
+                read["tokens"] += len(d)
+                yield r["id"], d
+
+        stream = core.DocStream(kept())
         base_seed = self.seed if p.groups == 1 else self.seed * 100_000 + int(key)
         cfg = core.KnotConfig(length=p.context_length, p=p.p, chunk_odds=dict(p.chunk_odds), min_split=p.min_split,
                               label_chars=p.label_chars, preserve_order=p.preserve_order, seed=base_seed)
         label_tokens = core.LabelTokenizer(lambda s: self._label_tok.encode(s, add_special_tokens=False).ids)
         prefix = "utk-" if p.groups == 1 else f"utk-{key}-"
-        reached = last_end = 0
+        reached, straddling = 0, None
         add = lambda name, v: metrics.__setitem__(name, metrics.get(name, 0) + v)  # noqa: E731
         for s in core.pack_samples(stream, cfg, markers, label_tokens):
-            rec = self._sample(s, prefix, stream_ids, base_seed)
+            yield from dropped
+            dropped.clear()
+            rec = self._sample(s, prefix, stream.id_of, base_seed)
             if s.index < p.inspect_samples:
                 yield SideRow("text_view", {"id": rec["id"], "utk_applied": s.knotted,
                                             "text": tok.decode(s.tokens.tolist(), skip_special_tokens=False)})
             yield rec
-            add("samples", 1)
-            add("knotted_samples", int(s.knotted))
-            for pc_ in s.pieces:
-                add("pieces", 1)
-                add("content_tokens", pc_.end - pc_.start)
-                if s.knotted:
-                    add("knotted_pieces", 1)
-                    add(f"knotted_pieces_in_{pc_.n_chunks}_chunks", 1)
-                    if pc_.n_chunks > 1:
-                        add("pieces_split", 1)
-                        add("split_chunks", pc_.n_chunks)
-            add("marker_tokens", int((s.roles != core.CONTENT).sum()))
+            self._count_sample(s, add)
             last = s.pieces[-1]
-            reached, last_end = last.doc + 1, last.end
+            reached = last.doc + 1
+            n_last = len(stream[last.doc])
+            straddling = (stream.id_of(last.doc), n_last, last.end) if last.end < n_last else None
+        yield from dropped
         # Documents past the last full sample are dropped by design; the one cut there counts as used.
-        for k in range(reached, len(stream)):
-            yield Dropped(stream_ids[k], "after the last full sample", f"{len(stream[k])} tokens")
-        if reached and last_end < len(stream[reached - 1]):
+        k = reached
+        while stream.has(k):
+            yield Dropped(stream.id_of(k), "after the last full sample", f"{len(stream[k])} tokens")
+            k += 1
+        if straddling is not None:
             # The document that straddles the end of the last full sample: its head is in that sample,
             # its tail would start the incomplete one, which is not made. Said, with its size.
-            n_doc = len(stream[reached - 1])
-            yield Truncated(stream_ids[reached - 1], "tail after the last full sample",
+            doc_id, n_doc, last_end = straddling
+            yield Truncated(doc_id, "tail after the last full sample",
                             f"{n_doc - last_end} of {n_doc} tokens not used (tokens {last_end}..{n_doc})")
             add("documents_truncated", 1)
             add("tokens_cut_from_truncated", n_doc - last_end)
-        add("documents_in", len(records))
-        add("tokens_in", int(sum(len(d) for d in stream)))
+        add("documents_in", read["documents"])
+        add("tokens_in", read["tokens"])
 
-    def _sample(self, s, prefix: str, stream_ids: list[str], base_seed: int) -> dict:
+    @staticmethod
+    def _count_sample(s, add) -> None:
+        add("samples", 1)
+        add("knotted_samples", int(s.knotted))
+        for pc_ in s.pieces:
+            add("pieces", 1)
+            add("content_tokens", pc_.end - pc_.start)
+            if s.knotted:
+                add("knotted_pieces", 1)
+                add(f"knotted_pieces_in_{pc_.n_chunks}_chunks", 1)
+                if pc_.n_chunks > 1:
+                    add("pieces_split", 1)
+                    add("split_chunks", pc_.n_chunks)
+        add("marker_tokens", int((s.roles != core.CONTENT).sum()))
+
+    def _sample(self, s, prefix: str, id_of, base_seed: int) -> dict:
         L = self.params.context_length
         return {"id": f"{prefix}{s.index:08d}", "sample_idx": s.index, "tokens": s.tokens[:L], "labels": s.tokens[1:],
                 "loss_mask": core.loss_mask(s.roles) if s.knotted else np.ones(L, dtype=np.uint8),
                 "position_ids": np.arange(L, dtype=np.int32), "utk_applied": s.knotted,
-                "chunks": [{"doc_id": stream_ids[c["doc"]], "doc_idx": c["piece"], "chunk_idx": c["chunk_idx"],
+                "chunks": [{"doc_id": id_of(c["doc"]), "doc_idx": c["piece"], "chunk_idx": c["chunk_idx"],
                             "n_chunks": c["n_chunks"], "src_start": c["src_start"], "src_end": c["src_end"],
                             "out_start": c["out_start"], "chunk_label": c["label"]} for c in s.chunks],
                 "seed": base_seed * 100_000 + s.index}

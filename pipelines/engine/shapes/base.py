@@ -73,6 +73,14 @@ class Shape:
         spent and what the task's marker records of it."""
         raise NotImplementedError
 
+    def feed_streamed(self) -> bool:
+        """Whether a task whose records come as a stream may feed this stage from its records file,
+        a batch at a time (:meth:`feed_file`), rather than from the task's rows in memory."""
+        return False
+
+    def feed_file(self, plan: Plan, step: Step, i: int, records: Path) -> tuple[float, dict]:
+        raise NotImplementedError
+
     def feeds_records_file(self) -> bool:
         """Whether the feeding task also writes its records file (a group step reads its parts)."""
         return True

@@ -11,8 +11,10 @@ driver publishes them with the run.
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,6 +46,56 @@ def write_summaries(plan: Plan, step: Step, i: int, rows: list[dict]) -> float:
     summaries = [{"id": r["id"], "row": j, **stage.summarize(r)} for j, r in enumerate(rows)]
     write_parquet_atomic(cast_table(summaries, summary_schema(step)), shard_files(plan, step, i)["summaries"],
                          compression="zstd")
+    if stage.tallies:
+        write_tallies(plan, step, i, rows)
+    return time.perf_counter() - t0
+
+
+_TALLY = pa.schema([pa.field("key", pa.string()), pa.field("n", pa.int64())])
+
+
+def write_tallies(plan: Plan, step: Step, i: int, rows: Iterable[dict]) -> None:
+    """On the worker: the stage's tallies summed over shard ``i``'s records, one row per key."""
+    stage: GlobalStage = step.feeds.stage
+    total: Counter = Counter()
+    for r in rows:
+        total.update(stage.tally(r))
+    keys = sorted(total)
+    write_parquet_atomic(pa.table({"key": pa.array(keys, pa.string()),
+                                   "n": pa.array([total[k] for k in keys], pa.int64())}, schema=_TALLY),
+                         shard_files(plan, step, i)["tallies"], compression="zstd")
+
+
+def merged_tallies(plan: Plan, prev: Step) -> pa.Table:
+    """Every shard's tallies, summed by key (sorted): one shard's table at a time beside the sum."""
+    total = _TALLY.empty_table()
+    for i in range(len(plan.shards)):
+        both = pa.concat_tables([total, pq.read_table(shard_files(plan, prev, i)["tallies"])])
+        total = both.group_by("key").aggregate([("n", "sum")]).rename_columns(["key", "n"])
+    return total.sort_by("key")
+
+
+def write_summaries_from_file(plan: Plan, step: Step, i: int, records: Path, batch_rows: int = 1024) -> float:
+    """:func:`write_summaries` from a task's records file, a batch at a time (a group step's
+    partition, never held whole). The same rows, so the same file."""
+    t0 = time.perf_counter()
+    stage: GlobalStage = step.feeds.stage
+    schema = summary_schema(step)
+    path = shard_files(plan, step, i)["summaries"]
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    row = 0
+    with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
+        for batch in pq.ParquetFile(records).iter_batches(batch_size=batch_rows):
+            rows = batch.to_pylist()
+            writer.write_table(cast_table([{"id": r["id"], "row": row + j, **stage.summarize(r)}
+                                           for j, r in enumerate(rows)], schema))
+            row += len(rows)
+        if row == 0:
+            writer.write_table(schema.empty_table())
+    os.replace(tmp, path)
+    if stage.tallies:
+        write_tallies(plan, step, i, (r for b in pq.ParquetFile(records).iter_batches(batch_size=batch_rows)
+                                      for r in b.to_pylist()))
     return time.perf_counter() - t0
 
 
@@ -69,7 +121,8 @@ def run_global(plan: Plan, step: Step, files_dir: Path | None = None) -> dict:
     ps = step.central
     stage: GlobalStage = ps.stage
     stage.setup()
-    ctx = GlobalContext(seed=plan.spec.seed, files_dir=files_dir, output_dir=Path(plan.output_dir), work_dir=work)
+    ctx = GlobalContext(seed=plan.spec.seed, files_dir=files_dir, output_dir=Path(plan.output_dir), work_dir=work,
+                        tallies=merged_tallies(plan, prev) if stage.tallies else None)
     result = stage.decide(table.drop_columns(["row"]), ctx)
     if stage.observes and result.dropped:
         raise RuntimeError(f"stage {step.central.label} observes only (no pass applies its answer) but dropped "
@@ -93,12 +146,18 @@ def run_global(plan: Plan, step: Step, files_dir: Path | None = None) -> dict:
     write_parquet_atomic(answer, answer_file(plan, step), compression="zstd")
     for name, art in result.artifacts.items():
         write_parquet_atomic(art, work / f"artifact-{name}.parquet", compression="zstd")
+    if result.shared is not None:
+        write_parquet_atomic(result.shared, shared_file(plan, step), compression="zstd")
     marker = {"fingerprint": step.fingerprint, "run_id": plan.run_id, "records": table.num_rows,
               "dropped": len(result.dropped),
               "artifacts": list(result.artifacts), "metrics": result.metrics,
               "seconds": round(time.perf_counter() - t0, 6)}
     write_text_atomic(json.dumps(marker), marker_path)
     return marker
+
+
+def shared_file(plan: Plan, step: Step) -> Path:
+    return step_dir(plan, step) / "shared.parquet"
 
 
 def load_answer(plan: Plan, step: Step, shard: int) -> tuple[dict[int, tuple[str, str]], list[dict]]:
@@ -138,6 +197,12 @@ class GlobalShape(Shape):
     def feed(self, plan: Plan, step: Step, i: int, rows: list[dict], table) -> tuple[float, dict]:
         return write_summaries(plan, step, i, rows), {}
 
+    def feed_streamed(self) -> bool:
+        return True
+
+    def feed_file(self, plan: Plan, step: Step, i: int, records: Path) -> tuple[float, dict]:
+        return write_summaries_from_file(plan, step, i, records), {}
+
     def fed_counter(self, ps: PlannedStage, counted_at: int, n_rows: int) -> StageCounter:
         if not ps.stage.observes:  # counted where its answer is applied
             return super().fed_counter(ps, counted_at, n_rows)
@@ -151,6 +216,8 @@ class GlobalShape(Shape):
         if len(added) != len(records):
             raise RuntimeError(f"{gate.name} answered {len(added)} rows for shard {i}'s {len(records)} records")
         ps = gate.central
+        shared = shared_file(plan, gate)
+        ps.stage.receive_shared(pq.read_table(shared) if shared.exists() else None)
         for row, rec in enumerate(records):
             d = decisions.get(row)
             dropped = Dropped(rec["id"], d[0], d[1]) if d is not None else None

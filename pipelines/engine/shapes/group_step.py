@@ -3,28 +3,32 @@ whole and in the stage's order.
 
 The segment before a group step writes each shard's records as ``parts-i.parquet`` (and no records
 file, which nothing would read), with the group key, the place in the group and the row, sorted by
-(partition, group, place, row) and one row group per partition (its marker says which). Task ``p``
-of the group step reads partition ``p``'s row group of every shard, so a worker holds one partition
-at a time, and calls ``build`` for each group in key order. Partitions are the group step's
-shards: its records, removed records, side tables and markers have the layout of a segment's, and
-a killed run redoes only the partitions without a marker.
+(partition, group, place, row), each partition in row groups of at most ``PART_ROWS`` rows (its
+marker says which). Task ``p`` of the group step merges partition ``p`` of every shard as a stream,
+one row group per shard in memory, and hands ``build`` each group's records as a stream in key
+order; its records are written as they come. A worker holds ``shards x PART_ROWS`` input rows
+plus what the stage itself keeps (UtK: one sample's documents), not the partition.
+Partitions are the group step's shards: its records, removed records, side tables and markers have
+the layout of a segment's, and a killed run redoes only the partitions without a marker.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from collections.abc import Iterator
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.engine.accounting import StageCounter, route_outcomes
 from pipelines.engine.faults import mid_task
 from pipelines.engine.layout import previous_records, read_marker, shard_files
-from pipelines.engine.publish import bucket_of, write_row_groups
+from pipelines.engine.publish import bucket_of, write_row_group_runs
 from pipelines.engine.shapes.base import Shape, ensure_setup, services
 from pipelines.engine.shapes.record import finish_task
 from pipelines.engine.steps import GroupStep, Plan, PlannedStage, Step
@@ -34,63 +38,108 @@ from stages.base import GroupStage
 _GROUP, _ORDER, _ROW, _SHARD = "__group", "__order", "__row", "__shard"
 
 
-def write_parts(plan: Plan, step: Step, i: int, rows: list[dict], table: pa.Table) -> tuple[dict[int, int], float]:
+#: Rows per row group of a parts file: what one shard contributes to a group task's merge at a time.
+PART_ROWS = 2048
+
+
+def write_parts(plan: Plan, step: Step, i: int, rows: list[dict],
+                table: pa.Table) -> tuple[dict[int, list[int]], float]:
     """On the worker: shard ``i``'s records (``rows``, and ``table``: the same as the step's
-    schema) by partition of the next group stage. Returns (partition -> row group, seconds)."""
+    schema) by partition of the next group stage, sorted by (partition, group, place, row), in row
+    groups of at most :data:`PART_ROWS` rows. Returns (partition -> [first row group, count], seconds)."""
     t0 = time.perf_counter()
     stage: GroupStage = step.feeds.stage
     n = len(plan.shards)
     keys = [stage.group_of(r) for r in rows]
     table = (table.append_column(_GROUP, pa.array([k for k, _ in keys], pa.string()))
-             .append_column(_ORDER, pa.array([o for _, o in keys], pa.int64()))
+             .append_column(_ORDER, pa.array([o for _, o in keys], stage.place_type))
              .append_column(_ROW, pa.array(np.arange(len(rows)), pa.int64())))
     part = np.fromiter((bucket_of(k, n) for k, _ in keys), dtype=np.int64, count=len(keys))
     table = table.append_column("__part", pa.array(part, pa.int64()))
     table = sort_rows(table, [("__part", "ascending"), (_GROUP, "ascending"), (_ORDER, "ascending"),
                               (_ROW, "ascending")])
     part = table.column("__part").to_numpy()
-    groups = write_row_groups(table.drop_columns(["__part"]), part, n, shard_files(plan, step, i)["parts"])
+    groups = write_row_group_runs(table.drop_columns(["__part"]), part, n, shard_files(plan, step, i)["parts"],
+                                  PART_ROWS)
     return groups, time.perf_counter() - t0
 
 
-def gather(plan: Plan, step: Step, p: int) -> pa.Table:
-    """Partition ``p`` of every shard, sorted by (group, place, shard, row): what one task sees."""
+def partition_row_groups(marker: dict | None, p: int) -> list[int]:
+    """The row groups of a parts file that hold partition ``p`` (a marker of an older run names one)."""
+    where = (marker or {}).get("parts", {}).get(str(p))
+    if where is None:
+        return []
+    if isinstance(where, int):
+        return [where]
+    first, count = where
+    return list(range(first, first + count))
+
+
+def _shard_stream(path: Path, row_groups: list[int], shard: int, as_rows) -> Iterator[tuple[tuple, dict]]:
+    """((group, place, shard, row), record) of one shard's part of a partition, a row group at a time."""
+    pf = pq.ParquetFile(path)
+    for g in row_groups:
+        t = pf.read_row_group(g)
+        keys, places, rows = (t.column(c).to_pylist() for c in (_GROUP, _ORDER, _ROW))
+        records = as_rows(t.drop_columns([_GROUP, _ORDER, _ROW]))
+        del t
+        for k, o, r, rec in zip(keys, places, rows, records, strict=True):
+            yield (k, o, shard, r), rec
+
+
+def stream_partition(plan: Plan, step: Step, p: int, as_rows) -> Iterator[tuple[tuple, dict]]:
+    """Partition ``p`` of every shard, in (group, place, shard, row) order: a merge of the shards'
+    sorted parts, holding one row group of each shard at a time, never the partition."""
     prev = previous_records(plan, step)
-    pieces = []
+    sources = []
     for i in range(len(plan.shards)):
-        marker = read_marker(shard_files(plan, prev, i)["done"], prev.fingerprint)
-        g = (marker or {}).get("parts", {}).get(str(p))
-        if g is not None:
-            t = pq.ParquetFile(shard_files(plan, prev, i)["parts"]).read_row_group(g)
-            pieces.append(t.append_column(_SHARD, pa.array([i] * t.num_rows, pa.int64())))
-    if not pieces:
-        return pa.table({})
-    table = pa.concat_tables(pieces)
-    return sort_rows(table, [(_GROUP, "ascending"), (_ORDER, "ascending"), (_SHARD, "ascending"),
-                             (_ROW, "ascending")])
+        groups = partition_row_groups(read_marker(shard_files(plan, prev, i)["done"], prev.fingerprint), p)
+        if groups:
+            sources.append(_shard_stream(shard_files(plan, prev, i)["parts"], groups, i, as_rows))
+    return heapq.merge(*sources, key=itemgetter(0))
 
 
-def build_groups(stage: GroupStage, label: str, table: pa.Table, counter: StageCounter, removed: list[dict],
-                 sides: dict[str, list[dict]], metrics: dict[str, float]) -> Iterator[dict]:
-    """Each group of a gathered partition through ``build``, one group in Python objects at a time."""
-    if table.num_rows == 0:
-        return
-    keys = table.column(_GROUP)
-    payload = table.drop_columns([_GROUP, _ORDER, _ROW, _SHARD])
-    change = np.flatnonzero(pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).to_numpy(
-        zero_copy_only=False)) + 1
-    bounds = [0, *change.tolist(), table.num_rows]
-    as_rows = _rows_with_arrays if stage.arrays else (lambda t: t.to_pylist())
-    for g, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
-        records = as_rows(payload.slice(lo, hi - lo))
-        t0 = time.perf_counter()
-        outcomes = list(stage.build(keys[lo].as_py(), records, metrics))
-        counter.seconds += time.perf_counter() - t0
-        counter.n_in += len(records)
+class _GroupRecords:
+    """One group's records as the stage reads them, counted as they are read."""
+
+    def __init__(self, items: Iterator[tuple[tuple, dict]]):
+        self.items, self.n = items, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        for _, rec in self.items:
+            self.n += 1
+            yield rec
+
+
+def build_groups(stage: GroupStage, label: str, stream: Iterator[tuple[tuple, dict]], counter: StageCounter,
+                 removed: list[dict], sides: dict[str, list[dict]], metrics: dict[str, float]) -> Iterator[dict]:
+    """Each group of a partition's stream through ``build``, which reads its records as a stream
+    (a stage that needs its group whole makes the list itself)."""
+    for g, (key, items) in enumerate(itertools.groupby(stream, key=lambda t: t[0][0])):
+        records = _GroupRecords(items)
         lost = counter.rejected + counter.dropped
-        yield from route_outcomes(label, outcomes, counter, removed, sides)
-        counter.inputs_with_output += len(records) - (counter.rejected + counter.dropped - lost)
+        yield from route_outcomes(label, _timed(stage.build(key, iter(records), metrics), counter), counter,
+                                  removed, sides)
+        left = sum(1 for _ in items)
+        if left:
+            raise RuntimeError(f"stage {label} did not read {left} records of group {key!r}: build must read "
+                               "every record of its group")
+        counter.n_in += records.n
+        counter.inputs_with_output += records.n - (counter.rejected + counter.dropped - lost)
         mid_task(f"group:{label}:{g}")
+
+
+def _timed(outcomes: Iterator, counter: StageCounter) -> Iterator:
+    """The stage's outcomes, the time spent making them added to ``counter.seconds``."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            o = next(outcomes)
+        except StopIteration:
+            counter.seconds += time.perf_counter() - t0
+            return
+        counter.seconds += time.perf_counter() - t0
+        yield o
 
 
 def _rows_with_arrays(table: pa.Table) -> list[dict]:
@@ -106,16 +155,18 @@ def _rows_with_arrays(table: pa.Table) -> list[dict]:
 
 
 def run_group_partition(plan: Plan, step: Step, p: int) -> dict:
-    """Partition ``p`` of a group step: gather it from every shard, build each group, and leave
-    the partition's files and marker as a segment's shard would."""
+    """Partition ``p`` of a group step: stream it from every shard's parts, build each group, and
+    leave the partition's files and marker as a segment's shard would; records are written as they
+    come, so the task holds a row group per shard and what the stage keeps, not the partition."""
     t0 = time.time()
     ps = step.central
     ensure_setup(ps.stage, services(plan))
     counter = StageCounter.of(step.index, ps)
     removed: list[dict] = []
     sides: dict[str, list[dict]] = {}
-    table = gather(plan, step, p)
-    rows = list(build_groups(ps.stage, ps.label, table, counter, removed, sides, counter.metrics))
+    as_rows = _rows_with_arrays if ps.stage.arrays else (lambda t: t.to_pylist())
+    stream = stream_partition(plan, step, p, as_rows)
+    rows = build_groups(ps.stage, ps.label, stream, counter, removed, sides, counter.metrics)
     return finish_task(plan, step, p, rows, [counter], removed, t0, None, sides)
 
 
@@ -139,6 +190,9 @@ class GroupShape(Shape):
         parts, seconds = write_parts(plan, step, i, rows, table)
         return seconds, {"parts": {str(p): g for p, g in parts.items()}}
 
+    def feed_streamed(self) -> bool:
+        return False  # the parts are sorted over the whole task: it feeds from the task's rows
+
     def feeds_records_file(self) -> bool:
         return False
 
@@ -150,8 +204,7 @@ class GroupShape(Shape):
         fetches the markers first)."""
         prev = previous_records(plan, step)
         return [shard_files(plan, prev, k)["parts"] for k in range(len(plan.shards))
-                if str(i) in (read_marker(shard_files(plan, prev, k)["done"], prev.fingerprint) or {})
-                .get("parts", {})], []
+                if partition_row_groups(read_marker(shard_files(plan, prev, k)["done"], prev.fingerprint), i)], []
 
     def task_markers(self, plan: Plan, step: Step) -> list[Path]:
         prev = previous_records(plan, step)

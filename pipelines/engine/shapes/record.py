@@ -146,7 +146,7 @@ def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCount
                 counter.n_out += 1
                 yield item
         return
-    records = pq.read_table(shard_files(plan, prev, i)["records"]).to_pylist()
+    records = ParquetRows(shard_files(plan, prev, i)["records"])
     if step.gate is None:
         yield from records
         return
@@ -154,6 +154,24 @@ def iter_segment_input(plan: Plan, step: Step, i: int, counters: list[StageCount
     counter = StageCounter.of(step.index, step.gate)
     counters.append(counter)
     yield from step.gate.adapter.apply(plan, gate, i, records, counter, removed, sides)
+
+
+class ParquetRows:
+    """The records of a work file as a stream of dicts, a batch at a time (a group step's
+    partition can be larger than a worker's memory), that knows its length."""
+
+    BATCH_ROWS = 1024
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._n = pq.ParquetFile(path).metadata.num_rows
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.BATCH_ROWS):
+            yield from batch.to_pylist()
 
 
 def run_segment_shard(plan: Plan, step: Step, i: int) -> dict:
@@ -193,38 +211,50 @@ class SegmentTask:
                            self.checkpoints.tally(), self.sides)
 
 
-def finish_task(plan: Plan, step: Step, i: int, rows: list[dict], counters: list[StageCounter],
-                         removed: list[dict], t0: float, batches: dict | None = None,
-                         sides: dict[str, list[dict]] | None = None) -> dict:
+#: Records per write of a task whose records come as a stream (a group step's partition).
+WRITE_ROWS = 1024
+
+
+def finish_task(plan: Plan, step: Step, i: int, rows: Iterable[dict], counters: list[StageCounter],
+                removed: list[dict], t0: float, batches: dict | None = None,
+                sides: dict[str, list[dict]] | None = None) -> dict:
     """Write a shard's records, removed records, side-table rows and what the next step reads
-    (keys, summaries or parts), then its completion marker (last)."""
+    (keys, summaries or parts), then its completion marker (last). ``rows`` as a list (a segment's
+    shard) is written at once; as a stream (a group step's partition) it is written
+    :data:`WRITE_ROWS` at a time, and what the next step reads is made from the file, a batch at
+    a time, where that step's shape allows (a global stage's summaries)."""
     files = shard_files(plan, step, i)
-    for name, schema in step_side_tables(step).items():
-        write_parquet_atomic(cast_table((sides or {}).get(name, []), schema.arrow), side_file(plan, step, name, i),
-                             compression="zstd")
     feeds = step.feeds
-    table = cast_table(rows, step.out_schema.arrow)
-    if feeds is None or feeds.adapter.feeds_records_file():  # a group step reads its parts, not these
-        write_parquet_atomic(table, files["records"], compression="lz4")
-    write_parquet_atomic(pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA), files["removed"], compression="lz4")
     counters = list(counters)
     extra: dict = {}
+    if isinstance(rows, list) or (feeds is not None and not feeds.adapter.feed_streamed()):
+        rows = list(rows)
+        table = cast_table(rows, step.out_schema.arrow)
+        if feeds is None or feeds.adapter.feeds_records_file():  # a group step reads its parts, not these
+            write_parquet_atomic(table, files["records"], compression="lz4")
+        n_rows = len(rows)
+    else:
+        n_rows, label_counts = _write_stream(plan, step, rows, files["records"])
+        if label_counts is not None:
+            extra["labels"] = label_counts
+        rows = table = None
+    _write_sides_and_removed(plan, step, i, sides, removed)
     if feeds is not None:
         ensure_setup(feeds.stage, services(plan))
-        seconds, extra = feeds.adapter.feed(plan, step, i, rows, table)
-        fed = feeds.adapter.fed_counter(feeds, step.feeds_counted_at, len(rows))
+        if rows is None:
+            seconds, more = feeds.adapter.feed_file(plan, step, i, files["records"])
+        else:
+            seconds, more = feeds.adapter.feed(plan, step, i, rows, table)
+        extra.update(more)
+        fed = feeds.adapter.fed_counter(feeds, step.feeds_counted_at, n_rows)
         fed.seconds = seconds
         counters.append(fed)
-    if step is plan.record_steps[-1] and plan.file_labeller is not None:
-        from pipelines.engine.publish import file_labels
-
-        counts: dict[str, int] = defaultdict(int)
-        for label in file_labels(plan, pa.table({plan.file_labeller.stage.file_label_field:
-                                                 [r[plan.file_labeller.stage.file_label_field] for r in rows]})):
-            counts[label] += 1
-        extra["labels"] = dict(sorted(counts.items()))
+    if rows is not None and _counts_labels(plan, step):
+        extra["labels"] = _label_counts(plan, rows)
     # pid: which process ran the shard (a Beam or pool worker, or the driver), for the record.
-    marker = {"fingerprint": step.fingerprint, "shard": i, "records": len(rows), "pid": os.getpid(),
+    # peak_rss_mb: the process's peak resident memory so far (VmHWM), for the memory benchmarks.
+    marker = {"fingerprint": step.fingerprint, "shard": i, "records": n_rows, "pid": os.getpid(),
+              "peak_rss_mb": _peak_rss_mb(),
               "run_id": plan.run_id,
               "batches": batches or {}, **extra,
               "metrics": {c.stage: c.metrics for c in counters if c.metrics},
@@ -232,3 +262,63 @@ def finish_task(plan: Plan, step: Step, i: int, rows: list[dict], counters: list
     write_text_atomic(json.dumps(marker), files["done"])
     shutil.rmtree(shard_checkpoints(plan, step, i).folder, ignore_errors=True)  # the shard's files hold them now
     return marker
+
+
+def _write_sides_and_removed(plan: Plan, step: Step, i: int, sides: dict | None, removed: list[dict]) -> None:
+    for name, schema in step_side_tables(step).items():
+        write_parquet_atomic(cast_table((sides or {}).get(name, []), schema.arrow), side_file(plan, step, name, i),
+                             compression="zstd")
+    write_parquet_atomic(pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA), shard_files(plan, step, i)["removed"],
+                         compression="lz4")
+
+
+def _counts_labels(plan: Plan, step: Step) -> bool:
+    """Whether this task's marker counts its records per output-file label (the final step's, when
+    a stage labels the output files)."""
+    return step is plan.record_steps[-1] and plan.file_labeller is not None
+
+
+def _label_counts(plan: Plan, rows: list[dict], into: dict[str, int] | None = None) -> dict[str, int]:
+    from pipelines.engine.publish import file_labels
+
+    counts: dict[str, int] = defaultdict(int, into or {})
+    field = plan.file_labeller.stage.file_label_field
+    for label in file_labels(plan, pa.table({field: [r[field] for r in rows]})):
+        counts[label] += 1
+    return dict(sorted(counts.items()))
+
+
+def _write_stream(plan: Plan, step: Step, rows: Iterable[dict], path: Path) -> tuple[int, dict | None]:
+    """A stream of records into ``path``, :data:`WRITE_ROWS` at a time, under a temporary name
+    renamed when complete. Returns (records, per-label counts or None)."""
+    from schemas.files import dictionary_columns
+
+    schema = step.out_schema.arrow
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    n, labels = 0, ({} if _counts_labels(plan, step) else None)
+    with pq.ParquetWriter(str(tmp), schema, compression="lz4", use_dictionary=dictionary_columns(schema)) as w:
+        batch: list[dict] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == WRITE_ROWS:
+                w.write_table(cast_table(batch, schema))
+                n += len(batch)
+                labels = _label_counts(plan, batch, labels) if labels is not None else None
+                batch = []
+        if batch or n == 0:
+            w.write_table(cast_table(batch, schema))
+            n += len(batch)
+            labels = _label_counts(plan, batch, labels) if labels is not None and batch else labels
+    os.replace(tmp, path)
+    return n, labels
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None

@@ -82,6 +82,26 @@ def test_low_frequency_words_are_counted_on_the_training_split_only(quran):
         assert " ".join(expected).startswith(out[r["id"]]["text"])
 
 
+def test_the_driver_gets_a_label_per_document_and_counts_per_word_never_words_per_document(quran):
+    """Issue 35, point 4: hack_vocabulary's summaries (what the driver reads per document) hold a
+    label and a split, and the words come as counts summed on the workers, one row per word and
+    shard, that add up to the training split's counts re-derived from the input."""
+    _, rows, (a, _) = quran
+    work = a / ".longforge" / "work"
+    (step,) = {f.parent for f in work.glob("*/tallies-*.parquet")}  # the step feeding hack_vocabulary
+    summaries = sorted(step.glob("summaries-*.parquet"))
+    assert summaries
+    assert all(set(pq.read_schema(f).names) == {"id", "row", "label", "split"} for f in summaries)
+    merged: Counter = Counter()
+    for f in sorted(step.glob("tallies-*.parquet")):
+        t = pq.read_table(f).to_pylist()
+        assert len({r["key"] for r in t}) == len(t)  # summed on the worker: one row per key
+        merged.update({r["key"][2:]: r["n"] for r in t if r["key"].startswith("n\t")})
+    train = Counter(w.lower() for r in rows if json.loads(r["metadata"])["split"] == "train"
+                    for w in core.words(r["text"]) if not core.is_punct(w))
+    assert merged == train
+
+
 def write_indosum(folder, texts: list[str]) -> None:
     """IndoSum's published layout: {train,dev,test}.01.jsonl, paragraphs -> sentences -> tokens."""
     folder.mkdir()
