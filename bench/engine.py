@@ -61,15 +61,15 @@ stages:
 """
 
 
-def make_documents(n: int, path: Path) -> tuple[int, int]:
-    """``n`` windows of about 500 characters, sliding over the real texts (distinct ids and offsets)."""
+def make_documents(n: int, path: Path, width: int = 500) -> tuple[int, int]:
+    """``n`` windows of about ``width`` characters, sliding over the real texts (distinct ids and offsets)."""
     names = ("paul_graham", "kjv_chapters", "python_docs")
     texts = [d["text"] for name in names for d in corpora.CORPORA[name].build()]
     ids, out, k, step = [], [], 0, 97
     while len(out) < n:
         for t_i, text in enumerate(texts):
-            start = (k * step) % max(1, len(text) - 500)
-            out.append(text[start:start + 500])
+            start = (k * step) % max(1, len(text) - width)
+            out.append(text[start:start + width])
             ids.append(f"w{k:04d}-{t_i:04d}-{start}")
             if len(out) >= n:
                 break
@@ -135,8 +135,9 @@ def measure_group_pipeline(name: str, src: Path, work: Path) -> dict:
 
     work.mkdir(parents=True, exist_ok=True)
     repo = Path(__file__).resolve().parents[1]
-    plan = build_plan(load_pipeline(repo / "pipelines" / f"{name}.yaml"), inputs=[str(src)],
-                      output=str(work / "out"))
+    spec = work / f"{name}.yaml"  # shards of 16 MB: every size runs its tasks in the two worker processes
+    spec.write_text((repo / "pipelines" / f"{name}.yaml").read_text() + f"\nread:\n  shard_mb: {GROUP_SHARD_MB}\n")
+    plan = build_plan(load_pipeline(spec), inputs=[str(src)], output=str(work / "out"))
     t0 = time.perf_counter()
     result = run_pipeline(plan, workers=2, catalog=Catalog(str(work / "c.duckdb")),
                           progress=Progress(enabled=False))
@@ -144,6 +145,11 @@ def measure_group_pipeline(name: str, src: Path, work: Path) -> dict:
     markers = [json.loads(m.read_text()) for m in (work / "out" / ".longforge" / "work").glob("*/shard-*.done.json")]
     return {"seconds": seconds, "driver_mb": peak_rss_mb(), "records": result.n_records, "shards": len(plan.shards),
             "worker_mb": max((m.get("peak_rss_mb") or 0) for m in markers) if markers else 0}
+
+
+GROUP_SHARD_MB = 16
+#: Characters per document: UtK's are short; decomposition's must reach its smallest bucket (256 tokens).
+GROUP_DOC_CHARS = {"utk": 500, "decomposition": 1500}
 
 
 def group_rows(docs: int) -> None:
@@ -154,9 +160,9 @@ def group_rows(docs: int) -> None:
     try:
         for name in ("utk", "decomposition"):
             for n in (docs, 4 * docs):
-                src = root / f"docs-{n}.parquet"
+                src = root / f"docs-{n}-{GROUP_DOC_CHARS[name]}.parquet"
                 if not src.exists():
-                    make_documents(n, src)
+                    make_documents(n, src, GROUP_DOC_CHARS[name])
                 r = measure_in_fresh_process(__file__, f"group:{name}", src, root / "work")
                 rows.append((f"{name}.yaml, {n:,} docs ({r['shards']} shards) -> {r['records']:,} records",
                              round(r["seconds"], 1), round(r["driver_mb"]), round(r["worker_mb"])))

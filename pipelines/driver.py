@@ -150,9 +150,9 @@ def _run(plan: Plan, run_id: str, t0: float, runner: str, workers: int, beam_arg
     sides += artifacts.publish_global_artifacts(plan, run_id)  # small tables global stages left on the driver
     metrics.update(harvest.collect_metrics(plan))
     metrics["resume"] = harvest.collect_resume(plan)  # finished work an earlier run left, reused
-    for step_name, n in execution.retries.items():  # tasks a cluster ran again after a worker died
-        metrics.setdefault(step_name, {})["task_retries"] = n
-        progress.warn(f"note: {n} task(s) of {step_name} ran again after their worker died")
+    for step_name, retried in execution.retries.items():  # tasks a cluster ran again after a worker died
+        metrics.setdefault(step_name, {})["task_retries"] = retried
+        progress.warn(f"note: {retried} task(s) of {step_name} ran again after their worker died")
     meta_dir = Path(plan.output_dir) / ".longforge"
     n_removed = harvest.write_rejects(removed, meta_dir / "rejects.parquet", layout.work_root(plan))
     output = artifacts.artifact(run_id, plan.spec.name, plan.output_dir, n, n_bytes, fingerprint, plan.final_schema)

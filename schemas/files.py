@@ -26,6 +26,21 @@ def write_parquet_atomic(table: pa.Table, path: str | Path, compression: str = "
     os.replace(tmp, path)
 
 
+#: What a streaming reader or writer holds at a time: batches are sized in bytes, not rows (a UtK
+#: sample of 32K tokens weighs as much as a thousand short documents).
+BATCH_BYTES = 32 * 1024 * 1024
+
+
+def batch_rows(path: str | Path, max_rows: int = 65_536) -> int:
+    """Rows per batch when streaming the Parquet file at ``path``: about :data:`BATCH_BYTES` of
+    decoded data, from the file's own sizes, between 1 and ``max_rows``."""
+    meta = pq.ParquetFile(path).metadata
+    if meta.num_rows == 0:
+        return max_rows
+    size = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    return max(1, min(max_rows, int(BATCH_BYTES * meta.num_rows / max(size, 1))))
+
+
 def dictionary_columns(schema: pa.Schema) -> list[str]:
     """The columns a work file dictionary-encodes: all but numeric lists (token ids), whose
     dictionary costs more to build and to read than it saves on a file read once (a tenth of a

@@ -145,9 +145,10 @@ def _run(args) -> int:
     runner = args.runner or plan.spec.runner.name
     workers = args.workers or plan.spec.runner.workers
     beam_args = list(plan.spec.runner.beam_args) + list(args.beam_args)
-    if args.ray_address:
+    if args.ray_address is not None:
         if runner != "ray":
             raise UsageError(f"--ray-address is for --runner ray (this run's runner is '{runner}')")
+        _check_ray_address(args.ray_address)
         beam_args.append(f"--ray-address={args.ray_address}")
     if args.dry_run:
         desc = plan.describe()
@@ -191,6 +192,24 @@ def _run(args) -> int:
     print(f"content   {result.fingerprint}")
     print(f"catalog   {catalog.path}")
     return 0
+
+
+def _check_ray_address(address: str) -> None:
+    """A cluster address that cannot be reached fails before any work (Ray itself retries for
+    minutes): ``auto`` and ``ray://`` addresses are left to Ray, ``host:port`` must answer."""
+    import socket
+
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r}: give the head's host:port (ray start --head prints it), "
+                         "'auto' on a machine of the cluster, or a ray:// address")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise UsageError(f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e}) -> start one "
+                         "with `ray start --head`, or leave --ray-address out to start one for the run") from None
 
 
 def _terminate(signum, frame):

@@ -62,7 +62,16 @@ def read_marker(path: Path, fingerprint: str) -> dict | None:
 
 
 def shard_done(plan: Plan, step: Step, i: int) -> bool:
-    return read_marker(shard_files(plan, step, i)["done"], step.fingerprint) is not None
+    """Task ``i`` of ``step`` is finished: its marker is there, and what it wrote for the next
+    stage has the form that stage reads now (a marker of an older longforge whose feed changed
+    form, summed tallies or a place of another type, is redone, not misread)."""
+    marker = read_marker(shard_files(plan, step, i)["done"], step.fingerprint)
+    return marker is not None and marker.get("feed_format") == feed_format(step)
+
+
+def feed_format(step: Step) -> str | None:
+    """The form of what ``step``'s tasks write for the stage they feed, when not the first one."""
+    return step.feeds.adapter.feed_format(step.feeds) if step.feeds is not None else None
 
 
 def previous_records(plan: Plan, step: Step) -> Step | None:

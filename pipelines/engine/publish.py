@@ -19,7 +19,7 @@ from pipelines.engine.accounting import jsonable
 from pipelines.engine.layout import read_marker, shard_files, side_file, side_tables, step_dir
 from pipelines.engine.steps import Plan
 from schemas import RecordSchema, cast_table
-from schemas.files import dictionary_columns, write_parquet_atomic
+from schemas.files import batch_rows, dictionary_columns, write_parquet_atomic
 from schemas.tables import is_numeric_list, sort_by_id, take_rows
 
 
@@ -123,12 +123,8 @@ def publish_dir(plan: Plan) -> Path:
     return step_dir(plan, plan.record_steps[-1]) / "publish"
 
 
-#: Rows of a shard's final records read at a time while spilling them by output file.
-SPILL_ROWS = 8192
-
-
 def spill_shard(plan: Plan, i: int, files: OutputFiles) -> dict[int, list[int]] | dict[int, int]:
-    """Shard ``i``'s final records, rewritten by output file, :data:`SPILL_ROWS` at a time (a group
+    """Shard ``i``'s final records, rewritten by output file, a batch of about ``BATCH_BYTES`` at a time (a group
     step's partition can be larger than a worker's memory): each batch as one row group per output
     file it touches. Returns output file -> the row groups holding its records. One output file:
     nothing to spill (``{0: -1}``)."""
@@ -137,22 +133,27 @@ def spill_shard(plan: Plan, i: int, files: OutputFiles) -> dict[int, list[int]] 
     path = publish_dir(plan) / f"spill-{i:05d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    source = pq.ParquetFile(shard_files(plan, plan.record_steps[-1], i)["records"])
+    source_path = shard_files(plan, plan.record_steps[-1], i)["records"]
+    source = pq.ParquetFile(source_path)
     groups: dict[int, list[int]] = {}
     written = 0
-    with pq.ParquetWriter(str(tmp), source.schema_arrow, compression="lz4",
-                          use_dictionary=dictionary_columns(source.schema_arrow)) as writer:
-        for batch in source.iter_batches(batch_size=SPILL_ROWS):
-            table = pa.Table.from_batches([batch])
-            which = files.files_of(file_labels(plan, table), table.column("id").to_pylist())
-            order = np.argsort(which, kind="stable")
-            table, which = take_rows(table, order), which[order]
-            bounds = np.searchsorted(which, np.arange(files.count + 1))
-            for j in np.unique(which).tolist():
-                lo, hi = int(bounds[j]), int(bounds[j + 1])
-                writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
-                groups.setdefault(j, []).append(written)
-                written += 1
+    try:
+        with pq.ParquetWriter(str(tmp), source.schema_arrow, compression="lz4",
+                              use_dictionary=dictionary_columns(source.schema_arrow)) as writer:
+            for batch in source.iter_batches(batch_size=batch_rows(source_path)):
+                table = pa.Table.from_batches([batch])
+                which = files.files_of(file_labels(plan, table), table.column("id").to_pylist())
+                order = np.argsort(which, kind="stable")
+                table, which = take_rows(table, order), which[order]
+                bounds = np.searchsorted(which, np.arange(files.count + 1))
+                for j in np.unique(which).tolist():
+                    lo, hi = int(bounds[j]), int(bounds[j + 1])
+                    writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
+                    groups.setdefault(j, []).append(written)
+                    written += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return groups
 
@@ -225,9 +226,11 @@ def publish_side_table(plan: Plan, name: str, folder: Path) -> list[Path]:
     return paths
 
 
-def write_row_group_runs(table: pa.Table, which: np.ndarray, n: int, path: Path, max_rows: int) -> dict[int, list[int]]:
+def write_row_group_runs(table: pa.Table, which: np.ndarray, n: int, path: Path, max_rows: int,
+                         max_bytes: int = 8 * 1024 * 1024) -> dict[int, list[int]]:
     """``table``, sorted by ``which`` (a bucket in 0..n-1 per row), each bucket in row groups of at
-    most ``max_rows`` rows, so that a reader streams one bucket alone, a row group at a time;
+    most ``max_rows`` rows and about ``max_bytes``, so that a reader streams one bucket alone, a row
+    group at a time;
     returns bucket -> [first row group, count]."""
     bounds = np.searchsorted(which, np.arange(n + 1))
     runs: dict[int, list[int]] = {}
@@ -240,8 +243,10 @@ def write_row_group_runs(table: pa.Table, which: np.ndarray, n: int, path: Path,
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             if hi > lo:
                 runs[j] = [written, 0]
-                for start in range(lo, hi, max_rows):
-                    size = min(max_rows, hi - start)
+                per_row = table.slice(lo, hi - lo).nbytes / (hi - lo)
+                step = max(1, min(max_rows, int(max_bytes / max(per_row, 1))))
+                for start in range(lo, hi, step):
+                    size = min(step, hi - start)
                     writer.write_table(table.slice(start, size), row_group_size=size)
                     runs[j][1] += 1
                     written += 1

@@ -250,7 +250,9 @@ class Plan:
                       "ray": "Ray tasks (the cluster of --ray-address, or one started for the run with "
                              f"{workers} CPU{'s' if workers > 1 else ''})"}[runner]
         rows = [step.adapter.where(step, on_workers) for step in self.steps]
-        publish_on = on_workers if runner == "beam" else "the driver's process"
+        publish_on = (on_workers if runner == "beam" else
+                      "Ray tasks with a remote output, else the driver's process" if runner == "ray"
+                      else "the driver's process")
         rows.append({"step": "publish", "shape": "per-output-file", "runs_on": publish_on,
                      "driver_holds": ["one output file's records" if runner != "beam" else "row-group indexes"]})
         return rows

@@ -24,6 +24,8 @@ retried: they are the run's error, as on every runner.
 from __future__ import annotations
 
 import os
+import signal
+import uuid
 from collections import Counter
 
 from pipelines.engine import task
@@ -46,8 +48,9 @@ def _forwarded_env() -> dict[str, str]:
     from gpu_jobs.generate import ALLOW_KEY_ENV
 
     allowed = os.environ.get(ALLOW_KEY_ENV)
-    if allowed and allowed in os.environ:  # the key the user allowed with --api-key-env
-        env[allowed] = os.environ[allowed]
+    for name in (allowed, "OPENAI_API_KEY"):  # the generation keys a run may send (--api-key-env)
+        if name and name in os.environ:
+            env[name] = os.environ[name]
     return env
 
 
@@ -110,8 +113,8 @@ class RayRunner(ShardedRunner):
 
     @classmethod
     def create(cls, workers: int, runner_args: list[str], progress) -> RayRunner:
-        address = next((a.split("=", 1)[1] for a in runner_args if a.startswith("--ray-address=")), None)
-        return cls(workers, progress, address)
+        given = [a.split("=", 1)[1] for a in runner_args if a.startswith("--ray-address=")]
+        return cls(workers, progress, given[-1] if given else None)  # the command line's, given after the file's
 
     @classmethod
     def tasks_fetch_their_files(cls, plan: Plan, runner_args: list[str]) -> bool:
@@ -121,8 +124,12 @@ class RayRunner(ShardedRunner):
         import ray
 
         started_here = not ray.is_initialized()
+        on_term = signal.getsignal(signal.SIGTERM)
         if started_here:
-            self._start(ray)
+            try:
+                self._start(ray)
+            finally:  # ray.init installs its own SIGTERM handler: a kill must still end the run as interrupted
+                signal.signal(signal.SIGTERM, on_term)
         try:
             self._prepare(ray, plan)
             execution = super().execute(plan)
@@ -132,14 +139,16 @@ class RayRunner(ShardedRunner):
             self._remote = self._log = self._boxed = None
             if started_here:
                 ray.shutdown()
+                signal.signal(signal.SIGTERM, on_term)
 
     def _start(self, ray) -> None:
         if self.address:
-            self.progress.log(f"ray: joining the cluster at {self.address}")
+            self.progress.log(f"ray: joining the cluster at {self.address} (its CPUs, not --workers, set the "
+                              "parallelism)")
             ray.init(address=self.address, log_to_driver=False, configure_logging=False)
-        else:
+        else:  # "local": a new cluster, never one that `ray start` left running on this machine
             self.progress.log(f"ray: starting a local cluster of {self.workers} CPU(s) for this run")
-            ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
+            ray.init(address="local", num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, configure_logging=False)
 
     def _prepare(self, ray, plan: Plan) -> None:
@@ -151,7 +160,7 @@ class RayRunner(ShardedRunner):
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self._log = ray.remote(num_cpus=0, scheduling_strategy=here)(_Attempts).remote()
         self._boxed = [ray.put(plan)]
-        self._key = f"{plan.fingerprint}:{os.getpid()}:{id(plan)}"
+        self._key = uuid.uuid4().hex  # this run's plan, whatever a worker kept from another
         self._remote = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(_in_worker)
         self._env = _forwarded_env()
 
@@ -162,18 +171,22 @@ class RayRunner(ShardedRunner):
         """Every task's result, in the order given; the first task error ends the run (the other
         tasks are cancelled, their finished work kept for the rerun)."""
         import ray
+        from ray.exceptions import RayTaskError
 
         pending, results = list(refs), {}
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+                done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
                 for ref in done:
                     results[ref] = ray.get(ref)
                     if bar is not None:
                         bar.update_with(results[ref])
-        except BaseException:
+        except BaseException as e:
             for ref in pending:
                 ray.cancel(ref, force=True)
+            cause = getattr(e, "cause", None) if isinstance(e, RayTaskError) else None
+            if isinstance(cause, Exception):  # the stage's own error, as every runner reports it
+                raise cause from None
             raise
         return [results[r] for r in refs]
 
@@ -182,8 +195,10 @@ class RayRunner(ShardedRunner):
         if not todo:
             return
         bar = self.progress.bar(step.name, total=len(plan.shards), initial=len(plan.shards) - len(todo))
-        self._wait_all([self._submit("task", step.index, i) for i in todo], bar)
-        bar.close()
+        try:
+            self._wait_all([self._submit("task", step.index, i) for i in todo], bar)
+        finally:
+            bar.close()
         if self.sync:  # the workers' markers and small files, for the checks and the driver's steps
             task.fetch_for_driver(self.mirror)
         missing = task.todo(plan, step)

@@ -207,9 +207,13 @@ class BucketFiles(GroupStage):
         if self.services.output_dir is None:
             raise RuntimeError("bucket_files needs the run's output folder")
         # In id order (the order vsl_schedule's seq_rows count in), written as they pass.
-        n = 0
+        n, last = 0, None
         with BucketWriter(Path(self.services.output_dir) / self.params.folder / key) as writer:
             for r in records:
+                if last is not None and r["id"] < last:
+                    raise RuntimeError(f"bucket_files: {r['id']!r} came after {last!r}; sequences must arrive in "
+                                       "id order (parts of an older longforge? rerun with --overwrite)")
+                last = r["id"]
                 writer.add(r)
                 n += 1
                 yield r
@@ -229,7 +233,13 @@ class BucketWriter:
         self._tokens_tmp = folder / f"tokens.bin.tmp-{os.getpid()}"
         self._index_tmp = folder / f"index.parquet.tmp-{os.getpid()}"
         self._tokens = open(self._tokens_tmp, "wb")
-        self._index = pq.ParquetWriter(str(self._index_tmp), INDEX_SCHEMA, compression="zstd", write_statistics=True)
+        try:
+            self._index = pq.ParquetWriter(str(self._index_tmp), INDEX_SCHEMA, compression="zstd",
+                                           write_statistics=True)
+        except BaseException:
+            self._tokens.close()
+            self._tokens_tmp.unlink(missing_ok=True)
+            raise
         self._rows: list[tuple] = []
         self._end = 0
         self._n = 0
@@ -255,16 +265,22 @@ class BucketWriter:
         return self
 
     def __exit__(self, kind, value, tb) -> None:
-        self._tokens.close()
-        if kind is None:
-            self._flush()
-        self._index.close()
-        if kind is not None:
-            self._tokens_tmp.unlink(missing_ok=True)
-            self._index_tmp.unlink(missing_ok=True)
-            return
-        os.replace(self._tokens_tmp, self.folder / "tokens.bin")
-        os.replace(self._index_tmp, self.folder / "index.parquet")
+        complete = kind is None
+        try:
+            self._tokens.close()
+            if complete:
+                self._flush()
+        except BaseException:
+            complete = False
+            raise
+        finally:
+            self._index.close()
+            if complete:
+                os.replace(self._tokens_tmp, self.folder / "tokens.bin")
+                os.replace(self._index_tmp, self.folder / "index.parquet")
+            else:  # a failed or abandoned bucket leaves nothing half-written
+                self._tokens_tmp.unlink(missing_ok=True)
+                self._index_tmp.unlink(missing_ok=True)
 
 
 class ScheduleParams(StageParams):

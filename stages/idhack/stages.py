@@ -141,7 +141,10 @@ class HackVocabulary(GlobalStage):
             "labels": len(labels), "rare words per document (mean)": rare_occurrences / max(len(summaries), 1)})
 
     def receive_shared(self, shared) -> None:
-        self._frequent = frozenset(shared.column("word").to_pylist()) if shared is not None else frozenset()
+        if shared is None:  # never an empty vocabulary: every word would be rare
+            raise RuntimeError("hack_vocabulary: its step left no shared vocabulary (a run of an older "
+                               "longforge?) -> rerun with --overwrite")
+        self._frequent = frozenset(shared.column("word").to_pylist())
 
     def apply(self, record: dict, answer: dict, dropped: Dropped | None) -> Iterator[Outcome]:
         if dropped is not None:

@@ -113,6 +113,7 @@ class Utk(GroupStage):
     name = "utk"
     Params = UtkParams
     input_schema = TOKEN_IDS_RECORD
+    arrays = True  # token ids reach build as numpy views (it only reads them)
 
     def __init__(self, params: UtkParams | None = None, seed: int = 0):
         super().__init__(params, seed)

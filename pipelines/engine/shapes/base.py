@@ -41,6 +41,9 @@ class Shape:
     answer_writes_side_tables: ClassVar[bool] = False  # applying its answer may write side-table rows
     partitions_can_feed: ClassVar[bool] = False  # its step's tasks can write what the next step reads
     summarizes_without_sums: ClassVar[bool] = False  # its metrics are summarised even when nothing measured
+    #: Its step's task may hold more than a shard (a partition of groups): the segment after it
+    #: streams the task's records to its files instead of holding them.
+    large_tasks: ClassVar[bool] = False
     fed_with: ClassVar[str] = ""  # what the task before its step writes for it (keys, summaries, parts)
 
     def label(self, stage: Stage) -> str:
@@ -72,6 +75,11 @@ class Shape:
         """Write, for task ``i`` of ``step``, what this stage's step reads; returns the seconds
         spent and what the task's marker records of it."""
         raise NotImplementedError
+
+    def feed_format(self, ps: PlannedStage) -> str | None:
+        """What marks a feeding task's files as of the form this stage reads now (None: the first
+        form); a marker naming another is not a finished task."""
+        return None
 
     def feed_streamed(self) -> bool:
         """Whether a task whose records come as a stream may feed this stage from its records file,

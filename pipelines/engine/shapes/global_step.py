@@ -25,7 +25,7 @@ from pipelines.engine.layout import previous_records, read_marker, shard_files, 
 from pipelines.engine.shapes.base import Shape
 from pipelines.engine.steps import GlobalStep, Plan, PlannedStage, Step
 from schemas import cast_table
-from schemas.files import write_parquet_atomic, write_text_atomic
+from schemas.files import batch_rows, write_parquet_atomic, write_text_atomic
 from stages.base import Dropped, GlobalContext, GlobalStage
 
 _PLACE = [pa.field("shard", pa.int64()), pa.field("row", pa.int64())]
@@ -75,7 +75,7 @@ def merged_tallies(plan: Plan, prev: Step) -> pa.Table:
     return total.sort_by("key")
 
 
-def write_summaries_from_file(plan: Plan, step: Step, i: int, records: Path, batch_rows: int = 1024) -> float:
+def write_summaries_from_file(plan: Plan, step: Step, i: int, records: Path) -> float:
     """:func:`write_summaries` from a task's records file, a batch at a time (a group step's
     partition, never held whole). The same rows, so the same file."""
     t0 = time.perf_counter()
@@ -84,17 +84,21 @@ def write_summaries_from_file(plan: Plan, step: Step, i: int, records: Path, bat
     path = shard_files(plan, step, i)["summaries"]
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     row = 0
-    with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
-        for batch in pq.ParquetFile(records).iter_batches(batch_size=batch_rows):
-            rows = batch.to_pylist()
-            writer.write_table(cast_table([{"id": r["id"], "row": row + j, **stage.summarize(r)}
-                                           for j, r in enumerate(rows)], schema))
-            row += len(rows)
-        if row == 0:
-            writer.write_table(schema.empty_table())
+    try:
+        with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
+            for batch in pq.ParquetFile(records).iter_batches(batch_size=batch_rows(records)):
+                rows = batch.to_pylist()
+                writer.write_table(cast_table([{"id": r["id"], "row": row + j, **stage.summarize(r)}
+                                               for j, r in enumerate(rows)], schema))
+                row += len(rows)
+            if row == 0:
+                writer.write_table(schema.empty_table())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     if stage.tallies:
-        write_tallies(plan, step, i, (r for b in pq.ParquetFile(records).iter_batches(batch_size=batch_rows)
+        write_tallies(plan, step, i, (r for b in pq.ParquetFile(records).iter_batches(batch_size=batch_rows(records))
                                       for r in b.to_pylist()))
     return time.perf_counter() - t0
 
@@ -109,7 +113,7 @@ def run_global(plan: Plan, step: Step, files_dir: Path | None = None) -> dict:
     work = step_dir(plan, step)
     marker_path = work / "done.json"
     done = read_marker(marker_path, step.fingerprint)
-    if done:
+    if done and (not step.central.stage.tallies or shared_file(plan, step).exists()):
         return done
     t0 = time.perf_counter()
     prev = previous_records(plan, step)
@@ -148,6 +152,8 @@ def run_global(plan: Plan, step: Step, files_dir: Path | None = None) -> dict:
         write_parquet_atomic(art, work / f"artifact-{name}.parquet", compression="zstd")
     if result.shared is not None:
         write_parquet_atomic(result.shared, shared_file(plan, step), compression="zstd")
+    else:
+        shared_file(plan, step).unlink(missing_ok=True)
     marker = {"fingerprint": step.fingerprint, "run_id": plan.run_id, "records": table.num_rows,
               "dropped": len(result.dropped),
               "artifacts": list(result.artifacts), "metrics": result.metrics,
@@ -199,6 +205,9 @@ class GlobalShape(Shape):
 
     def feed_streamed(self) -> bool:
         return True
+
+    def feed_format(self, ps: PlannedStage) -> str | None:
+        return "tallies" if ps.stage.tallies else None
 
     def feed_file(self, plan: Plan, step: Step, i: int, records: Path) -> tuple[float, dict]:
         return write_summaries_from_file(plan, step, i, records), {}

@@ -176,6 +176,7 @@ class GroupShape(Shape):
 
     name = "per-group"
     expands_always = True
+    large_tasks = True
     partitions_can_feed = True
     summarizes_without_sums = True
     fed_with = "parts"
@@ -189,6 +190,10 @@ class GroupShape(Shape):
     def feed(self, plan: Plan, step: Step, i: int, rows: list[dict], table) -> tuple[float, dict]:
         parts, seconds = write_parts(plan, step, i, rows, table)
         return seconds, {"parts": {str(p): g for p, g in parts.items()}}
+
+    def feed_format(self, ps: PlannedStage) -> str | None:
+        place = ps.stage.place_type
+        return None if place == pa.int64() else f"place:{place}"
 
     def feed_streamed(self) -> bool:
         return False  # the parts are sorted over the whole task: it feeds from the task's rows

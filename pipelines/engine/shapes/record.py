@@ -29,7 +29,7 @@ from pipelines.engine.shapes.base import Shape, ensure_setup, services
 from pipelines.engine.steps import Plan, PlannedStage, Step
 from pipelines.storage.readers import read_shard
 from schemas import cast_table
-from schemas.files import write_parquet_atomic, write_text_atomic
+from schemas.files import BATCH_BYTES, batch_rows, write_parquet_atomic, write_text_atomic
 from stages.base import Rejected
 
 
@@ -160,8 +160,6 @@ class ParquetRows:
     """The records of a work file as a stream of dicts, a batch at a time (a group step's
     partition can be larger than a worker's memory), that knows its length."""
 
-    BATCH_ROWS = 1024
-
     def __init__(self, path: Path):
         self.path = path
         self._n = pq.ParquetFile(path).metadata.num_rows
@@ -170,7 +168,7 @@ class ParquetRows:
         return self._n
 
     def __iter__(self) -> Iterator[dict]:
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.BATCH_ROWS):
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows(self.path)):
             yield from batch.to_pylist()
 
 
@@ -180,7 +178,8 @@ def run_segment_shard(plan: Plan, step: Step, i: int) -> dict:
     stream = task.records()
     for ps in step.stages:
         stream, _ = task.through(ps, stream)
-    return task.finish(list(stream))
+    prev = previous_records(plan, step)
+    return task.finish(stream if prev is not None and prev.adapter.large_tasks else list(stream))
 
 
 class SegmentTask:
@@ -206,12 +205,13 @@ class SegmentTask:
         self.counters.append(counter)
         return apply_record_stage(ps, records, counter, self.removed, self.checkpoints, self.sides), counter
 
-    def finish(self, rows: list[dict]) -> dict:
+    def finish(self, rows: Iterable[dict]) -> dict:
         return finish_task(self.plan, self.step, self.i, rows, self.counters, self.removed, self.t0,
                            self.checkpoints.tally(), self.sides)
 
 
-#: Records per write of a task whose records come as a stream (a group step's partition).
+#: Records per write of a task whose records come as a stream (a group step's partition), at most;
+#: fewer when they weigh more than ``BATCH_BYTES`` together.
 WRITE_ROWS = 1024
 
 
@@ -225,7 +225,7 @@ def finish_task(plan: Plan, step: Step, i: int, rows: Iterable[dict], counters: 
     a time, where that step's shape allows (a global stage's summaries)."""
     files = shard_files(plan, step, i)
     feeds = step.feeds
-    counters = list(counters)
+    fed_counters: list[StageCounter] = []  # ``counters`` is read at the end: a stream adds to it as it is read
     extra: dict = {}
     if isinstance(rows, list) or (feeds is not None and not feeds.adapter.feed_streamed()):
         rows = list(rows)
@@ -248,7 +248,9 @@ def finish_task(plan: Plan, step: Step, i: int, rows: Iterable[dict], counters: 
         extra.update(more)
         fed = feeds.adapter.fed_counter(feeds, step.feeds_counted_at, n_rows)
         fed.seconds = seconds
-        counters.append(fed)
+        fed_counters.append(fed)
+    if feeds is not None and feeds.adapter.feed_format(feeds) is not None:
+        extra["feed_format"] = feeds.adapter.feed_format(feeds)
     if rows is not None and _counts_labels(plan, step):
         extra["labels"] = _label_counts(plan, rows)
     # pid: which process ran the shard (a Beam or pool worker, or the driver), for the record.
@@ -257,8 +259,8 @@ def finish_task(plan: Plan, step: Step, i: int, rows: Iterable[dict], counters: 
               "peak_rss_mb": _peak_rss_mb(),
               "run_id": plan.run_id,
               "batches": batches or {}, **extra,
-              "metrics": {c.stage: c.metrics for c in counters if c.metrics},
-              "stats": [c.to_json() for c in counters], "seconds": round(time.time() - t0, 3)}
+              "metrics": {c.stage: c.metrics for c in [*counters, *fed_counters] if c.metrics},
+              "stats": [c.to_json() for c in [*counters, *fed_counters]], "seconds": round(time.time() - t0, 3)}
     write_text_atomic(json.dumps(marker), files["done"])
     shutil.rmtree(shard_checkpoints(plan, step, i).folder, ignore_errors=True)  # the shard's files hold them now
     return marker
@@ -297,19 +299,25 @@ def _write_stream(plan: Plan, step: Step, rows: Iterable[dict], path: Path) -> t
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     n, labels = 0, ({} if _counts_labels(plan, step) else None)
-    with pq.ParquetWriter(str(tmp), schema, compression="lz4", use_dictionary=dictionary_columns(schema)) as w:
-        batch: list[dict] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == WRITE_ROWS:
+    try:
+        with pq.ParquetWriter(str(tmp), schema, compression="lz4", use_dictionary=dictionary_columns(schema)) as w:
+            batch: list[dict] = []
+            weight = 0
+            for row in rows:
+                batch.append(row)
+                weight += _row_bytes(row)
+                if len(batch) == WRITE_ROWS or weight >= BATCH_BYTES:
+                    w.write_table(cast_table(batch, schema))
+                    n += len(batch)
+                    labels = _label_counts(plan, batch, labels) if labels is not None else None
+                    batch, weight = [], 0
+            if batch or n == 0:
                 w.write_table(cast_table(batch, schema))
                 n += len(batch)
-                labels = _label_counts(plan, batch, labels) if labels is not None else None
-                batch = []
-        if batch or n == 0:
-            w.write_table(cast_table(batch, schema))
-            n += len(batch)
-            labels = _label_counts(plan, batch, labels) if labels is not None and batch else labels
+                labels = _label_counts(plan, batch, labels) if labels is not None and batch else labels
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return n, labels
 
@@ -322,3 +330,16 @@ def _peak_rss_mb() -> float | None:
     except OSError:
         pass
     return None
+
+
+def _row_bytes(row: dict) -> int:
+    """About what a record weighs decoded: its strings' and lists' lengths (4 bytes an item)."""
+    total = 0
+    for v in row.values():
+        if isinstance(v, (str, bytes)):
+            total += len(v)
+        elif hasattr(v, "__len__"):
+            total += 4 * len(v)
+        else:
+            total += 8
+    return total

@@ -90,6 +90,16 @@ def _driver_pid(catalog, out) -> int:
         con.close()
 
 
+def test_an_unreachable_cluster_address_is_refused_before_any_work(tmp_path):
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text((REPO / "pipelines" / "decomposition.yaml").read_text())
+    r = run_cli("run", str(pipe), "--input", str(write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "x"}])),
+                "--output", str(tmp_path / "out"), "--catalog", str(tmp_path / "c.duckdb"), "--runner", "ray",
+                "--ray-address", "127.0.0.1:1")
+    assert r.returncode == 2 and "no Ray cluster answers" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def _retries(catalog, out) -> dict[str, float]:
     con = duckdb.connect(str(catalog), read_only=True)
     try:
@@ -116,6 +126,8 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_changes(product, where,
     assert _prints(tmp_path / "killed") == _prints(tmp_path / "undisturbed")
     ids = pq.read_table(tmp_path / "killed" / "data", columns=["id"]).column("id").to_pylist()
     assert len(ids) == len(set(ids))  # nothing written twice by the retried task
+    run = {k: json.loads((tmp_path / k / ".longforge" / "run.json").read_text()) for k in ("killed", "undisturbed")}
+    assert run["killed"]["records"] == run["undisturbed"]["records"] == len(ids)  # what the card and catalog say
     retries = _retries(catalog, tmp_path / "killed")
     assert any(name.startswith(step) for name in retries), retries
     assert sum(retries.values()) >= 1

@@ -229,3 +229,25 @@ def test_content_in_doc_and_chunk_order_is_the_packed_stream(setup):
         assert content + int((s.roles != core.CONTENT).sum()) == len(s.tokens)  # markers are the rest
     rebuilt = np.concatenate(rebuilt)
     np.testing.assert_array_equal(rebuilt, stream[:len(rebuilt)])
+
+
+def test_a_stream_read_on_demand_gives_the_list_samples_and_holds_one_sample_of_documents(setup):
+    """Issue 35, point 3: the packer reads documents from a stream as samples need them and forgets
+    the finished ones: the same samples as from the whole list, while its window never holds more
+    than the documents one sample touches (plus the next one it looked at)."""
+    docs, markers, labels, _, _ = setup
+    cfg = core.KnotConfig(length=2048, seed=47)
+    whole = list(core.pack_samples(docs, cfg, markers, labels))
+    stream = core.DocStream((f"d{k}", d) for k, d in enumerate(docs))
+    widest = 0
+    streamed = []
+    for s in core.pack_samples(stream, cfg, markers, labels):
+        streamed.append(s)
+        touched = len({p.doc for p in s.pieces})
+        held = len(stream._docs)  # the window, right after the sample was made
+        assert held <= touched + 1, (s.index, held, touched)
+        widest = max(widest, held)
+    assert len(streamed) == len(whole) > 10
+    for a, b in zip(streamed, whole, strict=True):
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.roles, b.roles) and a.chunks == b.chunks
+    assert widest < len(docs) / 10  # a window, not the stream
