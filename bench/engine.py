@@ -152,13 +152,13 @@ GROUP_SHARD_MB = 16
 GROUP_DOC_CHARS = {"utk": 500, "decomposition": 1500}
 
 
-def group_rows(docs: int) -> None:
+def group_rows(docs: int, names: tuple[str, ...] = ("utk", "decomposition")) -> None:
     from bench.fresh_process import measure_in_fresh_process
 
     root = Path(tempfile.mkdtemp(prefix="longforge-groups-"))
     rows, peaks = [], {}
     try:
-        for name in ("utk", "decomposition"):
+        for name in names:
             for n in (docs, 4 * docs):
                 src = root / f"docs-{n}-{GROUP_DOC_CHARS[name]}.parquet"
                 if not src.exists():
@@ -205,6 +205,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="take the best of N runs of each row")
     ap.add_argument("--memory", action="store_true", help="driver peak RSS at N and 4N (see above)")
     ap.add_argument("--groups", action="store_true", help="UtK and decomposition peak RSS at N and 4N (see above)")
+    ap.add_argument("--only", choices=["utk", "decomposition"], help="with --groups: one of the two pipelines")
     add_child_options(ap)
     args = ap.parse_args()
     if args.measure:
@@ -216,7 +217,7 @@ def main() -> None:
             print(json.dumps(measure_documents(Path(args.src), Path(args.work))))
         return
     if args.groups:
-        group_rows(args.docs)
+        group_rows(args.docs, (args.only,) if args.only else ("utk", "decomposition"))
         return
     if args.memory:
         memory_rows(args.docs)

@@ -19,7 +19,7 @@ from pipelines.engine.accounting import jsonable
 from pipelines.engine.layout import read_marker, shard_files, side_file, side_tables, step_dir
 from pipelines.engine.steps import Plan
 from schemas import RecordSchema, cast_table
-from schemas.files import batch_rows, dictionary_columns, write_parquet_atomic
+from schemas.files import dictionary_columns, stream_batches, write_parquet_atomic
 from schemas.tables import is_numeric_list, sort_by_id, take_rows
 
 
@@ -140,7 +140,7 @@ def spill_shard(plan: Plan, i: int, files: OutputFiles) -> dict[int, list[int]] 
     try:
         with pq.ParquetWriter(str(tmp), source.schema_arrow, compression="lz4",
                               use_dictionary=dictionary_columns(source.schema_arrow)) as writer:
-            for batch in source.iter_batches(batch_size=batch_rows(source_path)):
+            for batch in stream_batches(source_path):
                 table = pa.Table.from_batches([batch])
                 which = files.files_of(file_labels(plan, table), table.column("id").to_pylist())
                 order = np.argsort(which, kind="stable")

@@ -25,7 +25,7 @@ from pipelines.engine.layout import previous_records, read_marker, shard_files, 
 from pipelines.engine.shapes.base import Shape
 from pipelines.engine.steps import GlobalStep, Plan, PlannedStage, Step
 from schemas import cast_table
-from schemas.files import batch_rows, write_parquet_atomic, write_text_atomic
+from schemas.files import stream_batches, write_parquet_atomic, write_text_atomic
 from stages.base import Dropped, GlobalContext, GlobalStage
 
 _PLACE = [pa.field("shard", pa.int64()), pa.field("row", pa.int64())]
@@ -86,7 +86,7 @@ def write_summaries_from_file(plan: Plan, step: Step, i: int, records: Path) -> 
     row = 0
     try:
         with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
-            for batch in pq.ParquetFile(records).iter_batches(batch_size=batch_rows(records)):
+            for batch in stream_batches(records):
                 rows = batch.to_pylist()
                 writer.write_table(cast_table([{"id": r["id"], "row": row + j, **stage.summarize(r)}
                                                for j, r in enumerate(rows)], schema))
@@ -98,7 +98,7 @@ def write_summaries_from_file(plan: Plan, step: Step, i: int, records: Path) -> 
         raise
     os.replace(tmp, path)
     if stage.tallies:
-        write_tallies(plan, step, i, (r for b in pq.ParquetFile(records).iter_batches(batch_size=batch_rows(records))
+        write_tallies(plan, step, i, (r for b in stream_batches(records)
                                       for r in b.to_pylist()))
     return time.perf_counter() - t0
 

@@ -29,7 +29,7 @@ from pipelines.engine.shapes.base import Shape, ensure_setup, services
 from pipelines.engine.steps import Plan, PlannedStage, Step
 from pipelines.storage.readers import read_shard
 from schemas import cast_table
-from schemas.files import BATCH_BYTES, batch_rows, write_parquet_atomic, write_text_atomic
+from schemas.files import BATCH_BYTES, stream_batches, write_parquet_atomic, write_text_atomic
 from stages.base import Rejected
 
 
@@ -168,7 +168,7 @@ class ParquetRows:
         return self._n
 
     def __iter__(self) -> Iterator[dict]:
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows(self.path)):
+        for batch in stream_batches(self.path):
             yield from batch.to_pylist()
 
 
