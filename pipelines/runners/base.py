@@ -48,6 +48,16 @@ class ShardedRunner:
     def run_tasks(self, plan: Plan, step: Step) -> None:
         raise NotImplementedError
 
+    def check_tasks_finished(self, plan: Plan, step: Step, synced: bool = False) -> None:
+        """After a step's tasks ran elsewhere: with ``synced`` (a remote output), fetch the workers'
+        markers and small files, for the checks and the driver's steps; then every task must have
+        left its marker."""
+        if synced:
+            task.fetch_for_driver(self.mirror)
+        missing = task.todo(plan, step)
+        if missing:
+            raise RuntimeError(f"{self.name} finished {step.name} without shards {missing}")
+
     def execute(self, plan: Plan) -> Execution:
         return task.execute(plan, self.run_tasks, self.publish_files, self._pushed)
 

@@ -123,11 +123,7 @@ class BeamRunner(ShardedRunner):
             self.progress.log(f"beam: {step.name}: {len(todo)} of {len(plan.shards)} tasks to run")
         with self._pipeline() as p:
             build_task_graph(p, plan, step, todo, self.sync)
-        if self.sync:  # the workers' markers and small files, for the checks and the driver's steps
-            task.fetch_for_driver(self.mirror)
-        missing = task.todo(plan, step)
-        if missing:
-            raise RuntimeError(f"beam finished {step.name} without shards {missing}")
+        self.check_tasks_finished(plan, step, self.sync)
 
     def publish_files(self, plan: Plan, files: OutputFiles) -> None:
         with self._pipeline() as p:

@@ -199,11 +199,7 @@ class RayRunner(ShardedRunner):
             self._wait_all([self._submit("task", step.index, i) for i in todo], bar)
         finally:
             bar.close()
-        if self.sync:  # the workers' markers and small files, for the checks and the driver's steps
-            task.fetch_for_driver(self.mirror)
-        missing = task.todo(plan, step)
-        if missing:
-            raise RuntimeError(f"ray finished {step.name} without tasks {missing}")
+        self.check_tasks_finished(plan, step, self.sync)
 
     def publish_files(self, plan: Plan, files: OutputFiles) -> None:
         if not self.sync:  # one disk: the driver writes the files, one at a time
