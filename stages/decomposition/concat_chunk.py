@@ -59,43 +59,56 @@ class ConcatChunk(GroupStage):
         return f"{int.from_bytes(h[:8], 'big') % p.groups:05d}", place
 
     def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
-        records = list(records)  # this stage's rule reads its group more than once
-        from stages.blocks.packing import pack
+        """``concat`` reads the group's stream once and writes each context as it fills (memory: the
+        documents of one context); ``best_fit`` sorts every piece by length first, so it holds its
+        group (bound it with ``groups``)."""
+        from stages.blocks.packing import StreamPacker
 
         p: ConcatChunkParams = self.params
-        ids = [r["id"] for r in records]
-        tokens = [np.asarray(r["input_ids"], dtype=np.int32) for r in records]
         L = p.context_length
+        sums = dict.fromkeys(("contexts", "tokens_in", "tokens_kept", "same_pairs", "total_pairs",
+                              "segment_tokens", "segments"), 0)
         if p.packing == "concat":
-            packed = pack(np.arange(len(ids)), tokens, L, None, p.drop_last, pad_id=p.pad_id)
-            contexts = [(packed.input_ids[c], [(s["doc"], s["start"], s["end"], s["doc_tok_offset"])
-                                               for s in packed.spans[c]]) for c in range(len(packed.input_ids))]
-            tail_docs = packed.docs_in_tail.tolist()
+            packer = StreamPacker(L, None, p.drop_last, pad_id=p.pad_id)
+            for i, r in enumerate(records):
+                t = np.asarray(r["input_ids"], dtype=np.int32)
+                sums["tokens_in"] += len(t)
+                for row, spans in packer.add((i, r["id"]), t):
+                    yield self._context(key, row, _by_id(spans), sums)
+            last, tail = packer.finish()
+            for row, spans in last:
+                yield self._context(key, row, _by_id(spans), sums)
+            for _, doc_id in tail.docs:
+                yield Dropped(doc_id, "in the incomplete last context", f"drop_last with L={L}")
         else:
-            contexts = best_fit_decreasing(tokens, L, p.pad_id)
-            tail_docs = []
-        same_pairs = total_pairs = seg_sum = 0.0
-        segs = 0
-        for c, (ids_c, spans) in enumerate(contexts):
-            seg = np.zeros(L, dtype=np.int32)  # 0 = padding
-            for k, (_, a, b, _) in enumerate(spans):
-                seg[a:b] = k + 1
-                n = b - a
-                same_pairs += n * (n + 1) / 2
-                seg_sum += n
-                segs += 1
-            used = max((b for _, _, b, _ in spans), default=0)
-            total_pairs += used * (used + 1) / 2
-            yield {"id": f"ctx-{key}-{c:08d}", "ctx_index": c, "input_ids": ids_c,
-                   "spans": [{"doc_id": ids[d], "start": a, "end": b, "doc_tok_offset": off} for d, a, b, off in spans],
-                   "segment_ids": seg if p.document_mask else None}
-        for d in tail_docs:
-            yield Dropped(ids[d], "in the incomplete last context", f"drop_last with L={L}")
-        kept = int(sum(b - a for _, sp in contexts for _, a, b, _ in sp))
-        for name, v in (("contexts", len(contexts)), ("tokens_in", int(sum(len(t) for t in tokens))),
-                        ("tokens_kept", kept), ("same_pairs", same_pairs), ("total_pairs", total_pairs),
-                        ("segment_tokens", seg_sum), ("segments", segs)):
+            records = list(records)  # best fit decreasing places the longest pieces first
+            ids = [r["id"] for r in records]
+            tokens = [np.asarray(r["input_ids"], dtype=np.int32) for r in records]
+            sums["tokens_in"] = int(sum(len(t) for t in tokens))
+            for row, spans in best_fit_decreasing(tokens, L, p.pad_id):
+                yield self._context(key, row, [(ids[d], a, b, off) for d, a, b, off in spans], sums)
+        for name, v in sums.items():
             metrics[name] = metrics.get(name, 0) + v
+
+    def _context(self, key: str, ids_c: np.ndarray, spans: list[tuple[str, int, int, int]], sums: dict) -> dict:
+        """One context's record (``spans``: doc id, start, end, offset in the doc), its figures added
+        to ``sums``."""
+        p: ConcatChunkParams = self.params
+        seg = np.zeros(p.context_length, dtype=np.int32)  # 0 = padding
+        for k, (_, a, b, _) in enumerate(spans):
+            seg[a:b] = k + 1
+            n = b - a
+            sums["same_pairs"] += n * (n + 1) / 2
+            sums["segment_tokens"] += n
+            sums["segments"] += 1
+            sums["tokens_kept"] += n
+        used = max((b for _, _, b, _ in spans), default=0)
+        sums["total_pairs"] += used * (used + 1) / 2
+        c = sums["contexts"]
+        sums["contexts"] += 1
+        return {"id": f"ctx-{key}-{c:08d}", "ctx_index": c, "input_ids": ids_c,
+                "spans": [{"doc_id": d, "start": a, "end": b, "doc_tok_offset": off} for d, a, b, off in spans],
+                "segment_ids": seg if p.document_mask else None}
 
     def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         p: ConcatChunkParams = self.params
@@ -109,6 +122,11 @@ class ConcatChunk(GroupStage):
                                         else 0.0),
                 "cross_document_attention_share": cross,
                 "attention_pairs": sums.get("same_pairs", 0) if p.document_mask else pairs}
+
+
+def _by_id(spans: list[dict]) -> list[tuple[str, int, int, int]]:
+    """The packer's spans (documents keyed by (index, id)) as (doc id, start, end, offset)."""
+    return [(s["doc"][1], s["start"], s["end"], s["doc_tok_offset"]) for s in spans]
 
 
 def best_fit_decreasing(tokens: list[np.ndarray], length: int, pad_id: int):

@@ -4,7 +4,9 @@ the in-context similarity against a random order."""
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Literal
 
 import numpy as np
@@ -20,7 +22,27 @@ from stages.base import (
     TokenizerRef,
     Truncated,
 )
+from stages.blocks.packing import StreamPacker
+from stages.blocks.spill import GroupScratch, RowSpill
 from stages.icp import core
+
+_TOKENIZE_BATCH = 256  # documents tokenized at once
+
+
+def _batches(records: Iterable[dict], n: int) -> Iterator[list[dict]]:
+    it = iter(records)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+class _EmbRows:
+    """``emb[docs]`` over spilled embeddings: the rows of a few documents, read from disk."""
+
+    def __init__(self, spill: RowSpill) -> None:
+        self._spill = spill
+
+    def __getitem__(self, docs: list[int]) -> np.ndarray:
+        return self._spill.rows(docs)
 
 
 class PackParams(StageParams):
@@ -32,12 +54,6 @@ class PackParams(StageParams):
     shuffle: bool = Field(True, description="shuffle contexts (adjacent contexts are related) [paper]")
     range_docs: int = Field(0, ge=0, description="documents per range of the order, each packed on a worker "
                             "of its own [ours; 0 = the whole order in one range, as the paper]")
-
-
-def _similarity_sums(emb: np.ndarray, spans: list[list[dict]]) -> tuple[float, int]:
-    """(sum, count) of core.context_similarity's per-context values, to add up over ranges."""
-    n = sum(1 for ctx in spans if len({s["doc"] for s in ctx}) > 1)
-    return (core.context_similarity(emb, spans) * n if n else 0.0), n
 
 
 @register
@@ -67,44 +83,82 @@ class IcpPack(GroupStage):
         return (f"{record['pos'] // p.range_docs:010d}" if p.range_docs else "all"), record["pos"]
 
     def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
-        records = list(records)  # this stage's rule reads its group more than once
+        """One pass over the group's stream: documents tokenized a batch at a time and packed as they
+        come (:class:`StreamPacker`), each finished context spilled to disk; then the contexts are
+        read back in their shuffled order. Memory: one batch of documents, one context, and 12 bytes
+        a document and a context (token counts, offsets); embeddings, when the records carry them,
+        are spilled too and read back for the similarity figures."""
         p: PackParams = self.params
-        eos_id = self._eos
-        ids = [r["id"] for r in records]
-        tokens = [np.asarray(e.ids, dtype=np.int32)
-                  for e in self._tok.encode_batch_fast([r["text"] for r in records], add_special_tokens=False)]
-        packed = core.pack(np.arange(len(ids)), tokens, p.context_length, eos_id, p.drop_last,
-                           pad_id=eos_id if eos_id is not None else 0)
-        n_ctx = len(packed.input_ids)
+        packer = StreamPacker(p.context_length, self._eos, p.drop_last,
+                              pad_id=self._eos if self._eos is not None else 0)
+        lengths = array("q")  # tokens of each document (without EOS): the random control's packing
+        tokens_total = 0
+        with GroupScratch() as scratch:
+            contexts = scratch.rows("contexts", p.context_length, "int32")
+            emb: RowSpill | None = None
+
+            def spill(made: list) -> None:
+                for row, spans in made:
+                    contexts.append(row, [(s["doc"], s["start"], s["end"], s["doc_tok_offset"]) for s in spans])
+
+            for batch in _batches(records, _TOKENIZE_BATCH):
+                encoded = self._tok.encode_batch_fast([r["text"] for r in batch], add_special_tokens=False)
+                for r, e in zip(batch, encoded, strict=True):
+                    if len(lengths) == 0 and r.get("emb") is not None:
+                        emb = scratch.rows("emb", len(r["emb"]), "float32")
+                    if emb is not None:
+                        emb.append(np.asarray(r["emb"], dtype=np.float32))
+                    t = np.asarray(e.ids, dtype=np.int32)
+                    spill(packer.add((len(lengths), r["id"]), t))
+                    lengths.append(len(t))
+                    tokens_total += len(t)
+            last, tail = packer.finish()
+            spill(last)
+            yield from self._contexts_in_shuffled_order(key, contexts)
+            for _, doc_id in tail.docs:
+                yield Dropped(doc_id, "in the incomplete last context", f"drop_last with L={p.context_length}")
+            if tail.cut is not None:  # the document whose tail falls in the dropped last context
+                (_, doc_id), kept, total = tail.cut
+                yield Truncated(doc_id, "tail in the incomplete last context", f"{total - kept} of {total} tokens "
+                                f"(with EOS) not used; drop_last with L={p.context_length}")
+            sums = {"contexts": len(contexts), "tokens": tokens_total, "documents_straddling": tail.straddling,
+                    "documents_truncated": int(tail.cut is not None)}
+            if emb is not None and len(contexts):
+                sums.update(self._similarity_sums(contexts, emb, np.frombuffer(lengths, dtype=np.int64)))
+        for k, v in sums.items():
+            metrics[k] = metrics.get(k, 0) + v
+
+    def _contexts_in_shuffled_order(self, key: str, contexts: RowSpill) -> Iterator[dict]:
+        p: PackParams = self.params
+        n_ctx = len(contexts)
         seed = self.seed if key == "all" else int.from_bytes(hashlib.sha256(f"{self.seed}:{key}".encode()).digest()[:4],
                                                              "big")
         positions = np.random.default_rng(seed).permutation(n_ctx) if p.shuffle else np.arange(n_ctx)
         prefix = "ctx-" if key == "all" else f"ctx-{key}-"
-        for c in sorted(range(n_ctx), key=lambda c: positions[c]):
-            yield {"id": f"{prefix}{positions[c]:08d}", "ctx_index": c, "input_ids": packed.input_ids[c],
-                   "spans": [{"doc_id": ids[s["doc"]], "start": s["start"], "end": s["end"],
-                              "doc_tok_offset": s["doc_tok_offset"]} for s in packed.spans[c]]}
-        for d in packed.docs_in_tail.tolist():
-            yield Dropped(ids[d], "in the incomplete last context", f"drop_last with L={p.context_length}")
-        if packed.cut is not None:  # the document whose tail falls in the dropped last context
-            d, kept, total = packed.cut
-            yield Truncated(ids[d], "tail in the incomplete last context", f"{total - kept} of {total} tokens "
-                            f"(with EOS) not used; drop_last with L={p.context_length}")
-        per_doc: dict[int, int] = {}
-        for spans in packed.spans:
-            for sp in spans:
-                per_doc[sp["doc"]] = per_doc.get(sp["doc"], 0) + 1
-        sums = {"contexts": n_ctx, "tokens": int(sum(len(t) for t in tokens)),
-                "documents_straddling": sum(1 for c in per_doc.values() if c > 1),
-                "documents_truncated": int(packed.cut is not None)}
-        if records and records[0].get("emb") is not None and n_ctx:
-            emb = np.asarray([r["emb"] for r in records], dtype=np.float32)
-            sums["similarity_sum"], sums["similarity_n"] = _similarity_sums(emb, packed.spans)
-            rand = core.pack(np.random.default_rng(1).permutation(len(ids)), tokens, p.context_length, eos_id,
-                             p.drop_last)
-            sums["similarity_random_sum"], sums["similarity_random_n"] = _similarity_sums(emb, rand.spans)
-        for k, v in sums.items():
-            metrics[k] = metrics.get(k, 0) + v
+        for c in np.argsort(positions, kind="stable").tolist():
+            yield {"id": f"{prefix}{positions[c]:08d}", "ctx_index": c, "input_ids": contexts.row(c),
+                   "spans": [{"doc_id": doc_id, "start": a, "end": b, "doc_tok_offset": off}
+                             for (_, doc_id), a, b, off in contexts.payload(c)]}
+
+    def _similarity_sums(self, contexts: RowSpill, emb: RowSpill, lengths: np.ndarray) -> dict[str, float]:
+        """(sum, count) of the in-context similarity over this group's contexts, and over a packing of
+        the same documents in a random order (the control), to add up over ranges."""
+        p: PackParams = self.params
+        emb_rows = _EmbRows(emb)
+        own = [v for c in range(len(contexts))
+               if (v := core.context_value(emb_rows, [doc for (doc, _), *_ in contexts.payload(c)])) is not None]
+        control = StreamPacker(p.context_length, self._eos, p.drop_last)
+        random = []
+        for d in np.random.default_rng(1).permutation(len(lengths)).tolist():
+            for _, spans in control.add(d, np.zeros(lengths[d], dtype=np.int32)):
+                if (v := core.context_value(emb_rows, [s["doc"] for s in spans])) is not None:
+                    random.append(v)
+        for _, spans in control.finish()[0]:
+            if (v := core.context_value(emb_rows, [s["doc"] for s in spans])) is not None:
+                random.append(v)
+        return {"similarity_sum": core.mean_value(own) * len(own) if own else 0.0, "similarity_n": len(own),
+                "similarity_random_sum": core.mean_value(random) * len(random) if random else 0.0,
+                "similarity_random_n": len(random)}
 
     def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         out = {k: sums.get(k, 0) for k in ("contexts", "tokens", "documents_straddling", "documents_truncated")}

@@ -12,7 +12,15 @@ from stages.blocks.packing import Packed, pack
 from stages.icp.dedup import semantic_dedup
 from stages.icp.graph import Graph, KnnLists, _bits_of, _desc_key, row_ranges, union_graph
 from stages.icp.knn import KnnSettings, build_index, clean_neighbours, knn, recall_at
-from stages.icp.quality import adjacent_similarity, centre, char_ngram_jaccard, context_similarity, ngram_filter
+from stages.icp.quality import (
+    adjacent_similarity,
+    centre,
+    char_ngram_jaccard,
+    context_similarity,
+    context_value,
+    mean_value,
+    ngram_filter,
+)
 from stages.icp.walk import (
     Walk,
     WalkSettings,
@@ -23,7 +31,33 @@ from stages.icp.walk import (
     start_order,
 )
 
-__all__ = ["Graph", "KnnLists", "KnnSettings", "Packed", "Walk", "WalkSettings", "_bits_of", "_desc_key",
-           "adjacent_similarity", "build_index", "centre", "char_ngram_jaccard", "clean_neighbours",
-           "context_similarity", "greedy_walk", "greedy_walk_python", "knn", "merge_short_runs", "ngram_filter",
-           "pack", "recall_at", "relabel_runs", "row_ranges", "semantic_dedup", "start_order", "union_graph"]
+__all__ = [
+    "Graph",
+    "KnnLists",
+    "KnnSettings",
+    "Packed",
+    "Walk",
+    "WalkSettings",
+    "_bits_of",
+    "_desc_key",
+    "adjacent_similarity",
+    "build_index",
+    "centre",
+    "char_ngram_jaccard",
+    "clean_neighbours",
+    "context_similarity",
+    "context_value",
+    "greedy_walk",
+    "greedy_walk_python",
+    "knn",
+    "mean_value",
+    "merge_short_runs",
+    "ngram_filter",
+    "pack",
+    "recall_at",
+    "relabel_runs",
+    "row_ranges",
+    "semantic_dedup",
+    "start_order",
+    "union_graph",
+]

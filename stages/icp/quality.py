@@ -20,19 +20,26 @@ def centre(emb: np.ndarray) -> np.ndarray:
     return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
 
 
-def context_similarity(emb: np.ndarray, spans: list[list[dict]]) -> float:
-    """Mean pairwise cosine similarity of the distinct documents inside each context (contexts
-    with one document are left out), averaged over contexts."""
-    values = []
-    for ctx in spans:
-        docs = sorted({s["doc"] for s in ctx})
-        if len(docs) < 2:
-            continue
-        e = emb[docs]
-        g = e @ e.T
-        m = len(docs)
-        values.append((g.sum() - np.trace(g)) / (m * (m - 1)))
+def context_value(emb: np.ndarray, docs: list[int]) -> float | None:
+    """Mean pairwise cosine similarity of a context's distinct documents (rows of ``emb``); None
+    for a context with one document."""
+    docs = sorted(set(docs))
+    if len(docs) < 2:
+        return None
+    e = emb[docs]
+    g = e @ e.T
+    m = len(docs)
+    return (g.sum() - np.trace(g)) / (m * (m - 1))
+
+
+def mean_value(values: list) -> float:
     return float(np.mean(values)) if values else float("nan")
+
+
+def context_similarity(emb: np.ndarray, spans: list[list[dict]]) -> float:
+    """:func:`context_value` averaged over the contexts with more than one document."""
+    values = [v for ctx in spans if (v := context_value(emb, [s["doc"] for s in ctx])) is not None]
+    return mean_value(values)
 
 
 def char_ngram_jaccard(a: str, b: str, n: int = 3) -> float:

@@ -8,9 +8,13 @@ sequence boundaries (3.3-3.4), and sorted batching (3.5).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 TASK_TYPES = ("general", "summary", "reasoning", "extraction")
 _TASK_HINT = {
@@ -131,52 +135,79 @@ class Pack:
     cu_seqlens: list[int]  # 0, end of seq 1, ..., and finally the capacity L
 
 
-def pack_next_fit(lengths: list[int], capacity: int) -> tuple[list[Pack], list[int]]:
-    """Next-fit in the given order (spec 3.3); the last partial pack is kept (the reference drops
-    it). A pack holds up to ``capacity`` tokens. Returns (packs, rows too long to fit anywhere)."""
-    packs: list[Pack] = []
-    skipped: list[int] = []
-    rows: list[int] = []
+def next_fit(rows: Iterable[T], size: Callable[[T], int], capacity: int, skipped: list[T]) -> Iterator[list[T]]:
+    """Next-fit over a stream (spec 3.3): each pack's rows as soon as the next row does not fit; the
+    last partial pack is kept (the reference drops it). Rows longer than ``capacity`` go to
+    ``skipped``. Holds one pack."""
+    pack: list[T] = []
     used = 0
-    for i, n in enumerate(lengths):
+    for row in rows:
+        n = size(row)
         if n > capacity:
-            skipped.append(i)
+            skipped.append(row)
             continue
-        if rows and used + n > capacity:
-            packs.append(_close(rows, lengths, capacity))
-            rows, used = [], 0
-        rows.append(i)
+        if pack and used + n > capacity:
+            yield pack
+            pack, used = [], 0
+        pack.append(row)
         used += n
-    if rows:
-        packs.append(_close(rows, lengths, capacity))
+    if pack:
+        yield pack
+
+
+def first_fit_decreasing(rows: Iterable[T], size: Callable[[T], int], capacity: int, skipped: list[T],
+                         buffer: int = 1000) -> Iterator[list[T]]:
+    """The optional better packer of spec 3.3: within buffers of ``buffer`` rows that fit (in the
+    stream's order), longest first into the first pack with room. Fewer, fuller packs than
+    next-fit; holds one buffer."""
+    fits: list[T] = []
+    for row in rows:
+        if size(row) > capacity:
+            skipped.append(row)
+            continue
+        fits.append(row)
+        if len(fits) == buffer:
+            yield from _first_fit(fits, size, capacity)
+            fits = []
+    yield from _first_fit(fits, size, capacity)
+
+
+def _first_fit(fits: list[T], size: Callable[[T], int], capacity: int) -> list[list[T]]:
+    bins: list[list[T]] = []
+    room: list[int] = []
+    for i in sorted(range(len(fits)), key=lambda i: (-size(fits[i]), i)):
+        n = size(fits[i])
+        k = next((k for k, r in enumerate(room) if r >= n), None)
+        if k is None:
+            bins.append([fits[i]])
+            room.append(capacity - n)
+        else:
+            bins[k].append(fits[i])
+            room[k] -= n
+    return bins
+
+
+def pack_next_fit(lengths: list[int], capacity: int) -> tuple[list[Pack], list[int]]:
+    """:func:`next_fit` over row indexes: (packs, rows too long to fit anywhere)."""
+    skipped: list[int] = []
+    packs = [close_pack(rows, [lengths[i] for i in rows], capacity)
+             for rows in next_fit(range(len(lengths)), lengths.__getitem__, capacity, skipped)]
     return packs, skipped
 
 
 def pack_first_fit_decreasing(lengths: list[int], capacity: int, buffer: int = 1000) -> tuple[list[Pack], list[int]]:
-    """The optional better packer of spec 3.3: within buffers of ``buffer`` rows (in the given
-    order), longest first into the first pack with room. Fewer, fuller packs than next-fit."""
-    packs: list[Pack] = []
-    skipped = [i for i, n in enumerate(lengths) if n > capacity]
-    fits = [i for i, n in enumerate(lengths) if n <= capacity]
-    for b in range(0, len(fits), buffer):
-        bins: list[list[int]] = []
-        room: list[int] = []
-        for i in sorted(fits[b:b + buffer], key=lambda i: (-lengths[i], i)):
-            k = next((k for k, r in enumerate(room) if r >= lengths[i]), None)
-            if k is None:
-                bins.append([i])
-                room.append(capacity - lengths[i])
-            else:
-                bins[k].append(i)
-                room[k] -= lengths[i]
-        packs += [_close(rows, lengths, capacity) for rows in bins]
+    """:func:`first_fit_decreasing` over row indexes: (packs, rows too long to fit anywhere)."""
+    skipped: list[int] = []
+    packs = [close_pack(rows, [lengths[i] for i in rows], capacity)
+             for rows in first_fit_decreasing(range(len(lengths)), lengths.__getitem__, capacity, skipped, buffer)]
     return packs, skipped
 
 
-def _close(rows: list[int], lengths: list[int], capacity: int) -> Pack:
+def close_pack(rows: list, lengths: list[int], capacity: int) -> Pack:
+    """A pack of ``rows`` (their ``lengths``, in order) with its boundaries, padding to ``capacity``."""
     cu = [0]
-    for i in rows:
-        cu.append(cu[-1] + lengths[i])
+    for n in lengths:
+        cu.append(cu[-1] + n)
     if cu[-1] < capacity:
         cu.append(capacity)  # the padding after the last sequence
     return Pack(list(rows), cu)

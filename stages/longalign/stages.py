@@ -279,50 +279,74 @@ class LongAlignBatches(GroupStage):
         return f"{group:05d}", place  # place 0: the rows' own order (shard, row)
 
     def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
-        records = list(records)  # this stage's rule reads its group more than once
+        """Packs read the group's stream once and hold one step of ``packs_per_step`` packs (and
+        ``first_fit_decreasing`` its buffer of rows); ``sorted`` sorts the whole group by length,
+        so it holds its group (bound it with ``groups``)."""
+        if self.params.mode == "sorted":
+            yield from self._sorted_batches(key, list(records), metrics)
+        else:
+            yield from self._packs(key, records, metrics)
+
+    def _sorted_batches(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
         p: BatchesParams = self.params
-        ids = [r["id"] for r in records]
-        toks = [r["input_ids"] for r in records]
-        labels = [r["labels"] for r in records]
-        lengths = [len(t) for t in toks]
-        if p.mode == "sorted":
-            rng_seed = int.from_bytes(hashlib.sha256(f"{self.seed}:{key}".encode()).digest()[:4], "big")
-            groups, rest = core.sorted_batches(lengths, p.batch_size, rng_seed if p.groups > 1 else self.seed)
-            position = 0
-            for g, grp in enumerate(groups):
-                for i in grp:
-                    yield {"id": ids[i], "input_ids": toks[i], "labels": labels[i], "len": lengths[i], "batch": g,
-                           "position": position}
-                    position += 1
-            for i in rest:
-                yield Dropped(ids[i], "sorted-batching remainder", f"{len(rest)} rows past the last full batch")
-            for name, v in (("batches", len(groups)), ("rows", position), ("remainder", len(rest))):
-                metrics[name] = metrics.get(name, 0) + v
-            return
-        packer = core.pack_next_fit if p.packing == "next_fit" else core.pack_first_fit_decreasing
-        packs, skipped = packer(lengths, p.max_len)
-        L = p.max_len
-        n_with_targets = [sum(1 for i in pk.rows if any(x != -100 for x in labels[i])) for pk in packs]
-        counts = core.group_sequence_counts(n_with_targets, p.packs_per_step)
-        for k, pk in enumerate(packs):
-            members = list(pk.rows)
-            flat = [t for i in members for t in toks[i]]
-            lab = [x for i in members for x in labels[i]]
-            pad = L - len(flat)
-            w = core.pack_weights([labels[i] for i in members], core.Pack(list(range(len(members))), pk.cu_seqlens), L)
-            pos = ([q for i in members for q in range(len(toks[i]))] + list(range(pad)) if p.reset_positions
-                   else list(range(L)))
-            yield {"id": f"pack-{key}-{k:06d}", "input_ids": flat + [p.pad_id] * pad, "labels": lab + [-100] * pad,
-                   "weights": w, "cu_seqlens": pk.cu_seqlens, "position_ids": pos, "n_seqs": len(members),
-                   "seq_ids": [ids[i] for i in members], "group": k // p.packs_per_step,
-                   "group_seq_count": counts[k // p.packs_per_step],
-                   "group_pack_count": min(p.packs_per_step, len(packs) - k // p.packs_per_step * p.packs_per_step)}
-        for j in skipped:
-            yield Dropped(ids[j], f"longer than the pack capacity {L}", f"{lengths[j]} tokens")
-        used = sum(lengths) - sum(lengths[j] for j in skipped)
-        for name, v in (("packs", len(packs)), ("sequences", len(ids) - len(skipped)), ("tokens", used),
-                        ("capacity", len(packs) * L)):
+        lengths = [len(r["input_ids"]) for r in records]
+        rng_seed = int.from_bytes(hashlib.sha256(f"{self.seed}:{key}".encode()).digest()[:4], "big")
+        groups, rest = core.sorted_batches(lengths, p.batch_size, rng_seed if p.groups > 1 else self.seed)
+        position = 0
+        for g, grp in enumerate(groups):
+            for i in grp:
+                r = records[i]
+                yield {"id": r["id"], "input_ids": r["input_ids"], "labels": r["labels"], "len": lengths[i],
+                       "batch": g, "position": position}
+                position += 1
+        for i in rest:
+            yield Dropped(records[i]["id"], "sorted-batching remainder", f"{len(rest)} rows past the last full batch")
+        for name, v in (("batches", len(groups)), ("rows", position), ("remainder", len(rest))):
             metrics[name] = metrics.get(name, 0) + v
+
+    def _packs(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+        p: BatchesParams = self.params
+        L, K = p.max_len, p.packs_per_step
+        skipped: list[dict] = []
+        rows = ({"id": r["id"], "input_ids": r["input_ids"], "labels": r["labels"]} for r in records)
+        packer = core.next_fit if p.packing == "next_fit" else core.first_fit_decreasing
+        step: list[list[dict]] = []  # the packs of one training step: their count of sequences is M
+        sums = {"packs": 0, "sequences": 0, "tokens": 0}
+        for members in packer(rows, lambda r: len(r["input_ids"]), L, skipped):
+            step.append(members)
+            if len(step) == K:
+                yield from self._step(key, step, sums)
+                step = []
+        if step:
+            yield from self._step(key, step, sums)
+        for r in skipped:
+            yield Dropped(r["id"], f"longer than the pack capacity {L}", f"{len(r['input_ids'])} tokens")
+        sums["capacity"] = sums["packs"] * L
+        for name, v in sums.items():
+            metrics[name] = metrics.get(name, 0) + v
+
+    def _step(self, key: str, step: list[list[dict]], sums: dict[str, int]) -> Iterator[dict]:
+        """The records of one step's packs; ``group_seq_count`` is the step's sequences with targets."""
+        p: BatchesParams = self.params
+        L = p.max_len
+        count = sum(1 for members in step for r in members if any(x != -100 for x in r["labels"]))
+        for members in step:
+            k = sums["packs"]
+            toks = [r["input_ids"] for r in members]
+            labels = [r["labels"] for r in members]
+            pk = core.close_pack(range(len(members)), [len(t) for t in toks], L)
+            flat = [t for seq in toks for t in seq]
+            pad = L - len(flat)
+            pos = ([q for seq in toks for q in range(len(seq))] + list(range(pad)) if p.reset_positions
+                   else list(range(L)))
+            yield {"id": f"pack-{key}-{k:06d}", "input_ids": flat + [p.pad_id] * pad,
+                   "labels": [x for lab in labels for x in lab] + [-100] * pad,
+                   "weights": core.pack_weights(labels, pk, L), "cu_seqlens": pk.cu_seqlens, "position_ids": pos,
+                   "n_seqs": len(members), "seq_ids": [r["id"] for r in members], "group": k // p.packs_per_step,
+                   "group_seq_count": count, "group_pack_count": len(step)}
+            sums["packs"] += 1
+            sums["sequences"] += len(members)
+            sums["tokens"] += len(flat)
 
     def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         if self.params.mode == "sorted":

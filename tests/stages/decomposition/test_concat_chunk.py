@@ -53,3 +53,24 @@ def test_best_fit_decreasing_keeps_every_token_once(tokenised):
     assert m["cross_document_attention_share"] == 0 and m["dropped_token_share"] == 0
     # Packing wastes little: fewer contexts than twice the lower bound.
     assert len(rows) < 2 * (sum(len(t) for t in by_doc.values()) / 2048 + 1)
+
+
+def test_concat_reads_its_group_as_a_stream(tokenised):
+    """Each context is given as soon as it is full: when the first comes out, the stage has read
+    no more documents than that context holds, plus the one that filled it."""
+    cls = get_stage("concat_chunk")
+    stage = cls(cls.Params(context_length=512), seed=0)
+    records = sorted(({"id": d["id"], "input_ids": d["input_ids"]} for d in tokenised),
+                     key=lambda r: stage.group_of(r)[1])
+    read = []
+
+    def stream():
+        for r in records:
+            read.append(r["id"])
+            yield r
+
+    outcomes = stage.build("00000", stream(), {})
+    first = next(outcomes)
+    assert len(read) == len({s["doc_id"] for s in first["spans"]})
+    rest = list(outcomes)
+    assert len(read) == len(records) and rest  # and then the rest, once

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from stages import get_stage
 from stages.base import GlobalContext
@@ -63,3 +64,53 @@ def test_pack_spans_point_at_the_document_tokens(real_docs):
             assert piece == ids[span["doc_tok_offset"]:span["doc_tok_offset"] + len(piece)]
     assert [r["ctx_index"] for r in rows] == list(range(len(rows)))
     assert metrics["contexts"] == len(rows) and metrics["similarity_n"] > 0
+
+
+def test_pack_spills_its_contexts_and_gives_them_in_the_shuffled_order(real_docs, tmp_path, monkeypatch):
+    """The stage reads its group once and spills the contexts: the records are the whole order's
+    packing (core.pack over every document at once) in the seeded permutation's order, the
+    similarity sums are those of the whole packing, and the scratch files are gone afterwards."""
+    import tempfile
+
+    from gpu_jobs.models import load_tokenizer
+    from stages.icp import core
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    docs = [d["text"] for d in real_docs if d["source"] == "kjv"][:30]
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(len(docs), 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    stage = _stage("icp_pack", context_length=256)
+    stage.setup()
+    consumed = []
+
+    def stream():
+        for i, t in enumerate(docs):
+            consumed.append(i)
+            yield {"id": f"d{i:02d}", "text": t, "pos": i, "emb": emb[i].tolist()}
+
+    metrics: dict = {}
+    out = list(stage.build("all", stream(), metrics))
+    assert consumed == list(range(len(docs)))  # one pass
+    assert list(tmp_path.iterdir()) == []  # the scratch directory removed
+    tok = load_tokenizer("smollm2")
+    eos = tok.token_to_id("<|endoftext|>")
+    tokens = [np.asarray(tok.encode(t, add_special_tokens=False).ids, dtype=np.int32) for t in docs]
+    whole = core.pack(np.arange(len(docs)), tokens, 256, eos, True, pad_id=eos)
+    n = len(whole.input_ids)
+    positions = np.random.default_rng(0).permutation(n)  # the stage's seed is 0
+    rows = [o for o in out if isinstance(o, dict)]
+    assert [r["ctx_index"] for r in rows] == sorted(range(n), key=lambda c: positions[c])
+    for r in rows:
+        c = r["ctx_index"]
+        assert r["id"] == f"ctx-{positions[c]:08d}"
+        assert r["input_ids"].tolist() == whole.input_ids[c].tolist()
+        assert [(s["doc_id"], s["start"], s["end"], s["doc_tok_offset"]) for s in r["spans"]] == \
+            [(f"d{s['doc']:02d}", s["start"], s["end"], s["doc_tok_offset"]) for s in whole.spans[c]]
+    dropped = [o.record_id for o in out if type(o).__name__ == "Dropped"]
+    assert dropped == [f"d{d:02d}" for d in whole.docs_in_tail.tolist()]
+    own = core.context_similarity(emb, whole.spans)
+    assert metrics["similarity_sum"] / metrics["similarity_n"] == pytest.approx(own, rel=1e-6)
+    control = core.pack(np.random.default_rng(1).permutation(len(docs)), tokens, 256, eos, True)
+    assert metrics["similarity_random_sum"] / metrics["similarity_random_n"] == pytest.approx(
+        core.context_similarity(emb, control.spans), rel=1e-6)

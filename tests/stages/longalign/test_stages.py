@@ -290,3 +290,29 @@ def test_a_pack_attends_within_its_sequences_like_each_sequence_alone(reset_posi
         for k, seq in enumerate(toks):
             alone = lm.model(input_ids=torch.tensor([seq])).logits[0]
             torch.testing.assert_close(packed[cu[k]:cu[k + 1]], alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("packing", ["next_fit", "first_fit_decreasing"])
+def test_packs_read_their_group_as_a_stream(packing):
+    """A step's packs come out once the step is full (packs_per_step packs, or the buffer of
+    first-fit-decreasing), never after reading the whole group; and they equal the list packers'."""
+    from stages.longalign.stages import LongAlignBatches
+
+    lengths, labels = _rows(3000, seed=7, hi=400)
+    records = [{"id": f"r{k:04d}", "input_ids": list(range(n)), "labels": labels[k]} for k, n in enumerate(lengths)]
+    stage = LongAlignBatches(LongAlignBatches.Params(mode="pack", max_len=1024, packs_per_step=2,
+                                                     packing=packing, shuffle=False), seed=0)
+    read = []
+
+    def stream():
+        for r in records:
+            read.append(r["id"])
+            yield r
+
+    outcomes = stage.build("00000", stream(), {})
+    next(outcomes)
+    assert len(read) <= (1001 if packing == "first_fit_decreasing" else 3 * 1024 // 20)
+    packs = [o for o in outcomes if isinstance(o, dict)]
+    want, _ = (core.pack_next_fit if packing == "next_fit" else core.pack_first_fit_decreasing)(lengths, 1024)
+    assert [p["cu_seqlens"] for p in packs] == [p.cu_seqlens for p in want][1:]
+    assert [p["seq_ids"] for p in packs] == [[f"r{i:04d}" for i in p.rows] for p in want][1:]
