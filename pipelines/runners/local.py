@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 
 from pipelines.engine import task
@@ -14,6 +16,23 @@ def _run_task(args: tuple[Plan, int, int]) -> dict:
     return task.run_task(plan, plan.steps[step_index], i)
 
 
+def _adopt(environ: dict[str, str], cwd: str) -> None:
+    """A worker takes the driver's environment and folder as they are when its pool starts."""
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """Workers started from a fork server, not forked from the driver: a forked worker would hold
+    (and count in its memory) whatever the driver holds when the step starts, which grows with the
+    run; these start from the server's few imports and take the driver's environment and folder."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["pipelines.engine.task"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_adopt,
+                               initargs=(dict(os.environ), os.getcwd()))
+
+
 def run_tasks(plan: Plan, step: Step, workers: int, progress: Progress) -> None:
     """A segment's shards or a group step's partitions, in this process or a pool of ``workers``."""
     todo = task.todo(plan, step)
@@ -22,7 +41,7 @@ def run_tasks(plan: Plan, step: Step, workers: int, progress: Progress) -> None:
         for i in todo:
             bar.update_with(task.run_task(plan, step, i))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with _pool(workers) as pool:
             for marker in pool.map(_run_task, [(plan, step.index, i) for i in todo]):
                 bar.update_with(marker)
     bar.close()

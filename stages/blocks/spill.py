@@ -5,7 +5,9 @@ when the stage leaves the ``with`` block, whatever happens."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 import tempfile
 from array import array
 from pathlib import Path
@@ -15,63 +17,141 @@ import numpy as np
 
 
 class RowSpill:
-    """Rows of a fixed-size array (token ids, an embedding) and, optionally, a small picklable
-    payload each, appended in order and read back by index."""
+    """Rows of a fixed-size array (token ids, an embedding, a count) and, with ``payloads``, a small
+    picklable payload each (the stage's own values, never read from elsewhere), appended in order
+    and read back by index. Memory: 8 bytes a row with payloads, none without."""
 
-    def __init__(self, directory: Path, name: str, width: int, dtype: str) -> None:
+    def __init__(self, directory: Path, name: str, width: int, dtype: str, payloads: bool = True) -> None:
         self._dtype, self._width = np.dtype(dtype), width
         self._row_bytes = self._dtype.itemsize * width
-        self._rows = open(directory / f"{name}.bin", "w+b")  # noqa: SIM115 (closed by GroupScratch)
-        self._payloads = open(directory / f"{name}.pkl", "w+b")  # noqa: SIM115
+        self._path = directory / f"{name}.bin"
+        self._rows = open(self._path, "w+b")  # noqa: SIM115 (closed by GroupScratch)
+        self._payloads = open(directory / f"{name}.pkl", "w+b") if payloads else None  # noqa: SIM115
+        self._offsets = array("q", [0])
+        self._n = 0
+        self._writing = True
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, row: np.ndarray, payload: Any = None) -> None:
+        if not self._writing:
+            raise ValueError("a spill is written first, then read: no append after a read")
+        row = np.ascontiguousarray(row, dtype=self._dtype)
+        if row.shape != (self._width,):
+            raise ValueError(f"a spilled row has shape {row.shape}, not ({self._width},)")
+        self._rows.write(row.tobytes())
+        self._n += 1
+        if self._payloads is not None:
+            self._offsets.append(self._offsets[-1] + self._payloads.write(pickle.dumps(payload, protocol=5)))
+
+    def array(self) -> np.ndarray:
+        """Every row, as a read-only array mapped from the file (pages read as they are touched)."""
+        self._done_writing()
+        if not self._n:
+            return np.zeros((0, self._width), self._dtype)
+        return np.memmap(self._path, dtype=self._dtype, mode="r", shape=(self._n, self._width))
+
+    def _done_writing(self) -> None:
+        if self._writing:
+            self._rows.flush()
+            if self._payloads is not None:
+                self._payloads.flush()
+            self._writing = False
+
+    def row(self, i: int) -> np.ndarray:
+        self._done_writing()
+        self._rows.seek(i * self._row_bytes)
+        return np.fromfile(self._rows, dtype=self._dtype, count=self._width)
+
+    def payload(self, i: int) -> Any:
+        if self._payloads is None:
+            raise ValueError("this spill keeps no payloads")
+        self._done_writing()
+        self._payloads.seek(self._offsets[i])
+        return pickle.loads(self._payloads.read(self._offsets[i + 1] - self._offsets[i]))
+
+    def close(self) -> None:
+        self._rows.close()
+        if self._payloads is not None:
+            self._payloads.close()
+
+
+class ArraySpill:
+    """1-D arrays of any length (a document's token ids), appended in order and read back by index,
+    whole or a slice. Memory: 8 bytes an array."""
+
+    def __init__(self, directory: Path, name: str, dtype: str) -> None:
+        self._dtype = np.dtype(dtype)
+        self._file = open(directory / f"{name}.bin", "w+b")  # noqa: SIM115 (closed by GroupScratch)
         self._offsets = array("q", [0])
         self._writing = True
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
-    def append(self, row: np.ndarray, payload: Any = None) -> None:
-        row = np.ascontiguousarray(row, dtype=self._dtype)
-        if row.shape != (self._width,):
-            raise ValueError(f"a spilled row has shape {row.shape}, not ({self._width},)")
-        self._rows.write(row.tobytes())
-        self._offsets.append(self._offsets[-1] + self._payloads.write(pickle.dumps(payload, protocol=5)))
+    def append(self, values: np.ndarray) -> None:
+        if not self._writing:
+            raise ValueError("a spill is written first, then read: no append after a read")
+        values = np.ascontiguousarray(values, dtype=self._dtype)
+        if values.ndim != 1:
+            raise ValueError(f"a spilled array has shape {values.shape}, not one dimension")
+        self._file.write(values.tobytes())
+        self._offsets.append(self._offsets[-1] + len(values))
 
-    def _done_writing(self) -> None:
+    def read(self, i: int, start: int = 0, count: int | None = None) -> np.ndarray:
         if self._writing:
-            self._rows.flush()
-            self._payloads.flush()
+            self._file.flush()
             self._writing = False
-
-    def row(self, i: int) -> np.ndarray:
-        self._done_writing()
-        self._rows.seek(i * self._row_bytes)
-        return np.frombuffer(self._rows.read(self._row_bytes), dtype=self._dtype)
-
-    def payload(self, i: int) -> Any:
-        self._done_writing()
-        self._payloads.seek(self._offsets[i])
-        return pickle.loads(self._payloads.read(self._offsets[i + 1] - self._offsets[i]))
-
-    def rows(self, index: np.ndarray | list[int]) -> np.ndarray:
-        """Several rows at once (one read each), as one array."""
-        return np.stack([self.row(int(i)) for i in index]) if len(index) else np.zeros((0, self._width), self._dtype)
+        n = self._offsets[i + 1] - self._offsets[i]
+        count = n - start if count is None else min(count, n - start)
+        self._file.seek((self._offsets[i] + start) * self._dtype.itemsize)
+        return np.fromfile(self._file, dtype=self._dtype, count=max(0, count))
 
     def close(self) -> None:
-        self._rows.close()
-        self._payloads.close()
+        self._file.close()
+
+
+_PREFIX = "longforge-group-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_orphans(root: Path) -> None:
+    """Scratch directories under ``root`` whose process is gone (a worker killed mid-task leaves
+    its spill behind; the next group task on that machine removes it)."""
+    for d in root.glob(f"{_PREFIX}*-*"):
+        pid = d.name[len(_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class GroupScratch:
     """``with GroupScratch() as scratch: spill = scratch.rows("contexts", L, "int32")``: spills
-    in a temporary directory of their own, all removed at the end."""
+    in a temporary directory of their own (``TMPDIR``), all removed at the end, or by the next
+    group task on the machine when the process was killed."""
 
     def __enter__(self) -> GroupScratch:
-        self._dir = tempfile.TemporaryDirectory(prefix="longforge-group-")
-        self._spills: list[RowSpill] = []
+        remove_orphans(Path(tempfile.gettempdir()))
+        self._dir = tempfile.TemporaryDirectory(prefix=f"{_PREFIX}{os.getpid()}-")
+        self._spills: list[RowSpill | ArraySpill] = []
         return self
 
-    def rows(self, name: str, width: int, dtype: str) -> RowSpill:
-        spill = RowSpill(Path(self._dir.name), name, width, dtype)
+    def arrays(self, name: str, dtype: str) -> ArraySpill:
+        spill = ArraySpill(Path(self._dir.name), name, dtype)
+        self._spills.append(spill)
+        return spill
+
+    def rows(self, name: str, width: int, dtype: str, payloads: bool = True) -> RowSpill:
+        spill = RowSpill(Path(self._dir.name), name, width, dtype, payloads)
         self._spills.append(spill)
         return spill
 

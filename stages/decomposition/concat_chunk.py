@@ -4,7 +4,7 @@ concatenated (or best-fit packed) and cut into fixed-length contexts, per group.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -18,6 +18,7 @@ from stages.base import (
     Outcome,
     StageParams,
 )
+from stages.blocks.spill import GroupScratch
 
 
 class ConcatChunkParams(StageParams):
@@ -60,14 +61,14 @@ class ConcatChunk(GroupStage):
 
     def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
         """``concat`` reads the group's stream once and writes each context as it fills (memory: the
-        documents of one context); ``best_fit`` sorts every piece by length first, so it holds its
-        group (bound it with ``groups``)."""
+        documents of one context); ``best_fit`` sorts every piece by length first: it spills the
+        documents and holds a table of their pieces (see :func:`best_fit_decreasing`)."""
         from stages.blocks.packing import StreamPacker
 
         p: ConcatChunkParams = self.params
         L = p.context_length
-        sums = dict.fromkeys(("contexts", "tokens_in", "tokens_kept", "same_pairs", "total_pairs",
-                              "segment_tokens", "segments"), 0)
+        sums = {"contexts": 0, "tokens_in": 0, "tokens_kept": 0, "same_pairs": 0.0, "total_pairs": 0.0,
+                "segment_tokens": 0.0, "segments": 0}
         if p.packing == "concat":
             packer = StreamPacker(L, None, p.drop_last, pad_id=p.pad_id)
             for i, r in enumerate(records):
@@ -81,14 +82,23 @@ class ConcatChunk(GroupStage):
             for _, doc_id in tail.docs:
                 yield Dropped(doc_id, "in the incomplete last context", f"drop_last with L={L}")
         else:
-            records = list(records)  # best fit decreasing places the longest pieces first
-            ids = [r["id"] for r in records]
-            tokens = [np.asarray(r["input_ids"], dtype=np.int32) for r in records]
-            sums["tokens_in"] = int(sum(len(t) for t in tokens))
-            for row, spans in best_fit_decreasing(tokens, L, p.pad_id):
-                yield self._context(key, row, [(ids[d], a, b, off) for d, a, b, off in spans], sums)
+            yield from self._best_fit(key, records, sums)
         for name, v in sums.items():
             metrics[name] = metrics.get(name, 0) + v
+
+    def _best_fit(self, key: str, records: Iterable[dict], sums: dict) -> Iterator[dict]:
+        p: ConcatChunkParams = self.params
+        with GroupScratch() as scratch:
+            tokens = scratch.arrays("tokens", "int32")
+            docs = scratch.rows("docs", 1, "int64")  # each document's length, and its id
+            for r in records:
+                t = np.asarray(r["input_ids"], dtype=np.int32)
+                tokens.append(t)
+                docs.append(np.array([len(t)]), r["id"])
+                sums["tokens_in"] += len(t)
+            lengths = docs.array()[:, 0]
+            for row, spans in best_fit_decreasing(lengths, tokens.read, p.context_length, p.pad_id):
+                yield self._context(key, row, [(docs.payload(d), a, b, off) for d, a, b, off in spans], sums)
 
     def _context(self, key: str, ids_c: np.ndarray, spans: list[tuple[str, int, int, int]], sums: dict) -> dict:
         """One context's record (``spans``: doc id, start, end, offset in the doc), its figures added
@@ -129,35 +139,45 @@ def _by_id(spans: list[dict]) -> list[tuple[str, int, int, int]]:
     return [(s["doc"][1], s["start"], s["end"], s["doc_tok_offset"]) for s in spans]
 
 
-def best_fit_decreasing(tokens: list[np.ndarray], length: int, pad_id: int):
-    """Documents cut at ``length``, pieces sorted longest first, each put in the context with the least
-    room that still fits it (a new context when none does); contexts padded to ``length``."""
+def best_fit_decreasing(lengths: np.ndarray, tokens_of: Callable[[int, int, int], np.ndarray], length: int,
+                        pad_id: int) -> Iterator[tuple[np.ndarray, list[tuple[int, int, int, int]]]]:
+    """Documents (their ``lengths``) cut at ``length``, pieces sorted longest first (ties: document,
+    then offset), each put in the context with the least room that still fits it (a new context
+    when none does); contexts padded to ``length``, in the order they were opened, with spans
+    (doc, start, end, offset in the doc). Holds a table of the pieces (about 40 bytes each) and the
+    contexts' free room; ``tokens_of(doc, offset, size)`` reads a piece's tokens as its context is
+    written."""
     import bisect
 
-    pieces = []  # (size, doc, offset)
-    for d, t in enumerate(tokens):
-        for off in range(0, len(t), length):
-            pieces.append((min(length, len(t) - off), d, off))
-    pieces.sort(key=lambda x: (-x[0], x[1], x[2]))
-    bins: list[list] = []  # per context: [(doc, offset, size)]
-    room: list[tuple[int, int]] = []  # sorted (free space, bin index)
-    for size, d, off in pieces:
-        k = bisect.bisect_left(room, (size, -1))
-        if k == len(room):
-            bins.append([(d, off, size)])
-            free, b = length - size, len(bins) - 1
-        else:
-            free, b = room.pop(k)
-            bins[b].append((d, off, size))
-            free -= size
-        bisect.insort(room, (free, b))
-    out = []
-    for items in bins:
+    lengths = np.asarray(lengths, dtype=np.int64)
+    counts = -(-lengths // length)  # an empty document has no piece
+    doc = np.repeat(np.arange(len(lengths), dtype=np.int64), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    off = (np.arange(len(doc), dtype=np.int64) - first) * length
+    size = np.minimum(length, lengths[doc] - off)
+    order = np.lexsort((off, doc, -size))
+    bin_at = np.empty(len(order), dtype=np.int64)  # the context of the k-th piece placed
+    room: list[tuple[int, int]] = []  # sorted (free space, context)
+    opened = 0
+    for lo in range(0, len(order), 65536):
+        for k, n in enumerate(size[order[lo:lo + 65536]].tolist(), start=lo):
+            j = bisect.bisect_left(room, (n, -1))
+            if j == len(room):
+                free, b = length - n, opened
+                opened += 1
+            else:
+                free, b = room.pop(j)
+                free -= n
+            bisect.insort(room, (free, b))
+            bin_at[k] = b
+    by_context = order[np.argsort(bin_at, kind="stable")]  # each context's pieces in the order placed
+    bounds = np.searchsorted(np.sort(bin_at), np.arange(opened + 1))
+    for b in range(opened):
         ids = np.full(length, pad_id, dtype=np.int32)
         spans, at = [], 0
-        for d, off, size in items:
-            ids[at:at + size] = tokens[d][off:off + size]
-            spans.append((d, at, at + size, off))
-            at += size
-        out.append((ids, spans))
-    return out
+        for k in by_context[bounds[b]:bounds[b + 1]].tolist():
+            d, o, n = int(doc[k]), int(off[k]), int(size[k])
+            ids[at:at + n] = tokens_of(d, o, n)
+            spans.append((d, at, at + n, o))
+            at += n
+        yield ids, spans

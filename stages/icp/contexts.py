@@ -35,16 +35,6 @@ def _batches(records: Iterable[dict], n: int) -> Iterator[list[dict]]:
         yield batch
 
 
-class _EmbRows:
-    """``emb[docs]`` over spilled embeddings: the rows of a few documents, read from disk."""
-
-    def __init__(self, spill: RowSpill) -> None:
-        self._spill = spill
-
-    def __getitem__(self, docs: list[int]) -> np.ndarray:
-        return self._spill.rows(docs)
-
-
 class PackParams(StageParams):
     tokenizer: TokenizerRef = Field("smollm2", description="the LM tokenizer: smollm2, minilm, or a tokenizer.json")
     context_length: int = Field(8192, gt=0, description="tokens per context [paper: 8192]")
@@ -85,16 +75,17 @@ class IcpPack(GroupStage):
     def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome | Truncated]:
         """One pass over the group's stream: documents tokenized a batch at a time and packed as they
         come (:class:`StreamPacker`), each finished context spilled to disk; then the contexts are
-        read back in their shuffled order. Memory: one batch of documents, one context, and 12 bytes
-        a document and a context (token counts, offsets); embeddings, when the records carry them,
-        are spilled too and read back for the similarity figures."""
+        read back in their shuffled order. Memory: one batch of documents, the documents of one
+        context, and 20 bytes a context (offsets, the shuffle, a similarity value); each document's
+        token count and embedding are spilled too, for the similarity figures, whose random control
+        holds a permutation of the documents (8 bytes each)."""
         p: PackParams = self.params
         packer = StreamPacker(p.context_length, self._eos, p.drop_last,
                               pad_id=self._eos if self._eos is not None else 0)
-        lengths = array("q")  # tokens of each document (without EOS): the random control's packing
         tokens_total = 0
         with GroupScratch() as scratch:
             contexts = scratch.rows("contexts", p.context_length, "int32")
+            lengths = scratch.rows("lengths", 1, "int64", payloads=False)  # the random control's packing
             emb: RowSpill | None = None
 
             def spill(made: list) -> None:
@@ -105,12 +96,14 @@ class IcpPack(GroupStage):
                 encoded = self._tok.encode_batch_fast([r["text"] for r in batch], add_special_tokens=False)
                 for r, e in zip(batch, encoded, strict=True):
                     if len(lengths) == 0 and r.get("emb") is not None:
-                        emb = scratch.rows("emb", len(r["emb"]), "float32")
+                        emb = scratch.rows("emb", len(r["emb"]), "float32", payloads=False)
                     if emb is not None:
+                        if r.get("emb") is None:
+                            raise ValueError(f"record {r['id']!r} has no `emb`, but the first of its group has one")
                         emb.append(np.asarray(r["emb"], dtype=np.float32))
                     t = np.asarray(e.ids, dtype=np.int32)
                     spill(packer.add((len(lengths), r["id"]), t))
-                    lengths.append(len(t))
+                    lengths.append(np.array([len(t)]))
                     tokens_total += len(t)
             last, tail = packer.finish()
             spill(last)
@@ -124,7 +117,7 @@ class IcpPack(GroupStage):
             sums = {"contexts": len(contexts), "tokens": tokens_total, "documents_straddling": tail.straddling,
                     "documents_truncated": int(tail.cut is not None)}
             if emb is not None and len(contexts):
-                sums.update(self._similarity_sums(contexts, emb, np.frombuffer(lengths, dtype=np.int64)))
+                sums.update(self._similarity_sums(contexts, emb.array(), lengths.array()[:, 0]))
         for k, v in sums.items():
             metrics[k] = metrics.get(k, 0) + v
 
@@ -135,30 +128,37 @@ class IcpPack(GroupStage):
                                                              "big")
         positions = np.random.default_rng(seed).permutation(n_ctx) if p.shuffle else np.arange(n_ctx)
         prefix = "ctx-" if key == "all" else f"ctx-{key}-"
-        for c in np.argsort(positions, kind="stable").tolist():
+        for c in np.argsort(positions, kind="stable"):
+            c = int(c)
             yield {"id": f"{prefix}{positions[c]:08d}", "ctx_index": c, "input_ids": contexts.row(c),
                    "spans": [{"doc_id": doc_id, "start": a, "end": b, "doc_tok_offset": off}
                              for (_, doc_id), a, b, off in contexts.payload(c)]}
 
-    def _similarity_sums(self, contexts: RowSpill, emb: RowSpill, lengths: np.ndarray) -> dict[str, float]:
+    def _similarity_sums(self, contexts: RowSpill, emb: np.ndarray, lengths: np.ndarray) -> dict[str, float]:
         """(sum, count) of the in-context similarity over this group's contexts, and over a packing of
-        the same documents in a random order (the control), to add up over ranges."""
+        the same documents in a random order (the control), to add up over ranges. ``emb`` and
+        ``lengths`` are mapped from the spill; the values are kept as float32, 4 bytes a context."""
         p: PackParams = self.params
-        emb_rows = _EmbRows(emb)
-        own = [v for c in range(len(contexts))
-               if (v := core.context_value(emb_rows, [doc for (doc, _), *_ in contexts.payload(c)])) is not None]
+        own, control_values = array("f"), array("f")
+
+        def add(values: array, docs: list[int]) -> None:
+            if (v := core.context_value(emb, docs)) is not None:
+                values.append(v)
+
+        for c in range(len(contexts)):
+            add(own, [doc for (doc, _), *_ in contexts.payload(c)])
         control = StreamPacker(p.context_length, self._eos, p.drop_last)
-        random = []
-        for d in np.random.default_rng(1).permutation(len(lengths)).tolist():
-            for _, spans in control.add(d, np.zeros(lengths[d], dtype=np.int32)):
-                if (v := core.context_value(emb_rows, [s["doc"] for s in spans])) is not None:
-                    random.append(v)
+        for d in np.random.default_rng(1).permutation(len(lengths)):
+            for _, spans in control.add(int(d), np.zeros(int(lengths[d]), dtype=np.int32)):
+                add(control_values, [s["doc"] for s in spans])
         for _, spans in control.finish()[0]:
-            if (v := core.context_value(emb_rows, [s["doc"] for s in spans])) is not None:
-                random.append(v)
-        return {"similarity_sum": core.mean_value(own) * len(own) if own else 0.0, "similarity_n": len(own),
-                "similarity_random_sum": core.mean_value(random) * len(random) if random else 0.0,
-                "similarity_random_n": len(random)}
+            add(control_values, [s["doc"] for s in spans])
+        sums = {}
+        for name, values in (("similarity", own), ("similarity_random", control_values)):
+            v = np.frombuffer(values, dtype=np.float32)
+            sums[f"{name}_sum"] = core.mean_value(v) * len(v) if len(v) else 0.0
+            sums[f"{name}_n"] = len(v)
+        return sums
 
     def summarize_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         out = {k: sums.get(k, 0) for k in ("contexts", "tokens", "documents_straddling", "documents_truncated")}

@@ -32,8 +32,9 @@ def context_value(emb: np.ndarray, docs: list[int]) -> float | None:
     return (g.sum() - np.trace(g)) / (m * (m - 1))
 
 
-def mean_value(values: list) -> float:
-    return float(np.mean(values)) if values else float("nan")
+def mean_value(values) -> float:
+    """The mean of per-context values (a list or an array of float32), NaN for none."""
+    return float(np.mean(values)) if len(values) else float("nan")
 
 
 def context_similarity(emb: np.ndarray, spans: list[list[dict]]) -> float:

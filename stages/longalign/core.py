@@ -231,11 +231,17 @@ def group_sequence_counts(n_seqs_with_targets: list[int], k: int) -> list[int]:
     return [int(sum(n_seqs_with_targets[g:g + k])) for g in range(0, len(n_seqs_with_targets), k)]
 
 
+def batch_order(n_rows: int, batch: int, seed: int) -> tuple[np.ndarray, int]:
+    """Spec 3.5 on rows already in length order: the full batches (batch g holds rows g*B..(g+1)*B)
+    in training order, shuffled with the seed, and the number of rows in full batches (the rest,
+    the longest, are dropped)."""
+    n_full = n_rows // batch * batch
+    return np.random.default_rng(seed).permutation(n_full // batch), n_full
+
+
 def sorted_batches(lengths: list[int], batch: int, seed: int) -> tuple[list[list[int]], list[int]]:
     """Spec 3.5: stable sort by length, groups of ``batch`` rows, the remainder dropped, group order
     shuffled with the seed. Returns (groups in training order, dropped rows)."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    n_full = len(order) // batch * batch
-    groups = [order[g:g + batch] for g in range(0, n_full, batch)]
-    perm = np.random.default_rng(seed).permutation(len(groups)).tolist()
-    return [groups[p] for p in perm], order[n_full:]
+    perm, n_full = batch_order(len(order), batch, seed)
+    return [order[g * batch:(g + 1) * batch] for g in perm.tolist()], order[n_full:]

@@ -28,6 +28,7 @@ from stages.base import (
     TokenizerRef,
 )
 from stages.blocks.generation import GeneratorParams, open_generator, refusal, refused, with_call_counts
+from stages.blocks.spill import GroupScratch
 from stages.longalign import core
 
 INSTRUCTION_ROW = REGISTRY.register(RecordSchema("longalign_row", 1, (
@@ -237,6 +238,13 @@ class ChatTokenize(RecordStage):
         yield out if isinstance(out, Dropped) else {**record, **out}
 
 
+class _TooLong(list):
+    """The rows no pack can hold, kept as (id, tokens) until the packs are written."""
+
+    def append(self, row: dict) -> None:
+        super().append((row["id"], len(row["input_ids"])))
+
+
 class BatchesParams(StageParams):
     mode: Literal["pack", "sorted"] = "pack"
     max_len: int = Field(8192, gt=0, description="pack capacity L")
@@ -275,39 +283,52 @@ class LongAlignBatches(GroupStage):
         p: BatchesParams = self.params
         h = hashlib.sha256(f"{self.seed}:{record['id']}".encode()).digest()
         group = int.from_bytes(h[:8], "big") % p.groups
-        place = int.from_bytes(h[8:16], "big") >> 1 if (p.shuffle and p.mode == "pack") else 0
+        if p.mode == "sorted":  # the engine hands the group over sorted by length, stably (spec 3.5)
+            return f"{group:05d}", len(record["input_ids"])
+        place = int.from_bytes(h[8:16], "big") >> 1 if p.shuffle else 0
         return f"{group:05d}", place  # place 0: the rows' own order (shard, row)
 
     def build(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
-        """Packs read the group's stream once and hold one step of ``packs_per_step`` packs (and
-        ``first_fit_decreasing`` its buffer of rows); ``sorted`` sorts the whole group by length,
-        so it holds its group (bound it with ``groups``)."""
+        """Read the group's stream once. Packs hold one step of ``packs_per_step`` packs (and
+        ``first_fit_decreasing`` its buffer of rows); ``sorted`` gets its rows in length order from
+        the engine (``group_of``'s place), spills them and reads the batches back shuffled."""
         if self.params.mode == "sorted":
-            yield from self._sorted_batches(key, list(records), metrics)
+            yield from self._sorted_batches(key, records, metrics)
         else:
             yield from self._packs(key, records, metrics)
 
-    def _sorted_batches(self, key: str, records: list[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
+    def _sorted_batches(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
         p: BatchesParams = self.params
-        lengths = [len(r["input_ids"]) for r in records]
+        B = p.batch_size
         rng_seed = int.from_bytes(hashlib.sha256(f"{self.seed}:{key}".encode()).digest()[:4], "big")
-        groups, rest = core.sorted_batches(lengths, p.batch_size, rng_seed if p.groups > 1 else self.seed)
-        position = 0
-        for g, grp in enumerate(groups):
-            for i in grp:
-                r = records[i]
-                yield {"id": r["id"], "input_ids": r["input_ids"], "labels": r["labels"], "len": lengths[i],
-                       "batch": g, "position": position}
-                position += 1
-        for i in rest:
-            yield Dropped(records[i]["id"], "sorted-batching remainder", f"{len(rest)} rows past the last full batch")
-        for name, v in (("batches", len(groups)), ("rows", position), ("remainder", len(rest))):
+        with GroupScratch() as scratch:
+            rows = scratch.rows("rows", 1, "int64")
+            last = 0
+            for r in records:
+                n = len(r["input_ids"])
+                if n < last:
+                    raise ValueError(f"longalign_batches (mode: sorted): group {key} is not in length order; its "
+                                     "parts were written by an older longforge: run again with --fresh")
+                last = n
+                rows.append(np.array([n]), (r["id"], r["input_ids"], r["labels"]))
+            order, n_full = core.batch_order(len(rows), B, rng_seed if p.groups > 1 else self.seed)
+            position = 0
+            for g, first in enumerate(order.tolist()):
+                for i in range(first * B, (first + 1) * B):
+                    row_id, toks, labels = rows.payload(i)
+                    yield {"id": row_id, "input_ids": toks, "labels": labels, "len": len(toks), "batch": g,
+                           "position": position}
+                    position += 1
+            rest = len(rows) - n_full
+            for i in range(n_full, len(rows)):
+                yield Dropped(rows.payload(i)[0], "sorted-batching remainder", f"{rest} rows past the last full batch")
+        for name, v in (("batches", len(order)), ("rows", position), ("remainder", rest)):
             metrics[name] = metrics.get(name, 0) + v
 
     def _packs(self, key: str, records: Iterable[dict], metrics: dict[str, float]) -> Iterator[Outcome]:
         p: BatchesParams = self.params
         L, K = p.max_len, p.packs_per_step
-        skipped: list[dict] = []
+        skipped = _TooLong()
         rows = ({"id": r["id"], "input_ids": r["input_ids"], "labels": r["labels"]} for r in records)
         packer = core.next_fit if p.packing == "next_fit" else core.first_fit_decreasing
         step: list[list[dict]] = []  # the packs of one training step: their count of sequences is M
@@ -319,8 +340,8 @@ class LongAlignBatches(GroupStage):
                 step = []
         if step:
             yield from self._step(key, step, sums)
-        for r in skipped:
-            yield Dropped(r["id"], f"longer than the pack capacity {L}", f"{len(r['input_ids'])} tokens")
+        for row_id, n in skipped:
+            yield Dropped(row_id, f"longer than the pack capacity {L}", f"{n} tokens")
         sums["capacity"] = sums["packs"] * L
         for name, v in sums.items():
             metrics[name] = metrics.get(name, 0) + v

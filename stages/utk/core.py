@@ -110,7 +110,11 @@ def marker_overhead(markers: Markers, label_ids: Sequence[tuple[int, ...]]) -> i
 
 
 class LabelTokenizer:
-    """Labels tokenised in isolation (never merged with neighbouring text), cached."""
+    """Labels tokenised in isolation (never merged with neighbouring text). Random labels of six
+    characters almost never repeat, so a cache of every label only grew with the stream (about
+    100 bytes a chunk): at most :data:`CACHE` recent ones are kept, for short labels that do."""
+
+    CACHE = 4096
 
     def __init__(self, encode):
         self._encode = encode
@@ -120,8 +124,9 @@ class LabelTokenizer:
         ids = self._cache.get(label)
         if ids is None:
             ids = tuple(self._encode(label))
-            if len(self._cache) < 1_000_000:
-                self._cache[label] = ids
+            if len(self._cache) >= self.CACHE:
+                self._cache.clear()
+            self._cache[label] = ids
         return ids
 
 

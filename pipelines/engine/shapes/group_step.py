@@ -6,8 +6,9 @@ file, which nothing would read), with the group key, the place in the group and 
 (partition, group, place, row), each partition in row groups of at most ``PART_ROWS`` rows (its
 marker says which). Task ``p`` of the group step merges partition ``p`` of every shard as a stream,
 one row group per shard in memory, and hands ``build`` each group's records as a stream in key
-order; its records are written as they come. A worker holds ``shards x PART_ROWS`` input rows
-plus what the stage itself keeps (UtK: one sample's documents), not the partition.
+order; its records are written as they come. A worker holds one row group a shard (together about
+``MERGE_BYTES``, whatever the number of shards) plus what the stage itself keeps (UtK: one
+sample's documents), not the partition.
 Partitions are the group step's shards: its records, removed records, side tables and markers have
 the layout of a segment's, and a killed run redoes only the partitions without a marker.
 """
@@ -40,6 +41,11 @@ _GROUP, _ORDER, _ROW, _SHARD = "__group", "__order", "__row", "__shard"
 
 #: Rows per row group of a parts file: what one shard contributes to a group task's merge at a time.
 PART_ROWS = 2048
+#: What a group task's merge holds of its input at once, over every shard: a parts row group is at
+#: most this over the number of shards (and 8 MB), so more shards do not mean a larger merge.
+MERGE_BYTES = 32 * 1024 * 1024
+#: Rows turned into records at a time from a row group the merge holds.
+_DECODE_ROWS = 256
 
 
 def write_parts(plan: Plan, step: Step, i: int, rows: list[dict],
@@ -60,8 +66,13 @@ def write_parts(plan: Plan, step: Step, i: int, rows: list[dict],
                               (_ROW, "ascending")])
     part = table.column("__part").to_numpy()
     groups = write_row_group_runs(table.drop_columns(["__part"]), part, n, shard_files(plan, step, i)["parts"],
-                                  PART_ROWS)
+                                  PART_ROWS, part_bytes(n))
     return groups, time.perf_counter() - t0
+
+
+def part_bytes(shards: int) -> int:
+    """The size of a parts row group when a partition is merged from ``shards`` shards."""
+    return max(256 * 1024, min(8 * 1024 * 1024, MERGE_BYTES // max(1, shards)))
 
 
 def partition_row_groups(marker: dict | None, p: int) -> list[int]:
@@ -81,10 +92,12 @@ def _shard_stream(path: Path, row_groups: list[int], shard: int, as_rows) -> Ite
     for g in row_groups:
         t = pf.read_row_group(g)
         keys, places, rows = (t.column(c).to_pylist() for c in (_GROUP, _ORDER, _ROW))
-        records = as_rows(t.drop_columns([_GROUP, _ORDER, _ROW]))
+        t = t.drop_columns([_GROUP, _ORDER, _ROW])
+        for lo in range(0, t.num_rows, _DECODE_ROWS):  # records made a slice at a time, not the row group
+            records = as_rows(t.slice(lo, _DECODE_ROWS))
+            for j, rec in enumerate(records, start=lo):
+                yield (keys[j], places[j], shard, rows[j]), rec
         del t
-        for k, o, r, rec in zip(keys, places, rows, records, strict=True):
-            yield (k, o, shard, r), rec
 
 
 def stream_partition(plan: Plan, step: Step, p: int, as_rows) -> Iterator[tuple[tuple, dict]]:

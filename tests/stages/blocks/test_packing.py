@@ -77,3 +77,31 @@ def test_pack_is_the_stream_over_an_order():
         [[(int(order[d]), a, b, o) for d, a, b, o in ctx] for ctx in want]
     assert p.docs_in_tail.tolist() == [int(order[d]) for d in tail]
     assert p.cut == ((int(order[cut[0]]),) + cut[1:] if cut else None)
+
+
+def test_a_killed_tasks_spill_is_removed_by_the_next_and_a_live_ones_is_kept(tmp_path, monkeypatch):
+    """A group task killed mid-spill leaves its scratch directory; the next one on the machine
+    removes it, never one whose process still runs (its own, or another task's)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from stages.blocks.spill import GroupScratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"longforge-group-{int(gone.stdout)}-abc"
+    live = tmp_path / f"longforge-group-{os.getppid()}-def"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "contexts.bin").write_bytes(b"\0" * 64)
+    with GroupScratch() as scratch:
+        spill = scratch.rows("contexts", 4, "int32")
+        spill.append(np.arange(4), {"a": 1})
+        spill.append(np.arange(4, 8), None)
+        assert spill.row(1).tolist() == [4, 5, 6, 7] and spill.payload(0) == {"a": 1}
+        assert not dead.exists() and live.exists()
+        ours = [d for d in tmp_path.iterdir() if d.name.startswith(f"longforge-group-{os.getpid()}-")]
+        assert len(ours) == 1
+    assert not ours[0].exists() and live.exists()

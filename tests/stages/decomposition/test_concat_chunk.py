@@ -74,3 +74,22 @@ def test_concat_reads_its_group_as_a_stream(tokenised):
     assert len(read) == len({s["doc_id"] for s in first["spans"]})
     rest = list(outcomes)
     assert len(read) == len(records) and rest  # and then the rest, once
+
+
+def test_best_fit_spills_its_group_and_leaves_nothing_behind(tokenised, tmp_path, monkeypatch):
+    """best_fit_decreasing sorts every piece first: the stage reads its stream once into a spill,
+    gives the same contexts as the packer over the documents in hand, and removes the spill."""
+    import tempfile
+
+    import numpy as np
+
+    from stages.decomposition.concat_chunk import best_fit_decreasing
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rows, _, records = _run(tokenised, context_length=1024, packing="best_fit_decreasing")
+    assert list(tmp_path.iterdir()) == []
+    tokens = [np.asarray(r["input_ids"], dtype=np.int32) for r in records]
+    want = list(best_fit_decreasing(np.array([len(t) for t in tokens]), lambda d, o, n: tokens[d][o:o + n], 1024, 0))
+    assert [r["input_ids"].tolist() for r in rows] == [ids.tolist() for ids, _ in want]
+    assert [[(s["doc_id"], s["start"], s["end"]) for s in r["spans"]] for r in rows] == \
+        [[(records[d]["id"], a, b) for d, a, b, _ in spans] for _, spans in want]

@@ -221,7 +221,8 @@ def test_batches_stage_in_both_modes():
                 "n_target": sum(x != -100 for x in labels[k]), "len": n} for k, n in enumerate(lengths)]
     sorted_stage = LongAlignBatches(LongAlignBatches.Params(mode="sorted", batch_size=4), seed=0)
     metrics: dict = {}
-    outcomes = list(sorted_stage.build("00000", records, metrics))
+    in_place_order = sorted(records, key=lambda r: sorted_stage.group_of(r)[1])  # as the engine hands it over
+    outcomes = list(sorted_stage.build("00000", in_place_order, metrics))
     out = [o for o in outcomes if isinstance(o, dict)]
     assert len(out) == 36 and sum(isinstance(o, Dropped) for o in outcomes) == 1 and metrics["batches"] == 9
     for b in range(9):
@@ -316,3 +317,27 @@ def test_packs_read_their_group_as_a_stream(packing):
     want, _ = (core.pack_next_fit if packing == "next_fit" else core.pack_first_fit_decreasing)(lengths, 1024)
     assert [p["cu_seqlens"] for p in packs] == [p.cu_seqlens for p in want][1:]
     assert [p["seq_ids"] for p in packs] == [[f"r{i:04d}" for i in p.rows] for p in want][1:]
+
+
+def test_sorted_mode_gets_its_rows_in_length_order_and_gives_the_list_rule():
+    """The engine sorts the group by the place group_of gives (the length, ties in the rows' own
+    order); the stage spills the rows and gives the batches of core.sorted_batches over the rows as
+    they came, and refuses rows out of length order (parts of an older run)."""
+    from stages.base import Dropped
+    from stages.longalign.stages import LongAlignBatches
+
+    lengths, labels = _rows(203, seed=9, hi=300)
+    records = [{"id": f"r{k:03d}", "input_ids": list(range(n)), "labels": labels[k]} for k, n in enumerate(lengths)]
+    stage = LongAlignBatches(LongAlignBatches.Params(mode="sorted", batch_size=8), seed=3)
+    delivered = sorted(records, key=lambda r: stage.group_of(r)[1])  # stable: ties keep the rows' order
+    metrics: dict = {}
+    out = list(stage.build("00000", iter(delivered), metrics))
+    groups, rest = core.sorted_batches(lengths, 8, seed=3)
+    rows = [o for o in out if isinstance(o, dict)]
+    assert [r["id"] for r in rows] == [f"r{i:03d}" for g in groups for i in g]
+    assert [r["batch"] for r in rows] == [g for g, grp in enumerate(groups) for _ in grp]
+    assert [r["labels"] for r in rows] == [labels[i] for g in groups for i in g]
+    assert [o.record_id for o in out if isinstance(o, Dropped)] == [f"r{i:03d}" for i in rest]
+    assert metrics == {"batches": 25, "rows": 200, "remainder": 3}
+    with pytest.raises(ValueError, match="length order"):
+        list(stage.build("00000", iter(records), {}))

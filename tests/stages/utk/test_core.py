@@ -251,3 +251,14 @@ def test_a_stream_read_on_demand_gives_the_list_samples_and_holds_one_sample_of_
     for a, b in zip(streamed, whole, strict=True):
         assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.roles, b.roles) and a.chunks == b.chunks
     assert widest < len(docs) / 10  # a window, not the stream
+
+
+def test_the_label_cache_stays_small_over_a_long_stream():
+    """Random labels almost never repeat: the cache keeps a bounded number of them (a cache of
+    every label grew with the stream, about 100 bytes a chunk), and gives the same ids."""
+    calls = []
+    tok = core.LabelTokenizer(lambda s: calls.append(s) or [ord(c) for c in s])
+    for k in range(3 * core.LabelTokenizer.CACHE):
+        assert tok(f"L{k:06d}") == tuple(ord(c) for c in f"L{k:06d}")
+    assert len(tok._cache) <= core.LabelTokenizer.CACHE
+    assert tok("L000001") == tuple(ord(c) for c in "L000001") and tok("L000001") == tok("L000001")
