@@ -5,6 +5,7 @@ Only this process writes to the catalog; runners hand their statistics and remov
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
 import time
@@ -60,6 +61,9 @@ def check_accounting(stats: list[dict]) -> None:
 def run_pipeline(plan: Plan, *, runner: str = "local", workers: int = 1, beam_args: list[str] | None = None,
                  catalog: Catalog | None = None, progress: Progress | None = None,
                  overwrite: bool = False) -> RunResult:
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError("run_pipeline was called while a worker process was starting: the script that calls it "
+                           "runs again in each worker; put the call under `if __name__ == \"__main__\":`")
     catalog = catalog or Catalog()
     progress = progress or Progress()
     run_id = new_run_id()

@@ -329,6 +329,11 @@ class GroupStage(Stage):
     #: The type of the place ``group_of`` gives (an int, or a string such as the record's id).
     place_type: pa.DataType = pa.int64()
 
+    def place_form(self) -> str | None:
+        """A name for what the place means, when a stage changed it (None: the first meaning). The
+        parts an older run wrote with another meaning are written again, never read in that order."""
+        return None
+
     def group_of(self, record: dict) -> tuple[str, int]:
         """(group key, place of the record within its group): a group's records reach ``build``
         in the order of their places."""

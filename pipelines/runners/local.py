@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 from pipelines.engine import task
@@ -23,10 +24,20 @@ def _adopt(environ: dict[str, str], cwd: str) -> None:
     os.chdir(cwd)
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+def _main_without_file(plan: Plan) -> bool:
+    """Whether a stage of the plan is defined in a ``__main__`` that a new process cannot import
+    again (a notebook, ``python -c``, standard input)."""
+    file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return any(type(ps.stage).__module__ == "__main__" for ps in plan.stages) and not (file and os.path.isfile(file))
+
+
+def _pool(plan: Plan, workers: int) -> ProcessPoolExecutor:
     """Workers started from a fork server, not forked from the driver: a forked worker would hold
     (and count in its memory) whatever the driver holds when the step starts, which grows with the
-    run; these start from the server's few imports and take the driver's environment and folder."""
+    run; these start from the server's few imports and take the driver's environment and folder.
+    Stages defined in a notebook cell exist only in the driver: those runs fork."""
+    if _main_without_file(plan):
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["pipelines.engine.task"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_adopt,
@@ -41,7 +52,7 @@ def run_tasks(plan: Plan, step: Step, workers: int, progress: Progress) -> None:
         for i in todo:
             bar.update_with(task.run_task(plan, step, i))
     else:
-        with _pool(workers) as pool:
+        with _pool(plan, workers) as pool:
             for marker in pool.map(_run_task, [(plan, step.index, i) for i in todo]):
                 bar.update_with(marker)
     bar.close()

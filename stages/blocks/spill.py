@@ -5,6 +5,7 @@ when the stage leaves the ``with`` block, whatever happens."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import shutil
@@ -113,24 +114,30 @@ class ArraySpill:
 
 
 _PREFIX = "longforge-group-"
+_LOCK = "in-use.lock"
 
 
-def _alive(pid: int) -> bool:
+def _held(lock: Path) -> bool:
+    """Whether a live process holds the scratch directory's lock (an flock is released when its
+    process dies, whatever pid namespace or container it ran in)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return True  # being made right now (or not ours): left alone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def remove_orphans(root: Path) -> None:
     """Scratch directories under ``root`` whose process is gone (a worker killed mid-task leaves
     its spill behind; the next group task on that machine removes it)."""
-    for d in root.glob(f"{_PREFIX}*-*"):
-        pid = d.name[len(_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+    for d in root.glob(f"{_PREFIX}*"):
+        if d.is_dir() and not _held(d / _LOCK):
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -140,22 +147,29 @@ class GroupScratch:
     group task on the machine when the process was killed."""
 
     def __enter__(self) -> GroupScratch:
-        remove_orphans(Path(tempfile.gettempdir()))
-        self._dir = tempfile.TemporaryDirectory(prefix=f"{_PREFIX}{os.getpid()}-")
+        root = Path(tempfile.gettempdir())
+        remove_orphans(root)
+        # Locked under another name, then renamed: no other task ever sees it unlocked.
+        making = Path(tempfile.mkdtemp(prefix=".longforge-making-", dir=root))
+        self._lock = os.open(making / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # held while the directory is in use
+        self._path = root / (_PREFIX + making.name[len(".longforge-making-"):])
+        os.rename(making, self._path)
         self._spills: list[RowSpill | ArraySpill] = []
         return self
 
     def arrays(self, name: str, dtype: str) -> ArraySpill:
-        spill = ArraySpill(Path(self._dir.name), name, dtype)
+        spill = ArraySpill(self._path, name, dtype)
         self._spills.append(spill)
         return spill
 
     def rows(self, name: str, width: int, dtype: str, payloads: bool = True) -> RowSpill:
-        spill = RowSpill(Path(self._dir.name), name, width, dtype, payloads)
+        spill = RowSpill(self._path, name, width, dtype, payloads)
         self._spills.append(spill)
         return spill
 
     def __exit__(self, *exc: object) -> None:
         for spill in self._spills:
             spill.close()
-        self._dir.cleanup()
+        shutil.rmtree(self._path, ignore_errors=True)
+        os.close(self._lock)

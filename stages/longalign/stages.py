@@ -279,6 +279,9 @@ class LongAlignBatches(GroupStage):
     def output_schema(self, upstream: RecordSchema) -> RecordSchema:
         return PACK if self.params.mode == "pack" else SORTED_ROW
 
+    def place_form(self) -> str | None:
+        return "length" if self.params.mode == "sorted" else None
+
     def group_of(self, record: dict) -> tuple[str, int]:
         p: BatchesParams = self.params
         h = hashlib.sha256(f"{self.seed}:{record['id']}".encode()).digest()
@@ -307,8 +310,8 @@ class LongAlignBatches(GroupStage):
             for r in records:
                 n = len(r["input_ids"])
                 if n < last:
-                    raise ValueError(f"longalign_batches (mode: sorted): group {key} is not in length order; its "
-                                     "parts were written by an older longforge: run again with --fresh")
+                    raise ValueError(f"longalign_batches (mode: sorted): group {key} reached the stage out of "
+                                     "length order (group_of's place is the length); nothing was written for it")
                 last = n
                 rows.append(np.array([n]), (r["id"], r["input_ids"], r["labels"]))
             order, n_full = core.batch_order(len(rows), B, rng_seed if p.groups > 1 else self.seed)

@@ -206,7 +206,8 @@ class GroupShape(Shape):
 
     def feed_format(self, ps: PlannedStage) -> str | None:
         place = ps.stage.place_type
-        return None if place == pa.int64() else f"place:{place}"
+        forms = ([] if place == pa.int64() else [f"place:{place}"]) + [f for f in [ps.stage.place_form()] if f]
+        return ";".join(forms) or None
 
     def feed_streamed(self) -> bool:
         return False  # the parts are sorted over the whole task: it feeds from the task's rows

@@ -81,8 +81,8 @@ def test_pack_is_the_stream_over_an_order():
 
 def test_a_killed_tasks_spill_is_removed_by_the_next_and_a_live_ones_is_kept(tmp_path, monkeypatch):
     """A group task killed mid-spill leaves its scratch directory; the next one on the machine
-    removes it, never one whose process still runs (its own, or another task's)."""
-    import os
+    removes it, never one whose process still runs, whatever its pid namespace: a live task holds
+    the directory's lock, a dead one's lock is free."""
     import subprocess
     import sys
     import tempfile
@@ -90,18 +90,31 @@ def test_a_killed_tasks_spill_is_removed_by_the_next_and_a_live_ones_is_kept(tmp
     from stages.blocks.spill import GroupScratch
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = tmp_path / f"longforge-group-{int(gone.stdout)}-abc"
-    live = tmp_path / f"longforge-group-{os.getppid()}-def"
-    for d in (dead, live):
-        d.mkdir()
-        (d / "contexts.bin").write_bytes(b"\0" * 64)
-    with GroupScratch() as scratch:
-        spill = scratch.rows("contexts", 4, "int32")
-        spill.append(np.arange(4), {"a": 1})
-        spill.append(np.arange(4, 8), None)
-        assert spill.row(1).tolist() == [4, 5, 6, 7] and spill.payload(0) == {"a": 1}
-        assert not dead.exists() and live.exists()
-        ours = [d for d in tmp_path.iterdir() if d.name.startswith(f"longforge-group-{os.getpid()}-")]
-        assert len(ours) == 1
-    assert not ours[0].exists() and live.exists()
+    holder = (
+        "import sys, tempfile, time\n"
+        f"tempfile.tempdir = {str(tmp_path)!r}\n"
+        "from stages.blocks.spill import GroupScratch\n"
+        "with GroupScratch() as s:\n"
+        "    s.rows('contexts', 4, 'int32').append(__import__('numpy').arange(4))\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60 if sys.argv[1] == 'live' else 0.1)\n"
+        "    __import__('os')._exit(0)  # dies without removing its directory\n"
+    )
+    dead = subprocess.run([sys.executable, "-c", holder, "dead"], capture_output=True, text=True)
+    assert "ready" in dead.stdout, dead.stderr
+    (dead_dir,) = tmp_path.iterdir()
+    live = subprocess.Popen([sys.executable, "-c", holder, "live"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline().strip() == "ready"
+        (live_dir,) = [d for d in tmp_path.iterdir() if d != dead_dir]
+        with GroupScratch() as scratch:
+            spill = scratch.rows("contexts", 4, "int32")
+            spill.append(np.arange(4), {"a": 1})
+            spill.append(np.arange(4, 8), None)
+            assert spill.row(1).tolist() == [4, 5, 6, 7] and spill.payload(0) == {"a": 1}
+            assert not dead_dir.exists() and live_dir.exists()
+            (ours,) = [d for d in tmp_path.iterdir() if d != live_dir]
+        assert not ours.exists() and live_dir.exists()
+    finally:
+        live.kill()
+        live.wait()

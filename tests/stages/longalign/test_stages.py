@@ -341,3 +341,17 @@ def test_sorted_mode_gets_its_rows_in_length_order_and_gives_the_list_rule():
     assert metrics == {"batches": 25, "rows": 200, "remainder": 3}
     with pytest.raises(ValueError, match="length order"):
         list(stage.build("00000", iter(records), {}))
+
+
+def test_sorted_mode_names_its_place_so_parts_of_another_meaning_are_written_again():
+    """The place of sorted mode is the length (it was 0): the feed format of its group step says
+    so, so the markers of parts an older run wrote are not finished tasks; pack mode is unchanged."""
+    from pipelines.engine.shapes.group_step import GroupShape
+    from pipelines.engine.steps import PlannedStage
+    from stages.longalign.stages import LongAlignBatches
+
+    def form(mode):
+        stage = LongAlignBatches(LongAlignBatches.Params(mode=mode), seed=0)
+        return GroupShape().feed_format(PlannedStage(0, stage.name, stage.name, stage, None, None))
+
+    assert form("pack") is None and form("sorted") == "length"
