@@ -127,6 +127,14 @@ def decisions(outs) -> list:
     return [o for o in outs if not isinstance(o, Measured)]
 
 
+def read_as_stream(records: list[dict], read: list[str]):
+    """A group's records handed to ``build`` one at a time, each id noted in ``read`` as it is taken:
+    what a streaming stage has read when it gives its first outcome."""
+    for r in records:
+        read.append(r["id"])
+        yield r
+
+
 def write_jsonl(path: Path, records: list) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for r in records:

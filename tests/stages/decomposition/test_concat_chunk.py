@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stages import get_stage
+from tests.conftest import read_as_stream
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +63,8 @@ def test_concat_reads_its_group_as_a_stream(tokenised):
     stage = cls(cls.Params(context_length=512), seed=0)
     records = sorted(({"id": d["id"], "input_ids": d["input_ids"]} for d in tokenised),
                      key=lambda r: stage.group_of(r)[1])
-    read = []
-
-    def stream():
-        for r in records:
-            read.append(r["id"])
-            yield r
-
-    outcomes = stage.build("00000", stream(), {})
+    read: list[str] = []
+    outcomes = stage.build("00000", read_as_stream(records, read), {})
     first = next(outcomes)
     assert len(read) == len({s["doc_id"] for s in first["spans"]})
     rest = list(outcomes)

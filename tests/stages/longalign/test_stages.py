@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 
 from gpu_jobs.models import tokenizer_path
 from stages.longalign import core
+from tests.conftest import read_as_stream
 
 
 def _rows(n: int, seed: int = 0, lo: int = 20, hi: int = 900):
@@ -303,14 +304,8 @@ def test_packs_read_their_group_as_a_stream(packing):
     records = [{"id": f"r{k:04d}", "input_ids": list(range(n)), "labels": labels[k]} for k, n in enumerate(lengths)]
     stage = LongAlignBatches(LongAlignBatches.Params(mode="pack", max_len=1024, packs_per_step=2,
                                                      packing=packing, shuffle=False), seed=0)
-    read = []
-
-    def stream():
-        for r in records:
-            read.append(r["id"])
-            yield r
-
-    outcomes = stage.build("00000", stream(), {})
+    read: list[str] = []
+    outcomes = stage.build("00000", read_as_stream(records, read), {})
     next(outcomes)
     assert len(read) <= (1001 if packing == "first_fit_decreasing" else 3 * 1024 // 20)
     packs = [o for o in outcomes if isinstance(o, dict)]
