@@ -10,15 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
@@ -142,45 +133,3 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_changes(product, where,
     assert sum(retries.values()) >= 1
     assert not _retries(catalog, tmp_path / "undisturbed")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_a_ray_client_address_runs_on_a_cluster_made_by_ray_start(real_docs, tmp_path, catalog):
-    """A cluster started as a user starts one (`ray start --head`), joined through Ray Client
-    (`ray://host:port`): the local runner's bytes. Ray 2.60's client sends no authentication token,
-    so that cluster runs without token authentication (RAY_AUTH_MODE=disabled, as the README says)."""
-    pipe, inp = _pipeline(tmp_path, "decomposition", real_docs)
-    gcs, client = _free_port(), _free_port()
-    env = {"RAY_AUTH_MODE": "disabled"}
-    ray_tmp = tempfile.mkdtemp(prefix="lfc", dir="/tmp")  # Ray's socket paths must stay short
-    log = open(tmp_path / "ray-start.log", "w")  # noqa: SIM115
-    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-                             f"--port={gcs}", f"--ray-client-server-port={client}", "--num-cpus=2",
-                             "--include-dashboard=false", f"--temp-dir={ray_tmp}"],
-                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", client), timeout=1).close()
-                break
-            except OSError:
-                assert head.poll() is None and time.time() < deadline, (tmp_path / "ray-start.log").read_text()
-                time.sleep(1)
-        _run(pipe, inp, tmp_path / "local", catalog)
-        _run(pipe, inp, tmp_path / "client", catalog, "--runner", "ray", "--ray-address", f"ray://127.0.0.1:{client}",
-             env=env)
-        assert _prints(tmp_path / "client") == _prints(tmp_path / "local")
-        assert _driver_pid(catalog, tmp_path / "client") not in _worker_pids(tmp_path / "client")
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        log.close()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
