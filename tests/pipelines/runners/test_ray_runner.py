@@ -132,4 +132,3 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_changes(product, where,
     assert any(name.startswith(step) for name in retries), retries
     assert sum(retries.values()) >= 1
     assert not _retries(catalog, tmp_path / "undisturbed")
-
