@@ -7,6 +7,8 @@ without importing each other.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -58,6 +60,24 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     dictionary costs more to build and to read than it saves on a file read once (a tenth of a
     second each way per 20M tokens)."""
     return [f.name for f in schema if not is_numeric_list(f.type)]
+
+
+@contextmanager
+def atomic_parquet_writer(path: str | Path, schema: pa.Schema, compression: str = "lz4") -> Iterator[pq.ParquetWriter]:
+    """A Parquet writer for a file written a batch at a time: it writes under a temporary name, renamed
+    to ``path`` when the block ends, removed if the block fails. Work files (``lz4``) dictionary-encode
+    :func:`dictionary_columns`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    extra = {"use_dictionary": dictionary_columns(schema)} if compression == "lz4" else {}
+    try:
+        with pq.ParquetWriter(str(tmp), schema, compression=compression, **extra) as writer:
+            yield writer
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:

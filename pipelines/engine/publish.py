@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pipelines.engine.accounting import jsonable
 from pipelines.engine.layout import read_marker, shard_files, side_file, side_tables, step_dir
 from pipelines.engine.steps import Plan
 from schemas import RecordSchema, cast_table
-from schemas.files import dictionary_columns, stream_batches, write_parquet_atomic
+from schemas.files import atomic_parquet_writer, stream_batches, write_parquet_atomic
 from schemas.tables import is_numeric_list, sort_by_id, take_rows
 
 
@@ -131,30 +130,21 @@ def spill_shard(plan: Plan, i: int, files: OutputFiles) -> dict[int, list[int]] 
     if files.count == 1:
         return {0: -1}
     path = publish_dir(plan) / f"spill-{i:05d}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     source_path = shard_files(plan, plan.record_steps[-1], i)["records"]
-    source = pq.ParquetFile(source_path)
     groups: dict[int, list[int]] = {}
     written = 0
-    try:
-        with pq.ParquetWriter(str(tmp), source.schema_arrow, compression="lz4",
-                              use_dictionary=dictionary_columns(source.schema_arrow)) as writer:
-            for batch in stream_batches(source_path):
-                table = pa.Table.from_batches([batch])
-                which = files.files_of(file_labels(plan, table), table.column("id").to_pylist())
-                order = np.argsort(which, kind="stable")
-                table, which = take_rows(table, order), which[order]
-                bounds = np.searchsorted(which, np.arange(files.count + 1))
-                for j in np.unique(which).tolist():
-                    lo, hi = int(bounds[j]), int(bounds[j + 1])
-                    writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
-                    groups.setdefault(j, []).append(written)
-                    written += 1
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_parquet_writer(path, pq.ParquetFile(source_path).schema_arrow) as writer:
+        for batch in stream_batches(source_path):
+            table = pa.Table.from_batches([batch])
+            which = files.files_of(file_labels(plan, table), table.column("id").to_pylist())
+            order = np.argsort(which, kind="stable")
+            table, which = take_rows(table, order), which[order]
+            bounds = np.searchsorted(which, np.arange(files.count + 1))
+            for j in np.unique(which).tolist():
+                lo, hi = int(bounds[j]), int(bounds[j + 1])
+                writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
+                groups.setdefault(j, []).append(written)
+                written += 1
     return groups
 
 
@@ -234,11 +224,8 @@ def write_row_group_runs(table: pa.Table, which: np.ndarray, n: int, path: Path,
     returns bucket -> [first row group, count]."""
     bounds = np.searchsorted(which, np.arange(n + 1))
     runs: dict[int, list[int]] = {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     written = 0
-    with pq.ParquetWriter(str(tmp), table.schema, compression="lz4",
-                          use_dictionary=dictionary_columns(table.schema)) as writer:
+    with atomic_parquet_writer(path, table.schema) as writer:
         for j in range(n):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             if hi > lo:
@@ -250,7 +237,6 @@ def write_row_group_runs(table: pa.Table, which: np.ndarray, n: int, path: Path,
                     writer.write_table(table.slice(start, size), row_group_size=size)
                     runs[j][1] += 1
                     written += 1
-    os.replace(tmp, path)
     return runs
 
 

@@ -11,7 +11,6 @@ driver publishes them with the run.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -25,7 +24,7 @@ from pipelines.engine.layout import previous_records, read_marker, shard_files, 
 from pipelines.engine.shapes.base import Shape
 from pipelines.engine.steps import GlobalStep, Plan, PlannedStage, Step
 from schemas import cast_table
-from schemas.files import stream_batches, write_parquet_atomic, write_text_atomic
+from schemas.files import atomic_parquet_writer, stream_batches, write_parquet_atomic, write_text_atomic
 from stages.base import Dropped, GlobalContext, GlobalStage
 
 _PLACE = [pa.field("shard", pa.int64()), pa.field("row", pa.int64())]
@@ -82,21 +81,15 @@ def write_summaries_from_file(plan: Plan, step: Step, i: int, records: Path) -> 
     stage: GlobalStage = step.feeds.stage
     schema = summary_schema(step)
     path = shard_files(plan, step, i)["summaries"]
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     row = 0
-    try:
-        with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
-            for batch in stream_batches(records):
-                rows = batch.to_pylist()
-                writer.write_table(cast_table([{"id": r["id"], "row": row + j, **stage.summarize(r)}
-                                               for j, r in enumerate(rows)], schema))
-                row += len(rows)
-            if row == 0:
-                writer.write_table(schema.empty_table())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_parquet_writer(path, schema, compression="zstd") as writer:
+        for batch in stream_batches(records):
+            rows = batch.to_pylist()
+            writer.write_table(cast_table([{"id": r["id"], "row": row + j, **stage.summarize(r)}
+                                           for j, r in enumerate(rows)], schema))
+            row += len(rows)
+        if row == 0:
+            writer.write_table(schema.empty_table())
     if stage.tallies:
         write_tallies(plan, step, i, (r for b in stream_batches(records)
                                       for r in b.to_pylist()))

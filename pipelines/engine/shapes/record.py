@@ -29,7 +29,7 @@ from pipelines.engine.shapes.base import Shape, ensure_setup, services
 from pipelines.engine.steps import Plan, PlannedStage, Step
 from pipelines.storage.readers import read_shard
 from schemas import cast_table
-from schemas.files import BATCH_BYTES, stream_batches, write_parquet_atomic, write_text_atomic
+from schemas.files import BATCH_BYTES, atomic_parquet_writer, stream_batches, write_parquet_atomic, write_text_atomic
 from stages.base import Rejected
 
 
@@ -293,32 +293,23 @@ def _label_counts(plan: Plan, rows: list[dict], into: dict[str, int] | None = No
 def _write_stream(plan: Plan, step: Step, rows: Iterable[dict], path: Path) -> tuple[int, dict | None]:
     """A stream of records into ``path``, :data:`WRITE_ROWS` at a time, under a temporary name
     renamed when complete. Returns (records, per-label counts or None)."""
-    from schemas.files import dictionary_columns
-
     schema = step.out_schema.arrow
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     n, labels = 0, ({} if _counts_labels(plan, step) else None)
-    try:
-        with pq.ParquetWriter(str(tmp), schema, compression="lz4", use_dictionary=dictionary_columns(schema)) as w:
-            batch: list[dict] = []
-            weight = 0
-            for row in rows:
-                batch.append(row)
-                weight += _row_bytes(row)
-                if len(batch) == WRITE_ROWS or weight >= BATCH_BYTES:
-                    w.write_table(cast_table(batch, schema))
-                    n += len(batch)
-                    labels = _label_counts(plan, batch, labels) if labels is not None else None
-                    batch, weight = [], 0
-            if batch or n == 0:
+    with atomic_parquet_writer(path, schema) as w:
+        batch: list[dict] = []
+        weight = 0
+        for row in rows:
+            batch.append(row)
+            weight += _row_bytes(row)
+            if len(batch) == WRITE_ROWS or weight >= BATCH_BYTES:
                 w.write_table(cast_table(batch, schema))
                 n += len(batch)
-                labels = _label_counts(plan, batch, labels) if labels is not None and batch else labels
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+                labels = _label_counts(plan, batch, labels) if labels is not None else None
+                batch, weight = [], 0
+        if batch or n == 0:
+            w.write_table(cast_table(batch, schema))
+            n += len(batch)
+            labels = _label_counts(plan, batch, labels) if labels is not None and batch else labels
     return n, labels
 
 
